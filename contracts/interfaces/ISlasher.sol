@@ -1,0 +1,127 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {ICommitments} from "./ICommitments.sol";
+import {INodeRegistry} from "./INodeRegistry.sol";
+import {IVerifierRegistry} from "./IVerifierRegistry.sol";
+
+/// @title Slasher: the only way stake leaves a node against its will.
+/// @notice Two rules. (1) A quorum of active verifiers signs an EIP-712
+/// `Verdict(address node,uint256 batchId,bytes32 leaf,uint8 reason)` against a leaf proven
+/// (OpenZeppelin `MerkleProof`) under a root the node committed, within the challenge window.
+/// (2) Anyone shows two EIP-712 `Receipt`s signed by one node for the same
+/// (sessionId, modelId, spanStart, spanEnd, step) with different content (equivocation).
+/// EIP-712 domain: name "stakeswarm Slasher", version "1".
+/// A slash takes `slashBps` of the node's active + unbonding stake; `bountyBps` of that goes to
+/// the verifiers of the quorum (or the equivocation reporter), the rest to the reward pool,
+/// which anyone may release to the `rewardRecipient` fixed at deployment.
+interface ISlasher {
+    /// @notice What a node commits per served step (DESIGN.md "Commitments"); also the body of
+    /// the EIP-712 `Receipt(bytes32 sessionId,bytes32 modelId,uint16 spanStart,uint16 spanEnd,
+    /// uint32 step,uint32 tokens,bytes32 inputHash,bytes32 outputHash,bytes32 sketchHash)`.
+    struct Leaf {
+        bytes32 sessionId;
+        bytes32 modelId;
+        uint16 spanStart;
+        uint16 spanEnd;
+        uint32 step;
+        uint32 tokens;
+        bytes32 inputHash; // keccak256 of the exact input tensor bytes
+        bytes32 outputHash; // keccak256 of the exact output tensor bytes
+        bytes32 sketchHash; // keccak256 of the encoded output sketch
+    }
+
+    /// @notice Why verifiers found a leaf guilty.
+    enum Reason {
+        None,
+        Mismatch, // recomputation disagrees with the committed sketch
+        Withheld // the node did not reveal the inputs before the deadline
+    }
+
+    event LeafSlashed(
+        address indexed node,
+        uint256 indexed batchId,
+        bytes32 indexed leaf,
+        Reason reason,
+        uint256 amount,
+        uint256 bountyPerVerifier
+    );
+    event EquivocationSlashed(
+        address indexed node, bytes32 indexed sessionId, uint32 step, address indexed reporter, uint256 amount, uint256 bounty
+    );
+    event RewardPoolReleased(address indexed recipient, uint256 amount);
+
+    error SlasherUnknownBatch(uint256 batchId);
+    error SlasherChallengeWindowClosed(uint256 batchId, uint64 closedAt);
+    error SlasherModelMismatch(bytes32 leafModelId, bytes32 batchModelId);
+    error SlasherInvalidProof(uint256 batchId, bytes32 leaf);
+    error SlasherInvalidReason(uint8 reason);
+    error SlasherAlreadySlashed(bytes32 key);
+    error SlasherNotEnoughVerdicts(uint256 provided, uint256 quorum);
+    error SlasherInvalidVerdictSignature(uint256 index);
+    error SlasherNotAVerifier(address signer);
+    error SlasherVerdictSignersNotSorted(address previous, address next);
+    error SlasherNotEquivocation();
+    error SlasherInvalidReceiptSignature(address signer, address node);
+    error SlasherNothingToSlash(address node);
+    error SlasherEmptyRewardPool();
+
+    /// @notice Slash the node that committed batch `batchId` for `leaf`, proven under the batch's
+    /// root by `proof`, with `verdicts` from at least `quorum` distinct active verifiers, each a
+    /// 65-byte signature over `verdictDigest`, ordered by strictly increasing signer address.
+    /// A leaf is slashed at most once.
+    function slash(
+        Leaf calldata leaf,
+        uint256 batchId,
+        bytes32[] calldata proof,
+        Reason reason,
+        bytes[] calldata verdicts
+    ) external returns (uint256 slashed);
+
+    /// @notice Slash `node` for signing two different receipts `a` and `b` for the same
+    /// (sessionId, modelId, spanStart, spanEnd, step). Anyone may call; the caller gets the bounty.
+    function slashEquivocation(
+        address node,
+        Leaf calldata a,
+        bytes calldata receiptA,
+        Leaf calldata b,
+        bytes calldata receiptB
+    ) external returns (uint256 slashed);
+
+    /// @notice Send the whole reward pool to `rewardRecipient`. Anyone may call.
+    function releaseRewardPool() external returns (uint256 amount);
+
+    /// @notice keccak256(abi.encode(leaf fields in order)): the Merkle leaf.
+    function leafHash(Leaf calldata leaf) external pure returns (bytes32);
+
+    /// @notice The EIP-712 digest a node signs for a receipt of `leaf`.
+    function receiptDigest(Leaf calldata leaf) external view returns (bytes32);
+
+    /// @notice The EIP-712 digest a verifier signs for a verdict.
+    function verdictDigest(address node, uint256 batchId, bytes32 leaf, Reason reason)
+        external
+        view
+        returns (bytes32);
+
+    /// @notice True once `leaf` was slashed.
+    function isLeafSlashed(bytes32 leaf) external view returns (bool);
+
+    /// @notice Tokens waiting in the reward pool (equals this contract's token balance).
+    function rewardPool() external view returns (uint256);
+
+    function registry() external view returns (INodeRegistry);
+
+    function commitments() external view returns (ICommitments);
+
+    function verifiers() external view returns (IVerifierRegistry);
+
+    function quorum() external view returns (uint8);
+
+    function slashBps() external view returns (uint16);
+
+    function bountyBps() external view returns (uint16);
+
+    function challengeWindow() external view returns (uint64);
+
+    function rewardRecipient() external view returns (address);
+}

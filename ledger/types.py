@@ -1,0 +1,102 @@
+"""Domain types shared by every component: ids, units and the signed structures.
+
+The field order and Solidity types of `Leaf` mirror `ISlasher.Leaf`; `Voucher` mirrors the
+EIP-712 type of `IPaymentChannels`; `Verdict` the one of `ISlasher`. `ledger/eip712.py` turns
+them into digests and signatures.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import astuple, dataclass
+from typing import NewType
+
+from eth_abi import encode as abi_encode
+from eth_utils import keccak
+
+Address = NewType("Address", str)  # checksummed 0x-address
+Wei = NewType("Wei", int)  # stake-token base units
+ModelId = NewType("ModelId", bytes)  # 32 bytes: keccak256 of the model's name
+SessionId = NewType("SessionId", bytes)  # 32 bytes, chosen by the client, unique per node
+ChannelId = NewType("ChannelId", int)
+BatchId = NewType("BatchId", int)
+BlockIndex = NewType("BlockIndex", int)
+
+
+def model_id(name: str) -> ModelId:
+    """The on-chain id of a model: keccak256 of its name as UTF-8 (e.g. "SmolLM2-135M-Instruct")."""
+    return ModelId(keccak(text=name))
+
+
+LEAF_ABI_TYPES = (
+    "bytes32",  # sessionId
+    "bytes32",  # modelId
+    "uint16",  # spanStart
+    "uint16",  # spanEnd
+    "uint32",  # step
+    "uint32",  # tokens
+    "bytes32",  # inputHash
+    "bytes32",  # outputHash
+    "bytes32",  # sketchHash
+)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """What a node commits for one served step of one session over one span."""
+
+    session_id: bytes  # 32 bytes
+    model_id: bytes  # 32 bytes
+    span_start: int  # first block served
+    span_end: int  # one past the last block served
+    step: int  # 0-based step number within the session
+    tokens: int  # token positions computed in this step (batch * new tokens)
+    input_hash: bytes  # keccak256 of the exact input tensor bytes received
+    output_hash: bytes  # keccak256 of the exact output tensor bytes sent
+    sketch_hash: bytes  # keccak256 of the encoded sketch of the output
+
+    def encode(self) -> bytes:
+        """abi.encode of the fields in order, as Solidity computes it."""
+        return abi_encode(list(LEAF_ABI_TYPES), list(astuple(self)))
+
+    def hash(self) -> bytes:
+        """The Merkle leaf: keccak256(abi.encode(...))."""
+        return keccak(self.encode())
+
+    def as_tuple(self) -> tuple:
+        """The struct as web3 passes it to a contract call."""
+        return astuple(self)
+
+    def slot(self) -> tuple[bytes, bytes, int, int, int]:
+        """The (session, model, span, step) a node may sign only once; two different leaves
+        for one slot are equivocation."""
+        return (self.session_id, self.model_id, self.span_start, self.span_end, self.step)
+
+
+class Reason(enum.IntEnum):
+    """Why verifiers found a leaf guilty (mirrors `ISlasher.Reason`)."""
+
+    NONE = 0
+    MISMATCH = 1
+    WITHHELD = 2
+
+
+@dataclass(frozen=True)
+class Voucher:
+    """A client's promise: the server may redeem up to `cumulative_amount` from the channel."""
+
+    channel_id: int
+    cumulative_amount: int  # Wei, cumulative over the channel's life
+    signature: bytes = b""  # 65 bytes r || s || v over the EIP-712 digest
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A verifier's signed finding against one committed leaf."""
+
+    node: str  # Address of the node
+    batch_id: int
+    leaf: bytes  # the leaf hash
+    reason: Reason
+    signer: str = ""  # Address of the verifier
+    signature: bytes = b""

@@ -1,0 +1,3 @@
+from stakeswarm.cli import app
+
+app(prog_name="stakeswarm")
