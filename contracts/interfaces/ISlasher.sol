@@ -103,6 +103,9 @@ interface ISlasher {
         view
         returns (bytes32);
 
+    /// @notice True when `proof` proves `leaf` under the root of batch `batchId`.
+    function verifyLeaf(uint256 batchId, bytes32 leaf, bytes32[] calldata proof) external view returns (bool);
+
     /// @notice True once `leaf` was slashed.
     function isLeafSlashed(bytes32 leaf) external view returns (bool);
 
