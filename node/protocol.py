@@ -1,0 +1,679 @@
+"""Wire and domain types of the node protocol: DHT records, RPC frames and messages, errors.
+
+Everything a compatible client, server or verifier must agree on lives here; docs/protocol.md
+describes the same in prose. Messages travel as hivemind `ExpertRequest`/`ExpertResponse`
+protobufs over libp2p streams. A *frame* is one logical message: msgpack metadata plus zero or
+more tensors, split over as many protobuf messages as needed to keep each under the ~2 MiB
+payload cap of the transport (tensors are cut into chunks with hivemind's streaming helpers).
+
+All input from the network is untrusted: every `from_wire` validates types and ranges and
+raises `ProtocolError` with an `ErrorCode`; nothing here uses `assert` on peer data.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgpack
+import torch
+from hivemind.compression import deserialize_torch_tensor
+from hivemind.proto import runtime_pb2
+from hivemind.utils.streaming import split_for_streaming
+
+from ledger.types import Leaf, Voucher
+
+PROTOCOL_VERSION = 1
+
+# Tensor bytes per protobuf message part; with metadata, each message stays well under 2 MiB.
+CHUNK_BYTES = 512 * 1024
+# Chunks per protobuf message: 2 x CHUNK_BYTES + metadata stays under the cap.
+CHUNKS_PER_MESSAGE = 2
+# Upper bound on one frame's total tensor bytes a peer may send before we refuse it.
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+# Upper bound on a frame's msgpack metadata.
+MAX_METADATA_BYTES = 256 * 1024
+# Upper bound on protobuf messages in one frame (CHUNK_BYTES each at most).
+MAX_MESSAGES_PER_FRAME = 1024
+
+HIDDEN_DTYPES = frozenset({"float32", "float16", "bfloat16"})
+MASK_DTYPE = "int64"
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8}
+
+
+class ErrorCode(enum.StrEnum):
+    """Why a node refused a request. Sent to the caller; the server keeps serving others."""
+
+    BAD_REQUEST = "bad_request"  # malformed frame or metadata
+    BAD_TENSOR = "bad_tensor"  # wrong shape, dtype, NaN or inf
+    TOO_LARGE = "too_large"  # payload over the frame limit
+    UNKNOWN_SESSION = "unknown_session"
+    SESSION_EXPIRED = "session_expired"
+    SESSION_EXISTS = "session_exists"  # a session id may be used once per node
+    OUT_OF_ORDER = "out_of_order"  # step number not the next one
+    SPAN_MISMATCH = "span_mismatch"  # asked for blocks this node does not serve
+    CACHE_FULL = "cache_full"  # not enough KV cache tokens left
+    LENGTH_EXCEEDED = "length_exceeded"  # session longer than its declared max length
+    BAD_VOUCHER = "bad_voucher"  # bad signature, wrong signer
+    WRONG_CHANNEL = "wrong_channel"  # channel unknown, closed, expiring, or not to this node
+    REPLAYED_VOUCHER = "replayed_voucher"  # not higher than a voucher already accepted
+    PAYMENT_BEHIND = "payment_behind"  # voucher below what is owed less the credit window
+    UNAUTHORIZED = "unauthorized"  # reveal by someone who is not an active verifier
+    NOT_FOUND = "not_found"  # reveal of a leaf the node does not have
+    INTERNAL = "internal"  # the node failed; not the caller's fault
+
+
+class ProtocolError(Exception):
+    """A request or reply that breaks the protocol, with the code sent back to the peer."""
+
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------------
+# DHT records
+# ---------------------------------------------------------------------------------------------
+
+
+class ServerState(enum.IntEnum):
+    OFFLINE = 0
+    JOINING = 1
+    ONLINE = 2
+
+
+def block_key(model_name: str, block: int) -> str:
+    """DHT key of one block: `{model}.{block}`; subkey is the server's peer id."""
+    return f"{model_name}.{block}"
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a server announces for each block it serves (DHT value, also the `info` RPC)."""
+
+    state: ServerState
+    span_start: int  # first block served
+    span_end: int  # one past the last block served
+    throughput: float  # tokens/s of a decode step through the whole span, measured
+    price_per_token_per_block: int  # Wei
+    eth_address: str  # the node's registered address; signs receipts
+    dtype: str  # declared compute dtype: float32 | float16 | bfloat16
+    cache_tokens_left: int  # KV cache tokens still free
+    credit_window: int = 0  # Wei the node serves ahead of payment per channel
+    version: int = PROTOCOL_VERSION
+    http_port: int = 0  # the node's status API on its host, 0 if none
+
+    @property
+    def price_per_token(self) -> int:
+        """Wei per token through the whole span: price per block times span length."""
+        return self.price_per_token_per_block * (self.span_end - self.span_start)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "state": int(self.state),
+            "span": [self.span_start, self.span_end],
+            "throughput": float(self.throughput),
+            "price": self.price_per_token_per_block,
+            "eth": self.eth_address,
+            "dtype": self.dtype,
+            "cache_left": self.cache_tokens_left,
+            "credit": self.credit_window,
+            "version": self.version,
+            "http_port": self.http_port,
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> ServerInfo:
+        d = _require_map(raw, "server info")
+        span = d.get("span")
+        if not (isinstance(span, list | tuple) and len(span) == 2):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "server info: span must be [start, end]")
+        start, end = _int(span[0], "span start", 0), _int(span[1], "span end", 1)
+        if start >= end:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"server info: empty span [{start}, {end})")
+        try:
+            state = ServerState(_int(d.get("state"), "state", 0))
+        except ValueError as e:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"server info: {e}") from None
+        dtype = _str(d.get("dtype"), "dtype")
+        if dtype not in HIDDEN_DTYPES:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"server info: unknown dtype {dtype!r}")
+        throughput = d.get("throughput")
+        if not isinstance(throughput, int | float) or not throughput >= 0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "server info: throughput must be >= 0")
+        return cls(
+            state=state,
+            span_start=start,
+            span_end=end,
+            throughput=float(throughput),
+            price_per_token_per_block=_int(d.get("price"), "price", 0),
+            eth_address=_address(d.get("eth"), "eth"),
+            dtype=dtype,
+            cache_tokens_left=_int(d.get("cache_left"), "cache_left", 0),
+            credit_window=_int(d.get("credit", 0), "credit", 0),
+            version=_int(d.get("version"), "version", 0),
+            http_port=_int(d.get("http_port", 0), "http_port", 0),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages (frame metadata); `type` tells them apart
+# ---------------------------------------------------------------------------------------------
+
+
+def voucher_to_wire(v: Voucher) -> dict[str, Any]:
+    return {
+        "channel": v.channel_id,
+        "amount": _uint_to_wire(v.cumulative_amount),
+        "sig": v.signature,
+    }
+
+
+def voucher_from_wire(raw: Any) -> Voucher:
+    d = _require_map(raw, "voucher")
+    return Voucher(
+        channel_id=_int(d.get("channel"), "voucher channel", 1),
+        cumulative_amount=_uint_from_wire(d.get("amount"), "voucher amount"),
+        signature=_bytes(d.get("sig"), "voucher signature", 65),
+    )
+
+
+def leaf_to_wire(leaf: Leaf) -> dict[str, Any]:
+    return {
+        "session": leaf.session_id,
+        "model": leaf.model_id,
+        "span": [leaf.span_start, leaf.span_end],
+        "step": leaf.step,
+        "tokens": leaf.tokens,
+        "in": leaf.input_hash,
+        "out": leaf.output_hash,
+        "sketch": leaf.sketch_hash,
+    }
+
+
+def leaf_from_wire(raw: Any) -> Leaf:
+    d = _require_map(raw, "leaf")
+    span = d.get("span")
+    if not (isinstance(span, list | tuple) and len(span) == 2):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "leaf: span must be [start, end]")
+    return Leaf(
+        session_id=_bytes(d.get("session"), "leaf session", 32),
+        model_id=_bytes(d.get("model"), "leaf model", 32),
+        span_start=_int(span[0], "leaf span start", 0, 2**16 - 1),
+        span_end=_int(span[1], "leaf span end", 1, 2**16 - 1),
+        step=_int(d.get("step"), "leaf step", 0, 2**32 - 1),
+        tokens=_int(d.get("tokens"), "leaf tokens", 0, 2**32 - 1),
+        input_hash=_bytes(d.get("in"), "leaf input hash", 32),
+        output_hash=_bytes(d.get("out"), "leaf output hash", 32),
+        sketch_hash=_bytes(d.get("sketch"), "leaf sketch hash", 32),
+    )
+
+
+@dataclass(frozen=True)
+class SignedReceipt:
+    """A node's EIP-712 `Receipt` over a leaf: its signed statement of what it computed."""
+
+    leaf: Leaf
+    signature: bytes  # 65 bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"leaf": leaf_to_wire(self.leaf), "sig": self.signature}
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> SignedReceipt:
+        d = _require_map(raw, "receipt")
+        return cls(
+            leaf=leaf_from_wire(d.get("leaf")),
+            signature=_bytes(d.get("sig"), "receipt signature", 65),
+        )
+
+
+@dataclass(frozen=True)
+class OpenSession:
+    """First frame of an inference stream: reserve a KV cache for a span."""
+
+    session_id: bytes  # 32 bytes, fresh per session; a node accepts each id once
+    span_start: int
+    span_end: int
+    max_length: int  # tokens per sequence the session may reach (prompt + generated)
+    batch_size: int
+    channel_id: int  # the client's payment channel to this node
+    dtype: str = "float32"  # dtype of the hidden states the client sends
+
+    TYPE = "open"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "session": self.session_id,
+            "span": [self.span_start, self.span_end],
+            "max_length": self.max_length,
+            "batch": self.batch_size,
+            "channel": self.channel_id,
+            "dtype": self.dtype,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> OpenSession:
+        span = d.get("span")
+        if not (isinstance(span, list | tuple) and len(span) == 2):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "open: span must be [start, end]")
+        dtype = _str(d.get("dtype", "float32"), "dtype")
+        if dtype not in HIDDEN_DTYPES:
+            raise ProtocolError(ErrorCode.BAD_TENSOR, f"open: unsupported dtype {dtype!r}")
+        return cls(
+            session_id=_bytes(d.get("session"), "session id", 32),
+            span_start=_int(span[0], "span start", 0, 2**16 - 1),
+            span_end=_int(span[1], "span end", 1, 2**16 - 1),
+            max_length=_int(d.get("max_length"), "max_length", 1, 2**20),
+            batch_size=_int(d.get("batch"), "batch", 1, 2**12),
+            channel_id=_int(d.get("channel"), "channel", 1),
+            dtype=dtype,
+        )
+
+
+@dataclass(frozen=True)
+class SessionOpened:
+    """The node's answer to `OpenSession`."""
+
+    session_id: bytes
+    node: str  # the node's address (signs receipts)
+    idle_timeout: float  # seconds without a step before the node drops the session
+
+    TYPE = "opened"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "session": self.session_id,
+            "node": self.node,
+            "idle": self.idle_timeout,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> SessionOpened:
+        idle = d.get("idle")
+        if not isinstance(idle, int | float) or idle <= 0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "opened: idle timeout must be > 0")
+        return cls(
+            _bytes(d.get("session"), "session id", 32), _address(d.get("node"), "node"), float(idle)
+        )
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """One inference step. Tensors: hidden `[batch, tokens, hidden]` in the session dtype and
+    attention mask `[batch, past + tokens]` int64 (0 = padding)."""
+
+    step: int  # 0, 1, 2, ... within the session
+    voucher: Voucher  # cumulative for the channel, covering this step less the credit window
+
+    TYPE = "step"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "step": self.step, "voucher": voucher_to_wire(self.voucher)}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> StepRequest:
+        return cls(
+            step=_int(d.get("step"), "step", 0, 2**32 - 1),
+            voucher=voucher_from_wire(d.get("voucher")),
+        )
+
+
+@dataclass(frozen=True)
+class StepResponse:
+    """The node's answer to a step. Tensor: output hidden `[batch, tokens, hidden]`."""
+
+    step: int
+    receipt: SignedReceipt
+
+    TYPE = "step_done"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "step": self.step, "receipt": self.receipt.to_wire()}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> StepResponse:
+        return cls(
+            step=_int(d.get("step"), "step", 0), receipt=SignedReceipt.from_wire(d.get("receipt"))
+        )
+
+
+@dataclass(frozen=True)
+class ForwardRequest:
+    """A stateless forward through a span: an `OpenSession` and one `StepRequest` in one frame.
+    Tensors as in `StepRequest` (mask `[batch, tokens]`)."""
+
+    session_id: bytes
+    span_start: int
+    span_end: int
+    voucher: Voucher
+    dtype: str = "float32"
+
+    TYPE = "forward"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "session": self.session_id,
+            "span": [self.span_start, self.span_end],
+            "voucher": voucher_to_wire(self.voucher),
+            "dtype": self.dtype,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> ForwardRequest:
+        voucher = voucher_from_wire(d.get("voucher"))
+        # the span, session and dtype rules are those of opening a session
+        opened = OpenSession.from_wire(
+            {**d, "max_length": 1, "batch": 1, "channel": voucher.channel_id}
+        )
+        return cls(opened.session_id, opened.span_start, opened.span_end, voucher, opened.dtype)
+
+
+@dataclass(frozen=True)
+class RevealRequest:
+    """A verifier asks for the inputs behind a committed leaf (batch `batch_id`, index `leaf_index`).
+    `signature` is the verifier's EIP-191 signature of `reveal_message(...)`; only active
+    verifiers may see clients' hidden states."""
+
+    node: str  # the node asked (binds the signature to it)
+    batch_id: int  # on-chain batch id
+    leaf_index: int  # index of the leaf in the batch
+    issued_at: int  # unix seconds; the node refuses stale requests
+    verifier: str
+    signature: bytes
+
+    TYPE = "reveal"
+
+    def message(self) -> str:
+        return reveal_message(self.node, self.batch_id, self.leaf_index, self.issued_at)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "node": self.node,
+            "batch": self.batch_id,
+            "index": self.leaf_index,
+            "at": self.issued_at,
+            "verifier": self.verifier,
+            "sig": self.signature,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> RevealRequest:
+        return cls(
+            node=_address(d.get("node"), "node"),
+            batch_id=_int(d.get("batch"), "batch", 1),
+            leaf_index=_int(d.get("index"), "index", 0, 2**32 - 1),
+            issued_at=_int(d.get("at"), "issued at", 0),
+            verifier=_address(d.get("verifier"), "verifier"),
+            signature=_bytes(d.get("sig"), "signature", 65),
+        )
+
+
+def reveal_message(node: str, batch_id: int, leaf_index: int, issued_at: int) -> str:
+    """The text a verifier signs (EIP-191) to ask `node` for a reveal."""
+    return f"stakeswarm reveal v{PROTOCOL_VERSION}: node {node.lower()} batch {batch_id} leaf {leaf_index} at {issued_at}"
+
+
+@dataclass(frozen=True)
+class RevealedStep:
+    """One step of a revealed session span: its leaf, where that leaf was committed and the proof."""
+
+    leaf: Leaf
+    batch_id: int
+    proof: list[bytes]  # Merkle proof of the leaf under the batch's committed root
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"leaf": leaf_to_wire(self.leaf), "batch": self.batch_id, "proof": list(self.proof)}
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> RevealedStep:
+        d = _require_map(raw, "revealed step")
+        proof = d.get("proof")
+        if not isinstance(proof, list) or len(proof) > 64:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "revealed step: proof must be a list of <= 64 hashes"
+            )
+        return cls(
+            leaf=leaf_from_wire(d.get("leaf")),
+            batch_id=_int(d.get("batch"), "batch", 1),
+            proof=[_bytes(p, "proof node", 32) for p in proof],
+        )
+
+
+@dataclass(frozen=True)
+class RevealResponse:
+    """The node's reveal: every step 0..k of the leaf's session over its span, in order.
+    Tensors: for each step, its input hidden states then its attention mask (2 per step)."""
+
+    steps: list[RevealedStep] = field(default_factory=list)
+
+    TYPE = "revealed"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "steps": [s.to_wire() for s in self.steps]}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> RevealResponse:
+        steps = d.get("steps")
+        if not isinstance(steps, list) or not steps:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "revealed: steps must be a non-empty list")
+        return cls([RevealedStep.from_wire(s) for s in steps])
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """A refusal. Fatal ones end the stream; the server keeps serving everyone else."""
+
+    code: ErrorCode
+    message: str
+
+    TYPE = "error"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "code": self.code.value, "message": self.message}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> ErrorReply:
+        try:
+            code = ErrorCode(_str(d.get("code"), "code"))
+        except ValueError:
+            code = ErrorCode.INTERNAL
+        return cls(code, _str(d.get("message", ""), "message")[:2000])
+
+    def to_exception(self) -> ProtocolError:
+        return ProtocolError(self.code, self.message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames: metadata + tensors over several protobuf messages
+# ---------------------------------------------------------------------------------------------
+
+Msg = TypeVar("Msg", runtime_pb2.ExpertRequest, runtime_pb2.ExpertResponse)
+
+
+@dataclass
+class Frame:
+    """One logical message: metadata (with a `type`) and tensors."""
+
+    metadata: dict[str, Any]
+    tensors: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def type(self) -> str:
+        return str(self.metadata.get("type", ""))
+
+
+def serialize_tensor(tensor: torch.Tensor) -> runtime_pb2.Tensor:
+    """The tensor's exact bytes, uncompressed. bfloat16 travels as its raw 2-byte words (not
+    hivemind's legacy fp32 upcast), so the bytes hashed are the bytes sent for every dtype."""
+    tensor = tensor.detach().cpu().contiguous()
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if dtype not in _ITEMSIZE:
+        raise ProtocolError(ErrorCode.BAD_TENSOR, f"dtype {dtype!r} cannot be sent")
+    raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor
+    return runtime_pb2.Tensor(
+        buffer=raw.numpy().tobytes(),
+        size=list(tensor.shape),
+        dtype=dtype,
+        compression=runtime_pb2.CompressionType.NONE,
+    )
+
+
+def encode_frame(frame: Frame, message_type: type[Msg]) -> Iterator[Msg]:
+    """Split a frame into protobuf messages: the first carries the metadata and the count."""
+    parts: list[runtime_pb2.Tensor] = []
+    for tensor in frame.tensors:
+        parts.extend(split_for_streaming(serialize_tensor(tensor), CHUNK_BYTES))
+    step = CHUNKS_PER_MESSAGE
+    groups = [parts[i : i + step] for i in range(0, len(parts), step)] or [[]]
+    header = msgpack.packb({"n": len(groups), "m": frame.metadata}, use_bin_type=True)
+    for i, group in enumerate(groups):
+        yield message_type(tensors=group, metadata=header if i == 0 else b"")
+
+
+async def read_frame(
+    stream: AsyncIterator[Msg], max_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> Frame | None:
+    """Read one frame from a stream of protobuf messages; None when the stream ended cleanly
+    before a new frame. Validates sizes and dtypes before any tensor is built."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        return None
+    count, metadata = _parse_header(first.metadata)
+    parts = list(first.tensors)
+    for _ in range(count - 1):
+        try:
+            message = await anext(stream)
+        except StopAsyncIteration:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "stream ended inside a frame") from None
+        if message.metadata:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "metadata inside a frame's continuation")
+        parts.extend(message.tensors)
+        if sum(len(p.buffer) for p in parts) > max_bytes:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"frame exceeds {max_bytes} bytes")
+    return Frame(metadata, _combine_tensors(parts, max_bytes))
+
+
+def decode_frame(messages: Iterable[Msg], max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame:
+    """Decode a frame from already received messages (unary replies)."""
+    messages = list(messages)
+    if not messages:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "empty frame")
+    count, metadata = _parse_header(messages[0].metadata)
+    if count != len(messages):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"frame announced {count} messages, got {len(messages)}"
+        )
+    parts = [p for m in messages for p in m.tensors]
+    return Frame(metadata, _combine_tensors(parts, max_bytes))
+
+
+def _parse_header(raw: bytes) -> tuple[int, dict[str, Any]]:
+    if not raw:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "frame without metadata")
+    if len(raw) > MAX_METADATA_BYTES:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"metadata exceeds {MAX_METADATA_BYTES} bytes")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"metadata is not msgpack: {e}") from None
+    d = _require_map(header, "frame header")
+    count = _int(d.get("n"), "message count", 1, MAX_MESSAGES_PER_FRAME)
+    metadata = _require_map(d.get("m"), "metadata")
+    _str(metadata.get("type"), "type")
+    return count, metadata
+
+
+def _combine_tensors(parts: Sequence[runtime_pb2.Tensor], max_bytes: int) -> list[torch.Tensor]:
+    tensors: list[torch.Tensor] = []
+    total = 0
+    i = 0
+    while i < len(parts):
+        head = parts[i]
+        chunks = head.chunks or 1
+        if chunks < 1 or i + chunks > len(parts):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "tensor chunks missing from frame")
+        buffer = b"".join(p.buffer for p in parts[i : i + chunks])
+        total += len(buffer)
+        if total > max_bytes:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"frame exceeds {max_bytes} bytes")
+        dtype = head.dtype
+        if head.compression != runtime_pb2.CompressionType.NONE:
+            raise ProtocolError(ErrorCode.BAD_TENSOR, "compressed tensors are not accepted")
+        if dtype not in _ITEMSIZE:
+            raise ProtocolError(ErrorCode.BAD_TENSOR, f"dtype {dtype!r} not accepted")
+        shape = list(head.size)
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        if numel * _ITEMSIZE[dtype] != len(buffer):
+            raise ProtocolError(
+                ErrorCode.BAD_TENSOR,
+                f"tensor {shape} {dtype} needs {numel * _ITEMSIZE[dtype]} bytes, got {len(buffer)}",
+            )
+        whole = runtime_pb2.Tensor()
+        whole.CopyFrom(head)
+        whole.buffer = buffer
+        whole.chunks = 0
+        whole.requires_grad = False
+        tensors.append(deserialize_torch_tensor(whole))
+        i += chunks
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers for untrusted values
+# ---------------------------------------------------------------------------------------------
+
+
+def _require_map(raw: Any, what: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be a map")
+    return raw
+
+
+def _int(raw: Any, what: str, lo: int = 0, hi: int = 2**256 - 1) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not lo <= raw <= hi:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"{what} must be an integer in [{lo}, {hi}], got {raw!r}"[:300]
+        )
+    return raw
+
+
+def _str(raw: Any, what: str) -> str:
+    if not isinstance(raw, str) or len(raw) > 10_000:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be a string")
+    return raw
+
+
+def _bytes(raw: Any, what: str, length: int) -> bytes:
+    if not isinstance(raw, bytes) or len(raw) != length:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be {length} bytes")
+    return raw
+
+
+def _address(raw: Any, what: str) -> str:
+    from eth_utils import is_address, to_checksum_address
+
+    if not isinstance(raw, str) or not is_address(raw):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be an address")
+    return to_checksum_address(raw)
+
+
+def _uint_to_wire(value: int) -> int | bytes:
+    # msgpack ints stop at 64 bits; larger amounts travel as 32-byte big-endian.
+    return value if value < 2**63 else value.to_bytes(32, "big")
+
+
+def _uint_from_wire(raw: Any, what: str) -> int:
+    if isinstance(raw, bytes) and len(raw) == 32:
+        return int.from_bytes(raw, "big")
+    return _int(raw, what, 0, 2**63 - 1)
