@@ -65,6 +65,19 @@ interface ISlasher {
     error SlasherInvalidReceiptSignature(address signer, address node);
     error SlasherNothingToSlash(address node);
     error SlasherEmptyRewardPool();
+    /// @notice Deployment: the registry does not name this contract as its slasher.
+    error SlasherNotRegistrySlasher(address registrySlasher);
+    /// @notice Deployment: the commitments contract follows another node registry.
+    error SlasherRegistryMismatch(address commitmentsRegistry, address registry);
+    /// @notice Deployment: the quorum must be at least 1.
+    error SlasherInvalidQuorum(uint8 quorum);
+    /// @notice Deployment: a basis-point parameter above 10000.
+    error SlasherInvalidBps(uint16 bps);
+    /// @notice Deployment: the challenge window outlasts the registry's unbonding delay, so a node
+    /// could withdraw stake a verdict should still reach.
+    error SlasherChallengeWindowTooLong(uint64 challengeWindow, uint64 unbondingDelay);
+    /// @notice Deployment: the reward recipient is the zero address.
+    error SlasherZeroRewardRecipient();
 
     /// @notice Slash the node that committed batch `batchId` for `leaf`, proven under the batch's
     /// root by `proof`, with `verdicts` from at least `quorum` distinct active verifiers, each a

@@ -1,0 +1,278 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+
+import {ICommitments} from "./interfaces/ICommitments.sol";
+import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+import {ISlasher} from "./interfaces/ISlasher.sol";
+import {IVerifierRegistry} from "./interfaces/IVerifierRegistry.sol";
+
+/// @title Slasher: takes a node's stake on evidence, pays the verifiers, pools the rest.
+/// @notice The NodeRegistry's only slasher (fixed there at deployment). Holds only the reward
+/// pool: the token balance of this contract always equals `rewardPool`, because bounties are paid
+/// out in the same transaction as the slash. All parameters are fixed at deployment.
+contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
+    using SafeERC20 for IERC20;
+
+    /// @notice The EIP-712 type hash of a node's receipt for one leaf.
+    bytes32 public constant RECEIPT_TYPEHASH = keccak256(
+        "Receipt(bytes32 sessionId,bytes32 modelId,uint16 spanStart,uint16 spanEnd,uint32 step,uint32 tokens,"
+        "bytes32 inputHash,bytes32 outputHash,bytes32 sketchHash)"
+    );
+    /// @notice The EIP-712 type hash of a verifier's verdict.
+    bytes32 public constant VERDICT_TYPEHASH = keccak256("Verdict(address node,uint256 batchId,bytes32 leaf,uint8 reason)");
+
+    uint256 private constant BPS = 10_000;
+
+    INodeRegistry private immutable _registry;
+    ICommitments private immutable _commitments;
+    IVerifierRegistry private immutable _verifiers;
+    IERC20 private immutable _token;
+    uint8 private immutable _quorum;
+    uint16 private immutable _slashBps;
+    uint16 private immutable _bountyBps;
+    uint64 private immutable _challengeWindow;
+    address private immutable _rewardRecipient;
+
+    mapping(bytes32 leaf => bool) private _slashedLeaves;
+    mapping(bytes32 slot => bool) private _slashedSlots;
+    uint256 private _rewardPool;
+
+    /// @param registry_ The node registry; its `slasher()` must be this contract.
+    /// @param commitments_ Where batches are committed; must follow `registry_`.
+    /// @param verifiers_ Who may sign verdicts.
+    /// @param quorum_ Verdicts needed per slash (at least 1).
+    /// @param slashBps_ Share of a node's active + unbonding stake one slash takes (<= 10000).
+    /// @param bountyBps_ Share of a slash paid to its verdict signers or reporter (<= 10000).
+    /// @param challengeWindow_ Seconds after a commit during which its leaves may be slashed;
+    /// at most the registry's `unbondingDelay`.
+    /// @param rewardRecipient_ Receives the reward pool on `releaseRewardPool`.
+    constructor(
+        INodeRegistry registry_,
+        ICommitments commitments_,
+        IVerifierRegistry verifiers_,
+        uint8 quorum_,
+        uint16 slashBps_,
+        uint16 bountyBps_,
+        uint64 challengeWindow_,
+        address rewardRecipient_
+    ) EIP712("stakeswarm Slasher", "1") {
+        address registrySlasher = registry_.slasher();
+        if (registrySlasher != address(this)) revert SlasherNotRegistrySlasher(registrySlasher);
+        address commitmentsRegistry = address(commitments_.registry());
+        if (commitmentsRegistry != address(registry_)) {
+            revert SlasherRegistryMismatch(commitmentsRegistry, address(registry_));
+        }
+        if (quorum_ == 0) revert SlasherInvalidQuorum(quorum_);
+        if (slashBps_ > BPS) revert SlasherInvalidBps(slashBps_);
+        if (bountyBps_ > BPS) revert SlasherInvalidBps(bountyBps_);
+        uint64 unbondingDelay = registry_.unbondingDelay();
+        if (challengeWindow_ > unbondingDelay) revert SlasherChallengeWindowTooLong(challengeWindow_, unbondingDelay);
+        if (rewardRecipient_ == address(0)) revert SlasherZeroRewardRecipient();
+
+        _registry = registry_;
+        _commitments = commitments_;
+        _verifiers = verifiers_;
+        _token = registry_.stakeToken();
+        _quorum = quorum_;
+        _slashBps = slashBps_;
+        _bountyBps = bountyBps_;
+        _challengeWindow = challengeWindow_;
+        _rewardRecipient = rewardRecipient_;
+    }
+
+    /// @inheritdoc ISlasher
+    function slash(
+        Leaf calldata leaf,
+        uint256 batchId,
+        bytes32[] calldata proof,
+        Reason reason,
+        bytes[] calldata verdicts
+    ) external nonReentrant returns (uint256 slashed) {
+        (address node, bytes32 hash) = _provenLeaf(leaf, batchId, proof);
+        if (reason != Reason.Mismatch && reason != Reason.Withheld) revert SlasherInvalidReason(uint8(reason));
+        if (_slashedLeaves[hash]) revert SlasherAlreadySlashed(hash);
+        address[] memory signers = _verdictSigners(verdictDigest(node, batchId, hash, reason), verdicts);
+        uint256 amount = _slashAmount(node);
+
+        _slashedLeaves[hash] = true;
+        slashed = _registry.slash(node, amount, address(this));
+        // signers.length >= quorum >= 1; the bounty is at most `slashed` since bountyBps <= BPS.
+        uint256 bountyPerVerifier = slashed * _bountyBps / BPS / signers.length;
+        _rewardPool += slashed - bountyPerVerifier * signers.length;
+        emit LeafSlashed(node, batchId, hash, reason, slashed, bountyPerVerifier);
+
+        if (bountyPerVerifier != 0) {
+            for (uint256 i = 0; i < signers.length; ++i) {
+                _token.safeTransfer(signers[i], bountyPerVerifier);
+            }
+        }
+    }
+
+    /// @inheritdoc ISlasher
+    /// @dev The slot key is keccak256(abi.encode(node, sessionId, modelId, spanStart, spanEnd, step)).
+    /// Receipts need not be committed: signing two is the offence.
+    function slashEquivocation(
+        address node,
+        Leaf calldata a,
+        bytes calldata receiptA,
+        Leaf calldata b,
+        bytes calldata receiptB
+    ) external nonReentrant returns (uint256 slashed) {
+        if (
+            a.sessionId != b.sessionId || a.modelId != b.modelId || a.spanStart != b.spanStart
+                || a.spanEnd != b.spanEnd || a.step != b.step || leafHash(a) == leafHash(b)
+        ) revert SlasherNotEquivocation();
+        _checkReceipt(node, a, receiptA);
+        _checkReceipt(node, b, receiptB);
+        bytes32 key = keccak256(abi.encode(node, a.sessionId, a.modelId, a.spanStart, a.spanEnd, a.step));
+        if (_slashedSlots[key]) revert SlasherAlreadySlashed(key);
+        uint256 amount = _slashAmount(node);
+
+        _slashedSlots[key] = true;
+        slashed = _registry.slash(node, amount, address(this));
+        // bountyBps <= BPS, so bounty <= slashed.
+        uint256 bounty = slashed * _bountyBps / BPS;
+        _rewardPool += slashed - bounty;
+        emit EquivocationSlashed(node, a.sessionId, a.step, msg.sender, slashed, bounty);
+
+        if (bounty != 0) _token.safeTransfer(msg.sender, bounty);
+    }
+
+    /// @inheritdoc ISlasher
+    function releaseRewardPool() external nonReentrant returns (uint256 amount) {
+        amount = _rewardPool;
+        if (amount == 0) revert SlasherEmptyRewardPool();
+
+        _rewardPool = 0;
+        emit RewardPoolReleased(_rewardRecipient, amount);
+
+        _token.safeTransfer(_rewardRecipient, amount);
+    }
+
+    /// @inheritdoc ISlasher
+    function leafHash(Leaf calldata leaf) public pure returns (bytes32) {
+        // A static struct ABI-encodes as its fields in order.
+        return keccak256(abi.encode(leaf));
+    }
+
+    /// @inheritdoc ISlasher
+    function receiptDigest(Leaf calldata leaf) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(RECEIPT_TYPEHASH, leaf)));
+    }
+
+    /// @inheritdoc ISlasher
+    function verdictDigest(address node, uint256 batchId, bytes32 leaf, Reason reason) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(VERDICT_TYPEHASH, node, batchId, leaf, uint8(reason))));
+    }
+
+    /// @inheritdoc ISlasher
+    /// @dev False for a batch that does not exist.
+    function verifyLeaf(uint256 batchId, bytes32 leaf, bytes32[] calldata proof) external view returns (bool) {
+        if (batchId == 0 || batchId > _commitments.batchCount()) return false;
+        return MerkleProof.verifyCalldata(proof, _commitments.getBatch(batchId).root, leaf);
+    }
+
+    /// @inheritdoc ISlasher
+    function isLeafSlashed(bytes32 leaf) external view returns (bool) {
+        return _slashedLeaves[leaf];
+    }
+
+    /// @inheritdoc ISlasher
+    function rewardPool() external view returns (uint256) {
+        return _rewardPool;
+    }
+
+    /// @inheritdoc ISlasher
+    function registry() external view returns (INodeRegistry) {
+        return _registry;
+    }
+
+    /// @inheritdoc ISlasher
+    function commitments() external view returns (ICommitments) {
+        return _commitments;
+    }
+
+    /// @inheritdoc ISlasher
+    function verifiers() external view returns (IVerifierRegistry) {
+        return _verifiers;
+    }
+
+    /// @inheritdoc ISlasher
+    function quorum() external view returns (uint8) {
+        return _quorum;
+    }
+
+    /// @inheritdoc ISlasher
+    function slashBps() external view returns (uint16) {
+        return _slashBps;
+    }
+
+    /// @inheritdoc ISlasher
+    function bountyBps() external view returns (uint16) {
+        return _bountyBps;
+    }
+
+    /// @inheritdoc ISlasher
+    function challengeWindow() external view returns (uint64) {
+        return _challengeWindow;
+    }
+
+    /// @inheritdoc ISlasher
+    function rewardRecipient() external view returns (address) {
+        return _rewardRecipient;
+    }
+
+    /// @dev Checks that `leaf` lies under batch `batchId`'s root, inside the challenge window and
+    /// for the batch's model; returns the node that committed it and the leaf hash.
+    function _provenLeaf(Leaf calldata leaf, uint256 batchId, bytes32[] calldata proof)
+        private
+        view
+        returns (address node, bytes32 hash)
+    {
+        if (batchId == 0 || batchId > _commitments.batchCount()) revert SlasherUnknownBatch(batchId);
+        ICommitments.Batch memory batch = _commitments.getBatch(batchId);
+        uint64 closedAt = batch.committedAt + _challengeWindow;
+        if (block.timestamp > closedAt) revert SlasherChallengeWindowClosed(batchId, closedAt);
+        if (leaf.modelId != batch.modelId) revert SlasherModelMismatch(leaf.modelId, batch.modelId);
+        hash = leafHash(leaf);
+        if (!MerkleProof.verifyCalldata(proof, batch.root, hash)) revert SlasherInvalidProof(batchId, hash);
+        node = batch.node;
+    }
+
+    /// @dev Recovers the signer of each verdict over `digest`; each must be an active verifier and
+    /// the signers strictly increasing (so distinct). Needs at least `quorum` verdicts.
+    function _verdictSigners(bytes32 digest, bytes[] calldata verdicts) private view returns (address[] memory signers) {
+        uint256 count = verdicts.length;
+        if (count < _quorum) revert SlasherNotEnoughVerdicts(count, _quorum);
+        signers = new address[](count);
+        address previous = address(0);
+        for (uint256 i = 0; i < count; ++i) {
+            (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, verdicts[i]);
+            if (err != ECDSA.RecoverError.NoError) revert SlasherInvalidVerdictSignature(i);
+            if (!_verifiers.isActive(signer)) revert SlasherNotAVerifier(signer);
+            if (signer <= previous) revert SlasherVerdictSignersNotSorted(previous, signer);
+            signers[i] = signer;
+            previous = signer;
+        }
+    }
+
+    /// @dev Reverts unless `signature` is `node`'s valid receipt for `leaf`.
+    function _checkReceipt(address node, Leaf calldata leaf, bytes calldata signature) private view {
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(receiptDigest(leaf), signature);
+        if (err != ECDSA.RecoverError.NoError || signer != node) revert SlasherInvalidReceiptSignature(signer, node);
+    }
+
+    /// @dev `slashBps` of the node's active + unbonding stake; reverts if that is zero.
+    function _slashAmount(address node) private view returns (uint256 amount) {
+        INodeRegistry.Node memory n = _registry.getNode(node);
+        amount = (n.stake + n.unbonding) * _slashBps / BPS;
+        if (amount == 0) revert SlasherNothingToSlash(node);
+    }
+}
