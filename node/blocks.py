@@ -1,0 +1,397 @@
+"""Spans of transformer blocks loaded from local safetensors, and the client-side ends.
+
+A node serves a contiguous span `[start, end)` of a model's decoder layers; the verifier
+re-runs the same span with this same code. `load_span` reads ONLY that span's weights (a
+single `model.safetensors` or shards listed in `model.safetensors.index.json`) and builds the
+layers on the meta device first, so the rest of the model never takes memory.
+
+    span = load_span(path, 2, 4, dtype=torch.float32)
+    out = span.forward(hidden, attention_mask)          # stateless, whole sequence
+    out = span.forward(hidden, attention_mask, cache)   # one step of a session, appends
+
+Conventions (shared by nodes, clients and verifiers):
+- hidden states: [batch, tokens, hidden_size] in the span's dtype, the residual stream
+  between layers (before the final norm);
+- attention mask: [batch, past + tokens] of 0/1 (left padding allowed); position ids are the
+  mask's cumulative sum minus one, as `generate` does; padded keys are never attended, and a
+  padded query attends only to itself so its (meaningless) output stays finite and does not
+  depend on later tokens;
+- running a sequence in one stateless pass and step by step with a `SessionCache` agree
+  within `SPAN_FP32_ATOL` in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import PretrainedConfig
+
+from node.cache import KVLayout, SessionCache
+from node.errors import InvalidInputError, InvalidSpanError, ModelFilesError
+from node.families import MASK_FORMAT, Family, family_of, load_config
+
+logger = logging.getLogger(__name__)
+
+# fp32 agreement of the same span run in different ways on one machine (one pass vs cached
+# steps, a chain of spans vs the whole HF model, other batch compositions): absolute, on
+# hidden states of O(1) magnitude. The verifier's cross-machine thresholds are its own.
+SPAN_FP32_ATOL = 1e-4
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+Progress = Callable[[int, int], None]  # progress(layers_loaded, layers_total)
+
+
+class SafetensorsWeights:
+    """Where each tensor of a local safetensors model lives, and reads of chosen keys only."""
+
+    def __init__(self, model_path: str | Path) -> None:
+        self.path = Path(model_path)
+        index = self.path / INDEX_FILE
+        single = self.path / SINGLE_FILE
+        if index.is_file():
+            try:
+                weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelFilesError(f"unreadable {INDEX_FILE} in {self.path}: {exc}") from exc
+            self.files = {key: self.path / name for key, name in weight_map.items()}
+        elif single.is_file():
+            with safe_open(single, framework="pt") as f:
+                self.files = {key: single for key in f.keys()}  # noqa: SIM118 (not a dict)
+        else:
+            raise ModelFilesError(f"no {SINGLE_FILE} or {INDEX_FILE} in {self.path}")
+
+    def keys_with_prefix(self, prefix: str) -> set[str]:
+        return {key for key in self.files if key.startswith(prefix)}
+
+    def read(
+        self, keys: Iterable[str], dtype: torch.dtype, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """Read exactly `keys`, cast to `dtype` on `device`; other tensors are never touched."""
+        by_file: dict[Path, list[str]] = {}
+        for key in keys:
+            if key not in self.files:
+                raise ModelFilesError(f"tensor {key!r} is missing from the weights in {self.path}")
+            by_file.setdefault(self.files[key], []).append(key)
+        tensors: dict[str, torch.Tensor] = {}
+        for file, file_keys in by_file.items():
+            if not file.is_file():
+                raise ModelFilesError(f"weights shard {file.name} is missing from {self.path}")
+            with safe_open(file, framework="pt", device=str(device)) as f:
+                for key in file_keys:
+                    tensors[key] = f.get_tensor(key).to(dtype)
+        return tensors
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if dtype not in SUPPORTED_DTYPES:
+        raise InvalidInputError(f"unsupported dtype {dtype}; expected one of {SUPPORTED_DTYPES}")
+
+
+def _materialize(module: nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
+    """Assign `weights` (keys relative to `module`) to a meta-device module, strictly."""
+    expected = set(module.state_dict().keys())
+    missing, unexpected = expected - weights.keys(), weights.keys() - expected
+    if missing or unexpected:
+        raise ModelFilesError(
+            f"weights of {what} do not fit the config: missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
+    module.load_state_dict(weights, strict=True, assign=True)
+    leftover = [name for name, t in module.state_dict(keep_vars=True).items() if t.is_meta]
+    if leftover:
+        raise ModelFilesError(f"{what} kept unloaded tensors {leftover}")
+    module.requires_grad_(False)
+    module.eval()
+
+
+@dataclass(frozen=True)
+class _StepPlan:
+    """Masks and positions of one forward, shared by all layers of the span."""
+
+    position_ids: torch.Tensor  # [batch, tokens]
+    masks: dict[int | None, torch.Tensor]  # window -> [batch, 1, tokens, past + tokens]
+
+
+class Span(nn.Module):
+    """Decoder layers `[start, end)` of one model, runnable statelessly or with a KV cache.
+
+    `layers[i]` is global layer `start + i` (its `layer_idx`, window and cache slot use the
+    global index). Built by `load_span`; weights are frozen, forward runs in inference mode.
+    """
+
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        family: Family,
+        start: int,
+        end: int,
+        layers: nn.ModuleList,
+        rotary: nn.Module,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.family = family
+        self.start = start
+        self.end = end
+        self.layers = layers
+        self.rotary = rotary
+        self.dtype = dtype
+        self.device = device
+        self.hidden_size: int = config.hidden_size
+        self.windows: tuple[int | None, ...] = tuple(
+            family.window(config, index) for index in range(start, end)
+        )
+        head_dim = getattr(config, "head_dim", None) or (
+            config.hidden_size // config.num_attention_heads
+        )
+        self.kv_layout = KVLayout(
+            start=start,
+            end=end,
+            num_kv_heads=config.num_key_value_heads,
+            head_dim=head_dim,
+            dtype=dtype,
+            device=device,
+        )
+        self._cache_kwarg = family.cache_kwarg
+
+    @property
+    def num_blocks(self) -> int:
+        return self.end - self.start
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: SessionCache | None = None,
+    ) -> torch.Tensor:
+        """Run the span over `hidden` [batch, tokens, hidden_size] and return the output
+        hidden states of the same shape.
+
+        `attention_mask` [batch, past + tokens] (0/1; None: no padding) covers the cached past
+        and the new tokens. With `cache`, `past` is `cache.length`, the mask's past part must
+        equal what the session saw, and the step's keys/values are appended (all or nothing);
+        without, past is 0 and the whole sequence runs statelessly.
+        Raises `InvalidInputError` for bad shapes/dtypes/values and `SessionLengthError` when
+        the step does not fit the session's max length.
+        """
+        self._check_hidden(hidden)
+        batch, tokens, _ = hidden.shape
+        past = 0
+        if cache is not None:
+            self._check_cache(cache, batch)
+            cache.room_for(tokens)
+            past = cache.length
+        mask = self._full_mask(attention_mask, cache, batch, past, tokens)
+        hidden = hidden.to(self.device)
+        with torch.inference_mode():
+            plan = self._plan(mask, past, tokens)
+            cos_sin = self.rotary(hidden, plan.position_ids)
+            if cache is not None:
+                cache.begin_step(tokens)
+            try:
+                for layer, window in zip(self.layers, self.windows, strict=True):
+                    hidden = layer(
+                        hidden,
+                        attention_mask=plan.masks[window],
+                        position_ids=plan.position_ids,
+                        position_embeddings=cos_sin,
+                        use_cache=cache is not None,
+                        **{self._cache_kwarg: cache},
+                    )
+            except BaseException:
+                if cache is not None:
+                    cache.abort_step()
+                raise
+            if cache is not None:
+                cache.commit(mask[:, past:])
+        return hidden
+
+    def _check_hidden(self, hidden: torch.Tensor) -> None:
+        if not isinstance(hidden, torch.Tensor):
+            raise InvalidInputError(f"hidden states must be a tensor, got {type(hidden).__name__}")
+        if hidden.ndim != 3 or hidden.shape[-1] != self.hidden_size:
+            raise InvalidInputError(
+                f"hidden states must be [batch, tokens, {self.hidden_size}], "
+                f"got {list(hidden.shape)}"
+            )
+        if hidden.shape[0] < 1 or hidden.shape[1] < 1:
+            raise InvalidInputError(f"hidden states are empty: {list(hidden.shape)}")
+        if hidden.dtype != self.dtype:
+            raise InvalidInputError(
+                f"hidden states are {hidden.dtype}, this span runs in {self.dtype}"
+            )
+        if not torch.isfinite(hidden).all():
+            raise InvalidInputError("hidden states contain NaN or infinity")
+
+    def _check_cache(self, cache: SessionCache, batch: int) -> None:
+        if cache.layout != self.kv_layout:
+            raise InvalidInputError(
+                f"the cache was opened for {cache.layout}, not for this span {self.kv_layout}"
+            )
+        if cache.batch != batch:
+            raise InvalidInputError(
+                f"the session's batch is {cache.batch}, the hidden states have batch {batch}"
+            )
+
+    def _full_mask(
+        self,
+        attention_mask: torch.Tensor | None,
+        cache: SessionCache | None,
+        batch: int,
+        past: int,
+        tokens: int,
+    ) -> torch.Tensor:
+        """The boolean mask [batch, past + tokens], checked against the session's history."""
+        history = cache.mask if cache is not None else None
+        if attention_mask is None:
+            new = torch.ones((batch, tokens), dtype=torch.bool, device=self.device)
+            return new if history is None else torch.cat([history, new], dim=1)
+        if not isinstance(attention_mask, torch.Tensor):
+            raise InvalidInputError(
+                f"attention mask must be a tensor, got {type(attention_mask).__name__}"
+            )
+        if attention_mask.shape != (batch, past + tokens):
+            raise InvalidInputError(
+                f"attention mask must be [batch, past + tokens] = [{batch}, {past + tokens}], "
+                f"got {list(attention_mask.shape)}"
+            )
+        if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
+            raise InvalidInputError(
+                f"attention mask must be bool or integer, not {attention_mask.dtype}"
+            )
+        if (
+            attention_mask.dtype != torch.bool
+            and not ((attention_mask == 0) | (attention_mask == 1)).all()
+        ):
+            raise InvalidInputError("attention mask values must be 0 or 1")
+        mask = attention_mask.to(device=self.device, dtype=torch.bool)
+        if history is not None and not torch.equal(mask[:, :past], history):
+            raise InvalidInputError("attention mask disagrees with the session's cached positions")
+        return mask
+
+    def _plan(self, mask: torch.Tensor, past: int, tokens: int) -> _StepPlan:
+        # mask: [batch, past + tokens] bool
+        total = past + tokens
+        positions = mask.long().cumsum(-1) - 1
+        positions = positions.masked_fill(~mask, 0)[:, past:]  # [batch, tokens]
+        q_idx = torch.arange(past, total, device=self.device)[:, None]  # [tokens, 1]
+        kv_idx = torch.arange(total, device=self.device)[None, :]  # [1, past + tokens]
+        causal = kv_idx <= q_idx
+        itself = kv_idx == q_idx
+        masks: dict[int | None, torch.Tensor] = {}
+        for window in set(self.windows):
+            visible = causal if window is None else causal & (kv_idx > q_idx - window)
+            # allowed: [batch, 1, tokens, past + tokens]
+            allowed = (visible[None] & mask[:, None, :]) | itself[None]
+            masks[window] = self._mask_format(allowed[:, None])
+        return _StepPlan(position_ids=positions, masks=masks)
+
+    def _mask_format(self, allowed: torch.Tensor) -> torch.Tensor:
+        if MASK_FORMAT[self.config._attn_implementation] == "bool":
+            return allowed
+        additive = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        return additive.masked_fill(~allowed, torch.finfo(self.dtype).min)
+
+    def extra_repr(self) -> str:
+        return f"{self.family.model_type} blocks [{self.start}, {self.end}), dtype={self.dtype}"
+
+
+def load_span(
+    model_path: str | Path,
+    start: int,
+    end: int,
+    dtype: torch.dtype = torch.float32,
+    progress: Progress | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> Span:
+    """Load decoder layers `[start, end)` of the model in `model_path` (a local folder with
+    `config.json` and safetensors weights), reading only those layers' tensors.
+
+    `progress(done, total)` is called after each layer. Raises `InvalidSpanError` for a range
+    outside the model, `UnsupportedModelError` for other architectures, `ModelFilesError` for
+    missing or mismatched weights.
+    """
+    _check_dtype(dtype)
+    device = torch.device(device)
+    config = load_config(model_path)
+    family = family_of(config)
+    total = config.num_hidden_layers
+    if not (0 <= start < end <= total):
+        raise InvalidSpanError(
+            f"span [{start}, {end}) is not a non-empty range inside the model's {total} blocks"
+        )
+    weights = SafetensorsWeights(model_path)
+    layers = nn.ModuleList()
+    for index in range(start, end):
+        with torch.device("meta"):
+            layer = family.layer_class(config, layer_idx=index)
+        prefix = family.layer_prefix(index)
+        keys = weights.keys_with_prefix(prefix)
+        tensors = weights.read(keys, dtype, device)
+        _materialize(layer, {key[len(prefix) :]: t for key, t in tensors.items()}, f"block {index}")
+        layers.append(layer)
+        if progress is not None:
+            progress(index - start + 1, end - start)
+    rotary = family.rotary_class(config=config).to(device)
+    logger.info("loaded %s blocks [%d, %d) in %s", family.model_type, start, end, dtype)
+    return Span(config, family, start, end, layers, rotary, dtype, device)
+
+
+class ClientHead(nn.Module):
+    """The ends of a model a client runs itself: token embeddings, final norm, LM head."""
+
+    def __init__(self, embed_tokens: nn.Embedding, norm: nn.Module, lm_head: nn.Linear) -> None:
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.norm = norm
+        self.lm_head = lm_head
+
+    @torch.inference_mode()
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [batch, tokens] -> hidden states [batch, tokens, hidden_size]."""
+        return self.embed_tokens(input_ids)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Last span's output [batch, tokens, hidden_size] -> logits [batch, tokens, vocab]."""
+        return self.lm_head(self.norm(hidden))
+
+
+def load_client_head(
+    model_path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    *,
+    device: str | torch.device = "cpu",
+) -> ClientHead:
+    """Load only the embeddings, final norm and LM head (tied to the embeddings when the
+    config says so) of the model in `model_path`."""
+    _check_dtype(dtype)
+    device = torch.device(device)
+    config = load_config(model_path)
+    family = family_of(config)
+    weights = SafetensorsWeights(model_path)
+    tied = family.tied_embeddings(config)
+    keys = [family.embed_key, family.norm_key] + ([] if tied else [family.lm_head_key])
+    tensors = weights.read(keys, dtype, device)
+    with torch.device("meta"):
+        embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        norm = family.norm_class(config.hidden_size, eps=config.rms_norm_eps)
+        lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+    _materialize(embed, {"weight": tensors[family.embed_key]}, "the embeddings")
+    _materialize(norm, {"weight": tensors[family.norm_key]}, "the final norm")
+    head_weight = tensors[family.embed_key] if tied else tensors[family.lm_head_key]
+    _materialize(lm_head, {"weight": head_weight}, "the LM head")
+    return ClientHead(embed, norm, lm_head)
