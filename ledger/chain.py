@@ -1,0 +1,573 @@
+"""Chain access: one JSON-RPC connection (`Chain`) and one transaction sender per key (`Sender`).
+
+Every transaction goes the same way: encode, static-call (`eth_call` from the sender, so a
+revert is caught before paying gas), estimate gas, take the key's next nonce, price with
+EIP-1559 fees, sign locally, send raw, await the receipt. Reverts are decoded against the ABIs
+of every compiled contract (ours and the OpenZeppelin ones they use) and raised as
+`ContractRevert` with the error's name and arguments, never as a hex blob.
+
+Nonces: one `NonceManager` per (RPC endpoint, address) in the process, shared by every
+`Sender` of that key, so threads sending concurrently get distinct, gapless nonces. It
+resyncs from `eth_getTransactionCount(pending)` after any failure, and on `Chain.reset_nonces`
+(call it after `evm_revert`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
+from eth_account.signers.local import LocalAccount
+from eth_utils import (
+    abi_to_signature,
+    event_abi_to_log_topic,
+    function_signature_to_4byte_selector,
+    get_abi_input_names,
+    get_abi_input_types,
+    to_checksum_address,
+)
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.contract import Contract
+from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
+from web3.types import BlockIdentifier, TxParams
+
+from ledger.errors import LedgerError
+
+logger = logging.getLogger(__name__)
+
+PANIC_SELECTOR = bytes.fromhex("4e487b71")  # Panic(uint256)
+ERROR_STRING_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
+PANIC_REASONS = {
+    0x00: "generic compiler panic",
+    0x01: "assert failed",
+    0x11: "arithmetic overflow or underflow",
+    0x12: "division or modulo by zero",
+    0x21: "invalid enum value",
+    0x22: "corrupt storage byte array",
+    0x31: "pop on an empty array",
+    0x32: "array index out of bounds",
+    0x41: "out of memory",
+    0x51: "call to an uninitialised function",
+}
+DEFAULT_RECEIPT_TIMEOUT = 120.0  # seconds to wait for a sent transaction to be mined
+DEFAULT_GAS_MARGIN = (
+    1.25  # gas limit = estimate * margin: state may move between estimate and mining
+)
+
+
+class ChainError(LedgerError):
+    """The chain cannot be reached or answered something unusable."""
+
+
+class TransactionTimeout(ChainError):
+    """A sent transaction was not mined within the receipt timeout."""
+
+
+class ContractRevert(ChainError):
+    """A call reverted; `name` and `arguments` are the decoded Solidity error.
+
+    `str()` reads like the Solidity error: `RegistryInsufficientStake(node=0x.., stake=1, needed=2)`.
+    `Panic` carries `code` (and a `reason`), `Error(string)` a `message`; a selector no known ABI
+    declares comes as `UnknownError(selector=0x..)` with the raw `data`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        data: bytes = b"",
+        *,
+        contract: str | None = None,
+        action: str | None = None,
+    ) -> None:
+        self.name = name
+        self.arguments = dict(args)
+        self.data = bytes(data)
+        self.contract = contract  # the ABI (contract name) that declares the error, if known
+        self.action = action  # what was attempted, e.g. "NodeRegistry.register"
+        super().__init__(self.signature)
+
+    @property
+    def signature(self) -> str:
+        """The error as Solidity would print it: `Name(arg=value, ...)`."""
+        inner = ", ".join(f"{key}={format_value(value)}" for key, value in self.arguments.items())
+        return f"{self.name}({inner})"
+
+    def __str__(self) -> str:
+        return f"{self.action} reverted: {self.signature}" if self.action else self.signature
+
+
+def format_value(value: Any) -> str:
+    """Render a decoded ABI value for people: bytes as 0x-hex, sequences as [a, b]."""
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(format_value(item) for item in value) + "]"
+    return str(value)
+
+
+def _checksum_addresses(abi_type: str, value: Any) -> Any:
+    """eth_abi decodes addresses in lower case; people read them checksummed."""
+    if abi_type == "address":
+        return to_checksum_address(value)
+    if abi_type.startswith("address[") and isinstance(value, list | tuple):
+        return type(value)(to_checksum_address(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class DecodedEvent:
+    """One log decoded against the ABI of the contract that emitted it."""
+
+    name: str  # event name, e.g. "BatchCommitted"
+    contract: str  # contract (ABI) name, e.g. "Commitments"
+    address: str  # checksummed emitter
+    args: Mapping[str, Any]
+    block_number: int
+    log_index: int
+    tx_hash: str  # 0x-hex
+
+
+@dataclass(frozen=True)
+class TxResult:
+    """A mined, successful transaction."""
+
+    tx_hash: str  # 0x-hex
+    gas_used: int
+    block_number: int
+    events: tuple[DecodedEvent, ...] = field(default=())
+    contract_address: str | None = None  # set for deployments
+
+    def events_named(self, name: str) -> list[DecodedEvent]:
+        """The events called `name`, in log order."""
+        return [event for event in self.events if event.name == name]
+
+    def event(self, name: str) -> DecodedEvent:
+        """The single event called `name`; `LookupError` if there is not exactly one."""
+        found = self.events_named(name)
+        if len(found) != 1:
+            raise LookupError(f"expected one {name} event in {self.tx_hash}, found {len(found)}")
+        return found[0]
+
+
+class AbiCodec:
+    """Decodes reverts and logs against a set of named ABIs."""
+
+    def __init__(self, abis: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+        self.abis = {name: list(abi) for name, abi in abis.items()}
+        self._errors: dict[bytes, tuple[str, Mapping[str, Any]]] = {}
+        self._events: dict[bytes, list[tuple[str, Mapping[str, Any]]]] = {}
+        for contract, abi in self.abis.items():
+            for item in abi:
+                if item.get("type") == "error":
+                    selector = function_signature_to_4byte_selector(abi_to_signature(item))
+                    self._errors.setdefault(selector, (contract, item))
+                elif item.get("type") == "event" and not item.get("anonymous", False):
+                    topic = event_abi_to_log_topic(item)  # type: ignore[arg-type]
+                    self._events.setdefault(topic, []).append((contract, item))
+
+    def decode_revert(self, data: bytes, *, action: str | None = None) -> ContractRevert:
+        """The `ContractRevert` for revert `data` (selector + ABI-encoded arguments)."""
+        data = bytes(data)
+        if not data:
+            return ContractRevert("Reverted", {}, data, action=action)
+        selector, body = data[:4], data[4:]
+        try:
+            if selector == PANIC_SELECTOR:
+                (code,) = abi_decode(["uint256"], body)
+                reason = PANIC_REASONS.get(code, "unknown panic code")
+                return ContractRevert(
+                    "Panic", {"code": hex(code), "reason": reason}, data, action=action
+                )
+            if selector == ERROR_STRING_SELECTOR:
+                (message,) = abi_decode(["string"], body)
+                return ContractRevert("Error", {"message": message}, data, action=action)
+            if selector in self._errors:
+                contract, item = self._errors[selector]
+                types = get_abi_input_types(item)  # type: ignore[arg-type]
+                values = [
+                    _checksum_addresses(t, v)
+                    for t, v in zip(types, abi_decode(types, body), strict=True)
+                ]
+                names = [
+                    name or f"arg{i}"
+                    for i, name in enumerate(get_abi_input_names(item))  # type: ignore[arg-type]
+                ]
+                return ContractRevert(
+                    item["name"],
+                    dict(zip(names, values, strict=True)),
+                    data,
+                    contract=contract,
+                    action=action,
+                )
+        except DecodingError:
+            logger.warning("cannot decode revert data %s", data.hex())
+        return ContractRevert(
+            "UnknownError", {"selector": selector, "data": body}, data, action=action
+        )
+
+    def decode_log(
+        self, log: Mapping[str, Any], w3: Web3, emitter: str | None = None
+    ) -> DecodedEvent | None:
+        """Decode one receipt/`eth_getLogs` entry; None when no known event matches.
+        `emitter` names the ABI of the contract at the log's address, when known: it is tried
+        first (an ERC20 `Transfer` is the StakeToken's, not the abstract ERC20's)."""
+        topics = log.get("topics") or []
+        if not topics:
+            return None
+        candidates = sorted(
+            self._events.get(bytes(topics[0]), []), key=lambda found: found[0] != emitter
+        )
+        for contract, item in candidates:
+            event_contract = w3.eth.contract(abi=[item])
+            try:
+                decoded = event_contract.events[item["name"]]().process_log(log)  # type: ignore[arg-type]
+            except (Web3Exception, DecodingError, TypeError, ValueError):
+                continue  # same signature, other indexing: try the next ABI
+            return DecodedEvent(
+                name=decoded["event"],
+                contract=contract,
+                address=to_checksum_address(decoded["address"]),
+                args=dict(decoded["args"]),
+                block_number=int(decoded["blockNumber"]),
+                log_index=int(decoded["logIndex"]),
+                tx_hash="0x" + bytes(decoded["transactionHash"]).hex(),
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class BoundContract:
+    """A contract at an address with the ABI it is read and written through."""
+
+    name: str  # ABI name, e.g. "NodeRegistry"
+    address: str  # checksummed
+    web3: Contract
+
+
+class NonceManager:
+    """The next nonce of one key on one endpoint; shared by all senders of the key in the process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held from taking a nonce until the tx is accepted
+        self._next: int | None = None  # None: ask the node
+
+    def take(self, fetch: Callable[[], int]) -> int:
+        """The nonce to use now (the lock must be held)."""
+        if self._next is None:
+            self._next = fetch()
+        return self._next
+
+    def commit(self) -> None:
+        """The nonce returned by `take` was accepted by the node (the lock must be held)."""
+        assert self._next is not None
+        self._next += 1
+
+    def invalidate(self) -> None:
+        """Forget the cached nonce; the next `take` asks the node again."""
+        self._next = None
+
+
+_NONCE_MANAGERS: dict[tuple[str, str], NonceManager] = {}
+_NONCE_MANAGERS_LOCK = threading.Lock()
+
+
+def _nonce_manager(endpoint: str, address: str) -> NonceManager:
+    with _NONCE_MANAGERS_LOCK:
+        return _NONCE_MANAGERS.setdefault((endpoint, address), NonceManager())
+
+
+class Chain:
+    """A JSON-RPC connection with the ABIs needed to decode what comes back."""
+
+    def __init__(
+        self,
+        rpc_url: str,
+        abis: Mapping[str, Sequence[Mapping[str, Any]]],
+        *,
+        request_timeout: float = 30.0,
+    ) -> None:
+        """Connect to `rpc_url` and read its chain id; `ChainError` if it does not answer."""
+        self.rpc_url = rpc_url
+        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": request_timeout}))
+        self.codec = AbiCodec(abis)
+        self._names: dict[str, str] = {}  # address -> ABI name of contracts bound through here
+        try:
+            self.chain_id = int(self.w3.eth.chain_id)
+        except (requests.RequestException, Web3Exception, OSError) as exc:
+            raise ChainError(f"cannot reach the chain at {rpc_url}: {exc}") from exc
+
+    def contract(self, address: str, abi_name: str) -> BoundContract:
+        """The contract at `address` with the ABI called `abi_name` (e.g. "NodeRegistry")."""
+        if abi_name not in self.codec.abis:
+            raise KeyError(
+                f"no ABI named {abi_name!r}; known: {', '.join(sorted(self.codec.abis))}"
+            )
+        checksummed = to_checksum_address(address)
+        self._names[checksummed] = abi_name
+        web3_contract = self.w3.eth.contract(address=checksummed, abi=self.codec.abis[abi_name])
+        return BoundContract(name=abi_name, address=checksummed, web3=web3_contract)
+
+    def sender(
+        self,
+        account: LocalAccount,
+        *,
+        receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
+        tx_recorder: TxRecorder | None = None,
+    ) -> Sender:
+        """A `Sender` for `account` on this chain (sharing the key's process-wide nonces)."""
+        return Sender(self, account, receipt_timeout=receipt_timeout, tx_recorder=tx_recorder)
+
+    def call(
+        self, contract: BoundContract, function: str, *args: Any, block: BlockIdentifier = "latest"
+    ) -> Any:
+        """Call a view; a revert raises `ContractRevert`."""
+        try:
+            return contract.web3.functions[function](*args).call(block_identifier=block)
+        except ContractLogicError as exc:
+            raise self.revert_from(exc, f"{contract.name}.{function}") from None
+
+    def get_events(
+        self,
+        contract: BoundContract,
+        event: str,
+        *,
+        from_block: int = 0,
+        to_block: BlockIdentifier = "latest",
+        argument_filters: Mapping[str, Any] | None = None,
+    ) -> list[DecodedEvent]:
+        """Logs of `event` emitted by `contract` in `[from_block, to_block]`, decoded, in order."""
+        logs = contract.web3.events[event]().get_logs(
+            from_block=from_block,
+            to_block=to_block,
+            argument_filters=dict(argument_filters) if argument_filters else None,
+        )
+        return [
+            DecodedEvent(
+                name=log["event"],
+                contract=contract.name,
+                address=to_checksum_address(log["address"]),
+                args=dict(log["args"]),
+                block_number=int(log["blockNumber"]),
+                log_index=int(log["logIndex"]),
+                tx_hash="0x" + bytes(log["transactionHash"]).hex(),
+            )
+            for log in logs
+        ]
+
+    def decode_logs(self, logs: Iterable[Mapping[str, Any]]) -> tuple[DecodedEvent, ...]:
+        """Decode the logs of a receipt, skipping logs no known ABI describes."""
+        decoded = (
+            self.codec.decode_log(
+                log, self.w3, self._names.get(to_checksum_address(log["address"]))
+            )
+            for log in logs
+        )
+        return tuple(event for event in decoded if event is not None)
+
+    def block_number(self) -> int:
+        return int(self.w3.eth.block_number)
+
+    def timestamp(self, block: BlockIdentifier = "latest") -> int:
+        """The timestamp of `block` (seconds)."""
+        return int(self.w3.eth.get_block(block)["timestamp"])
+
+    def eth_balance(self, address: str) -> int:
+        return int(self.w3.eth.get_balance(to_checksum_address(address)))
+
+    def rpc(self, method: str, params: Sequence[Any] = ()) -> Any:
+        """A raw JSON-RPC request (e.g. `evm_snapshot`); `ChainError` on an error response."""
+        response = self.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+        if response.get("error"):
+            raise ChainError(f"{method} failed: {response['error']}")
+        return response.get("result")
+
+    def reset_nonces(self) -> None:
+        """Make every sender on this endpoint re-read its nonce (after `evm_revert` and the like)."""
+        with _NONCE_MANAGERS_LOCK:
+            managers = [m for (url, _), m in _NONCE_MANAGERS.items() if url == self.rpc_url]
+        for manager in managers:
+            with manager.lock:
+                manager.invalidate()
+
+    def revert_from(self, exc: ContractLogicError, action: str | None) -> ContractRevert:
+        data = exc.data
+        if isinstance(data, str) and data.startswith("0x"):
+            return self.codec.decode_revert(HexBytes(data), action=action)
+        if isinstance(data, Mapping) and isinstance(data.get("data"), str):
+            return self.codec.decode_revert(HexBytes(data["data"]), action=action)
+        return ContractRevert("Reverted", {"message": exc.message or str(exc)}, action=action)
+
+
+TxRecorder = Callable[[str, Mapping[str, Any]], None]
+"""Called as `recorder(event, fields)` with event "sent" (fields: tx_hash, sender, nonce, to,
+action, data) or "mined" / "failed" (fields: tx_hash, status, gas_used, block_number, error)."""
+
+
+class Sender:
+    """Sends transactions signed by one local key, with that key's shared nonce manager."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        account: LocalAccount,
+        *,
+        receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
+        gas_margin: float = DEFAULT_GAS_MARGIN,
+        tx_recorder: TxRecorder | None = None,
+    ) -> None:
+        self.chain = chain
+        self.account = account
+        self.address = to_checksum_address(account.address)
+        self.receipt_timeout = receipt_timeout
+        self.gas_margin = gas_margin
+        self.tx_recorder = tx_recorder
+        self._nonces = _nonce_manager(chain.rpc_url, self.address)
+
+    def transact(
+        self,
+        contract: BoundContract,
+        function: str,
+        *args: Any,
+        value: int = 0,
+        gas: int | None = None,
+    ) -> TxResult:
+        """Call `function(*args)` on `contract` in a transaction and wait until it is mined."""
+        data = contract.web3.encode_abi(function, args=list(args))
+        return self.send(
+            {"to": contract.address, "data": HexBytes(data), "value": value},
+            action=f"{contract.name}.{function}",
+            gas=gas,
+        )
+
+    def deploy(
+        self, abi: Sequence[Mapping[str, Any]], bytecode: str, *args: Any, name: str
+    ) -> TxResult:
+        """Deploy a contract; the result's `contract_address` is where it lives."""
+        factory = self.chain.w3.eth.contract(abi=list(abi), bytecode=bytecode)
+        data = factory.constructor(*args).data_in_transaction
+        result = self.send({"data": HexBytes(data), "value": 0}, action=f"deploy {name}")
+        if result.contract_address is None:
+            raise ChainError(f"deploying {name} produced no contract address ({result.tx_hash})")
+        return result
+
+    def transfer_eth(self, to: str, value: int) -> TxResult:
+        """Send `value` wei of the chain's native currency to `to`."""
+        return self.send(
+            {"to": to_checksum_address(to), "value": value, "data": b""}, action="transfer ETH"
+        )
+
+    def send(self, tx: TxParams, *, action: str, gas: int | None = None) -> TxResult:
+        """Static-call, price, sign, send and await `tx` (`to`, `data`, `value`)."""
+        w3 = self.chain.w3
+        call: TxParams = {"from": self.address, **tx}
+        try:
+            w3.eth.call(call, block_identifier="pending")
+            if gas is None:
+                gas = int(w3.eth.estimate_gas(call, block_identifier="pending") * self.gas_margin)
+        except ContractLogicError as exc:
+            raise self.chain.revert_from(exc, action) from None
+
+        latest = w3.eth.get_block("latest")
+        tip = int(w3.eth.max_priority_fee)
+        max_fee = 2 * int(latest.get("baseFeePerGas", 0)) + tip
+        fields: TxParams = {
+            **call,
+            "gas": gas,
+            "chainId": self.chain.chain_id,
+            "maxFeePerGas": max_fee,
+            "maxPriorityFeePerGas": tip,
+            "type": 2,
+        }
+        with self._nonces.lock:
+            nonce = self._nonces.take(
+                lambda: int(w3.eth.get_transaction_count(self.address, "pending"))
+            )
+            fields["nonce"] = nonce
+            signed = self.account.sign_transaction(fields)  # type: ignore[arg-type]
+            try:
+                tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+            except (Web3RPCError, requests.RequestException, OSError) as exc:
+                self._nonces.invalidate()
+                raise ChainError(f"{action}: the node refused the transaction: {exc}") from exc
+            self._nonces.commit()
+        hex_hash = "0x" + bytes(tx_hash).hex()
+        logger.debug("%s sent %s (nonce %d) %s", self.address, action, nonce, hex_hash)
+        self._record(
+            "sent",
+            tx_hash=hex_hash,
+            sender=self.address,
+            nonce=nonce,
+            to=tx.get("to"),
+            action=action,
+            data=bytes(HexBytes(tx.get("data", b""))),
+        )
+        return self._await(hex_hash, fields, action)
+
+    def _await(self, tx_hash: str, fields: TxParams, action: str) -> TxResult:
+        w3 = self.chain.w3
+        try:
+            receipt = w3.eth.wait_for_transaction_receipt(
+                HexBytes(tx_hash), timeout=self.receipt_timeout, poll_latency=0.05
+            )
+        except TimeExhausted as exc:
+            with self._nonces.lock:
+                self._nonces.invalidate()
+            self._record("failed", tx_hash=tx_hash, status=None, error="timeout")
+            raise TransactionTimeout(
+                f"{action}: {tx_hash} not mined after {self.receipt_timeout:.0f} s"
+            ) from exc
+        block_number = int(receipt["blockNumber"])
+        gas_used = int(receipt["gasUsed"])
+        if receipt["status"] != 1:
+            revert = self._replay_revert(fields, block_number, action)
+            self._record(
+                "failed",
+                tx_hash=tx_hash,
+                status=0,
+                gas_used=gas_used,
+                block_number=block_number,
+                error=revert.signature,
+            )
+            raise revert
+        self._record(
+            "mined", tx_hash=tx_hash, status=1, gas_used=gas_used, block_number=block_number
+        )
+        contract_address = receipt.get("contractAddress")
+        return TxResult(
+            tx_hash=tx_hash,
+            gas_used=gas_used,
+            block_number=block_number,
+            events=self.chain.decode_logs(receipt["logs"]),
+            contract_address=to_checksum_address(contract_address) if contract_address else None,
+        )
+
+    def _replay_revert(self, fields: TxParams, block_number: int, action: str) -> ContractRevert:
+        """Why a mined transaction reverted: replay it as a call on the state before its block."""
+        call: TxParams = {
+            k: v for k, v in fields.items() if k in ("from", "to", "data", "value", "gas")
+        }  # type: ignore[assignment]
+        try:
+            self.chain.w3.eth.call(call, block_identifier=max(block_number - 1, 0))
+        except ContractLogicError as exc:
+            return self.chain.revert_from(exc, action)
+        return ContractRevert(
+            "Reverted",
+            {"message": "reverted when mined (out of gas or state changed)"},
+            action=action,
+        )
+
+    def _record(self, event: str, **fields: Any) -> None:
+        if self.tx_recorder is None:
+            return
+        try:
+            self.tx_recorder(event, fields)
+        except Exception:  # the ledger must never lose the chain's answer to a bookkeeping bug
+            logger.exception("recording %s of %s failed", event, fields.get("tx_hash"))
