@@ -1,0 +1,1 @@
+"""Alembic revisions of the ledger database (a package so that wheels ship them)."""
