@@ -1,0 +1,137 @@
+"""The node registry: who serves which blocks of which model, at what price, with what stake."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eth_utils import to_checksum_address
+from web3.types import BlockIdentifier
+
+from ledger.chain import TxResult
+from ledger.contracts.base import ContractWrapper
+from ledger.contracts.token import StakeToken
+from ledger.types import Address, BlockIndex, ModelId, Wei
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node's registration and stake (`INodeRegistry.Node`)."""
+
+    address: Address
+    model_id: ModelId
+    span_start: BlockIndex  # first block served
+    span_end: BlockIndex  # one past the last block served
+    price_per_token_per_block: Wei
+    peer_id: bytes  # libp2p peer id bytes
+    stake: Wei  # active stake
+    unbonding: Wei  # waiting for withdraw, still slashable
+    unbonding_release_at: int  # unix seconds when `unbonding` may be withdrawn (0: none)
+    registered: bool
+
+    @property
+    def span_length(self) -> int:
+        return self.span_end - self.span_start
+
+    @property
+    def price_per_token(self) -> Wei:
+        """What a client pays this node per token: price per block times the span length."""
+        return Wei(self.price_per_token_per_block * self.span_length)
+
+
+class NodeRegistry(ContractWrapper):
+    """Register, stake, unbond and withdraw as a node; read any node's registration."""
+
+    abi_name = "NodeRegistry"
+
+    def get_node(self, node: str, *, block: BlockIdentifier = "latest") -> NodeInfo:
+        raw = self._call("getNode", to_checksum_address(node), block=block)
+        return NodeInfo(
+            address=Address(to_checksum_address(node)),
+            model_id=ModelId(bytes(raw[0])),
+            span_start=BlockIndex(int(raw[1])),
+            span_end=BlockIndex(int(raw[2])),
+            price_per_token_per_block=Wei(int(raw[3])),
+            peer_id=bytes(raw[4]),
+            stake=Wei(int(raw[5])),
+            unbonding=Wei(int(raw[6])),
+            unbonding_release_at=int(raw[7]),
+            registered=bool(raw[8]),
+        )
+
+    def is_active(self, node: str, *, block: BlockIdentifier = "latest") -> bool:
+        return bool(self._call("isActive", to_checksum_address(node), block=block))
+
+    def required_stake(self, span_start: int, span_end: int) -> Wei:
+        return Wei(int(self._call("requiredStake", span_start, span_end)))
+
+    def total_staked(self, *, block: BlockIdentifier = "latest") -> Wei:
+        return Wei(int(self._call("totalStaked", block=block)))
+
+    def min_stake_per_block(self) -> Wei:
+        return Wei(int(self._call("minStakePerBlock")))
+
+    def unbonding_delay(self) -> int:
+        return int(self._call("unbondingDelay"))
+
+    def slasher(self) -> Address:
+        return Address(to_checksum_address(self._call("slasher")))
+
+    def stake_token(self) -> StakeToken:
+        """The stake token, writing as this wrapper's sender."""
+        return StakeToken(self.chain, self._call("stakeToken"), self.sender)
+
+    def register(
+        self,
+        model_id: ModelId,
+        span_start: BlockIndex,
+        span_end: BlockIndex,
+        price_per_token_per_block: Wei,
+        peer_id: bytes,
+        stake: Wei,
+    ) -> TxResult:
+        """Register the sender (the registry pulls `stake`: approve first, or use
+        `register_with_approve`)."""
+        return self._transact(
+            "register", model_id, span_start, span_end, price_per_token_per_block, peer_id, stake
+        )
+
+    def register_with_approve(
+        self,
+        model_id: ModelId,
+        span_start: BlockIndex,
+        span_end: BlockIndex,
+        price_per_token_per_block: Wei,
+        peer_id: bytes,
+        stake: Wei,
+    ) -> TxResult:
+        """Approve the registry for `stake` if the allowance falls short, then register."""
+        self.stake_token().ensure_allowance(self.address, stake)
+        return self.register(
+            model_id, span_start, span_end, price_per_token_per_block, peer_id, stake
+        )
+
+    def update_service(
+        self,
+        model_id: ModelId,
+        span_start: BlockIndex,
+        span_end: BlockIndex,
+        price_per_token_per_block: Wei,
+        peer_id: bytes,
+    ) -> TxResult:
+        return self._transact(
+            "updateService", model_id, span_start, span_end, price_per_token_per_block, peer_id
+        )
+
+    def add_stake(self, amount: Wei) -> TxResult:
+        """Pull `amount` more into the sender's stake (approve first, or `add_stake_with_approve`)."""
+        return self._transact("addStake", amount)
+
+    def add_stake_with_approve(self, amount: Wei) -> TxResult:
+        self.stake_token().ensure_allowance(self.address, amount)
+        return self.add_stake(amount)
+
+    def unbond(self, amount: Wei) -> TxResult:
+        return self._transact("unbond", amount)
+
+    def withdraw(self) -> TxResult:
+        return self._transact("withdraw")

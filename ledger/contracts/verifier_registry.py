@@ -1,0 +1,77 @@
+"""The verifier registry: who may sign verdicts, with what stake."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eth_utils import to_checksum_address
+from web3.types import BlockIdentifier
+
+from ledger.chain import TxResult
+from ledger.contracts.base import ContractWrapper
+from ledger.contracts.token import StakeToken
+from ledger.types import Address, Wei
+
+
+@dataclass(frozen=True)
+class VerifierInfo:
+    """A verifier's stake (`IVerifierRegistry.Verifier`)."""
+
+    address: Address
+    stake: Wei  # active stake
+    unbonding: Wei  # waiting for withdraw
+    unbonding_release_at: int  # unix seconds (0: none)
+    registered: bool
+
+
+class VerifierRegistry(ContractWrapper):
+    """Register, stake, unbond and withdraw as a verifier; read any verifier."""
+
+    abi_name = "VerifierRegistry"
+
+    def get_verifier(self, verifier: str, *, block: BlockIdentifier = "latest") -> VerifierInfo:
+        raw = self._call("getVerifier", to_checksum_address(verifier), block=block)
+        return VerifierInfo(
+            address=Address(to_checksum_address(verifier)),
+            stake=Wei(int(raw[0])),
+            unbonding=Wei(int(raw[1])),
+            unbonding_release_at=int(raw[2]),
+            registered=bool(raw[3]),
+        )
+
+    def is_active(self, verifier: str, *, block: BlockIdentifier = "latest") -> bool:
+        return bool(self._call("isActive", to_checksum_address(verifier), block=block))
+
+    def total_staked(self, *, block: BlockIdentifier = "latest") -> Wei:
+        return Wei(int(self._call("totalStaked", block=block)))
+
+    def min_stake(self) -> Wei:
+        return Wei(int(self._call("minStake")))
+
+    def unbonding_delay(self) -> int:
+        return int(self._call("unbondingDelay"))
+
+    def token(self) -> StakeToken:
+        """The stake token, writing as this wrapper's sender."""
+        return StakeToken(self.chain, self._call("token"), self.sender)
+
+    def register(self, stake: Wei) -> TxResult:
+        return self._transact("register", stake)
+
+    def register_with_approve(self, stake: Wei) -> TxResult:
+        """Approve `stake` if the allowance falls short, then register."""
+        self.token().ensure_allowance(self.address, stake)
+        return self.register(stake)
+
+    def add_stake(self, amount: Wei) -> TxResult:
+        return self._transact("addStake", amount)
+
+    def add_stake_with_approve(self, amount: Wei) -> TxResult:
+        self.token().ensure_allowance(self.address, amount)
+        return self.add_stake(amount)
+
+    def unbond(self, amount: Wei) -> TxResult:
+        return self._transact("unbond", amount)
+
+    def withdraw(self) -> TxResult:
+        return self._transact("withdraw")

@@ -1,0 +1,129 @@
+"""The transaction sender on a real Anvil: nonces, reverts, receipts, events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from eth_account.signers.local import LocalAccount
+
+from ledger.chain import Chain, ChainError, ContractRevert, TxResult
+from ledger.contracts import Contracts, StakeToken
+from ledger.deployment import TOKEN, Deployment
+from ledger.types import Wei
+
+
+def test_concurrent_sends_from_threads_get_distinct_nonces_and_all_mine(
+    chain: Chain,
+    deployment: Deployment,
+    dev_account: Callable[[str | int], LocalAccount],
+) -> None:
+    client = dev_account("client-0")
+    receiver = dev_account("client-1").address
+    start_nonce = chain.w3.eth.get_transaction_count(client.address)
+    start_balance = StakeToken(chain, deployment.contracts.stake_token).balance_of(receiver)
+    threads, per_thread = 4, 5
+
+    def send_batch(thread: int) -> list[TxResult]:
+        # each thread builds its own Sender and wrapper: the nonce manager is per key
+        token = StakeToken(chain, deployment.contracts.stake_token, chain.sender(client))
+        return [token.transfer(receiver, Wei(thread * 100 + i + 1)) for i in range(per_thread)]
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = [r for batch in pool.map(send_batch, range(threads)) for r in batch]
+
+    nonces = sorted(chain.w3.eth.get_transaction(result.tx_hash)["nonce"] for result in results)
+    assert nonces == list(range(start_nonce, start_nonce + threads * per_thread))
+    assert all(chain.w3.eth.get_transaction_receipt(r.tx_hash)["status"] == 1 for r in results)
+    expected = sum(t * 100 + i + 1 for t in range(threads) for i in range(per_thread))
+    token = StakeToken(chain, deployment.contracts.stake_token)
+    assert token.balance_of(receiver) == start_balance + expected
+
+
+def test_nonce_resyncs_after_a_transaction_sent_behind_its_back(
+    chain: Chain,
+    deployment: Deployment,
+    dev_account: Callable[[str | int], LocalAccount],
+) -> None:
+    client = dev_account("client-0")
+    token = StakeToken(chain, deployment.contracts.stake_token, chain.sender(client))
+    token.transfer(dev_account("client-1").address, Wei(1))
+    # another program uses the same key: the cached nonce is now stale
+    stray = client.sign_transaction(
+        {
+            "to": client.address,
+            "value": 0,
+            "gas": 21_000,
+            "maxFeePerGas": 10**10,
+            "maxPriorityFeePerGas": 10**9,
+            "nonce": chain.w3.eth.get_transaction_count(client.address),
+            "chainId": chain.chain_id,
+        }
+    )
+    chain.w3.eth.wait_for_transaction_receipt(
+        chain.w3.eth.send_raw_transaction(stray.raw_transaction)
+    )
+
+    with pytest.raises(ChainError, match="refused"):
+        token.transfer(dev_account("client-1").address, Wei(2))
+    retried = token.transfer(dev_account("client-1").address, Wei(3))
+
+    assert chain.w3.eth.get_transaction_receipt(retried.tx_hash)["status"] == 1
+
+
+def test_revert_is_caught_by_the_static_call_and_decoded_with_arguments(
+    chain: Chain,
+    contracts_as: Callable[[str | int], Contracts],
+    dev_account: Callable[[str | int], LocalAccount],
+) -> None:
+    client = contracts_as("client-0")
+    sender = dev_account("client-0").address
+    balance = client.token.balance_of(sender)
+    nonce_before = chain.w3.eth.get_transaction_count(sender)
+
+    with pytest.raises(ContractRevert) as raised:
+        client.token.transfer(dev_account("client-1").address, Wei(balance + 1))
+
+    revert = raised.value
+    assert revert.name == "ERC20InsufficientBalance"
+    assert revert.arguments == {"sender": sender, "balance": balance, "needed": balance + 1}
+    assert revert.action == "StakeToken.transfer"
+    assert f"sender={sender}" in str(revert)
+    # nothing was sent, so no gas was spent and the nonce did not move
+    assert chain.w3.eth.get_transaction_count(sender) == nonce_before
+
+
+def test_tx_result_carries_gas_block_and_decoded_events(
+    chain: Chain, contracts_as: Callable[[str | int], Contracts], deployment: Deployment
+) -> None:
+    client = contracts_as("client-0")
+    spender = deployment.contracts.payment_channels
+
+    result = client.token.approve(spender, Wei(5 * TOKEN))
+
+    receipt = chain.w3.eth.get_transaction_receipt(result.tx_hash)
+    assert result.gas_used == receipt["gasUsed"] > 21_000
+    assert result.block_number == receipt["blockNumber"]
+    approval = result.event("Approval")
+    assert approval.contract == "StakeToken"
+    assert approval.address == deployment.contracts.stake_token
+    assert approval.args == {
+        "owner": deployment.account("client-0").address,
+        "spender": spender,
+        "value": 5 * TOKEN,
+    }
+
+
+def test_eth_transfer_and_fee_fields(
+    chain: Chain, dev_account: Callable[[str | int], LocalAccount]
+) -> None:
+    sender = chain.sender(dev_account("client-2"))
+    receiver = dev_account("client-1").address
+    before = chain.eth_balance(receiver)
+
+    result = sender.transfer_eth(receiver, 12345)
+
+    tx = chain.w3.eth.get_transaction(result.tx_hash)
+    assert tx["type"] == 2 and tx["maxFeePerGas"] >= tx["maxPriorityFeePerGas"] > 0
+    assert chain.eth_balance(receiver) == before + 12345
