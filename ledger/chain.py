@@ -33,11 +33,13 @@ from eth_utils import (
     to_checksum_address,
 )
 from hexbytes import HexBytes
+from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
 from web3.types import BlockIdentifier, TxParams
 
+from ledger.db import record_tx, update_tx
 from ledger.errors import LedgerError
 
 logger = logging.getLogger(__name__)
@@ -320,10 +322,11 @@ class Chain:
         account: LocalAccount,
         *,
         receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
-        tx_recorder: TxRecorder | None = None,
+        sessions: sessionmaker[Session] | None = None,
     ) -> Sender:
-        """A `Sender` for `account` on this chain (sharing the key's process-wide nonces)."""
-        return Sender(self, account, receipt_timeout=receipt_timeout, tx_recorder=tx_recorder)
+        """A `Sender` for `account` on this chain (sharing the key's process-wide nonces);
+        with `sessions` (e.g. `open_ledger(url).sessions`) every transaction is recorded."""
+        return Sender(self, account, receipt_timeout=receipt_timeout, sessions=sessions)
 
     def call(
         self, contract: BoundContract, function: str, *args: Any, block: BlockIdentifier = "latest"
@@ -343,7 +346,13 @@ class Chain:
         to_block: BlockIdentifier = "latest",
         argument_filters: Mapping[str, Any] | None = None,
     ) -> list[DecodedEvent]:
-        """Logs of `event` emitted by `contract` in `[from_block, to_block]`, decoded, in order."""
+        """Logs of `event` emitted by `contract` in `[from_block, to_block]`, decoded, in order.
+        A range that starts after `to_block` (e.g. "the blocks since the last one seen" when no
+        block was mined since) is empty, not an error."""
+        if not isinstance(to_block, int):
+            to_block = int(self.w3.eth.get_block(to_block)["number"])
+        if from_block > to_block:
+            return []
         logs = contract.web3.events[event]().get_logs(
             from_block=from_block,
             to_block=to_block,
@@ -406,13 +415,14 @@ class Chain:
         return ContractRevert("Reverted", {"message": exc.message or str(exc)}, action=action)
 
 
-TxRecorder = Callable[[str, Mapping[str, Any]], None]
-"""Called as `recorder(event, fields)` with event "sent" (fields: tx_hash, sender, nonce, to,
-action, data) or "mined" / "failed" (fields: tx_hash, status, gas_used, block_number, error)."""
-
-
 class Sender:
-    """Sends transactions signed by one local key, with that key's shared nonce manager."""
+    """Sends transactions signed by one local key, with that key's shared nonce manager.
+
+    With a ledger session factory (`sessions`), every transaction is recorded in the ledger's
+    sent-transactions table before it is sent (pending, under its hash) and updated with what
+    became of it: mined (gas, block), reverted (the decoded error) or failed (refused by the
+    node, or not mined in time).
+    """
 
     def __init__(
         self,
@@ -421,14 +431,14 @@ class Sender:
         *,
         receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
         gas_margin: float = DEFAULT_GAS_MARGIN,
-        tx_recorder: TxRecorder | None = None,
+        sessions: sessionmaker[Session] | None = None,
     ) -> None:
         self.chain = chain
         self.account = account
         self.address = to_checksum_address(account.address)
         self.receipt_timeout = receipt_timeout
         self.gas_margin = gas_margin
-        self.tx_recorder = tx_recorder
+        self.sessions = sessions
         self._nonces = _nonce_manager(chain.rpc_url, self.address)
 
     def transact(
@@ -492,23 +502,16 @@ class Sender:
             )
             fields["nonce"] = nonce
             signed = self.account.sign_transaction(fields)  # type: ignore[arg-type]
+            hex_hash = "0x" + bytes(signed.hash).hex()
+            self._record_sent(hex_hash, tx.get("to"), action, nonce)
             try:
-                tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+                w3.eth.send_raw_transaction(signed.raw_transaction)
             except (Web3RPCError, requests.RequestException, OSError) as exc:
                 self._nonces.invalidate()
+                self._record_outcome(hex_hash, "failed", error=f"refused by the node: {exc}")
                 raise ChainError(f"{action}: the node refused the transaction: {exc}") from exc
             self._nonces.commit()
-        hex_hash = "0x" + bytes(tx_hash).hex()
         logger.debug("%s sent %s (nonce %d) %s", self.address, action, nonce, hex_hash)
-        self._record(
-            "sent",
-            tx_hash=hex_hash,
-            sender=self.address,
-            nonce=nonce,
-            to=tx.get("to"),
-            action=action,
-            data=bytes(HexBytes(tx.get("data", b""))),
-        )
         return self._await(hex_hash, fields, action)
 
     def _await(self, tx_hash: str, fields: TxParams, action: str) -> TxResult:
@@ -520,7 +523,9 @@ class Sender:
         except TimeExhausted as exc:
             with self._nonces.lock:
                 self._nonces.invalidate()
-            self._record("failed", tx_hash=tx_hash, status=None, error="timeout")
+            self._record_outcome(
+                tx_hash, "failed", error=f"not mined after {self.receipt_timeout:.0f} s"
+            )
             raise TransactionTimeout(
                 f"{action}: {tx_hash} not mined after {self.receipt_timeout:.0f} s"
             ) from exc
@@ -528,18 +533,15 @@ class Sender:
         gas_used = int(receipt["gasUsed"])
         if receipt["status"] != 1:
             revert = self._replay_revert(fields, block_number, action)
-            self._record(
-                "failed",
-                tx_hash=tx_hash,
-                status=0,
+            self._record_outcome(
+                tx_hash,
+                "reverted",
                 gas_used=gas_used,
                 block_number=block_number,
                 error=revert.signature,
             )
             raise revert
-        self._record(
-            "mined", tx_hash=tx_hash, status=1, gas_used=gas_used, block_number=block_number
-        )
+        self._record_outcome(tx_hash, "mined", gas_used=gas_used, block_number=block_number)
         contract_address = receipt.get("contractAddress")
         return TxResult(
             tx_hash=tx_hash,
@@ -564,10 +566,25 @@ class Sender:
             action=action,
         )
 
-    def _record(self, event: str, **fields: Any) -> None:
-        if self.tx_recorder is None:
+    def _record_sent(self, tx_hash: str, to: str | None, action: str, nonce: int) -> None:
+        if self.sessions is None:
+            return
+        with self.sessions.begin() as session:
+            record_tx(
+                session,
+                tx_hash=HexBytes(tx_hash),
+                sender=self.address,
+                to=to,
+                function=action[:64],
+                nonce=nonce,
+            )
+
+    def _record_outcome(self, tx_hash: str, status: str, **fields: Any) -> None:
+        if self.sessions is None:
             return
         try:
-            self.tx_recorder(event, fields)
-        except Exception:  # the ledger must never lose the chain's answer to a bookkeeping bug
-            logger.exception("recording %s of %s failed", event, fields.get("tx_hash"))
+            with self.sessions.begin() as session:
+                update_tx(session, HexBytes(tx_hash), status=status, **fields)
+        except LedgerError:
+            # the chain's answer matters more than its bookkeeping: log, do not mask it
+            logger.exception("cannot record %s of %s in the ledger", status, tx_hash)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from eth_account.signers.local import LocalAccount
+from sqlalchemy import select
 
 from ledger.chain import Chain, ChainError, ContractRevert, TxResult
 from ledger.contracts import Contracts, StakeToken
+from ledger.db import SentTransaction, TxStatus, open_ledger, sqlite_url
 from ledger.deployment import TOKEN, Deployment
 from ledger.types import Wei
 
@@ -127,3 +130,42 @@ def test_eth_transfer_and_fee_fields(
     tx = chain.w3.eth.get_transaction(result.tx_hash)
     assert tx["type"] == 2 and tx["maxFeePerGas"] >= tx["maxPriorityFeePerGas"] > 0
     assert chain.eth_balance(receiver) == before + 12345
+
+
+def test_sent_transactions_are_recorded_in_the_ledger(
+    chain: Chain,
+    deployment: Deployment,
+    dev_account: Callable[[str | int], LocalAccount],
+    tmp_path: Path,
+) -> None:
+    ledger = open_ledger(sqlite_url(tmp_path / "ledger.sqlite"))
+    client = dev_account("client-0")
+    token = StakeToken(
+        chain, deployment.contracts.stake_token, chain.sender(client, sessions=ledger.sessions)
+    )
+    receiver = dev_account("client-1").address
+
+    mined = token.transfer(receiver, Wei(1))
+    with pytest.raises(ContractRevert):
+        token.transfer(receiver, Wei(10**30))  # caught by the static call: never sent
+    # the key moved on elsewhere: the sender's cached nonce is too low and the node refuses it
+    chain.rpc(
+        "anvil_setNonce",
+        [client.address, hex(chain.w3.eth.get_transaction_count(client.address) + 5)],
+    )
+    with pytest.raises(ChainError):
+        token.transfer(receiver, Wei(2))
+
+    with ledger.begin() as session:
+        rows = session.scalars(select(SentTransaction).order_by(SentTransaction.id)).all()
+        recorded = [(r.function, r.status, r.gas_used, r.block_number) for r in rows]
+        refused_error = rows[-1].error
+    ledger.close()
+    assert recorded[0] == (
+        "StakeToken.transfer",
+        TxStatus.MINED,
+        mined.gas_used,
+        mined.block_number,
+    )
+    assert [r[1] for r in recorded] == [TxStatus.MINED, TxStatus.FAILED]
+    assert refused_error is not None and "refused" in refused_error
