@@ -1,0 +1,200 @@
+"""TOPLOC-like sketches: a small fingerprint of output hidden states that survives honest
+numerical variation (other hardware, thread counts, batch composition) but not cheating.
+
+For every token position the sketch keeps the `k` hidden-state components of largest
+magnitude: their indices and their values. A node commits `keccak256(encode(sketch))` as the
+leaf's `sketchHash`; a verifier re-runs the span and `compare`s the revealed sketch with what
+it computed. `compare` only measures (index overlap, value errors per position and worst
+cases); the verifier calibrates the pass/fail thresholds.
+
+Values are stored as IEEE float16: every bfloat16 value in float16's range is represented
+exactly (bfloat16 has 8 significant bits, float16 11), so sketches of bf16 nodes lose nothing,
+and fp32 values keep a relative precision of 2^-11 (about 5e-4), five times finer than a
+bfloat16 copy would — small cheats (noise of 1% of the hidden std) stay visible. Magnitudes
+beyond float16's 65504 are saturated to +-65504, on both sides of a comparison.
+
+Canonical encoding (all little-endian), the bytes whose keccak256 is the sketchHash:
+
+    offset  size            field
+    0       1   u8          version (= 1)
+    1       2   u16         k, components per position
+    3       4   u32         batch
+    7       4   u32         tokens
+    11      4   u32         hidden_size
+    15      4*P*k u32       indices [batch][tokens][k], rank order: |value| descending,
+                            equal magnitudes by ascending index
+    15+4Pk  2*P*k f16       values at those indices, same order
+    (P = batch * tokens)
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from eth_utils import keccak
+
+from node.errors import InvalidInputError, SketchFormatError
+
+SKETCH_TOP_K = 8  # components kept per token position
+SKETCH_VERSION = 1
+FP16_MAX = 65504.0  # largest finite float16; sketch values saturate here
+_HEADER = struct.Struct("<BHIII")  # version, k, batch, tokens, hidden_size
+_REL_FLOOR = 1e-6  # denominator floor of relative errors (committed values of ~0)
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """The top-k components of each position of a [batch, tokens, hidden_size] tensor."""
+
+    hidden_size: int
+    indices: torch.Tensor  # [batch, tokens, k] int64, rank order
+    values: torch.Tensor  # [batch, tokens, k] float16, the components at `indices`
+
+    @property
+    def k(self) -> int:
+        return self.indices.shape[-1]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(batch, tokens) of the sketched tensor."""
+        return (self.indices.shape[0], self.indices.shape[1])
+
+    def encode(self) -> bytes:
+        """The canonical bytes (module doc)."""
+        batch, tokens = self.shape
+        header = _HEADER.pack(SKETCH_VERSION, self.k, batch, tokens, self.hidden_size)
+        indices = self.indices.numpy().astype("<u4").tobytes()
+        values = self.values.numpy().astype("<f2").tobytes()
+        return header + indices + values
+
+    def hash(self) -> bytes:
+        """keccak256 of the encoding: the leaf's sketchHash."""
+        return keccak(self.encode())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Sketch:
+        """Parse canonical bytes; `SketchFormatError` for anything that is not a valid sketch
+        (wrong version or length, indices out of range or repeated, non-finite values)."""
+        if len(data) < _HEADER.size:
+            raise SketchFormatError(f"sketch of {len(data)} bytes is shorter than its header")
+        version, k, batch, tokens, hidden_size = _HEADER.unpack_from(data)
+        if version != SKETCH_VERSION:
+            raise SketchFormatError(f"sketch version {version}, expected {SKETCH_VERSION}")
+        if not 1 <= k <= hidden_size:
+            raise SketchFormatError(f"sketch k={k} outside [1, hidden_size={hidden_size}]")
+        count = batch * tokens * k
+        expected = _HEADER.size + 6 * count
+        if len(data) != expected:
+            raise SketchFormatError(
+                f"sketch of {len(data)} bytes, expected {expected} for "
+                f"batch={batch}, tokens={tokens}, k={k}"
+            )
+        body = memoryview(data)[_HEADER.size :]
+        indices = np.frombuffer(body[: 4 * count], dtype="<u4").astype(np.int64)
+        values = np.frombuffer(body[4 * count :], dtype="<f2").astype(np.float16)
+        indices_t = torch.from_numpy(indices.reshape(batch, tokens, k))
+        values_t = torch.from_numpy(values.reshape(batch, tokens, k).copy())
+        if count and int(indices_t.max()) >= hidden_size:
+            raise SketchFormatError(f"sketch index out of range for hidden_size={hidden_size}")
+        if count and (indices_t.sort(-1).values.diff(dim=-1) == 0).any():
+            raise SketchFormatError("sketch repeats an index within one position")
+        if not torch.isfinite(values_t).all():
+            raise SketchFormatError("sketch values must be finite")
+        return cls(hidden_size=hidden_size, indices=indices_t, values=values_t)
+
+
+def _top_k_indices(hidden: torch.Tensor, k: int) -> torch.Tensor:
+    # hidden: [batch, tokens, hidden_size] -> [batch, tokens, k], ties by ascending index
+    magnitude = hidden.detach().float().abs()
+    order = torch.sort(magnitude, dim=-1, descending=True, stable=True).indices
+    return order[..., :k]
+
+
+def _check_hidden(hidden: torch.Tensor) -> None:
+    if not isinstance(hidden, torch.Tensor) or hidden.ndim != 3:
+        shape = list(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+        raise InvalidInputError(f"sketches take [batch, tokens, hidden_size] tensors, got {shape}")
+    if not hidden.dtype.is_floating_point:
+        raise InvalidInputError(f"sketches take floating-point tensors, got {hidden.dtype}")
+    if not torch.isfinite(hidden).all():
+        raise InvalidInputError("cannot sketch hidden states with NaN or infinity")
+
+
+def sketch(hidden: torch.Tensor, k: int = SKETCH_TOP_K) -> Sketch:
+    """The sketch of `hidden` [batch, tokens, hidden_size] (any float dtype)."""
+    _check_hidden(hidden)
+    if not 1 <= k <= hidden.shape[-1]:
+        raise InvalidInputError(f"k={k} outside [1, hidden_size={hidden.shape[-1]}]")
+    hidden = hidden.detach().cpu()
+    indices = _top_k_indices(hidden, k)
+    values = hidden.float().gather(-1, indices).clamp(-FP16_MAX, FP16_MAX).half()
+    return Sketch(hidden_size=hidden.shape[-1], indices=indices, values=values)
+
+
+@dataclass(frozen=True)
+class SketchDistance:
+    """How far recomputed hidden states are from a committed sketch, per position and worst.
+
+    Per position ([batch, tokens] float32 tensors):
+    - `overlap`: the fraction of committed indices that are among the recomputed top-k;
+    - `max_abs_error` / `mean_abs_error`: |recomputed - committed| over the committed indices;
+    - `max_rel_error` / `mean_rel_error`: the same divided by |committed| (floored at 1e-6).
+    """
+
+    overlap: torch.Tensor
+    max_abs_error: torch.Tensor
+    mean_abs_error: torch.Tensor
+    max_rel_error: torch.Tensor
+    mean_rel_error: torch.Tensor
+
+    @property
+    def min_overlap(self) -> float:
+        return float(self.overlap.min())
+
+    @property
+    def mean_overlap(self) -> float:
+        return float(self.overlap.mean())
+
+    @property
+    def worst_abs_error(self) -> float:
+        return float(self.max_abs_error.max())
+
+    @property
+    def worst_rel_error(self) -> float:
+        return float(self.max_rel_error.max())
+
+    @property
+    def worst_mean_rel_error(self) -> float:
+        """The largest per-position mean relative error."""
+        return float(self.mean_rel_error.max())
+
+
+def compare(committed: Sketch, recomputed: torch.Tensor) -> SketchDistance:
+    """Measure `recomputed` [batch, tokens, hidden_size] against a `committed` sketch.
+    Raises `SketchFormatError` when the shapes do not match."""
+    _check_hidden(recomputed)
+    batch, tokens, hidden_size = recomputed.shape
+    if (batch, tokens) != committed.shape or hidden_size != committed.hidden_size:
+        raise SketchFormatError(
+            f"sketch of [{committed.shape[0]}, {committed.shape[1]}, {committed.hidden_size}] "
+            f"cannot be compared with hidden states of {list(recomputed.shape)}"
+        )
+    recomputed = recomputed.detach().cpu().float()
+    k = committed.k
+    own_top = _top_k_indices(recomputed, k)  # [batch, tokens, k]
+    hits = (committed.indices[..., :, None] == own_top[..., None, :]).any(-1)
+    overlap = hits.float().mean(-1)
+    actual = recomputed.gather(-1, committed.indices).clamp(-FP16_MAX, FP16_MAX)
+    expected = committed.values.float()
+    abs_error = (actual - expected).abs()
+    rel_error = abs_error / expected.abs().clamp_min(_REL_FLOOR)
+    return SketchDistance(
+        overlap=overlap,
+        max_abs_error=abs_error.amax(-1),
+        mean_abs_error=abs_error.mean(-1),
+        max_rel_error=rel_error.amax(-1),
+        mean_rel_error=rel_error.mean(-1),
+    )
