@@ -20,8 +20,10 @@ export default {
   },
   test: {
     solidity: {
+      // The shared EIP-712 vector checked by contracts/test/Eip712Vector.t.sol.
+      fsPermissions: { readFile: ["contracts/test/vectors/eip712.json"] },
       fuzz: { runs: 256 },
-      invariant: { runs: 64, depth: 32, failOnRevert: false },
+      invariant: { runs: 256, depth: 64, failOnRevert: false },
     },
   },
 };

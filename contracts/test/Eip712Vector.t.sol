@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {PaymentChannels} from "../PaymentChannels.sol";
+import {ISlasher} from "../interfaces/ISlasher.sol";
+
+import {SystemFixture} from "./helpers/Fixture.sol";
+
+/// @title The shared EIP-712 vector (contracts/test/vectors/eip712.json, signed with eth-account):
+/// the contracts must produce its digests and leaf hash, and its signatures must recover to its signer.
+/// @notice The contracts' runtime code is put at the vector's addresses under chain id 31337, so
+/// OpenZeppelin's EIP712 builds the domain separator for exactly the vector's domain.
+contract Eip712VectorTest is SystemFixture {
+    string internal constant VECTOR = "contracts/test/vectors/eip712.json";
+
+    string internal _json;
+    PaymentChannels internal _channels;
+    ISlasher internal _slasher;
+
+    function setUp() public {
+        _json = vm.readFile(VECTOR);
+        vm.chainId(vm.parseJsonUint(_json, ".chainId"));
+        deploySystem(defaultParams());
+        PaymentChannels deployed = new PaymentChannels(token, 30 days);
+
+        address channelsAt = vm.parseJsonAddress(_json, ".paymentChannels");
+        address slasherAt = vm.parseJsonAddress(_json, ".slasher");
+        vm.etch(channelsAt, address(deployed).code);
+        vm.etch(slasherAt, address(slasher).code);
+        _channels = PaymentChannels(channelsAt);
+        _slasher = ISlasher(slasherAt);
+    }
+
+    function _leaf() internal view returns (ISlasher.Leaf memory) {
+        return ISlasher.Leaf({
+            sessionId: vm.parseJsonBytes32(_json, ".receipt.sessionId"),
+            modelId: vm.parseJsonBytes32(_json, ".receipt.modelId"),
+            spanStart: uint16(vm.parseJsonUint(_json, ".receipt.spanStart")),
+            spanEnd: uint16(vm.parseJsonUint(_json, ".receipt.spanEnd")),
+            step: uint32(vm.parseJsonUint(_json, ".receipt.step")),
+            tokens: uint32(vm.parseJsonUint(_json, ".receipt.tokens")),
+            inputHash: vm.parseJsonBytes32(_json, ".receipt.inputHash"),
+            outputHash: vm.parseJsonBytes32(_json, ".receipt.outputHash"),
+            sketchHash: vm.parseJsonBytes32(_json, ".receipt.sketchHash")
+        });
+    }
+
+    function _assertSignedBySigner(bytes32 digest, string memory key, string memory what) internal view {
+        bytes memory signature = vm.parseJsonBytes(_json, key);
+        assertEq(signature.length, 65, string.concat(what, " signature length"));
+        address signer = vm.parseJsonAddress(_json, ".signer");
+        assertEq(ecrecoverSignature(digest, signature), signer, string.concat(what, " signer"));
+    }
+
+    function test_vector_signerIsThePrivateKeysAddress() public view {
+        assertEq(
+            vm.addr(vm.parseJsonUint(_json, ".privateKey")), vm.parseJsonAddress(_json, ".signer"), "signer address"
+        );
+        assertEq(block.chainid, 31337, "chain id");
+    }
+
+    function test_voucherDigest_matchesTheVector() public view {
+        bytes32 digest = _channels.voucherDigest(
+            vm.parseJsonUint(_json, ".voucher.channelId"), vm.parseJsonUint(_json, ".voucher.cumulativeAmount")
+        );
+        assertEq(digest, vm.parseJsonBytes32(_json, ".voucher.digest"), "voucher digest");
+        _assertSignedBySigner(digest, ".voucher.signature", "voucher");
+    }
+
+    function test_leafHash_matchesTheVector() public view {
+        assertEq(_slasher.leafHash(_leaf()), vm.parseJsonBytes32(_json, ".receipt.leafHash"), "leaf hash");
+    }
+
+    function test_receiptDigest_matchesTheVector() public view {
+        bytes32 digest = _slasher.receiptDigest(_leaf());
+        assertEq(digest, vm.parseJsonBytes32(_json, ".receipt.digest"), "receipt digest");
+        _assertSignedBySigner(digest, ".receipt.signature", "receipt");
+    }
+
+    function test_verdictDigest_matchesTheVector() public view {
+        bytes32 leaf = vm.parseJsonBytes32(_json, ".verdict.leaf");
+        assertEq(leaf, _slasher.leafHash(_leaf()), "the verdict is about the receipt's leaf");
+        bytes32 digest = _slasher.verdictDigest(
+            vm.parseJsonAddress(_json, ".verdict.node"),
+            vm.parseJsonUint(_json, ".verdict.batchId"),
+            leaf,
+            ISlasher.Reason(vm.parseJsonUint(_json, ".verdict.reason"))
+        );
+        assertEq(digest, vm.parseJsonBytes32(_json, ".verdict.digest"), "verdict digest");
+        _assertSignedBySigner(digest, ".verdict.signature", "verdict");
+    }
+
+    function test_digests_dependOnTheAddress() public view {
+        // The same code at its deployed address signs a different domain: the etch is what makes
+        // the vector match, not a hard-coded separator.
+        assertTrue(
+            slasher.receiptDigest(_leaf()) != vm.parseJsonBytes32(_json, ".receipt.digest"),
+            "receipt digest is bound to the contract address"
+        );
+    }
+}
