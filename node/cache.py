@@ -71,7 +71,7 @@ class SessionCache:
     Holds per layer `keys`/`values` `[batch, kv_heads, max_length, head_dim]`, the committed
     length (positions already processed, the same for every sequence of the batch) and the
     attention mask of those positions `[batch, length]`. Owned by exactly one session; only
-    `Span.forward` writes to it.
+    `Span.forward` writes to it, one step at a time (the server serializes a session's steps).
     """
 
     def __init__(
