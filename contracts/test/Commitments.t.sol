@@ -41,6 +41,7 @@ contract CommitmentsTest is TestBase {
         emit ICommitments.BatchCommitted(1, NODE, MODEL, ROOT, 16, 48);
         vm.prank(NODE);
         uint256 first = commitments.commit(MODEL, ROOT, 16, 48);
+        vm.snapshotGasLastCall("stakeswarm", "Commitments.commit");
         vm.warp(block.timestamp + 60);
         vm.prank(NODE);
         uint256 second = commitments.commit(MODEL, keccak256("root 2"), 1, 3);

@@ -63,6 +63,7 @@ contract NodeRegistryTest is TestBase {
         vm.expectEmit(address(registry));
         emit INodeRegistry.NodeRegistered(NODE, MODEL, 4, 12, PRICE, PEER_ID, 800e18);
         _register(800e18);
+        vm.snapshotGasLastCall("stakeswarm", "NodeRegistry.register");
 
         INodeRegistry.Node memory n = registry.getNode(NODE);
         assertEq(n.modelId, MODEL, "modelId");

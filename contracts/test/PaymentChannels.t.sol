@@ -92,6 +92,7 @@ contract PaymentChannelsTest is TestBase {
         vm.expectEmit(address(channels));
         emit IPaymentChannels.ChannelOpened(1, client, SERVER, 100e18, T0 + 1 days);
         uint256 id = _open(100e18, T0 + 1 days);
+        vm.snapshotGasLastCall("stakeswarm", "PaymentChannels.open");
         uint256 second = _open(1, T0 + 1);
 
         assertEq(id, 1, "first id");
@@ -239,7 +240,10 @@ contract PaymentChannelsTest is TestBase {
         vm.expectEmit(address(channels));
         emit IPaymentChannels.VoucherRedeemed(id, SERVER, 30e18, 30e18);
         assertEq(_redeem(id, 30e18, _voucher(CLIENT_PK, id, 30e18)), 30e18, "first payment");
-        assertEq(_redeem(id, 75e18, _voucher(CLIENT_PK, id, 75e18)), 45e18, "second payment is the delta");
+        vm.snapshotGasLastCall("stakeswarm", "PaymentChannels.redeem (first voucher)");
+        bytes memory second = _voucher(CLIENT_PK, id, 75e18);
+        assertEq(_redeem(id, 75e18, second), 45e18, "second payment is the delta");
+        vm.snapshotGasLastCall("stakeswarm", "PaymentChannels.redeem (later voucher)");
 
         assertEq(token.balanceOf(SERVER), 75e18, "server paid");
         assertEq(channels.getChannel(id).redeemed, 75e18, "redeemed");
