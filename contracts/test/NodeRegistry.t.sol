@@ -7,6 +7,9 @@ import {NodeRegistry} from "../NodeRegistry.sol";
 import {StakeToken} from "../StakeToken.sol";
 import {INodeRegistry} from "../interfaces/INodeRegistry.sol";
 
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+
+import {HookToken, Reenterer} from "./helpers/Reentrancy.sol";
 import {TestBase} from "./helpers/TestBase.sol";
 
 /// @title NodeRegistry tests: every function's success and failure paths, fuzzed amounts.
@@ -373,6 +376,28 @@ contract NodeRegistryTest is TestBase {
         vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryNothingToWithdraw.selector, NODE));
         registry.withdraw();
         vm.stopPrank();
+    }
+
+    function test_withdraw_revertsOnReentry() public {
+        // A token that calls its receiver back lets a node contract re-enter while being paid.
+        HookToken hookToken = new HookToken(address(this), 10_000e18);
+        NodeRegistry hooked = new NodeRegistry(hookToken, MIN_PER_BLOCK, DELAY, SLASHER);
+        Reenterer node = new Reenterer(hookToken);
+        hookToken.transfer(address(node), 1_000e18);
+        node.execute(address(hookToken), abi.encodeCall(hookToken.approve, (address(hooked), 1_000e18)));
+        node.execute(
+            address(hooked), abi.encodeCall(NodeRegistry.register, (MODEL, 4, 12, PRICE, PEER_ID, 1_000e18))
+        );
+        node.execute(address(hooked), abi.encodeCall(NodeRegistry.unbond, (200e18)));
+        vm.warp(block.timestamp + DELAY + 1);
+
+        node.arm(address(hooked), abi.encodeCall(NodeRegistry.withdraw, ()));
+        vm.expectRevert(abi.encodeWithSelector(ReentrancyGuardTransient.ReentrancyGuardReentrantCall.selector));
+        node.execute(address(hooked), abi.encodeCall(NodeRegistry.withdraw, ()));
+
+        node.arm(address(0), "");
+        node.execute(address(hooked), abi.encodeCall(NodeRegistry.withdraw, ()));
+        assertEq(hookToken.balanceOf(address(node)), 200e18, "withdrawn once");
     }
 
     // ---- slash -------------------------------------------------------------------------------

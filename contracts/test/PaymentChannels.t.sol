@@ -5,6 +5,9 @@ import {PaymentChannels} from "../PaymentChannels.sol";
 import {StakeToken} from "../StakeToken.sol";
 import {IPaymentChannels} from "../interfaces/IPaymentChannels.sol";
 
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+
+import {HookToken, Reenterer} from "./helpers/Reentrancy.sol";
 import {TestBase} from "./helpers/TestBase.sol";
 
 /// @title PaymentChannels tests: open / topUp / redeem / reclaim, vouchers and their signatures.
@@ -369,6 +372,32 @@ contract PaymentChannelsTest is TestBase {
         uint256 id = _open(100e18, T0 + 1 days);
         vm.expectRevert(abi.encodeWithSelector(IPaymentChannels.ChannelsInvalidSignature.selector, id, address(0)));
         _redeem(id, 1e18, hex"1234");
+    }
+
+    function test_redeem_revertsOnReentry() public {
+        // A token that calls its receiver back lets a server contract re-enter while being paid.
+        HookToken hookToken = new HookToken(client, 1_000e18);
+        PaymentChannels hooked = new PaymentChannels(hookToken, MAX_DURATION);
+        Reenterer server = new Reenterer(hookToken);
+        vm.startPrank(client);
+        hookToken.approve(address(hooked), 100e18);
+        uint256 id = hooked.open(address(server), 100e18, T0 + 1 days);
+        vm.stopPrank();
+        bytes memory first = abi.encodeCall(
+            PaymentChannels.redeem, (id, 30e18, sign(CLIENT_PK, hooked.voucherDigest(id, 30e18)))
+        );
+        bytes memory second = abi.encodeCall(
+            PaymentChannels.redeem, (id, 60e18, sign(CLIENT_PK, hooked.voucherDigest(id, 60e18)))
+        );
+
+        server.arm(address(hooked), second);
+        vm.expectRevert(abi.encodeWithSelector(ReentrancyGuardTransient.ReentrancyGuardReentrantCall.selector));
+        server.execute(address(hooked), first);
+
+        // The same redeem without the re-entry goes through.
+        server.arm(address(0), "");
+        server.execute(address(hooked), first);
+        assertEq(hookToken.balanceOf(address(server)), 30e18, "paid once");
     }
 
     function testFuzz_redeem_paysExactlyTheHighestVoucher(uint256 deposit, uint256 first, uint256 second) public {
