@@ -10,3 +10,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+# Sub-apps are imported here, after `app` exists; each module owns its commands.
+from stakeswarm.commands import chain as chain_commands  # noqa: E402
+from stakeswarm.commands import dev as dev_commands  # noqa: E402
+
+app.add_typer(dev_commands.app, name="dev")
+app.add_typer(chain_commands.app, name="chain")

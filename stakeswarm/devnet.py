@@ -426,13 +426,11 @@ def stop_devnet(home: Home, timeout: float = 15.0) -> DevnetState | None:
 
 
 def _wait_gone(pid: int, started: float, timeout: float) -> bool:
-    try:
-        process = psutil.Process(pid)
-        if abs(process.create_time() - started) >= 1.0:
-            return True
-        process.wait(timeout)
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.TimeoutExpired:
-        return False
+    """Wait until the process is gone: exited, or a zombie (exited, not yet reaped by its
+    parent, which may be another program); False if it is still running after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while _alive(pid, started):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)  # another program's process: nothing to block on but polling
     return True
