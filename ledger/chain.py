@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
-from web3.types import BlockIdentifier, TxParams
+from web3.types import BlockIdentifier, Nonce, TxData, TxParams, TxReceipt, Wei
 
 from ledger.db import record_tx, update_tx
 from ledger.errors import LedgerError
@@ -169,7 +169,8 @@ class AbiCodec:
         for contract, abi in self.abis.items():
             for item in abi:
                 if item.get("type") == "error":
-                    selector = function_signature_to_4byte_selector(abi_to_signature(item))
+                    signature = abi_to_signature(item)  # type: ignore[arg-type]
+                    selector = function_signature_to_4byte_selector(signature)
                     self._errors.setdefault(selector, (contract, item))
                 elif item.get("type") == "event" and not item.get("anonymous", False):
                     topic = event_abi_to_log_topic(item)  # type: ignore[arg-type]
@@ -381,6 +382,18 @@ class Chain:
         )
         return tuple(event for event in decoded if event is not None)
 
+    def receipt(self, tx_hash: str) -> TxReceipt:
+        """The receipt of a mined transaction (0x-hex hash)."""
+        return self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+
+    def transaction(self, tx_hash: str) -> TxData:
+        """A transaction as the node returns it (0x-hex hash)."""
+        return self.w3.eth.get_transaction(HexBytes(tx_hash))
+
+    def nonce(self, address: str, block: BlockIdentifier = "latest") -> int:
+        """How many transactions `address` has sent as of `block` ("pending" includes queued)."""
+        return int(self.w3.eth.get_transaction_count(to_checksum_address(address), block))
+
     def block_number(self) -> int:
         return int(self.w3.eth.block_number)
 
@@ -452,7 +465,7 @@ class Sender:
         """Call `function(*args)` on `contract` in a transaction and wait until it is mined."""
         data = contract.web3.encode_abi(function, args=list(args))
         return self.send(
-            {"to": contract.address, "data": HexBytes(data), "value": value},
+            {"to": contract.address, "data": HexBytes(data), "value": Wei(value)},
             action=f"{contract.name}.{function}",
             gas=gas,
         )
@@ -463,7 +476,7 @@ class Sender:
         """Deploy a contract; the result's `contract_address` is where it lives."""
         factory = self.chain.w3.eth.contract(abi=list(abi), bytecode=bytecode)
         data = factory.constructor(*args).data_in_transaction
-        result = self.send({"data": HexBytes(data), "value": 0}, action=f"deploy {name}")
+        result = self.send({"data": HexBytes(data), "value": Wei(0)}, action=f"deploy {name}")
         if result.contract_address is None:
             raise ChainError(f"deploying {name} produced no contract address ({result.tx_hash})")
         return result
@@ -471,7 +484,8 @@ class Sender:
     def transfer_eth(self, to: str, value: int) -> TxResult:
         """Send `value` wei of the chain's native currency to `to`."""
         return self.send(
-            {"to": to_checksum_address(to), "value": value, "data": b""}, action="transfer ETH"
+            {"to": to_checksum_address(to), "value": Wei(value), "data": b""},
+            action="transfer ETH",
         )
 
     def send(self, tx: TxParams, *, action: str, gas: int | None = None) -> TxResult:
@@ -492,18 +506,19 @@ class Sender:
             **call,
             "gas": gas,
             "chainId": self.chain.chain_id,
-            "maxFeePerGas": max_fee,
-            "maxPriorityFeePerGas": tip,
+            "maxFeePerGas": Wei(max_fee),
+            "maxPriorityFeePerGas": Wei(tip),
             "type": 2,
         }
         with self._nonces.lock:
             nonce = self._nonces.take(
                 lambda: int(w3.eth.get_transaction_count(self.address, "pending"))
             )
-            fields["nonce"] = nonce
+            fields["nonce"] = Nonce(nonce)
             signed = self.account.sign_transaction(fields)  # type: ignore[arg-type]
             hex_hash = "0x" + bytes(signed.hash).hex()
-            self._record_sent(hex_hash, tx.get("to"), action, nonce)
+            to = tx.get("to")
+            self._record_sent(hex_hash, None if to is None else str(to), action, nonce)
             try:
                 w3.eth.send_raw_transaction(signed.raw_transaction)
             except (Web3RPCError, requests.RequestException, OSError) as exc:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_utils import is_address, to_checksum_address
+from web3.types import Nonce
 from web3.utils.address import get_create_address
 
 from ledger.chain import Chain, ChainError, Sender
@@ -316,7 +317,7 @@ def deploy_all(
     verifiers = deploy("VerifierRegistry", token, params.min_verifier_stake, params.unbonding_delay)
     registry_nonce = int(chain.w3.eth.get_transaction_count(me, "pending"))
     # NodeRegistry (registry_nonce), Commitments (+1), PaymentChannels (+2), Slasher (+3)
-    predicted_slasher = get_create_address(me, registry_nonce + 3)
+    predicted_slasher = get_create_address(me, Nonce(registry_nonce + 3))
     registry = deploy(
         "NodeRegistry", token, params.min_stake_per_block, params.unbonding_delay, predicted_slasher
     )

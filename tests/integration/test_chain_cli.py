@@ -8,15 +8,14 @@ from pathlib import Path
 
 import base58
 import pytest
-from click.testing import Result
 from eth_account.signers.local import LocalAccount
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from ledger.chain import Chain
 from ledger.contracts import Contracts
 from ledger.deployment import TOKEN, Deployment
 from ledger.eip712 import Domain, sign_voucher
-from ledger.types import Voucher, model_id
+from ledger.types import ChannelId, Voucher, model_id
 from ledger.wallet import KeystoreKdf, import_wallet
 from stakeswarm.cli import app
 from stakeswarm.home import Home
@@ -67,7 +66,7 @@ def test_node_register_stakes_and_shows_the_node(
     assert "approve stake" in result.output and "registered for tiny-llama" in result.output
     assert "40.5 SWARM" in result.output
     tx_hash = result.output.split("registered for tiny-llama blocks 2:6  tx ")[1].split()[0]
-    assert contracts.token.chain.w3.eth.get_transaction_receipt(tx_hash)["status"] == 1
+    assert contracts.token.chain.receipt(tx_hash)["status"] == 1
 
 
 def test_revert_prints_the_decoded_error_and_exits_non_zero(
@@ -119,7 +118,7 @@ def test_channel_open_redeem_reclaim(
     server = deployment.account("node-0").address
     opened = run("channel", "open", "--server", server, "--deposit", "12", "--duration", "600")
     assert opened.exit_code == 0, opened.output
-    channel_id = contracts.payment_channels.channel_count()
+    channel_id = ChannelId(contracts.payment_channels.channel_count())
     domain = Domain.payment_channels(chain.chain_id, deployment.contracts.payment_channels)
     signature = sign_voucher(domain, Voucher(channel_id, 5 * TOKEN), dev_account("client-0"))
 

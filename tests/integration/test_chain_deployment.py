@@ -14,6 +14,7 @@ from ledger.chain import Chain
 from ledger.compile import PROJECT_ROOT, compile_contracts
 from ledger.contracts import Contracts
 from ledger.deployment import TOKEN, Deployment, DeploymentError, DeploymentParams, deploy_all
+from ledger.types import Address, Wei
 
 
 def test_deploy_all_wires_the_contracts_with_the_given_parameters(
@@ -21,16 +22,16 @@ def test_deploy_all_wires_the_contracts_with_the_given_parameters(
 ) -> None:
     deployer = dev_account("client-2")
     params = DeploymentParams(
-        token_supply=123 * TOKEN,
-        min_stake_per_block=3 * TOKEN,
+        token_supply=Wei(123 * TOKEN),
+        min_stake_per_block=Wei(3 * TOKEN),
         unbonding_delay=500,
         max_channel_duration=900,
-        min_verifier_stake=7 * TOKEN,
+        min_verifier_stake=Wei(7 * TOKEN),
         quorum=2,
         slash_bps=1_000,
         bounty_bps=300,
         challenge_window=400,
-        reward_recipient=dev_account("client-1").address,
+        reward_recipient=Address(dev_account("client-1").address),
     )
 
     deployment = deploy_all(
@@ -100,7 +101,7 @@ def test_connect_refuses_a_deployment_whose_contracts_are_gone(deployment: Deplo
     stale = dataclasses.replace(
         deployment,
         contracts=dataclasses.replace(
-            deployment.contracts, stake_token="0x000000000000000000000000000000000000dEaD"
+            deployment.contracts, stake_token=Address("0x000000000000000000000000000000000000dEaD")
         ),
     )
 
@@ -114,7 +115,7 @@ def test_params_validation() -> None:
     with pytest.raises(DeploymentError, match="quorum"):
         DeploymentParams(quorum=0)
     with pytest.raises(DeploymentError, match="reward_recipient"):
-        DeploymentParams(reward_recipient="alice")
+        DeploymentParams(reward_recipient=Address("alice"))
 
 
 def test_dev_accounts_by_name_role_and_index(deployment: Deployment) -> None:

@@ -24,7 +24,7 @@ def test_concurrent_sends_from_threads_get_distinct_nonces_and_all_mine(
 ) -> None:
     client = dev_account("client-0")
     receiver = dev_account("client-1").address
-    start_nonce = chain.w3.eth.get_transaction_count(client.address)
+    start_nonce = chain.nonce(client.address)
     start_balance = StakeToken(chain, deployment.contracts.stake_token).balance_of(receiver)
     threads, per_thread = 4, 5
 
@@ -36,9 +36,9 @@ def test_concurrent_sends_from_threads_get_distinct_nonces_and_all_mine(
     with ThreadPoolExecutor(threads) as pool:
         results = [r for batch in pool.map(send_batch, range(threads)) for r in batch]
 
-    nonces = sorted(chain.w3.eth.get_transaction(result.tx_hash)["nonce"] for result in results)
+    nonces = sorted(chain.transaction(result.tx_hash)["nonce"] for result in results)
     assert nonces == list(range(start_nonce, start_nonce + threads * per_thread))
-    assert all(chain.w3.eth.get_transaction_receipt(r.tx_hash)["status"] == 1 for r in results)
+    assert all(chain.receipt(r.tx_hash)["status"] == 1 for r in results)
     expected = sum(t * 100 + i + 1 for t in range(threads) for i in range(per_thread))
     token = StakeToken(chain, deployment.contracts.stake_token)
     assert token.balance_of(receiver) == start_balance + expected
@@ -60,7 +60,7 @@ def test_nonce_resyncs_after_a_transaction_sent_behind_its_back(
             "gas": 21_000,
             "maxFeePerGas": 10**10,
             "maxPriorityFeePerGas": 10**9,
-            "nonce": chain.w3.eth.get_transaction_count(client.address),
+            "nonce": chain.nonce(client.address),
             "chainId": chain.chain_id,
         }
     )
@@ -72,7 +72,7 @@ def test_nonce_resyncs_after_a_transaction_sent_behind_its_back(
         token.transfer(dev_account("client-1").address, Wei(2))
     retried = token.transfer(dev_account("client-1").address, Wei(3))
 
-    assert chain.w3.eth.get_transaction_receipt(retried.tx_hash)["status"] == 1
+    assert chain.receipt(retried.tx_hash)["status"] == 1
 
 
 def test_revert_is_caught_by_the_static_call_and_decoded_with_arguments(
@@ -83,7 +83,7 @@ def test_revert_is_caught_by_the_static_call_and_decoded_with_arguments(
     client = contracts_as("client-0")
     sender = dev_account("client-0").address
     balance = client.token.balance_of(sender)
-    nonce_before = chain.w3.eth.get_transaction_count(sender)
+    nonce_before = chain.nonce(sender)
 
     with pytest.raises(ContractRevert) as raised:
         client.token.transfer(dev_account("client-1").address, Wei(balance + 1))
@@ -94,7 +94,7 @@ def test_revert_is_caught_by_the_static_call_and_decoded_with_arguments(
     assert revert.action == "StakeToken.transfer"
     assert f"sender={sender}" in str(revert)
     # nothing was sent, so no gas was spent and the nonce did not move
-    assert chain.w3.eth.get_transaction_count(sender) == nonce_before
+    assert chain.nonce(sender) == nonce_before
 
 
 def test_tx_result_carries_gas_block_and_decoded_events(
@@ -105,7 +105,7 @@ def test_tx_result_carries_gas_block_and_decoded_events(
 
     result = client.token.approve(spender, Wei(5 * TOKEN))
 
-    receipt = chain.w3.eth.get_transaction_receipt(result.tx_hash)
+    receipt = chain.receipt(result.tx_hash)
     assert result.gas_used == receipt["gasUsed"] > 21_000
     assert result.block_number == receipt["blockNumber"]
     approval = result.event("Approval")
@@ -127,7 +127,7 @@ def test_eth_transfer_and_fee_fields(
 
     result = sender.transfer_eth(receiver, 12345)
 
-    tx = chain.w3.eth.get_transaction(result.tx_hash)
+    tx = chain.transaction(result.tx_hash)
     assert tx["type"] == 2 and tx["maxFeePerGas"] >= tx["maxPriorityFeePerGas"] > 0
     assert chain.eth_balance(receiver) == before + 12345
 
@@ -151,7 +151,7 @@ def test_sent_transactions_are_recorded_in_the_ledger(
     # the key moved on elsewhere: the sender's cached nonce is too low and the node refuses it
     chain.rpc(
         "anvil_setNonce",
-        [client.address, hex(chain.w3.eth.get_transaction_count(client.address) + 5)],
+        [client.address, hex(chain.nonce(client.address) + 5)],
     )
     with pytest.raises(ChainError):
         token.transfer(receiver, Wei(2))

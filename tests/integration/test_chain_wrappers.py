@@ -117,11 +117,11 @@ def test_node_registry_register_with_enough_allowance_sends_no_approval(
     address = deployment.account("node-0").address
     stake = node.node_registry.required_stake(0, 4)
     node.token.approve(node.node_registry.address, stake)
-    nonce = chain.w3.eth.get_transaction_count(address)
+    nonce = chain.nonce(address)
 
     register(node, stake=stake)
 
-    assert chain.w3.eth.get_transaction_count(address) == nonce + 1  # the register only
+    assert chain.nonce(address) == nonce + 1  # the register only
     assert node.token.allowance(address, node.node_registry.address) == 0
 
 

@@ -44,7 +44,8 @@ def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) -
                 return "".join(seen)
     process.kill()
     rest = process.communicate()
-    raise AssertionError(f"no {needle!r} from {process.args}; output:\n{''.join(seen)}{rest}")
+    output = "".join(seen) + (rest[0] or "")
+    raise AssertionError(f"no {needle!r} from {process.args!r}; output:\n{output}")
 
 
 @pytest.fixture
@@ -181,5 +182,5 @@ def test_devnet_context_manager_stops_the_chain_when_the_block_fails(tmp_path: P
         assert Deployment.load(home.devnet_deployment) == d
         raise RuntimeError("boom")
 
-    assert not state.chain_alive()
+    assert state is not None and not state.chain_alive()
     assert not home.devnet_state.exists()

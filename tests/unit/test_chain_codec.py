@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from eth_abi import encode
 from eth_utils import function_signature_to_4byte_selector
 
 from ledger.chain import AbiCodec, ContractRevert
 
-REGISTRY_ABI = [
+REGISTRY_ABI: list[dict[str, Any]] = [
     {
         "type": "error",
         "name": "RegistryInsufficientStake",
