@@ -261,3 +261,54 @@ class Slash(Base):
     bounty: Mapped[int] = mapped_column(TokenAmount())  # paid to the verifiers / reporter
     tx_hash: Mapped[bytes | None] = mapped_column(Bytes32(), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+# --- node side: what a serving node must remember beyond leaves and vouchers ----------------
+
+
+class ServedSession(Base):
+    """A session id a node accepted. A node serves each session id once, ever: serving it again
+    could make it sign a second, different leaf for one of the session's steps (equivocation)."""
+
+    __tablename__ = "served_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[bytes] = mapped_column(Bytes32(), unique=True)
+    channel_id: Mapped[int] = mapped_column(BigInteger)  # the client's channel to this node
+    span_start: Mapped[int] = mapped_column(Integer)
+    span_end: Mapped[int] = mapped_column(Integer)
+    opened_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class SessionInput(Base):
+    """Where the inputs of one served step (hidden states and attention mask) are kept, so the
+    node can reveal them to a verifier until the step's challenge window closes."""
+
+    __tablename__ = "session_inputs"
+    __table_args__ = (
+        UniqueConstraint("session_id", "span_start", "span_end", "step"),
+        Index(None, "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[bytes] = mapped_column(Bytes32())
+    span_start: Mapped[int] = mapped_column(Integer)
+    span_end: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(String(512))  # relative to the node's inputs directory
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ChannelUsage(Base):
+    """What a client owes a serving node on one channel: every token served times its price,
+    cumulative (Wei). Vouchers must keep up with it, less the node's credit window."""
+
+    __tablename__ = "channel_usage"
+    __table_args__ = (UniqueConstraint("chain_id", "contract", "channel_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    contract: Mapped[str] = mapped_column(EthAddress())  # the PaymentChannels contract
+    channel_id: Mapped[int] = mapped_column(BigInteger)
+    owed: Mapped[int] = mapped_column(TokenAmount())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

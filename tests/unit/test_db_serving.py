@@ -1,0 +1,123 @@
+"""The serving node's ledger records: session ids once ever, stored inputs and their expiry,
+what channels owe, earnings and commitment counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from ledger.db import (
+    ChannelRole,
+    Ledger,
+    SessionReusedError,
+    add_leaf,
+    channel_owed,
+    claim_session,
+    commitment_counts,
+    delete_inputs,
+    expired_input_spans,
+    mark_batch_committed,
+    open_ledger,
+    pending_leaves,
+    record_input,
+    record_voucher,
+    seal_batch,
+    server_earnings,
+    session_inputs,
+    set_owed,
+    sqlite_url,
+    upsert_channel,
+)
+from ledger.db.columns import utcnow
+from ledger.errors import LedgerDbError
+from ledger.types import Leaf, Voucher, model_id
+
+CONTRACT = "0x" + "cc" * 20
+NODE = "0x" + "aa" * 20
+CLIENT = "0x" + "bb" * 20
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    opened = open_ledger(sqlite_url(tmp_path / "ledger.sqlite"))
+    yield opened
+    opened.close()
+
+
+def _leaf(session_id: bytes, step: int) -> Leaf:
+    return Leaf(session_id, model_id("m"), 0, 2, step, 1, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)
+
+
+def test_a_session_id_is_claimed_once_ever(ledger: Ledger) -> None:
+    with ledger.begin() as s:
+        claim_session(s, session_id=b"\x05" * 32, channel_id=1, span_start=0, span_end=2)
+    with pytest.raises(SessionReusedError, match="already served"), ledger.begin() as s:
+        claim_session(s, session_id=b"\x05" * 32, channel_id=2, span_start=2, span_end=4)
+    with pytest.raises(LedgerDbError, match="empty"), ledger.begin() as s:
+        claim_session(s, session_id=b"\x06" * 32, channel_id=1, span_start=2, span_end=2)
+
+
+def test_inputs_expire_only_when_every_leaf_of_the_span_left_its_window(ledger: Ledger) -> None:
+    old, fresh = b"\x0a" * 32, b"\x0b" * 32
+    with ledger.begin() as s:
+        for sid in (old, fresh):
+            for step in range(2):
+                record_input(
+                    s,
+                    session_id=sid,
+                    span_start=0,
+                    span_end=2,
+                    step=step,
+                    path=f"{sid.hex()}/{step}",
+                )
+                add_leaf(s, _leaf(sid, step), b"\x1b" * 65)
+        batch = seal_batch(s, pending_leaves(s), node=NODE)
+        mark_batch_committed(s, batch, chain_batch_id=1, tx_hash=b"\x09" * 32)
+        add_leaf(s, _leaf(fresh, 2), b"\x1b" * 65)  # pending: the fresh span must stay
+        record_input(s, session_id=fresh, span_start=0, span_end=2, step=2, path="f/2")
+        # no leaf at all (commitments off): expires by age
+        record_input(s, session_id=b"\x0c" * 32, span_start=0, span_end=2, step=0, path="c/0")
+    later = utcnow() + timedelta(seconds=10)
+    with ledger.begin() as s:
+        expired = expired_input_spans(s, committed_before=later, unused_before=later)
+        assert set(expired) == {(old, 0, 2), (b"\x0c" * 32, 0, 2)}
+        earlier = utcnow() - timedelta(seconds=10)
+        assert expired_input_spans(s, committed_before=earlier, unused_before=earlier) == []
+        assert [r.step for r in session_inputs(s, old, 0, 2, up_to_step=1)] == [0, 1]
+        assert sorted(delete_inputs(s, old, 0, 2)) == [f"{old.hex()}/0", f"{old.hex()}/1"]
+        assert session_inputs(s, old, 0, 2, up_to_step=1) == []
+
+
+def test_owed_accumulates_and_never_drops(ledger: Ledger) -> None:
+    with ledger.begin() as s:
+        assert channel_owed(s, 1, CONTRACT, 3) == 0
+        set_owed(s, 1, CONTRACT, 3, 10**30)
+        assert channel_owed(s, 1, CONTRACT, 3) == 10**30
+    with pytest.raises(LedgerDbError, match="cannot drop"), ledger.begin() as s:
+        set_owed(s, 1, CONTRACT, 3, 5)
+
+
+def test_earnings_and_commitment_counts(ledger: Ledger) -> None:
+    with ledger.begin() as s:
+        channel = upsert_channel(
+            s,
+            chain_id=1,
+            contract=CONTRACT,
+            channel_id=1,
+            role=ChannelRole.SERVER,
+            client=CLIENT,
+            server=NODE,
+            deposit=1000,
+            redeemed=100,
+            expiry=2**40,
+        )
+        record_voucher(s, channel, Voucher(1, 300, b"\x01" * 65))
+        add_leaf(s, _leaf(b"\x0d" * 32, 0), b"\x1b" * 65)
+    with ledger.begin() as s:
+        earnings = server_earnings(s, 1, CONTRACT)
+        assert (earnings.redeemed, earnings.unredeemed, earnings.channels) == (100, 200, 1)
+        counts = commitment_counts(s)
+        assert (counts.pending_leaves, counts.committed_leaves) == (1, 0)
