@@ -338,6 +338,19 @@ class Chain:
         except ContractLogicError as exc:
             raise self.revert_from(exc, f"{contract.name}.{function}") from None
 
+    def simulate(
+        self, contract: BoundContract, function: str, *args: Any, sender: str, value: int = 0
+    ) -> Any:
+        """Static-call a write as `sender` on the pending state (nothing is sent); a revert
+        raises `ContractRevert`."""
+        try:
+            return contract.web3.functions[function](*args).call(
+                {"from": to_checksum_address(sender), "value": Wei(value)},
+                block_identifier="pending",
+            )
+        except ContractLogicError as exc:
+            raise self.revert_from(exc, f"{contract.name}.{function}") from None
+
     def get_events(
         self,
         contract: BoundContract,

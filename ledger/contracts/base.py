@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from web3.types import BlockIdentifier
 
-from ledger.chain import BoundContract, Chain, ChainError, DecodedEvent, Sender, TxResult
+from ledger.chain import (
+    BoundContract,
+    Chain,
+    ChainError,
+    ContractRevert,
+    DecodedEvent,
+    Sender,
+    TxResult,
+)
+from ledger.types import Wei
+
+if TYPE_CHECKING:
+    from ledger.contracts.token import StakeToken
+
+# The revert a pull of tokens gives while the allowance is missing: approving fixes it.
+ALLOWANCE_ERRORS = frozenset({"ERC20InsufficientAllowance"})
+OnApproval = Callable[[TxResult], None]
 
 
 class NoSenderError(ChainError):
@@ -40,6 +57,29 @@ class ContractWrapper:
                 f"{self.abi_name}.{function} sends a transaction: build the wrapper with a Sender"
             )
         return self.sender.transact(self.contract, function, *args, value=value)
+
+    def _transact_with_approve(
+        self,
+        token: StakeToken,
+        amount: Wei,
+        function: str,
+        *args: Any,
+        on_approval: OnApproval | None = None,
+    ) -> TxResult:
+        """Send `function(*args)`, which pulls `amount` of `token` from the sender, approving
+        this contract first if the allowance falls short. The call is simulated before any
+        approval, so one that would revert for another reason (e.g. too little stake) raises
+        that error and approves nothing. `on_approval` sees the approval when one was sent."""
+        sender = self._sender_address()
+        try:
+            self.chain.simulate(self.contract, function, *args, sender=sender)
+        except ContractRevert as exc:
+            if exc.name not in ALLOWANCE_ERRORS:
+                raise
+        approval = token.ensure_allowance(self.address, amount)
+        if approval is not None and on_approval is not None:
+            on_approval(approval)
+        return self._transact(function, *args)
 
     def _sender_address(self) -> str:
         if self.sender is None:

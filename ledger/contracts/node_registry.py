@@ -8,7 +8,7 @@ from eth_utils import to_checksum_address
 from web3.types import BlockIdentifier
 
 from ledger.chain import TxResult
-from ledger.contracts.base import ContractWrapper
+from ledger.contracts.base import ContractWrapper, OnApproval
 from ledger.contracts.token import StakeToken
 from ledger.types import Address, BlockIndex, ModelId, Wei
 
@@ -103,11 +103,22 @@ class NodeRegistry(ContractWrapper):
         price_per_token_per_block: Wei,
         peer_id: bytes,
         stake: Wei,
+        *,
+        on_approval: OnApproval | None = None,
     ) -> TxResult:
-        """Approve the registry for `stake` if the allowance falls short, then register."""
-        self.stake_token().ensure_allowance(self.address, stake)
-        return self.register(
-            model_id, span_start, span_end, price_per_token_per_block, peer_id, stake
+        """Register, approving the registry for `stake` first if the allowance falls short
+        (only when the registration would otherwise succeed)."""
+        return self._transact_with_approve(
+            self.stake_token(),
+            stake,
+            "register",
+            model_id,
+            span_start,
+            span_end,
+            price_per_token_per_block,
+            peer_id,
+            stake,
+            on_approval=on_approval,
         )
 
     def update_service(
@@ -126,9 +137,13 @@ class NodeRegistry(ContractWrapper):
         """Pull `amount` more into the sender's stake (approve first, or `add_stake_with_approve`)."""
         return self._transact("addStake", amount)
 
-    def add_stake_with_approve(self, amount: Wei) -> TxResult:
-        self.stake_token().ensure_allowance(self.address, amount)
-        return self.add_stake(amount)
+    def add_stake_with_approve(
+        self, amount: Wei, *, on_approval: OnApproval | None = None
+    ) -> TxResult:
+        """`add_stake`, approving `amount` first if the allowance falls short."""
+        return self._transact_with_approve(
+            self.stake_token(), amount, "addStake", amount, on_approval=on_approval
+        )
 
     def unbond(self, amount: Wei) -> TxResult:
         return self._transact("unbond", amount)

@@ -8,7 +8,7 @@ from eth_utils import to_checksum_address
 from web3.types import BlockIdentifier
 
 from ledger.chain import TxResult
-from ledger.contracts.base import ContractWrapper
+from ledger.contracts.base import ContractWrapper, OnApproval
 from ledger.contracts.token import StakeToken
 from ledger.types import Address, ChannelId, Voucher, Wei
 
@@ -70,10 +70,20 @@ class PaymentChannels(ContractWrapper):
         or use `open_with_approve`. The new id: `opened_channel_id(result)`."""
         return self._transact("open", to_checksum_address(server), deposit, expiry)
 
-    def open_with_approve(self, server: str, deposit: Wei, expiry: int) -> TxResult:
-        """Approve the deposit if the allowance falls short, then open the channel."""
-        self.token().ensure_allowance(self.address, deposit)
-        return self.open(server, deposit, expiry)
+    def open_with_approve(
+        self, server: str, deposit: Wei, expiry: int, *, on_approval: OnApproval | None = None
+    ) -> TxResult:
+        """Open the channel, approving the deposit first if the allowance falls short (only
+        when the opening would otherwise succeed)."""
+        return self._transact_with_approve(
+            self.token(),
+            deposit,
+            "open",
+            to_checksum_address(server),
+            deposit,
+            expiry,
+            on_approval=on_approval,
+        )
 
     @staticmethod
     def opened_channel_id(result: TxResult) -> ChannelId:
@@ -83,10 +93,18 @@ class PaymentChannels(ContractWrapper):
     def top_up(self, channel_id: ChannelId, amount: Wei, new_expiry: int) -> TxResult:
         return self._transact("topUp", channel_id, amount, new_expiry)
 
-    def top_up_with_approve(self, channel_id: ChannelId, amount: Wei, new_expiry: int) -> TxResult:
-        if amount > 0:
-            self.token().ensure_allowance(self.address, amount)
-        return self.top_up(channel_id, amount, new_expiry)
+    def top_up_with_approve(
+        self,
+        channel_id: ChannelId,
+        amount: Wei,
+        new_expiry: int,
+        *,
+        on_approval: OnApproval | None = None,
+    ) -> TxResult:
+        """`top_up`, approving `amount` first if the allowance falls short."""
+        return self._transact_with_approve(
+            self.token(), amount, "topUp", channel_id, amount, new_expiry, on_approval=on_approval
+        )
 
     def redeem(self, channel_id: ChannelId, cumulative_amount: Wei, signature: bytes) -> TxResult:
         """As the channel's server, redeem a voucher signed by its client."""

@@ -8,7 +8,7 @@ from eth_utils import to_checksum_address
 from web3.types import BlockIdentifier
 
 from ledger.chain import TxResult
-from ledger.contracts.base import ContractWrapper
+from ledger.contracts.base import ContractWrapper, OnApproval
 from ledger.contracts.token import StakeToken
 from ledger.types import Address, Wei
 
@@ -58,17 +58,25 @@ class VerifierRegistry(ContractWrapper):
     def register(self, stake: Wei) -> TxResult:
         return self._transact("register", stake)
 
-    def register_with_approve(self, stake: Wei) -> TxResult:
-        """Approve `stake` if the allowance falls short, then register."""
-        self.token().ensure_allowance(self.address, stake)
-        return self.register(stake)
+    def register_with_approve(
+        self, stake: Wei, *, on_approval: OnApproval | None = None
+    ) -> TxResult:
+        """Register, approving `stake` first if the allowance falls short (only when the
+        registration would otherwise succeed)."""
+        return self._transact_with_approve(
+            self.token(), stake, "register", stake, on_approval=on_approval
+        )
 
     def add_stake(self, amount: Wei) -> TxResult:
         return self._transact("addStake", amount)
 
-    def add_stake_with_approve(self, amount: Wei) -> TxResult:
-        self.token().ensure_allowance(self.address, amount)
-        return self.add_stake(amount)
+    def add_stake_with_approve(
+        self, amount: Wei, *, on_approval: OnApproval | None = None
+    ) -> TxResult:
+        """`add_stake`, approving `amount` first if the allowance falls short."""
+        return self._transact_with_approve(
+            self.token(), amount, "addStake", amount, on_approval=on_approval
+        )
 
     def unbond(self, amount: Wei) -> TxResult:
         return self._transact("unbond", amount)

@@ -337,13 +337,14 @@ def node_register(
         conn = connect(options, role="node", sign=True)
         amount = conn.tokens(stake, "--stake")
         registry = conn.contracts.node_registry
-        _print_tx(
-            console,
-            "approve stake",
-            conn.contracts.token.ensure_allowance(registry.address, amount),
-        )
-        result = registry.register(
-            model_id(model), span_start, span_end, conn.tokens(price, "--price"), peer, amount
+        result = registry.register_with_approve(
+            model_id(model),
+            span_start,
+            span_end,
+            conn.tokens(price, "--price"),
+            peer,
+            amount,
+            on_approval=lambda approval: _print_tx(console, "approve stake", approval),
         )
         _print_tx(console, f"registered for {model} blocks {span_start}:{span_end}", result)
         assert conn.address is not None
@@ -367,10 +368,10 @@ def node_add_stake(
         conn = connect(options, role="node", sign=True)
         value = conn.tokens(amount, "--amount")
         registry = conn.contracts.node_registry
-        _print_tx(
-            console, "approve stake", conn.contracts.token.ensure_allowance(registry.address, value)
+        result = registry.add_stake_with_approve(
+            value, on_approval=lambda approval: _print_tx(console, "approve stake", approval)
         )
-        _print_tx(console, f"added {conn.show(value)} to the stake", registry.add_stake(value))
+        _print_tx(console, f"added {conn.show(value)} to the stake", result)
         assert conn.address is not None
         _print_node(console, conn, registry.get_node(conn.address))
 
@@ -477,12 +478,12 @@ def channel_open(
         value = conn.tokens(deposit, "--deposit")
         channels = conn.contracts.payment_channels
         expiry = conn.chain.timestamp() + duration
-        _print_tx(
-            console,
-            "approve deposit",
-            conn.contracts.token.ensure_allowance(channels.address, value),
+        result = channels.open_with_approve(
+            server_address,
+            value,
+            expiry,
+            on_approval=lambda approval: _print_tx(console, "approve deposit", approval),
         )
-        result = channels.open(server_address, value, expiry)
         channel_id = channels.opened_channel_id(result)
         _print_tx(console, f"opened channel {channel_id}", result)
         _print_channel(console, conn, channel_id)
@@ -575,12 +576,10 @@ def verifier_register(
         conn = connect(options, role="verifier", sign=True)
         value = conn.tokens(stake, "--stake")
         registry = conn.contracts.verifier_registry
-        _print_tx(
-            console, "approve stake", conn.contracts.token.ensure_allowance(registry.address, value)
+        result = registry.register_with_approve(
+            value, on_approval=lambda approval: _print_tx(console, "approve stake", approval)
         )
-        _print_tx(
-            console, f"registered as a verifier with {conn.show(value)}", registry.register(value)
-        )
+        _print_tx(console, f"registered as a verifier with {conn.show(value)}", result)
         assert conn.address is not None
         info = registry.get_verifier(conn.address)
         console.print(

@@ -75,6 +75,7 @@ def test_revert_prints_the_decoded_error_and_exits_non_zero(
     result = run(*register_args(stake="39"), "--account", "node-1")  # 4 blocks need 40
 
     assert result.exit_code == 1
+    assert "approve" not in result.output  # simulated first: nothing was approved in vain
     node = deployment.account("node-1").address
     assert (
         f"RegistryInsufficientStake(node={node}, stake={39 * TOKEN}, needed={40 * TOKEN})"

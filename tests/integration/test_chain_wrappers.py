@@ -134,6 +134,10 @@ def test_node_registry_insufficient_stake_reverts_with_arguments(
     with pytest.raises(ContractRevert) as raised:
         register(node, stake=Wei(needed - 1))
 
+    # simulated before approving: a registration that cannot succeed approves nothing
+    assert (
+        node.token.allowance(deployment.account("node-0").address, node.node_registry.address) == 0
+    )
     assert raised.value.name == "RegistryInsufficientStake"
     assert raised.value.arguments == {
         "node": deployment.account("node-0").address,
