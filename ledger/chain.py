@@ -21,17 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-from eth_abi import decode as abi_decode
-from eth_abi.exceptions import DecodingError
 from eth_account.signers.local import LocalAccount
-from eth_utils import (
-    abi_to_signature,
-    event_abi_to_log_topic,
-    function_signature_to_4byte_selector,
-    get_abi_input_names,
-    get_abi_input_types,
-    to_checksum_address,
-)
+from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
@@ -39,102 +30,39 @@ from web3.contract import Contract
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
 from web3.types import BlockIdentifier, Nonce, TxData, TxParams, TxReceipt, Wei
 
+from ledger.abi_codec import (  # re-exported: callers import these from ledger.chain
+    AbiCodec,
+    ChainError,
+    ContractRevert,
+    DecodedEvent,
+    format_value,
+)
 from ledger.db import record_tx, update_tx
 from ledger.errors import LedgerError
 
+__all__ = [
+    "AbiCodec",
+    "BoundContract",
+    "Chain",
+    "ChainError",
+    "ContractRevert",
+    "DecodedEvent",
+    "NonceManager",
+    "Sender",
+    "TransactionTimeout",
+    "TxResult",
+    "format_value",
+]
+
 logger = logging.getLogger(__name__)
 
-PANIC_SELECTOR = bytes.fromhex("4e487b71")  # Panic(uint256)
-ERROR_STRING_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
-PANIC_REASONS = {
-    0x00: "generic compiler panic",
-    0x01: "assert failed",
-    0x11: "arithmetic overflow or underflow",
-    0x12: "division or modulo by zero",
-    0x21: "invalid enum value",
-    0x22: "corrupt storage byte array",
-    0x31: "pop on an empty array",
-    0x32: "array index out of bounds",
-    0x41: "out of memory",
-    0x51: "call to an uninitialised function",
-}
 DEFAULT_RECEIPT_TIMEOUT = 120.0  # seconds to wait for a sent transaction to be mined
-DEFAULT_GAS_MARGIN = (
-    1.25  # gas limit = estimate * margin: state may move between estimate and mining
-)
-
-
-class ChainError(LedgerError):
-    """The chain cannot be reached or answered something unusable."""
+# gas limit = estimate * margin: the state may move between estimating and mining
+DEFAULT_GAS_MARGIN = 1.25
 
 
 class TransactionTimeout(ChainError):
     """A sent transaction was not mined within the receipt timeout."""
-
-
-class ContractRevert(ChainError):
-    """A call reverted; `name` and `arguments` are the decoded Solidity error.
-
-    `str()` reads like the Solidity error: `RegistryInsufficientStake(node=0x.., stake=1, needed=2)`.
-    `Panic` carries `code` (and a `reason`), `Error(string)` a `message`; a selector no known ABI
-    declares comes as `UnknownError(selector=0x..)` with the raw `data`.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        args: Mapping[str, Any],
-        data: bytes = b"",
-        *,
-        contract: str | None = None,
-        action: str | None = None,
-    ) -> None:
-        self.name = name
-        self.arguments = dict(args)
-        self.data = bytes(data)
-        self.contract = contract  # the ABI (contract name) that declares the error, if known
-        self.action = action  # what was attempted, e.g. "NodeRegistry.register"
-        super().__init__(self.signature)
-
-    @property
-    def signature(self) -> str:
-        """The error as Solidity would print it: `Name(arg=value, ...)`."""
-        inner = ", ".join(f"{key}={format_value(value)}" for key, value in self.arguments.items())
-        return f"{self.name}({inner})"
-
-    def __str__(self) -> str:
-        return f"{self.action} reverted: {self.signature}" if self.action else self.signature
-
-
-def format_value(value: Any) -> str:
-    """Render a decoded ABI value for people: bytes as 0x-hex, sequences as [a, b]."""
-    if isinstance(value, bytes | bytearray):
-        return "0x" + bytes(value).hex()
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(format_value(item) for item in value) + "]"
-    return str(value)
-
-
-def _checksum_addresses(abi_type: str, value: Any) -> Any:
-    """eth_abi decodes addresses in lower case; people read them checksummed."""
-    if abi_type == "address":
-        return to_checksum_address(value)
-    if abi_type.startswith("address[") and isinstance(value, list | tuple):
-        return type(value)(to_checksum_address(v) for v in value)
-    return value
-
-
-@dataclass(frozen=True)
-class DecodedEvent:
-    """One log decoded against the ABI of the contract that emitted it."""
-
-    name: str  # event name, e.g. "BatchCommitted"
-    contract: str  # contract (ABI) name, e.g. "Commitments"
-    address: str  # checksummed emitter
-    args: Mapping[str, Any]
-    block_number: int
-    log_index: int
-    tx_hash: str  # 0x-hex
 
 
 @dataclass(frozen=True)
@@ -157,93 +85,6 @@ class TxResult:
         if len(found) != 1:
             raise LookupError(f"expected one {name} event in {self.tx_hash}, found {len(found)}")
         return found[0]
-
-
-class AbiCodec:
-    """Decodes reverts and logs against a set of named ABIs."""
-
-    def __init__(self, abis: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
-        self.abis = {name: list(abi) for name, abi in abis.items()}
-        self._errors: dict[bytes, tuple[str, Mapping[str, Any]]] = {}
-        self._events: dict[bytes, list[tuple[str, Mapping[str, Any]]]] = {}
-        for contract, abi in self.abis.items():
-            for item in abi:
-                if item.get("type") == "error":
-                    signature = abi_to_signature(item)  # type: ignore[arg-type]
-                    selector = function_signature_to_4byte_selector(signature)
-                    self._errors.setdefault(selector, (contract, item))
-                elif item.get("type") == "event" and not item.get("anonymous", False):
-                    topic = event_abi_to_log_topic(item)  # type: ignore[arg-type]
-                    self._events.setdefault(topic, []).append((contract, item))
-
-    def decode_revert(self, data: bytes, *, action: str | None = None) -> ContractRevert:
-        """The `ContractRevert` for revert `data` (selector + ABI-encoded arguments)."""
-        data = bytes(data)
-        if not data:
-            return ContractRevert("Reverted", {}, data, action=action)
-        selector, body = data[:4], data[4:]
-        try:
-            if selector == PANIC_SELECTOR:
-                (code,) = abi_decode(["uint256"], body)
-                reason = PANIC_REASONS.get(code, "unknown panic code")
-                return ContractRevert(
-                    "Panic", {"code": hex(code), "reason": reason}, data, action=action
-                )
-            if selector == ERROR_STRING_SELECTOR:
-                (message,) = abi_decode(["string"], body)
-                return ContractRevert("Error", {"message": message}, data, action=action)
-            if selector in self._errors:
-                contract, item = self._errors[selector]
-                types = get_abi_input_types(item)  # type: ignore[arg-type]
-                values = [
-                    _checksum_addresses(t, v)
-                    for t, v in zip(types, abi_decode(types, body), strict=True)
-                ]
-                names = [
-                    name or f"arg{i}"
-                    for i, name in enumerate(get_abi_input_names(item))  # type: ignore[arg-type]
-                ]
-                return ContractRevert(
-                    item["name"],
-                    dict(zip(names, values, strict=True)),
-                    data,
-                    contract=contract,
-                    action=action,
-                )
-        except DecodingError:
-            logger.warning("cannot decode revert data %s", data.hex())
-        return ContractRevert(
-            "UnknownError", {"selector": selector, "data": body}, data, action=action
-        )
-
-    def decode_log(
-        self, log: Mapping[str, Any], w3: Web3, emitter: str | None = None
-    ) -> DecodedEvent | None:
-        """Decode one receipt/`eth_getLogs` entry; None when no known event matches.
-        `emitter` names the ABI of the contract at the log's address, when known: it is tried
-        first (an ERC20 `Transfer` is the StakeToken's, not the abstract ERC20's)."""
-        topics = log.get("topics") or []
-        if not topics:
-            return None
-        candidates = sorted(
-            self._events.get(bytes(topics[0]), []), key=lambda found: found[0] != emitter
-        )
-        for contract, item in candidates:
-            event_contract = w3.eth.contract(abi=[item])
-            try:
-                decoded = event_contract.events[item["name"]]().process_log(log)  # type: ignore[arg-type]
-            except (Web3Exception, DecodingError, TypeError, ValueError):
-                continue  # same signature, other indexing: try the next ABI
-            return DecodedEvent(
-                name=decoded["event"],
-                contract=contract,
-                address=to_checksum_address(decoded["address"]),
-                args=dict(decoded["args"]),
-                block_number=int(decoded["blockNumber"]),
-                log_index=int(decoded["logIndex"]),
-                tx_hash="0x" + bytes(decoded["transactionHash"]).hex(),
-            )
-        return None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 from eth_abi import encode
 from eth_utils import function_signature_to_4byte_selector
 
-from ledger.chain import AbiCodec, ContractRevert
+from ledger.abi_codec import AbiCodec, ContractRevert
 
 REGISTRY_ABI: list[dict[str, Any]] = [
     {

@@ -1,0 +1,268 @@
+"""What every `stakeswarm chain` command shares: the common options, connecting to a
+deployment as some account, parsing amounts and ids from the command line, and printing.
+
+Amounts are whole stake tokens with optional decimals (`100`, `0.25`), converted with the
+token's on-chain `decimals()`; errors a user can fix print without a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated
+
+import base58
+import typer
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import is_address, to_checksum_address
+from rich.console import Console
+from rich.markup import escape
+
+from ledger.chain import Chain, ContractRevert, TxResult
+from ledger.contracts import Contracts
+from ledger.deployment import Deployment
+from ledger.errors import LedgerError
+from ledger.types import Address, BlockIndex, Wei
+from ledger.wallet import PasswordSource, keystore_address, load_wallet
+from stakeswarm.home import Home
+
+# --- the options every command shares -------------------------------------------------------
+
+DevnetOpt = Annotated[
+    bool, typer.Option("--devnet", help="Use the running devnet's deployment and a dev key.")
+]
+AccountOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--account",
+        help="With --devnet: a dev account by name (node-1), role (its first: client) or index.",
+        show_default=False,
+    ),
+]
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="State directory (default ~/.stakeswarm).", show_default=False),
+]
+RpcOpt = Annotated[
+    str | None,
+    typer.Option("--rpc", help="JSON-RPC URL (default: the deployment's).", show_default=False),
+]
+DeploymentOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--deployment", help="Deployment JSON file (without --devnet).", show_default=False
+    ),
+]
+KeystoreOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--keystore", help="Keystore of the signing key (without --devnet).", show_default=False
+    ),
+]
+PasswordEnvOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--password-env",
+        help="Name of an environment variable holding the keystore password (else prompted).",
+        show_default=False,
+    ),
+]
+
+
+class CliInputError(Exception):
+    """A command-line value is malformed (shown without a traceback, exit status 2)."""
+
+
+@dataclass(frozen=True)
+class ChainOptions:
+    """Where to act and as whom, as the common options say."""
+
+    devnet: bool
+    account: str | None
+    home: Path | None
+    rpc: str | None
+    deployment: Path | None
+    keystore: Path | None
+    password_env: str | None
+
+
+@dataclass(frozen=True)
+class Connected:
+    """A deployment on a live chain, the contracts, and the signing key if one was asked for."""
+
+    deployment: Deployment
+    chain: Chain
+    contracts: Contracts
+    signer: LocalAccount | None
+    address: Address | None  # the acting account (known without unlocking a keystore)
+    decimals: int
+    symbol: str
+
+    def tokens(self, text: str, what: str) -> Wei:
+        return parse_tokens(text, self.decimals, what)
+
+    def show(self, amount: int) -> str:
+        return f"{format_tokens(amount, self.decimals)} {self.symbol}"
+
+
+def connect(options: ChainOptions, *, role: str, sign: bool) -> Connected:
+    """Load the deployment, connect, and (when `sign`) unlock the key of the acting account;
+    `role` is the dev account used on a devnet when --account is not given."""
+    if options.devnet:
+        if options.deployment is not None or options.keystore is not None:
+            raise CliInputError(
+                "--devnet uses the devnet's deployment and keys: drop --deployment/--keystore"
+            )
+        deployment = Deployment.load(Home.resolve(options.home).devnet_deployment)
+        dev = deployment.account(options.account or role)
+        signer: LocalAccount | None = Account.from_key(dev.private_key)
+        address: Address | None = dev.address
+    else:
+        if options.deployment is None:
+            raise CliInputError("give --devnet, or --deployment FILE (and --keystore FILE to sign)")
+        if options.account is not None:
+            raise CliInputError(
+                "--account selects a devnet dev key; without --devnet use --keystore"
+            )
+        deployment = Deployment.load(options.deployment)
+        signer, address = None, None
+        if options.keystore is not None:
+            address = keystore_address(options.keystore)
+            if sign:
+                password = (
+                    PasswordSource.from_env(options.password_env)
+                    if options.password_env
+                    else PasswordSource.prompted(f"Password for {options.keystore}: ")
+                )
+                signer = load_wallet(options.keystore, password)
+        elif sign:
+            raise CliInputError("this command signs a transaction: give --keystore FILE")
+    chain = deployment.connect(rpc_url=options.rpc)
+    sender = chain.sender(signer) if sign and signer is not None else None
+    contracts = Contracts.from_deployment(chain, deployment, sender)
+    return Connected(
+        deployment=deployment,
+        chain=chain,
+        contracts=contracts,
+        signer=signer,
+        address=address,
+        decimals=contracts.token.decimals(),
+        symbol=contracts.token.symbol(),
+    )
+
+
+@contextmanager
+def reporting() -> Iterator[Console]:
+    """Run a command body: a revert or a ledger/input error is printed (no traceback) and the
+    command exits non-zero."""
+    errors = Console(stderr=True, soft_wrap=True)
+    try:
+        yield Console(soft_wrap=True)
+    except ContractRevert as exc:
+        errors.print(f"[bold red]reverted[/] {escape(exc.action or '')}: {escape(exc.signature)}")
+        raise typer.Exit(1) from None
+    except CliInputError as exc:
+        errors.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    except LedgerError as exc:
+        errors.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
+# --- value parsing and formatting ---------------------------------------------------------
+
+
+def parse_tokens(text: str, decimals: int, what: str = "amount") -> Wei:
+    """Whole tokens with optional decimals ("100", "0.25") to base units."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise CliInputError(f"{what} {text!r} is not a number of tokens") from None
+    if not value.is_finite() or value < 0:
+        raise CliInputError(f"{what} must be a non-negative number of tokens, got {text!r}")
+    scaled = value.scaleb(decimals)
+    if scaled != scaled.to_integral_value():
+        raise CliInputError(f"{what} {text!r} has more than {decimals} decimals")
+    return Wei(int(scaled))
+
+
+def format_tokens(amount: int, decimals: int) -> str:
+    """Base units as whole tokens, without trailing zeros ("100", "0.25")."""
+    text = format(Decimal(amount).scaleb(-decimals), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def parse_span(text: str) -> tuple[BlockIndex, BlockIndex]:
+    """ "START:END" (END excluded) to a block span."""
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match:
+        raise CliInputError(f"--blocks takes START:END (END excluded), got {text!r}")
+    start, end = int(match.group(1)), int(match.group(2))
+    if not start < end < 2**16:
+        raise CliInputError(f"--blocks {text!r}: need START < END < 65536")
+    return BlockIndex(start), BlockIndex(end)
+
+
+def parse_peer_id(text: str) -> bytes:
+    """A libp2p peer id in base58 (as hivemind prints it) or 0x-hex, to its bytes."""
+    text = text.strip()
+    try:
+        raw = bytes.fromhex(text[2:]) if text.startswith("0x") else base58.b58decode(text)
+    except ValueError:
+        raise CliInputError(f"--peer-id {text!r} is neither base58 nor 0x-hex") from None
+    if not raw:
+        raise CliInputError("--peer-id is empty")
+    return raw
+
+
+def parse_address(text: str, what: str) -> Address:
+    if not is_address(text):
+        raise CliInputError(f"{what} {text!r} is not an address")
+    return Address(to_checksum_address(text))
+
+
+def parse_signature(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        raise CliInputError("--signature must be 0x-hex") from None
+    if len(raw) != 65:
+        raise CliInputError(f"--signature must be 65 bytes (r, s, v), got {len(raw)}")
+    return raw
+
+
+def when(timestamp: int) -> str:
+    if timestamp == 0:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def print_tx(console: Console, what: str, result: TxResult | None) -> None:
+    if result is None:
+        return
+    console.print(
+        f"[green]✓[/] {escape(what)}  tx {result.tx_hash}  gas {result.gas_used:,}  "
+        f"block {result.block_number}"
+    )
+
+
+def acting_address(conn: Connected, address: str | None) -> Address:
+    if address is not None:
+        return parse_address(address, "ADDRESS")
+    if conn.address is None:
+        raise CliInputError("give an ADDRESS, or --devnet/--keystore to use your own")
+    return conn.address
+
+
+def print_fields(console: Console, title: str, rows: list[tuple[str, str]]) -> None:
+    """A title and aligned `field  value` lines; values are never truncated (ids get copied)."""
+    console.print(f"[bold]{escape(title)}[/]")
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        console.print(f"  {name:<{width}}  {escape(value)}")
