@@ -3,6 +3,7 @@ custom error with its arguments."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -10,9 +11,10 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
 from ledger.chain import Chain, ContractRevert
+from ledger.compile import PROJECT_ROOT, compile_contracts
 from ledger.contracts import Contracts, NoSenderError
-from ledger.deployment import TOKEN, Deployment
-from ledger.eip712 import sign_receipt, sign_verdict
+from ledger.deployment import TOKEN, Deployment, DeploymentParams, deploy_all
+from ledger.eip712 import recover_verdict_signer, sign_receipt, sign_verdict
 from ledger.merkle import MerkleTree
 from ledger.types import BatchId, BlockIndex, Leaf, Reason, Verdict, Wei, model_id
 
@@ -486,3 +488,43 @@ def test_slasher_params_and_reward_pool_release(
     assert params.challenge_window == deployment.params.challenge_window
     assert params.reward_recipient == deployment.deployer
     assert empty.value.signature == "SlasherEmptyRewardPool()"
+
+
+def test_slash_with_a_quorum_of_two_sends_verdicts_sorted_by_signer(
+    chain: Chain, dev_account: Callable[[str | int], LocalAccount]
+) -> None:
+    deployer = dev_account("client-2")
+    params = DeploymentParams(quorum=2)
+    deployment = deploy_all(
+        chain, chain.sender(deployer), params, compile_contracts(), PROJECT_ROOT / "build" / "abi"
+    )
+    funder = Contracts.from_deployment(chain, deployment, chain.sender(deployer))
+    names = ("node-0", "verifier-0", "verifier-1")
+    for name in names:
+        funder.token.transfer(dev_account(name).address, Wei(1_000 * TOKEN))
+    node, *verifiers = (
+        Contracts.from_deployment(chain, deployment, chain.sender(dev_account(name)))
+        for name in names
+    )
+    register(node)
+    for verifier in verifiers:
+        verifier.verifier_registry.register_with_approve(params.min_verifier_stake)
+    leaves = [leaf(step) for step in range(2)]
+    batch_id, tree = committed_tree(node, leaves)
+    node_address = dev_account("node-0").address
+    guilty = Verdict(node_address, batch_id, leaves[0].hash(), Reason.MISMATCH)
+    domain = node.slasher.domain()
+    signed = [
+        dataclasses.replace(guilty, signature=sign_verdict(domain, guilty, dev_account(name)))
+        for name in ("verifier-0", "verifier-1")
+    ]
+    # hand them over in descending signer order: the wrapper must sort them
+    signed.sort(key=lambda v: int(recover_verdict_signer(domain, v, v.signature), 16), reverse=True)
+
+    with pytest.raises(ContractRevert) as short:
+        verifiers[0].slasher.slash(leaves[0], batch_id, tree.proof(0), Reason.MISMATCH, signed[:1])
+    result = verifiers[0].slasher.slash(leaves[0], batch_id, tree.proof(0), Reason.MISMATCH, signed)
+
+    assert short.value.signature == "SlasherNotEnoughVerdicts(provided=1, quorum=2)"
+    assert result.event("LeafSlashed").args["node"] == node_address
+    assert verifiers[0].slasher.is_leaf_slashed(leaves[0].hash())
