@@ -17,3 +17,7 @@ from stakeswarm.commands import dev as dev_commands  # noqa: E402
 
 app.add_typer(dev_commands.app, name="dev")
 app.add_typer(chain_commands.app, name="chain")
+
+from stakeswarm.commands import demo as demo_command  # noqa: E402
+
+app.command(name="demo")(demo_command.demo)
