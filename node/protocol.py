@@ -38,6 +38,14 @@ MAX_METADATA_BYTES = 256 * 1024
 # Upper bound on protobuf messages in one frame (CHUNK_BYTES each at most).
 MAX_MESSAGES_PER_FRAME = 1024
 
+# The node's RPC handlers on the libp2p daemon: "{service}.{method}" (hivemind `ServicerBase`
+# names handlers after the servicer class, which `node.handler` keeps equal to SERVICE_NAME).
+SERVICE_NAME = "StakeswarmNode"
+RPC_INFERENCE = f"{SERVICE_NAME}.rpc_inference"  # bidirectional stream: one session
+RPC_FORWARD = f"{SERVICE_NAME}.rpc_forward"  # stream in, stream out: one stateless step
+RPC_INFO = f"{SERVICE_NAME}.rpc_info"  # unary: `InfoResponse`
+RPC_REVEAL = f"{SERVICE_NAME}.rpc_reveal"  # unary in, stream out: `RevealResponse`
+
 HIDDEN_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 MASK_DTYPE = "int64"
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8}
@@ -469,15 +477,23 @@ class RevealResponse:
 
 @dataclass(frozen=True)
 class ErrorReply:
-    """A refusal. Fatal ones end the stream; the server keeps serving everyone else."""
+    """A refusal. Fatal ones end the stream; the server keeps serving everyone else. After a
+    non-fatal one (`fatal` False) the session is as it was before the refused step, and the
+    client may send that step again."""
 
     code: ErrorCode
     message: str
+    fatal: bool = True  # the node ended the stream (no further frames will be read)
 
     TYPE = "error"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "code": self.code.value, "message": self.message}
+        return {
+            "type": self.TYPE,
+            "code": self.code.value,
+            "message": self.message,
+            "fatal": self.fatal,
+        }
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> ErrorReply:
@@ -485,10 +501,41 @@ class ErrorReply:
             code = ErrorCode(_str(d.get("code"), "code"))
         except ValueError:
             code = ErrorCode.INTERNAL
-        return cls(code, _str(d.get("message", ""), "message")[:2000])
+        fatal = d.get("fatal", True)
+        return cls(code, _str(d.get("message", ""), "message")[:2000], fatal is not False)
 
     def to_exception(self) -> ProtocolError:
         return ProtocolError(self.code, self.message)
+
+
+@dataclass(frozen=True)
+class InfoResponse:
+    """The `info` RPC's answer: which model and node this is and what it announces."""
+
+    model: str  # the model name (its id on-chain is keccak256 of it)
+    peer_id: str  # base58 libp2p peer id
+    total_blocks: int  # decoder blocks of the whole model
+    server: ServerInfo
+
+    TYPE = "info"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "model": self.model,
+            "peer": self.peer_id,
+            "blocks": self.total_blocks,
+            "server": self.server.to_wire(),
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> InfoResponse:
+        return cls(
+            model=_str(d.get("model"), "model"),
+            peer_id=_str(d.get("peer"), "peer id"),
+            total_blocks=_int(d.get("blocks"), "blocks", 1, 2**16),
+            server=ServerInfo.from_wire(d.get("server")),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
