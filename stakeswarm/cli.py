@@ -21,3 +21,7 @@ app.add_typer(chain_commands.app, name="chain")
 from stakeswarm.commands import demo as demo_command  # noqa: E402
 
 app.command(name="demo")(demo_command.demo)
+
+from node import cli as node_commands  # noqa: E402
+
+app.add_typer(node_commands.app, name="node")

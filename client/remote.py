@@ -1,0 +1,306 @@
+"""The low-level client side of a node's RPCs: one span session, one forward, info, reveal.
+
+No routing, retries or payment policy here: callers choose the node, the span, the channel
+and sign the vouchers. Over a hivemind `P2P` (e.g. `await dht.replicate_p2p()`):
+
+    async with await RemoteSpanSession.open(p2p, peer_id, session_id=os.urandom(32),
+                                            span=(0, 3), max_length=64, batch_size=1,
+                                            channel_id=7) as session:
+        output, receipt = await session.step(hidden, mask, voucher)
+
+A node's refusal raises `ProtocolError` with its `ErrorCode`; after a non-fatal one
+(`error.fatal is False`) the session is as before and the step may be sent again. A broken
+transport (node gone, stream closed) raises `RemoteUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import torch
+from hivemind.p2p import P2P, PeerID
+from hivemind.p2p.p2p_daemon_bindings.control import P2PDaemonError, P2PHandlerError
+from hivemind.proto import runtime_pb2
+
+from ledger.types import Voucher
+from node.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    RPC_FORWARD,
+    RPC_INFERENCE,
+    RPC_INFO,
+    RPC_REVEAL,
+    ErrorCode,
+    ErrorReply,
+    ForwardRequest,
+    Frame,
+    InfoResponse,
+    OpenSession,
+    ProtocolError,
+    RevealRequest,
+    RevealResponse,
+    SessionOpened,
+    SignedReceipt,
+    StepRequest,
+    StepResponse,
+    decode_frame,
+    encode_frame,
+    read_frame,
+)
+
+Request = runtime_pb2.ExpertRequest
+Response = runtime_pb2.ExpertResponse
+_END = object()
+
+
+class RemoteUnavailableError(ConnectionError):
+    """The node could not be reached or the stream broke (not a refusal by the node)."""
+
+
+class RemoteError(ProtocolError):
+    """A node's `ErrorReply`: `code`, `message`, and whether it ended the stream (`fatal`)."""
+
+    def __init__(self, reply: ErrorReply) -> None:
+        super().__init__(reply.code, reply.message)
+        self.fatal = reply.fatal
+
+
+def _peer(peer_id: PeerID | str) -> PeerID:
+    return peer_id if isinstance(peer_id, PeerID) else PeerID.from_base58(peer_id)
+
+
+def _raise_if_error(frame: Frame) -> None:
+    if frame.type == ErrorReply.TYPE:
+        raise RemoteError(ErrorReply.from_wire(frame.metadata))
+
+
+def _expect(frame: Frame | None, kind: str) -> Frame:
+    if frame is None:
+        raise RemoteUnavailableError(f"the node closed the stream instead of answering {kind}")
+    _raise_if_error(frame)
+    if frame.type != kind:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected a {kind!r} frame, got {frame.type!r}")
+    return frame
+
+
+async def _read(responses: AsyncIterator[Response], max_bytes: int) -> Frame | None:
+    try:
+        return await read_frame(responses, max_bytes)
+    except (P2PHandlerError, P2PDaemonError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        raise RemoteUnavailableError(f"stream to the node broke: {exc}") from exc
+
+
+class RemoteSpanSession:
+    """One inference session on one node over one span (one bidirectional stream)."""
+
+    def __init__(
+        self,
+        request: OpenSession,
+        opened: SessionOpened,
+        queue: asyncio.Queue[Any],
+        responses: AsyncIterator[Response],
+        max_bytes: int,
+    ) -> None:
+        self.request = request
+        self.opened = opened
+        self._queue = queue
+        self._responses = responses
+        self._max_bytes = max_bytes
+        self.next_step = 0
+        self.closed = False
+
+    @property
+    def session_id(self) -> bytes:
+        return self.request.session_id
+
+    @property
+    def node(self) -> str:
+        """The node's address (it signs the receipts)."""
+        return self.opened.node
+
+    @classmethod
+    async def open(
+        cls,
+        p2p: P2P,
+        peer_id: PeerID | str,
+        *,
+        session_id: bytes,
+        span: tuple[int, int],
+        max_length: int,
+        batch_size: int,
+        channel_id: int,
+        dtype: str = "float32",
+        timeout: float = 30.0,
+        max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> RemoteSpanSession:
+        """Open a session on `peer_id`; raises the node's refusal (e.g. CACHE_FULL)."""
+        request = OpenSession(
+            session_id, span[0], span[1], max_length, batch_size, channel_id, dtype
+        )
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def outgoing() -> AsyncIterator[Request]:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                yield item
+
+        for message in encode_frame(Frame(request.to_wire()), Request):
+            queue.put_nowait(message)
+        try:
+            responses = await asyncio.wait_for(
+                p2p.iterate_protobuf_handler(_peer(peer_id), RPC_INFERENCE, outgoing(), Response),
+                timeout,
+            )
+            frame = await asyncio.wait_for(_read(responses, max_bytes), timeout)
+        except (P2PDaemonError, ConnectionError, TimeoutError) as exc:
+            queue.put_nowait(_END)
+            raise RemoteUnavailableError(f"cannot open a session on {peer_id}: {exc}") from exc
+        try:
+            opened = SessionOpened.from_wire(_expect(frame, SessionOpened.TYPE).metadata)
+        except BaseException:
+            queue.put_nowait(_END)
+            raise
+        return cls(request, opened, queue, responses, max_bytes)
+
+    async def step(
+        self, hidden: torch.Tensor, mask: torch.Tensor, voucher: Voucher, *, timeout: float = 300.0
+    ) -> tuple[torch.Tensor, SignedReceipt]:
+        """Send step `next_step`: hidden [batch, tokens, hidden] in the session dtype and mask
+        [batch, past + tokens] int64; returns the output hidden states and the signed receipt."""
+        if self.closed:
+            raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "the session is closed")
+        request = StepRequest(self.next_step, voucher)
+        for message in encode_frame(Frame(request.to_wire(), [hidden, mask]), Request):
+            self._queue.put_nowait(message)
+        try:
+            frame = await asyncio.wait_for(_read(self._responses, self._max_bytes), timeout)
+        except TimeoutError:
+            await self.close()
+            raise RemoteUnavailableError(
+                f"no answer to step {self.next_step} in {timeout} s"
+            ) from None
+        try:
+            frame = _expect(frame, StepResponse.TYPE)
+        except RemoteError as exc:
+            if exc.fatal:
+                self.closed = True
+                self._queue.put_nowait(_END)
+            raise
+        except RemoteUnavailableError:
+            self.closed = True
+            raise
+        response = StepResponse.from_wire(frame.metadata)
+        if response.step != self.next_step or len(frame.tensors) != 1:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "malformed step reply from the node")
+        self.next_step += 1
+        return frame.tensors[0], response.receipt
+
+    async def close(self) -> None:
+        """End the stream; the node frees the session's cache. Idempotent."""
+        if not self.closed:
+            self.closed = True
+            self._queue.put_nowait(_END)
+
+    async def __aenter__(self) -> RemoteSpanSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def _call_stream(
+    p2p: P2P, peer_id: PeerID | str, name: str, frame: Frame, max_bytes: int, timeout: float
+) -> Frame:
+    async def run() -> Frame | None:
+        requests = encode_frame(frame, Request)
+        try:
+            responses = await p2p.iterate_protobuf_handler(
+                _peer(peer_id), name, _aiter(list(requests)), Response
+            )
+        except (P2PDaemonError, ConnectionError) as exc:
+            raise RemoteUnavailableError(f"cannot reach {peer_id}: {exc}") from exc
+        return await _read(responses, max_bytes)
+
+    try:
+        result = await asyncio.wait_for(run(), timeout)
+    except TimeoutError:
+        raise RemoteUnavailableError(f"{peer_id} did not answer in {timeout} s") from None
+    if result is None:
+        raise RemoteUnavailableError(f"{peer_id} closed the stream without answering")
+    _raise_if_error(result)
+    return result
+
+
+async def _aiter(items: Sequence[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+async def remote_forward(
+    p2p: P2P,
+    peer_id: PeerID | str,
+    request: ForwardRequest,
+    hidden: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    timeout: float = 300.0,
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> tuple[torch.Tensor, SignedReceipt]:
+    """A stateless forward of hidden [batch, tokens, hidden] (mask [batch, tokens]) through the
+    request's span; returns the output and the node's signed receipt (step 0)."""
+    frame = await _call_stream(
+        p2p, peer_id, RPC_FORWARD, Frame(request.to_wire(), [hidden, mask]), max_bytes, timeout
+    )
+    if frame.type != StepResponse.TYPE or len(frame.tensors) != 1:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "malformed forward reply from the node")
+    return frame.tensors[0], StepResponse.from_wire(frame.metadata).receipt
+
+
+async def remote_info(p2p: P2P, peer_id: PeerID | str, *, timeout: float = 30.0) -> InfoResponse:
+    """The node's model, peer id, block count and current `ServerInfo`."""
+    (request,) = list(encode_frame(Frame({"type": "info"}), Request))
+    try:
+        response = await asyncio.wait_for(
+            p2p.call_protobuf_handler(_peer(peer_id), RPC_INFO, request, Response), timeout
+        )
+    except (P2PDaemonError, P2PHandlerError, ConnectionError, TimeoutError) as exc:
+        raise RemoteUnavailableError(f"cannot reach {peer_id}: {exc}") from exc
+    frame = decode_frame([response])
+    return InfoResponse.from_wire(_expect(frame, InfoResponse.TYPE).metadata)
+
+
+@dataclass(frozen=True)
+class Revealed:
+    """A node's reveal: the steps 0..k of the session span and each step's inputs."""
+
+    response: RevealResponse
+    inputs: list[tuple[torch.Tensor, torch.Tensor]]  # per step: (hidden, mask)
+
+
+async def remote_reveal(
+    p2p: P2P,
+    peer_id: PeerID | str,
+    request: RevealRequest,
+    *,
+    timeout: float = 120.0,
+    max_bytes: int = 1024 * 1024 * 1024,
+) -> Revealed:
+    """Ask a node to reveal the inputs behind a committed leaf (verifiers only)."""
+    frame = await _call_stream(
+        p2p, peer_id, RPC_REVEAL, Frame(request.to_wire()), max_bytes, timeout
+    )
+    response = RevealResponse.from_wire(_expect(frame, RevealResponse.TYPE).metadata)
+    if len(frame.tensors) != 2 * len(response.steps):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "reveal: expected 2 tensors per step")
+    pairs = [(frame.tensors[2 * i], frame.tensors[2 * i + 1]) for i in range(len(response.steps))]
+    return Revealed(response, pairs)

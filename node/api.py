@@ -1,0 +1,133 @@
+"""The node's HTTP status API (FastAPI, served by uvicorn inside the node's event loop).
+
+    GET /health   200 {"status": "ok"} while the node serves (503 while starting/stopping)
+    GET /status   span, throughput, sessions, cache use, earnings, commitments (JSON)
+    GET /metrics  Prometheus text: steps, tokens, errors by code, cache tokens, commits, redeems
+
+`NodeMetrics` holds the Prometheus series on a registry of its own (never the process-global
+one, so several nodes can live in one test process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+from node.protocol import ErrorCode
+
+logger = logging.getLogger(__name__)
+
+
+class NodeMetrics:
+    """The node's Prometheus series."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.steps = Counter("stakeswarm_steps", "Inference steps served", registry=r)
+        self.tokens = Counter("stakeswarm_tokens", "Token positions computed", registry=r)
+        self.errors = Counter(
+            "stakeswarm_errors", "Requests refused, by error code", ["code"], registry=r
+        )
+        self.sessions_open = Gauge("stakeswarm_sessions_open", "Open sessions", registry=r)
+        self.cache_tokens = Gauge(
+            "stakeswarm_cache_tokens_used", "KV cache tokens reserved by sessions", registry=r
+        )
+        self.commits = Counter("stakeswarm_commits", "Batches committed on-chain", registry=r)
+        self.redeems = Counter("stakeswarm_redeems", "Vouchers redeemed on-chain", registry=r)
+        self.reveals = Counter("stakeswarm_reveals", "Reveals answered", registry=r)
+
+    def served(self, tokens: int) -> None:
+        self.steps.inc()
+        self.tokens.inc(tokens)
+
+    def error(self, code: ErrorCode) -> None:
+        self.errors.labels(code=code.value).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def build_app(
+    *, status: Callable[[], dict[str, Any]], healthy: Callable[[], bool], metrics: NodeMetrics
+) -> FastAPI:
+    """The API over the node's `status()` (called in a worker thread: it may read the ledger)
+    and `healthy()`."""
+    app = FastAPI(title="stakeswarm node", docs_url=None, redoc_url=None)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok = healthy()
+        return JSONResponse({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
+
+    @app.get("/status")
+    def get_status() -> dict[str, Any]:
+        return status()
+
+    @app.get("/metrics")
+    async def get_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside the node's loop: the node handles SIGINT/SIGTERM itself."""
+
+    def capture_signals(self):  # type: ignore[no-untyped-def, override]
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class HttpApi:
+    """Runs the API on `host:port` (0: a free port, see `port` once started)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.port: int = self._socket.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self._server = _EmbeddedServer(config)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises why it stopped
+                raise RuntimeError("the HTTP API stopped while starting")
+            await asyncio.sleep(0.01)
+        logger.info("status API at %s", self.url)
+
+    async def stop(self) -> None:
+        if self._task is None:
+            self._socket.close()
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(self._task, 5)
+        except TimeoutError:
+            self._task.cancel()
+        self._socket.close()

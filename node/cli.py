@@ -1,0 +1,249 @@
+"""`stakeswarm node serve` (also `python -m node serve`): parse -> config -> server -> run.
+
+    stakeswarm node serve --model ./tiny-llama --blocks 0:3 --devnet --account node-0
+    stakeswarm node serve --model ./SmolLM2 --num-blocks 10 --deployment d.json \\
+        --keystore node.json --initial-peers /ip4/1.2.3.4/tcp/31337/p2p/Qm...
+
+Amounts (--price, --stake, --credit) are whole stake tokens and may have decimals. Once the
+node serves, it prints its address, peer id, the multiaddrs others join with, its span and
+the status API's URL; SIGINT/SIGTERM shut it down cleanly (exit status 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ledger.errors import LedgerError
+from node.config import DEFAULT_HOST_MADDRS, ConfigError, NodeConfig
+from node.errors import NodeError
+
+app = typer.Typer(
+    help="Serve blocks of a model to the swarm.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def node() -> None:
+    """Run a node of the swarm."""  # a callback keeps `serve` a sub-command
+
+
+def parse_blocks(text: str) -> tuple[int, int]:
+    """ "START:END" (END excluded) to a span."""
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise typer.BadParameter(f"takes START:END with START < END (END excluded), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_tokens(text: str | None, what: str) -> Decimal | None:
+    """Whole tokens, decimals allowed ("100", "0.001"); None stays None."""
+    if text is None:
+        return None
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise typer.BadParameter(f"{what} {text!r} is not a number of tokens") from None
+    if not value.is_finite() or value < 0:
+        raise typer.BadParameter(f"{what} must be a non-negative number of tokens, got {text!r}")
+    return value
+
+
+@app.command("serve")
+def serve(
+    model: Annotated[
+        Path,
+        typer.Option(help="Local model folder (config.json + safetensors).", show_default=False),
+    ],
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            help="The swarm's name of the model (default: the folder's name).", show_default=False
+        ),
+    ] = None,
+    blocks: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve exactly these blocks, START:END (END excluded).", show_default=False
+        ),
+    ] = None,
+    num_blocks: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve this many blocks where the swarm needs them most.", show_default=False
+        ),
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    devnet: Annotated[bool, typer.Option(help="Use the running devnet and a dev key.")] = False,
+    account: Annotated[
+        str | None,
+        typer.Option(
+            help="With --devnet: dev account name, role or index (default: node).",
+            show_default=False,
+        ),
+    ] = None,
+    home: Annotated[Path, typer.Option(help="State directory.")] = Path("~/.stakeswarm"),
+    rpc: Annotated[
+        str | None,
+        typer.Option(help="JSON-RPC URL (default: the deployment's).", show_default=False),
+    ] = None,
+    deployment: Annotated[
+        Path | None, typer.Option(help="Deployment JSON (without --devnet).", show_default=False)
+    ] = None,
+    keystore: Annotated[
+        Path | None,
+        typer.Option(help="The node's keystore (without --devnet).", show_default=False),
+    ] = None,
+    password_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Variable holding the keystore password (else prompted).", show_default=False
+        ),
+    ] = None,
+    initial_peers: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Multiaddr of a swarm member (repeat); none: start a new swarm.",
+            show_default=False,
+        ),
+    ] = None,
+    host_maddrs: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"Where libp2p listens (repeat; default {DEFAULT_HOST_MADDRS[0]}).",
+            show_default=False,
+        ),
+    ] = None,
+    announce_maddrs: Annotated[
+        list[str] | None,
+        typer.Option(help="Public multiaddrs to announce (repeat).", show_default=False),
+    ] = None,
+    price: Annotated[str, typer.Option(help="Tokens per token per block.")] = "0.000001",
+    stake: Annotated[
+        str | None,
+        typer.Option(
+            help="Tokens to keep staked (default: the registry's minimum).", show_default=False
+        ),
+    ] = None,
+    credit: Annotated[str, typer.Option(help="Tokens a client may owe beyond its vouchers.")] = "0",
+    http_port: Annotated[int, typer.Option(help="Status API port (0: any free port).")] = 0,
+    cache_tokens: Annotated[int, typer.Option(help="KV cache budget in tokens.")] = 16384,
+    idle_timeout: Annotated[
+        float, typer.Option(help="Seconds before an idle session ends.")
+    ] = 300.0,
+    commit_interval: Annotated[float, typer.Option(help="Seconds between commits.")] = 30.0,
+    commit_leaves: Annotated[int, typer.Option(help="Commit once this many leaves wait.")] = 4096,
+    redeem_interval: Annotated[float, typer.Option(help="Seconds between redemptions.")] = 60.0,
+    announce_interval: Annotated[float, typer.Option(help="Seconds between DHT refreshes.")] = 30.0,
+    rebalance_interval: Annotated[
+        float, typer.Option(help="Seconds between checks whether to move the span.")
+    ] = 120.0,
+    max_frame_mb: Annotated[
+        float, typer.Option(help="Largest tensor payload accepted per message frame, in MiB.")
+    ] = 64.0,
+    threads: Annotated[
+        int | None, typer.Option(help="Torch threads (default: torch's).", show_default=False)
+    ] = None,
+    no_commitments: Annotated[
+        bool, typer.Option(help="Benchmarks only: no leaves, receipts or commits.", hidden=True)
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Serve blocks of a model: stake for them, announce them, answer inference, get paid."""
+    from node.server import Ready, Server  # heavy imports only when serving
+
+    out = Console(soft_wrap=True, highlight=False)
+    err = Console(stderr=True, soft_wrap=True)
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    try:
+        config = NodeConfig(
+            model_path=model,
+            model_name=model_name,
+            blocks=parse_blocks(blocks) if blocks else None,
+            num_blocks=num_blocks,
+            dtype=dtype,
+            torch_threads=threads,
+            home=home,
+            devnet=devnet,
+            account=account,
+            deployment_file=deployment,
+            rpc_url=rpc,
+            keystore=keystore,
+            password_env=password_env,
+            initial_peers=tuple(initial_peers or ()),
+            host_maddrs=tuple(host_maddrs or DEFAULT_HOST_MADDRS),
+            announce_maddrs=tuple(announce_maddrs or ()),
+            announce_interval=announce_interval,
+            announce_ttl=max(3 * announce_interval, announce_interval + 10),
+            rebalance_interval=rebalance_interval,
+            price=parse_tokens(price, "--price") or Decimal(0),
+            stake=parse_tokens(stake, "--stake"),
+            credit=parse_tokens(credit, "--credit") or Decimal(0),
+            cache_tokens=cache_tokens,
+            session_idle_timeout=idle_timeout,
+            commit_interval=commit_interval,
+            commit_max_leaves=commit_leaves,
+            redeem_interval=redeem_interval,
+            commitments=not no_commitments,
+            http_port=http_port,
+            max_frame_bytes=int(max_frame_mb * 2**20),
+        )
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+    progress = Progress(
+        TextColumn("loading blocks"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    task = progress.add_task("load", total=None)
+
+    def on_progress(done: int, total: int) -> None:
+        if done == 1:
+            progress.start()
+        progress.update(task, completed=done, total=total)
+        if done == total:
+            progress.stop()
+
+    def on_ready(ready: Ready) -> None:
+        out.print(f"stakeswarm node {ready.address} serving {ready.model}")
+        out.print(f"  blocks      {ready.span[0]}:{ready.span[1]}")
+        out.print(f"  throughput  {ready.throughput:.1f} tokens/s")
+        out.print(f"  peer id     {ready.peer_id}")
+        for maddr in ready.maddrs:
+            out.print(f"  join with   --initial-peers {maddr}")
+        if ready.http_url:
+            out.print(f"  status api  {ready.http_url}")
+        out.print("ready", style="bold green")
+
+    server = Server(config, progress=on_progress, on_ready=on_ready)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass  # stopped before it served: nothing to announce
+    except (ConfigError, NodeError, LedgerError) as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    finally:
+        progress.stop()
+    out.print("stopped")

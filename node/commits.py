@@ -1,0 +1,341 @@
+"""Commitments: the leaf and signed receipt of every served step, the inputs kept for reveals,
+and the Merkle roots committed on-chain.
+
+Per step (`Receipts.make`, in the compute thread): the leaf of DESIGN.md — session, model id,
+span, step, tokens, keccak of the exact input and output tensors, keccak of the output's
+sketch — and the node's EIP-712 receipt over it. Then (`LeafWriter.submit`, in the ledger
+thread, after the reply is sent) the leaf goes to the ledger and the step's inputs (hidden
+states and mask, as received) to a safetensors file under the node's inputs directory, indexed
+in the ledger. `Committer.commit_pending` seals pending leaves into batches and commits each
+root (`Commitments.commit`), recording the on-chain batch id; `prune_inputs` deletes inputs
+whose challenge window closed. `build_reveal` assembles what a verifier gets for a leaf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from eth_account.signers.local import LocalAccount
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ledger.chain import ChainError
+from ledger.contracts import Commitments
+from ledger.db import (
+    BatchStatus,
+    Ledger,
+    add_leaf,
+    batches_with_status,
+    delete_inputs,
+    expired_input_spans,
+    get_batch,
+    leaf_proof,
+    mark_batch_committed,
+    mark_batch_failed,
+    pending_leaves,
+    record_input,
+    seal_batch,
+    session_inputs,
+    session_leaves,
+)
+from ledger.db.columns import utcnow
+from ledger.db.models import Batch
+from ledger.eip712 import Domain, sign_receipt
+from ledger.types import Leaf, ModelId
+from node.protocol import ErrorCode, ProtocolError, RevealedStep, RevealResponse, SignedReceipt
+from node.sketch import sketch
+from node.tensors import tensor_hash
+
+logger = logging.getLogger(__name__)
+
+ZERO32 = b"\x00" * 32
+UNSIGNED = b"\x00" * 65  # the receipt signature when commitments are off (benchmarks only)
+
+
+class Receipts:
+    """Builds and signs the leaf of each served step."""
+
+    def __init__(
+        self, *, domain: Domain, account: LocalAccount, model_id: ModelId, enabled: bool = True
+    ) -> None:
+        self.domain = domain
+        self.account = account
+        self.model_id = model_id
+        self.enabled = enabled
+
+    def make(
+        self,
+        *,
+        session_id: bytes,
+        span: tuple[int, int],
+        step: int,
+        tokens: int,
+        hidden_in: torch.Tensor,
+        hidden_out: torch.Tensor,
+    ) -> SignedReceipt:
+        """The signed leaf of one step; `hidden_in`/`hidden_out` are the exact tensors received
+        and sent. With commitments off: a leaf of zero hashes and a zero signature."""
+        if not self.enabled:
+            leaf = Leaf(session_id, self.model_id, *span, step, tokens, ZERO32, ZERO32, ZERO32)
+            return SignedReceipt(leaf, UNSIGNED)
+        leaf = Leaf(
+            session_id=session_id,
+            model_id=self.model_id,
+            span_start=span[0],
+            span_end=span[1],
+            step=step,
+            tokens=tokens,
+            input_hash=tensor_hash(hidden_in),
+            output_hash=tensor_hash(hidden_out),
+            sketch_hash=sketch(hidden_out).hash(),
+        )
+        return SignedReceipt(leaf, sign_receipt(self.domain, leaf, self.account))
+
+
+class InputStore:
+    """Step inputs as safetensors files: `<root>/<session hex>/<start>-<end>/<step>.safetensors`
+    holding `hidden` [batch, tokens, hidden] and `mask` [batch, past + tokens]."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def relative(session_id: bytes, start: int, end: int, step: int) -> str:
+        return f"{session_id.hex()}/{start}-{end}/{step}.safetensors"
+
+    def save(
+        self,
+        session_id: bytes,
+        start: int,
+        end: int,
+        step: int,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> str:
+        rel = self.relative(session_id, start, end, step)
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"hidden": hidden.contiguous(), "mask": mask.contiguous()}, str(path))
+        return rel
+
+    def load(self, rel: str) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = load_file(str(self.root / rel))
+        return tensors["hidden"], tensors["mask"]
+
+    def delete(self, rels: Sequence[str]) -> None:
+        dirs: set[Path] = set()
+        for rel in rels:
+            path = self.root / rel
+            path.unlink(missing_ok=True)
+            dirs.add(path.parent)
+        for directory in dirs:  # <session>/<span>/ and then <session>/ once empty
+            for folder in (directory, directory.parent):
+                if folder != self.root and folder.is_dir() and not any(folder.iterdir()):
+                    shutil.rmtree(folder, ignore_errors=True)
+
+
+class LeafWriter:
+    """Stores leaves and step inputs from the ledger thread, in the order steps were served."""
+
+    def __init__(self, ledger: Ledger, store: InputStore, executor: Executor) -> None:
+        self.ledger = ledger
+        self.store = store
+        self._executor = executor
+        self._pending: set[asyncio.Future[None]] = set()
+        self.written = 0  # leaves stored by this process
+
+    def submit(self, receipt: SignedReceipt, hidden: torch.Tensor, mask: torch.Tensor) -> None:
+        """Queue one step's leaf and inputs for the ledger (returns at once)."""
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._write, receipt, hidden, mask
+        )
+        self._pending.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: asyncio.Future[None]) -> None:
+        self._pending.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            logger.error("storing a leaf failed", exc_info=future.exception())
+
+    def _write(self, receipt: SignedReceipt, hidden: torch.Tensor, mask: torch.Tensor) -> None:
+        leaf = receipt.leaf
+        rel = self.store.save(
+            leaf.session_id, leaf.span_start, leaf.span_end, leaf.step, hidden, mask
+        )
+        with self.ledger.begin() as db:
+            add_leaf(db, leaf, receipt.signature)
+            record_input(
+                db,
+                session_id=leaf.session_id,
+                span_start=leaf.span_start,
+                span_end=leaf.span_end,
+                step=leaf.step,
+                path=rel,
+            )
+        self.written += 1
+
+    async def flush(self) -> None:
+        """Wait until every submitted leaf is stored."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+
+class Committer:
+    """Seals pending leaves into batches and commits their roots (blocking; worker thread)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        commitments: Commitments,
+        *,
+        node: str,
+        model_id: ModelId,
+        max_leaves: int,
+    ) -> None:
+        self.ledger = ledger
+        self.commitments = commitments
+        self.node = node
+        self.model_id = model_id
+        self.max_leaves = max_leaves
+        self.committed_batches = 0  # by this process
+
+    def commit_pending(self) -> list[int]:
+        """Commit every batch left sealed but uncommitted, then seal and commit the pending
+        leaves, `max_leaves` per batch. Returns the on-chain batch ids committed."""
+        committed: list[int] = []
+        with self.ledger.begin() as db:
+            retry = [
+                b.id
+                for status in (BatchStatus.PENDING, BatchStatus.FAILED)
+                for b in batches_with_status(db, status)
+                if b.model_id == self.model_id
+            ]
+        for batch_id in retry:
+            chain_id = self._commit(batch_id)
+            if chain_id is None:
+                return committed  # the chain refuses; try again next time
+            committed.append(chain_id)
+        while True:
+            with self.ledger.begin() as db:
+                leaves = pending_leaves(db, model_id=self.model_id, limit=self.max_leaves)
+                if not leaves:
+                    return committed
+                batch_id = seal_batch(db, leaves, node=self.node).id
+            chain_id = self._commit(batch_id)
+            if chain_id is None:
+                return committed
+            committed.append(chain_id)
+
+    def _commit(self, batch_id: int) -> int | None:
+        with self.ledger.begin() as db:
+            batch = db.get(Batch, batch_id)
+            assert batch is not None
+            root, count, tokens = batch.root, batch.leaf_count, batch.token_count
+        try:
+            result = self.commitments.commit(self.model_id, root, count, tokens)
+        except (ChainError, OSError) as exc:
+            logger.warning("committing batch %d (%d leaves) failed: %s", batch_id, count, exc)
+            with self.ledger.begin() as db:
+                batch = db.get(Batch, batch_id)
+                assert batch is not None
+                mark_batch_failed(db, batch, str(exc))
+            return None
+        chain_batch_id = int(self.commitments.committed_batch_id(result))
+        with self.ledger.begin() as db:
+            batch = db.get(Batch, batch_id)
+            assert batch is not None
+            mark_batch_committed(
+                db,
+                batch,
+                chain_batch_id=chain_batch_id,
+                tx_hash=bytes.fromhex(result.tx_hash.removeprefix("0x")),
+            )
+        self.committed_batches += 1
+        logger.info(
+            "committed batch %d: %d leaves, %d tokens, root 0x%s (tx %s)",
+            chain_batch_id,
+            count,
+            tokens,
+            root.hex(),
+            result.tx_hash,
+        )
+        return chain_batch_id
+
+
+def prune_inputs(ledger: Ledger, store: InputStore, *, challenge_window: float) -> int:
+    """Delete the stored inputs no reveal can need any more (their leaves' challenge windows
+    closed, or never committed and older than the window). Returns session spans pruned."""
+    cutoff = utcnow() - timedelta(seconds=challenge_window)
+    with ledger.begin() as db:
+        spans = expired_input_spans(db, committed_before=cutoff, unused_before=cutoff)
+        paths = [p for key in spans for p in delete_inputs(db, *key)]
+    store.delete(paths)
+    if spans:
+        logger.info("pruned the stored inputs of %d session spans", len(spans))
+    return len(spans)
+
+
+def build_reveal(
+    ledger: Ledger, store: InputStore, *, node: str, batch_id: int, leaf_index: int
+) -> tuple[RevealResponse, list[torch.Tensor]]:
+    """What a verifier gets for leaf `leaf_index` of on-chain batch `batch_id`: the session's
+    steps 0..k over that span (leaf, batch id, Merkle proof each) and their inputs (hidden
+    states then mask, per step). NOT_FOUND when this node has no such leaf or inputs."""
+    with ledger.begin() as db:
+        batch = get_batch(db, chain_batch_id=batch_id)
+        if batch is None or batch.node != node or not 0 <= leaf_index < len(batch.leaves):
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, f"this node committed no leaf {leaf_index} in batch {batch_id}"
+            )
+        target = batch.leaves[leaf_index]
+        rows = session_leaves(
+            db,
+            target.session_id,
+            target.span_start,
+            target.span_end,
+            up_to_step=target.step,
+            model_id=target.model_id,
+        )
+        if [r.step for r in rows] != list(range(target.step + 1)):
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, f"steps of the session before step {target.step} are missing"
+            )
+        steps: list[RevealedStep] = []
+        for row in rows:
+            if row.batch is None or row.batch.chain_batch_id is None:
+                raise ProtocolError(
+                    ErrorCode.NOT_FOUND, f"step {row.step} of the session is not committed yet"
+                )
+            steps.append(RevealedStep(row.to_leaf(), row.batch.chain_batch_id, leaf_proof(row)))
+        inputs = session_inputs(
+            db, target.session_id, target.span_start, target.span_end, up_to_step=target.step
+        )
+        paths = [i.path for i in inputs]
+    if len(paths) != len(steps):
+        raise ProtocolError(ErrorCode.NOT_FOUND, "the inputs of this session were pruned")
+    tensors: list[torch.Tensor] = []
+    for rel in paths:
+        try:
+            hidden, mask = store.load(rel)
+        except (OSError, SafetensorError, KeyError) as exc:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"stored inputs unreadable: {exc}") from None
+        tensors.extend((hidden, mask))
+    return RevealResponse(steps), tensors
+
+
+__all__ = [
+    "Committer",
+    "InputStore",
+    "LeafWriter",
+    "Receipts",
+    "build_reveal",
+    "prune_inputs",
+]

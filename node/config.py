@@ -1,0 +1,139 @@
+"""`NodeConfig`: everything `stakeswarm node serve` can be told, in one typed place.
+
+The CLI (`node.cli`) builds one from its options and hands it to `node.server.Server`; tests
+and benchmarks build one directly. Amounts the operator types in whole tokens (price, stake,
+credit) stay `Decimal` here and become base units once the server has read the token's
+decimals from the chain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from node.errors import NodeError
+
+DEFAULT_HOST_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
+
+
+class ConfigError(NodeError, ValueError):
+    """A node configuration that cannot work (conflicting or out-of-range options)."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """How one node serves: its model and span, its chain identity, its swarm, its economics."""
+
+    # --- model -------------------------------------------------------------------------------
+    model_path: Path  # local Hugging Face folder: config.json + safetensors weights
+    model_name: str | None = None  # the swarm's name for the model (DHT keys, on-chain id);
+    # None: the folder's name
+    blocks: tuple[int, int] | None = None  # serve exactly [start, end); None: choose a span
+    num_blocks: int | None = None  # span length when choosing; None: the whole model
+    dtype: str = "float32"  # compute dtype announced and used: float32 | float16 | bfloat16
+    torch_threads: int | None = None  # torch intra-op threads; None: torch's default
+
+    # --- state and chain ---------------------------------------------------------------------
+    home: Path = Path("~/.stakeswarm")  # state directory; the node keeps its files in
+    # <home>/node/<address>/ (ledger, libp2p identity, stored inputs)
+    devnet: bool = False  # use the devnet deployment in <home> and a dev key
+    account: str | None = None  # with devnet: dev account name, role or index (default "node")
+    deployment_file: Path | None = None  # without devnet: the deployment JSON
+    rpc_url: str | None = None  # JSON-RPC URL; None: the deployment's
+    keystore: Path | None = None  # without devnet: the node's key
+    password_env: str | None = None  # variable holding the keystore password; None: prompt
+
+    # --- swarm -------------------------------------------------------------------------------
+    initial_peers: tuple[str, ...] = ()  # multiaddrs of swarm members; () starts a new swarm
+    host_maddrs: tuple[str, ...] = DEFAULT_HOST_MADDRS  # where libp2p listens
+    announce_maddrs: tuple[str, ...] = ()  # public multiaddrs to announce, if not the host ones
+    announce_interval: float = 30.0  # seconds between DHT refreshes of this node's records
+    announce_ttl: float = 90.0  # seconds a DHT record lives without a refresh
+    rebalance_interval: float = 120.0  # seconds between checks whether to move the span
+    # (only when the span was chosen, not given with `blocks`)
+
+    # --- economics ---------------------------------------------------------------------------
+    price: Decimal = Decimal("0.000001")  # tokens per token per block
+    stake: Decimal | None = None  # tokens to keep staked; None: the registry's minimum
+    credit: Decimal = Decimal("0")  # tokens a channel may owe beyond its vouchers
+    channel_min_life: float = 600.0  # seconds a channel must still run to be accepted
+    redeem_interval: float = 60.0  # seconds between redemption runs
+    redeem_min: Decimal = Decimal("0")  # tokens a voucher must add to be worth redeeming
+    redeem_margin: float = 3600.0  # seconds before a channel's expiry it is always redeemed
+    channel_cache_ttl: float = 30.0  # seconds a channel read from the chain is trusted
+
+    # --- serving -----------------------------------------------------------------------------
+    cache_tokens: int = 16384  # KV cache budget in tokens (batch x max length) over sessions
+    session_idle_timeout: float = 300.0  # seconds without a step before a session is dropped
+    max_frame_bytes: int = 64 * 1024 * 1024  # largest frame of tensors accepted from a peer
+    reveal_max_age: float = 600.0  # seconds a verifier's reveal request stays valid
+    throughput_steps: int = 16  # decode steps timed when measuring throughput
+
+    # --- commitments -------------------------------------------------------------------------
+    commitments: bool = True  # build, sign, store and commit leaves (off: benchmarks only)
+    commit_interval: float = 30.0  # seconds between commits of pending leaves
+    commit_max_leaves: int = 4096  # commit as soon as this many leaves are pending
+    prune_interval: float = 600.0  # seconds between removals of inputs past their window
+
+    # --- http --------------------------------------------------------------------------------
+    http_host: str = "127.0.0.1"  # where the status API listens
+    http_port: int | None = 0  # status API port; 0: any free port; None: no API
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.blocks is not None:
+            start, end = self.blocks
+            if not 0 <= start < end < 2**16:
+                problems.append(
+                    f"blocks must be START:END with 0 <= START < END, got {start}:{end}"
+                )
+            if self.num_blocks is not None:
+                problems.append("give blocks or num_blocks, not both")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            problems.append(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            problems.append(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.devnet and (self.deployment_file is not None or self.keystore is not None):
+            problems.append("devnet uses the devnet's deployment and keys: no deployment/keystore")
+        if not self.devnet:
+            if self.deployment_file is None:
+                problems.append("give devnet, or a deployment file and a keystore")
+            if self.keystore is None:
+                problems.append("a node signs receipts and transactions: give a keystore")
+            if self.account is not None:
+                problems.append("account selects a devnet dev key; without devnet use a keystore")
+        for name in ("price", "credit", "redeem_min"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
+        if self.stake is not None and self.stake < 0:
+            problems.append("stake must not be negative")
+        for name in (
+            "announce_interval",
+            "announce_ttl",
+            "rebalance_interval",
+            "redeem_interval",
+            "session_idle_timeout",
+            "commit_interval",
+            "prune_interval",
+            "reveal_max_age",
+        ):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive")
+        if self.announce_ttl <= self.announce_interval:
+            problems.append("announce_ttl must exceed announce_interval, or records lapse")
+        if self.cache_tokens < 1:
+            problems.append("cache_tokens must be >= 1")
+        if self.commit_max_leaves < 1:
+            problems.append("commit_max_leaves must be >= 1")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            problems.append(f"http_port must be in [0, 65535], got {self.http_port}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            problems.append("torch_threads must be >= 1")
+        if problems:
+            raise ConfigError("invalid node configuration: " + "; ".join(problems))
+
+    @property
+    def name(self) -> str:
+        """The model's name in the swarm and on-chain."""
+        return self.model_name or Path(self.model_path).name

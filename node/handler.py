@@ -1,0 +1,400 @@
+"""The node's RPCs over hivemind P2P: inference sessions, stateless forwards, info, reveals.
+
+`StakeswarmNode` is a hivemind `ServicerBase`; its handlers are registered on the libp2p
+daemon under the names in `node.protocol` (`RPC_*`). Every request is untrusted: each
+failure becomes an `ErrorReply` to that caller only, and the server goes on serving the
+others. Torch work runs in one compute thread and ledger writes in one ledger thread, so the
+event loop (P2P streams, the HTTP API) stays responsive while a step computes.
+
+Inference (`rpc_inference`, one bidirectional stream = one session):
+    -> OpenSession            <- SessionOpened
+    -> StepRequest + tensors  <- StepResponse + output      (repeated, steps 0, 1, 2, ...)
+A step's refusal that leaves the session as it was (bad tensor, out of order, payment) is a
+non-fatal `ErrorReply`: the client may send the step again. Anything else ends the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+
+# hivemind's ServicerBase recognises streaming RPCs by the `typing` alias, not collections.abc's
+from typing import Any, AsyncIterator  # noqa: UP035
+
+import torch
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_utils import to_checksum_address
+from hivemind.p2p import P2PContext, ServicerBase
+from hivemind.proto import runtime_pb2
+
+from ledger.chain import ChainError
+from ledger.contracts import VerifierRegistry
+from ledger.db import Ledger
+from node.api import NodeMetrics
+from node.balance import Payments
+from node.commits import InputStore, LeafWriter, Receipts, build_reveal
+from node.errors import InvalidInputError, SessionLengthError
+from node.protocol import (
+    SERVICE_NAME,
+    ErrorCode,
+    ErrorReply,
+    ForwardRequest,
+    Frame,
+    InfoResponse,
+    OpenSession,
+    ProtocolError,
+    RevealRequest,
+    SessionOpened,
+    StepRequest,
+    StepResponse,
+    decode_frame,
+    encode_frame,
+    read_frame,
+)
+from node.sessions import (
+    Session,
+    SessionManager,
+    SpanViews,
+    check_hidden,
+    check_mask,
+    check_step,
+    unpack_step,
+)
+
+logger = logging.getLogger(__name__)
+
+Request = runtime_pb2.ExpertRequest
+Response = runtime_pb2.ExpertResponse
+
+
+def _frame(metadata: dict[str, Any], tensors: list[torch.Tensor] | None = None) -> Iterator[Any]:
+    return encode_frame(Frame(metadata, tensors or []), Response)
+
+
+def error_messages(error: ProtocolError, *, fatal: bool = True) -> Iterator[Any]:
+    """The protobuf messages of an `ErrorReply` for `error`."""
+    return _frame(ErrorReply(error.code, error.message, fatal).to_wire())
+
+
+class StakeswarmNode(ServicerBase):
+    """The RPC servicer of one node (the class name is `node.protocol.SERVICE_NAME`)."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        spans: SpanViews,
+        price_per_block: int,
+        sessions: SessionManager,
+        payments: Payments,
+        receipts: Receipts,
+        writer: LeafWriter,
+        store: InputStore,
+        ledger: Ledger,
+        verifiers: VerifierRegistry,
+        compute: Executor,
+        metrics: NodeMetrics,
+        info: Callable[[], InfoResponse],
+        idle_timeout: float,
+        max_frame_bytes: int,
+        reveal_max_age: float,
+        on_leaf: Callable[[], None] = lambda: None,
+    ) -> None:
+        assert type(self).__name__ == SERVICE_NAME
+        self.address = to_checksum_address(address)
+        self.spans = spans
+        self.price_per_block = price_per_block
+        self.sessions = sessions
+        self.payments = payments
+        self.receipts = receipts
+        self.writer = writer
+        self.store = store
+        self.ledger = ledger
+        self.verifiers = verifiers
+        self.compute = compute
+        self.metrics = metrics
+        self.info = info
+        self.idle_timeout = idle_timeout
+        self.max_frame_bytes = max_frame_bytes
+        self.reveal_max_age = reveal_max_age
+        self.on_leaf = on_leaf
+        self.accepting = True  # False while shutting down or moving the span
+
+    # --- inference -------------------------------------------------------------------------
+
+    async def rpc_inference(
+        self, requests: AsyncIterator[Request], context: P2PContext
+    ) -> AsyncIterator[Response]:
+        session: Session | None = None
+        try:
+            frame = await self._read(requests)
+            if frame is None:
+                return
+            if frame.type != OpenSession.TYPE:
+                code = ErrorCode.UNKNOWN_SESSION if frame.type == StepRequest.TYPE else None
+                raise ProtocolError(
+                    code or ErrorCode.BAD_REQUEST,
+                    f"an inference stream starts with an open frame, got {frame.type!r}",
+                )
+            session = await self._open(OpenSession.from_wire(frame.metadata))
+            opened = SessionOpened(session.session_id, self.address, self.idle_timeout)
+            for message in _frame(opened.to_wire()):
+                yield message
+            while True:
+                frame = await self._read(requests, timeout=self.idle_timeout)
+                if frame is None:
+                    return  # the client closed the session
+                try:
+                    messages = await self._step(session, frame)
+                except ProtocolError as exc:
+                    if exc.code not in _RECOVERABLE:
+                        raise
+                    self.metrics.error(exc.code)
+                    for message in error_messages(exc, fatal=False):
+                        yield message
+                    continue
+                for message in messages:
+                    yield message
+        except ProtocolError as exc:
+            self.metrics.error(exc.code)
+            for message in error_messages(exc):
+                yield message
+        except Exception:
+            logger.exception("inference session failed")
+            self.metrics.error(ErrorCode.INTERNAL)
+            for message in error_messages(ProtocolError(ErrorCode.INTERNAL, "the node failed")):
+                yield message
+        finally:
+            if session is not None:
+                computing = session.computing
+                if computing is not None and not computing.done():
+                    # the client left mid-step: the compute thread still uses the cache
+                    await asyncio.wait([asyncio.wrap_future(computing)])
+                self.sessions.close(session)
+                self.metrics.sessions_open.set(len(self.sessions))
+                self.metrics.cache_tokens.set(self.sessions.caches.tokens_in_use)
+
+    async def _read(self, requests: AsyncIterator[Request], timeout: float | None = None) -> Any:
+        try:
+            return await asyncio.wait_for(read_frame(requests, self.max_frame_bytes), timeout)
+        except TimeoutError:
+            raise ProtocolError(
+                ErrorCode.SESSION_EXPIRED,
+                f"no step for {self.idle_timeout:.0f} s: the session expired; open a new one",
+            ) from None
+
+    def _refuse_if_closed(self) -> None:
+        if not self.accepting:
+            raise ProtocolError(ErrorCode.INTERNAL, "the node is not taking new sessions now")
+
+    async def _open(self, request: OpenSession) -> Session:
+        self._refuse_if_closed()
+        span = self.spans.view(request.span_start, request.span_end)
+        channel = await self.payments.check_channel(request.channel_id)
+        price = self.price_per_block * (span.end - span.start)
+        session = await self.sessions.open(request, span, channel.client, price)
+        self.metrics.sessions_open.set(len(self.sessions))
+        self.metrics.cache_tokens.set(self.sessions.caches.tokens_in_use)
+        logger.info(
+            "session 0x%s opened: blocks [%d, %d), batch %d, max length %d, channel %d",
+            session.session_id.hex()[:16],
+            span.start,
+            span.end,
+            request.batch_size,
+            request.max_length,
+            request.channel_id,
+        )
+        return session
+
+    async def _step(self, session: Session, frame: Frame) -> list[Any]:
+        if frame.type != StepRequest.TYPE:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected a step frame, got {frame.type!r}")
+        request = StepRequest.from_wire(frame.metadata)
+        if request.step != session.next_step:
+            raise ProtocolError(
+                ErrorCode.OUT_OF_ORDER,
+                f"step {request.step} sent, the session expects step {session.next_step}",
+            )
+        hidden, mask = unpack_step(frame.tensors)
+        tokens = check_step(session, hidden, mask)
+        accepted = await self.payments.accept(
+            channel_id=session.channel_id,
+            voucher=request.voucher,
+            step_cost=tokens * session.price_per_token,
+            client=session.client,
+        )
+        session.computing = self.compute.submit(
+            self._compute, session, request.step, tokens, hidden, mask
+        )
+        try:
+            output, receipt = await asyncio.wrap_future(session.computing)
+        except (InvalidInputError, SessionLengthError) as exc:  # checked before; defensive
+            raise ProtocolError(ErrorCode.BAD_TENSOR, str(exc)) from None
+        await accepted.persisted
+        session.next_step += 1
+        session.touch()
+        if self.receipts.enabled:
+            self.writer.submit(receipt, hidden, mask)
+            self.on_leaf()
+        self.metrics.served(tokens)
+        return list(_frame(StepResponse(request.step, receipt).to_wire(), [output]))
+
+    def _compute(
+        self,
+        session: Session,
+        step: int,
+        tokens: int,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, Any]:
+        # hidden: [batch, tokens, hidden_size]; mask: [batch, past + tokens]
+        output = session.span.forward(hidden, mask, session.cache)
+        receipt = self.receipts.make(
+            session_id=session.session_id,
+            span=(session.span.start, session.span.end),
+            step=step,
+            tokens=tokens,
+            hidden_in=hidden,
+            hidden_out=output,
+        )
+        return output, receipt
+
+    # --- stateless forward -----------------------------------------------------------------
+
+    async def rpc_forward(
+        self, requests: AsyncIterator[Request], context: P2PContext
+    ) -> AsyncIterator[Response]:
+        try:
+            frame = await self._read(requests)
+            if frame is None or frame.type != ForwardRequest.TYPE:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "expected one forward frame")
+            messages = await self._forward(ForwardRequest.from_wire(frame.metadata), frame)
+        except ProtocolError as exc:
+            self.metrics.error(exc.code)
+            messages = list(error_messages(exc))
+        except Exception:
+            logger.exception("forward failed")
+            self.metrics.error(ErrorCode.INTERNAL)
+            messages = list(error_messages(ProtocolError(ErrorCode.INTERNAL, "the node failed")))
+        for message in messages:
+            yield message
+
+    async def _forward(self, request: ForwardRequest, frame: Frame) -> list[Any]:
+        self._refuse_if_closed()
+        span = self.spans.view(request.span_start, request.span_end)
+        hidden, mask = unpack_step(frame.tensors)
+        check_hidden(hidden, hidden_size=span.hidden_size, dtype=span.dtype)
+        check_mask(mask, hidden.shape[0], hidden.shape[1])
+        tokens = hidden.shape[0] * hidden.shape[1]
+        channel = await self.payments.check_channel(request.voucher.channel_id)
+        await self.sessions.claim(request.session_id, channel.channel_id, span.start, span.end)
+        accepted = await self.payments.accept(
+            channel_id=channel.channel_id,
+            voucher=request.voucher,
+            step_cost=tokens * self.price_per_block * (span.end - span.start),
+            client=channel.client,
+        )
+
+        def compute() -> tuple[torch.Tensor, Any]:
+            output = span.forward(hidden, mask)
+            receipt = self.receipts.make(
+                session_id=request.session_id,
+                span=(span.start, span.end),
+                step=0,
+                tokens=tokens,
+                hidden_in=hidden,
+                hidden_out=output,
+            )
+            return output, receipt
+
+        output, receipt = await asyncio.get_running_loop().run_in_executor(self.compute, compute)
+        await accepted.persisted
+        if self.receipts.enabled:
+            self.writer.submit(receipt, hidden, mask)
+            self.on_leaf()
+        self.metrics.served(tokens)
+        return list(_frame(StepResponse(0, receipt).to_wire(), [output]))
+
+    # --- info ------------------------------------------------------------------------------
+
+    async def rpc_info(self, request: Request, context: P2PContext) -> Response:
+        return next(iter(_frame(self.info().to_wire())))
+
+    # --- reveal ----------------------------------------------------------------------------
+
+    async def rpc_reveal(self, request: Request, context: P2PContext) -> AsyncIterator[Response]:
+        try:
+            frame = decode_frame([request])
+            if frame.type != RevealRequest.TYPE:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected a reveal, got {frame.type!r}")
+            reveal = RevealRequest.from_wire(frame.metadata)
+            await self._authorize(reveal)
+            response, tensors = await asyncio.to_thread(
+                build_reveal,
+                self.ledger,
+                self.store,
+                node=self.address,
+                batch_id=reveal.batch_id,
+                leaf_index=reveal.leaf_index,
+            )
+            messages = list(_frame(response.to_wire(), tensors))
+            self.metrics.reveals.inc()
+        except ProtocolError as exc:
+            self.metrics.error(exc.code)
+            messages = list(error_messages(exc))
+        except Exception:
+            logger.exception("reveal failed")
+            self.metrics.error(ErrorCode.INTERNAL)
+            messages = list(error_messages(ProtocolError(ErrorCode.INTERNAL, "the node failed")))
+        for message in messages:
+            yield message
+
+    async def _authorize(self, reveal: RevealRequest) -> None:
+        if reveal.node != self.address:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED, f"the reveal is addressed to {reveal.node}, not this node"
+            )
+        age = time.time() - reveal.issued_at
+        if abs(age) > self.reveal_max_age:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED,
+                f"the reveal request was issued {age:.0f} s ago; at most "
+                f"{self.reveal_max_age:.0f} s are accepted",
+            )
+        try:
+            signer = Account.recover_message(
+                encode_defunct(text=reveal.message()), signature=reveal.signature
+            )
+        except Exception:  # eth-account raises several unrelated types on a bad signature
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "unreadable reveal signature") from None
+        if to_checksum_address(signer) != reveal.verifier:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED, f"the reveal is signed by {signer}, not {reveal.verifier}"
+            )
+        try:
+            active = await asyncio.to_thread(self.verifiers.is_active, reveal.verifier)
+        except (ChainError, OSError):
+            raise ProtocolError(ErrorCode.INTERNAL, "the node cannot reach the chain") from None
+        if not active:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED, f"{reveal.verifier} is not an active verifier"
+            )
+
+
+# Step refusals after which the session is exactly as before the step.
+_RECOVERABLE = frozenset(
+    {
+        ErrorCode.BAD_REQUEST,
+        ErrorCode.BAD_TENSOR,
+        ErrorCode.OUT_OF_ORDER,
+        ErrorCode.LENGTH_EXCEEDED,
+        ErrorCode.BAD_VOUCHER,
+        ErrorCode.WRONG_CHANNEL,
+        ErrorCode.REPLAYED_VOUCHER,
+        ErrorCode.PAYMENT_BEHIND,
+    }
+)

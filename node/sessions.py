@@ -1,0 +1,260 @@
+"""Inference sessions on a node: who may open one, their KV caches, and what a step may carry.
+
+A session serves one client stream over a sub-span of the node's blocks. Opening one claims its
+id in the ledger (a node serves each id once, ever: serving it twice could make it sign two
+different leaves for one step) and reserves its KV cache from the node's token budget. Steps run
+strictly in order, one at a time per session; `check_step` validates a step's tensors against
+the session before anything is paid for or computed, so a refused step leaves no trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ledger.db import Ledger, SessionReusedError, claim_session
+from ledger.errors import LedgerDbError
+from node.blocks import Span
+from node.cache import CacheManager, SessionCache
+from node.errors import CacheFullError, SessionExistsError
+from node.protocol import ErrorCode, OpenSession, ProtocolError
+from node.tensors import DTYPE_NAMES
+
+logger = logging.getLogger(__name__)
+
+
+class SpanViews:
+    """The node's loaded span and views of its sub-spans (sharing the same layers).
+
+    A session may use any contiguous part `[start, end)` of what the node serves; its leaves
+    and price are for that part."""
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self._views: dict[tuple[int, int], Span] = {(span.start, span.end): span}
+
+    @property
+    def dtype_name(self) -> str:
+        return DTYPE_NAMES[self.span.dtype]
+
+    def view(self, start: int, end: int) -> Span:
+        """The span `[start, end)`; `ProtocolError(SPAN_MISMATCH)` outside what is served."""
+        if not self.span.start <= start < end <= self.span.end:
+            raise ProtocolError(
+                ErrorCode.SPAN_MISMATCH,
+                f"blocks [{start}, {end}) asked; this node serves [{self.span.start}, "
+                f"{self.span.end})",
+            )
+        key = (start, end)
+        if key not in self._views:
+            full = self.span
+            layers = torch.nn.ModuleList(
+                full.layers[start - full.start : end - full.start]  # type: ignore[index]
+            )
+            self._views[key] = Span(
+                full.config,
+                full.family,
+                start,
+                end,
+                layers,
+                full.rotary,
+                full.dtype,
+                full.device,
+            )
+        return self._views[key]
+
+
+@dataclass
+class Session:
+    """One open inference session: its span, cache, payment terms and progress."""
+
+    session_id: bytes
+    request: OpenSession
+    span: Span
+    cache: SessionCache
+    client: str  # the channel's client: vouchers must recover to it
+    price_per_token: int  # Wei per token through this session's span
+    next_step: int = 0
+    last_active: float = field(default_factory=time.monotonic)
+    computing: Future[Any] | None = None  # the step running in the compute thread, if any
+
+    @property
+    def channel_id(self) -> int:
+        return self.request.channel_id
+
+    def touch(self) -> None:
+        self.last_active = time.monotonic()
+
+
+class SessionManager:
+    """Opens and closes the node's sessions against its KV-cache budget and its ledger."""
+
+    def __init__(self, caches: CacheManager, ledger: Ledger) -> None:
+        self.caches = caches
+        self.ledger = ledger
+        self.open_sessions: dict[bytes, Session] = {}
+        self._claimed: set[bytes] = set()  # ids claimed by this process (the ledger has all)
+
+    def __len__(self) -> int:
+        return len(self.open_sessions)
+
+    async def claim(self, session_id: bytes, channel_id: int, start: int, end: int) -> None:
+        """Claim `session_id` for good; `ProtocolError(SESSION_EXISTS)` if it was ever used."""
+        if session_id in self._claimed:
+            raise _reused(session_id)
+        self._claimed.add(session_id)
+
+        def write() -> None:
+            with self.ledger.begin() as db:
+                claim_session(
+                    db,
+                    session_id=session_id,
+                    channel_id=channel_id,
+                    span_start=start,
+                    span_end=end,
+                )
+
+        try:
+            await asyncio.to_thread(write)
+        except SessionReusedError:
+            raise _reused(session_id) from None
+        except LedgerDbError as exc:
+            self._claimed.discard(session_id)
+            logger.exception("cannot claim session 0x%s", session_id.hex())
+            raise ProtocolError(
+                ErrorCode.INTERNAL, f"the node cannot record the session: {exc}"
+            ) from exc
+
+    async def open(
+        self, request: OpenSession, span: Span, client: str, price_per_token: int
+    ) -> Session:
+        """Reserve the cache and claim the id of a new session over `span` (already checked to
+        be served). CACHE_FULL, SESSION_EXISTS or BAD_TENSOR (dtype) as `ProtocolError`."""
+        if request.dtype != DTYPE_NAMES[span.dtype]:
+            raise ProtocolError(
+                ErrorCode.BAD_TENSOR,
+                f"this node computes in {DTYPE_NAMES[span.dtype]}, the session asked for "
+                f"{request.dtype}",
+            )
+        if request.session_id in self._claimed:
+            raise _reused(request.session_id)
+        try:
+            cache = self.caches.open(
+                request.session_id,
+                span.kv_layout,
+                batch=request.batch_size,
+                max_length=request.max_length,
+            )
+        except CacheFullError as exc:
+            raise ProtocolError(ErrorCode.CACHE_FULL, str(exc)) from None
+        except SessionExistsError:
+            raise _reused(request.session_id) from None
+        try:
+            await self.claim(request.session_id, request.channel_id, span.start, span.end)
+        except BaseException:
+            cache.close()
+            raise
+        session = Session(
+            session_id=request.session_id,
+            request=request,
+            span=span,
+            cache=cache,
+            client=client,
+            price_per_token=price_per_token,
+        )
+        self.open_sessions[request.session_id] = session
+        return session
+
+    def close(self, session: Session) -> None:
+        """Free the session's cache; its id stays used forever."""
+        session.cache.close()
+        self.open_sessions.pop(session.session_id, None)
+
+    def close_all(self) -> None:
+        for session in list(self.open_sessions.values()):
+            self.close(session)
+
+
+def _reused(session_id: bytes) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.SESSION_EXISTS,
+        f"session id 0x{session_id.hex()} was already used on this node; use a fresh id",
+    )
+
+
+def check_hidden(
+    hidden: torch.Tensor, *, hidden_size: int, dtype: torch.dtype, batch: int | None = None
+) -> None:
+    """`ProtocolError(BAD_TENSOR)` unless `hidden` is finite [batch, tokens, hidden_size] in
+    `dtype` with tokens >= 1 (and the given batch)."""
+    if hidden.ndim != 3 or hidden.shape[-1] != hidden_size or min(hidden.shape[:2]) < 1:
+        raise ProtocolError(
+            ErrorCode.BAD_TENSOR,
+            f"hidden states must be [batch, tokens, {hidden_size}], got {list(hidden.shape)}",
+        )
+    if batch is not None and hidden.shape[0] != batch:
+        raise ProtocolError(
+            ErrorCode.BAD_TENSOR,
+            f"the session's batch is {batch}, the hidden states have batch {hidden.shape[0]}",
+        )
+    if hidden.dtype != dtype:
+        raise ProtocolError(
+            ErrorCode.BAD_TENSOR,
+            f"hidden states are {DTYPE_NAMES.get(hidden.dtype, hidden.dtype)}, this node "
+            f"computes in {DTYPE_NAMES[dtype]}",
+        )
+    if not torch.isfinite(hidden).all():
+        raise ProtocolError(ErrorCode.BAD_TENSOR, "hidden states contain NaN or infinity")
+
+
+def check_mask(mask: torch.Tensor, batch: int, length: int) -> None:
+    """`ProtocolError(BAD_TENSOR)` unless `mask` is int64 [batch, length] of 0/1."""
+    if mask.dtype != torch.int64:
+        raise ProtocolError(
+            ErrorCode.BAD_TENSOR, f"the attention mask must be int64, got {mask.dtype}"
+        )
+    if tuple(mask.shape) != (batch, length):
+        raise ProtocolError(
+            ErrorCode.BAD_TENSOR,
+            f"the attention mask must be [batch, past + tokens] = [{batch}, {length}], "
+            f"got {list(mask.shape)}",
+        )
+    if not ((mask == 0) | (mask == 1)).all():
+        raise ProtocolError(ErrorCode.BAD_TENSOR, "attention mask values must be 0 or 1")
+
+
+def unpack_step(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (hidden, mask) of a step frame; BAD_REQUEST for another number of tensors."""
+    if len(tensors) != 2:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"a step carries 2 tensors (hidden states, attention mask), got {len(tensors)}",
+        )
+    return tensors[0], tensors[1]
+
+
+def check_step(session: Session, hidden: torch.Tensor, mask: torch.Tensor) -> int:
+    """Validate a step of `session` before it is paid for or run; returns its tokens
+    (batch x new tokens). BAD_TENSOR or LENGTH_EXCEEDED as `ProtocolError`."""
+    span = session.span
+    check_hidden(hidden, hidden_size=span.hidden_size, dtype=span.dtype, batch=session.cache.batch)
+    batch, tokens, _ = hidden.shape
+    past = session.cache.length
+    if past + tokens > session.cache.max_length:
+        raise ProtocolError(
+            ErrorCode.LENGTH_EXCEEDED,
+            f"the step needs {past + tokens} positions, the session declared max_length="
+            f"{session.cache.max_length}",
+        )
+    check_mask(mask, batch, past + tokens)
+    if past and not torch.equal(mask[:, :past].bool(), session.cache.mask):
+        raise ProtocolError(
+            ErrorCode.BAD_TENSOR, "the attention mask disagrees with the session's cached positions"
+        )
+    return batch * tokens
