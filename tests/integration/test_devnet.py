@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import selectors
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,25 +28,37 @@ def stakeswarm(*args: str) -> list[str]:
 
 
 def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) -> str:
-    """Read the process's stdout until a line contains `needle`; the output so far."""
+    """Read the process's stdout until a line contains `needle`; the output so far.
+
+    A thread does the reading: a selector on the pipe would miss lines that `readline` has
+    already pulled into the file object's buffer."""
     assert process.stdout is not None
+    stdout = process.stdout
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+            if needle in line:
+                return
+        lines.put("")  # the process ended
+
+    threading.Thread(target=pump, daemon=True).start()
     seen: list[str] = []
     deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(deadline - time.monotonic()):
-                break
-            line = process.stdout.readline()
-            if not line:  # the process ended
-                break
-            seen.append(line)
-            if needle in line:
-                return "".join(seen)
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
     process.kill()
-    rest = process.communicate()
-    output = "".join(seen) + (rest[0] or "")
-    raise AssertionError(f"no {needle!r} from {process.args!r}; output:\n{output}")
+    process.wait()
+    raise AssertionError(f"no {needle!r} from {process.args!r}; output:\n{''.join(seen)}")
 
 
 @pytest.fixture
