@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from hivemind.p2p import P2P, PeerID
@@ -51,8 +51,8 @@ from node.protocol import (
     read_frame,
 )
 
-Request = runtime_pb2.ExpertRequest
-Response = runtime_pb2.ExpertResponse
+Request: TypeAlias = runtime_pb2.ExpertRequest
+Response: TypeAlias = runtime_pb2.ExpertResponse
 _END = object()
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 
 # hivemind's ServicerBase recognises streaming RPCs by the `typing` alias, not collections.abc's
-from typing import Any, AsyncIterator  # noqa: UP035
+from typing import Any, AsyncIterator, TypeAlias  # noqa: UP035
 
 import torch
 from eth_account import Account
@@ -67,8 +67,8 @@ from node.sessions import (
 
 logger = logging.getLogger(__name__)
 
-Request = runtime_pb2.ExpertRequest
-Response = runtime_pb2.ExpertResponse
+Request: TypeAlias = runtime_pb2.ExpertRequest
+Response: TypeAlias = runtime_pb2.ExpertResponse
 
 
 def _frame(metadata: dict[str, Any], tensors: list[torch.Tensor] | None = None) -> Iterator[Any]:

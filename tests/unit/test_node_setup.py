@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from eth_utils import to_checksum_address
 
 from node.blocks import SPAN_FP32_ATOL, load_span
 from node.cache import CacheManager
@@ -110,3 +111,38 @@ def test_a_step_is_checked_against_its_session_before_it_runs(model: Path) -> No
     history = torch.tensor([[1, 0, 1, 1]])  # disagrees with the cached positions
     with pytest.raises(ProtocolError, match="cached positions"):
         check_step(session, torch.randn(1, 1, 64), history)
+
+
+def test_the_servicer_registers_the_rpc_names_clients_call() -> None:
+    from node.handler import StakeswarmNode
+    from node.protocol import RPC_FORWARD, RPC_INFERENCE, RPC_INFO, RPC_REVEAL
+
+    StakeswarmNode._collect_rpc_handlers()
+    handlers = {
+        StakeswarmNode._get_handle_name(None, h.method_name): (h.stream_input, h.stream_output)
+        for h in StakeswarmNode._rpc_handlers or []
+    }
+    assert handlers == {
+        RPC_INFERENCE: (True, True),
+        RPC_FORWARD: (True, True),
+        RPC_INFO: (False, False),
+        RPC_REVEAL: (False, True),
+    }
+
+
+def test_error_replies_and_info_roundtrip_with_older_peers_in_mind() -> None:
+    from node.protocol import ErrorReply, InfoResponse, ServerInfo, ServerState
+
+    reply = ErrorReply(ErrorCode.BAD_TENSOR, "wrong shape", fatal=False)
+    assert ErrorReply.from_wire(reply.to_wire()) == reply
+    legacy = {"type": "error", "code": "bad_tensor", "message": "m"}  # no "fatal": assume fatal
+    assert ErrorReply.from_wire(legacy).fatal
+    info = InfoResponse(
+        "m",
+        "QmPeer",
+        30,
+        ServerInfo(
+            ServerState.ONLINE, 0, 3, 1.0, 5, to_checksum_address("0x" + "ab" * 20), "float32", 9
+        ),
+    )
+    assert InfoResponse.from_wire(info.to_wire()) == info
