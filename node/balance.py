@@ -32,6 +32,7 @@ from ledger.db import (
     channel_owed,
     get_channel,
     latest_voucher,
+    record_served_voucher,
     record_voucher,
     redeemable_channels,
     set_owed,
@@ -137,6 +138,7 @@ class Payments:
         self.clock = clock
         self._db = db_executor
         self._books: dict[int, _ChannelBook] = {}
+        self._persisted: dict[int, Channel] = {}  # ledger thread only
 
     async def _book(self, channel_id: int) -> _ChannelBook:
         book = self._books.get(channel_id)
@@ -265,6 +267,16 @@ class Payments:
 
     def _persist(self, channel: Channel, voucher: Voucher | None, owed: int) -> None:
         with self.ledger.begin() as db:
+            if self._persisted.get(channel.channel_id) == channel and record_served_voucher(
+                db,
+                chain_id=self.chain_id,
+                contract=self.contract,
+                channel_id=channel.channel_id,
+                voucher_amount=voucher.cumulative_amount if voucher else None,
+                voucher_signature=voucher.signature if voucher else None,
+                owed=owed,
+            ):
+                return  # the common case: two UPDATEs
             row = upsert_channel(
                 db,
                 chain_id=self.chain_id,
@@ -281,6 +293,7 @@ class Payments:
             if voucher is not None:
                 record_voucher(db, row, voucher)
             set_owed(db, self.chain_id, self.contract, channel.channel_id, owed)
+        self._persisted[channel.channel_id] = channel  # the on-chain state now in the ledger
 
 
 @dataclass(frozen=True)

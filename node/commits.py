@@ -143,47 +143,85 @@ class InputStore:
 
 
 class LeafWriter:
-    """Stores leaves and step inputs from the ledger thread, in the order steps were served."""
+    """Stores leaves and step inputs from the ledger thread, in the order steps were served.
 
-    def __init__(self, ledger: Ledger, store: InputStore, executor: Executor) -> None:
+    Leaves are written in groups (one transaction per group, at most `delay` seconds after
+    the first of them, or at once when `max_group` wait), so a session decoding token by token
+    does not pay a ledger commit per token; receipts were already returned, and a session id
+    is never served again, so a lost group can never lead to a conflicting leaf."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        store: InputStore,
+        executor: Executor,
+        *,
+        delay: float = 0.25,
+        max_group: int = 64,
+    ) -> None:
         self.ledger = ledger
         self.store = store
+        self.delay = delay
+        self.max_group = max_group
         self._executor = executor
+        self._group: list[tuple[SignedReceipt, torch.Tensor, torch.Tensor]] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Future[None]] = set()
         self.written = 0  # leaves stored by this process
+        self.queued = 0  # leaves submitted and not stored yet
 
     def submit(self, receipt: SignedReceipt, hidden: torch.Tensor, mask: torch.Tensor) -> None:
         """Queue one step's leaf and inputs for the ledger (returns at once)."""
-        future = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._write, receipt, hidden, mask
-        )
+        self._group.append((receipt, hidden, mask))
+        self.queued += 1
+        if len(self._group) >= self.max_group:
+            self._drain()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self._drain)
+
+    def _drain(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        group, self._group = self._group, []
+        if not group:
+            return
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._write, group)
         self._pending.add(future)
-        future.add_done_callback(self._done)
+        future.add_done_callback(lambda f: self._done(f, len(group)))
 
-    def _done(self, future: asyncio.Future[None]) -> None:
+    def _done(self, future: asyncio.Future[None], count: int) -> None:
         self._pending.discard(future)
+        self.queued -= count
         if not future.cancelled() and future.exception() is not None:
-            logger.error("storing a leaf failed", exc_info=future.exception())
+            logger.error("storing leaves failed", exc_info=future.exception())
 
-    def _write(self, receipt: SignedReceipt, hidden: torch.Tensor, mask: torch.Tensor) -> None:
-        leaf = receipt.leaf
-        rel = self.store.save(
-            leaf.session_id, leaf.span_start, leaf.span_end, leaf.step, hidden, mask
-        )
-        with self.ledger.begin() as db:
-            add_leaf(db, leaf, receipt.signature)
-            record_input(
-                db,
-                session_id=leaf.session_id,
-                span_start=leaf.span_start,
-                span_end=leaf.span_end,
-                step=leaf.step,
-                path=rel,
+    def _write(self, group: list[tuple[SignedReceipt, torch.Tensor, torch.Tensor]]) -> None:
+        paths = []
+        for receipt, hidden, mask in group:
+            leaf = receipt.leaf
+            paths.append(
+                self.store.save(
+                    leaf.session_id, leaf.span_start, leaf.span_end, leaf.step, hidden, mask
+                )
             )
-        self.written += 1
+        with self.ledger.begin() as db:
+            for (receipt, _, _), rel in zip(group, paths, strict=True):
+                leaf = receipt.leaf
+                add_leaf(db, leaf, receipt.signature)
+                record_input(
+                    db,
+                    session_id=leaf.session_id,
+                    span_start=leaf.span_start,
+                    span_end=leaf.span_end,
+                    step=leaf.step,
+                    path=rel,
+                )
+        self.written += len(group)
 
     async def flush(self) -> None:
-        """Wait until every submitted leaf is stored."""
+        """Write what is queued and wait until every submitted leaf is stored."""
+        self._drain()
         if self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 

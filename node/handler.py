@@ -219,14 +219,17 @@ class StakeswarmNode(ServicerBase):
                 ErrorCode.OUT_OF_ORDER,
                 f"step {request.step} sent, the session expects step {session.next_step}",
             )
+        began = time.perf_counter()
         hidden, mask = unpack_step(frame.tensors)
         tokens = check_step(session, hidden, mask)
+        checked = time.perf_counter()
         accepted = await self.payments.accept(
             channel_id=session.channel_id,
             voucher=request.voucher,
             step_cost=tokens * session.price_per_token,
             client=session.client,
         )
+        paid = time.perf_counter()
         session.computing = self.compute.submit(
             self._compute, session, request.step, tokens, hidden, mask
         )
@@ -234,7 +237,17 @@ class StakeswarmNode(ServicerBase):
             output, receipt = await asyncio.wrap_future(session.computing)
         except (InvalidInputError, SessionLengthError) as exc:  # checked before; defensive
             raise ProtocolError(ErrorCode.BAD_TENSOR, str(exc)) from None
+        computed = time.perf_counter()
         await accepted.persisted
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "step %d: check %.2f ms, payment %.2f ms, compute %.2f ms, ledger wait %.2f ms",
+                request.step,
+                (checked - began) * 1e3,
+                (paid - checked) * 1e3,
+                (computed - paid) * 1e3,
+                (time.perf_counter() - computed) * 1e3,
+            )
         session.next_step += 1
         session.touch()
         if self.receipts.enabled:

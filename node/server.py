@@ -628,7 +628,7 @@ class Server:
             },
             "commitments": {
                 "enabled": self.config.commitments,
-                "pending_leaves": counts.pending_leaves,
+                "pending_leaves": counts.pending_leaves + self.writer.queued,
                 "committed_leaves": counts.committed_leaves,
                 "committed_batches": counts.committed_batches,
                 "failed_batches": counts.failed_batches,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from ledger.db.columns import (
@@ -28,6 +28,7 @@ from ledger.db.models import (
     BatchStatus,
     Channel,
     ChannelRole,
+    ChannelStatus,
     ChannelUsage,
     LeafRecord,
     ServedSession,
@@ -274,3 +275,57 @@ def commitment_counts(session: Session) -> CommitmentCounts:
         committed_batches=int(batches.get(BatchStatus.COMMITTED, 0)),
         failed_batches=int(batches.get(BatchStatus.FAILED, 0)),
     )
+
+
+def record_served_voucher(
+    session: Session,
+    *,
+    chain_id: int,
+    contract: str,
+    channel_id: int,
+    voucher_amount: int | None,
+    voucher_signature: bytes | None,
+    owed: int,
+) -> bool:
+    """The per-step write of a serving node, in two UPDATE statements: raise the channel's held
+    voucher (when `voucher_amount` is given; only upwards) and what the channel owes. False,
+    with nothing written, when the channel or its usage row is not recorded yet (then use
+    `upsert_channel`, `record_voucher` and `set_owed`)."""
+    chain_id = check_int(chain_id, "chain id", low=1)
+    contract = check_address(contract, "channels contract")
+    channel_id = check_int(channel_id, "channel id", low=1)
+    now = utcnow()
+    usage = session.execute(
+        update(ChannelUsage)
+        .where(
+            ChannelUsage.chain_id == chain_id,
+            ChannelUsage.contract == contract,
+            ChannelUsage.channel_id == channel_id,
+            ChannelUsage.owed <= check_amount(owed, "owed"),
+        )
+        .values(owed=owed, updated_at=now)
+    )
+    if usage.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    if voucher_amount is None:
+        return True
+    signature = check_bytes(voucher_signature, "voucher signature", 65)
+    held = session.execute(
+        update(Channel)
+        .where(
+            Channel.chain_id == chain_id,
+            Channel.contract == contract,
+            Channel.channel_id == channel_id,
+            Channel.role == ChannelRole.SERVER,
+            Channel.status == ChannelStatus.OPEN,
+            Channel.voucher_amount < check_amount(voucher_amount, "voucher amount"),
+            Channel.deposit >= voucher_amount,
+        )
+        .values(voucher_amount=voucher_amount, voucher_signature=signature, updated_at=now)
+    )
+    if held.rowcount != 1:  # type: ignore[attr-defined]
+        raise LedgerDbError(
+            f"channel {channel_id}: voucher for {voucher_amount} is not above the held one, "
+            "exceeds the deposit, or the channel is not an open server channel"
+        )
+    return True

@@ -19,10 +19,12 @@ from ledger.db import (
     commitment_counts,
     delete_inputs,
     expired_input_spans,
+    latest_voucher,
     mark_batch_committed,
     open_ledger,
     pending_leaves,
     record_input,
+    record_served_voucher,
     record_voucher,
     seal_batch,
     server_earnings,
@@ -121,3 +123,30 @@ def test_earnings_and_commitment_counts(ledger: Ledger) -> None:
         assert (earnings.redeemed, earnings.unredeemed, earnings.channels) == (100, 200, 1)
         counts = commitment_counts(s)
         assert (counts.pending_leaves, counts.committed_leaves) == (1, 0)
+
+
+def test_the_per_step_voucher_write_only_raises_what_is_held(ledger: Ledger) -> None:
+    key = {"chain_id": 1, "contract": CONTRACT, "channel_id": 2}
+    with ledger.begin() as s:  # nothing recorded yet: the caller takes the full path
+        assert not record_served_voucher(
+            s, **key, voucher_amount=5, voucher_signature=b"\x01" * 65, owed=5
+        )
+        upsert_channel(
+            s, **key, role=ChannelRole.SERVER, client=CLIENT, server=NODE,
+            deposit=100, redeemed=0, expiry=2**40,
+        )  # fmt: skip
+        set_owed(s, 1, CONTRACT, 2, 0)
+    with ledger.begin() as s:
+        assert record_served_voucher(
+            s, **key, voucher_amount=40, voucher_signature=b"\x02" * 65, owed=40
+        )
+        assert record_served_voucher(s, **key, voucher_amount=None, voucher_signature=None, owed=45)
+    with ledger.begin() as s:
+        held = latest_voucher(s, 1, CONTRACT, 2)
+        assert held is not None and held.cumulative_amount == 40
+        assert channel_owed(s, 1, CONTRACT, 2) == 45
+    for amount in (40, 101):  # not above the held one; above the deposit
+        with pytest.raises(LedgerDbError), ledger.begin() as s:
+            record_served_voucher(
+                s, **key, voucher_amount=amount, voucher_signature=b"\x03" * 65, owed=500
+            )
