@@ -312,3 +312,63 @@ class ChannelUsage(Base):
     channel_id: Mapped[int] = mapped_column(BigInteger)
     owed: Mapped[int] = mapped_column(TokenAmount())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+# --- client side: what a paying client keeps of every step it was served ----------------------
+
+
+class ReceiptStatus(enum.StrEnum):
+    """Whether a receipt a client got checked out (`client.receipts.check_receipt`)."""
+
+    VALID = "valid"
+    INVALID = "invalid"  # evidence: wrongly signed, or stating something other than happened
+
+
+class ClientReceipt(Base):
+    """A server's signed receipt for one step of a client's session, as received, with what
+    the client itself sent and received; invalid ones are the client's evidence."""
+
+    __tablename__ = "client_receipts"
+    __table_args__ = (
+        Index(None, "server", "status"),
+        Index(None, "session_id", "span_start", "step"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    server: Mapped[str] = mapped_column(EthAddress())  # the address the server announced
+    peer_id: Mapped[str] = mapped_column(String(128))  # base58 libp2p peer id
+    channel_id: Mapped[int] = mapped_column(BigInteger)  # the channel this step was paid through
+    # the leaf as the server stated it (ledger.types.Leaf)
+    session_id: Mapped[bytes] = mapped_column(Bytes32())
+    model_id: Mapped[bytes] = mapped_column(Bytes32())
+    span_start: Mapped[int] = mapped_column(Integer)
+    span_end: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(BigInteger)  # uint32
+    tokens: Mapped[int] = mapped_column(BigInteger)  # uint32
+    input_hash: Mapped[bytes] = mapped_column(Bytes32())
+    output_hash: Mapped[bytes] = mapped_column(Bytes32())
+    sketch_hash: Mapped[bytes] = mapped_column(Bytes32())
+    signature: Mapped[bytes] = mapped_column(LargeBinary(SIGNATURE_LENGTH))
+    # what the client saw
+    sent_hash: Mapped[bytes] = mapped_column(Bytes32())  # tensor_hash of what it sent
+    received_hash: Mapped[bytes] = mapped_column(Bytes32())  # tensor_hash of what it received
+    cost: Mapped[int] = mapped_column(TokenAmount())  # Wei paid for this step
+    status: Mapped[ReceiptStatus] = mapped_column(_enum(ReceiptStatus, "status"))
+    problem: Mapped[str | None] = mapped_column(String(32))  # client.receipts.ReceiptProblem
+    detail: Mapped[str | None] = mapped_column(Text)  # what differed, in words
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+    def to_leaf(self) -> Leaf:
+        """The leaf the server signed."""
+        return Leaf(
+            session_id=self.session_id,
+            model_id=self.model_id,
+            span_start=self.span_start,
+            span_end=self.span_end,
+            step=self.step,
+            tokens=self.tokens,
+            input_hash=self.input_hash,
+            output_hash=self.output_hash,
+            sketch_hash=self.sketch_hash,
+        )

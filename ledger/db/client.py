@@ -1,0 +1,141 @@
+"""A paying client's records: the receipts it was given (valid ones, and invalid ones as
+evidence) and the channels it pays through.
+
+The client's channels and the highest voucher it signed on each live in `channels` (role
+`client`, see `ledger.db.channels`); a restarted client finds its channel to a server with
+`open_channel_to` and continues the cumulative amount from `voucher_amount`.
+Functions take a `Session` and never commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ledger.db.columns import check_address, check_amount, check_bytes, check_int
+from ledger.db.models import (
+    SIGNATURE_LENGTH,
+    Channel,
+    ChannelRole,
+    ChannelStatus,
+    ClientReceipt,
+    ReceiptStatus,
+)
+from ledger.errors import LedgerDbError
+from ledger.types import Leaf
+
+
+def record_receipt(
+    session: Session,
+    *,
+    chain_id: int,
+    server: str,
+    peer_id: str,
+    channel_id: int,
+    leaf: Leaf,
+    signature: bytes,
+    sent_hash: bytes,
+    received_hash: bytes,
+    cost: int,
+    problem: str | None = None,
+    detail: str | None = None,
+) -> ClientReceipt:
+    """Keep a receipt as received (`leaf`, `signature`) with the hashes of what the client sent
+    and received and what the step cost; with a `problem`, it is stored as invalid evidence."""
+    if not isinstance(peer_id, str) or not 0 < len(peer_id) <= 128:
+        raise LedgerDbError("peer id must be a non-empty string of at most 128 chars")
+    if problem is not None and (not isinstance(problem, str) or not 0 < len(problem) <= 32):
+        raise LedgerDbError("a receipt problem is a non-empty string of at most 32 chars")
+    row = ClientReceipt(
+        chain_id=check_int(chain_id, "chain id", low=1),
+        server=check_address(server, "server"),
+        peer_id=peer_id,
+        channel_id=check_int(channel_id, "channel id", low=1),
+        session_id=check_bytes(leaf.session_id, "leaf session id"),
+        model_id=check_bytes(leaf.model_id, "leaf model id"),
+        span_start=check_int(leaf.span_start, "leaf span start", high=2**16 - 1),
+        span_end=check_int(leaf.span_end, "leaf span end", high=2**16 - 1),
+        step=check_int(leaf.step, "leaf step", high=2**32 - 1),
+        tokens=check_int(leaf.tokens, "leaf tokens", high=2**32 - 1),
+        input_hash=check_bytes(leaf.input_hash, "leaf input hash"),
+        output_hash=check_bytes(leaf.output_hash, "leaf output hash"),
+        sketch_hash=check_bytes(leaf.sketch_hash, "leaf sketch hash"),
+        signature=check_bytes(signature, "receipt signature", SIGNATURE_LENGTH),
+        sent_hash=check_bytes(sent_hash, "sent hash"),
+        received_hash=check_bytes(received_hash, "received hash"),
+        cost=check_amount(cost, "cost"),
+        status=ReceiptStatus.VALID if problem is None else ReceiptStatus.INVALID,
+        problem=problem,
+        detail=detail,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def receipts_of(
+    session: Session,
+    *,
+    server: str | None = None,
+    status: ReceiptStatus | str | None = None,
+    session_id: bytes | None = None,
+) -> list[ClientReceipt]:
+    """Receipts kept, oldest first, optionally of one server, status or session."""
+    query = select(ClientReceipt)
+    if server is not None:
+        query = query.where(ClientReceipt.server == check_address(server, "server"))
+    if status is not None:
+        try:
+            query = query.where(ClientReceipt.status == ReceiptStatus(status))
+        except ValueError:
+            raise LedgerDbError(f"{status!r} is not a receipt status") from None
+    if session_id is not None:
+        query = query.where(ClientReceipt.session_id == check_bytes(session_id, "session id"))
+    return list(session.scalars(query.order_by(ClientReceipt.id)))
+
+
+@dataclass(frozen=True)
+class ServedTotal:
+    """What one channel's server computed and was paid for, by the receipts kept (a server is
+    paid for every step it answered, a step with an invalid receipt too)."""
+
+    channel_id: int
+    server: str
+    tokens: int  # token positions over all its receipts
+    cost: int  # Wei those steps cost
+
+
+def served_totals(session: Session, chain_id: int) -> list[ServedTotal]:
+    """Per channel: tokens and cost of every receipted step, by channel id."""
+    chain_id = check_int(chain_id, "chain id", low=1)
+    totals: dict[int, list] = {}
+    rows = session.execute(
+        select(
+            ClientReceipt.channel_id,
+            ClientReceipt.server,
+            ClientReceipt.tokens,
+            ClientReceipt.cost,
+        ).where(ClientReceipt.chain_id == chain_id)
+    )
+    for channel_id, server, tokens, cost in rows:
+        entry = totals.setdefault(channel_id, [server, 0, 0])
+        entry[1] += tokens
+        entry[2] += cost  # TokenAmount: summed in Python, exactly
+    return [ServedTotal(c, s, t, cost) for c, (s, t, cost) in sorted(totals.items())]
+
+
+def client_channels(
+    session: Session, chain_id: int, contract: str, client: str, *, open_only: bool = False
+) -> list[Channel]:
+    """The channels `client` pays through on the PaymentChannels `contract`, by channel id."""
+    query = select(Channel).where(
+        Channel.chain_id == check_int(chain_id, "chain id", low=1),
+        Channel.contract == check_address(contract, "channels contract"),
+        Channel.role == ChannelRole.CLIENT,
+        Channel.client == check_address(client, "client"),
+    )
+    if open_only:
+        query = query.where(Channel.status == ChannelStatus.OPEN)
+    return list(session.scalars(query.order_by(Channel.channel_id)))
