@@ -1,0 +1,93 @@
+"""`ClientConfig`: everything a paying client can be told, in one typed place.
+
+`DistributedModelForCausalLM.from_pretrained` and `stakeswarm client generate` build one and
+hand it to `client.client.SwarmClient`. Amounts are stake-token base units (Wei); the CLI
+converts whole tokens with the token's decimals first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.errors import ClientConfigError
+
+HIDDEN_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How one client reaches the swarm, whom it uses, and what it may pay."""
+
+    # --- model -------------------------------------------------------------------------------
+    model_path: Path  # local model folder: config.json, the tokenizer, and the weights of the
+    # embeddings, final norm and LM head (the blocks' weights are never read)
+    model_name: str | None = None  # the swarm's name of the model; None: the folder's name
+    dtype: str = "float32"  # hidden states on the wire; only servers computing in it are used
+
+    # --- swarm -------------------------------------------------------------------------------
+    initial_peers: tuple[str, ...] = ()  # multiaddrs of swarm members to join through
+    join_timeout: float = 60.0  # seconds to join the swarm
+    swarm_ttl: float = 10.0  # seconds a read of the DHT's server records is reused
+    ping_timeout: float = 5.0  # seconds an `info` round trip may take
+    ping_ttl: float = 60.0  # seconds a measured round trip is reused
+    open_timeout: float = 30.0  # seconds to open a session on a server
+    step_timeout: float = 120.0  # seconds a server may take for one step
+    backoff_base: float = 5.0  # seconds a server is avoided after its first failure in a row
+    backoff_max: float = 300.0  # seconds a server is avoided at most (doubling per failure)
+    max_failovers: int = 8  # server failures one step (or one route) may survive
+    registry_ttl: float = 300.0  # seconds an on-chain check of a server's registration is reused
+
+    # --- chain, wallet and ledger ------------------------------------------------------------
+    rpc_url: str | None = None  # JSON-RPC URL; None: the deployment's
+    home: Path = Path("~/.stakeswarm")  # state directory; the client keeps its ledger in
+    # <home>/client/<address>/ledger.sqlite unless `ledger_url` says otherwise
+    ledger_url: str | None = None  # SQLAlchemy URL of the client's ledger
+
+    # --- money (Wei) -------------------------------------------------------------------------
+    max_price: int | None = None  # per token through the whole route; None: any price
+    budget: int | None = None  # what this client may spend in all; None: no cap
+    channel_life: int = 86_400  # seconds a new (or extended) channel runs
+    channel_min_life: int = 1_800  # extend a channel when less is left (a node refuses
+    # channels about to expire)
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.dtype not in HIDDEN_DTYPES:
+            problems.append(f"dtype must be one of {HIDDEN_DTYPES}, got {self.dtype!r}")
+        if not self.initial_peers:
+            problems.append("give at least one initial peer (a multiaddr of a swarm member)")
+        for name in (
+            "join_timeout",
+            "swarm_ttl",
+            "ping_timeout",
+            "ping_ttl",
+            "open_timeout",
+            "step_timeout",
+            "backoff_base",
+            "backoff_max",
+            "registry_ttl",
+        ):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive")
+        if self.backoff_base > self.backoff_max:
+            problems.append("backoff_base must not exceed backoff_max")
+        if self.max_failovers < 0:
+            problems.append("max_failovers must be >= 0")
+        for name in ("max_price", "budget"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                problems.append(f"{name} must not be negative")
+        if not 0 < self.channel_min_life < self.channel_life:
+            problems.append("need 0 < channel_min_life < channel_life")
+        if problems:
+            raise ClientConfigError("invalid client configuration: " + "; ".join(problems))
+
+    @property
+    def name(self) -> str:
+        """The model's name in the swarm (DHT keys) and on-chain (its model id)."""
+        return self.model_name or Path(self.model_path).name
+
+    def ledger_path(self, address: str) -> Path:
+        """The default SQLite ledger of the wallet `address`."""
+        return Path(self.home).expanduser().resolve() / "client" / address / "ledger.sqlite"

@@ -1,0 +1,94 @@
+"""Checking a server's receipt for one step, as a pure function.
+
+A node answers every step with an EIP-712 `Receipt` over the step's leaf. The client accepts
+the step only if the receipt is signed by the server's registered address and states exactly
+what happened: the client's session id, the model, the span and step asked for, the tokens
+sent, `inputHash` = `node.tensors.tensor_hash` of the hidden states the client sent,
+`outputHash` = the hash of the hidden states it received, and, for every span after the first
+of a step, `inputHash` equal to the previous span's `outputHash` (chain of custody). Anything
+else is a `ReceiptProblem`: the step is discarded, the server is treated as failed and the
+receipt is kept as evidence.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ledger.eip712 import Domain, recover_receipt_signer
+from ledger.errors import LedgerError
+from node.protocol import SignedReceipt
+
+
+class ReceiptProblem(enum.StrEnum):
+    """What is wrong with a receipt (stored with the evidence)."""
+
+    BAD_SIGNATURE = "bad_signature"  # malformed, or recovers no signer
+    WRONG_SIGNER = "wrong_signer"  # signed by someone other than the server's registered address
+    WRONG_LEAF = "wrong_leaf"  # session, model, span, step or tokens differ from the request
+    INPUT_HASH = "input_hash"  # not the hash of the hidden states sent
+    OUTPUT_HASH = "output_hash"  # not the hash of the hidden states received
+    CUSTODY = "custody"  # input hash differs from the previous span's output hash
+
+
+@dataclass(frozen=True)
+class ExpectedLeaf:
+    """What a correct receipt for one step states."""
+
+    signer: str  # the server's registered address (checksummed)
+    session_id: bytes
+    model_id: bytes
+    span: tuple[int, int]
+    step: int
+    tokens: int  # batch x new tokens
+    input_hash: bytes  # tensor_hash of what was sent
+    output_hash: bytes  # tensor_hash of what was received
+    previous_output_hash: bytes | None = None  # the previous span's output hash this step
+
+
+def check_receipt(
+    domain: Domain, receipt: SignedReceipt, expected: ExpectedLeaf
+) -> tuple[ReceiptProblem, str] | None:
+    """None when `receipt` is right, else the problem and a sentence saying what differs."""
+    leaf = receipt.leaf
+    try:
+        signer = recover_receipt_signer(domain, leaf, receipt.signature)
+    except LedgerError as exc:
+        return ReceiptProblem.BAD_SIGNATURE, f"the receipt signature is invalid: {exc}"
+    if signer != expected.signer:
+        return (
+            ReceiptProblem.WRONG_SIGNER,
+            f"the receipt is signed by {signer}, not by the server's registered {expected.signer}",
+        )
+    stated = (leaf.session_id, leaf.model_id, (leaf.span_start, leaf.span_end), leaf.step)
+    wanted = (expected.session_id, expected.model_id, expected.span, expected.step)
+    if stated != wanted or leaf.tokens != expected.tokens:
+        return (
+            ReceiptProblem.WRONG_LEAF,
+            f"the receipt is for session 0x{leaf.session_id.hex()[:16]} span "
+            f"[{leaf.span_start}, {leaf.span_end}) step {leaf.step} with {leaf.tokens} tokens; "
+            f"asked: session 0x{expected.session_id.hex()[:16]} span "
+            f"[{expected.span[0]}, {expected.span[1]}) step {expected.step} with "
+            f"{expected.tokens} tokens",
+        )
+    if leaf.input_hash != expected.input_hash:
+        return (
+            ReceiptProblem.INPUT_HASH,
+            f"the receipt's input hash 0x{leaf.input_hash.hex()} is not the hash of the hidden "
+            f"states sent (0x{expected.input_hash.hex()})",
+        )
+    if leaf.output_hash != expected.output_hash:
+        return (
+            ReceiptProblem.OUTPUT_HASH,
+            f"the receipt's output hash 0x{leaf.output_hash.hex()} is not the hash of the hidden "
+            f"states received (0x{expected.output_hash.hex()})",
+        )
+    if expected.previous_output_hash is not None and leaf.input_hash != (
+        expected.previous_output_hash
+    ):
+        return (
+            ReceiptProblem.CUSTODY,
+            f"the receipt's input hash 0x{leaf.input_hash.hex()} is not the previous span's "
+            f"output hash 0x{expected.previous_output_hash.hex()}",
+        )
+    return None
