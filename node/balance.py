@@ -266,17 +266,20 @@ class Payments:
         return Accepted(voucher=voucher, owed_after=owed_after, persisted=persisted)
 
     def _persist(self, channel: Channel, voucher: Voucher | None, owed: int) -> None:
+        if self._persisted.get(channel.channel_id) == channel:
+            # the common case: the channel's on-chain state is recorded; two UPDATEs
+            with self.ledger.engine.begin() as connection:
+                if record_served_voucher(
+                    connection,
+                    chain_id=self.chain_id,
+                    contract=self.contract,
+                    channel_id=channel.channel_id,
+                    voucher_amount=voucher.cumulative_amount if voucher else None,
+                    voucher_signature=voucher.signature if voucher else None,
+                    owed=owed,
+                ):
+                    return
         with self.ledger.begin() as db:
-            if self._persisted.get(channel.channel_id) == channel and record_served_voucher(
-                db,
-                chain_id=self.chain_id,
-                contract=self.contract,
-                channel_id=channel.channel_id,
-                voucher_amount=voucher.cumulative_amount if voucher else None,
-                voucher_signature=voucher.signature if voucher else None,
-                owed=owed,
-            ):
-                return  # the common case: two UPDATEs
             row = upsert_channel(
                 db,
                 chain_id=self.chain_id,

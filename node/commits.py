@@ -18,6 +18,7 @@ import logging
 import shutil
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 from eth_account.signers.local import LocalAccount
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from sqlalchemy.exc import IntegrityError
 
 from ledger.chain import ChainError
 from ledger.contracts import Commitments
@@ -32,6 +34,7 @@ from ledger.db import (
     BatchStatus,
     Ledger,
     add_leaf,
+    add_served_steps,
     batches_with_status,
     delete_inputs,
     expired_input_spans,
@@ -205,18 +208,25 @@ class LeafWriter:
                     leaf.session_id, leaf.span_start, leaf.span_end, leaf.step, hidden, mask
                 )
             )
-        with self.ledger.begin() as db:
-            for (receipt, _, _), rel in zip(group, paths, strict=True):
-                leaf = receipt.leaf
-                add_leaf(db, leaf, receipt.signature)
-                record_input(
-                    db,
-                    session_id=leaf.session_id,
-                    span_start=leaf.span_start,
-                    span_end=leaf.span_end,
-                    step=leaf.step,
-                    path=rel,
-                )
+        steps = [(r.leaf, r.signature, rel) for (r, _, _), rel in zip(group, paths, strict=True)]
+        try:
+            with self.ledger.engine.begin() as connection:
+                add_served_steps(connection, steps)
+        except IntegrityError:
+            # a slot already filled (a retry after a crash?): one by one, so that a repeat is
+            # accepted and an equivocation is refused by name
+            for leaf, signature, rel in steps:
+                with self.ledger.begin() as db:
+                    add_leaf(db, leaf, signature)
+                with suppress(IntegrityError), self.ledger.begin() as db:  # indexed already
+                    record_input(
+                        db,
+                        session_id=leaf.session_id,
+                        span_start=leaf.span_start,
+                        span_end=leaf.span_end,
+                        step=leaf.step,
+                        path=rel,
+                    )
         self.written += len(group)
 
     async def flush(self) -> None:

@@ -9,10 +9,12 @@ per channel what the client owes (`add_owed`). Functions take a `Session` and ne
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from ledger.db.columns import (
@@ -35,6 +37,7 @@ from ledger.db.models import (
     SessionInput,
 )
 from ledger.errors import LedgerDbError
+from ledger.types import Leaf
 
 
 class SessionReusedError(LedgerDbError):
@@ -278,7 +281,7 @@ def commitment_counts(session: Session) -> CommitmentCounts:
 
 
 def record_served_voucher(
-    session: Session,
+    session: Session | Connection,
     *,
     chain_id: int,
     contract: str,
@@ -290,7 +293,9 @@ def record_served_voucher(
     """The per-step write of a serving node, in two UPDATE statements: raise the channel's held
     voucher (when `voucher_amount` is given; only upwards) and what the channel owes. False,
     with nothing written, when the channel or its usage row is not recorded yet (then use
-    `upsert_channel`, `record_voucher` and `set_owed`)."""
+    `upsert_channel`, `record_voucher` and `set_owed`). Plain Core statements: on a
+    `Connection` (`ledger.engine.begin()`) it skips the ORM session's bookkeeping, which is
+    most of the cost of a write made once per served token."""
     chain_id = check_int(chain_id, "chain id", low=1)
     contract = check_address(contract, "channels contract")
     channel_id = check_int(channel_id, "channel id", low=1)
@@ -329,3 +334,47 @@ def record_served_voucher(
             "exceeds the deposit, or the channel is not an open server channel"
         )
     return True
+
+
+def add_served_steps(
+    session: Session | Connection, steps: Sequence[tuple[Leaf, bytes, str]]
+) -> None:
+    """Store many served steps at once: each step's leaf with the node's receipt signature
+    (pending, as `add_leaf` stores it) and the path of its stored inputs (as `record_input`).
+    Core INSERTs in one round each; a slot that already holds a leaf makes the whole call fail
+    with SQLAlchemy's `IntegrityError` (then store them one by one with `add_leaf`, which
+    tells a repeat from an equivocation)."""
+    if not steps:
+        return
+    now = utcnow()
+    leaves, inputs = [], []
+    for leaf, signature, path in steps:
+        start, end = _span(leaf.span_start, leaf.span_end)
+        leaves.append(
+            {
+                "session_id": check_bytes(leaf.session_id, "leaf session id"),
+                "model_id": check_bytes(leaf.model_id, "leaf model id"),
+                "span_start": start,
+                "span_end": end,
+                "step": check_int(leaf.step, "leaf step", high=2**32 - 1),
+                "tokens": check_int(leaf.tokens, "leaf tokens", high=2**32 - 1),
+                "input_hash": check_bytes(leaf.input_hash, "leaf input hash"),
+                "output_hash": check_bytes(leaf.output_hash, "leaf output hash"),
+                "sketch_hash": check_bytes(leaf.sketch_hash, "leaf sketch hash"),
+                "leaf_hash": leaf.hash(),
+                "receipt_signature": check_bytes(signature, "receipt signature", 65),
+                "created_at": now,
+            }
+        )
+        inputs.append(
+            {
+                "session_id": leaf.session_id,
+                "span_start": start,
+                "span_end": end,
+                "step": leaf.step,
+                "path": path,
+                "created_at": now,
+            }
+        )
+    session.execute(insert(LeafRecord), leaves)
+    session.execute(insert(SessionInput), inputs)

@@ -8,12 +8,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from ledger.db import (
     ChannelRole,
     Ledger,
     SessionReusedError,
     add_leaf,
+    add_served_steps,
     channel_owed,
     claim_session,
     commitment_counts,
@@ -150,3 +152,21 @@ def test_the_per_step_voucher_write_only_raises_what_is_held(ledger: Ledger) -> 
             record_served_voucher(
                 s, **key, voucher_amount=amount, voucher_signature=b"\x03" * 65, owed=500
             )
+
+
+def test_served_steps_are_stored_in_one_go_and_a_filled_slot_refuses_the_group(
+    ledger: Ledger,
+) -> None:
+    sid = b"\x0e" * 32
+    steps = [(_leaf(sid, i), b"\x1b" * 65, f"{i}.safetensors") for i in range(3)]
+    with ledger.engine.begin() as connection:
+        add_served_steps(connection, steps)
+    with ledger.begin() as s:
+        assert [r.step for r in pending_leaves(s)] == [0, 1, 2]
+        assert [r.path for r in session_inputs(s, sid, 0, 2, up_to_step=2)] == [
+            "0.safetensors",
+            "1.safetensors",
+            "2.safetensors",
+        ]
+    with pytest.raises(IntegrityError), ledger.engine.begin() as connection:
+        add_served_steps(connection, steps[2:])
