@@ -25,3 +25,7 @@ app.command(name="demo")(demo_command.demo)
 from node import cli as node_commands  # noqa: E402
 
 app.add_typer(node_commands.app, name="node")
+
+from stakeswarm.commands import client as client_commands  # noqa: E402
+
+app.add_typer(client_commands.app, name="client")

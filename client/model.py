@@ -1,0 +1,304 @@
+"""`DistributedModelForCausalLM`: a Hugging Face causal LM whose blocks run on the swarm.
+
+    model = DistributedModelForCausalLM.from_pretrained(
+        "./tiny-llama", initial_peers=[maddr], wallet=account, deployment=deployment,
+        budget=10**18)
+    ids = model.generate(input_ids, max_new_tokens=16)              # greedy, as HF does
+    ids = model.generate(input_ids, do_sample=True, top_p=0.9, temperature=0.7)
+    with model.inference_session(max_length=64) as session:
+        ids = model.generate(prompt, max_new_tokens=1, session=session)
+        ids = model.generate(None, max_new_tokens=1, session=session)   # continues
+    model.close()
+
+Only the embeddings, the final norm and the LM head are loaded locally (`node.blocks.
+load_client_head`), plus the tokenizer when the folder has one. Decoding is transformers'
+own `GenerationMixin.generate` (greedy, sampling with temperature/top-k/top-p and every other
+logits processor, EOS and length stopping, streamers, left-padded batches with attention
+masks); this class only supplies `forward`, which embeds the positions the servers have not
+seen yet, steps them through the swarm (`client.session.InferenceSession`) and applies the
+head. Generation runs without a local KV cache (`use_cache=False`): the servers hold it.
+
+With `session=`, `generate` continues that session: its new `inputs` (or none) are appended
+to everything the session has seen and generated, and only what the servers have not
+processed is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from eth_account.signers.local import LocalAccount
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from client.client import SwarmClient
+from client.config import ClientConfig
+from client.errors import BudgetExceededError, ClientConfigError, SessionStateError
+from client.session import InferenceSession
+from ledger.deployment import Deployment
+from node.blocks import ClientHead, load_client_head
+from node.families import load_config
+
+logger = logging.getLogger(__name__)
+
+
+class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
+    """A causal LM with local ends and remote blocks (see the module doc)."""
+
+    base_model_prefix = "model"
+    _supports_sdpa = True  # attention runs on the servers; nothing local to dispatch
+    main_input_name = "input_ids"
+
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        head: ClientHead,
+        client: SwarmClient,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.head = head  # embeddings, final norm, LM head: the only local weights
+        self.client = client
+        self.tokenizer = tokenizer
+        self._session: InferenceSession | None = None  # the session `forward` steps
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        model_path: str | Path,
+        *,
+        initial_peers: list[str] | tuple[str, ...],
+        wallet: LocalAccount,
+        deployment: Deployment | str | Path,
+        config: ClientConfig | None = None,
+        **options: Any,
+    ) -> DistributedModelForCausalLM:
+        """Load the local ends of the model in `model_path` and join the swarm through
+        `initial_peers`, paying with `wallet` (an unlocked account, see `ledger.wallet`) on
+        `deployment` (a `Deployment` or its JSON file). `options` are `ClientConfig` fields
+        (e.g. `budget=`, `max_price=` in Wei, `model_name=`, `home=`); or pass `config`."""
+        path = Path(model_path)
+        if config is None:
+            try:
+                config = ClientConfig(
+                    model_path=path, initial_peers=tuple(initial_peers), **options
+                )
+            except TypeError as exc:
+                raise ClientConfigError(f"unknown client option: {exc}") from None
+        elif options:
+            raise ClientConfigError("give either config= or client options, not both")
+        if not isinstance(deployment, Deployment):
+            deployment = Deployment.load(Path(deployment))
+        model_config = load_config(path)
+        head = load_client_head(path, torch.float32)
+        tokenizer = _load_tokenizer(path)
+        client = SwarmClient(config, account=wallet, deployment=deployment)
+        try:
+            model = cls(model_config, head, client, tokenizer)
+            model.generation_config = _generation_config(path, model_config)
+        except BaseException:
+            client.close()
+            raise
+        model.eval()
+        return model
+
+    # --- the local ends --------------------------------------------------------------------
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.head.embed_tokens
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.head.lm_head
+
+    def inference_session(
+        self, *, max_length: int, batch_size: int | None = None
+    ) -> InferenceSession:
+        """A session to step token by token and to continue across `generate` calls."""
+        return self.client.inference_session(max_length=max_length, batch_size=batch_size)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Logits [batch, new positions, vocab] of the positions of `input_ids` [batch, length]
+        that the active session has not processed yet (all of them outside a session);
+        `attention_mask` [batch, length] covers every position."""
+        if input_ids is None:
+            raise SessionStateError("forward needs input_ids (inputs_embeds are not supported)")
+        session = self._session
+        if session is None:  # a one-off forward
+            with self.inference_session(
+                max_length=input_ids.shape[1], batch_size=input_ids.shape[0]
+            ) as once:
+                return self._forward_in(once, input_ids, attention_mask)
+        return self._forward_in(session, input_ids, attention_mask)
+
+    def _forward_in(
+        self,
+        session: InferenceSession,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+    ) -> CausalLMOutputWithPast:
+        # input_ids: [batch, length]; the session processed the first `position` of them
+        done = session.position
+        if session.processed_ids is not None and not torch.equal(
+            input_ids[:, :done], session.processed_ids
+        ):
+            raise SessionStateError(
+                "these input ids disagree with what the inference session already processed"
+            )
+        new_ids = input_ids[:, done:]
+        if new_ids.shape[1] == 0:
+            raise SessionStateError("nothing new to process: every position was already sent")
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        if mask.shape != input_ids.shape:
+            raise SessionStateError(
+                f"attention mask {list(mask.shape)} does not match input ids "
+                f"{list(input_ids.shape)}"
+            )
+        hidden = self.head.embed(new_ids)  # [batch, new, hidden_size]
+        out = session.step(hidden, mask)
+        session.processed_ids = input_ids.clone()
+        logits = self.head.logits(out).float()  # [batch, new, vocab]
+        return CausalLMOutputWithPast(logits=logits)
+
+    # --- generation ------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(  # type: ignore[override]
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        *,
+        session: InferenceSession | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """transformers' `generate` with the blocks on the swarm; with `session`, continue it.
+        A step that the budget cannot pay stops generation with `BudgetExceededError`, whose
+        `partial` holds the ids generated until then."""
+        if inputs is None:
+            inputs = kwargs.pop("input_ids", None)
+        if inputs is not None and (inputs.ndim != 2 or inputs.dtype not in (torch.long, torch.int)):
+            raise SessionStateError("inputs must be token ids [batch, length]")
+        base = generation_config or self.generation_config
+        if (kwargs.get("num_beams") or base.num_beams or 1) != 1:
+            raise ClientConfigError("beam search is not supported over the swarm; use num_beams=1")
+        attention_mask = kwargs.pop("attention_mask", None)
+        if session is not None and session.output_ids is not None:
+            prefix, prefix_mask = session.output_ids, session.output_mask
+            assert prefix_mask is not None
+            if inputs is None:
+                inputs = prefix.new_zeros(prefix.shape[0], 0)
+            new_mask = torch.ones_like(inputs) if attention_mask is None else attention_mask
+            inputs = torch.cat([prefix, inputs.to(prefix.dtype)], dim=1)
+            attention_mask = torch.cat([prefix_mask, new_mask.to(prefix_mask.dtype)], dim=1)
+        if inputs is None:
+            raise SessionStateError("give input ids (or a session that already has some)")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(inputs)
+        if session is None:
+            batch = inputs.shape[0] * (
+                kwargs.get("num_return_sequences") or base.num_return_sequences or 1
+            )
+            max_new = kwargs.get("max_new_tokens", base.max_new_tokens)
+            max_length = (
+                inputs.shape[1] + max_new
+                if max_new is not None
+                else kwargs.get("max_length", base.max_length)
+            )
+            with self.inference_session(max_length=max_length, batch_size=batch) as own:
+                return self._generate_in(own, inputs, attention_mask, generation_config, kwargs)
+        return self._generate_in(session, inputs, attention_mask, generation_config, kwargs)
+
+    def _generate_in(
+        self,
+        session: InferenceSession,
+        inputs: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generation_config: GenerationConfig | None,
+        kwargs: dict[str, Any],
+    ) -> Any:
+        streamer = kwargs.get("streamer")
+        collector = _Collector(streamer)
+        kwargs["streamer"] = collector
+        kwargs.setdefault("use_cache", False)  # the servers hold the cache
+        previous, self._session = self._session, session
+        try:
+            result = super().generate(
+                inputs,
+                generation_config=generation_config,
+                attention_mask=attention_mask,
+                **kwargs,
+            )
+        except BudgetExceededError as exc:
+            exc.partial = collector.ids(inputs)
+            raise
+        finally:
+            self._session = previous
+        ids = result if isinstance(result, torch.Tensor) else result.sequences
+        session.output_ids = ids
+        new = ids.shape[1] - attention_mask.shape[1]
+        session.output_mask = torch.cat(
+            [attention_mask, attention_mask.new_ones(ids.shape[0], new)], dim=1
+        )
+        return result
+
+    def close(self) -> None:
+        """Leave the swarm and close the client's ledger."""
+        self.client.close()
+
+    def __enter__(self) -> DistributedModelForCausalLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Collector:
+    """A streamer that remembers the tokens generated (to hand back on a budget stop) and
+    passes everything on to the caller's streamer."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.tokens: list[torch.Tensor] = []
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self._prompt_seen:
+            self.tokens.append(value.reshape(-1, 1))
+        self._prompt_seen = True
+        if self.inner is not None:
+            self.inner.put(value)
+
+    def end(self) -> None:
+        if self.inner is not None:
+            self.inner.end()
+
+    def ids(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The inputs followed by every token generated."""
+        return torch.cat([inputs, *self.tokens], dim=1) if self.tokens else inputs.clone()
+
+
+def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase | None:
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _generation_config(path: Path, config: PretrainedConfig) -> GenerationConfig:
+    if (path / "generation_config.json").is_file():
+        return GenerationConfig.from_pretrained(path)
+    return GenerationConfig.from_model_config(config)

@@ -1,0 +1,395 @@
+"""`InferenceSession`: the model's blocks run step by step on a chain of servers, paid per
+step, checked per step, and re-routed when a server fails.
+
+    with client.inference_session(max_length=64) as session:
+        out = session.step(hidden, mask)    # hidden [batch, tokens, hidden_size] -> same shape
+
+A step goes through the route's hops in order. For each hop the client pays a cumulative
+voucher for the step's tokens at the hop's price, sends the hidden states and the attention
+mask, and checks the signed receipt (`client.receipts.check_receipt`): signer, leaf, input
+and output hashes, and the chain of custody from the previous hop. Every receipt is kept in the
+ledger (invalid ones as evidence).
+
+Each hop keeps its history: every input it was sent, in order. When a hop fails (gone,
+refusing, a bad receipt, an expired session), the client avoids that server for a while,
+routes the hop's blocks again, opens sessions on the new servers, replays the history to them
+in one step (they compute, and are paid for, those tokens once) to rebuild their caches, and
+carries on with the step. The failed server was paid only for the steps it answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import torch
+
+from client.errors import (
+    BadReceiptError,
+    NoRouteError,
+    PaymentRefusedError,
+    ServerFailure,
+    SessionStateError,
+)
+from client.payments import ClientChannel
+from client.receipts import ExpectedLeaf, check_receipt
+from client.remote import RemoteError, RemoteSpanSession, RemoteUnavailableError
+from client.routing import RouteHop, route_price
+from node.protocol import ErrorCode, ProtocolError, SignedReceipt
+from node.tensors import tensor_hash
+
+if TYPE_CHECKING:
+    from client.client import SwarmClient
+
+logger = logging.getLogger(__name__)
+
+# Refusals that mean our payment is wrong: not the server's fault, so no re-routing.
+PAYMENT_CODES = frozenset(
+    {
+        ErrorCode.PAYMENT_BEHIND,
+        ErrorCode.REPLAYED_VOUCHER,
+        ErrorCode.BAD_VOUCHER,
+        ErrorCode.WRONG_CHANNEL,
+    }
+)
+# Non-fatal refusals that mean our request is wrong (a client bug, not a server failure).
+REQUEST_CODES = frozenset({ErrorCode.BAD_TENSOR, ErrorCode.OUT_OF_ORDER, ErrorCode.LENGTH_EXCEEDED})
+
+
+@dataclass
+class Hop:
+    """One server session on the route, and everything it was sent."""
+
+    route: RouteHop
+    channel: ClientChannel
+    remote: RemoteSpanSession
+    history: torch.Tensor | None = None  # [batch, positions, hidden]: inputs sent, in order
+
+    @property
+    def peer_id(self) -> str:
+        return self.route.peer_id
+
+    @property
+    def address(self) -> str:
+        return self.route.address
+
+
+@dataclass
+class Served:
+    """What one server did for this session: tokens computed and Wei paid for them."""
+
+    address: str
+    peer_id: str
+    tokens: int = 0
+    cost: int = 0
+
+
+class InferenceSession:
+    """A session over every block of the model (see the module doc). Steps run one at a time;
+    not for use from several threads at once."""
+
+    def __init__(
+        self, client: SwarmClient, *, max_length: int, batch_size: int | None = None
+    ) -> None:
+        if max_length < 1:
+            raise SessionStateError(f"max_length must be >= 1, got {max_length}")
+        if batch_size is not None and batch_size < 1:
+            raise SessionStateError(f"batch_size must be >= 1, got {batch_size}")
+        self.client = client
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.position = 0  # positions every server has processed
+        self.mask: torch.Tensor | None = None  # [batch, position] int64 of what was processed
+        # token ids the model layer keeps: what was processed, and what `generate` returned
+        self.processed_ids: torch.Tensor | None = None  # [batch, position]
+        self.output_ids: torch.Tensor | None = None  # [batch, positions generated so far]
+        self.output_mask: torch.Tensor | None = None
+        self.hops: list[Hop] = []
+        self.served: dict[str, Served] = {}
+        self.failovers = 0  # servers replaced during this session
+        self.closed = False
+
+    # --- public ----------------------------------------------------------------------------
+
+    @property
+    def route(self) -> list[RouteHop]:
+        """The current route (empty before the first step)."""
+        return [hop.route for hop in self.hops]
+
+    def step(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run every block over `hidden` [batch, tokens, hidden_size] (the new positions) with
+        `attention_mask` [batch, position + tokens] (0/1; None: no padding); returns the last
+        block's output [batch, tokens, hidden_size] in float32 (before the final norm)."""
+        if self.closed:
+            raise SessionStateError("the inference session is closed")
+        client = self.client
+        if hidden.ndim != 3 or hidden.shape[-1] != client.hidden_size or min(hidden.shape[:2]) < 1:
+            raise SessionStateError(
+                f"hidden states must be [batch, tokens, {client.hidden_size}], "
+                f"got {list(hidden.shape)}"
+            )
+        batch, tokens, _ = hidden.shape
+        if self.batch_size is None:
+            self.batch_size = batch
+        if batch != self.batch_size:
+            raise SessionStateError(f"the session's batch is {self.batch_size}, got {batch}")
+        if self.position + tokens > self.max_length:
+            raise SessionStateError(
+                f"this step would reach {self.position + tokens} positions; the session was "
+                f"opened with max_length={self.max_length}"
+            )
+        mask = self._full_mask(attention_mask, batch, tokens)
+        with client.step_lock:
+            if not self.hops:
+                self.hops = self._open_range(0, client.total_blocks, history=None)
+            client.payments.budget.check(
+                batch * tokens * route_price(self.route), f"a step of {batch * tokens} tokens"
+            )
+            x = hidden.to(client.torch_dtype)
+            previous: bytes | None = None
+            failures = 0
+            i = 0
+            while i < len(self.hops):
+                hop = self.hops[i]
+                try:
+                    out, previous = self._send(hop, x, mask, previous)
+                except ServerFailure as failure:
+                    failures += 1
+                    self._discard(hop, failure)
+                    if failures > client.config.max_failovers:
+                        raise NoRouteError(
+                            f"{failures} servers failed during one step; last: {failure}"
+                        ) from failure
+                    self.hops[i : i + 1] = self._open_range(
+                        hop.route.start, hop.route.end, history=hop.history
+                    )
+                    self.failovers += 1
+                    continue  # `previous` still holds: the new hops get the same input
+                hop.history = x if hop.history is None else torch.cat([hop.history, x], dim=1)
+                x = out
+                i += 1
+            self.position += tokens
+            self.mask = mask
+        return x.float()
+
+    def close(self) -> None:
+        """End every server session (their caches are freed). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for hop in self.hops:
+            self._close_remote(hop.remote)
+        self.client.flush_receipts()
+
+    def __enter__(self) -> InferenceSession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _full_mask(self, mask: torch.Tensor | None, batch: int, tokens: int) -> torch.Tensor:
+        past = self.mask if self.mask is not None else torch.ones(batch, 0, dtype=torch.long)
+        if mask is None:
+            return torch.cat([past, torch.ones(batch, tokens, dtype=torch.long)], dim=1)
+        if mask.shape != (batch, self.position + tokens):
+            raise SessionStateError(
+                f"the attention mask must be [batch, past + tokens] = "
+                f"[{batch}, {self.position + tokens}], got {list(mask.shape)}"
+            )
+        mask = mask.to(torch.long)
+        if not ((mask == 0) | (mask == 1)).all():
+            raise SessionStateError("attention mask values must be 0 or 1")
+        if not torch.equal(mask[:, : self.position], past):
+            raise SessionStateError("the attention mask disagrees with the session's history")
+        return mask
+
+    def _open_range(self, start: int, end: int, *, history: torch.Tensor | None) -> list[Hop]:
+        """Sessions on a new route over blocks `[start, end)`, with `history` (the inputs of
+        block `start` so far) replayed through them; retried around failing servers."""
+        client = self.client
+        assert self.batch_size is not None
+        failures = 0
+        while True:
+            route = client.router.route(start, end)
+            hops: list[Hop] = []
+            try:
+                for planned in route:
+                    hops.append(self._open_hop(planned))
+                if history is not None:
+                    self._replay(hops, history)
+                return hops
+            except ServerFailure as failure:
+                failures += 1
+                for hop in hops:
+                    self._discard(hop, failure if hop.peer_id == failure.peer_id else None)
+                if failure.peer_id not in {h.peer_id for h in hops}:
+                    client.router.failed(failure.peer_id, str(failure))
+                if failures > client.config.max_failovers:
+                    raise NoRouteError(
+                        f"no working route through blocks [{start}, {end}) after {failures} "
+                        f"failures; last: {failure}"
+                    ) from failure
+
+    def _open_hop(self, planned: RouteHop) -> Hop:
+        client = self.client
+        assert self.batch_size is not None
+        session_tokens = self.batch_size * self.max_length
+        channel = client.payments.channel(
+            planned.address, price_per_token=planned.price_per_token, session_tokens=session_tokens
+        )
+        client.payments.ensure_room(
+            channel, 0, price_per_token=planned.price_per_token, session_tokens=session_tokens
+        )
+        try:
+            remote = client.network.open_session(
+                planned.peer_id,
+                session_id=os.urandom(32),
+                span=(planned.start, planned.end),
+                max_length=self.max_length,
+                batch_size=self.batch_size,
+                channel_id=channel.channel_id,
+                dtype=client.config.dtype,
+                timeout=client.config.open_timeout,
+            )
+        except RemoteError as exc:
+            if exc.code in PAYMENT_CODES:
+                raise PaymentRefusedError(
+                    f"server {planned.address} refused channel {channel.channel_id}: "
+                    f"{exc.code.value}: {exc.message}",
+                    code=exc.code.value,
+                    server=planned.address,
+                ) from exc
+            raise ServerFailure(
+                f"{planned.peer_id} refused a session: {exc}", peer_id=planned.peer_id
+            ) from exc
+        except (RemoteUnavailableError, ProtocolError, TimeoutError) as exc:
+            raise ServerFailure(
+                f"cannot open a session on {planned.peer_id}: {exc}", peer_id=planned.peer_id
+            ) from exc
+        if remote.node != planned.address:
+            self._close_remote(remote)
+            raise ServerFailure(
+                f"{planned.peer_id} answered as {remote.node}, it announced {planned.address}",
+                peer_id=planned.peer_id,
+            )
+        return Hop(planned, channel, remote)
+
+    def _replay(self, hops: Sequence[Hop], history: torch.Tensor) -> None:
+        """Send `history` [batch, position, hidden] through `hops` in one step each, so their
+        caches hold what the replaced server's held."""
+        assert self.mask is not None
+        client = self.client
+        positions = history.shape[0] * history.shape[1]
+        client.payments.budget.check(
+            positions * sum(h.route.price_per_token for h in hops),
+            f"replaying {positions} tokens to the replacement server(s)",
+        )
+        x = history
+        previous: bytes | None = None
+        for hop in hops:
+            out, previous = self._send(hop, x, self.mask, previous)
+            hop.history = x
+            x = out
+        logger.info("replayed %d positions to %d new server(s)", history.shape[1], len(hops))
+
+    def _send(
+        self, hop: Hop, x: torch.Tensor, mask: torch.Tensor, previous: bytes | None
+    ) -> tuple[torch.Tensor, bytes]:
+        """One step on one hop: pay, send, check the receipt, keep it. Returns the output and
+        its hash. `ServerFailure` when the server fails; `PaymentRefusedError` when it refuses
+        the payment."""
+        client = self.client
+        batch, tokens, _ = x.shape
+        price = hop.route.price_per_token
+        cost = batch * tokens * price
+        session_tokens = batch * self.max_length
+        client.payments.ensure_room(
+            hop.channel, cost, price_per_token=price, session_tokens=session_tokens
+        )
+        voucher = client.payments.pay(hop.channel, cost)
+        step = hop.remote.next_step
+        try:
+            out, receipt = client.network.step(
+                hop.remote, x, mask, voucher, timeout=client.config.step_timeout
+            )
+        except RemoteError as exc:
+            if exc.code in PAYMENT_CODES:
+                raise PaymentRefusedError(
+                    f"server {hop.address} refused our payment on channel "
+                    f"{hop.channel.channel_id}: {exc.code.value}: {exc.message}",
+                    code=exc.code.value,
+                    server=hop.address,
+                ) from exc
+            if not exc.fatal and exc.code in REQUEST_CODES:
+                raise SessionStateError(f"server {hop.address} refused the step: {exc}") from exc
+            raise ServerFailure(
+                f"{hop.peer_id} failed step {step}: {exc}",
+                peer_id=hop.peer_id,
+                ban=exc.code is not ErrorCode.SESSION_EXPIRED,
+            ) from exc
+        except (RemoteUnavailableError, ProtocolError, TimeoutError) as exc:
+            raise ServerFailure(
+                f"{hop.peer_id} failed step {step}: {exc}", peer_id=hop.peer_id
+            ) from exc
+        if out.shape != x.shape or out.dtype != x.dtype:
+            raise ServerFailure(
+                f"{hop.peer_id} returned {list(out.shape)} {out.dtype} for {list(x.shape)} "
+                f"{x.dtype}",
+                peer_id=hop.peer_id,
+            )
+        sent, received = tensor_hash(x), tensor_hash(out)
+        expected = ExpectedLeaf(
+            signer=hop.address,
+            session_id=hop.remote.session_id,
+            model_id=client.model_id,
+            span=(hop.route.start, hop.route.end),
+            step=step,
+            tokens=batch * tokens,
+            input_hash=sent,
+            output_hash=received,
+            previous_output_hash=previous,
+        )
+        problem = check_receipt(client.receipt_domain, receipt, expected)
+        client.keep_receipt(hop, receipt, sent=sent, received=received, cost=cost, problem=problem)
+        if problem is not None:
+            kind, detail = problem
+            raise BadReceiptError(
+                f"{hop.peer_id} ({hop.address}) sent a bad receipt for step {step}: {detail}",
+                peer_id=hop.peer_id,
+                problem=kind.value,
+            )
+        client.router.succeeded(hop.peer_id)
+        served = self.served.setdefault(hop.address, Served(hop.address, hop.peer_id))
+        served.tokens += batch * tokens
+        served.cost += cost
+        return out, _output_hash(receipt)
+
+    def _discard(self, hop: Hop, failure: ServerFailure | None) -> None:
+        self._close_remote(hop.remote)
+        if failure is not None and failure.ban:
+            self.client.router.failed(hop.peer_id, str(failure))
+        elif failure is not None:
+            logger.info("reopening blocks [%d, %d): %s", hop.route.start, hop.route.end, failure)
+
+    def _close_remote(self, remote: RemoteSpanSession) -> None:
+        try:
+            self.client.network.close_session(remote)
+        except Exception as exc:  # closing a broken stream must not hide the real problem
+            logger.debug("closing a session: %s", exc)
+
+
+def _output_hash(receipt: SignedReceipt) -> bytes:
+    return receipt.leaf.output_hash

@@ -1,0 +1,424 @@
+"""`stakeswarm client`: generate text from the swarm and pay per token; the client's wallet and
+channels.
+
+    stakeswarm client generate "I ate dosa today" --model ./SmolLM2 --max-new-tokens 32 \\
+        --initial-peers /ip4/127.0.0.1/tcp/4242/p2p/Qm... --devnet [--chat] \\
+        [--max-price 0.0001] [--budget 1]
+    stakeswarm client wallet create [--keystore FILE]        # a new key, encrypted
+    stakeswarm client wallet show [--keystore FILE | --devnet] # address (and balances)
+    stakeswarm client channels [--reclaim] (--devnet | --deployment FILE --keystore FILE)
+
+Without --devnet, commands read the deployment file given and sign with the keystore given,
+by default `<home>/client/keystore.json`. Amounts (--max-price per token through the whole
+route, --budget for the whole run) are whole stake tokens with decimals. `generate` streams
+the text as it arrives, then prints the route, the speed, what each server was paid and the
+channels' balances.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from client.errors import BudgetExceededError, ClientError
+from ledger.wallet import PasswordSource, create_wallet, keystore_address
+from node.errors import NodeError
+from stakeswarm.commands.chain_support import (
+    AccountOpt,
+    ChainOptions,
+    CliInputError,
+    Connected,
+    DeploymentOpt,
+    DevnetOpt,
+    HomeOpt,
+    PasswordEnvOpt,
+    RpcOpt,
+    connect,
+    format_tokens,
+    reporting,
+    when,
+)
+from stakeswarm.home import Home
+
+app = typer.Typer(
+    help="Generate text from the swarm, paying per token; the client's wallet and channels.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+wallet_app = typer.Typer(help="The client's wallet: an encrypted keystore.", no_args_is_help=True)
+app.add_typer(wallet_app, name="wallet")
+
+KEYSTORE_NAME = "keystore.json"  # the default keystore: <home>/client/keystore.json
+
+KeystoreOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--keystore",
+        help="The client's keystore (default <home>/client/keystore.json; not with --devnet).",
+        show_default=False,
+    ),
+]
+
+
+def default_keystore(home: Path | None) -> Path:
+    return Home.resolve(home).root / "client" / KEYSTORE_NAME
+
+
+def _options(
+    devnet: bool,
+    account: str | None,
+    home: Path | None,
+    rpc: str | None,
+    deployment: Path | None,
+    keystore: Path | None,
+    password_env: str | None,
+) -> ChainOptions:
+    if not devnet and keystore is None:
+        keystore = default_keystore(home)
+        if not keystore.is_file():
+            raise CliInputError(
+                f"no keystore at {keystore}: create one with `stakeswarm client wallet create`, "
+                "give --keystore FILE, or use --devnet"
+            )
+    return ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("hivemind", "httpx", "web3", "urllib3", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+class _Printer:
+    """A transformers streamer that prints the new text as tokens arrive (batch of one)."""
+
+    def __init__(self, tokenizer: Any, console: Console) -> None:
+        from transformers import TextStreamer
+
+        class _Streamer(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                console.file.write(text + ("\n" if stream_end else ""))
+                console.file.flush()
+
+        self.streamer = _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def _prompt_ids(tokenizer: Any, prompt: str, chat: bool) -> Any:
+    if not chat:
+        return tokenizer(prompt, return_tensors="pt")["input_ids"]
+    if not getattr(tokenizer, "chat_template", None):
+        raise CliInputError("--chat: this model's tokenizer has no chat template")
+    encoded = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt"
+    )
+    return encoded["input_ids"] if isinstance(encoded, Mapping) else encoded
+
+
+@app.command("generate")
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The text to continue (or the chat message).")],
+    model: Annotated[
+        Path,
+        typer.Option(help="Local model folder (config, tokenizer, embeddings and head)."),
+    ],
+    initial_peers: Annotated[
+        list[str],
+        typer.Option(help="Multiaddr of a swarm member (repeat).", show_default=False),
+    ],
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 32,
+    chat: Annotated[bool, typer.Option(help="Apply the tokenizer's chat template.")] = False,
+    model_name: Annotated[
+        str | None,
+        typer.Option(help="The swarm's name of the model (default: the folder's name)."),
+    ] = None,
+    max_price: Annotated[
+        str | None,
+        typer.Option(help="Tokens per generated token, through the whole route, at most."),
+    ] = None,
+    budget: Annotated[
+        str | None, typer.Option(help="Tokens this run may spend at most.", show_default=False)
+    ] = None,
+    temperature: Annotated[
+        float, typer.Option(help="Sampling temperature; 0 decodes greedily.")
+    ] = 0.0,
+    top_p: Annotated[
+        float | None, typer.Option(help="Nucleus sampling mass.", show_default=False)
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="Sample among the k likeliest.", show_default=False)
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed for sampling.", show_default=False)
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="Hidden states on the wire.")] = "float32",
+    devnet: DevnetOpt = False,
+    account: AccountOpt = None,
+    home: HomeOpt = None,
+    rpc: RpcOpt = None,
+    deployment: DeploymentOpt = None,
+    keystore: KeystoreOpt = None,
+    password_env: PasswordEnvOpt = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
+) -> None:
+    """Generate text through the swarm, streaming it, and pay every server per token."""
+    import torch
+
+    from client.config import ClientConfig
+    from client.model import DistributedModelForCausalLM
+
+    _setup_logging(log_level)
+    if max_new_tokens < 1:
+        raise typer.BadParameter("must be >= 1", param_hint="--max-new-tokens")
+    if temperature < 0:
+        raise typer.BadParameter("must be >= 0", param_hint="--temperature")
+    errors = Console(stderr=True, soft_wrap=True)
+    with reporting() as console:
+        conn = connect(
+            _options(devnet, account, home, rpc, deployment, keystore, password_env),
+            role="client",
+            sign=True,
+        )
+        assert conn.signer is not None
+        config = ClientConfig(
+            model_path=model,
+            model_name=model_name,
+            dtype=dtype,
+            initial_peers=tuple(initial_peers),
+            rpc_url=rpc,
+            home=Home.resolve(home).root,
+            max_price=None if max_price is None else conn.tokens(max_price, "--max-price"),
+            budget=None if budget is None else conn.tokens(budget, "--budget"),
+        )
+        try:
+            llm = DistributedModelForCausalLM.from_pretrained(
+                model, initial_peers=initial_peers, wallet=conn.signer,
+                deployment=conn.deployment, config=config,
+            )  # fmt: skip
+        except (ClientError, NodeError) as exc:
+            errors.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+        try:
+            if llm.tokenizer is None:
+                raise CliInputError(f"{model} has no tokenizer files")
+            ids = _prompt_ids(llm.tokenizer, prompt, chat)
+            sampling: dict[str, Any] = {"do_sample": temperature > 0}
+            if temperature > 0:
+                sampling.update(temperature=temperature, top_p=top_p, top_k=top_k)
+                if seed is not None:
+                    torch.manual_seed(seed)
+            printer = _Printer(llm.tokenizer, console)
+            stopped: str | None = None
+            began = time.perf_counter()
+            with llm.inference_session(max_length=ids.shape[1] + max_new_tokens) as session:
+                try:
+                    out = llm.generate(
+                        ids, session=session, max_new_tokens=max_new_tokens,
+                        streamer=printer.streamer, **sampling,
+                    )  # fmt: skip
+                except BudgetExceededError as exc:
+                    stopped = str(exc)
+                    out = exc.partial if exc.partial is not None else ids
+                elapsed = time.perf_counter() - began
+                new_tokens = int(out.shape[1] - ids.shape[1])
+                console.file.write("\n")
+                if stopped:
+                    errors.print(f"[yellow]stopped:[/] {escape(stopped)}")
+                _summary(console, conn, llm, session, new_tokens, elapsed)
+        except ClientError as exc:
+            errors.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+        finally:
+            llm.close()
+        if stopped:
+            raise typer.Exit(1)
+
+
+def _short(peer_id: str) -> str:
+    return f"…{peer_id[-10:]}"
+
+
+def _summary(
+    console: Console, conn: Connected, llm: Any, session: Any, new_tokens: int, elapsed: float
+) -> None:
+    route = Table(title="Route", title_justify="left")
+    for column in ("blocks", "server", "peer", "price per token"):
+        route.add_column(column)
+    for hop in session.route:
+        route.add_row(
+            f"{hop.start}:{hop.end}",
+            hop.address,
+            _short(hop.peer_id),
+            conn.show(hop.price_per_token),
+        )
+    console.print(route)
+    rate = new_tokens / elapsed if elapsed > 0 else 0.0
+    console.print(
+        f"{new_tokens} tokens in {elapsed:.2f} s: [bold]{rate:.2f} tokens/s[/]"
+        + (f"  ({session.failovers} failover(s))" if session.failovers else "")
+    )
+    paid = Table(title="Paid this run", title_justify="left")
+    for column in ("server", "tokens", "paid"):
+        paid.add_column(column)
+    total = 0
+    for served in session.served.values():
+        paid.add_row(served.address, str(served.tokens), conn.show(served.cost))
+        total += served.cost
+    paid.add_row("[bold]total[/]", "", f"[bold]{conn.show(total)}[/]")
+    console.print(paid)
+    _channels_table(console, conn, llm.client.payments.known_channels(), title="Channels")
+
+
+def _channels_table(console: Console, conn: Connected, channels: list[Any], *, title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in ("channel", "server", "deposit", "paid", "left", "expiry"):
+        table.add_column(column)
+    for channel in channels:
+        table.add_row(
+            str(channel.channel_id),
+            channel.server,
+            conn.show(channel.deposit),
+            conn.show(channel.signed),
+            conn.show(channel.deposit - channel.signed),
+            when(channel.expiry),
+        )
+    console.print(table)
+
+
+@app.command("channels")
+def channels(
+    reclaim: Annotated[
+        bool, typer.Option(help="Reclaim what is left in every expired channel.")
+    ] = False,
+    devnet: DevnetOpt = False,
+    account: AccountOpt = None,
+    home: HomeOpt = None,
+    rpc: RpcOpt = None,
+    deployment: DeploymentOpt = None,
+    keystore: KeystoreOpt = None,
+    password_env: PasswordEnvOpt = None,
+) -> None:
+    """List the wallet's payment channels (deposit, paid, redeemed, expiry); reclaim expired."""
+    from client.payments import Budget, Payments
+    from ledger.db import ChannelStatus, client_channels, open_ledger, sqlite_url
+
+    with reporting() as console:
+        conn = connect(
+            _options(devnet, account, home, rpc, deployment, keystore, password_env),
+            role="client",
+            sign=True,
+        )
+        assert conn.signer is not None
+        path = Home.resolve(home).root / "client" / conn.signer.address / "ledger.sqlite"
+        ledger = open_ledger(sqlite_url(path))
+        try:
+            sender = conn.chain.sender(conn.signer, sessions=ledger.sessions)
+            payments = Payments(
+                contracts=conn.contracts.with_sender(sender),
+                ledger=ledger,
+                account=conn.signer,
+                chain_id=conn.chain.chain_id,
+                budget=Budget(None),
+            )
+            if reclaim:
+                try:
+                    done = payments.reclaim_expired()
+                except ClientError as exc:
+                    raise CliInputError(str(exc)) from None
+                for item in done:
+                    console.print(
+                        f"[green]✓[/] reclaimed channel {item.channel_id}: "
+                        f"{conn.show(item.refunded)} back  tx {item.tx_hash}"
+                    )
+                if not done:
+                    console.print("no expired channel to reclaim")
+            else:
+                payments.refresh()
+            now = conn.chain.timestamp()
+            with ledger.begin() as db:
+                rows = client_channels(
+                    db, conn.chain.chain_id, payments.contract, conn.signer.address
+                )
+            table = Table(title=f"Channels of {conn.signer.address}", title_justify="left")
+            for column in ("channel", "server", "deposit", "paid", "redeemed", "expiry", "status"):
+                table.add_column(column)
+            for row in rows:
+                status = row.status.value
+                if row.status is ChannelStatus.OPEN and row.expiry <= now:
+                    status = "expired (reclaim with --reclaim)"
+                table.add_row(
+                    str(row.channel_id),
+                    row.server,
+                    conn.show(row.deposit),
+                    conn.show(row.voucher_amount),
+                    conn.show(row.redeemed),
+                    when(row.expiry),
+                    status,
+                )
+            console.print(table if rows else "no channels yet")
+        finally:
+            ledger.close()
+
+
+@wallet_app.command("create")
+def wallet_create(
+    keystore: KeystoreOpt = None,
+    home: HomeOpt = None,
+    password_env: PasswordEnvOpt = None,
+) -> None:
+    """Create a new key and keep it encrypted in a keystore (never overwritten)."""
+    with reporting() as console:
+        path = keystore or default_keystore(home)
+        password = (
+            PasswordSource.from_env(password_env)
+            if password_env
+            else PasswordSource.prompted("New keystore password: ", confirm=True)
+        )
+        account = create_wallet(path, password)
+        console.print(f"[green]✓[/] created {escape(str(path))}")
+        console.print(f"  address  {account.address}")
+        console.print("  fund it with stake tokens (and gas) before paying servers")
+
+
+@wallet_app.command("show")
+def wallet_show(
+    devnet: DevnetOpt = False,
+    account: AccountOpt = None,
+    home: HomeOpt = None,
+    rpc: RpcOpt = None,
+    deployment: DeploymentOpt = None,
+    keystore: KeystoreOpt = None,
+) -> None:
+    """The wallet's address and, with a deployment (or --devnet), its balances."""
+    with reporting() as console:
+        if not devnet and deployment is None:
+            path = keystore or default_keystore(home)
+            console.print(f"address  {keystore_address(path)}")
+            console.print(f"keystore {escape(str(path))}")
+            return
+        conn = connect(
+            _options(devnet, account, home, rpc, deployment, keystore, None),
+            role="client",
+            sign=False,
+        )
+        assert conn.address is not None
+        token = conn.contracts.token
+        channels = conn.contracts.payment_channels.address
+        console.print(f"address    {conn.address}")
+        console.print(f"balance    {conn.show(token.balance_of(conn.address))}")
+        console.print(f"gas        {format_tokens(conn.chain.eth_balance(conn.address), 18)} ETH")
+        allowance = token.allowance(conn.address, channels)
+        shown = "unlimited" if allowance >= 2**255 else conn.show(allowance)
+        console.print(f"channels may pull  {shown}")

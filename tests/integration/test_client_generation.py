@@ -1,0 +1,431 @@
+"""The client end to end: three real node processes serving a tiny Llama on Anvil, a client
+that routes, pays, checks receipts and fails over, from Python and from the CLI.
+
+Nodes: node-0 serves blocks 0:3, node-1 and node-2 both serve 3:6 (one is the spare). The
+module's tests share them, in file order; the last two kill a node mid-generation and then
+stop every node and check what each was paid on-chain. Everything the nodes and clients did
+on-chain is reverted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from eth_account import Account
+from transformers import AutoTokenizer, TextStreamer
+
+from client.errors import BudgetExceededError, PaymentRefusedError, SessionStateError
+from client.model import DistributedModelForCausalLM
+from ledger.contracts import Contracts
+from ledger.db import ReceiptStatus, open_ledger, receipts_of, served_totals, sqlite_url
+from ledger.deployment import Deployment
+from ledger.types import ChannelId
+from node.balance import ChainClock, Redeemer
+from tests.integration.nodes import (
+    REPO_ROOT,
+    NodeProcess,
+    NodeSpec,
+    chain_snapshot,
+    node_home,
+    running_nodes,
+)
+from tests.models import load_reference_model, make_tiny_model
+
+pytestmark = pytest.mark.timeout(900)
+
+NODE_ARGS = (
+    "--commit-interval", "2",
+    "--redeem-interval", "3600",
+    "--announce-interval", "5",
+    "--cache-tokens", "4096",
+)  # fmt: skip
+PROMPT = torch.tensor([[1, 17, 42, 99, 7, 256, 3]])
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|bos|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+@dataclass
+class Swarm:
+    deployment: Deployment
+    nodes: list[NodeProcess]
+    model_path: Path
+    workdir: Path
+    ledgers: list[Path] = field(default_factory=list)  # every client ledger used
+
+    @property
+    def peers(self) -> list[str]:
+        return [m for node in self.nodes if node.alive() for m in node.maddrs]
+
+    def node(self, peer_id: str) -> NodeProcess:
+        return next(n for n in self.nodes if n.peer_id == peer_id)
+
+    def client(self, name: str, account: str = "client-0", **options: Any):  # noqa: ANN201
+        home = self.workdir / "clients" / name
+        wallet = Account.from_key(self.deployment.account(account).private_key)
+        model = DistributedModelForCausalLM.from_pretrained(
+            self.model_path, initial_peers=self.peers, wallet=wallet,
+            deployment=self.deployment, home=home, **options,
+        )  # fmt: skip
+        self.ledgers.append(home / "client" / wallet.address / "ledger.sqlite")
+        return model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 6)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def swarm(
+    deployment: Deployment, model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Swarm]:
+    chain = deployment.connect()
+    workdir = tmp_path_factory.mktemp("client-swarm")
+    specs = [
+        NodeSpec("node-0", "0:3", args=NODE_ARGS),
+        NodeSpec("node-1", "3:6", args=NODE_ARGS),
+        NodeSpec("node-2", "3:6", args=NODE_ARGS),
+    ]
+    with chain_snapshot(chain), running_nodes(deployment, workdir, model_path, specs) as nodes:
+        yield Swarm(deployment, nodes, model_path, workdir)
+
+
+@pytest.fixture(scope="module")
+def model(swarm: Swarm) -> Iterator[DistributedModelForCausalLM]:
+    loaded = swarm.client("main")
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="module")
+def reference(model_path: Path):  # noqa: ANN201
+    return load_reference_model(model_path)
+
+
+def _receipts(ledger_path: Path, **filters: Any) -> list:
+    ledger = open_ledger(sqlite_url(ledger_path))
+    try:
+        with ledger.begin() as db:
+            return receipts_of(db, **filters)
+    finally:
+        ledger.close()
+
+
+def test_only_the_ends_of_the_model_are_loaded_locally(
+    model: DistributedModelForCausalLM, reference
+) -> None:
+    state = model.state_dict()
+    assert set(state) == {"head.embed_tokens.weight", "head.norm.weight", "head.lm_head.weight"}
+    expected = reference.state_dict()
+    torch.testing.assert_close(
+        state["head.embed_tokens.weight"], expected["model.embed_tokens.weight"]
+    )
+    torch.testing.assert_close(state["head.lm_head.weight"], expected["lm_head.weight"])
+    block_params = sum(p.numel() for n, p in reference.named_parameters() if ".layers." in n)
+    assert block_params > 0
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for n, p in reference.named_parameters() if ".layers." not in n
+    )
+
+
+def test_greedy_generation_equals_local_generation(
+    swarm: Swarm, model: DistributedModelForCausalLM, reference
+) -> None:
+    remote = model.generate(PROMPT, max_new_tokens=8, do_sample=False)
+    local = reference.generate(PROMPT, max_new_tokens=8, do_sample=False)
+    assert remote.tolist() == local.tolist()
+    greedy = local
+
+    # every step's receipt was checked and kept: one per step per server, all valid
+    receipts = _receipts(swarm.ledgers[0])
+    assert len(receipts) == 8 * 2
+    assert all(r.status is ReceiptStatus.VALID for r in receipts)
+    assert {(r.span_start, r.span_end) for r in receipts} == {(0, 3), (3, 6)}
+    assert receipts[0].tokens == PROMPT.numel() and receipts[-1].tokens == 1
+
+    # a batch of prompts of different lengths, left-padded, with their attention mask
+    tokenizer = model.tokenizer
+    batch = tokenizer(["Hello swarm!", "Every server stakes tokens and"], padding=True,
+                      return_tensors="pt")  # fmt: skip
+    assert (batch["attention_mask"] == 0).any()
+    remote = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    local = reference.generate(**batch, max_new_tokens=6, do_sample=False)
+    assert remote.tolist() == local.tolist()
+
+    # stopping at EOS: make the third greedy token the end of sequence
+    eos = int(greedy[0, PROMPT.shape[1] + 2])
+    remote = model.generate(PROMPT, max_new_tokens=8, do_sample=False, eos_token_id=eos)
+    local = reference.generate(PROMPT, max_new_tokens=8, do_sample=False, eos_token_id=eos)
+    assert remote.tolist() == local.tolist()
+    assert remote.shape[1] < PROMPT.shape[1] + 8 and int(remote[0, -1]) == eos
+
+
+def test_sampling_with_a_seed_equals_local_sampling(
+    model: DistributedModelForCausalLM, reference
+) -> None:
+    options = dict(max_new_tokens=8, do_sample=True, temperature=0.8, top_p=0.9, top_k=40)
+    torch.manual_seed(1234)
+    remote = model.generate(PROMPT, **options)
+    torch.manual_seed(1234)
+    local = reference.generate(PROMPT, **options)
+    assert remote.tolist() == local.tolist()
+    torch.manual_seed(4321)
+    other = model.generate(PROMPT, **options)
+    assert other.tolist() != remote.tolist()  # the seed matters: this is sampling
+
+
+def test_a_session_steps_token_by_token_and_generate_continues_it(
+    model: DistributedModelForCausalLM, reference
+) -> None:
+    local = reference.generate(PROMPT, max_new_tokens=6, do_sample=False)
+    with model.inference_session(max_length=PROMPT.shape[1] + 6) as session:
+        ids = model.generate(PROMPT, max_new_tokens=2, session=session)
+        assert session.position == PROMPT.shape[1] + 1  # the last token is not sent yet
+        for _ in range(4):
+            ids = model.generate(None, max_new_tokens=1, session=session)
+    assert ids.tolist() == local.tolist()
+
+    # the same by hand: hidden states in, hidden states out, one token per step
+    ids, hidden = PROMPT, model.head.embed(PROMPT)
+    with model.inference_session(max_length=PROMPT.shape[1] + 6) as session:
+        for _ in range(6):
+            out = session.step(hidden)  # [1, new, hidden]
+            next_id = model.head.logits(out)[:, -1].argmax(-1, keepdim=True)
+            ids, hidden = torch.cat([ids, next_id], dim=1), model.head.embed(next_id)
+        with pytest.raises(SessionStateError, match="max_length"):
+            session.step(torch.cat([hidden, hidden], dim=1))
+    assert ids.tolist() == local.tolist()
+
+
+def test_the_budget_stops_generation_before_overspending(swarm: Swarm) -> None:
+    price = sum(
+        int(node.status()["price_per_token"]) for node in swarm.nodes[:2]
+    )  # node-1 and node-2 charge the same for blocks 3:6
+    budget = price * (PROMPT.shape[1] + 3)  # the prompt and 3 more steps
+    with swarm.client("budget", budget=budget) as model:
+        with pytest.raises(BudgetExceededError, match="stopped before overspending") as stopped:
+            model.generate(PROMPT, max_new_tokens=8, do_sample=False)
+        spent = model.client.payments.budget.spent
+    assert spent <= budget
+    assert spent == price * (PROMPT.shape[1] + 3)
+    assert stopped.value.partial is not None
+    assert stopped.value.partial.shape[1] == PROMPT.shape[1] + 4  # 4 tokens, 4 forwards paid
+    assert stopped.value.left < stopped.value.needed
+
+
+def test_a_client_that_stops_paying_is_refused(swarm: Swarm, monkeypatch) -> None:  # noqa: ANN001
+    with swarm.client("stingy", account="client-1") as model:
+        payments = model.client.payments
+        pay = payments.pay
+        monkeypatch.setattr(payments, "pay", lambda channel, cost: pay(channel, min(cost, 1)))
+        with pytest.raises(PaymentRefusedError, match="payment_behind") as refused:
+            model.generate(PROMPT, max_new_tokens=2, do_sample=False)
+    assert refused.value.code == "payment_behind"
+    assert refused.value.server == swarm.nodes[0].address
+    assert all(node.alive() for node in swarm.nodes)
+
+
+def test_a_restarted_client_continues_its_channels(swarm: Swarm, reference) -> None:
+    local = reference.generate(PROMPT, max_new_tokens=3, do_sample=False)
+    with swarm.client("restart") as first:
+        assert first.generate(PROMPT, max_new_tokens=3).tolist() == local.tolist()
+        before = {
+            c.server: (c.channel_id, c.signed) for c in first.client.payments.known_channels()
+        }
+    with swarm.client("restart") as second:
+        assert second.generate(PROMPT, max_new_tokens=3).tolist() == local.tolist()
+        after = {c.server: c for c in second.client.payments.known_channels()}
+    shared = before.keys() & after.keys()
+    assert shared, "the restarted client routed through none of the same servers"
+    for server in shared:
+        channel_id, signed = before[server]
+        assert after[server].channel_id == channel_id  # the same channel, no new deposit
+        assert not after[server].opened_now
+        assert after[server].signed == signed + after[server].signed_now > signed
+
+
+def _cli(swarm: Swarm, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "stakeswarm", "client", *args, "--devnet", "--home", str(home)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+class _Capture(TextStreamer):
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.text = ""
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self.text += text
+
+
+def test_the_cli_streams_the_text_and_sums_up_route_speed_and_payments(
+    swarm: Swarm, reference
+) -> None:
+    home = node_home(swarm.deployment, swarm.workdir / "cli-home")
+    tokenizer = AutoTokenizer.from_pretrained(swarm.model_path)
+    peers = [arg for m in swarm.peers for arg in ("--initial-peers", m)]
+    prompt = "I ate dosa today"
+    for chat in (False, True):
+        if chat:
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True,
+                return_tensors="pt", return_dict=True,
+            )["input_ids"]  # fmt: skip
+        else:
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        capture = _Capture(tokenizer)
+        reference.generate(ids, max_new_tokens=12, do_sample=False, streamer=capture)
+        result = _cli(
+            swarm, home, "generate", prompt, "--model", str(swarm.model_path),
+            "--max-new-tokens", "12", *peers, *(["--chat"] if chat else []),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(capture.text), (result.stdout, capture.text)
+        summary = result.stdout[len(capture.text) :]
+        assert "12 tokens in" in summary and "tokens/s" in summary
+        for node in swarm.nodes[:1]:
+            assert node.address in summary  # on the route, paid, and a channel
+        assert "Paid this run" in summary and "Channels" in summary and "SWARM" in summary
+
+    listed = _cli(swarm, home, "channels")
+    assert listed.returncode == 0, listed.stderr
+    assert swarm.nodes[0].address in listed.stdout and "open" in listed.stdout
+    shown = _cli(swarm, home, "wallet", "show")
+    assert shown.returncode == 0, shown.stderr
+    assert swarm.deployment.account("client-0").address in shown.stdout
+    swarm.ledgers.append(
+        home / "client" / swarm.deployment.account("client-0").address / "ledger.sqlite"
+    )
+
+
+def test_a_bad_receipt_is_kept_as_evidence_and_its_server_replaced(
+    swarm: Swarm, reference, monkeypatch
+) -> None:  # noqa: ANN001
+    local = reference.generate(PROMPT, max_new_tokens=6, do_sample=False)
+    with swarm.client("tampered") as model:
+        network = model.client.network
+        real_step = network.step
+        altered: list[str] = []
+
+        def step(session, hidden, mask, voucher, *, timeout):  # noqa: ANN001, ANN202
+            out, receipt = real_step(session, hidden, mask, voucher, timeout=timeout)
+            if session.request.span_start == 3 and session.next_step == 3 and not altered:
+                altered.append(session.node)
+                out = out + 1e-3  # not what the receipt says was sent
+            return out, receipt
+
+        monkeypatch.setattr(network, "step", step)
+        with model.inference_session(max_length=PROMPT.shape[1] + 6) as session:
+            remote = model.generate(PROMPT, max_new_tokens=6, session=session)
+        ledger_path = swarm.ledgers[-1]
+    assert remote.tolist() == local.tolist()  # the altered output was never used
+    assert session.failovers == 1 and session.route[-1].address != altered[0]
+    evidence = _receipts(ledger_path, status=ReceiptStatus.INVALID)
+    assert [(r.server, r.step, r.problem) for r in evidence] == [(altered[0], 2, "output_hash")]
+    assert evidence[0].received_hash != evidence[0].output_hash
+    assert evidence[0].sent_hash == evidence[0].input_hash
+
+
+class _KillAfter:
+    """A streamer that SIGKILLs the node serving the session's last blocks after `tokens`."""
+
+    def __init__(self, swarm: Swarm, session: Any, tokens: int) -> None:
+        self.swarm, self.session, self.left = swarm, session, tokens + 1  # +1: the prompt
+        self.killed: NodeProcess | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.killed = self.swarm.node(self.session.route[-1].peer_id)
+            with suppress(ProcessLookupError):
+                os.killpg(self.killed.pid, signal.SIGKILL)
+            self.killed.process.wait(30)
+
+    def end(self) -> None:
+        pass
+
+
+def test_a_server_killed_mid_generation_is_replaced_and_the_text_is_identical(
+    swarm: Swarm, reference
+) -> None:
+    local = reference.generate(PROMPT, max_new_tokens=10, do_sample=False)
+    with (
+        swarm.client("failover") as model,
+        model.inference_session(max_length=PROMPT.shape[1] + 10) as session,
+    ):
+        killer = _KillAfter(swarm, session, tokens=4)
+        remote = model.generate(PROMPT, max_new_tokens=10, session=session, streamer=killer)
+        route = session.route
+        served = dict(session.served)
+    assert remote.tolist() == local.tolist()
+    assert killer.killed is not None and not killer.killed.alive()
+    assert session.failovers == 1
+    spare = next(n for n in swarm.nodes[1:] if n is not killer.killed)
+    assert [(h.peer_id, h.start, h.end) for h in route] == [
+        (swarm.nodes[0].peer_id, 0, 3),
+        (spare.peer_id, 3, 6),
+    ]
+    # the dead server served the prompt and 3 tokens, then died before the 5th forward
+    assert served[killer.killed.address].tokens == PROMPT.numel() + 3
+    # the spare was paid once for the replayed positions and then for every later step
+    assert served[spare.address].tokens == (PROMPT.shape[1] + 3) + 6
+
+
+def test_each_server_is_paid_exactly_its_tokens_times_its_price(swarm: Swarm) -> None:
+    chain = swarm.deployment.connect()
+    contracts = Contracts.from_deployment(chain, swarm.deployment)
+    prices = {
+        node.address: int(contracts.node_registry.get_node(node.address).price_per_token_per_block)
+        for node in swarm.nodes
+    }
+    for node in swarm.nodes:
+        if node.stop() == 0:
+            continue  # a clean shutdown redeemed every voucher the node held
+        # the node killed mid-generation: its own redeem path, as its restart would run it
+        key = Account.from_key(swarm.deployment.account(node.spec.account).private_key)
+        ledger = open_ledger(sqlite_url(node.home / "node" / node.address / "ledger.sqlite"))
+        try:
+            as_node = Contracts.from_deployment(chain, swarm.deployment, chain.sender(key))
+            redeemer = Redeemer(
+                as_node.payment_channels, ledger, chain_id=chain.chain_id, min_amount=0,
+                margin=0, clock=ChainClock(chain.timestamp),
+            )  # fmt: skip
+            assert redeemer.redeem_due(everything=True)
+        finally:
+            ledger.close()
+    checked = 0
+    for path in dict.fromkeys(swarm.ledgers):
+        ledger = open_ledger(sqlite_url(path))
+        try:
+            with ledger.begin() as db:
+                totals = served_totals(db, chain.chain_id)
+                rows = receipts_of(db)
+        finally:
+            ledger.close()
+        for row in rows:  # each step cost its tokens times the price of the blocks it ran
+            assert row.cost == row.tokens * prices[row.server] * (row.span_end - row.span_start)
+        for total in totals:  # and each server was paid on-chain exactly that, in sum
+            onchain = contracts.payment_channels.get_channel(ChannelId(total.channel_id))
+            assert onchain.server == total.server
+            assert onchain.redeemed == total.cost, (total, onchain)
+            checked += 1
+    assert checked >= 9  # main 2, budget 2, restart 2, cli 2, failover 3
