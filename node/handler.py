@@ -131,7 +131,7 @@ class StakeswarmNode(ServicerBase):
     ) -> AsyncIterator[Response]:
         session: Session | None = None
         try:
-            frame = await self._read(requests)
+            frame = await self._read(requests, timeout=self.idle_timeout)
             if frame is None:
                 return
             if frame.type != OpenSession.TYPE:
@@ -184,7 +184,7 @@ class StakeswarmNode(ServicerBase):
         except TimeoutError:
             raise ProtocolError(
                 ErrorCode.SESSION_EXPIRED,
-                f"no step for {self.idle_timeout:.0f} s: the session expired; open a new one",
+                f"nothing received for {self.idle_timeout:.0f} s: the stream expired",
             ) from None
 
     def _refuse_if_closed(self) -> None:
@@ -282,7 +282,7 @@ class StakeswarmNode(ServicerBase):
         self, requests: AsyncIterator[Request], context: P2PContext
     ) -> AsyncIterator[Response]:
         try:
-            frame = await self._read(requests)
+            frame = await self._read(requests, timeout=self.idle_timeout)
             if frame is None or frame.type != ForwardRequest.TYPE:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "expected one forward frame")
             messages = await self._forward(ForwardRequest.from_wire(frame.metadata), frame)
