@@ -35,6 +35,7 @@ from ledger.db import (
     get_channel,
     open_channel_to,
     record_voucher,
+    restore_voucher,
     upsert_channel,
 )
 from ledger.eip712 import Domain, sign_voucher
@@ -344,10 +345,11 @@ class Payments:
 
     def pay(self, channel: ClientChannel, cost: int) -> Voucher:
         """The voucher for one more step costing `cost` on `channel`: cumulative, signed, and
-        recorded in the ledger before it is returned (to be sent). The caller checked the
-        budget and made room (`ensure_room`)."""
+        recorded in the ledger before it is returned (to be sent). `BudgetExceededError` (and
+        nothing signed) when the budget cannot pay it; the caller made room (`ensure_room`)."""
         if cost < 0:
             raise ValueError("a step never costs less than nothing")
+        self.budget.check(cost, f"paying {channel.server} for a step")
         if cost == 0 and channel.voucher is not None:
             return channel.voucher  # a free step may repeat the last voucher
         amount = channel.signed + cost
@@ -371,6 +373,24 @@ class Payments:
         channel.signed_now += cost
         self.budget.spend(cost)
         return voucher
+
+    def refused(self, channel: ClientChannel, voucher: Voucher, previous: Voucher | None) -> None:
+        """The server refused `voucher` (signed by `pay` after `previous`) before accepting it:
+        it never held it, so the channel goes back to `previous` and the budget gets the
+        difference back. (A dishonest server keeping it gains nothing: the next voucher of
+        the same amount is the same voucher, signatures being deterministic.)"""
+        before = 0 if previous is None else previous.cumulative_amount
+        cost = voucher.cumulative_amount - before
+        if channel.voucher != voucher or cost <= 0:
+            return
+        with self.ledger.begin() as db:
+            row = get_channel(db, self.chain_id, self.contract, channel.channel_id)
+            if row is not None:
+                restore_voucher(db, row, voucher, previous)
+        channel.signed -= cost
+        channel.voucher = previous
+        channel.signed_now -= cost
+        self.budget.spent -= cost
 
     # --- listing and reclaiming ------------------------------------------------------------
 

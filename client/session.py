@@ -56,6 +56,9 @@ PAYMENT_CODES = frozenset(
         ErrorCode.WRONG_CHANNEL,
     }
 )
+# The only refusal a node may send after it accepted the step's voucher (the step failed while
+# computing); after any other, the node never held the voucher.
+ACCEPTED_BEFORE = frozenset({ErrorCode.INTERNAL})
 # Non-fatal refusals that mean our request is wrong (a client bug, not a server failure).
 REQUEST_CODES = frozenset({ErrorCode.BAD_TENSOR, ErrorCode.OUT_OF_ORDER, ErrorCode.LENGTH_EXCEEDED})
 
@@ -147,7 +150,9 @@ class InferenceSession:
         mask = self._full_mask(attention_mask, batch, tokens)
         with client.step_lock:
             if not self.hops:
-                self.hops = self._open_range(0, client.total_blocks, history=None)
+                self.hops = self._open_range(
+                    0, client.total_blocks, history=None, step_tokens=batch * tokens
+                )
             client.payments.budget.check(
                 batch * tokens * route_price(self.route), f"a step of {batch * tokens} tokens"
             )
@@ -167,7 +172,10 @@ class InferenceSession:
                             f"{failures} servers failed during one step; last: {failure}"
                         ) from failure
                     self.hops[i : i + 1] = self._open_range(
-                        hop.route.start, hop.route.end, history=hop.history
+                        hop.route.start,
+                        hop.route.end,
+                        history=hop.history,
+                        step_tokens=batch * tokens,
                     )
                     self.failovers += 1
                     continue  # `previous` still holds: the new hops get the same input
@@ -216,14 +224,23 @@ class InferenceSession:
             raise SessionStateError("the attention mask disagrees with the session's history")
         return mask
 
-    def _open_range(self, start: int, end: int, *, history: torch.Tensor | None) -> list[Hop]:
+    def _open_range(
+        self, start: int, end: int, *, history: torch.Tensor | None, step_tokens: int
+    ) -> list[Hop]:
         """Sessions on a new route over blocks `[start, end)`, with `history` (the inputs of
-        block `start` so far) replayed through them; retried around failing servers."""
+        block `start` so far) replayed through them; retried around failing servers. The
+        budget must cover the replay and a step of `step_tokens` through the route before any
+        channel is opened."""
         client = self.client
         assert self.batch_size is not None
+        replayed = 0 if history is None else history.shape[0] * history.shape[1]
         failures = 0
         while True:
             route = client.router.route(start, end)
+            what = f"a step of {step_tokens} tokens through blocks [{start}, {end})"
+            if replayed:
+                what = f"replaying {replayed} tokens and {what}"
+            client.payments.budget.check((replayed + step_tokens) * route_price(route), what)
             hops: list[Hop] = []
             try:
                 for planned in route:
@@ -291,12 +308,6 @@ class InferenceSession:
         """Send `history` [batch, position, hidden] through `hops` in one step each, so their
         caches hold what the replaced server's held."""
         assert self.mask is not None
-        client = self.client
-        positions = history.shape[0] * history.shape[1]
-        client.payments.budget.check(
-            positions * sum(h.route.price_per_token for h in hops),
-            f"replaying {positions} tokens to the replacement server(s)",
-        )
         x = history
         previous: bytes | None = None
         for hop in hops:
@@ -319,6 +330,7 @@ class InferenceSession:
         client.payments.ensure_room(
             hop.channel, cost, price_per_token=price, session_tokens=session_tokens
         )
+        previous_voucher = hop.channel.voucher
         voucher = client.payments.pay(hop.channel, cost)
         step = hop.remote.next_step
         try:
@@ -326,6 +338,8 @@ class InferenceSession:
                 hop.remote, x, mask, voucher, timeout=client.config.step_timeout
             )
         except RemoteError as exc:
+            if exc.code not in ACCEPTED_BEFORE:
+                client.payments.refused(hop.channel, voucher, previous_voucher)
             if exc.code in PAYMENT_CODES:
                 raise PaymentRefusedError(
                     f"server {hop.address} refused our payment on channel "

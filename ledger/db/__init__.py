@@ -18,6 +18,7 @@ from ledger.db.client import (
     client_channels,
     receipts_of,
     record_receipt,
+    restore_voucher,
     served_totals,
 )
 from ledger.db.commitments import (
@@ -159,6 +160,7 @@ __all__ = [
     "record_slash",
     "record_tx",
     "record_voucher",
+    "restore_voucher",
     "redeemable_channels",
     "seal_batch",
     "served_totals",

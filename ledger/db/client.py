@@ -3,7 +3,8 @@ evidence) and the channels it pays through.
 
 The client's channels and the highest voucher it signed on each live in `channels` (role
 `client`, see `ledger.db.channels`); a restarted client finds its channel to a server with
-`open_channel_to` and continues the cumulative amount from `voucher_amount`.
+`open_channel_to` and continues the cumulative amount from `voucher_amount`. A voucher a
+server explicitly refused is taken back with `restore_voucher`.
 Functions take a `Session` and never commit.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ledger.db.columns import check_address, check_amount, check_bytes, check_int
+from ledger.db.columns import check_address, check_amount, check_bytes, check_int, utcnow
 from ledger.db.models import (
     SIGNATURE_LENGTH,
     Channel,
@@ -24,7 +25,7 @@ from ledger.db.models import (
     ReceiptStatus,
 )
 from ledger.errors import LedgerDbError
-from ledger.types import Leaf
+from ledger.types import Leaf, Voucher
 
 
 def record_receipt(
@@ -139,3 +140,27 @@ def client_channels(
     if open_only:
         query = query.where(Channel.status == ChannelStatus.OPEN)
     return list(session.scalars(query.order_by(Channel.channel_id)))
+
+
+def restore_voucher(
+    session: Session, channel: Channel, refused: Voucher, previous: Voucher | None
+) -> bool:
+    """Client side: a server refused `refused` before accepting it (it answered with a refusal,
+    so it never held it): hold `previous` (None: no voucher) again as the channel's highest.
+    Only when `refused` is still the one held; True if it was restored."""
+    if channel.role is not ChannelRole.CLIENT:
+        raise LedgerDbError(f"channel {channel.channel_id}: only a client restores its vouchers")
+    if (channel.voucher_amount, channel.voucher_signature) != (
+        refused.cumulative_amount,
+        refused.signature,
+    ):
+        return False
+    if previous is not None and previous.cumulative_amount >= refused.cumulative_amount:
+        raise LedgerDbError(
+            f"channel {channel.channel_id}: the voucher restored must be below the refused one"
+        )
+    channel.voucher_amount = 0 if previous is None else previous.cumulative_amount
+    channel.voucher_signature = None if previous is None else previous.signature
+    channel.updated_at = utcnow()
+    session.flush()
+    return True

@@ -10,12 +10,15 @@ on-chain is reverted afterwards.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,23 @@ import torch
 from eth_account import Account
 from transformers import AutoTokenizer, TextStreamer
 
-from client.errors import BudgetExceededError, PaymentRefusedError, SessionStateError
+from client.errors import (
+    BudgetExceededError,
+    NoRouteError,
+    PaymentRefusedError,
+    SessionStateError,
+)
 from client.model import DistributedModelForCausalLM
 from ledger.contracts import Contracts
-from ledger.db import ReceiptStatus, open_ledger, receipts_of, served_totals, sqlite_url
-from ledger.deployment import Deployment
+from ledger.db import (
+    ReceiptStatus,
+    client_channels,
+    open_ledger,
+    receipts_of,
+    served_totals,
+    sqlite_url,
+)
+from ledger.deployment import TOKEN, Deployment
 from ledger.types import ChannelId
 from node.balance import ChainClock, Redeemer
 from tests.integration.nodes import (
@@ -43,7 +58,9 @@ from tests.models import load_reference_model, make_tiny_model
 
 pytestmark = pytest.mark.timeout(900)
 
+IDLE_TIMEOUT = 10  # seconds a node keeps an idle session: short, so a pause is testable
 NODE_ARGS = (
+    "--idle-timeout", str(IDLE_TIMEOUT),
     "--commit-interval", "2",
     "--redeem-interval", "3600",
     "--announce-interval", "5",
@@ -213,6 +230,28 @@ def test_a_session_steps_token_by_token_and_generate_continues_it(
     assert ids.tolist() == local.tolist()
 
 
+def test_a_session_idle_past_the_servers_timeout_is_reopened_and_replayed(
+    model: DistributedModelForCausalLM, reference
+) -> None:
+    local = reference.generate(PROMPT, max_new_tokens=4, do_sample=False)
+    with model.inference_session(max_length=PROMPT.shape[1] + 4) as session:
+        model.generate(PROMPT, max_new_tokens=2, session=session)
+        time.sleep(IDLE_TIMEOUT + 2)  # the servers drop the session meanwhile
+        ids = model.generate(None, max_new_tokens=2, session=session)
+    assert ids.tolist() == local.tolist()
+    assert session.failovers == 2  # both servers' sessions were opened again and replayed
+    backoff = model.client.router.backoff
+    assert all(backoff.failures(hop.peer_id) == 0 for hop in session.route)  # no one's fault
+
+
+def test_a_route_above_the_maximum_price_is_refused_clearly(swarm: Swarm) -> None:
+    with swarm.client("frugal", max_price=10) as model:
+        with pytest.raises(NoRouteError, match="maximum price") as refused:
+            model.generate(PROMPT, max_new_tokens=2)
+        assert model.client.payments.known_channels() == []  # nothing was opened
+    assert "no route through blocks [0, 6)" in str(refused.value)
+
+
 def test_the_budget_stops_generation_before_overspending(swarm: Swarm) -> None:
     price = sum(
         int(node.status()["price_per_token"]) for node in swarm.nodes[:2]
@@ -260,10 +299,13 @@ def test_a_restarted_client_continues_its_channels(swarm: Swarm, reference) -> N
         assert after[server].signed == signed + after[server].signed_now > signed
 
 
-def _cli(swarm: Swarm, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+def _cli(
+    home: Path, *args: str, devnet: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1", **(env or {})}
+    where = ["--devnet", "--home", str(home)] if devnet else ["--home", str(home)]
     return subprocess.run(
-        [sys.executable, "-m", "stakeswarm", "client", *args, "--devnet", "--home", str(home)],
+        [sys.executable, "-m", "stakeswarm", "client", *args, *where],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -295,7 +337,7 @@ def test_the_cli_streams_the_text_and_sums_up_route_speed_and_payments(
         capture = _Capture(tokenizer)
         reference.generate(ids, max_new_tokens=12, do_sample=False, streamer=capture)
         result = _cli(
-            swarm, home, "generate", prompt, "--model", str(swarm.model_path),
+            home, "generate", prompt, "--model", str(swarm.model_path),
             "--max-new-tokens", "12", *peers, *(["--chat"] if chat else []),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -306,15 +348,63 @@ def test_the_cli_streams_the_text_and_sums_up_route_speed_and_payments(
             assert node.address in summary  # on the route, paid, and a channel
         assert "Paid this run" in summary and "Channels" in summary and "SWARM" in summary
 
-    listed = _cli(swarm, home, "channels")
+    listed = _cli(home, "channels")
     assert listed.returncode == 0, listed.stderr
     assert swarm.nodes[0].address in listed.stdout and "open" in listed.stdout
-    shown = _cli(swarm, home, "wallet", "show")
+    shown = _cli(home, "wallet", "show")
     assert shown.returncode == 0, shown.stderr
     assert swarm.deployment.account("client-0").address in shown.stdout
     swarm.ledgers.append(
         home / "client" / swarm.deployment.account("client-0").address / "ledger.sqlite"
     )
+
+
+def test_the_cli_pays_from_a_keystore_and_stops_at_the_budget(swarm: Swarm) -> None:
+    home = node_home(swarm.deployment, swarm.workdir / "keystore-home")
+    env = {"CLIENT_PASSWORD": "correct horse battery staple"}
+    created = _cli(home, "wallet", "create", "--password-env", "CLIENT_PASSWORD", devnet=False,
+                   env=env)  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    address = re.search(r"address\s+(0x[0-9a-fA-F]{40})", created.stdout)
+    assert address, created.stdout
+    wallet = address.group(1)
+    assert (home / "client" / "keystore.json").is_file()
+    shown = _cli(home, "wallet", "show", devnet=False)
+    assert shown.returncode == 0 and wallet in shown.stdout, shown.stderr
+
+    chain = swarm.deployment.connect()  # fund the new wallet: stake tokens and gas
+    deployer = Account.from_key(swarm.deployment.account("deployer").private_key)
+    sender = chain.sender(deployer)
+    Contracts.from_deployment(chain, swarm.deployment, sender).token.transfer(wallet, 10 * TOKEN)
+    sender.transfer_eth(wallet, 10**18)
+
+    tokenizer = AutoTokenizer.from_pretrained(swarm.model_path)
+    prompt = "I ate dosa today"
+    prompt_tokens = tokenizer(prompt, return_tensors="pt")["input_ids"].shape[1]
+    price = sum(int(node.status()["price_per_token"]) for node in swarm.nodes[:2])
+    common = [
+        "--deployment", str(home / "devnet" / "deployment.json"),
+        "--password-env", "CLIENT_PASSWORD",
+        "--model", str(swarm.model_path),
+        *[arg for m in swarm.peers for arg in ("--initial-peers", m)],
+    ]  # fmt: skip
+    # a budget below the prompt's price: stopped before any channel is opened or paid
+    stopped = _cli(home, "generate", prompt, "--budget", "0.000001", *common, devnet=False,
+                   env=env)  # fmt: skip
+    assert stopped.returncode == 1
+    assert "stopped before overspending" in stopped.stderr, stopped.stderr
+    listed = _cli(home, "channels", *common[:4], devnet=False, env=env)
+    assert listed.returncode == 0 and "no channels yet" in listed.stdout, listed.stderr
+
+    # enough for the prompt and 3 tokens: 4 tokens come out, and not one Wei more is spent
+    budget = Decimal(price * (prompt_tokens + 3)).scaleb(-18)
+    paid = _cli(home, "generate", prompt, "--budget", str(budget), "--max-new-tokens", "8",
+                *common, devnet=False, env=env)  # fmt: skip
+    assert paid.returncode == 1 and "stopped:" in paid.stderr, paid.stderr
+    assert "4 tokens in" in paid.stdout
+    total = re.search(r"total\W+([0-9.]+) SWARM", paid.stdout)
+    assert total and Decimal(total.group(1)) == budget, paid.stdout
+    swarm.ledgers.append(home / "client" / wallet / "ledger.sqlite")
 
 
 def test_a_bad_receipt_is_kept_as_evidence_and_its_server_replaced(
@@ -428,4 +518,33 @@ def test_each_server_is_paid_exactly_its_tokens_times_its_price(swarm: Swarm) ->
             assert onchain.server == total.server
             assert onchain.redeemed == total.cost, (total, onchain)
             checked += 1
-    assert checked >= 9  # main 2, budget 2, restart 2, cli 2, failover 3
+    assert checked >= 13  # main 2, budget 2, restart 2, cli 2, keystore 2, tampered 3+
+
+
+def test_expired_channels_are_reclaimed(swarm: Swarm) -> None:
+    home = swarm.workdir / "cli-home"  # the CLI test's channels, redeemed by now
+    chain = swarm.deployment.connect()
+    contracts = Contracts.from_deployment(chain, swarm.deployment)
+    client = swarm.deployment.account("client-0").address
+    before = _cli(home, "channels", "--reclaim")
+    assert before.returncode == 0 and "no expired channel to reclaim" in before.stdout
+    ledger = open_ledger(sqlite_url(home / "client" / client / "ledger.sqlite"))
+    try:
+        with ledger.begin() as db:
+            ids = [c.channel_id for c in client_channels(
+                db, chain.chain_id, contracts.payment_channels.address, client)]  # fmt: skip
+    finally:
+        ledger.close()
+    assert len(ids) >= 2
+    channels = [contracts.payment_channels.get_channel(ChannelId(i)) for i in ids]
+    left = sum(c.deposit - c.redeemed for c in channels)
+    balance = contracts.token.balance_of(client)
+
+    chain.rpc("evm_increaseTime", [2 * 86_400])  # past every channel's expiry
+    chain.rpc("evm_mine")
+    result = _cli(home, "channels", "--reclaim")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("reclaimed channel") == len(ids)
+    assert contracts.token.balance_of(client) == balance + left
+    assert all(contracts.payment_channels.get_channel(ChannelId(i)).closed for i in ids)
+    assert "closed" in result.stdout

@@ -15,15 +15,19 @@ from ledger.db import (
     Ledger,
     ReceiptStatus,
     client_channels,
+    get_channel,
+    latest_voucher,
     open_ledger,
     receipts_of,
     record_receipt,
+    record_voucher,
+    restore_voucher,
     served_totals,
     sqlite_url,
     upsert_channel,
 )
 from ledger.errors import LedgerDbError
-from ledger.types import Leaf, model_id
+from ledger.types import Leaf, Voucher, model_id
 
 CONTRACT = "0x" + "cc" * 20
 SERVER_A = "0x" + "aa" * 20
@@ -113,3 +117,27 @@ def test_client_channels_lists_only_this_clients_side(ledger: Ledger) -> None:
         opened = client_channels(db, CHAIN, CONTRACT, CLIENT, open_only=True)
         assert [c.channel_id for c in opened] == [3]
         assert client_channels(db, CHAIN, CONTRACT, SERVER_A) == []
+
+
+def test_a_refused_voucher_is_taken_back_to_the_one_before(ledger: Ledger) -> None:
+    first, refused = Voucher(3, 100, b"\x01" * 65), Voucher(3, 160, b"\x02" * 65)
+    with ledger.begin() as db:
+        row = upsert_channel(
+            db, chain_id=CHAIN, contract=CONTRACT, channel_id=3, role=ChannelRole.CLIENT,
+            client=CLIENT, server=SERVER_A, deposit=1000, redeemed=0, expiry=10**9,
+        )  # fmt: skip
+        record_voucher(db, row, first)
+        record_voucher(db, row, refused)
+        assert not restore_voucher(db, row, Voucher(3, 150, b"\x03" * 65), first)  # not held
+        assert restore_voucher(db, row, refused, first)
+    with ledger.begin() as db:
+        assert latest_voucher(db, CHAIN, CONTRACT, 3) == first
+        row = get_channel(db, CHAIN, CONTRACT, 3)
+        assert row is not None
+        record_voucher(db, row, Voucher(3, 160, b"\x04" * 65))  # the next step signs again
+        assert restore_voucher(db, row, Voucher(3, 160, b"\x04" * 65), None)
+        assert latest_voucher(db, CHAIN, CONTRACT, 3) is None
+        held = Voucher(3, 170, b"\x06" * 65)
+        record_voucher(db, row, held)
+        with pytest.raises(LedgerDbError, match="below the refused"):
+            restore_voucher(db, row, held, Voucher(3, 170, b"\x05" * 65))
