@@ -31,14 +31,15 @@ from ledger.db import (
     ChannelRole,
     ChannelStatus,
     Ledger,
+    advance_client_voucher,
     client_channels,
     get_channel,
     open_channel_to,
-    record_voucher,
     restore_voucher,
     upsert_channel,
 )
 from ledger.eip712 import Domain, sign_voucher
+from ledger.errors import VoucherError
 from ledger.types import ChannelId, Voucher, Wei
 from node.balance import ChainClock
 
@@ -362,12 +363,19 @@ class Payments:
         voucher = Voucher(
             channel.channel_id, amount, sign_voucher(self.domain, unsigned, self.account)
         )
-        if amount > channel.signed and amount > channel.redeemed:
-            with self.ledger.begin() as db:
-                row = get_channel(db, self.chain_id, self.contract, channel.channel_id)
-                if row is None:
-                    raise PaymentError(f"channel {channel.channel_id} is missing from the ledger")
-                record_voucher(db, row, voucher)
+        if amount > channel.signed:  # (a first free step signs 0 and stores nothing)
+            try:
+                with self.ledger.begin() as db:
+                    advance_client_voucher(
+                        db,
+                        chain_id=self.chain_id,
+                        contract=self.contract,
+                        channel_id=channel.channel_id,
+                        voucher=voucher,
+                        held=channel.signed,
+                    )
+            except VoucherError as exc:
+                raise PaymentError(f"cannot record the voucher: {exc}") from exc
         channel.signed = amount
         channel.voucher = voucher
         channel.signed_now += cost

@@ -15,6 +15,7 @@ from ledger.db.channels import (
 )
 from ledger.db.client import (
     ServedTotal,
+    advance_client_voucher,
     client_channels,
     receipts_of,
     record_receipt,
@@ -122,6 +123,7 @@ __all__ = [
     "SlashReason",
     "TxStatus",
     "add_leaf",
+    "advance_client_voucher",
     "add_served_steps",
     "alembic_config",
     "audits_of",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ledger.db.columns import check_address, check_amount, check_bytes, check_int, utcnow
@@ -24,7 +24,7 @@ from ledger.db.models import (
     ClientReceipt,
     ReceiptStatus,
 )
-from ledger.errors import LedgerDbError
+from ledger.errors import LedgerDbError, VoucherError
 from ledger.types import Leaf, Voucher
 
 
@@ -164,3 +164,42 @@ def restore_voucher(
     channel.updated_at = utcnow()
     session.flush()
     return True
+
+
+def advance_client_voucher(
+    session: Session,
+    *,
+    chain_id: int,
+    contract: str,
+    channel_id: int,
+    voucher: Voucher,
+    held: int,
+) -> None:
+    """Client side, once per step and server: make `voucher` the channel's highest, in one
+    UPDATE (no read), provided the ledger still holds the amount `held` the client signed
+    last, the channel is open and its deposit covers the voucher. `VoucherError` otherwise
+    (the ledger changed under this client, e.g. another process uses the same wallet)."""
+    chain_id, contract = check_int(chain_id, "chain id", low=1), check_address(contract, "contract")
+    amount = check_amount(voucher.cumulative_amount, "voucher cumulative amount")
+    signature = check_bytes(voucher.signature, "voucher signature", SIGNATURE_LENGTH)
+    if amount <= check_amount(held, "held amount"):
+        raise VoucherError(f"channel {channel_id}: voucher for {amount} is not above {held}")
+    result = session.execute(
+        update(Channel)
+        .where(
+            Channel.chain_id == chain_id,
+            Channel.contract == contract,
+            Channel.channel_id == check_int(channel_id, "channel id", low=1),
+            Channel.role == ChannelRole.CLIENT,
+            Channel.status == ChannelStatus.OPEN,
+            Channel.voucher_amount == held,
+            Channel.deposit >= amount,  # fixed-width decimal strings: string order is numeric
+        )
+        .values(voucher_amount=amount, voucher_signature=signature, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise VoucherError(
+            f"channel {channel_id}: the ledger does not hold an open client channel whose last "
+            f"voucher is {held} and whose deposit covers {amount}"
+        )

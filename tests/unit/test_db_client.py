@@ -14,6 +14,7 @@ from ledger.db import (
     ChannelStatus,
     Ledger,
     ReceiptStatus,
+    advance_client_voucher,
     client_channels,
     get_channel,
     latest_voucher,
@@ -26,7 +27,7 @@ from ledger.db import (
     sqlite_url,
     upsert_channel,
 )
-from ledger.errors import LedgerDbError
+from ledger.errors import LedgerDbError, VoucherError
 from ledger.types import Leaf, Voucher, model_id
 
 CONTRACT = "0x" + "cc" * 20
@@ -141,3 +142,29 @@ def test_a_refused_voucher_is_taken_back_to_the_one_before(ledger: Ledger) -> No
         record_voucher(db, row, held)
         with pytest.raises(LedgerDbError, match="below the refused"):
             restore_voucher(db, row, held, Voucher(3, 170, b"\x05" * 65))
+
+
+def test_a_clients_voucher_advances_only_from_what_it_last_signed(ledger: Ledger) -> None:
+    with ledger.begin() as db:
+        upsert_channel(
+            db, chain_id=CHAIN, contract=CONTRACT, channel_id=4, role=ChannelRole.CLIENT,
+            client=CLIENT, server=SERVER_A, deposit=1000, redeemed=0, expiry=10**9,
+        )  # fmt: skip
+    key = dict(chain_id=CHAIN, contract=CONTRACT, channel_id=4)
+    with ledger.begin() as db:
+        advance_client_voucher(db, **key, voucher=Voucher(4, 100, b"\x01" * 65), held=0)
+        advance_client_voucher(db, **key, voucher=Voucher(4, 1000, b"\x02" * 65), held=100)
+    with ledger.begin() as db:
+        assert latest_voucher(db, CHAIN, CONTRACT, 4) == Voucher(4, 1000, b"\x02" * 65)
+    for voucher, held, words in [
+        (Voucher(4, 1100, b"\x03" * 65), 100, "last voucher is 100"),  # the ledger holds 1000
+        (Voucher(4, 1001, b"\x03" * 65), 1000, "deposit covers 1001"),
+        (Voucher(4, 900, b"\x03" * 65), 1000, "not above"),
+        (Voucher(5, 1100, b"\x03" * 65), 1000, "channel 5"),
+    ]:
+        channel = voucher.channel_id
+        with ledger.begin() as db, pytest.raises(VoucherError, match=words):
+            advance_client_voucher(
+                db, chain_id=CHAIN, contract=CONTRACT, channel_id=channel, voucher=voucher,
+                held=held,
+            )  # fmt: skip
