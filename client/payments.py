@@ -168,6 +168,7 @@ class Payments:
         known = self._channels.get(server)
         if known is not None:
             return known
+        self.clock.refresh()  # the chain's time decides whether a channel is still usable
         with self.ledger.begin() as db:
             row = open_channel_to(db, self.chain_id, self.contract, server)
             found = (

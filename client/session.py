@@ -156,10 +156,22 @@ class InferenceSession:
             client.payments.budget.check(
                 batch * tokens * route_price(self.route), f"a step of {batch * tokens} tokens"
             )
-            x = hidden.to(client.torch_dtype)
-            previous: bytes | None = None
-            failures = 0
-            i = 0
+            x = self._through_route(hidden.to(client.torch_dtype), mask)
+            self.position += tokens
+            self.mask = mask
+        return x.float()
+
+    def _through_route(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One step through every hop, replacing failed ones. Histories grow only once the
+        whole step went through; if it does not, the hops that ran it are closed (their caches
+        are ahead of this session now) and reopened with a replay on the next step."""
+        client = self.client
+        batch, tokens, _ = x.shape
+        done: list[tuple[Hop, torch.Tensor]] = []
+        previous: bytes | None = None
+        failures = 0
+        i = 0
+        try:
             while i < len(self.hops):
                 hop = self.hops[i]
                 try:
@@ -179,12 +191,16 @@ class InferenceSession:
                     )
                     self.failovers += 1
                     continue  # `previous` still holds: the new hops get the same input
-                hop.history = x if hop.history is None else torch.cat([hop.history, x], dim=1)
+                done.append((hop, x))
                 x = out
                 i += 1
-            self.position += tokens
-            self.mask = mask
-        return x.float()
+        except BaseException:
+            for hop, _ in done:
+                self._close_remote(hop.remote)
+            raise
+        for hop, sent in done:
+            hop.history = sent if hop.history is None else torch.cat([hop.history, sent], dim=1)
+        return x
 
     def close(self) -> None:
         """End every server session (their caches are freed). Idempotent."""
@@ -323,6 +339,10 @@ class InferenceSession:
         its hash. `ServerFailure` when the server fails; `PaymentRefusedError` when it refuses
         the payment."""
         client = self.client
+        if hop.remote.closed:  # dropped after an unfinished step: reopen it, no one's fault
+            raise ServerFailure(
+                f"the session on {hop.peer_id} was closed", peer_id=hop.peer_id, ban=False
+            )
         batch, tokens, _ = x.shape
         price = hop.route.price_per_token
         cost = batch * tokens * price

@@ -244,6 +244,29 @@ def test_a_session_idle_past_the_servers_timeout_is_reopened_and_replayed(
     assert all(backoff.failures(hop.peer_id) == 0 for hop in session.route)  # no one's fault
 
 
+def test_a_step_interrupted_half_way_is_redone_on_the_next_call(
+    model: DistributedModelForCausalLM, reference, monkeypatch
+) -> None:  # noqa: ANN001
+    local = reference.generate(PROMPT, max_new_tokens=4, do_sample=False)
+    with model.inference_session(max_length=PROMPT.shape[1] + 4) as session:
+        model.generate(PROMPT, max_new_tokens=2, session=session)
+        payments = model.client.payments
+        pay, last = payments.pay, session.route[-1].address
+
+        def interrupted(channel, cost):  # noqa: ANN001, ANN202
+            if channel.server == last:  # Ctrl-C after the first server ran the step
+                raise KeyboardInterrupt
+            return pay(channel, cost)
+
+        monkeypatch.setattr(payments, "pay", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            model.generate(None, max_new_tokens=2, session=session)
+        monkeypatch.undo()
+        ids = model.generate(None, max_new_tokens=2, session=session)
+    assert ids.tolist() == local.tolist()
+    assert session.failovers == 1  # the first server, a step ahead, was reopened and replayed
+
+
 def test_a_route_above_the_maximum_price_is_refused_clearly(swarm: Swarm) -> None:
     with swarm.client("frugal", max_price=10) as model:
         with pytest.raises(NoRouteError, match="maximum price") as refused:
