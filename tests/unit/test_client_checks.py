@@ -171,3 +171,12 @@ def test_client_config_refuses_what_cannot_work(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ClientConfigError, match=words):
             dataclasses.replace(good, **change)
+
+
+def test_the_package_exports_the_client_api() -> None:
+    import client
+    from client.model import DistributedModelForCausalLM
+
+    assert client.DistributedModelForCausalLM is DistributedModelForCausalLM
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        client.Nope  # noqa: B018
