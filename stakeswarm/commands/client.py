@@ -246,6 +246,11 @@ def generate(
             raise typer.Exit(1)
 
 
+def _column(name: str) -> dict[str, Any]:
+    # addresses are copied from here: never cut them short
+    return {"min_width": 42, "no_wrap": True} if name == "server" else {}
+
+
 def _short(peer_id: str) -> str:
     return f"…{peer_id[-10:]}"
 
@@ -255,7 +260,7 @@ def _summary(
 ) -> None:
     route = Table(title="Route", title_justify="left")
     for column in ("blocks", "server", "peer", "price per token"):
-        route.add_column(column)
+        route.add_column(column, **_column(column))
     for hop in session.route:
         route.add_row(
             f"{hop.start}:{hop.end}",
@@ -271,7 +276,7 @@ def _summary(
     )
     paid = Table(title="Paid this run", title_justify="left")
     for column in ("server", "tokens", "paid"):
-        paid.add_column(column)
+        paid.add_column(column, **_column(column))
     total = 0
     for served in session.served.values():
         paid.add_row(served.address, str(served.tokens), conn.show(served.cost))
@@ -284,7 +289,7 @@ def _summary(
 def _channels_table(console: Console, conn: Connected, channels: list[Any], *, title: str) -> None:
     table = Table(title=title, title_justify="left")
     for column in ("channel", "server", "deposit", "paid", "left", "expiry"):
-        table.add_column(column)
+        table.add_column(column, **_column(column))
     for channel in channels:
         table.add_row(
             str(channel.channel_id),
@@ -353,7 +358,7 @@ def channels(
                 )
             table = Table(title=f"Channels of {conn.signer.address}", title_justify="left")
             for column in ("channel", "server", "deposit", "paid", "redeemed", "expiry", "status"):
-                table.add_column(column)
+                table.add_column(column, **_column(column))
             for row in rows:
                 status = row.status.value
                 if row.status is ChannelStatus.OPEN and row.expiry <= now:
