@@ -158,6 +158,14 @@ def serve(
     no_commitments: Annotated[
         bool, typer.Option(help="Benchmarks only: no leaves, receipts or commits.", hidden=True)
     ] = False,
+    faulty: Annotated[
+        str | None,
+        typer.Option(
+            help="CHEAT on purpose, for tests and demos only (this node will be slashed): "
+            "noise, skip-block, wrong-weights, low-precision, stale or equivocate.",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Serve blocks of a model: stake for them, announce them, answer inference, get paid."""
@@ -201,6 +209,7 @@ def serve(
             commit_max_leaves=commit_leaves,
             redeem_interval=redeem_interval,
             commitments=not no_commitments,
+            faulty=faulty,
             http_port=http_port,
             max_frame_bytes=int(max_frame_mb * 2**20),
         )

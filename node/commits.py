@@ -5,10 +5,11 @@ Per step (`Receipts.make`, in the compute thread): the leaf of DESIGN.md — ses
 span, step, tokens, keccak of the exact input and output tensors, keccak of the output's
 sketch — and the node's EIP-712 receipt over it. Then (`LeafWriter.submit`, in the ledger
 thread, after the reply is sent) the leaf goes to the ledger and the step's inputs (hidden
-states and mask, as received) to a safetensors file under the node's inputs directory, indexed
-in the ledger. `Committer.commit_pending` seals pending leaves into batches and commits each
-root (`Commitments.commit`), recording the on-chain batch id; `prune_inputs` deletes inputs
-whose challenge window closed. `build_reveal` assembles what a verifier gets for a leaf.
+states and mask, as received, and the encoded sketch the leaf commits) to a safetensors file
+under the node's inputs directory, indexed in the ledger. `Committer.commit_pending` seals
+pending leaves into batches and commits each root (`Commitments.commit`), recording the
+on-chain batch id; `prune_inputs` deletes inputs whose challenge window closed. `build_reveal`
+assembles what a verifier gets for a leaf.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import torch
 from eth_account.signers.local import LocalAccount
-from safetensors import SafetensorError
+from eth_utils import keccak
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from sqlalchemy.exc import IntegrityError
 
@@ -52,8 +54,9 @@ from ledger.db.columns import utcnow
 from ledger.db.models import Batch
 from ledger.eip712 import Domain, sign_receipt
 from ledger.types import Leaf, ModelId
+from node.errors import SketchFormatError
 from node.protocol import ErrorCode, ProtocolError, RevealedStep, RevealResponse, SignedReceipt
-from node.sketch import sketch
+from node.sketch import Sketch, sketch
 from node.tensors import tensor_hash
 
 logger = logging.getLogger(__name__)
@@ -85,9 +88,32 @@ class Receipts:
     ) -> SignedReceipt:
         """The signed leaf of one step; `hidden_in`/`hidden_out` are the exact tensors received
         and sent. With commitments off: a leaf of zero hashes and a zero signature."""
+        receipt, _ = self.make_with_sketch(
+            session_id=session_id,
+            span=span,
+            step=step,
+            tokens=tokens,
+            hidden_in=hidden_in,
+            hidden_out=hidden_out,
+        )
+        return receipt
+
+    def make_with_sketch(
+        self,
+        *,
+        session_id: bytes,
+        span: tuple[int, int],
+        step: int,
+        tokens: int,
+        hidden_in: torch.Tensor,
+        hidden_out: torch.Tensor,
+    ) -> tuple[SignedReceipt, bytes]:
+        """`make`, and the encoded sketch whose hash the leaf commits (kept for reveals;
+        empty with commitments off)."""
         if not self.enabled:
             leaf = Leaf(session_id, self.model_id, *span, step, tokens, ZERO32, ZERO32, ZERO32)
-            return SignedReceipt(leaf, UNSIGNED)
+            return SignedReceipt(leaf, UNSIGNED), b""
+        encoded = sketch(hidden_out).encode()
         leaf = Leaf(
             session_id=session_id,
             model_id=self.model_id,
@@ -97,14 +123,15 @@ class Receipts:
             tokens=tokens,
             input_hash=tensor_hash(hidden_in),
             output_hash=tensor_hash(hidden_out),
-            sketch_hash=sketch(hidden_out).hash(),
+            sketch_hash=keccak(encoded),
         )
-        return SignedReceipt(leaf, sign_receipt(self.domain, leaf, self.account))
+        return SignedReceipt(leaf, sign_receipt(self.domain, leaf, self.account)), encoded
 
 
 class InputStore:
     """Step inputs as safetensors files: `<root>/<session hex>/<start>-<end>/<step>.safetensors`
-    holding `hidden` [batch, tokens, hidden] and `mask` [batch, past + tokens]."""
+    holding `hidden` [batch, tokens, hidden] and `mask` [batch, past + tokens], and `sketch`
+    (uint8, the encoded sketch the step's leaf commits) when one was given."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -122,16 +149,27 @@ class InputStore:
         step: int,
         hidden: torch.Tensor,
         mask: torch.Tensor,
+        sketch: bytes = b"",
     ) -> str:
         rel = self.relative(session_id, start, end, step)
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"hidden": hidden.contiguous(), "mask": mask.contiguous()}, str(path))
+        tensors = {"hidden": hidden.contiguous(), "mask": mask.contiguous()}
+        if sketch:
+            tensors["sketch"] = torch.frombuffer(bytearray(sketch), dtype=torch.uint8)
+        save_file(tensors, str(path))
         return rel
 
     def load(self, rel: str) -> tuple[torch.Tensor, torch.Tensor]:
         tensors = load_file(str(self.root / rel))
         return tensors["hidden"], tensors["mask"]
+
+    def load_sketch(self, rel: str) -> bytes | None:
+        """The encoded sketch stored with a step's inputs, None if none was stored."""
+        with safe_open(str(self.root / rel), framework="pt") as f:
+            if "sketch" not in f.keys():  # noqa: SIM118 (not a dict)
+                return None
+            return f.get_tensor("sketch").numpy().tobytes()
 
     def delete(self, rels: Sequence[str]) -> None:
         dirs: set[Path] = set()
@@ -167,15 +205,17 @@ class LeafWriter:
         self.delay = delay
         self.max_group = max_group
         self._executor = executor
-        self._group: list[tuple[SignedReceipt, torch.Tensor, torch.Tensor]] = []
+        self._group: list[tuple[SignedReceipt, torch.Tensor, torch.Tensor, bytes]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Future[None]] = set()
         self.written = 0  # leaves stored by this process
         self.queued = 0  # leaves submitted and not stored yet
 
-    def submit(self, receipt: SignedReceipt, hidden: torch.Tensor, mask: torch.Tensor) -> None:
-        """Queue one step's leaf and inputs for the ledger (returns at once)."""
-        self._group.append((receipt, hidden, mask))
+    def submit(
+        self, receipt: SignedReceipt, hidden: torch.Tensor, mask: torch.Tensor, sketch: bytes = b""
+    ) -> None:
+        """Queue one step's leaf, inputs and encoded sketch for the ledger (returns at once)."""
+        self._group.append((receipt, hidden, mask, sketch))
         self.queued += 1
         if len(self._group) >= self.max_group:
             self._drain()
@@ -199,16 +239,22 @@ class LeafWriter:
         if not future.cancelled() and future.exception() is not None:
             logger.error("storing leaves failed", exc_info=future.exception())
 
-    def _write(self, group: list[tuple[SignedReceipt, torch.Tensor, torch.Tensor]]) -> None:
+    def _write(self, group: list[tuple[SignedReceipt, torch.Tensor, torch.Tensor, bytes]]) -> None:
         paths = []
-        for receipt, hidden, mask in group:
+        for receipt, hidden, mask, encoded in group:
             leaf = receipt.leaf
             paths.append(
                 self.store.save(
-                    leaf.session_id, leaf.span_start, leaf.span_end, leaf.step, hidden, mask
+                    leaf.session_id,
+                    leaf.span_start,
+                    leaf.span_end,
+                    leaf.step,
+                    hidden,
+                    mask,
+                    encoded,
                 )
             )
-        steps = [(r.leaf, r.signature, rel) for (r, _, _), rel in zip(group, paths, strict=True)]
+        steps = [(r.leaf, r.signature, rel) for (r, _, _, _), rel in zip(group, paths, strict=True)]
         try:
             with self.ledger.engine.begin() as connection:
                 add_served_steps(connection, steps)
@@ -332,11 +378,18 @@ def prune_inputs(ledger: Ledger, store: InputStore, *, challenge_window: float) 
 
 
 def build_reveal(
-    ledger: Ledger, store: InputStore, *, node: str, batch_id: int, leaf_index: int
+    ledger: Ledger,
+    store: InputStore,
+    *,
+    node: str,
+    batch_id: int,
+    leaf_index: int,
+    full: bool = False,
 ) -> tuple[RevealResponse, list[torch.Tensor]]:
     """What a verifier gets for leaf `leaf_index` of on-chain batch `batch_id`: the session's
     steps 0..k over that span (leaf, batch id, Merkle proof each) and their inputs (hidden
-    states then mask, per step). NOT_FOUND when this node has no such leaf or inputs."""
+    states then mask, per step); with `full`, also the batch's leaf hashes and step k's
+    committed sketch (indices, values). NOT_FOUND when this node has no such leaf or inputs."""
     with ledger.begin() as db:
         batch = get_batch(db, chain_batch_id=batch_id)
         if batch is None or batch.node != node or not 0 <= leaf_index < len(batch.leaves):
@@ -344,6 +397,7 @@ def build_reveal(
                 ErrorCode.NOT_FOUND, f"this node committed no leaf {leaf_index} in batch {batch_id}"
             )
         target = batch.leaves[leaf_index]
+        batch_leaves = [leaf.leaf_hash for leaf in batch.leaves] if full else []
         rows = session_leaves(
             db,
             target.session_id,
@@ -376,7 +430,16 @@ def build_reveal(
         except (OSError, SafetensorError, KeyError) as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"stored inputs unreadable: {exc}") from None
         tensors.extend((hidden, mask))
-    return RevealResponse(steps), tensors
+    if full:
+        try:
+            encoded = store.load_sketch(paths[-1])
+            committed = Sketch.decode(encoded) if encoded is not None else None
+        except (OSError, SafetensorError, SketchFormatError) as exc:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"stored sketch unreadable: {exc}") from None
+        if committed is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, "no sketch was stored for this step")
+        tensors.extend((committed.indices, committed.values))
+    return RevealResponse(steps, full, batch_leaves), tensors
 
 
 __all__ = [

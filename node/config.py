@@ -69,6 +69,7 @@ class NodeConfig:
     max_frame_bytes: int = 64 * 1024 * 1024  # largest frame of tensors accepted from a peer
     reveal_max_age: float = 600.0  # seconds a verifier's reveal request stays valid
     throughput_steps: int = 16  # decode steps timed when measuring throughput
+    faulty: str | None = None  # a cheat mode of node.faults (tests and demos only); None: honest
 
     # --- commitments -------------------------------------------------------------------------
     commitments: bool = True  # build, sign, store and commit leaves (off: benchmarks only)
@@ -130,6 +131,13 @@ class NodeConfig:
             problems.append(f"http_port must be in [0, 65535], got {self.http_port}")
         if self.torch_threads is not None and self.torch_threads < 1:
             problems.append("torch_threads must be >= 1")
+        if self.faulty is not None:
+            from node.faults import FAULT_MODES  # torch: only for a node that cheats
+
+            if self.faulty not in FAULT_MODES:
+                problems.append(
+                    f"faulty must be one of {', '.join(FAULT_MODES)}, got {self.faulty!r}"
+                )
         if problems:
             raise ConfigError("invalid node configuration: " + "; ".join(problems))
 

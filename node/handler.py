@@ -38,6 +38,7 @@ from node.api import NodeMetrics
 from node.balance import Payments
 from node.commits import InputStore, LeafWriter, Receipts, build_reveal
 from node.errors import InvalidInputError, SessionLengthError
+from node.faults import Fault
 from node.protocol import (
     SERVICE_NAME,
     ErrorCode,
@@ -103,6 +104,7 @@ class StakeswarmNode(ServicerBase):
         max_frame_bytes: int,
         reveal_max_age: float,
         on_leaf: Callable[[], None] = lambda: None,
+        fault: Fault | None = None,
     ) -> None:
         assert type(self).__name__ == SERVICE_NAME
         self.address = to_checksum_address(address)
@@ -122,6 +124,7 @@ class StakeswarmNode(ServicerBase):
         self.max_frame_bytes = max_frame_bytes
         self.reveal_max_age = reveal_max_age
         self.on_leaf = on_leaf
+        self.fault = fault  # a cheat mode (node.faults); None for an honest node
         self.accepting = True  # False while shutting down or moving the span
 
     # --- inference -------------------------------------------------------------------------
@@ -175,6 +178,8 @@ class StakeswarmNode(ServicerBase):
                     # the client left mid-step: the compute thread still uses the cache
                     await asyncio.wait([asyncio.wrap_future(computing)])
                 self.sessions.close(session)
+                if self.fault is not None:
+                    self.fault.forget(session.session_id)
                 self.metrics.sessions_open.set(len(self.sessions))
                 self.metrics.cache_tokens.set(self.sessions.caches.tokens_in_use)
 
@@ -214,7 +219,13 @@ class StakeswarmNode(ServicerBase):
         if frame.type != StepRequest.TYPE:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected a step frame, got {frame.type!r}")
         request = StepRequest.from_wire(frame.metadata)
-        if request.step != session.next_step:
+        replay = self.fault is not None and self.fault.replays(
+            session.session_id, request.step, session.next_step
+        )
+        if replay:
+            assert self.fault is not None
+            self.fault.rewind(session.session_id, session.cache)
+        elif request.step != session.next_step:
             raise ProtocolError(
                 ErrorCode.OUT_OF_ORDER,
                 f"step {request.step} sent, the session expects step {session.next_step}",
@@ -234,7 +245,7 @@ class StakeswarmNode(ServicerBase):
             self._compute, session, request.step, tokens, hidden, mask
         )
         try:
-            output, receipt = await asyncio.wrap_future(session.computing)
+            output, receipt, encoded = await asyncio.wrap_future(session.computing)
         except (InvalidInputError, SessionLengthError) as exc:  # checked before; defensive
             raise ProtocolError(ErrorCode.BAD_TENSOR, str(exc)) from None
         computed = time.perf_counter()
@@ -248,10 +259,11 @@ class StakeswarmNode(ServicerBase):
                 (computed - paid) * 1e3,
                 (time.perf_counter() - computed) * 1e3,
             )
-        session.next_step += 1
+        session.next_step = request.step + 1
         session.touch()
-        if self.receipts.enabled:
-            self.writer.submit(receipt, hidden, mask)
+        # a replayed step (cheat mode) signed a second leaf for a slot: it is not stored
+        if self.receipts.enabled and not replay:
+            self.writer.submit(receipt, hidden, mask, encoded)
             self.on_leaf()
         self.metrics.served(tokens)
         return list(_frame(StepResponse(request.step, receipt).to_wire(), [output]))
@@ -263,10 +275,15 @@ class StakeswarmNode(ServicerBase):
         tokens: int,
         hidden: torch.Tensor,
         mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, Any]:
+    ) -> tuple[torch.Tensor, Any, bytes]:
         # hidden: [batch, tokens, hidden_size]; mask: [batch, past + tokens]
-        output = session.span.forward(hidden, mask, session.cache)
-        receipt = self.receipts.make(
+        if self.fault is not None:
+            output = self.fault.forward(
+                session.span, hidden, mask, session.cache, session_id=session.session_id
+            )
+        else:
+            output = session.span.forward(hidden, mask, session.cache)
+        receipt, encoded = self.receipts.make_with_sketch(
             session_id=session.session_id,
             span=(session.span.start, session.span.end),
             step=step,
@@ -274,7 +291,7 @@ class StakeswarmNode(ServicerBase):
             hidden_in=hidden,
             hidden_out=output,
         )
-        return output, receipt
+        return output, receipt, encoded
 
     # --- stateless forward -----------------------------------------------------------------
 
@@ -312,9 +329,12 @@ class StakeswarmNode(ServicerBase):
             client=channel.client,
         )
 
-        def compute() -> tuple[torch.Tensor, Any]:
-            output = span.forward(hidden, mask)
-            receipt = self.receipts.make(
+        def compute() -> tuple[torch.Tensor, Any, bytes]:
+            if self.fault is not None:
+                output = self.fault.forward(span, hidden, mask, session_id=request.session_id)
+            else:
+                output = span.forward(hidden, mask)
+            receipt, encoded = self.receipts.make_with_sketch(
                 session_id=request.session_id,
                 span=(span.start, span.end),
                 step=0,
@@ -322,12 +342,14 @@ class StakeswarmNode(ServicerBase):
                 hidden_in=hidden,
                 hidden_out=output,
             )
-            return output, receipt
+            return output, receipt, encoded
 
-        output, receipt = await asyncio.get_running_loop().run_in_executor(self.compute, compute)
+        output, receipt, encoded = await asyncio.get_running_loop().run_in_executor(
+            self.compute, compute
+        )
         await accepted.persisted
         if self.receipts.enabled:
-            self.writer.submit(receipt, hidden, mask)
+            self.writer.submit(receipt, hidden, mask, encoded)
             self.on_leaf()
         self.metrics.served(tokens)
         return list(_frame(StepResponse(0, receipt).to_wire(), [output]))
@@ -353,6 +375,7 @@ class StakeswarmNode(ServicerBase):
                 node=self.address,
                 batch_id=reveal.batch_id,
                 leaf_index=reveal.leaf_index,
+                full=reveal.full,
             )
             messages = list(_frame(response.to_wire(), tensors))
             self.metrics.reveals.inc()

@@ -387,7 +387,9 @@ class ForwardRequest:
 class RevealRequest:
     """A verifier asks for the inputs behind a committed leaf (batch `batch_id`, index `leaf_index`).
     `signature` is the verifier's EIP-191 signature of `reveal_message(...)`; only active
-    verifiers may see clients' hidden states."""
+    verifiers may see clients' hidden states. With `full`, the node also sends what an audit
+    compares against: the leaf's committed sketch and the leaf hashes of its whole batch (which
+    bind the revealed leaf to `leaf_index`: Merkle proofs with sorted pairs do not)."""
 
     node: str  # the node asked (binds the signature to it)
     batch_id: int  # on-chain batch id
@@ -395,6 +397,7 @@ class RevealRequest:
     issued_at: int  # unix seconds; the node refuses stale requests
     verifier: str
     signature: bytes
+    full: bool = False  # also the committed sketch and the batch's leaf hashes
 
     TYPE = "reveal"
 
@@ -402,7 +405,7 @@ class RevealRequest:
         return reveal_message(self.node, self.batch_id, self.leaf_index, self.issued_at)
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "type": self.TYPE,
             "node": self.node,
             "batch": self.batch_id,
@@ -411,9 +414,15 @@ class RevealRequest:
             "verifier": self.verifier,
             "sig": self.signature,
         }
+        if self.full:
+            wire["full"] = True
+        return wire
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> RevealRequest:
+        full = d.get("full", False)
+        if not isinstance(full, bool):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "reveal: full must be a boolean")
         return cls(
             node=_address(d.get("node"), "node"),
             batch_id=_int(d.get("batch"), "batch", 1),
@@ -421,6 +430,7 @@ class RevealRequest:
             issued_at=_int(d.get("at"), "issued at", 0),
             verifier=_address(d.get("verifier"), "verifier"),
             signature=_bytes(d.get("sig"), "signature", 65),
+            full=full,
         )
 
 
@@ -458,21 +468,45 @@ class RevealedStep:
 @dataclass(frozen=True)
 class RevealResponse:
     """The node's reveal: every step 0..k of the leaf's session over its span, in order.
-    Tensors: for each step, its input hidden states then its attention mask (2 per step)."""
+    Tensors: for each step, its input hidden states then its attention mask (2 per step).
+    A `full` reveal (see `RevealRequest`) adds `batch_leaves`, the leaf hashes of the target
+    leaf's batch in order, and two tensors after the inputs: the committed sketch of step k,
+    its indices (int64) then its values (float16), `[batch, tokens, k]` each (re-encoded with
+    the hidden size, see `node.sketch`, their keccak is the leaf's sketchHash)."""
 
     steps: list[RevealedStep] = field(default_factory=list)
+    full: bool = False
+    batch_leaves: list[bytes] = field(default_factory=list)  # full only
 
     TYPE = "revealed"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "steps": [s.to_wire() for s in self.steps]}
+        wire: dict[str, Any] = {"type": self.TYPE, "steps": [s.to_wire() for s in self.steps]}
+        if self.full:
+            wire["full"] = True
+            wire["leaves"] = list(self.batch_leaves)
+        return wire
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> RevealResponse:
         steps = d.get("steps")
         if not isinstance(steps, list) or not steps:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "revealed: steps must be a non-empty list")
-        return cls([RevealedStep.from_wire(s) for s in steps])
+        full = d.get("full", False) is True
+        leaves: list[bytes] = []
+        if full:
+            raw = d.get("leaves")
+            if not isinstance(raw, list) or not raw or len(raw) > 2**16:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, "revealed: leaves must be a list of 1 to 65536 hashes"
+                )
+            leaves = [_bytes(leaf, "batch leaf", 32) for leaf in raw]
+        return cls([RevealedStep.from_wire(s) for s in steps], full, leaves)
+
+    @property
+    def tensor_count(self) -> int:
+        """How many tensors the frame carries: inputs per step, and the sketch when full."""
+        return 2 * len(self.steps) + (2 if self.full else 0)
 
 
 @dataclass(frozen=True)

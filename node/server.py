@@ -54,6 +54,7 @@ from node.cache import CacheManager
 from node.commits import Committer, InputStore, LeafWriter, Receipts, prune_inputs
 from node.config import ConfigError, NodeConfig
 from node.families import load_config
+from node.faults import make_fault
 from node.handler import StakeswarmNode
 from node.protocol import InfoResponse, ServerInfo, ServerState
 from node.sessions import SessionManager, SpanViews
@@ -137,6 +138,7 @@ class Server:
         self._commit_lock = threading.Lock()
         self._redeem_lock = threading.Lock()
         self._leaves_since_commit = 0
+        self.fault = make_fault(config.faulty)  # a cheat mode (tests, demos); None: honest
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -339,6 +341,8 @@ class Server:
         self.span = await asyncio.to_thread(
             load_span, config.model_path, start, end, dtype, self.progress
         )
+        if self.fault is not None:
+            self.span = self.fault.prepare(self.span)
         self.views = SpanViews(self.span)
         measured = await asyncio.to_thread(
             get_throughput,
@@ -453,6 +457,7 @@ class Server:
             max_frame_bytes=config.max_frame_bytes,
             reveal_max_age=config.reveal_max_age,
             on_leaf=self._on_leaf,
+            fault=self.fault,
         )
         return self.handler
 

@@ -1,0 +1,241 @@
+"""Cheat modes: a node that serves wrong results on purpose, for tests, calibration and demos.
+
+Off by default; `stakeswarm node serve --faulty MODE` turns one on. Every mode still answers
+the protocol correctly (vouchers, receipts, commitments, reveals): only what it computes is
+wrong, which is what a verifier must catch by re-running the span.
+
+    noise          adds Gaussian noise (`NOISE_SCALE` x the output's std) to every output
+    skip-block     skips one block of the span (the middle one; it costs nothing to run)
+    wrong-weights  serves perturbed weights (`WEIGHT_NOISE_SCALE` x each tensor's std)
+    low-precision  computes in bfloat16 (autocast) while declaring float32
+    stale          sends (and commits) the session's previous output again when the shape
+                   matches (decode steps); it still runs the blocks so its KV cache stays
+                   consistent and the client's session goes on
+    equivocate     computes honestly, but serves a step the client sends again (the step just
+                   served) a second time and signs a second, different receipt for the same
+                   (session, span, step): two signed receipts anyone can slash it with
+
+`make_fault(mode)` gives the `Fault` of a mode (None for none). The server calls
+`fault.prepare(span)` once on the loaded span (weights, blocks) and the handler computes
+every step with `fault.forward(...)`; only `equivocate` changes the step protocol
+(`fault.replays`, `fault.rewind`). `apply_output_fault` is the same output rule for
+in-process calibration (`benchmarks/calibrate.py`, the verifier's tests).
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import logging
+import threading
+
+import torch
+from torch import nn
+
+from node.blocks import Span
+from node.cache import SessionCache
+from node.errors import NodeError
+
+logger = logging.getLogger(__name__)
+
+NOISE_SCALE = 0.01  # noise std as a fraction of the output's std (per step)
+WEIGHT_NOISE_SCALE = 0.01  # weight perturbation std as a fraction of each tensor's std
+LOW_PRECISION_DTYPE = torch.bfloat16  # what `low-precision` computes in
+
+
+class FaultMode(enum.StrEnum):
+    """The cheat modes (`--faulty` values)."""
+
+    NOISE = "noise"
+    SKIP_BLOCK = "skip-block"
+    WRONG_WEIGHTS = "wrong-weights"
+    LOW_PRECISION = "low-precision"
+    STALE = "stale"
+    EQUIVOCATE = "equivocate"
+
+
+FAULT_MODES: tuple[str, ...] = tuple(mode.value for mode in FaultMode)
+
+
+class FaultConfigError(NodeError, ValueError):
+    """An unknown cheat mode."""
+
+
+def parse_mode(mode: str) -> FaultMode:
+    """The `FaultMode` named `mode`; `FaultConfigError` listing the known ones otherwise."""
+    try:
+        return FaultMode(mode)
+    except ValueError:
+        raise FaultConfigError(
+            f"unknown cheat mode {mode!r}; known: {', '.join(FAULT_MODES)}"
+        ) from None
+
+
+class _SkippedBlock(nn.Module):
+    """Stands in for a decoder layer and returns its input: the block is never computed."""
+
+    def forward(self, hidden: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return hidden
+
+
+def skipping_block(span: Span, index: int | None = None) -> Span:
+    """A span over the same layers with block `index` (relative; default the middle one)
+    replaced by the identity. Same KV layout, so sessions and caches work unchanged."""
+    index = span.num_blocks // 2 if index is None else index
+    layers = nn.ModuleList(list(span.layers))
+    layers[index] = _SkippedBlock()
+    return Span(
+        span.config,
+        span.family,
+        span.start,
+        span.end,
+        layers,
+        span.rotary,
+        span.dtype,
+        span.device,
+    )
+
+
+def perturb_weights(span: Span, scale: float = WEIGHT_NOISE_SCALE, seed: int = 0) -> Span:
+    """A copy of `span` whose every weight tensor got Gaussian noise of `scale` x its std."""
+    perturbed = copy.deepcopy(span)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in perturbed.layers.parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
+            std = float(parameter.float().std()) if parameter.numel() > 1 else 1.0
+            parameter.add_((noise * scale * std).to(parameter.dtype))
+    return perturbed
+
+
+def low_precision_forward(
+    span: Span,
+    hidden: torch.Tensor,
+    mask: torch.Tensor | None,
+    cache: SessionCache | None = None,
+) -> torch.Tensor:
+    """The span computed under bfloat16 autocast (matmuls and attention in bf16), returned in
+    the span's declared dtype: a node saving compute while claiming full precision."""
+    with torch.autocast(span.device.type, dtype=LOW_PRECISION_DTYPE):
+        output = span.forward(hidden, mask, cache)
+    return output.to(span.dtype)
+
+
+def add_noise(
+    output: torch.Tensor, generator: torch.Generator, scale: float = NOISE_SCALE
+) -> torch.Tensor:
+    """`output` plus Gaussian noise of `scale` x its std, in its dtype."""
+    std = float(output.float().std())
+    noise = torch.randn(output.shape, generator=generator, dtype=torch.float32) * scale * std
+    return (output.float() + noise.to(output.device)).to(output.dtype)
+
+
+class Fault:
+    """One node's cheat: how it prepares its span and how it computes each step.
+
+    Thread-safety: `forward` runs in the node's single compute thread; the per-session state
+    is guarded anyway, since stateless forwards may run elsewhere.
+    """
+
+    def __init__(self, mode: FaultMode, seed: int | None = None) -> None:
+        self.mode = mode
+        seed = int(torch.seed()) if seed is None else seed
+        self._generator = torch.Generator().manual_seed(seed)
+        self._seed = seed
+        self._lock = threading.Lock()
+        self._last_output: dict[bytes, torch.Tensor] = {}  # stale: per session
+        self._past: dict[bytes, int] = {}  # equivocate: cache length before the last step
+
+    def prepare(self, span: Span) -> Span:
+        """The span this node will actually serve with."""
+        if self.mode is FaultMode.SKIP_BLOCK:
+            logger.warning("CHEAT MODE skip-block: block %d is never computed", _middle(span))
+            return skipping_block(span)
+        if self.mode is FaultMode.WRONG_WEIGHTS:
+            logger.warning("CHEAT MODE wrong-weights: serving perturbed weights")
+            return perturb_weights(span, seed=self._seed)
+        logger.warning("CHEAT MODE %s", self.mode.value)
+        return span
+
+    def forward(
+        self,
+        span: Span,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: SessionCache | None = None,
+        *,
+        session_id: bytes = b"",
+    ) -> torch.Tensor:
+        """What the node sends (and commits) for one step of `session_id` over `span`."""
+        if cache is not None and self.mode is FaultMode.EQUIVOCATE:
+            with self._lock:
+                self._past[session_id] = cache.length
+        if self.mode is FaultMode.LOW_PRECISION:
+            return low_precision_forward(span, hidden, mask, cache)
+        output = span.forward(hidden, mask, cache)
+        if self.mode is FaultMode.NOISE:
+            with self._lock:
+                return add_noise(output, self._generator)
+        if self.mode is FaultMode.STALE and session_id:
+            with self._lock:
+                previous = self._last_output.get(session_id)
+                self._last_output[session_id] = output
+            if previous is not None and previous.shape == output.shape:
+                return previous
+        return output
+
+    def replays(self, session_id: bytes, step: int, next_step: int) -> bool:
+        """True when this node serves `step` although the session expects `next_step`: an
+        equivocating node serves the step it just served a second time."""
+        if self.mode is not FaultMode.EQUIVOCATE or step != next_step - 1:
+            return False
+        with self._lock:
+            return session_id in self._past
+
+    def rewind(self, session_id: bytes, cache: SessionCache) -> None:
+        """Drop the last step from `cache` so that it can be computed again. Honest code never
+        does this; the cheat reaches into the cache on purpose."""
+        with self._lock:
+            past = self._past.pop(session_id)
+        cache._length = past  # noqa: SLF001 (the cheat)
+
+    def forget(self, session_id: bytes) -> None:
+        """The session ended: drop what was kept for it."""
+        with self._lock:
+            self._last_output.pop(session_id, None)
+            self._past.pop(session_id, None)
+
+
+def _middle(span: Span) -> int:
+    return span.start + span.num_blocks // 2
+
+
+def make_fault(mode: str | None, seed: int | None = None) -> Fault | None:
+    """The `Fault` of cheat mode `mode`, or None for an honest node."""
+    if mode is None:
+        return None
+    return Fault(parse_mode(mode), seed)
+
+
+def apply_output_fault(
+    mode: FaultMode,
+    span: Span,
+    hidden: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    previous_output: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The output a node in `mode` sends for one stateless forward over `span` (the in-process
+    form of `Fault`, for calibration). `span` must already be `Fault.prepare`d for the modes
+    that change the span; `stale` returns `previous_output` (of the same shape)."""
+    if mode is FaultMode.LOW_PRECISION:
+        return low_precision_forward(span, hidden, mask)
+    if mode is FaultMode.STALE:
+        if previous_output is None:
+            raise ValueError("stale needs the previous output to replay")
+        return previous_output
+    output = span.forward(hidden, mask)
+    if mode is FaultMode.NOISE:
+        return add_noise(output, generator or torch.Generator().manual_seed(0))
+    return output

@@ -1,0 +1,128 @@
+"""The cheat modes of `node.faults`: each one really computes something else than an honest
+node (or, for equivocate, serves a step twice), and an honest node is untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from node.blocks import Span, load_span
+from node.cache import CacheManager
+from node.config import ConfigError, NodeConfig
+from node.faults import (
+    FAULT_MODES,
+    NOISE_SCALE,
+    FaultConfigError,
+    FaultMode,
+    make_fault,
+    perturb_weights,
+    skipping_block,
+)
+from tests.models import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def span(tmp_path_factory: pytest.TempPathFactory) -> Span:
+    path = make_tiny_model(tmp_path_factory.mktemp("faults"), "llama", 4, with_tokenizer=False)
+    return load_span(path, 0, 4)
+
+
+def inputs(seed: int = 0, tokens: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, tokens, 64, generator=generator), torch.ones(2, tokens, dtype=torch.long)
+
+
+def test_modes_are_named_and_an_unknown_one_is_refused(tmp_path: Path) -> None:
+    assert FAULT_MODES == (
+        "noise", "skip-block", "wrong-weights", "low-precision", "stale", "equivocate",
+    )  # fmt: skip
+    assert make_fault(None) is None
+    with pytest.raises(FaultConfigError, match="unknown cheat mode 'lazy'"):
+        make_fault("lazy")
+    with pytest.raises(ConfigError, match="faulty must be one of"):
+        NodeConfig(model_path=tmp_path, devnet=True, faulty="lazy")
+    assert NodeConfig(model_path=tmp_path, devnet=True, faulty="noise").faulty == "noise"
+
+
+def test_noise_adds_noise_of_the_declared_scale(span: Span) -> None:
+    hidden, mask = inputs()
+    fault = make_fault("noise", seed=1)
+    assert fault is not None
+    honest = span.forward(hidden, mask)
+    noised = fault.forward(span, hidden, mask)
+    ratio = float((noised - honest).std() / honest.std())
+    assert NOISE_SCALE * 0.8 < ratio < NOISE_SCALE * 1.2
+
+
+def test_skip_block_is_the_span_without_its_middle_block(span: Span) -> None:
+    hidden, mask = inputs()
+    skipped = skipping_block(span)
+    assert skipped.kv_layout == span.kv_layout  # sessions and caches work unchanged
+    layers = span.layers
+    three = Span(
+        span.config, span.family, 0, 3, torch.nn.ModuleList([layers[0], layers[1], layers[3]]),
+        span.rotary, span.dtype, span.device,
+    )  # fmt: skip
+    torch.testing.assert_close(skipped.forward(hidden, mask), three.forward(hidden, mask))
+    assert not torch.allclose(skipped.forward(hidden, mask), span.forward(hidden, mask))
+
+
+def test_wrong_weights_differ_a_little_and_leave_the_honest_span_alone(span: Span) -> None:
+    before = [p.clone() for p in span.layers.parameters()]
+    perturbed = perturb_weights(span, seed=3)
+    for original, kept in zip(span.layers.parameters(), before, strict=True):
+        assert torch.equal(original, kept)
+    hidden, mask = inputs()
+    honest, wrong = span.forward(hidden, mask), perturbed.forward(hidden, mask)
+    relative = float((wrong - honest).abs().mean() / honest.abs().mean())
+    assert 1e-3 < relative < 0.2
+
+
+def test_low_precision_computes_in_bfloat16_and_answers_in_float32(span: Span) -> None:
+    hidden, mask = inputs()
+    fault = make_fault("low-precision")
+    assert fault is not None
+    out = fault.forward(span, hidden, mask)
+    assert out.dtype == torch.float32
+    honest = span.forward(hidden, mask)
+    relative = float((out - honest).abs().mean() / honest.abs().mean())
+    assert 1e-3 < relative < 0.1  # bf16's rounding, not a different computation
+
+
+def test_stale_replays_the_previous_output_of_the_session(span: Span) -> None:
+    fault = make_fault("stale")
+    assert fault is not None
+    hidden, mask = inputs(tokens=8)
+    with CacheManager(1000).open("s", span.kv_layout, batch=2, max_length=8) as cache:
+        prefill = fault.forward(span, hidden[:, :6], mask[:, :6], cache, session_id=b"s")
+        first = fault.forward(span, hidden[:, 6:7], mask[:, :7], cache, session_id=b"s")
+        second = fault.forward(span, hidden[:, 7:8], mask[:, :8], cache, session_id=b"s")
+        assert cache.length == 8  # it still ran the blocks: the session goes on
+    honest = span.forward(hidden, mask)
+    torch.testing.assert_close(prefill, honest[:, :6], atol=1e-4, rtol=0)
+    torch.testing.assert_close(first, honest[:, 6:7], atol=1e-4, rtol=0)  # shape changed
+    torch.testing.assert_close(second, first)  # replayed
+    assert not torch.allclose(second, honest[:, 7:8], atol=1e-3)
+
+
+def test_equivocate_serves_the_last_step_again(span: Span) -> None:
+    fault = make_fault("equivocate")
+    assert fault is not None and fault.mode is FaultMode.EQUIVOCATE
+    honest_fault = make_fault("noise")
+    assert honest_fault is not None and not honest_fault.replays(b"s", 0, 1)
+    hidden, mask = inputs(tokens=8)
+    other = inputs(seed=5, tokens=8)[0]
+    with CacheManager(1000).open("s", span.kv_layout, batch=2, max_length=8) as cache:
+        fault.forward(span, hidden[:, :6], mask[:, :6], cache, session_id=b"s")
+        first = fault.forward(span, hidden[:, 6:7], mask[:, :7], cache, session_id=b"s")
+        assert not fault.replays(b"s", 0, 2)  # only the step just served
+        assert fault.replays(b"s", 1, 2)
+        fault.rewind(b"s", cache)
+        assert cache.length == 6
+        again = fault.forward(span, other[:, 6:7], mask[:, :7], cache, session_id=b"s")
+        assert cache.length == 7
+    assert not torch.allclose(first, again)  # a second, different answer for step 1
+    fault.forget(b"s")
+    assert not fault.replays(b"s", 1, 2)
