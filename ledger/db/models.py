@@ -239,7 +239,9 @@ class Audit(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     node: Mapped[str] = mapped_column(EthAddress())
     batch_id: Mapped[int] = mapped_column(BigInteger)  # on-chain batch id
-    leaf_hash: Mapped[bytes] = mapped_column(Bytes32())
+    # None only when the node never showed the leaf (withheld before revealing anything)
+    leaf_hash: Mapped[bytes | None] = mapped_column(Bytes32())
+    leaf_index: Mapped[int | None] = mapped_column(Integer)  # position in the batch, if known
     outcome: Mapped[AuditOutcome] = mapped_column(_enum(AuditOutcome, "outcome"))
     distances: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # measured sketch distances
     detail: Mapped[str | None] = mapped_column(Text)  # human-readable note or error
@@ -260,6 +262,66 @@ class Slash(Base):
     amount: Mapped[int] = mapped_column(TokenAmount())  # stake taken
     bounty: Mapped[int] = mapped_column(TokenAmount())  # paid to the verifiers / reporter
     tx_hash: Mapped[bytes | None] = mapped_column(Bytes32(), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+# --- verifier side: what a verifier must remember beyond its audits and slashes --------------
+
+
+class AuditTaskStatus(enum.StrEnum):
+    PENDING = "pending"  # sampled; no usable reveal yet (retried until its deadline)
+    DONE = "done"  # audited: an `Audit` row says how
+
+
+class AuditTask(Base):
+    """A committed leaf a verifier sampled, from sampling until it is audited (a restart
+    resumes the pending ones)."""
+
+    __tablename__ = "audit_tasks"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "leaf_index"),
+        Index(None, "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node: Mapped[str] = mapped_column(EthAddress())  # who committed the batch
+    batch_id: Mapped[int] = mapped_column(BigInteger)  # on-chain batch id
+    leaf_index: Mapped[int] = mapped_column(Integer)  # position of the leaf in the batch
+    status: Mapped[AuditTaskStatus] = mapped_column(_enum(AuditTaskStatus, "status"))
+    attempts: Mapped[int] = mapped_column(Integer)  # reveal requests made so far
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    deadline: Mapped[datetime] = mapped_column(UtcDateTime())  # the node must reveal by then
+    last_error: Mapped[str | None] = mapped_column(Text)  # why the last attempt got no reveal
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class VerifierCursor(Base):
+    """The last block whose `BatchCommitted` events a verifier has sampled, per contract."""
+
+    __tablename__ = "verifier_cursors"
+    __table_args__ = (UniqueConstraint("chain_id", "contract"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    contract: Mapped[str] = mapped_column(EthAddress())  # the Commitments contract
+    last_block: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class VerdictRecord(Base):
+    """A signed EIP-712 verdict against a leaf: ours, or a peer verifier's we collected
+    towards the slasher's quorum."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (UniqueConstraint("leaf_hash", "reason", "signer"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node: Mapped[str] = mapped_column(EthAddress())
+    batch_id: Mapped[int] = mapped_column(BigInteger)
+    leaf_hash: Mapped[bytes] = mapped_column(Bytes32())
+    reason: Mapped[SlashReason] = mapped_column(_enum(SlashReason, "reason"))
+    signer: Mapped[str] = mapped_column(EthAddress())
+    signature: Mapped[bytes] = mapped_column(LargeBinary(SIGNATURE_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 

@@ -169,13 +169,18 @@ def record_audit(
     *,
     node: str,
     batch_id: int,
-    leaf_hash: bytes,
+    leaf_hash: bytes | None,
     outcome: AuditOutcome | str,
     distances: Mapping[str, Any] | None = None,
     detail: str | None = None,
+    leaf_index: int | None = None,
 ) -> Audit:
-    """Record the audit of leaf `leaf_hash` of on-chain batch `batch_id` by `node`, with the
-    measured sketch distances (a JSON object: names to numbers or lists)."""
+    """Record the audit of leaf `leaf_hash` (at `leaf_index`, when known) of on-chain batch
+    `batch_id` by `node`, with the measured sketch distances (a JSON object: names to numbers
+    or lists). `leaf_hash` is None only for a withheld audit: the node never showed the leaf."""
+    outcome = _member(AuditOutcome, outcome)
+    if leaf_hash is None and outcome is not AuditOutcome.WITHHELD:
+        raise LedgerDbError("only a withheld audit may lack the leaf hash")
     if distances is not None:
         try:
             # Round trip: only plain JSON (no NaN, which PostgreSQL's JSON refuses) is stored.
@@ -185,8 +190,9 @@ def record_audit(
     audit = Audit(
         node=check_address(node, "node"),
         batch_id=check_int(batch_id, "batch id", low=1),
-        leaf_hash=check_bytes(leaf_hash, "leaf hash"),
-        outcome=_member(AuditOutcome, outcome),
+        leaf_hash=None if leaf_hash is None else check_bytes(leaf_hash, "leaf hash"),
+        leaf_index=None if leaf_index is None else check_int(leaf_index, "leaf index"),
+        outcome=outcome,
         distances=distances,
         detail=detail,
     )
