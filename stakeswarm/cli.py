@@ -29,3 +29,7 @@ app.add_typer(node_commands.app, name="node")
 from stakeswarm.commands import client as client_commands  # noqa: E402
 
 app.add_typer(client_commands.app, name="client")
+
+from stakeswarm.commands import verifier as verifier_commands  # noqa: E402
+
+app.add_typer(verifier_commands.app, name="verifier")

@@ -1,0 +1,325 @@
+"""`stakeswarm verifier`: audit the swarm and slash cheaters; the verifier's status; report
+equivocating nodes.
+
+    stakeswarm verifier run --model ./SmolLM2 --devnet [--sample-rate 0.05] \\
+        --initial-peers /ip4/127.0.0.1/tcp/4242/p2p/Qm... [--http-port 8100]
+    stakeswarm verifier run --model ./SmolLM2 --rpc URL --deployment FILE --keystore FILE ...
+    stakeswarm verifier status (--devnet [--account verifier-1] | --keystore FILE | --url URL)
+    stakeswarm verifier report-equivocation --ledger FILE (--devnet | --deployment FILE
+        --keystore FILE) [--submit]
+
+`run` registers the key as a verifier if it is not one yet (with --stake tokens, default the
+minimum), prints its address, peer id and status API, and audits until SIGINT/SIGTERM.
+`status` reads the verifier's ledger (`<home>/verifier/<address>/ledger.sqlite`), or asks a
+running verifier's `/status` with --url. `report-equivocation` looks through a ledger that
+kept receipts (a client's) for two receipts one node signed for the same step, and with
+--submit slashes the node with them (the sender earns the bounty).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ledger.errors import LedgerError
+from stakeswarm.commands.chain_support import (
+    AccountOpt,
+    ChainOptions,
+    CliInputError,
+    DeploymentOpt,
+    DevnetOpt,
+    HomeOpt,
+    KeystoreOpt,
+    PasswordEnvOpt,
+    RpcOpt,
+    connect,
+    format_tokens,
+    print_tx,
+    reporting,
+)
+from stakeswarm.home import Home
+
+app = typer.Typer(
+    help="Audit the swarm and slash cheating nodes; the verifier's status.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _tokens(text: str | None, what: str) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise typer.BadParameter(f"{what} {text!r} is not a number of tokens") from None
+    if not value.is_finite() or value < 0:
+        raise typer.BadParameter(f"{what} must be a non-negative number of tokens, got {text!r}")
+    return value
+
+
+@app.command("run")
+def run(
+    model: Annotated[
+        Path,
+        typer.Option(help="Local model folder with the blocks to re-run.", show_default=False),
+    ],
+    sample_rate: Annotated[
+        float, typer.Option(help="Probability that any one committed leaf is audited.")
+    ] = 0.05,
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            help="The swarm's name of the model (default: the folder's name).", show_default=False
+        ),
+    ] = None,
+    devnet: DevnetOpt = False,
+    account: AccountOpt = None,
+    home: Annotated[Path, typer.Option(help="State directory.")] = Path("~/.stakeswarm"),
+    rpc: RpcOpt = None,
+    deployment: DeploymentOpt = None,
+    keystore: KeystoreOpt = None,
+    password_env: PasswordEnvOpt = None,
+    stake: Annotated[
+        str | None,
+        typer.Option(
+            help="Tokens to stake if not registered yet (default: the minimum).",
+            show_default=False,
+        ),
+    ] = None,
+    initial_peers: Annotated[
+        list[str] | None,
+        typer.Option(help="Multiaddr of a swarm member (repeat).", show_default=False),
+    ] = None,
+    http_port: Annotated[int, typer.Option(help="Status API port (0: any free port).")] = 0,
+    reveal_timeout: Annotated[float, typer.Option(help="Seconds one reveal may take.")] = 60.0,
+    reveal_deadline: Annotated[
+        float, typer.Option(help="Seconds a node has to reveal a sampled leaf.")
+    ] = 600.0,
+    retry_interval: Annotated[
+        float, typer.Option(help="Seconds between reveal attempts of one leaf.")
+    ] = 10.0,
+    poll_interval: Annotated[
+        float, typer.Option(help="Seconds between reads of new commits and slashes.")
+    ] = 2.0,
+    from_block: Annotated[
+        int | None,
+        typer.Option(help="First block to sample (default: resume).", show_default=False),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Torch threads (default: torch's).", show_default=False)
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Follow commits, audit sampled leaves, slash cheaters (until SIGINT/SIGTERM)."""
+    from verifier.config import VerifierConfig
+    from verifier.errors import VerifierError
+    from verifier.service import Ready, Verifier  # heavy imports only when running
+
+    out = Console(soft_wrap=True, highlight=False)
+    err = Console(stderr=True, soft_wrap=True)
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("hivemind", "httpx", "web3", "urllib3", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        config = VerifierConfig(
+            model_path=model,
+            model_name=model_name,
+            sample_rate=sample_rate,
+            reveal_timeout=reveal_timeout,
+            reveal_deadline=reveal_deadline,
+            retry_interval=retry_interval,
+            torch_threads=threads,
+            home=home,
+            devnet=devnet,
+            account=account,
+            deployment_file=deployment,
+            rpc_url=rpc,
+            keystore=keystore,
+            password_env=password_env,
+            stake=_tokens(stake, "--stake"),
+            poll_interval=poll_interval,
+            from_block=from_block,
+            initial_peers=tuple(initial_peers or ()),
+            http_port=http_port,
+        )
+    except VerifierError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+    def on_ready(ready: Ready) -> None:
+        out.print(f"stakeswarm verifier {ready.address} auditing {ready.model}")
+        out.print(f"  sample rate {ready.sample_rate:g}")
+        out.print(f"  quorum      {ready.quorum}")
+        out.print(f"  peer id     {ready.peer_id}")
+        if ready.http_url:
+            out.print(f"  status api  {ready.http_url}")
+        out.print("ready", style="bold green")
+
+    verifier = Verifier(config, on_ready=on_ready)
+    try:
+        verifier.run()
+    except KeyboardInterrupt:
+        pass
+    except (VerifierError, LedgerError) as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    out.print("stopped")
+
+
+def _print_status(console: Console, status: dict[str, Any], decimals: int, symbol: str) -> None:
+    audits, slashes = status["audits"], status["slashes"]
+
+    def tokens(amount: str) -> str:
+        return f"{format_tokens(int(amount), decimals)} {symbol}"
+
+    console.print(f"[bold]verifier {escape(status['address'])}[/]")
+    rows = [
+        ("audits done", str(audits["done"])),
+        ("passed", str(audits["passed"])),
+        ("failed", str(audits["failed"])),
+        ("withheld", str(audits["withheld"])),
+        ("errors", str(audits["errors"])),
+        ("pending", str(audits["pending"])),
+        ("verdicts signed", str(status["verdicts_signed"])),
+        ("slashes", str(slashes["recorded"])),
+        ("slashes submitted", str(slashes["submitted"])),
+        ("stake slashed", tokens(slashes["stake_taken"])),
+        ("bounties earned", tokens(slashes["bounties_earned"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        console.print(f"  {name:<{width}}  {value}")
+
+
+@app.command("status")
+def status(
+    devnet: DevnetOpt = False,
+    account: AccountOpt = None,
+    home: HomeOpt = None,
+    rpc: RpcOpt = None,
+    deployment: DeploymentOpt = None,
+    keystore: KeystoreOpt = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="A running verifier's status API instead of its ledger."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
+) -> None:
+    """Audits done, passed and failed; slashes submitted and bounties earned."""
+    from ledger.db import open_ledger, sqlite_url, verifier_totals
+
+    with reporting() as console:
+        if url is not None:
+            try:
+                response = httpx.get(f"{url.rstrip('/')}/status", timeout=10)
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise CliInputError(f"cannot read {url}/status: {exc}") from None
+            document = response.json()
+        else:
+            options = ChainOptions(devnet, account, home, rpc, deployment, keystore, None)
+            conn = connect(options, role="verifier", sign=False)
+            if conn.address is None:
+                raise CliInputError("give --devnet [--account NAME] or --keystore FILE")
+            path = Home.resolve(home).root / "verifier" / conn.address / "ledger.sqlite"
+            if not path.is_file():
+                raise CliInputError(f"no verifier ledger at {path}: has this verifier run?")
+            ledger = open_ledger(sqlite_url(path))
+            try:
+                with ledger.begin() as db:
+                    totals = verifier_totals(db, conn.address)
+            finally:
+                ledger.close()
+            document = {
+                "address": conn.address,
+                "audits": {
+                    "done": totals.audits,
+                    "passed": totals.passed,
+                    "failed": totals.failed,
+                    "withheld": totals.withheld,
+                    "errors": totals.errors,
+                    "pending": totals.pending,
+                },
+                "slashes": {
+                    "recorded": totals.slashes,
+                    "submitted": totals.submitted,
+                    "stake_taken": str(totals.slashed),
+                    "bounties_earned": str(totals.bounties),
+                },
+                "verdicts_signed": totals.verdicts_signed,
+            }
+        if json_output:
+            console.print_json(data=document)
+            return
+        decimals, symbol = 18, "tokens"
+        if url is None:
+            decimals, symbol = conn.decimals, conn.symbol
+        _print_status(console, document, decimals, symbol)
+
+
+@app.command("report-equivocation")
+def report_equivocation(
+    ledger_file: Annotated[
+        Path, typer.Option("--ledger", help="A ledger that kept receipts (a client's).")
+    ],
+    devnet: DevnetOpt = False,
+    account: AccountOpt = None,
+    home: HomeOpt = None,
+    rpc: RpcOpt = None,
+    deployment: DeploymentOpt = None,
+    keystore: KeystoreOpt = None,
+    password_env: PasswordEnvOpt = None,
+    submit: Annotated[
+        bool, typer.Option(help="Slash every equivocating node found (earns the bounty).")
+    ] = False,
+) -> None:
+    """Find two receipts one node signed for the same step, and slash it with them."""
+    from ledger.chain import ContractRevert
+    from ledger.db import open_ledger, sqlite_url
+    from verifier.equivocation import find_equivocations, receipts_in_ledger, submit_equivocation
+
+    with reporting() as console:
+        if not ledger_file.is_file():
+            raise CliInputError(f"no ledger at {ledger_file}")
+        options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
+        conn = connect(options, role="client", sign=submit)
+        ledger = open_ledger(sqlite_url(ledger_file))
+        try:
+            with ledger.begin() as db:
+                receipts = receipts_in_ledger(db)
+        finally:
+            ledger.close()
+        found = find_equivocations(receipts, conn.contracts.slasher.domain())
+        console.print(f"{len(receipts)} receipts, {len(found)} equivocation(s)")
+        for item in found:
+            leaf = item.a.leaf
+            console.print(
+                f"  node {item.node}: session 0x{leaf.session_id.hex()[:16]}… blocks "
+                f"{leaf.span_start}:{leaf.span_end} step {leaf.step}: two different receipts"
+            )
+            if not submit:
+                continue
+            try:
+                outcome = submit_equivocation(conn.contracts.slasher, item)
+            except ContractRevert as exc:
+                console.print(f"  [yellow]not slashed[/]: {escape(exc.signature)}")
+                continue
+            print_tx(
+                console,
+                f"slashed {item.node}: {conn.show(outcome.amount)} taken, bounty "
+                f"{conn.show(outcome.bounty)}",
+                outcome.tx,
+            )

@@ -1,0 +1,276 @@
+"""Auditing one committed leaf from what its node revealed: pure functions, no network.
+
+    proven = prove_leaf(opening, batch=on_chain_batch, leaf_index=i)       # or raises
+    inputs = check_opening(opening, proven, batches=get_batch, hidden_size)  # or raises
+    result = judge(inputs.sketch, recompute(span, inputs), inputs.dtype)
+
+1. `prove_leaf`: the reveal's batch leaf hashes must rebuild the root the node committed
+   on-chain (and be as many as it committed), and the revealed leaf must be the one at the
+   sampled index. Sorted-pair Merkle proofs do not bind a position, so without the whole
+   batch a node could show an honest leaf in place of the sampled one. The proof used later
+   on-chain is computed here from those hashes, never taken from the node.
+2. `check_opening`: the revealed steps must be steps 0..k of the leaf's session over its span,
+   each proven under the root of its own batch (which the same node committed); every input
+   must hash to its leaf's inputHash, masks must extend each other step by step, and the
+   revealed sketch must hash to the leaf's sketchHash. Anything else is a failure to reveal
+   (withheld), provable on-chain because the leaf itself is proven.
+3. `recompute`: the span in ONE stateless float32 pass over the steps' inputs concatenated
+   along the tokens axis with the last step's mask (node.blocks' conventions make this equal
+   the node's cached steps up to float rounding); the last step's positions are compared.
+4. `judge`: `node.sketch.compare` against the committed sketch, with the tolerance of the
+   dtype the node declared (`verifier.thresholds`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ledger.contracts import Batch
+from ledger.merkle import MerkleTree
+from ledger.merkle import verify as merkle_verify
+from ledger.types import Leaf
+from node.blocks import Span
+from node.errors import SketchFormatError
+from node.protocol import RevealResponse
+from node.sketch import Sketch, SketchDistance, compare
+from node.tensors import DTYPE_NAMES, tensor_hash
+from verifier.errors import InvalidOpeningError
+from verifier.thresholds import Tolerance, tolerance_for
+
+
+@dataclass(frozen=True)
+class Opening:
+    """What a node revealed for one sampled leaf (a full reveal, `RevealRequest.full`)."""
+
+    response: RevealResponse
+    inputs: list[tuple[torch.Tensor, torch.Tensor]]  # per step: hidden, mask
+    sketch_indices: torch.Tensor | None  # [batch, tokens, k] int64, step k's committed sketch
+    sketch_values: torch.Tensor | None  # [batch, tokens, k] float16
+
+    @classmethod
+    def from_frame(cls, response: RevealResponse, tensors: Sequence[torch.Tensor]) -> Opening:
+        """Split a reveal frame's tensors; `InvalidOpeningError` if there are not as many as
+        the response announces."""
+        if len(tensors) != response.tensor_count:
+            raise InvalidOpeningError(
+                f"the reveal carries {len(tensors)} tensors, its {len(response.steps)} steps "
+                f"need {response.tensor_count}"
+            )
+        steps = len(response.steps)
+        inputs = [(tensors[2 * i], tensors[2 * i + 1]) for i in range(steps)]
+        if response.full:
+            return cls(response, inputs, tensors[2 * steps], tensors[2 * steps + 1])
+        return cls(response, inputs, None, None)
+
+
+@dataclass(frozen=True)
+class ProvenLeaf:
+    """A committed leaf and its Merkle proof under its batch's on-chain root: what a slash needs."""
+
+    node: str
+    batch_id: int
+    leaf_index: int
+    leaf: Leaf
+    proof: list[bytes]
+
+    @property
+    def leaf_hash(self) -> bytes:
+        return self.leaf.hash()
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """The revealed session inputs of a proven leaf, checked against the commitments."""
+
+    hidden: torch.Tensor  # [batch, total tokens, hidden_size], steps 0..k concatenated
+    mask: torch.Tensor  # [batch, total tokens], the last step's mask
+    last_tokens: int  # tokens of step k (its positions are the last ones)
+    dtype: str  # the dtype the node's inputs travelled in: its declared compute dtype
+    sketch: Sketch  # step k's committed sketch
+
+
+def prove_leaf(opening: Opening, *, batch: Batch, leaf_index: int) -> ProvenLeaf:
+    """The leaf at `leaf_index` of `batch` (as committed on-chain) with its proof, from a full
+    reveal; `InvalidOpeningError` (not provable) when the reveal does not show it."""
+    response = opening.response
+    if not response.full:
+        raise InvalidOpeningError("the node sent a reveal without the batch's leaves")
+    leaves = response.batch_leaves
+    if len(leaves) != batch.leaf_count:
+        raise InvalidOpeningError(
+            f"the reveal lists {len(leaves)} leaves, batch {batch.batch_id} has {batch.leaf_count}"
+        )
+    tree = MerkleTree(leaves)
+    if tree.root != batch.root:
+        raise InvalidOpeningError(
+            f"the revealed leaves do not rebuild the root of batch {batch.batch_id}"
+        )
+    if not 0 <= leaf_index < len(leaves):
+        raise InvalidOpeningError(f"leaf {leaf_index} is outside batch {batch.batch_id}")
+    target = response.steps[-1]
+    if target.batch_id != batch.batch_id or target.leaf.hash() != leaves[leaf_index]:
+        raise InvalidOpeningError(
+            f"the revealed leaf is not leaf {leaf_index} of batch {batch.batch_id}"
+        )
+    if target.leaf.model_id != batch.model_id:
+        raise InvalidOpeningError("the revealed leaf is for another model than its batch")
+    return ProvenLeaf(batch.node, batch.batch_id, leaf_index, target.leaf, tree.proof(leaf_index))
+
+
+def check_opening(
+    opening: Opening,
+    proven: ProvenLeaf,
+    *,
+    batches: Callable[[int], Batch],
+    hidden_size: int,
+) -> CheckedInputs:
+    """Check every revealed step and input against what the node committed (module doc, 2);
+    `InvalidOpeningError` carrying `proven` (withheld, provable) on any failure."""
+
+    def invalid(message: str) -> InvalidOpeningError:
+        return InvalidOpeningError(message, proven)
+
+    steps = opening.response.steps
+    target = proven.leaf
+    if [s.leaf.step for s in steps] != list(range(target.step + 1)):
+        raise invalid(f"the reveal does not hold steps 0..{target.step} in order")
+    hiddens: list[torch.Tensor] = []
+    past = 0
+    previous_mask: torch.Tensor | None = None
+    dtype: torch.dtype | None = None
+    for step, (hidden, mask) in zip(steps, opening.inputs, strict=True):
+        leaf = step.leaf
+        if (leaf.session_id, leaf.model_id, leaf.span_start, leaf.span_end) != (
+            target.session_id,
+            target.model_id,
+            target.span_start,
+            target.span_end,
+        ):
+            raise invalid(f"step {leaf.step} belongs to another session or span")
+        if step is not steps[-1]:
+            batch = _batch(batches, step.batch_id, invalid)
+            if batch.node != proven.node or batch.model_id != leaf.model_id:
+                raise invalid(f"step {leaf.step} is in batch {step.batch_id} of another node")
+            if not merkle_verify(step.proof, batch.root, leaf.hash()):
+                raise invalid(f"step {leaf.step} is not proven under batch {step.batch_id}")
+        if hidden.dtype not in DTYPE_NAMES or hidden.ndim != 3 or hidden.shape[-1] != hidden_size:
+            raise invalid(
+                f"step {leaf.step}: hidden states {hidden.dtype} {list(hidden.shape)} are not "
+                f"[batch, tokens, {hidden_size}] floats"
+            )
+        if dtype is None:
+            dtype = hidden.dtype
+        if hidden.dtype != dtype or (hiddens and hidden.shape[0] != hiddens[0].shape[0]):
+            raise invalid(f"step {leaf.step}: dtype or batch differs from step 0")
+        if tensor_hash(hidden) != leaf.input_hash:
+            raise invalid(f"step {leaf.step}: the hidden states do not hash to its inputHash")
+        batch_size, tokens = hidden.shape[0], hidden.shape[1]
+        if leaf.tokens != batch_size * tokens:
+            raise invalid(f"step {leaf.step}: {leaf.tokens} tokens committed, {tokens} revealed")
+        if (
+            mask.dtype != torch.int64
+            or tuple(mask.shape) != (batch_size, past + tokens)
+            or not ((mask == 0) | (mask == 1)).all()
+        ):
+            raise invalid(f"step {leaf.step}: the mask is not 0/1 [batch, {past + tokens}]")
+        if previous_mask is not None and not torch.equal(mask[:, :past], previous_mask):
+            raise invalid(f"step {leaf.step}: the mask rewrites earlier positions")
+        hiddens.append(hidden)
+        previous_mask = mask
+        past += tokens
+    assert dtype is not None and previous_mask is not None  # steps is never empty
+    if opening.sketch_indices is None or opening.sketch_values is None:
+        raise invalid("the reveal has no committed sketch")
+    indices, values = opening.sketch_indices, opening.sketch_values
+    if indices.ndim != 3 or indices.shape != values.shape or indices.dtype != torch.int64:
+        raise invalid("the revealed sketch is not [batch, tokens, k] int64 indices and values")
+    try:
+        # re-encode canonically, then parse: the format's own checks (ranges, repeats)
+        committed = Sketch.decode(Sketch(hidden_size, indices, values.half()).encode())
+    except (SketchFormatError, RuntimeError, TypeError, ValueError) as exc:
+        raise invalid(f"the revealed sketch is malformed: {exc}") from None
+    if committed.hash() != target.sketch_hash:
+        raise invalid("the revealed sketch does not hash to the leaf's sketchHash")
+    if committed.shape != (hiddens[-1].shape[0], hiddens[-1].shape[1]):
+        raise invalid("the revealed sketch does not cover the last step's positions")
+    return CheckedInputs(
+        hidden=torch.cat(hiddens, dim=1),
+        mask=previous_mask,
+        last_tokens=hiddens[-1].shape[1],
+        dtype=DTYPE_NAMES[dtype],
+        sketch=committed,
+    )
+
+
+def _batch(
+    batches: Callable[[int], Batch], batch_id: int, invalid: Callable[[str], Exception]
+) -> Batch:
+    try:
+        return batches(batch_id)
+    except LookupError:
+        raise invalid(f"batch {batch_id} was never committed") from None
+
+
+def recompute(
+    span: Span, hidden: torch.Tensor, mask: torch.Tensor, last_tokens: int
+) -> torch.Tensor:
+    """The span's float32 output at the last `last_tokens` positions of one stateless pass
+    over `hidden` [batch, total, hidden_size] with `mask` [batch, total]."""
+    if span.dtype != torch.float32:
+        raise ValueError(f"the verifier recomputes in float32, this span runs in {span.dtype}")
+    # output: [batch, total, hidden_size] -> the last step's [batch, last_tokens, hidden_size]
+    output = span.forward(hidden.to(torch.float32), mask)
+    return output[:, -last_tokens:]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What an audit measured and whether it passed."""
+
+    passed: bool
+    dtype: str
+    measured: dict[str, float]  # min_overlap, worst_rel_error, mean_rel_error, worst_abs_error
+    failures: list[str] = field(default_factory=list)  # which bounds broke, in words
+
+    def as_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, **self.measured, "failures": list(self.failures)}
+
+
+def measure(distance: SketchDistance) -> dict[str, float]:
+    """The numbers a judgement rests on."""
+    return {
+        "min_overlap": distance.min_overlap,
+        "worst_rel_error": distance.worst_rel_error,
+        "mean_rel_error": float(distance.mean_rel_error.mean()),
+        "worst_abs_error": distance.worst_abs_error,
+    }
+
+
+def judge_distance(
+    distance: SketchDistance, tolerance: Tolerance
+) -> tuple[dict[str, float], list[str]]:
+    """The measurements of `distance` and the bounds of `tolerance` they break."""
+    measured = measure(distance)
+    failures = []
+    if measured["min_overlap"] < tolerance.min_overlap:
+        failures.append(f"top-k overlap {measured['min_overlap']:.3f} < {tolerance.min_overlap}")
+    if measured["worst_rel_error"] > tolerance.max_rel_error:
+        failures.append(
+            f"worst relative error {measured['worst_rel_error']:.3g} > {tolerance.max_rel_error}"
+        )
+    if measured["mean_rel_error"] > tolerance.max_mean_rel_error:
+        failures.append(
+            f"mean relative error {measured['mean_rel_error']:.3g} > {tolerance.max_mean_rel_error}"
+        )
+    return measured, failures
+
+
+def judge(committed: Sketch, recomputed: torch.Tensor, dtype: str) -> Judgement:
+    """Compare `recomputed` [batch, tokens, hidden_size] with the `committed` sketch under the
+    tolerance of the declared `dtype`."""
+    measured, failures = judge_distance(compare(committed, recomputed), tolerance_for(dtype))
+    return Judgement(not failures, dtype, measured, failures)

@@ -1,0 +1,274 @@
+"""The calibration matrix of the audit thresholds, in process: simulated nodes serve sessions
+(honestly in several ways, or with a cheat of `node.faults`), a verifier audits every leaf.
+
+A simulated node serves a session the way `node.handler` does: a prefill step, then one
+token per step, each step through a `SessionCache`, and commits the sketch of what it sends.
+The verifier side re-runs each leaf as `verifier.audit` does (one float32 pass over the
+session's inputs up to the leaf) and judges it with `verifier.thresholds`.
+
+Honest variations: torch threads on the node (2) other than the verifier's (1), the session's
+rows computed inside a larger batch with other sessions (batch composition), cached steps
+against one pass, and float16 / bfloat16 nodes that declare it. Cheats: every compute cheat
+of `node.faults` (all but equivocate, which is not a computation), declared float32 or bfloat16.
+
+`benchmarks/calibrate.py` prints the rates; `tests/unit/test_verifier_audit.py` asserts zero
+false positives and at least 99% detection per cheated leaf.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from node.blocks import ClientHead, Span
+from node.cache import CacheManager
+from node.faults import (
+    FaultMode,
+    add_noise,
+    low_precision_forward,
+    perturb_weights,
+    skipping_block,
+)
+from node.sketch import Sketch, sketch
+from verifier.audit import Judgement, judge, recompute
+
+COMPUTE_CHEATS: tuple[FaultMode, ...] = (
+    FaultMode.NOISE,
+    FaultMode.SKIP_BLOCK,
+    FaultMode.WRONG_WEIGHTS,
+    FaultMode.LOW_PRECISION,
+    FaultMode.STALE,
+)
+
+
+@dataclass(frozen=True)
+class Variation:
+    """How a simulated node serves: its declared dtype, its threads, its batching, its cheat."""
+
+    name: str
+    declared: str = "float32"  # the dtype it computes in and announces
+    fault: FaultMode | None = None  # None: honest
+    threads: int = 2  # torch threads while it serves
+    strangers: int = 0  # other sessions' rows computed in the same batch
+
+
+HONEST: tuple[Variation, ...] = (
+    Variation("float32, 2 threads, cached steps"),
+    Variation("float32, 1 thread, cached steps", threads=1),
+    Variation("float32, batched with 2 other sessions", strangers=2),
+    Variation("float16 declared", declared="float16"),
+    Variation("bfloat16 declared", declared="bfloat16"),
+)
+
+
+def cheats(declared: str = "float32") -> tuple[Variation, ...]:
+    """One variation per compute cheat, for a node that declares `declared`."""
+    return tuple(
+        Variation(f"{mode.value} ({declared} declared)", declared=declared, fault=mode)
+        for mode in COMPUTE_CHEATS
+        if not (mode is FaultMode.LOW_PRECISION and declared != "float32")
+    )
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One served step as the verifier audits it."""
+
+    step: int
+    inputs: list[tuple[torch.Tensor, torch.Tensor]]  # steps 0..step: (hidden, mask)
+    committed: Sketch  # the sketch of what the node sent at `step`
+    cheated: bool  # the step's output is not what an honest node would send
+
+
+@dataclass
+class Rates:
+    """Audit outcomes of one variation."""
+
+    variation: Variation
+    leaves: int = 0  # leaves audited
+    cheated: int = 0  # of which the node cheated on
+    failed: int = 0  # audits that failed
+    failed_cheated: int = 0  # failed audits of cheated leaves
+    worst: dict[str, float] = field(default_factory=dict)  # extreme measurements
+
+    @property
+    def false_positive_rate(self) -> float:
+        honest = self.leaves - self.cheated
+        return (self.failed - self.failed_cheated) / honest if honest else 0.0
+
+    @property
+    def detection_rate(self) -> float:
+        return self.failed_cheated / self.cheated if self.cheated else float("nan")
+
+    def add(self, leaf: Leaf, judgement: Judgement) -> None:
+        self.leaves += 1
+        self.cheated += leaf.cheated
+        failed = not judgement.passed
+        self.failed += failed
+        self.failed_cheated += failed and leaf.cheated
+        m = judgement.measured
+        for name, value, pick in (
+            ("min_overlap", m["min_overlap"], min),
+            ("max_worst_rel_error", m["worst_rel_error"], max),
+            ("max_mean_rel_error", m["mean_rel_error"], max),
+            ("min_worst_rel_error", m["worst_rel_error"], min),
+            ("min_mean_rel_error", m["mean_rel_error"], min),
+        ):
+            self.worst[name] = pick(self.worst.get(name, value), value)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class SimulatedNode:
+    """A node serving sessions over `span` (float32 weights) as `variation` says."""
+
+    def __init__(self, span: Span, variation: Variation, *, seed: int = 0) -> None:
+        self.variation = variation
+        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
+            variation.declared
+        ]
+        served = span if dtype == torch.float32 else _cast(span, dtype)
+        if variation.fault is FaultMode.SKIP_BLOCK:
+            served = skipping_block(served)
+        elif variation.fault is FaultMode.WRONG_WEIGHTS:
+            served = perturb_weights(served, seed=seed)
+        self.span = served
+        self.dtype = dtype
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def serve(
+        self, hidden: torch.Tensor, mask: torch.Tensor, prompt: int
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor], list[bool]]:
+        """Serve a session whose whole input is `hidden` [batch, total, hidden_size] with `mask`
+        [batch, total]: a prefill of `prompt` tokens, then one token per step. Returns each
+        step's (input, mask) as sent to it, what it sent back, and whether that was cheated."""
+        hidden = hidden.to(self.dtype)
+        batch, total, _ = hidden.shape
+        strangers = self.variation.strangers
+        if strangers:  # other sessions' rows, full length, computed alongside
+            other = torch.randn(strangers, total, hidden.shape[-1], generator=self.generator).to(
+                self.dtype
+            )
+            run_hidden = torch.cat([other, hidden])
+            run_mask = torch.cat([torch.ones(strangers, total, dtype=torch.long), mask])
+        else:
+            run_hidden, run_mask = hidden, mask
+        bounds = [(0, prompt)] + [(t, t + 1) for t in range(prompt, total)]
+        inputs, outputs, cheated = [], [], []
+        with (
+            torch_threads(self.variation.threads),
+            CacheManager(10**7).open(
+                "s", self.span.kv_layout, batch=run_hidden.shape[0], max_length=total
+            ) as cache,
+        ):
+            previous: torch.Tensor | None = None
+            for start, end in bounds:
+                step_hidden = run_hidden[:, start:end]
+                step_mask = run_mask[:, :end]
+                if self.variation.fault is FaultMode.LOW_PRECISION:
+                    out = low_precision_forward(self.span, step_hidden, step_mask, cache)
+                else:
+                    out = self.span.forward(step_hidden, step_mask, cache)
+                out = out[strangers:]
+                honest_out, was_cheated = out, False
+                if self.variation.fault is FaultMode.NOISE:
+                    out, was_cheated = add_noise(out, self.generator), True
+                elif self.variation.fault is FaultMode.STALE:
+                    if previous is not None and previous.shape == out.shape:
+                        out, was_cheated = previous, True
+                elif self.variation.fault is not None:
+                    was_cheated = True
+                previous = honest_out
+                inputs.append((hidden[:, start:end].contiguous(), mask[:, :end].contiguous()))
+                outputs.append(out)
+                cheated.append(was_cheated)
+        return inputs, outputs, cheated
+
+
+def _cast(span: Span, dtype: torch.dtype) -> Span:
+    import copy
+
+    other = copy.deepcopy(span)
+    other.layers.to(dtype)
+    return Span(
+        other.config,
+        other.family,
+        other.start,
+        other.end,
+        other.layers,
+        other.rotary,
+        dtype,
+        other.device,
+    )
+
+
+def session_inputs(
+    head: ClientHead, generator: torch.Generator, *, batch: int, prompt: int, new_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random token ids embedded as a session's hidden states [batch, prompt + new, hidden]
+    and a mask with random left padding of the prompt."""
+    vocab = head.embed_tokens.num_embeddings
+    total = prompt + new_tokens
+    ids = torch.randint(3, vocab, (batch, total), generator=generator)
+    mask = torch.ones(batch, total, dtype=torch.long)
+    for row in range(batch):
+        pad = int(torch.randint(0, max(1, prompt // 2), (1,), generator=generator))
+        mask[row, :pad] = 0
+    return head.embed(ids), mask
+
+
+def leaves_of(
+    node: SimulatedNode, hidden: torch.Tensor, mask: torch.Tensor, prompt: int
+) -> list[Leaf]:
+    """The leaves a simulated node commits for one session."""
+    inputs, outputs, cheated = node.serve(hidden, mask, prompt)
+    return [
+        Leaf(step, inputs[: step + 1], Sketch.decode(sketch(out).encode()), was_cheated)
+        for step, (out, was_cheated) in enumerate(zip(outputs, cheated, strict=True))
+    ]
+
+
+def audit_leaf(reference: Span, leaf: Leaf, declared: str) -> Judgement:
+    """The verifier's judgement of one leaf: one float32 pass, compared under `declared`."""
+    hidden = torch.cat([h for h, _ in leaf.inputs], dim=1)
+    mask = leaf.inputs[-1][1]
+    with torch_threads(1):
+        recomputed = recompute(reference, hidden, mask, leaf.inputs[-1][0].shape[1])
+    return judge(leaf.committed, recomputed, declared)
+
+
+def run_variation(
+    reference: Span,
+    head: ClientHead,
+    variation: Variation,
+    *,
+    sessions: int,
+    seed: int = 0,
+    max_batch: int = 3,
+    max_prompt: int = 16,
+    new_tokens: int = 6,
+) -> Rates:
+    """Serve `sessions` random sessions as `variation` and audit every leaf."""
+    generator = torch.Generator().manual_seed(seed)
+    node = SimulatedNode(reference, variation, seed=seed)
+    rates = Rates(variation)
+    for _ in range(sessions):
+        batch = int(torch.randint(1, max_batch + 1, (1,), generator=generator))
+        prompt = int(torch.randint(4, max_prompt + 1, (1,), generator=generator))
+        hidden, mask = session_inputs(
+            head, generator, batch=batch, prompt=prompt, new_tokens=new_tokens
+        )
+        for leaf in leaves_of(node, hidden, mask, prompt):
+            rates.add(leaf, audit_leaf(reference, leaf, variation.declared))
+    return rates

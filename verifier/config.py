@@ -1,0 +1,99 @@
+"""`VerifierConfig`: everything `stakeswarm verifier run` can be told, in one typed place.
+
+The CLI (`stakeswarm.commands.verifier`) builds one from its options and hands it to
+`verifier.service.Verifier`; tests build one directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from verifier.errors import VerifierConfigError
+
+DEFAULT_HOST_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """How one verifier audits: which model, how often, as whom, through which swarm."""
+
+    # --- model -------------------------------------------------------------------------------
+    model_path: Path  # local Hugging Face folder with every block the verifier may re-run
+    model_name: str | None = None  # the swarm's name of the model; None: the folder's name
+
+    # --- sampling and audits -----------------------------------------------------------------
+    sample_rate: float = 0.05  # probability that any one committed leaf is audited
+    reveal_timeout: float = 60.0  # seconds one reveal request may take
+    reveal_deadline: float = 600.0  # seconds after sampling a node has to reveal a leaf
+    retry_interval: float = 10.0  # seconds between reveal attempts of one leaf
+    max_spans: int = 4  # spans kept loaded for recomputation (least recently used dropped)
+    torch_threads: int | None = None  # torch intra-op threads; None: torch's default
+
+    # --- chain -------------------------------------------------------------------------------
+    home: Path = Path("~/.stakeswarm")  # state directory; the verifier keeps its files in
+    # <home>/verifier/<address>/ (ledger, sampling key, libp2p identity)
+    devnet: bool = False  # use the devnet deployment in <home> and a dev key
+    account: str | None = None  # with devnet: dev account name, role or index ("verifier")
+    deployment_file: Path | None = None  # without devnet: the deployment JSON
+    rpc_url: str | None = None  # JSON-RPC URL; None: the deployment's
+    keystore: Path | None = None  # without devnet: the verifier's key
+    password_env: str | None = None  # variable holding the keystore password; None: prompt
+    stake: Decimal | None = None  # tokens to stake when not registered yet; None: the minimum
+    poll_interval: float = 2.0  # seconds between reads of new commit and slash events
+    from_block: int | None = None  # first block to sample; None: where the last run stopped,
+    # else the deployment's first block
+
+    # --- swarm and quorum --------------------------------------------------------------------
+    initial_peers: tuple[str, ...] = ()  # multiaddrs of swarm members
+    host_maddrs: tuple[str, ...] = DEFAULT_HOST_MADDRS  # where libp2p listens
+    quorum_interval: float = 3.0  # seconds between reads of the verdicts other verifiers shared
+    verdict_ttl: float = 3600.0  # seconds a shared verdict stays in the DHT
+
+    # --- http --------------------------------------------------------------------------------
+    http_host: str = "127.0.0.1"  # where the status API listens
+    http_port: int | None = 0  # status API port; 0: any free port; None: no API
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not 0 < self.sample_rate <= 1:
+            problems.append(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        for name in (
+            "reveal_timeout",
+            "reveal_deadline",
+            "retry_interval",
+            "poll_interval",
+            "quorum_interval",
+            "verdict_ttl",
+        ):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive")
+        if self.reveal_timeout > self.reveal_deadline:
+            problems.append("reveal_timeout must not exceed reveal_deadline")
+        if self.max_spans < 1:
+            problems.append("max_spans must be >= 1")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            problems.append("torch_threads must be >= 1")
+        if self.devnet and (self.deployment_file is not None or self.keystore is not None):
+            problems.append("devnet uses the devnet's deployment and keys: no deployment/keystore")
+        if not self.devnet:
+            if self.deployment_file is None:
+                problems.append("give devnet, or a deployment file and a keystore")
+            if self.keystore is None:
+                problems.append("a verifier signs verdicts and transactions: give a keystore")
+            if self.account is not None:
+                problems.append("account selects a devnet dev key; without devnet use a keystore")
+        if self.stake is not None and self.stake < 0:
+            problems.append("stake must not be negative")
+        if self.from_block is not None and self.from_block < 0:
+            problems.append("from_block must not be negative")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            problems.append(f"http_port must be in [0, 65535], got {self.http_port}")
+        if problems:
+            raise VerifierConfigError("invalid verifier configuration: " + "; ".join(problems))
+
+    @property
+    def name(self) -> str:
+        """The model's name in the swarm and on-chain."""
+        return self.model_name or Path(self.model_path).name
