@@ -1,0 +1,211 @@
+"""Misbehaviour other than wrong arithmetic, with real node processes on Anvil:
+
+- equivocation: a node started with `--faulty equivocate` serves a step the client sends again
+  and signs a second, different receipt for it (an honest node refuses the replay); anyone
+  holding both receipts slashes it, without verdicts, and earns the bounty;
+- withholding: a node whose stored inputs no longer match what it committed shows the leaf
+  but cannot reveal its inputs: a withheld verdict and a slash. A node that is gone shows
+  nothing: the audit is recorded as withheld, and nothing can be proven on-chain.
+
+node-0 (blocks 0:3) equivocates, node-1 (3:6) is honest. Everything is reverted afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from eth_account import Account
+from hivemind.p2p import P2P
+from safetensors.torch import load_file, save_file
+
+from client.remote import RemoteError
+from ledger.contracts import Contracts
+from ledger.db import AuditOutcome, audits_of, open_ledger, sqlite_url
+from ledger.deployment import Deployment
+from ledger.types import Reason
+from node.protocol import ErrorCode, SignedReceipt
+from tests.integration.nodes import (
+    Hop,
+    LoopThread,
+    NodeProcess,
+    NodeSpec,
+    Payer,
+    RouteSession,
+    chain_snapshot,
+    running_nodes,
+)
+from tests.integration.verifiers import running_verifier
+from tests.models import make_tiny_model
+from verifier.equivocation import find_equivocations, submit_equivocation
+
+pytestmark = pytest.mark.timeout(600)
+
+NODE_ARGS = ("--commit-interval", "1", "--redeem-interval", "3600", "--announce-interval", "5")
+
+
+@dataclass
+class Swarm:
+    deployment: Deployment
+    nodes: list[NodeProcess]
+    hops: list[Hop]
+    runner: LoopThread
+    p2p: P2P
+    payer: Payer
+    model_path: Path
+
+    def session(self, hop: Hop, max_length: int = 16) -> RouteSession:
+        return RouteSession(self.runner, self.p2p, self.payer, [hop]).open(max_length)
+
+
+@pytest.fixture(scope="module")
+def swarm(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    model_path = make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 6)
+    chain = deployment.connect()
+    specs = [
+        NodeSpec("node-0", "0:3", args=(*NODE_ARGS, "--faulty", "equivocate")),
+        NodeSpec("node-1", "3:6", args=NODE_ARGS),
+    ]
+    workdir = tmp_path_factory.mktemp("misbehaviour")
+    with chain_snapshot(chain), running_nodes(deployment, workdir, model_path, specs) as nodes:
+        runner = LoopThread()
+        p2p = runner.run(P2P.create(initial_peers=[m for n in nodes for m in n.maddrs]))
+        try:
+            payer = Payer(deployment, chain)
+            hops = [
+                Hop(n, payer.open_channel(n.address), int(n.status()["price_per_token_per_block"]))
+                for n in nodes
+            ]
+            yield Swarm(deployment, nodes, hops, runner, p2p, payer, model_path)
+        finally:
+            runner.run(p2p.shutdown())
+            runner.close()
+
+
+def hidden_states(seed: int, tokens: int) -> torch.Tensor:
+    return torch.randn(1, tokens, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def replay_last_step(swarm: Swarm, route: RouteSession, hidden: torch.Tensor) -> SignedReceipt:
+    """Send the step just served again, with other hidden states."""
+    hop, session = route.hops[0], route.sessions[0]
+    session.next_step -= 1
+    mask = torch.ones(1, 7, dtype=torch.long)
+    voucher = swarm.payer.pay(hop.channel, hop.price_per_token)
+    _, receipt = swarm.runner.run(session.step(hidden, mask, voucher))
+    return receipt
+
+
+def test_an_equivocating_node_is_slashed_by_whoever_holds_both_receipts(swarm: Swarm) -> None:
+    cheat, honest = swarm.hops
+    # the honest node refuses to serve a step twice, and the session goes on
+    route = swarm.session(honest)
+    route.step(hidden_states(0, 6), torch.ones(1, 6, dtype=torch.long))
+    route.step(hidden_states(1, 1), torch.ones(1, 7, dtype=torch.long))
+    with pytest.raises(RemoteError) as refused:
+        replay_last_step(swarm, route, hidden_states(2, 1))
+    assert refused.value.code is ErrorCode.OUT_OF_ORDER and refused.value.fatal is False
+    route.sessions[0].next_step += 1
+    route.step(hidden_states(3, 1), torch.ones(1, 8, dtype=torch.long))
+    route.close()
+
+    # the equivocating node serves it again and signs a second receipt for step 1
+    route = swarm.session(cheat)
+    route.step(hidden_states(0, 6), torch.ones(1, 6, dtype=torch.long))
+    route.step(hidden_states(1, 1), torch.ones(1, 7, dtype=torch.long))
+    second = replay_last_step(swarm, route, hidden_states(2, 1))
+    route.close()
+    receipts = [r for step in route.receipts for r in step] + [second]
+    _wait_committed(cheat.node)  # its first leaves are on-chain (the next test audits them)
+    assert second.leaf.slot() == receipts[1].leaf.slot() and second.leaf != receipts[1].leaf
+
+    chain = swarm.deployment.connect()
+    reporter = Account.from_key(swarm.deployment.account("client-1").private_key)
+    contracts = Contracts.from_deployment(chain, swarm.deployment, chain.sender(reporter))
+    found = find_equivocations(receipts, contracts.slasher.domain())
+    assert [f.node for f in found] == [cheat.node.address]
+    stake = contracts.node_registry.get_node(cheat.node.address).stake
+    balance = contracts.token.balance_of(reporter.address)
+    outcome = submit_equivocation(contracts.slasher, found[0])
+    params = contracts.slasher.params()
+    assert outcome.amount == stake * params.slash_bps // 10_000
+    assert outcome.bounty == outcome.amount * params.bounty_bps // 10_000 > 0
+    assert contracts.node_registry.get_node(cheat.node.address).stake == stake - outcome.amount
+    assert contracts.token.balance_of(reporter.address) == balance + outcome.bounty
+
+
+def test_inputs_that_no_longer_match_are_withheld_and_slashed(swarm: Swarm, tmp_path: Path) -> None:
+    cheat, honest = swarm.hops
+    route = swarm.session(honest)
+    route.step(hidden_states(10, 5), torch.ones(1, 5, dtype=torch.long))
+    route.step(hidden_states(11, 1), torch.ones(1, 6, dtype=torch.long))
+    route.close()
+    session_id = route.receipts[0][0].leaf.session_id
+    _wait_committed(honest.node)
+    # the node's copy of step 0's inputs changes under it (lost, rewritten, or a lie)
+    stored = (
+        honest.node.home / "node" / honest.node.address / "inputs" / session_id.hex() / "3-6"
+        / "0.safetensors"
+    )  # fmt: skip
+    tensors = load_file(str(stored))
+    tensors["hidden"] = tensors["hidden"] + 0.5
+    save_file(tensors, str(stored))
+    # the equivocating node leaves: its committed leaves can no longer be revealed at all
+    assert cheat.node.stop() == 0
+
+    chain = swarm.deployment.connect()
+    contracts = Contracts.from_deployment(chain, swarm.deployment)
+    start_block = chain.block_number()
+    committed = sum(
+        b.leaf_count
+        for b in contracts.commitments.batches_committed(from_block=swarm.deployment.deploy_block)
+    )
+    stake = contracts.node_registry.get_node(honest.node.address).stake
+    peers = honest.node.maddrs
+    with running_verifier(
+        swarm.deployment, tmp_path, swarm.model_path, "verifier-1", peers,
+        args=("--reveal-deadline", "10", "--reveal-timeout", "5"),
+    ) as verifier:  # fmt: skip
+        status = verifier.wait_for(
+            "every committed leaf audited, two slashes",
+            lambda s: (
+                s["audits"]["done"] >= committed
+                and s["audits"]["pending"] == 0
+                and s["slashes"]["recorded"] >= 2
+            ),
+            timeout=180,
+        )
+    slashes = contracts.slasher.leaves_slashed(from_block=start_block)
+    # both leaves of the rewritten session (each reveal needs step 0's inputs)
+    assert [(s.node, s.reason) for s in slashes] == [(honest.node.address, Reason.WITHHELD)] * 2
+    assert contracts.node_registry.get_node(honest.node.address).stake < stake
+    assert status["slashes"]["recorded"] == 2
+
+    ledger = open_ledger(
+        sqlite_url(verifier.home / "verifier" / verifier.address / "ledger.sqlite")
+    )
+    try:
+        with ledger.begin() as db:
+            gone = audits_of(db, cheat.node.address)
+            served = audits_of(db, honest.node.address)
+    finally:
+        ledger.close()
+    # the node that left showed nothing: withheld, no leaf, nothing slashed
+    assert gone and all(a.outcome is AuditOutcome.WITHHELD and a.leaf_hash is None for a in gone)
+    assert {s.node for s in slashes} == {honest.node.address}
+    withheld = [a for a in served if a.outcome is AuditOutcome.WITHHELD]
+    assert {a.leaf_hash for a in withheld} == {s.leaf for s in slashes}
+    assert all("inputHash" in (a.detail or "") for a in withheld)
+    # its other sessions (the replay test's) still pass
+    assert {a.outcome for a in served} == {AuditOutcome.WITHHELD, AuditOutcome.PASSED}
+
+
+def _wait_committed(node: NodeProcess, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while node.status()["commitments"]["pending_leaves"]:
+        assert time.monotonic() < deadline, "leaves not committed"
+        time.sleep(0.5)

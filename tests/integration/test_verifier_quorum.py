@@ -1,0 +1,158 @@
+"""A quorum of 2 of 3 verifiers: contracts deployed with quorum 2 on the test Anvil, three
+active verifiers, a node that skips a block, and real `stakeswarm verifier run` processes.
+
+One verifier alone finds the cheat but cannot slash: it shares its signed verdict in the DHT.
+When a second verifier starts (sampling nothing of its own), it reads the shared verdict,
+audits that leaf itself, agrees and shares its own; with two valid verdicts the slash goes
+through and both signers are paid the same bounty. The third verifier, registered but not
+running, signs nothing and is paid nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+from eth_account import Account
+from hivemind.p2p import P2P
+
+from ledger.compile import PROJECT_ROOT, compile_contracts
+from ledger.contracts import Contracts
+from ledger.deployment import TOKEN, Deployment, DeploymentParams, deploy_all
+from ledger.types import Reason, Wei
+from tests.integration.nodes import (
+    Hop,
+    LoopThread,
+    NodeProcess,
+    NodeSpec,
+    Payer,
+    RouteSession,
+    chain_snapshot,
+    running_nodes,
+)
+from tests.integration.verifiers import running_verifier
+from tests.models import make_tiny_model
+
+pytestmark = pytest.mark.timeout(600)
+
+NODE_ARGS = ("--commit-interval", "1", "--redeem-interval", "3600", "--announce-interval", "5")
+VERIFIERS = ("verifier-0", "verifier-1", "client-2")  # the third: any funded key may verify
+
+
+@dataclass
+class QuorumSwarm:
+    deployment: Deployment
+    contracts: Contracts
+    node: NodeProcess
+    model_path: Path
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def swarm(
+    deployment: Deployment, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[QuorumSwarm]:
+    chain = deployment.connect()
+    with chain_snapshot(chain):
+        deployer = Account.from_key(deployment.account("deployer").private_key)
+        sender = chain.sender(deployer)
+        quorum2 = deploy_all(
+            chain,
+            sender,
+            DeploymentParams(quorum=2),
+            compile_contracts(PROJECT_ROOT),
+            deployment.abi_dir,
+        )
+        quorum2 = replace(quorum2, accounts=deployment.accounts)
+        contracts = Contracts.from_deployment(chain, quorum2, sender)
+        for name in ("node-0", "client-0", *VERIFIERS):
+            contracts.token.transfer(quorum2.account(name).address, Wei(10_000 * TOKEN))
+        # the third verifier registers but never runs
+        third = Account.from_key(quorum2.account(VERIFIERS[2]).private_key)
+        registry = contracts.verifier_registry.with_sender(chain.sender(third))
+        registry.register_with_approve(registry.min_stake())
+
+        model_path = make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 6)
+        workdir = tmp_path_factory.mktemp("quorum")
+        spec = NodeSpec("node-0", "0:3", args=(*NODE_ARGS, "--faulty", "skip-block"))
+        with running_nodes(quorum2, workdir, model_path, [spec]) as nodes:
+            yield QuorumSwarm(quorum2, Contracts.from_deployment(chain, quorum2), nodes[0],
+                              model_path, workdir)  # fmt: skip
+
+
+def serve_one_session(swarm: QuorumSwarm) -> None:
+    """A paying client steps a short session through the cheating node."""
+    runner = LoopThread()
+    p2p = runner.run(P2P.create(initial_peers=swarm.node.maddrs))
+    try:
+        payer = Payer(swarm.deployment, swarm.deployment.connect())
+        price = int(swarm.node.status()["price_per_token_per_block"])
+        hop = Hop(swarm.node, payer.open_channel(swarm.node.address), price)
+        route = RouteSession(runner, p2p, payer, [hop]).open(16)
+        generator = torch.Generator().manual_seed(0)
+        route.step(torch.randn(1, 5, 64, generator=generator), torch.ones(1, 5, dtype=torch.long))
+        route.step(torch.randn(1, 1, 64, generator=generator), torch.ones(1, 6, dtype=torch.long))
+        route.close()
+    finally:
+        runner.run(p2p.shutdown())
+        runner.close()
+    deadline = time.monotonic() + 60
+    while swarm.node.status()["commitments"]["committed_leaves"] < 2:
+        assert time.monotonic() < deadline, "the node did not commit its leaves"
+        time.sleep(0.5)
+
+
+def test_two_of_three_verifiers_slash_together_and_share_the_bounty(
+    swarm: QuorumSwarm, tmp_path: Path
+) -> None:
+    contracts, node = swarm.contracts, swarm.node
+    assert contracts.slasher.params().quorum == 2
+    serve_one_session(swarm)
+    stake = contracts.node_registry.get_node(node.address).stake
+    third = swarm.deployment.account(VERIFIERS[2]).address
+    third_balance = contracts.token.balance_of(third)
+    peers = node.maddrs
+
+    with running_verifier(
+        swarm.deployment, tmp_path, swarm.model_path, VERIFIERS[0], peers
+    ) as first:
+        first_balance = contracts.token.balance_of(first.address)
+        first.wait_for(
+            "its own verdicts", lambda s: s["audits"]["failed"] == 2 and s["verdicts_signed"] == 2
+        )
+        time.sleep(3)  # alone it cannot reach the quorum, however long it waits
+        assert contracts.slasher.leaves_slashed(from_block=swarm.deployment.deploy_block) == []
+        assert contracts.node_registry.get_node(node.address).stake == stake
+
+        with running_verifier(
+            swarm.deployment, tmp_path, swarm.model_path, VERIFIERS[1], peers,
+            sample_rate=1e-9,  # samples nothing itself: it audits what the first one shared
+        ) as second:  # fmt: skip
+            second_balance = contracts.token.balance_of(second.address)
+            second_status = second.wait_for(
+                "both slashes recorded", lambda s: s["slashes"]["recorded"] == 2
+            )
+            first_status = first.wait_for(
+                "both slashes recorded", lambda s: s["slashes"]["recorded"] == 2
+            )
+
+    slashes = contracts.slasher.leaves_slashed(from_block=swarm.deployment.deploy_block)
+    assert len(slashes) == 2 and all(s.node == node.address for s in slashes)
+    assert all(s.reason is Reason.MISMATCH for s in slashes)
+    assert contracts.node_registry.get_node(node.address).stake < stake
+    bounty = sum(s.bounty_per_verifier for s in slashes)
+    params = contracts.slasher.params()
+    for s in slashes:  # the bounty share is split between exactly two signers
+        assert s.bounty_per_verifier == s.amount * params.bounty_bps // 10_000 // 2 > 0
+    assert contracts.token.balance_of(first.address) == first_balance + bounty
+    assert contracts.token.balance_of(second.address) == second_balance + bounty
+    assert contracts.token.balance_of(third) == third_balance
+    # the second verifier audited the shared leaves itself before signing
+    assert second_status["audits"]["failed"] == 2 and second_status["verdicts_signed"] == 2
+    assert int(first_status["slashes"]["bounties_earned"]) == bounty
+    assert int(second_status["slashes"]["bounties_earned"]) == bounty
+    assert first_status["slashes"]["submitted"] + second_status["slashes"]["submitted"] == 2
