@@ -1,260 +1,75 @@
-"""Real `python -m node serve` processes for integration tests, started and always stopped.
+"""Real `python -m node serve` processes for integration tests, and a client side to drive them.
 
     with chain_snapshot(chain), running_nodes(deployment, tmp_path, model_path,
                                               [NodeSpec("node-0", "0:2"), NodeSpec("node-1", "2:4")]) as nodes:
         nodes[0].peer_id, nodes[0].maddrs, nodes[0].address, nodes[0].http_url, nodes[0].status()
 
-Each node runs with `--devnet --account NAME` and a home of its own (a copy of the test
-deployment file, so no ledger or throughput cache leaks between test modules), in its own
-process group; stdout and stderr go to files under `tmp_path` and their tails are shown when a
-node fails to start. The first node starts a new swarm; the others join it. Nodes are stopped
-by PID with SIGTERM (their clean shutdown: OFFLINE, commit, redeem) and SIGKILL of the group
-after a timeout, however the test ends.
+Starting and stopping the processes is `stakeswarm.swarm`'s job (re-exported here): each node
+runs with `--devnet --account NAME` in a home of its own (a copy of the test deployment file,
+so no ledger or throughput cache leaks between test modules), in its own process group,
+output in files under `tmp_path` whose tails are shown when a node fails to start; nodes are
+stopped by PID (SIGTERM, then SIGKILL of the group) however the test ends.
 
-`chain_snapshot` keeps the session's shared Anvil clean: what the nodes did on-chain (stake,
-commits, redemptions) is reverted when the block ends.
+Test-only helpers: `chain_snapshot` keeps the session's shared Anvil clean (what the nodes did
+on-chain is reverted when the block ends); `LoopThread`, `Payer`, `Hop`, `RouteSession` and
+`greedy_generate` drive nodes directly, below the client library.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Coroutine, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass, field
-from pathlib import Path
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import httpx
 import torch
 from eth_account import Account
 from hivemind.p2p import P2P
 
 from client.remote import RemoteSpanSession
 from ledger.chain import Chain
+from ledger.compile import PROJECT_ROOT
 from ledger.contracts import Contracts
 from ledger.deployment import TOKEN, Deployment
 from ledger.eip712 import Domain, sign_voucher
 from ledger.types import Voucher, Wei
 from node.blocks import ClientHead
 from node.protocol import SignedReceipt
+from stakeswarm.swarm import (
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    NodeProcess,
+    NodeSpec,
+    running_nodes,
+    start_node,
+    start_nodes,
+)
+from stakeswarm.swarm import process_home as node_home
+
+__all__ = [
+    "REPO_ROOT",
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
+    "Hop",
+    "LoopThread",
+    "NodeProcess",
+    "NodeSpec",
+    "Payer",
+    "RouteSession",
+    "chain_snapshot",
+    "greedy_generate",
+    "node_home",
+    "running_nodes",
+    "start_node",
+    "start_nodes",
+]
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 120.0  # seconds for a node to load, register and announce on 2 busy cores
-STOP_TIMEOUT = 30.0  # seconds for a clean shutdown before SIGKILL
-
-_READY = re.compile(r"^ready$", re.MULTILINE)
-_ADDRESS = re.compile(r"^stakeswarm node (0x[0-9a-fA-F]{40}) serving", re.MULTILINE)
-_PEER = re.compile(r"^\s+peer id\s+(\S+)", re.MULTILINE)
-_JOIN = re.compile(r"^\s+join with\s+--initial-peers (\S+)", re.MULTILINE)
-_HTTP = re.compile(r"^\s+status api\s+(\S+)", re.MULTILINE)
-_BLOCKS = re.compile(r"^\s+blocks\s+(\d+):(\d+)", re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """One node to start: a dev account and either fixed blocks ("0:2") or a count."""
-
-    account: str  # dev account name, e.g. "node-0"
-    blocks: str | None = None  # START:END; None: choose `num_blocks` from the swarm
-    num_blocks: int | None = None
-    args: tuple[str, ...] = ()  # extra `node serve` options
-
-
-@dataclass
-class NodeProcess:
-    """A started node and what it printed about itself."""
-
-    spec: NodeSpec
-    process: subprocess.Popen[bytes]
-    home: Path
-    stdout: Path
-    stderr: Path
-    address: str = ""
-    peer_id: str = ""
-    maddrs: list[str] = field(default_factory=list)
-    http_url: str = ""
-    span: tuple[int, int] = (0, 0)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def status(self) -> dict[str, Any]:
-        """The node's `/status` document."""
-        response = httpx.get(f"{self.http_url}/status", timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def metrics(self) -> str:
-        return httpx.get(f"{self.http_url}/metrics", timeout=10).text
-
-    def logs(self, lines: int = 40) -> str:
-        out = _tail(self.stdout, lines)
-        err = _tail(self.stderr, lines)
-        return f"--- {self.spec.account} stdout\n{out}\n--- {self.spec.account} stderr\n{err}"
-
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.stdout.read_text(errors="replace") if self.stdout.exists() else ""
-            if _READY.search(text):
-                self._parse(text)
-                return
-            if not self.alive():
-                raise RuntimeError(
-                    f"node {self.spec.account} exited with {self.process.returncode} before "
-                    f"it was ready\n{self.logs()}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"node {self.spec.account} not ready after {timeout:.0f} s\n{self.logs()}"
-                )
-            time.sleep(0.2)
-
-    def _parse(self, text: str) -> None:
-        address, peer, http, blocks = (
-            _ADDRESS.search(text),
-            _PEER.search(text),
-            _HTTP.search(text),
-            _BLOCKS.search(text),
-        )
-        assert address and peer and http and blocks, f"unexpected node output:\n{text}"
-        self.address = address.group(1)
-        self.peer_id = peer.group(1)
-        self.http_url = http.group(1)
-        self.maddrs = _JOIN.findall(text)
-        self.span = (int(blocks.group(1)), int(blocks.group(2)))
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM, wait, then SIGKILL the process group; returns the exit status."""
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout)
-        # the node's DHT process and libp2p daemon live in its process group
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        return self.process.wait(timeout)
-
-
-def _tail(path: Path, lines: int) -> str:
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def node_home(deployment: Deployment, root: Path) -> Path:
-    """A fresh home whose devnet deployment is the test deployment."""
-    root.mkdir(parents=True, exist_ok=True)
-    deployment.save(root / "devnet" / "deployment.json")
-    return root
-
-
-def start_node(
-    spec: NodeSpec,
-    deployment: Deployment,
-    workdir: Path,
-    model_path: Path,
-    *,
-    initial_peers: Sequence[str] = (),
-    model_name: str | None = None,
-) -> NodeProcess:
-    """Start one node process (not waiting for it)."""
-    home = node_home(deployment, workdir / spec.account / "home")
-    command = [
-        sys.executable,
-        "-m",
-        "node",
-        "serve",
-        "--model",
-        str(model_path),
-        "--devnet",
-        "--home",
-        str(home),
-        "--account",
-        spec.account,
-        "--http-port",
-        "0",
-        "--threads",
-        "1",
-    ]
-    if model_name:
-        command += ["--model-name", model_name]
-    if spec.blocks:
-        command += ["--blocks", spec.blocks]
-    if spec.num_blocks:
-        command += ["--num-blocks", str(spec.num_blocks)]
-    for peer in initial_peers:
-        command += ["--initial-peers", peer]
-    command += list(spec.args)
-    stdout, stderr = workdir / spec.account / "stdout.log", workdir / spec.account / "stderr.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "200"}
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-        )
-    return NodeProcess(spec, process, home, stdout, stderr)
-
-
-@contextmanager
-def running_nodes(
-    deployment: Deployment,
-    workdir: Path,
-    model_path: Path,
-    specs: Sequence[NodeSpec],
-    *,
-    initial_peers: Sequence[str] = (),
-    model_name: str | None = None,
-    sequential: bool = False,
-) -> Iterator[list[NodeProcess]]:
-    """Start `specs` (the first alone unless `initial_peers`; then the rest together, or one
-    after another with `sequential`, e.g. when each chooses its span from the swarm) and stop
-    all of them when the block ends."""
-    nodes: list[NodeProcess] = []
-    try:
-        peers = list(initial_peers)
-        pending = list(specs)
-        if not peers and pending:
-            first = start_node(
-                pending.pop(0), deployment, workdir, model_path, model_name=model_name
-            )
-            nodes.append(first)
-            first.wait_ready()
-            peers = first.maddrs
-        batch: list[NodeProcess] = []
-        for spec in pending:
-            node = start_node(
-                spec, deployment, workdir, model_path, initial_peers=peers, model_name=model_name
-            )
-            nodes.append(node)
-            batch.append(node)
-            if sequential:
-                node.wait_ready()
-        for node in batch:
-            node.wait_ready()
-        yield nodes
-    finally:
-        with ExitStack() as stack:
-            for node in nodes:
-                stack.callback(node.stop)
+REPO_ROOT = PROJECT_ROOT
 
 
 @contextmanager
