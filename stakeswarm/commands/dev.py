@@ -1,17 +1,25 @@
-"""`stakeswarm dev`: a local chain with every contract deployed, for development.
+"""`stakeswarm dev`: a local chain with every contract deployed, for development; a local swarm
+of nodes on it.
 
     stakeswarm dev up [--chain anvil|hardhat] [--accounts N] [--port P] [--home DIR]
+    stakeswarm dev swarm --model PATH|smollm2 [--nodes N] [--faulty INDEX:MODE] [--home DIR]
     stakeswarm dev down [--home DIR]
 
-`dev up` stays in the foreground until Ctrl-C (or `dev down` from another terminal), then stops
-the chain. The deployment file it writes, `<home>/devnet/deployment.json`, is what every
-`--devnet` command reads.
+`dev up` and `dev swarm` stay in the foreground until Ctrl-C (or `dev down` from another
+terminal), then stop everything they started. The deployment file they write,
+`<home>/devnet/deployment.json`, is what every `--devnet` command reads. `dev swarm` also starts
+N nodes (dev accounts node-0, node-1, ...) splitting the model's blocks evenly, each with its
+home and logs in `<home>/swarm/<account>/` (cleared at every start: the chain is new), and
+prints the multiaddrs to join with and a `stakeswarm client generate` command to try.
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import shlex
 import signal
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -24,6 +32,7 @@ from ledger.deployment import TOKEN, Deployment
 from ledger.errors import LedgerError
 from stakeswarm.devnet import Devnet, DevnetConfig, stop_devnet
 from stakeswarm.home import Home
+from stakeswarm.swarm import LocalSwarm, SwarmConfig, SwarmError, resolve_model
 
 app = typer.Typer(
     help="A local chain with every contract deployed and funded dev accounts.",
@@ -80,6 +89,140 @@ def up(
         raise typer.Exit(1) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def parse_faulty(values: list[str] | None) -> dict[int, str]:
+    """ "INDEX:MODE" options (e.g. "1:noise") to {node index: cheat mode}."""
+    faulty: dict[int, str] = {}
+    for value in values or ():
+        index, sep, mode = value.partition(":")
+        if not sep or not index.strip().isdigit() or not mode.strip():
+            raise typer.BadParameter(
+                f"takes INDEX:MODE, e.g. 1:noise, got {value!r}", param_hint="--faulty"
+            )
+        faulty[int(index)] = mode.strip()
+    return faulty
+
+
+@app.command()
+def swarm(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Model folder (config.json + safetensors), or 'smollm2' for "
+            "SmolLM2-135M-Instruct prepared in <home>/models.",
+            show_default=False,
+        ),
+    ],
+    nodes: Annotated[int, typer.Option(help="Nodes splitting the model's blocks evenly.")] = 3,
+    faulty: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="INDEX:MODE: node INDEX cheats (noise, skip-block, wrong-weights, "
+            "low-precision, stale, equivocate); repeat for more.",
+            show_default=False,
+        ),
+    ] = None,
+    chain: Annotated[
+        ChainChoice, typer.Option(help="Which local chain to run.")
+    ] = ChainChoice.anvil,
+    threads: Annotated[int, typer.Option(help="Torch threads per node.")] = 1,
+    home: HomeOption = None,
+) -> None:
+    """Start a local chain and a swarm of nodes serving a model, and run until Ctrl-C."""
+    console = Console(soft_wrap=True, highlight=False)
+    errors = Console(stderr=True, soft_wrap=True)
+    resolved = Home.resolve(home)
+    previous_int = signal.getsignal(signal.SIGINT)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    running: LocalSwarm | None = None
+    try:
+        with console.status("preparing the model") as status:
+            path = resolve_model(model, resolved, lambda stage: status.update(escape(stage)))
+        config = SwarmConfig(
+            model_path=path,
+            nodes=nodes,
+            faulty=parse_faulty(faulty),
+            threads=threads,
+            chain=chain.value,
+        )
+        with console.status(
+            f"starting {config.chain}, deploying, and starting {nodes} node(s) serving {path.name}"
+        ):
+            running = LocalSwarm.launch(config, resolved)
+        _print_swarm(console, running, config, resolved)
+        console.print("[bold]swarm running[/]: Ctrl-C or `stakeswarm dev down` stops it")
+        _watch(console, running)
+    except (KeyboardInterrupt, _Stop):
+        pass
+    except (SwarmError, LedgerError) as exc:
+        errors.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    finally:
+        try:
+            if running is not None:
+                # held back meanwhile: a second Ctrl-C must not leave a node running
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                console.print("stopping the nodes and the chain")
+                running.stop()
+                console.print("swarm stopped")
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _watch(console: Console, running: LocalSwarm) -> None:
+    """Wait for Ctrl-C; say once about each node that stops on its own."""
+    reported: set[str] = set()
+    while True:
+        for node in running.nodes:
+            if node.name not in reported and not node.alive():
+                reported.add(node.name)
+                console.print(
+                    f"[yellow]{node.name} exited[/] with status {node.process.returncode}; "
+                    f"its log: {escape(str(node.stderr))}"
+                )
+        time.sleep(1.0)  # other processes' state: nothing to block on but polling
+
+
+def _has_chat_template(model_path: Path) -> bool:
+    if (model_path / "chat_template.jinja").is_file():
+        return True
+    config = model_path / "tokenizer_config.json"
+    try:
+        return "chat_template" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _print_swarm(console: Console, running: LocalSwarm, config: SwarmConfig, home: Home) -> None:
+    """What a user needs to try their own client: the peers, the deployment, a command."""
+    deployment, model_path = running.deployment, config.model_path
+    console.print(
+        f"[bold green]swarm up[/]: {len(running.nodes)} node(s) serving {model_path.name} on "
+        f"{deployment.rpc_url} (chain id {deployment.chain_id})"
+    )
+    for index, node in enumerate(running.nodes):
+        mode = config.faulty.get(index)
+        cheat = f"  [red]CHEATS: --faulty {mode}[/]" if mode else ""
+        console.print(
+            f"  {node.name:<7} {node.address}  blocks {node.span[0]}:{node.span[1]}  "
+            f"status {node.http_url}{cheat}"
+        )
+    console.print(f"  node homes and logs under {running.workdir}")
+    console.print("[bold]initial peers[/] (--initial-peers):")
+    for maddr in running.initial_peers:
+        console.print(f"  {maddr}")
+    console.print(f"deployment file: {home.devnet_deployment}")
+    command = ["stakeswarm", "client", "generate", "Hello! Tell me about swarms.",
+               "--model", str(model_path), "--max-new-tokens", "32"]  # fmt: skip
+    if _has_chat_template(model_path):
+        command.append("--chat")
+    command += ["--devnet", "--home", str(home.root), "--account", "client-0"]
+    command += ["--initial-peers", running.initial_peers[0]]
+    console.print("[bold]try it[/] (dev accounts client-0..client-2 are funded):")
+    console.print(f"  {escape(shlex.join(command))}")
 
 
 @app.command()
