@@ -40,9 +40,9 @@ def test_story_moves_money_as_the_rules_say(deployment: Deployment, chain: Chain
     assert sum(1 for _, tx in log.steps if tx is not None) == 16
 
 
-def test_demo_command_runs_its_own_chain_and_stops_it(tmp_path) -> None:
+def test_demo_ledger_only_runs_its_own_chain_and_stops_it(tmp_path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "stakeswarm", "demo", "--home", str(tmp_path)],
+        [sys.executable, "-m", "stakeswarm", "demo", "--ledger-only", "--home", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
