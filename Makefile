@@ -1,5 +1,6 @@
 # stakeswarm: everything a fresh machine needs is installed by these targets.
-#   make demo   the whole story on a local chain this command starts and stops itself
+#   make demo   SmolLM2 on a staked, paid, verified swarm this command starts and stops itself
+#               (3 nodes, one cheating and slashed; a verifier; a client paying per token)
 #   make test   every test: Solidity (Hardhat) and Python (pytest)
 
 SHELL := /bin/bash
