@@ -178,7 +178,10 @@ def _swarm_story(
     try:
         with console.status("preparing the model") as status:
             path = resolve_model(model, home, lambda stage: status.update(escape(stage)))
-        console.print(f"[green]✓[/] model {path.name} ready in {escape(str(path))}")
+        console.print(
+            f"[green]✓[/] model {path.name} ready in {escape(str(path))} "
+            f"[dim]({time.monotonic() - began:.1f} s)[/]"
+        )
         config = StoryConfig(
             model_path=path, workdir=workdir, prompt=prompt or DEMO_PROMPT, chat=chat,
             max_new_tokens=max_new_tokens, nodes=nodes, faulty_node=faulty_node, fault=fault,
@@ -217,9 +220,7 @@ def _swarm_story(
             show(node.stake_after),
             f"[red]-{show(node.slashed)}[/]" if node.slashed else "[green]no[/]",
         )
-    table.add_row(
-        "verifier-0", "", "verifier: bounty", "", show(result.verifier_bounty), "", "", ""
-    )
+    table.add_row("verifier-0", "", "verifier", "", show(result.verifier_bounty), "", "", "")
     console.print(table)
     cheats = [node for node in result.nodes if node.cheat]
     taken = sum(s.amount for s in result.slashes)
