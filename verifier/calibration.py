@@ -12,28 +12,35 @@ against one pass, and float16 / bfloat16 nodes that declare it. Cheats: every co
 of `node.faults` (all but equivocate, which is not a computation), declared float32 or bfloat16.
 
 `benchmarks/calibrate.py` prints the rates; `tests/unit/test_verifier_audit.py` asserts zero
-false positives and at least 99% detection per cheated leaf.
+false positives and at least 99% detection per cheated leaf. The serving side imports only
+torch and the node's block code (sketching and judging are imported when used), so it also
+runs on a GPU machine that has none of the verifier's chain dependencies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from node.blocks import ClientHead, Span
 from node.cache import CacheManager
 from node.faults import (
+    NOISE_SCALE,
     FaultMode,
     add_noise,
     low_precision_forward,
     perturb_weights,
     skipping_block,
 )
-from node.sketch import Sketch, sketch
-from verifier.audit import Judgement, judge, recompute
+
+if TYPE_CHECKING:
+    from node.sketch import Sketch
+    from verifier.audit import Judgement
 
 COMPUTE_CHEATS: tuple[FaultMode, ...] = (
     FaultMode.NOISE,
@@ -53,6 +60,7 @@ class Variation:
     fault: FaultMode | None = None  # None: honest
     threads: int = 2  # torch threads while it serves
     strangers: int = 0  # other sessions' rows computed in the same batch
+    noise_scale: float = NOISE_SCALE  # with the noise cheat: its std over the output's std
 
 
 HONEST: tuple[Variation, ...] = (
@@ -131,14 +139,18 @@ def torch_threads(count: int) -> Iterator[None]:
 
 
 class SimulatedNode:
-    """A node serving sessions over `span` (float32 weights) as `variation` says."""
+    """A node serving sessions over `span` (float32 weights, on the CPU) as `variation` says,
+    on `device` (another device is another machine's arithmetic: an honest variation too)."""
 
-    def __init__(self, span: Span, variation: Variation, *, seed: int = 0) -> None:
+    def __init__(
+        self, span: Span, variation: Variation, *, seed: int = 0, device: str = "cpu"
+    ) -> None:
         self.variation = variation
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
             variation.declared
         ]
-        served = span if dtype == torch.float32 else _cast(span, dtype)
+        same = dtype == torch.float32 and torch.device(device) == span.device
+        served = span if same else _moved(span, dtype, torch.device(device))
         if variation.fault is FaultMode.SKIP_BLOCK:
             served = skipping_block(served)
         elif variation.fault is FaultMode.WRONG_WEIGHTS:
@@ -164,7 +176,9 @@ class SimulatedNode:
             run_mask = torch.cat([torch.ones(strangers, total, dtype=torch.long), mask])
         else:
             run_hidden, run_mask = hidden, mask
-        bounds = [(0, prompt)] + [(t, t + 1) for t in range(prompt, total)]
+        device = self.span.device
+        run_hidden, run_mask = run_hidden.to(device), run_mask.to(device)
+        bounds = step_bounds(prompt, total)
         inputs, outputs, cheated = [], [], []
         with (
             torch_threads(self.variation.threads),
@@ -180,10 +194,11 @@ class SimulatedNode:
                     out = low_precision_forward(self.span, step_hidden, step_mask, cache)
                 else:
                     out = self.span.forward(step_hidden, step_mask, cache)
-                out = out[strangers:]
+                out = out[strangers:].cpu()
                 honest_out, was_cheated = out, False
                 if self.variation.fault is FaultMode.NOISE:
-                    out, was_cheated = add_noise(out, self.generator), True
+                    out = add_noise(out, self.generator, self.variation.noise_scale)
+                    was_cheated = True
                 elif self.variation.fault is FaultMode.STALE:
                     if previous is not None and previous.shape == out.shape:
                         out, was_cheated = previous, True
@@ -196,11 +211,11 @@ class SimulatedNode:
         return inputs, outputs, cheated
 
 
-def _cast(span: Span, dtype: torch.dtype) -> Span:
-    import copy
-
+def _moved(span: Span, dtype: torch.dtype, device: torch.device) -> Span:
+    """A copy of `span` with its weights in `dtype` on `device`."""
     other = copy.deepcopy(span)
-    other.layers.to(dtype)
+    other.layers.to(device=device, dtype=dtype)
+    other.rotary.to(device)
     return Span(
         other.config,
         other.family,
@@ -209,15 +224,23 @@ def _cast(span: Span, dtype: torch.dtype) -> Span:
         other.layers,
         other.rotary,
         dtype,
-        other.device,
+        device,
     )
 
 
 def session_inputs(
-    head: ClientHead, generator: torch.Generator, *, batch: int, prompt: int, new_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random token ids embedded as a session's hidden states [batch, prompt + new, hidden]
-    and a mask with random left padding of the prompt."""
+    head: ClientHead,
+    generator: torch.Generator,
+    *,
+    max_batch: int = 3,
+    max_prompt: int = 16,
+    new_tokens: int = 6,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A random session: token ids of a random batch (1..`max_batch`) and prompt length
+    (4..`max_prompt`) embedded as hidden states [batch, prompt + new_tokens, hidden], a mask
+    with random left padding of the prompt, and the prompt length."""
+    batch = int(torch.randint(1, max_batch + 1, (1,), generator=generator))
+    prompt = int(torch.randint(4, max_prompt + 1, (1,), generator=generator))
     vocab = head.embed_tokens.num_embeddings
     total = prompt + new_tokens
     ids = torch.randint(3, vocab, (batch, total), generator=generator)
@@ -225,14 +248,22 @@ def session_inputs(
     for row in range(batch):
         pad = int(torch.randint(0, max(1, prompt // 2), (1,), generator=generator))
         mask[row, :pad] = 0
-    return head.embed(ids), mask
+    return head.embed(ids), mask, prompt
 
 
-def leaves_of(
-    node: SimulatedNode, hidden: torch.Tensor, mask: torch.Tensor, prompt: int
+def step_bounds(prompt: int, total: int) -> list[tuple[int, int]]:
+    """The token range of each step of a session: the prefill, then one token per step."""
+    return [(0, prompt)] + [(t, t + 1) for t in range(prompt, total)]
+
+
+def leaves_from(
+    inputs: list[tuple[torch.Tensor, torch.Tensor]],
+    outputs: list[torch.Tensor],
+    cheated: list[bool],
 ) -> list[Leaf]:
-    """The leaves a simulated node commits for one session."""
-    inputs, outputs, cheated = node.serve(hidden, mask, prompt)
+    """The leaves committed for one session's steps: what each step received and sent."""
+    from node.sketch import Sketch, sketch
+
     return [
         Leaf(step, inputs[: step + 1], Sketch.decode(sketch(out).encode()), was_cheated)
         for step, (out, was_cheated) in enumerate(zip(outputs, cheated, strict=True))
@@ -241,6 +272,8 @@ def leaves_of(
 
 def audit_leaf(reference: Span, leaf: Leaf, declared: str) -> Judgement:
     """The verifier's judgement of one leaf: one float32 pass, compared under `declared`."""
+    from verifier.audit import judge, recompute
+
     hidden = torch.cat([h for h, _ in leaf.inputs], dim=1)
     mask = leaf.inputs[-1][1]
     with torch_threads(1):
@@ -255,20 +288,16 @@ def run_variation(
     *,
     sessions: int,
     seed: int = 0,
-    max_batch: int = 3,
-    max_prompt: int = 16,
     new_tokens: int = 6,
+    device: str = "cpu",
 ) -> Rates:
-    """Serve `sessions` random sessions as `variation` and audit every leaf."""
+    """Serve `sessions` random sessions as `variation` (the node on `device`) and audit every
+    leaf on the CPU."""
     generator = torch.Generator().manual_seed(seed)
-    node = SimulatedNode(reference, variation, seed=seed)
+    node = SimulatedNode(reference, variation, seed=seed, device=device)
     rates = Rates(variation)
     for _ in range(sessions):
-        batch = int(torch.randint(1, max_batch + 1, (1,), generator=generator))
-        prompt = int(torch.randint(4, max_prompt + 1, (1,), generator=generator))
-        hidden, mask = session_inputs(
-            head, generator, batch=batch, prompt=prompt, new_tokens=new_tokens
-        )
-        for leaf in leaves_of(node, hidden, mask, prompt):
+        hidden, mask, prompt = session_inputs(head, generator, new_tokens=new_tokens)
+        for leaf in leaves_from(*node.serve(hidden, mask, prompt)):
             rates.add(leaf, audit_leaf(reference, leaf, variation.declared))
     return rates

@@ -3,22 +3,28 @@
 The ONE place these numbers live; the verifier (`verifier.audit.judge`), its tests and
 `benchmarks/calibrate.py` all read them from here.
 
-A verifier always recomputes a span in float32 from the revealed inputs (exactly as revealed,
-upcast) and measures the node's committed sketch against it (`node.sketch.compare`). What
-an honest node may differ by depends on the dtype it declared (and its inputs travelled in):
+A verifier always recomputes a span in float32 on its CPU from the revealed inputs (exactly
+as revealed, upcast) and measures the node's committed sketch against it
+(`node.sketch.compare`). What an honest node may differ by depends on the dtype it declared
+(the dtype its inputs travel in):
 
-- float32: thread counts, batch composition, one pass against cached steps, other hardware
-  leave only float rounding; the sketch's own float16 rounding (relative 2^-11 = 4.9e-4) is
-  the largest honest error, so the bounds sit a few times above it and well below what a
-  node computing in bfloat16 (mean 1.9e-3 to 1e-2) or adding 1% noise (mean >= 2.6e-3) shows;
-- float16 / bfloat16: the node's own rounding through every block (bfloat16 keeps 8
-  significant bits) is the honest error; the bounds sit a few times above what calibration
-  measured for honest nodes in those dtypes (bfloat16: mean relative error up to 1.3e-2 and
-  worst up to 9.8e-2 on 8 random blocks of width 256), so only gross cheats (skipped
-  blocks, stale outputs, other models) fail a node that declares them.
+- float32: thread counts, batch composition, one pass against cached steps and other
+  hardware (an H200 against this CPU) leave only float rounding; the sketch's own float16
+  rounding (relative 2^-11 = 4.9e-4) bounds the worst honest error. Calibration measured
+  honest mean relative errors up to 2.7e-4 and worst up to 4.9e-4 (tiny random Llama,
+  SmolLM2-135M blocks 0-10, a SmolLM2-shaped random Llama, nodes on CPU and on an H200); a
+  node computing in bfloat16 while declaring float32 showed means from 8.6e-4 and worsts
+  from 1.7e-3, 1% output noise means from 1.2e-3. TF32 matmuls (off by default in PyTorch)
+  are lower precision than float32 and may fail.
+- float16 / bfloat16: the node's own rounding through every block is the honest error
+  (bfloat16 keeps 8 significant bits). Calibration measured honest float16 up to mean 3.6e-3
+  and worst 3.6e-2, honest bfloat16 up to mean 1.8e-2 and worst 0.36 (SmolLM2 blocks 0-10 on
+  the CPU; an H200 stayed below). The bounds sit about three times above, so a node that
+  declares a 16-bit dtype is caught only by gross cheats (stale outputs, other models, most
+  skipped blocks); small perturbations hide in its own rounding. docs/security.md says what
+  that means for stakes; docs/benchmarks.md has the calibration tables.
 
-Calibration (`benchmarks/calibrate.py`, results in docs/benchmarks.md) runs honest variations
-against every cheat mode of `node.faults` and prints false-positive and detection rates.
+`benchmarks/calibrate.py` reruns the calibration and prints false-positive and detection rates.
 """
 
 from __future__ import annotations
@@ -40,18 +46,18 @@ class Tolerance:
 
 FLOAT32_TOLERANCE: Final = Tolerance(
     min_overlap=0.75,  # a near-tie at the k-th component may swap two indices honestly
-    max_rel_error=2.5e-3,  # 5x the float16 rounding of committed values
-    max_mean_rel_error=1e-3,  # 2x the float16 rounding bound; honest means stay below 3e-4
+    max_rel_error=1.2e-3,  # 2.5x the float16 rounding of committed values (honest <= 4.9e-4)
+    max_mean_rel_error=6e-4,  # honest <= 2.7e-4; bfloat16 compute >= 8.6e-4
 )
 FLOAT16_TOLERANCE: Final = Tolerance(
-    min_overlap=0.5,
-    max_rel_error=8e-2,  # honest float16 measured up to 1.0e-2
-    max_mean_rel_error=1e-2,  # honest float16 measured up to 1.7e-3
+    min_overlap=0.5,  # honest >= 0.875
+    max_rel_error=0.15,  # honest <= 3.6e-2
+    max_mean_rel_error=1e-2,  # honest <= 3.6e-3
 )
 BFLOAT16_TOLERANCE: Final = Tolerance(
-    min_overlap=0.5,
-    max_rel_error=0.5,  # honest bfloat16 measured up to 9.8e-2
-    max_mean_rel_error=5e-2,  # honest bfloat16 measured up to 1.3e-2
+    min_overlap=0.25,  # honest >= 0.75: bf16 rounding reorders near-equal components
+    max_rel_error=1.0,  # honest <= 0.36: small committed components lose most digits
+    max_mean_rel_error=5e-2,  # honest <= 1.8e-2
 )
 
 # declared dtype (the dtype a node's inputs travel in) -> its tolerance

@@ -1,8 +1,9 @@
 """Misbehaviour other than wrong arithmetic, with real node processes on Anvil:
 
 - equivocation: a node started with `--faulty equivocate` serves a step the client sends again
-  and signs a second, different receipt for it (an honest node refuses the replay); anyone
-  holding both receipts slashes it, without verdicts, and earns the bounty;
+  and signs a second, different receipt for it (an honest node refuses the replay); whoever
+  holds both receipts (here a client's ledger, reported with `stakeswarm verifier
+  report-equivocation`) slashes it, without verdicts, and earns the bounty;
 - withholding: a node whose stored inputs no longer match what it committed shows the leaf
   but cannot reveal its inputs: a withheld verdict and a slash. A node that is gone shows
   nothing: the audit is recorded as withheld, and nothing can be proven on-chain.
@@ -12,6 +13,9 @@ node-0 (blocks 0:3) equivocates, node-1 (3:6) is honest. Everything is reverted 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,17 +23,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from eth_account import Account
 from hivemind.p2p import P2P
 from safetensors.torch import load_file, save_file
 
 from client.remote import RemoteError
 from ledger.contracts import Contracts
-from ledger.db import AuditOutcome, audits_of, open_ledger, sqlite_url
+from ledger.db import AuditOutcome, audits_of, open_ledger, record_receipt, sqlite_url
 from ledger.deployment import Deployment
 from ledger.types import Reason
 from node.protocol import ErrorCode, SignedReceipt
 from tests.integration.nodes import (
+    REPO_ROOT,
     Hop,
     LoopThread,
     NodeProcess,
@@ -37,11 +41,11 @@ from tests.integration.nodes import (
     Payer,
     RouteSession,
     chain_snapshot,
+    node_home,
     running_nodes,
 )
 from tests.integration.verifiers import running_verifier
 from tests.models import make_tiny_model
-from verifier.equivocation import find_equivocations, submit_equivocation
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -100,7 +104,9 @@ def replay_last_step(swarm: Swarm, route: RouteSession, hidden: torch.Tensor) ->
     return receipt
 
 
-def test_an_equivocating_node_is_slashed_by_whoever_holds_both_receipts(swarm: Swarm) -> None:
+def test_an_equivocating_node_is_slashed_by_whoever_holds_both_receipts(
+    swarm: Swarm, tmp_path: Path
+) -> None:
     cheat, honest = swarm.hops
     # the honest node refuses to serve a step twice, and the session goes on
     route = swarm.session(honest)
@@ -123,19 +129,57 @@ def test_an_equivocating_node_is_slashed_by_whoever_holds_both_receipts(swarm: S
     _wait_committed(cheat.node)  # its first leaves are on-chain (the next test audits them)
     assert second.leaf.slot() == receipts[1].leaf.slot() and second.leaf != receipts[1].leaf
 
+    # the client kept every receipt in its ledger; it reports the node with the CLI
+    ledger_path = tmp_path / "client.sqlite"
+    ledger = open_ledger(sqlite_url(ledger_path))
+    try:
+        with ledger.begin() as db:
+            for receipt in receipts:
+                record_receipt(
+                    db, chain_id=31337, server=cheat.node.address, peer_id=cheat.node.peer_id,
+                    channel_id=cheat.channel, leaf=receipt.leaf, signature=receipt.signature,
+                    sent_hash=receipt.leaf.input_hash, received_hash=receipt.leaf.output_hash,
+                    cost=receipt.leaf.tokens * cheat.price_per_token,
+                )  # fmt: skip
+    finally:
+        ledger.close()
     chain = swarm.deployment.connect()
-    reporter = Account.from_key(swarm.deployment.account("client-1").private_key)
-    contracts = Contracts.from_deployment(chain, swarm.deployment, chain.sender(reporter))
-    found = find_equivocations(receipts, contracts.slasher.domain())
-    assert [f.node for f in found] == [cheat.node.address]
+    contracts = Contracts.from_deployment(chain, swarm.deployment)
+    reporter = swarm.deployment.account("client-1").address
     stake = contracts.node_registry.get_node(cheat.node.address).stake
-    balance = contracts.token.balance_of(reporter.address)
-    outcome = submit_equivocation(contracts.slasher, found[0])
+    balance = contracts.token.balance_of(reporter)
+    home = node_home(swarm.deployment, tmp_path / "reporter")
+    command = [
+        sys.executable, "-m", "stakeswarm", "verifier", "report-equivocation",
+        "--ledger", str(ledger_path), "--devnet", "--home", str(home), "--account", "client-1",
+    ]  # fmt: skip
+    listed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "3 receipts, 1 equivocation(s)" in listed.stdout  # steps 0, 1 and 1 again
+    assert f"node {cheat.node.address}" in listed.stdout and "step 1" in listed.stdout
+    assert contracts.node_registry.get_node(cheat.node.address).stake == stake  # only listed
+
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    submitted = subprocess.run(
+        [*command, "--submit"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    assert f"slashed {cheat.node.address}" in submitted.stdout
+    (event,) = contracts.slasher.events(
+        "EquivocationSlashed", from_block=swarm.deployment.deploy_block
+    )
     params = contracts.slasher.params()
-    assert outcome.amount == stake * params.slash_bps // 10_000
-    assert outcome.bounty == outcome.amount * params.bounty_bps // 10_000 > 0
-    assert contracts.node_registry.get_node(cheat.node.address).stake == stake - outcome.amount
-    assert contracts.token.balance_of(reporter.address) == balance + outcome.bounty
+    assert event.args["node"] == cheat.node.address and event.args["reporter"] == reporter
+    amount, bounty = int(event.args["amount"]), int(event.args["bounty"])
+    assert amount == stake * params.slash_bps // 10_000
+    assert bounty == amount * params.bounty_bps // 10_000 > 0
+    assert contracts.node_registry.get_node(cheat.node.address).stake == stake - amount
+    assert contracts.token.balance_of(reporter) == balance + bounty
+    # the same two receipts cannot slash it twice
+    again = subprocess.run(
+        [*command, "--submit"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert again.returncode == 0 and "SlasherAlreadySlashed" in again.stdout
 
 
 def test_inputs_that_no_longer_match_are_withheld_and_slashed(swarm: Swarm, tmp_path: Path) -> None:
