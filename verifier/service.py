@@ -80,6 +80,7 @@ from ledger.types import BatchId, Reason, Wei, model_id
 from ledger.wallet import PasswordSource, load_wallet
 from node.api import HttpApi
 from node.blocks import Span, load_span
+from node.errors import NodeError
 from node.families import load_config
 from verifier.api import build_app
 from verifier.audit import (
@@ -450,7 +451,13 @@ class Verifier:
         for task in await asyncio.to_thread(due):
             if self._stop is not None and self._stop.is_set():
                 return
-            await self._audit(task)
+            try:
+                await self._audit(task)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # our side failed: try the leaf again later
+                logger.exception("auditing batch %d leaf %d failed", task.batch_id, task.leaf_index)
+                await asyncio.to_thread(self._retry, task, f"audit failed: {exc}")
 
     async def _audit(self, task: AuditTask) -> None:
         assert self.ledger is not None
@@ -497,8 +504,13 @@ class Verifier:
         except Exception as exc:  # our model files, not the node's fault
             logger.exception("cannot load blocks [%d, %d)", leaf.span_start, leaf.span_end)
             return AuditOutcome.ERROR, None, f"cannot load the span: {exc}", None
-        recomputed = recompute(span, checked.hidden, checked.mask, checked.last_tokens)
-        judgement = judge(checked.sketch, recomputed, checked.dtype)
+        try:
+            recomputed = recompute(span, checked.hidden, checked.mask, checked.last_tokens)
+            judgement = judge(checked.sketch, recomputed, checked.dtype)
+        except (NodeError, ValueError, RuntimeError) as exc:
+            # committed inputs no honest node would have served (a NaN, say): no verdict
+            # rests on a recomputation that did not run
+            return AuditOutcome.ERROR, None, f"the recomputation failed: {exc}", None
         if judgement.passed:
             return AuditOutcome.PASSED, None, f"within the {checked.dtype} tolerance", judgement
         return AuditOutcome.FAILED, Reason.MISMATCH, "; ".join(judgement.failures), judgement
@@ -587,7 +599,8 @@ class Verifier:
         await asyncio.to_thread(self._try_slash, proven.leaf_hash, reason)
 
     def _try_slash(self, leaf_hash: bytes, reason: Reason) -> bool:
-        """Submit the slash of a leaf once `quorum` valid verdicts agree; True if we did."""
+        """Submit the slash of a leaf once `quorum` valid verdicts agree, ours among them (a
+        quorum without us is for its signers to submit); True if we did."""
         assert self.ledger is not None
         proven = self._evidence.get((leaf_hash, reason))
         if proven is None:
@@ -597,7 +610,7 @@ class Verifier:
                 verdicts = [
                     v for v in verdicts_for(db, leaf_hash, reason) if self._is_active(v.signer)
                 ]
-            if len(verdicts) < self.quorum:
+            if len(verdicts) < self.quorum or self.address not in {v.signer for v in verdicts}:
                 return False
             slasher = self.contracts.slasher
             if slasher.is_leaf_slashed(leaf_hash):
