@@ -330,8 +330,8 @@ class StakeswarmNode(ServicerBase):
         )
 
         def compute() -> tuple[torch.Tensor, Any, bytes]:
-            if self.fault is not None:
-                output = self.fault.forward(span, hidden, mask, session_id=request.session_id)
+            if self.fault is not None:  # one step, nothing kept per session
+                output = self.fault.forward(span, hidden, mask)
             else:
                 output = span.forward(hidden, mask)
             receipt, encoded = self.receipts.make_with_sketch(

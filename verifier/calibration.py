@@ -6,7 +6,7 @@ token per step, each step through a `SessionCache`, and commits the sketch of wh
 The verifier side re-runs each leaf as `verifier.audit` does (one float32 pass over the
 session's inputs up to the leaf) and judges it with `verifier.thresholds`.
 
-Honest variations: torch threads on the node (2) other than the verifier's (1), the session's
+Honest variations: torch threads on the node (2, or 1) and the verifier's (1), the session's
 rows computed inside a larger batch with other sessions (batch composition), cached steps
 against one pass, and float16 / bfloat16 nodes that declare it. Cheats: every compute cheat
 of `node.faults` (all but equivocate, which is not a computation), declared float32 or bfloat16.
@@ -58,14 +58,14 @@ class Variation:
     name: str
     declared: str = "float32"  # the dtype it computes in and announces
     fault: FaultMode | None = None  # None: honest
-    threads: int = 2  # torch threads while it serves
+    threads: int = 1  # torch threads while it serves
     strangers: int = 0  # other sessions' rows computed in the same batch
     noise_scale: float = NOISE_SCALE  # with the noise cheat: its std over the output's std
 
 
 HONEST: tuple[Variation, ...] = (
-    Variation("float32, 2 threads, cached steps"),
-    Variation("float32, 1 thread, cached steps", threads=1),
+    Variation("float32, 2 threads, cached steps", threads=2),
+    Variation("float32, 1 thread, cached steps"),
     Variation("float32, batched with 2 other sessions", strangers=2),
     Variation("float16 declared", declared="float16"),
     Variation("bfloat16 declared", declared="bfloat16"),
