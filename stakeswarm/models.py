@@ -55,7 +55,7 @@ def prepare_smollm2(models_dir: Path, report: Callable[[str], None] = logger.inf
         return target
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     partial = models_dir / f".{SMOLLM2_NAME}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -68,6 +68,10 @@ def prepare_smollm2(models_dir: Path, report: Callable[[str], None] = logger.inf
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
         config = loaded.config
+        if not isinstance(config, LlamaConfig):  # the GGUF must hold a Llama-family model
+            raise ModelPreparationError(
+                f"{gguf.name} holds a {type(config).__name__}, not a Llama model"
+            )
         config.name_or_path = SMOLLM2_NAME
         fresh = LlamaForCausalLM(config)
         fresh.load_state_dict(loaded.state_dict())
