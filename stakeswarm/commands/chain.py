@@ -21,7 +21,7 @@ import base58
 import typer
 from rich.console import Console
 
-from ledger.contracts import NodeInfo
+from ledger.contracts import NodeInfo, VerifierInfo
 from ledger.types import ChannelId, model_id
 from stakeswarm.commands.chain_support import (
     AccountOpt,
@@ -55,7 +55,9 @@ node_app = typer.Typer(help="Register, stake, unbond and inspect nodes.", no_arg
 channel_app = typer.Typer(
     help="Open, inspect, redeem and reclaim payment channels.", no_args_is_help=True
 )
-verifier_app = typer.Typer(help="Register as a verifier.", no_args_is_help=True)
+verifier_app = typer.Typer(
+    help="Register, unbond, withdraw and inspect verifiers.", no_args_is_help=True
+)
 app.add_typer(node_app, name="node")
 app.add_typer(channel_app, name="channel")
 app.add_typer(verifier_app, name="verifier")
@@ -76,6 +78,18 @@ def _print_node(console: Console, conn: Connected, info: NodeInfo) -> None:
     rows.append(("unbonding", conn.show(info.unbonding)))
     rows.append(("unbonding release", when(info.unbonding_release_at)))
     print_fields(console, f"Node {info.address}", rows)
+
+
+def _print_verifier(console: Console, conn: Connected, info: VerifierInfo) -> None:
+    active = conn.contracts.verifier_registry.is_active(info.address)
+    rows = [
+        ("registered", "yes" if info.registered else "no"),
+        ("active", "yes" if active else "no"),
+        ("stake", conn.show(info.stake)),
+        ("unbonding", conn.show(info.unbonding)),
+        ("unbonding release", when(info.unbonding_release_at)),
+    ]
+    print_fields(console, f"Verifier {info.address}", rows)
 
 
 # --- node ---------------------------------------------------------------------------------
@@ -358,6 +372,71 @@ def verifier_register(
             f"verifier {info.address}: stake {conn.show(info.stake)}, "
             f"active {'yes' if registry.is_active(info.address) else 'no'}"
         )
+
+
+@verifier_app.command("unbond")
+def verifier_unbond(
+    amount: Annotated[str, typer.Option(help="Tokens to move from stake to unbonding (e.g. 50).")],
+    devnet: DevnetOpt = False,
+    account: AccountOpt = None,
+    home: HomeOpt = None,
+    rpc: RpcOpt = None,
+    deployment: DeploymentOpt = None,
+    keystore: KeystoreOpt = None,
+    password_env: PasswordEnvOpt = None,
+) -> None:
+    """Start unbonding verifier stake; what stays must be the minimum or nothing (you leave)."""
+    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
+    with reporting() as console:
+        conn = connect(options, role="verifier", sign=True)
+        value = conn.tokens(amount, "--amount")
+        registry = conn.contracts.verifier_registry
+        print_tx(console, f"unbonding {conn.show(value)}", registry.unbond(value))
+        assert conn.address is not None
+        _print_verifier(console, conn, registry.get_verifier(conn.address))
+
+
+@verifier_app.command("withdraw")
+def verifier_withdraw(
+    devnet: DevnetOpt = False,
+    account: AccountOpt = None,
+    home: HomeOpt = None,
+    rpc: RpcOpt = None,
+    deployment: DeploymentOpt = None,
+    keystore: KeystoreOpt = None,
+    password_env: PasswordEnvOpt = None,
+) -> None:
+    """Withdraw your unbonded verifier stake once its release time has passed."""
+    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
+    with reporting() as console:
+        conn = connect(options, role="verifier", sign=True)
+        registry = conn.contracts.verifier_registry
+        result = registry.withdraw()
+        amount = result.event("VerifierWithdrawn").args["amount"]
+        print_tx(console, f"withdrew {conn.show(amount)}", result)
+        assert conn.address is not None
+        _print_verifier(console, conn, registry.get_verifier(conn.address))
+
+
+@verifier_app.command("show")
+def verifier_show(
+    address: Annotated[
+        str | None, typer.Argument(help="Verifier address (default: yours).")
+    ] = None,
+    devnet: DevnetOpt = False,
+    account: AccountOpt = None,
+    home: HomeOpt = None,
+    rpc: RpcOpt = None,
+    deployment: DeploymentOpt = None,
+    keystore: KeystoreOpt = None,
+    password_env: PasswordEnvOpt = None,
+) -> None:
+    """Show a verifier's stake, unbonding stake and whether it is active."""
+    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
+    with reporting() as console:
+        conn = connect(options, role="verifier", sign=False)
+        verifier = acting_address(conn, address)
+        _print_verifier(console, conn, conn.contracts.verifier_registry.get_verifier(verifier))
 
 
 # --- balance ------------------------------------------------------------------------------

@@ -180,6 +180,54 @@ def test_verifier_register_and_balance(
     assert f"{verifier}: 99850 SWARM" in balance.output  # funded 100,000, staked 150
 
 
+def test_verifier_unbond_withdraw_and_show(
+    run: Callable[..., Result],
+    contracts: Contracts,
+    deployment: Deployment,
+    advance_time: Callable[[int], None],
+) -> None:
+    verifier = deployment.account("verifier-1").address
+    as_verifier = ("--account", "verifier-1")
+    assert run("verifier", "register", "--stake", "150", *as_verifier).exit_code == 0
+
+    too_much = run("verifier", "unbond", "--amount", "60", *as_verifier)  # would leave 90 < 100
+    unbonded = run("verifier", "unbond", "--amount", "50", *as_verifier)
+    locked = run("verifier", "withdraw", *as_verifier)
+    advance_time(deployment.params.unbonding_delay + 1)
+    withdrawn = run("verifier", "withdraw", *as_verifier)
+    shown = run("verifier", "show", verifier, "--account", "client-0")
+    stranger = run("verifier", "show", deployment.account("client-1").address)
+
+    assert too_much.exit_code == 1
+    assert (
+        f"VerifiersInsufficientStake(verifier={verifier}, stake={90 * TOKEN}, "
+        f"needed={100 * TOKEN})" in too_much.output
+    )
+    assert unbonded.exit_code == 0, unbonded.output
+    assert "unbonding 50 SWARM  tx 0x" in unbonded.output
+    assert _field(unbonded.output, "stake") == "100 SWARM"
+    assert _field(unbonded.output, "unbonding") == "50 SWARM"
+    assert _field(unbonded.output, "unbonding release") != "-"
+    assert locked.exit_code == 1 and "VerifiersUnbondingLocked" in locked.output
+    assert withdrawn.exit_code == 0 and "withdrew 50 SWARM  tx 0x" in withdrawn.output
+    assert _field(withdrawn.output, "unbonding") == "0 SWARM"
+    info = contracts.verifier_registry.get_verifier(verifier)
+    assert (info.stake, info.unbonding) == (100 * TOKEN, 0)
+    assert contracts.token.balance_of(verifier) == 99_900 * TOKEN  # 150 staked, 50 back
+    assert shown.exit_code == 0 and f"Verifier {verifier}" in shown.output
+    assert _field(shown.output, "active") == "yes" and _field(shown.output, "stake") == "100 SWARM"
+    assert stranger.exit_code == 0
+    assert _field(stranger.output, "registered") == _field(stranger.output, "active") == "no"
+
+
+def _field(output: str, name: str) -> str:
+    """The value of a `name  value` line of a printed record."""
+    for line in output.splitlines():
+        if line.strip().startswith(name + "  "):
+            return line.strip()[len(name) :].strip()
+    raise AssertionError(f"no {name!r} in:\n{output}")
+
+
 def test_keystore_and_deployment_file_instead_of_devnet(
     run: Callable[..., Result],
     contracts: Contracts,
