@@ -27,6 +27,8 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
     );
     /// @notice The EIP-712 type hash of a verifier's verdict.
     bytes32 public constant VERDICT_TYPEHASH = keccak256("Verdict(address node,uint256 batchId,bytes32 leaf,uint8 reason)");
+    /// @notice The EIP-712 type hash of a verifier's finding that a node withheld a sampled leaf.
+    bytes32 public constant WITHHELD_TYPEHASH = keccak256("Withheld(address node,uint256 batchId,uint32 leafIndex)");
 
     uint256 private constant BPS = 10_000;
 
@@ -42,6 +44,7 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
 
     mapping(bytes32 leaf => bool) private _slashedLeaves;
     mapping(bytes32 slot => bool) private _slashedSlots;
+    mapping(uint256 batchId => mapping(uint32 leafIndex => bool)) private _withheldSlashed;
     uint256 private _rewardPool;
 
     /// @param registry_ The node registry; its `slasher()` must be this contract.
@@ -102,17 +105,32 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
         uint256 amount = _slashAmount(node);
 
         _slashedLeaves[hash] = true;
-        slashed = _registry.slash(node, amount, address(this));
-        // signers.length >= quorum >= 1; the bounty is at most `slashed` since bountyBps <= BPS.
-        uint256 bountyPerVerifier = slashed * _bountyBps / BPS / signers.length;
-        _rewardPool += slashed - bountyPerVerifier * signers.length;
+        uint256 bountyPerVerifier;
+        (slashed, bountyPerVerifier) = _takeStake(node, amount, signers.length);
         emit LeafSlashed(node, batchId, hash, reason, slashed, bountyPerVerifier);
 
-        if (bountyPerVerifier != 0) {
-            for (uint256 i = 0; i < signers.length; ++i) {
-                _token.safeTransfer(signers[i], bountyPerVerifier);
-            }
-        }
+        _payBounties(signers, bountyPerVerifier);
+    }
+
+    /// @inheritdoc ISlasher
+    function slashWithheld(uint256 batchId, uint32 leafIndex, bytes[] calldata verdicts)
+        external
+        nonReentrant
+        returns (uint256 slashed)
+    {
+        ICommitments.Batch memory batch = _openBatch(batchId);
+        if (leafIndex >= batch.leafCount) revert SlasherLeafIndexOutOfRange(batchId, leafIndex, batch.leafCount);
+        if (_withheldSlashed[batchId][leafIndex]) revert SlasherWithheldAlreadySlashed(batchId, leafIndex);
+        address node = batch.node;
+        address[] memory signers = _verdictSigners(withheldDigest(node, batchId, leafIndex), verdicts);
+        uint256 amount = _slashAmount(node);
+
+        _withheldSlashed[batchId][leafIndex] = true;
+        uint256 bountyPerVerifier;
+        (slashed, bountyPerVerifier) = _takeStake(node, amount, signers.length);
+        emit LeafWithheldSlashed(node, batchId, leafIndex, slashed, bountyPerVerifier);
+
+        _payBounties(signers, bountyPerVerifier);
     }
 
     /// @inheritdoc ISlasher
@@ -173,6 +191,11 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
     }
 
     /// @inheritdoc ISlasher
+    function withheldDigest(address node, uint256 batchId, uint32 leafIndex) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(WITHHELD_TYPEHASH, node, batchId, leafIndex)));
+    }
+
+    /// @inheritdoc ISlasher
     /// @dev False for a batch that does not exist.
     function verifyLeaf(uint256 batchId, bytes32 leaf, bytes32[] calldata proof) external view returns (bool) {
         if (batchId == 0 || batchId > _commitments.batchCount()) return false;
@@ -182,6 +205,11 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
     /// @inheritdoc ISlasher
     function isLeafSlashed(bytes32 leaf) external view returns (bool) {
         return _slashedLeaves[leaf];
+    }
+
+    /// @inheritdoc ISlasher
+    function isWithheldSlashed(uint256 batchId, uint32 leafIndex) external view returns (bool) {
+        return _withheldSlashed[batchId][leafIndex];
     }
 
     /// @inheritdoc ISlasher
@@ -229,6 +257,14 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
         return _rewardRecipient;
     }
 
+    /// @dev The batch `batchId`, which must exist and still be inside its challenge window.
+    function _openBatch(uint256 batchId) private view returns (ICommitments.Batch memory batch) {
+        if (batchId == 0 || batchId > _commitments.batchCount()) revert SlasherUnknownBatch(batchId);
+        batch = _commitments.getBatch(batchId);
+        uint64 closedAt = batch.committedAt + _challengeWindow;
+        if (block.timestamp > closedAt) revert SlasherChallengeWindowClosed(batchId, closedAt);
+    }
+
     /// @dev Checks that `leaf` lies under batch `batchId`'s root, inside the challenge window and
     /// for the batch's model; returns the node that committed it and the leaf hash.
     function _provenLeaf(Leaf calldata leaf, uint256 batchId, bytes32[] calldata proof)
@@ -236,10 +272,7 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
         view
         returns (address node, bytes32 hash)
     {
-        if (batchId == 0 || batchId > _commitments.batchCount()) revert SlasherUnknownBatch(batchId);
-        ICommitments.Batch memory batch = _commitments.getBatch(batchId);
-        uint64 closedAt = batch.committedAt + _challengeWindow;
-        if (block.timestamp > closedAt) revert SlasherChallengeWindowClosed(batchId, closedAt);
+        ICommitments.Batch memory batch = _openBatch(batchId);
         if (leaf.modelId != batch.modelId) revert SlasherModelMismatch(leaf.modelId, batch.modelId);
         hash = leafHash(leaf);
         if (!MerkleProof.verifyCalldata(proof, batch.root, hash)) revert SlasherInvalidProof(batchId, hash);
@@ -267,6 +300,27 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
     function _checkReceipt(address node, Leaf calldata leaf, bytes calldata signature) private view {
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(receiptDigest(leaf), signature);
         if (err != ECDSA.RecoverError.NoError || signer != node) revert SlasherInvalidReceiptSignature(signer, node);
+    }
+
+    /// @dev Takes `amount` of `node`'s stake into this contract and pools what the `signerCount`
+    /// verdict signers are not paid; returns what was taken and each signer's bounty (the caller
+    /// pays them with `_payBounties` after its event).
+    function _takeStake(address node, uint256 amount, uint256 signerCount)
+        private
+        returns (uint256 slashed, uint256 bountyPerVerifier)
+    {
+        slashed = _registry.slash(node, amount, address(this));
+        // signerCount >= quorum >= 1; the bounty is at most `slashed` since bountyBps <= BPS.
+        bountyPerVerifier = slashed * _bountyBps / BPS / signerCount;
+        _rewardPool += slashed - bountyPerVerifier * signerCount;
+    }
+
+    /// @dev Pays each of `signers` its bounty (the interactions, after the slash's event).
+    function _payBounties(address[] memory signers, uint256 bountyPerVerifier) private {
+        if (bountyPerVerifier == 0) return;
+        for (uint256 i = 0; i < signers.length; ++i) {
+            _token.safeTransfer(signers[i], bountyPerVerifier);
+        }
     }
 
     /// @dev `slashBps` of the node's active + unbonding stake; reverts if that is zero.

@@ -6,10 +6,14 @@ import {INodeRegistry} from "./INodeRegistry.sol";
 import {IVerifierRegistry} from "./IVerifierRegistry.sol";
 
 /// @title Slasher: the only way stake leaves a node against its will.
-/// @notice Two rules. (1) A quorum of active verifiers signs an EIP-712
+/// @notice Three rules. (1) A quorum of active verifiers signs an EIP-712
 /// `Verdict(address node,uint256 batchId,bytes32 leaf,uint8 reason)` against a leaf proven
 /// (OpenZeppelin `MerkleProof`) under a root the node committed, within the challenge window.
-/// (2) Anyone shows two EIP-712 `Receipt`s signed by one node for the same
+/// (2) A quorum of active verifiers signs an EIP-712
+/// `Withheld(address node,uint256 batchId,uint32 leafIndex)`: each asked the node to reveal
+/// leaf `leafIndex` of a batch it committed and got no usable answer before its deadline. No
+/// leaf is shown (only the node has it): the rule rests on the quorum's word, within the
+/// challenge window. (3) Anyone shows two EIP-712 `Receipt`s signed by one node for the same
 /// (sessionId, modelId, spanStart, spanEnd, step) with different content (equivocation).
 /// EIP-712 domain: name "stakeswarm Slasher", version "1".
 /// A slash takes `slashBps` of the node's active + unbonding stake; `bountyBps` of that goes to
@@ -46,6 +50,14 @@ interface ISlasher {
         uint256 amount,
         uint256 bountyPerVerifier
     );
+    /// @notice A quorum found that `node` withheld leaf `leafIndex` of batch `batchId`.
+    event LeafWithheldSlashed(
+        address indexed node,
+        uint256 indexed batchId,
+        uint32 indexed leafIndex,
+        uint256 amount,
+        uint256 bountyPerVerifier
+    );
     event EquivocationSlashed(
         address indexed node, bytes32 indexed sessionId, uint32 step, address indexed reporter, uint256 amount, uint256 bounty
     );
@@ -62,6 +74,10 @@ interface ISlasher {
     error SlasherNotAVerifier(address signer);
     error SlasherVerdictSignersNotSorted(address previous, address next);
     error SlasherNotEquivocation();
+    /// @notice `slashWithheld`: the batch has only `leafCount` leaves.
+    error SlasherLeafIndexOutOfRange(uint256 batchId, uint32 leafIndex, uint32 leafCount);
+    /// @notice `slashWithheld`: this leaf position was already slashed as withheld.
+    error SlasherWithheldAlreadySlashed(uint256 batchId, uint32 leafIndex);
     error SlasherInvalidReceiptSignature(address signer, address node);
     error SlasherNothingToSlash(address node);
     error SlasherEmptyRewardPool();
@@ -91,6 +107,19 @@ interface ISlasher {
         bytes[] calldata verdicts
     ) external returns (uint256 slashed);
 
+    /// @notice Slash the node that committed batch `batchId` for withholding its leaf at position
+    /// `leafIndex` (< the batch's `leafCount`), with `verdicts` from at least `quorum` distinct
+    /// active verifiers, each a 65-byte signature over `withheldDigest(node, batchId, leafIndex)`,
+    /// ordered by strictly increasing signer address, within the batch's challenge window.
+    /// Amount and bounty split are those of `slash`. Each (batchId, leafIndex) is slashed for
+    /// withholding at most once. The contract cannot tell which leaf hash sits at `leafIndex`
+    /// (sorted-pair Merkle proofs do not bind a position), so this rule and `slash` keep
+    /// separate records; verifiers do not slash a proven leaf whose position was already
+    /// slashed as withheld (`isWithheldSlashed`).
+    function slashWithheld(uint256 batchId, uint32 leafIndex, bytes[] calldata verdicts)
+        external
+        returns (uint256 slashed);
+
     /// @notice Slash `node` for signing two different receipts `a` and `b` for the same
     /// (sessionId, modelId, spanStart, spanEnd, step). Anyone may call; the caller gets the bounty.
     function slashEquivocation(
@@ -116,11 +145,18 @@ interface ISlasher {
         view
         returns (bytes32);
 
+    /// @notice The EIP-712 digest a verifier signs when `node` withheld leaf `leafIndex` of batch
+    /// `batchId`: type `Withheld(address node,uint256 batchId,uint32 leafIndex)`.
+    function withheldDigest(address node, uint256 batchId, uint32 leafIndex) external view returns (bytes32);
+
     /// @notice True when `proof` proves `leaf` under the root of batch `batchId`.
     function verifyLeaf(uint256 batchId, bytes32 leaf, bytes32[] calldata proof) external view returns (bool);
 
     /// @notice True once `leaf` was slashed.
     function isLeafSlashed(bytes32 leaf) external view returns (bool);
+
+    /// @notice True once leaf position `leafIndex` of batch `batchId` was slashed as withheld.
+    function isWithheldSlashed(uint256 batchId, uint32 leafIndex) external view returns (bool);
 
     /// @notice Tokens waiting in the reward pool (equals this contract's token balance).
     function rewardPool() external view returns (uint256);

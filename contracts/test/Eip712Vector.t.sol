@@ -7,7 +7,8 @@ import {ISlasher} from "../interfaces/ISlasher.sol";
 import {SystemFixture} from "./helpers/Fixture.sol";
 
 /// @title The shared EIP-712 vector (contracts/test/vectors/eip712.json, signed with eth-account):
-/// the contracts must produce its digests and leaf hash, and its signatures must recover to its signer.
+/// the contracts must produce its digests (voucher, receipt, verdict, withheld) and leaf hash,
+/// and its signatures must recover to its signer.
 /// @notice The contracts' runtime code is put at the vector's addresses under chain id 31337, so
 /// OpenZeppelin's EIP712 builds the domain separator for exactly the vector's domain.
 contract Eip712VectorTest is SystemFixture {
@@ -90,12 +91,32 @@ contract Eip712VectorTest is SystemFixture {
         _assertSignedBySigner(digest, ".verdict.signature", "verdict");
     }
 
+    function test_withheldDigest_matchesTheVector() public view {
+        uint256 leafIndex = vm.parseJsonUint(_json, ".withheld.leafIndex");
+        assertTrue(leafIndex <= type(uint32).max, "leafIndex is a uint32");
+        bytes32 digest = _slasher.withheldDigest(
+            vm.parseJsonAddress(_json, ".withheld.node"),
+            vm.parseJsonUint(_json, ".withheld.batchId"),
+            uint32(leafIndex)
+        );
+        assertEq(digest, vm.parseJsonBytes32(_json, ".withheld.digest"), "withheld digest");
+        _assertSignedBySigner(digest, ".withheld.signature", "withheld");
+    }
+
     function test_digests_dependOnTheAddress() public view {
         // The same code at its deployed address signs a different domain: the etch is what makes
         // the vector match, not a hard-coded separator.
         assertTrue(
             slasher.receiptDigest(_leaf()) != vm.parseJsonBytes32(_json, ".receipt.digest"),
             "receipt digest is bound to the contract address"
+        );
+        assertTrue(
+            slasher.withheldDigest(
+                vm.parseJsonAddress(_json, ".withheld.node"),
+                vm.parseJsonUint(_json, ".withheld.batchId"),
+                uint32(vm.parseJsonUint(_json, ".withheld.leafIndex"))
+            ) != vm.parseJsonBytes32(_json, ".withheld.digest"),
+            "withheld digest is bound to the contract address"
         );
     }
 }

@@ -12,77 +12,7 @@ import {ISlasher} from "../interfaces/ISlasher.sol";
 
 import {SystemFixture} from "./helpers/Fixture.sol";
 import {Merkle} from "./helpers/Merkle.sol";
-
-/// @notice Shared setup: a deployed system, one staked node and verifiers with known keys.
-abstract contract SlasherSetup is SystemFixture {
-    uint64 internal constant T0 = 1_700_000_000;
-    uint256 internal constant NODE_PK = 0xA11CE;
-    uint256 internal constant STRANGER_PK = 0x5712A;
-    uint256 internal constant NODE_STAKE = 1_000e18;
-    bytes32 internal constant SESSION = keccak256("session 1");
-
-    address internal node;
-    /// @dev Verifier keys sorted by address, so verdict lists built in order are valid.
-    uint256[] internal verifierKeys;
-
-    function _setUpSystem(Params memory p, uint256 verifierCount) internal {
-        vm.warp(T0);
-        deploySystem(p);
-        node = vm.addr(NODE_PK);
-        registerNode(node, 0, 8, NODE_STAKE);
-        uint256[] memory keys = new uint256[](verifierCount);
-        for (uint256 i = 0; i < verifierCount; ++i) {
-            keys[i] = 0xF1 + i;
-        }
-        // Insertion sort by address: verdicts must come in strictly increasing signer order.
-        for (uint256 i = 1; i < keys.length; ++i) {
-            uint256 k = keys[i];
-            uint256 j = i;
-            while (j > 0 && vm.addr(keys[j - 1]) > vm.addr(k)) {
-                keys[j] = keys[j - 1];
-                --j;
-            }
-            keys[j] = k;
-        }
-        verifierKeys = keys;
-        for (uint256 i = 0; i < keys.length; ++i) {
-            registerVerifier(vm.addr(keys[i]), p.verifierMinStake);
-        }
-    }
-
-    /// @dev Three leaves of SESSION (steps 0..2), committed by `node` as one batch.
-    function _threeLeaves() internal pure returns (ISlasher.Leaf[] memory leaves, bytes32[] memory hashes) {
-        leaves = new ISlasher.Leaf[](3);
-        hashes = new bytes32[](3);
-        for (uint256 i = 0; i < 3; ++i) {
-            leaves[i] = makeLeaf(SESSION, uint32(i), 0);
-            hashes[i] = keccak256(abi.encode(leaves[i]));
-        }
-    }
-
-    function _verdicts(uint256[] memory keys, uint256 batchId, bytes32 leaf, ISlasher.Reason reason)
-        internal
-        view
-        returns (bytes[] memory verdicts)
-    {
-        verdicts = new bytes[](keys.length);
-        for (uint256 i = 0; i < keys.length; ++i) {
-            verdicts[i] = signVerdict(keys[i], node, batchId, leaf, reason);
-        }
-    }
-
-    function _firstKeys(uint256 count) internal view returns (uint256[] memory keys) {
-        keys = new uint256[](count);
-        for (uint256 i = 0; i < count; ++i) {
-            keys[i] = verifierKeys[i];
-        }
-    }
-
-    function _oneKey(uint256 key) internal pure returns (uint256[] memory keys) {
-        keys = new uint256[](1);
-        keys[0] = key;
-    }
-}
+import {SlasherSetup} from "./helpers/SlasherSetup.sol";
 
 /// @title Slasher tests with quorum 1: slash, equivocation, reward pool, views, deployment checks.
 contract SlasherTest is SlasherSetup {
@@ -746,8 +676,8 @@ contract SlasherFuzzTest is SlasherSetup {
     }
 }
 
-/// @notice Random commit / slash / slashEquivocation / releaseRewardPool / addStake / unbond /
-/// withdraw / warp sequences over a few nodes, with valid verdicts from a quorum of verifiers.
+/// @notice Random commit / slash / slashWithheld / slashEquivocation / releaseRewardPool / addStake /
+/// unbond / withdraw / warp sequences over a few nodes, with valid verdicts from a quorum of verifiers.
 contract SlasherHandler is SystemFixture {
     address public constant REPORTER = address(0xF00D);
 
@@ -806,6 +736,19 @@ contract SlasherHandler is SystemFixture {
         for (uint256 i = 0; i < verdicts.length; ++i) {
             verdicts[i] = sign(_verifierKeys[i], digest);
         }
+    }
+
+    function slashWithheld(uint256 batchSeed, uint32 leafIndex) external {
+        uint256 count = commitments.batchCount();
+        if (count == 0) return;
+        uint256 batchId = 1 + batchSeed % count;
+        leafIndex %= 2;
+        bytes32 digest = slasher.withheldDigest(commitments.getBatch(batchId).node, batchId, leafIndex);
+        bytes[] memory verdicts = new bytes[](slasher.quorum());
+        for (uint256 i = 0; i < verdicts.length; ++i) {
+            verdicts[i] = sign(_verifierKeys[i], digest);
+        }
+        ghostSlashed += slasher.slashWithheld(batchId, leafIndex, verdicts);
     }
 
     function slashEquivocation(uint256 nodeSeed, uint32 step, uint256 saltA, uint256 saltB) external {

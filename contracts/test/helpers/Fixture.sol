@@ -120,6 +120,14 @@ abstract contract SystemFixture is TestBase {
         return sign(privateKey, slasher.verdictDigest(node, batchId, leaf, reason));
     }
 
+    function signWithheld(uint256 privateKey, address node, uint256 batchId, uint32 leafIndex)
+        internal
+        view
+        returns (bytes memory)
+    {
+        return sign(privateKey, slasher.withheldDigest(node, batchId, leafIndex));
+    }
+
     function signReceipt(uint256 privateKey, ISlasher.Leaf memory leaf) internal view returns (bytes memory) {
         return sign(privateKey, slasher.receiptDigest(leaf));
     }
