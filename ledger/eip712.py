@@ -1,20 +1,23 @@
 """EIP-712 typed data of stakeswarm: the one Python mirror of the contracts' signed structs.
 
-Three structs are signed, each under the domain of the contract that checks it:
+Four structs are signed, each under the domain of the contract that checks it:
 
 - `Voucher(uint256 channelId,uint256 cumulativeAmount)`: a client pays a server
   (domain "stakeswarm PaymentChannels", version "1"; `IPaymentChannels`);
 - `Receipt(bytes32 sessionId,...,bytes32 sketchHash)`: a node signs the leaf of a served step
   (domain "stakeswarm Slasher", version "1"; `ISlasher`, its body is `ledger.types.Leaf`);
 - `Verdict(address node,uint256 batchId,bytes32 leaf,uint8 reason)`: a verifier finds a leaf
-  guilty (domain "stakeswarm Slasher", version "1"; `ISlasher`).
+  guilty (domain "stakeswarm Slasher", version "1"; `ISlasher`);
+- `Withheld(address node,uint256 batchId,uint32 leafIndex)`: a verifier found that a node did
+  not reveal a sampled leaf by the deadline (domain "stakeswarm Slasher", version "1";
+  `ISlasher.slashWithheld`; its body is `ledger.types.WithheldVerdict`).
 
 For each: `*_digest` (the 32-byte hash the contract recovers from), `sign_*` (a 65-byte
 r || s || v signature, v in {27, 28}) and `recover_*_signer` (the checksummed address, with the
 same acceptance rules as OpenZeppelin `ECDSA.recover`: no malleable high-s signatures).
 The encoding is eth-account's `encode_typed_data`; this module only validates values first,
 because `encode_typed_data` silently pads short `bytes32` values.
-`contracts/test/vectors/eip712.json` pins all three against the Solidity side.
+`contracts/test/vectors/eip712.json` pins all four against the Solidity side.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from eth_keys.exceptions import ValidationError as KeysValidationError
 from eth_utils import is_address, keccak, to_checksum_address
 
 from ledger.errors import SignatureError, TypedDataError
-from ledger.types import Address, Leaf, Reason, Verdict, Voucher
+from ledger.types import Address, Leaf, Reason, Verdict, Voucher, WithheldVerdict
 
 PAYMENT_CHANNELS_NAME: Final = "stakeswarm PaymentChannels"
 SLASHER_NAME: Final = "stakeswarm Slasher"
@@ -66,6 +69,13 @@ VERDICT_TYPES: Final[dict[str, list[dict[str, str]]]] = {
         {"name": "batchId", "type": "uint256"},
         {"name": "leaf", "type": "bytes32"},
         {"name": "reason", "type": "uint8"},
+    ]
+}
+WITHHELD_TYPES: Final[dict[str, list[dict[str, str]]]] = {
+    "Withheld": [
+        {"name": "node", "type": "address"},
+        {"name": "batchId", "type": "uint256"},
+        {"name": "leafIndex", "type": "uint32"},
     ]
 }
 
@@ -179,6 +189,16 @@ def _verdict_message(domain: Domain, verdict: Verdict) -> SignableMessage:
     return encode_typed_data(domain.as_dict(), VERDICT_TYPES, message)
 
 
+def _withheld_message(domain: Domain, verdict: WithheldVerdict) -> SignableMessage:
+    _require_domain(domain, SLASHER_NAME, "Withheld")
+    message = {
+        "node": checksum_address(verdict.node, "withheld node"),
+        "batchId": _uint(verdict.batch_id, 256, "withheld batch id"),
+        "leafIndex": _uint(verdict.leaf_index, 32, "withheld leaf index"),
+    }
+    return encode_typed_data(domain.as_dict(), WITHHELD_TYPES, message)
+
+
 def _digest(message: SignableMessage) -> bytes:
     # EIP-191 version 0x01: keccak256("\x19\x01" || domainSeparator || hashStruct(message)).
     return keccak(b"\x19" + message.version + message.header + message.body)
@@ -261,3 +281,19 @@ def sign_verdict(domain: Domain, verdict: Verdict, signer: Signer) -> bytes:
 def recover_verdict_signer(domain: Domain, verdict: Verdict, signature: bytes) -> Address:
     """Who signed `verdict`; `SignatureError` if the signature is malformed."""
     return _recover(_verdict_message(domain, verdict), signature)
+
+
+def withheld_digest(domain: Domain, verdict: WithheldVerdict) -> bytes:
+    """The EIP-712 digest of a withheld finding (equals `ISlasher.withheldDigest`)."""
+    return _digest(_withheld_message(domain, verdict))
+
+
+def sign_withheld(domain: Domain, verdict: WithheldVerdict, signer: Signer) -> bytes:
+    """A verifier's 65-byte signature of a withheld finding (its `signer`/`signature` fields
+    are ignored)."""
+    return _sign(_withheld_message(domain, verdict), signer)
+
+
+def recover_withheld_signer(domain: Domain, verdict: WithheldVerdict, signature: bytes) -> Address:
+    """Who signed a withheld finding; `SignatureError` if the signature is malformed."""
+    return _recover(_withheld_message(domain, verdict), signature)

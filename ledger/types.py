@@ -100,3 +100,18 @@ class Verdict:
     reason: Reason
     signer: str = ""  # Address of the verifier
     signature: bytes = b""
+
+
+@dataclass(frozen=True)
+class WithheldVerdict:
+    """A verifier's signed finding that a node did not reveal a sampled leaf by the deadline.
+
+    Mirrors the EIP-712 `Withheld(address node,uint256 batchId,uint32 leafIndex)` of `ISlasher`:
+    it names the leaf by its position in the batch, because the node never showed the leaf.
+    """
+
+    node: str  # Address of the node that committed the batch
+    batch_id: int
+    leaf_index: int  # position of the withheld leaf in the batch (uint32)
+    signer: str = ""  # Address of the verifier
+    signature: bytes = b""

@@ -14,9 +14,16 @@ from ledger.chain import Chain, ContractRevert
 from ledger.compile import PROJECT_ROOT, compile_contracts
 from ledger.contracts import Contracts, NoSenderError
 from ledger.deployment import TOKEN, Deployment, DeploymentParams, deploy_all
-from ledger.eip712 import recover_verdict_signer, sign_receipt, sign_verdict
+from ledger.eip712 import (
+    recover_verdict_signer,
+    recover_withheld_signer,
+    sign_receipt,
+    sign_verdict,
+    sign_withheld,
+    withheld_digest,
+)
 from ledger.merkle import MerkleTree
-from ledger.types import BatchId, BlockIndex, Leaf, Reason, Verdict, Wei, model_id
+from ledger.types import BatchId, BlockIndex, Leaf, Reason, Verdict, Wei, WithheldVerdict, model_id
 
 MODEL = model_id("tiny-llama")
 PEER = b"\x00\x24\x08\x01\x12\x20" + b"\x07" * 32  # libp2p peer id bytes (ed25519 identity)
@@ -432,6 +439,75 @@ def test_slash_refuses_verdicts_about_another_leaf(
         verifier.slasher.slash(leaf(0), BatchId(1), [], Reason.MISMATCH, [other])
 
 
+def test_slash_withheld_takes_stake_once_per_position(
+    contracts_as: Callable[[str | int], Contracts],
+    deployment: Deployment,
+    dev_account: Callable[[str | int], LocalAccount],
+) -> None:
+    node, verifier = contracts_as("node-0"), contracts_as("verifier-0")
+    node_address = deployment.account("node-0").address
+    verifier_address = deployment.account("verifier-0").address
+    register(node)
+    verifier.verifier_registry.register_with_approve(deployment.params.min_verifier_stake)
+    batch_id, _ = committed_tree(node, [leaf(step) for step in range(3)])
+    unsigned = WithheldVerdict(node_address, batch_id, 2)
+    domain = verifier.slasher.domain()
+    signed = dataclasses.replace(
+        unsigned, signature=sign_withheld(domain, unsigned, dev_account("verifier-0"))
+    )
+    assert verifier.slasher.withheld_digest(node_address, batch_id, 2) == withheld_digest(
+        domain, unsigned
+    )
+    stake = node.node_registry.get_node(node_address).stake
+    balance = verifier.token.balance_of(verifier_address)
+
+    result = verifier.slasher.slash_withheld(batch_id, 2, [signed])
+
+    params = deployment.params
+    taken = stake * params.slash_bps // 10_000
+    bounty = taken * params.bounty_bps // 10_000
+    (event,) = verifier.slasher.leaves_withheld_slashed(
+        from_block=result.block_number, node=node_address
+    )
+    assert (event.node, event.batch_id, event.leaf_index) == (node_address, batch_id, 2)
+    assert event.amount == taken and event.bounty_per_verifier == bounty
+    assert event.tx_hash == result.tx_hash
+    assert node.node_registry.get_node(node_address).stake == stake - taken
+    assert verifier.token.balance_of(verifier_address) == balance + bounty
+    assert verifier.slasher.is_withheld_slashed(batch_id, 2)
+    assert not verifier.slasher.is_withheld_slashed(batch_id, 1)
+    assert verifier.slasher.leaves_slashed(from_block=result.block_number) == []
+
+    with pytest.raises(ContractRevert) as again:
+        verifier.slasher.slash_withheld(batch_id, 2, [signed])
+    assert again.value.signature == (
+        f"SlasherWithheldAlreadySlashed(batchId={batch_id}, leafIndex=2)"
+    )
+    beyond = WithheldVerdict(node_address, batch_id, 3)
+    beyond = dataclasses.replace(
+        beyond, signature=sign_withheld(domain, beyond, dev_account("verifier-0"))
+    )
+    with pytest.raises(ContractRevert) as out_of_range:
+        verifier.slasher.slash_withheld(batch_id, 3, [beyond])
+    assert out_of_range.value.signature == (
+        f"SlasherLeafIndexOutOfRange(batchId={batch_id}, leafIndex=3, leafCount=3)"
+    )
+
+
+def test_slash_withheld_refuses_verdicts_about_another_position(
+    contracts_as: Callable[[str | int], Contracts], deployment: Deployment
+) -> None:
+    verifier = contracts_as("verifier-0")
+    node_address = deployment.account("node-0").address
+    other = WithheldVerdict(node_address, BatchId(1), 4, signature=b"\x01" * 65)
+    unsigned = WithheldVerdict(node_address, BatchId(1), 3)
+
+    with pytest.raises(ValueError, match="about batch 1 leaf 4, not batch 1 leaf 3"):
+        verifier.slasher.slash_withheld(BatchId(1), 3, [other])
+    with pytest.raises(ValueError, match="not signed"):
+        verifier.slasher.slash_withheld(BatchId(1), 3, [unsigned])
+
+
 def test_slash_equivocation_pays_the_reporter(
     contracts_as: Callable[[str | int], Contracts],
     deployment: Deployment,
@@ -528,3 +604,15 @@ def test_slash_with_a_quorum_of_two_sends_verdicts_sorted_by_signer(
     assert short.value.signature == "SlasherNotEnoughVerdicts(provided=1, quorum=2)"
     assert result.event("LeafSlashed").args["node"] == node_address
     assert verifiers[0].slasher.is_leaf_slashed(leaves[0].hash())
+
+    # withheld verdicts too, handed over unsorted and without their signers
+    withheld = WithheldVerdict(node_address, batch_id, 1)
+    unsorted = [
+        dataclasses.replace(withheld, signature=sign_withheld(domain, withheld, dev_account(name)))
+        for name in ("verifier-0", "verifier-1")
+    ]
+    unsorted.sort(
+        key=lambda v: int(recover_withheld_signer(domain, v, v.signature), 16), reverse=True
+    )
+    result = verifiers[1].slasher.slash_withheld(batch_id, 1, unsorted)
+    assert result.event("LeafWithheldSlashed").args["leafIndex"] == 1

@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_abi import encode as abi_encode
 from eth_account import Account
+from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import eip712
 from ledger.eip712 import Domain
 from ledger.errors import SignatureError, TypedDataError
-from ledger.types import Leaf, Reason, Verdict, Voucher
+from ledger.types import Leaf, Reason, Verdict, Voucher, WithheldVerdict
 
 VECTOR_PATH = Path(__file__).resolve().parents[2] / "contracts" / "test" / "vectors" / "eip712.json"
 OTHER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # Anvil #1
@@ -62,6 +64,11 @@ def vector_verdict(v: dict[str, Any]) -> Verdict:
     return Verdict(node=d["node"], batch_id=d["batchId"], leaf=h(d["leaf"]), reason=d["reason"])
 
 
+def vector_withheld(v: dict[str, Any]) -> WithheldVerdict:
+    d = v["withheld"]
+    return WithheldVerdict(node=d["node"], batch_id=d["batchId"], leaf_index=d["leafIndex"])
+
+
 # --- the shared vector ---------------------------------------------------------------------
 
 
@@ -94,6 +101,45 @@ def test_verdict_matches_vector(vector: dict[str, Any]) -> None:
     assert recovered == vector["signer"]
 
 
+def test_withheld_matches_vector(vector: dict[str, Any]) -> None:
+    domain, withheld = slasher_domain(vector), vector_withheld(vector)
+    assert eip712.withheld_digest(domain, withheld) == h(vector["withheld"]["digest"])
+    signature = eip712.sign_withheld(domain, withheld, vector["privateKey"])
+    assert signature == h(vector["withheld"]["signature"])
+    recovered = eip712.recover_withheld_signer(domain, withheld, h(vector["withheld"]["signature"]))
+    assert recovered == vector["signer"]
+
+
+def test_withheld_type_string_is_the_contracts(vector: dict[str, Any]) -> None:
+    """The struct hash is keccak(typehash || node || batchId || leafIndex), with the type string
+    of `Slasher.WITHHELD_TYPEHASH`: a field renamed or retyped on one side breaks this."""
+    withheld = vector_withheld(vector)
+    typehash = keccak(text="Withheld(address node,uint256 batchId,uint32 leafIndex)")
+    struct_hash = keccak(
+        abi_encode(
+            ["bytes32", "address", "uint256", "uint32"],
+            [typehash, withheld.node, withheld.batch_id, withheld.leaf_index],
+        )
+    )
+    separator = keccak(
+        abi_encode(
+            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
+            [
+                keccak(
+                    text="EIP712Domain(string name,string version,uint256 chainId,"
+                    "address verifyingContract)"
+                ),
+                keccak(text="stakeswarm Slasher"),
+                keccak(text="1"),
+                vector["chainId"],
+                vector["slasher"],
+            ],
+        )
+    )
+    expected = keccak(b"\x19\x01" + separator + struct_hash)
+    assert eip712.withheld_digest(slasher_domain(vector), withheld) == expected
+
+
 # --- every input is bound into the digest --------------------------------------------------
 
 
@@ -113,6 +159,8 @@ def test_domain_chain_and_contract_change_every_digest(vector: dict[str, Any]) -
     for domain in slasher_elsewhere:
         assert eip712.receipt_digest(domain, leaf) != eip712.receipt_digest(slasher, leaf)
         assert eip712.verdict_digest(domain, verdict) != eip712.verdict_digest(slasher, verdict)
+        withheld = vector_withheld(vector)
+        assert eip712.withheld_digest(domain, withheld) != eip712.withheld_digest(slasher, withheld)
 
 
 @pytest.mark.parametrize("field", ["channel_id", "cumulative_amount"])
@@ -149,10 +197,40 @@ def test_any_verdict_field_changes_the_digest(vector: dict[str, Any], change: di
     assert eip712.verdict_digest(domain, changed) != eip712.verdict_digest(domain, verdict)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"node": "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"},
+        {"batch_id": 4},
+        {"leaf_index": 8},
+    ],
+)
+def test_any_withheld_field_changes_the_digest(vector: dict[str, Any], change: dict) -> None:
+    domain, withheld = slasher_domain(vector), vector_withheld(vector)
+    changed = dataclasses.replace(withheld, **change)
+    assert eip712.withheld_digest(domain, changed) != eip712.withheld_digest(domain, withheld)
+    signature = h(vector["withheld"]["signature"])
+    assert eip712.recover_withheld_signer(domain, changed, signature) != vector["signer"]
+
+
+def test_a_withheld_signature_is_no_verdict(vector: dict[str, Any]) -> None:
+    """The same key signing about the same batch under the other type recovers to someone else."""
+    domain = slasher_domain(vector)
+    withheld = vector_withheld(vector)
+    verdict = Verdict(withheld.node, withheld.batch_id, b"\0" * 28 + bytes([0, 0, 0, 7]), 2)
+    signature = h(vector["withheld"]["signature"])
+    assert eip712.recover_verdict_signer(domain, verdict, signature) != vector["signer"]
+
+
 def test_signer_and_signature_fields_do_not_enter_the_digest(vector: dict[str, Any]) -> None:
     domain, verdict = slasher_domain(vector), vector_verdict(vector)
     signed = dataclasses.replace(verdict, signer=vector["signer"], signature=b"\x07" * 65)
     assert eip712.verdict_digest(domain, signed) == eip712.verdict_digest(domain, verdict)
+    withheld = vector_withheld(vector)
+    signed_withheld = dataclasses.replace(withheld, signer=vector["signer"], signature=b"\7" * 65)
+    assert eip712.withheld_digest(domain, signed_withheld) == eip712.withheld_digest(
+        domain, withheld
+    )
 
 
 def test_another_key_recovers_to_another_address(vector: dict[str, Any]) -> None:
@@ -228,6 +306,25 @@ def test_bad_voucher_and_verdict_values_are_refused(vector: dict[str, Any]) -> N
     with pytest.raises(TypedDataError, match="reason"):
         bad_reason = dataclasses.replace(verdict, reason=7)  # type: ignore[arg-type]
         eip712.verdict_digest(slasher_domain(vector), bad_reason)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"node": "nobody"}, "withheld node"),
+        ({"batch_id": -1}, "batch id must fit uint256"),
+        ({"leaf_index": 2**32}, "leaf index must fit uint32"),
+        ({"leaf_index": "7"}, "leaf index must be an int"),
+    ],
+)
+def test_bad_withheld_values_are_refused(
+    vector: dict[str, Any], change: dict, message: str
+) -> None:
+    withheld = dataclasses.replace(vector_withheld(vector), **change)
+    with pytest.raises(TypedDataError, match=message):
+        eip712.withheld_digest(slasher_domain(vector), withheld)
+    with pytest.raises(TypedDataError, match="stakeswarm Slasher"):
+        eip712.withheld_digest(channels_domain(vector), vector_withheld(vector))
 
 
 def test_bad_signer_is_refused_without_echoing_the_key(vector: dict[str, Any]) -> None:
