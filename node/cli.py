@@ -162,7 +162,7 @@ def serve(
         str | None,
         typer.Option(
             help="CHEAT on purpose, for tests and demos only (this node will be slashed): "
-            "noise, skip-block, wrong-weights, low-precision, stale or equivocate.",
+            "noise, skip-block, wrong-weights, low-precision, stale, equivocate or withhold.",
             show_default=False,
         ),
     ] = None,

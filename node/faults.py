@@ -1,8 +1,8 @@
 """Cheat modes: a node that serves wrong results on purpose, for tests, calibration and demos.
 
-Off by default; `stakeswarm node serve --faulty MODE` turns one on. Every mode still answers
-the protocol correctly (vouchers, receipts, commitments, reveals): only what it computes is
-wrong, which is what a verifier must catch by re-running the span.
+Off by default; `stakeswarm node serve --faulty MODE` turns one on. Every mode but `withhold`
+still answers the protocol correctly (vouchers, receipts, commitments, reveals): only what it
+computes is wrong, which is what a verifier must catch by re-running the span.
 
     noise          adds Gaussian noise (`NOISE_SCALE` x the output's std) to every output
     skip-block     skips one block of the span (the middle one; it costs nothing to run)
@@ -14,12 +14,16 @@ wrong, which is what a verifier must catch by re-running the span.
     equivocate     computes honestly, but serves a step the client sends again (the step just
                    served) a second time and signs a second, different receipt for the same
                    (session, span, step): two signed receipts anyone can slash it with
+    withhold       computes, signs and commits honestly, but refuses every reveal (a node hiding
+                   what it served, or one that stopped answering verifiers): the verifiers'
+                   withheld verdicts slash it without ever seeing a leaf
 
 `make_fault(mode)` gives the `Fault` of a mode (None for none). The server calls
 `fault.prepare(span)` once on the loaded span (weights, blocks) and the handler computes
 every step with `fault.forward(...)`; only `equivocate` changes the step protocol
-(`fault.replays`, `fault.rewind`). `apply_output_fault` is the same output rule for
-in-process calibration (`benchmarks/calibrate.py`, the verifier's tests).
+(`fault.replays`, `fault.rewind`), and only `withhold` the reveal (`fault.check_reveal`,
+called by the handler before it builds a reveal). `apply_output_fault` is the same output
+rule for in-process calibration (`benchmarks/calibrate.py`, the verifier's tests).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torch import nn
 from node.blocks import Span
 from node.cache import SessionCache
 from node.errors import NodeError
+from node.protocol import ErrorCode, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ class FaultMode(enum.StrEnum):
     LOW_PRECISION = "low-precision"
     STALE = "stale"
     EQUIVOCATE = "equivocate"
+    WITHHOLD = "withhold"
 
 
 FAULT_MODES: tuple[str, ...] = tuple(mode.value for mode in FaultMode)
@@ -156,6 +162,17 @@ class Fault:
             return perturb_weights(span, seed=self._seed)
         logger.warning("CHEAT MODE %s", self.mode.value)
         return span
+
+    def check_reveal(self, batch_id: int, leaf_index: int) -> None:
+        """Raise the refusal a withholding node answers every reveal with (`ProtocolError`
+        NOT_FOUND, as if the leaf were lost); nothing for the other modes."""
+        if self.mode is FaultMode.WITHHOLD:
+            logger.warning(
+                "CHEAT MODE withhold: refusing to reveal batch %d leaf %d", batch_id, leaf_index
+            )
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, f"leaf {leaf_index} of batch {batch_id} is not available"
+            )
 
     def forward(
         self,

@@ -368,6 +368,8 @@ class StakeswarmNode(ServicerBase):
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected a reveal, got {frame.type!r}")
             reveal = RevealRequest.from_wire(frame.metadata)
             await self._authorize(reveal)
+            if self.fault is not None:
+                self.fault.check_reveal(reveal.batch_id, reveal.leaf_index)
             response, tensors = await asyncio.to_thread(
                 build_reveal,
                 self.ledger,

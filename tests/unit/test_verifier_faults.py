@@ -1,5 +1,6 @@
 """The cheat modes of `node.faults`: each one really computes something else than an honest
-node (or, for equivocate, serves a step twice), and an honest node is untouched."""
+node (or, for equivocate, serves a step twice; for withhold, refuses reveals), and an honest
+node is untouched."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from node.faults import (
     perturb_weights,
     skipping_block,
 )
+from node.protocol import ErrorCode, ProtocolError
 from tests.models import make_tiny_model
 
 
@@ -37,6 +39,7 @@ def inputs(seed: int = 0, tokens: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 def test_modes_are_named_and_an_unknown_one_is_refused(tmp_path: Path) -> None:
     assert FAULT_MODES == (
         "noise", "skip-block", "wrong-weights", "low-precision", "stale", "equivocate",
+        "withhold",
     )  # fmt: skip
     assert make_fault(None) is None
     with pytest.raises(FaultConfigError, match="unknown cheat mode 'lazy'"):
@@ -126,3 +129,21 @@ def test_equivocate_serves_the_last_step_again(span: Span) -> None:
     assert not torch.allclose(first, again)  # a second, different answer for step 1
     fault.forget(b"s")
     assert not fault.replays(b"s", 1, 2)
+
+
+def test_withhold_computes_honestly_but_refuses_every_reveal(span: Span) -> None:
+    fault = make_fault("withhold")
+    assert fault is not None and fault.mode is FaultMode.WITHHOLD
+    hidden, mask = inputs()
+    assert fault.prepare(span) is span
+    torch.testing.assert_close(fault.forward(span, hidden, mask), span.forward(hidden, mask))
+    for batch_id, leaf_index in ((1, 0), (7, 3)):
+        with pytest.raises(ProtocolError) as refused:
+            fault.check_reveal(batch_id, leaf_index)
+        assert refused.value.code is ErrorCode.NOT_FOUND
+        assert f"leaf {leaf_index} of batch {batch_id}" in str(refused.value)
+    for mode in FAULT_MODES:  # every other cheat answers reveals
+        other = make_fault(mode)
+        assert other is not None
+        if other.mode is not FaultMode.WITHHOLD:
+            other.check_reveal(1, 0)
