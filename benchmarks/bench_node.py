@@ -1,208 +1,311 @@
 """Benchmark (not a test): what serving through real nodes costs over computing locally.
 
-Measured in one run, on a random Llama with SmolLM2-135M's shape (hidden 576, 30 layers,
-9 heads, 3 KV heads, intermediate 1536; built on the fly, nothing downloaded):
+Measured in one run, on `--model` (default: the real SmolLM2-135M-Instruct):
 
-1. decode latency per token through 1, 2 and 3 local node processes (the blocks split evenly,
-   paid per step through payment channels on a local Anvil), divided by the same blocks'
-   decode latency run locally in this process with the same code;
-2. decode latency per token through 1 node with commitments (leaf, sketch, receipt, ledger,
-   Merkle commits) divided by the same node started with `--no-commitments`.
+1. decode latency per token and prefill throughput through 1, 2 and 3 local node processes
+   (`python -m node serve`, the blocks split evenly, every step paid with a signed voucher
+   through payment channels on a local Anvil), against the same blocks run in this process
+   with the same code;
+2. the same through 1 node with commitments (leaf, sketch, EIP-712 receipt, ledger, Merkle
+   commits every `--commit-interval` s) against 1 node started with `--no-commitments`.
 
-Every configuration decodes the same tokens after the same prompt. Each round runs every
-configuration right after a local run of its own, and a configuration's ratio is the median over
-rounds of (its median step / the local median step just before): load from other processes on
-the machine drifts slowly, so neighbours see nearly the same load.
+A sample is one session: a prompt of `--prompt` tokens (the prefill, timed), then `--tokens`
+decode steps (each timed: embed, blocks, LM head of the last position; batch 1). Each round
+runs every configuration right after a local sample of its own, and a configuration's ratio
+in that round is its figure over that local figure: load from other processes drifts slowly,
+so neighbours see nearly the same load. The result gives the median and range over rounds.
+The two single-node configurations run back to back, in alternating order, and a round's
+commitments overhead is (median step with commitments / without) - 1.
 
-    .venv/bin/python benchmarks/bench_node.py [--tokens 16] [--rounds 8] [--layers 30]
+    .venv/bin/python benchmarks/bench_node.py [--model smollm2] [--prompt 128] [--tokens 16] [--rounds 8]
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from hivemind.p2p import P2P  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
-
-from node.blocks import Span, load_client_head, load_span  # noqa: E402
-from node.cache import CacheManager  # noqa: E402
-from stakeswarm.devnet import Devnet, DevnetConfig  # noqa: E402
-from stakeswarm.home import Home  # noqa: E402
-from tests.integration.nodes import (  # noqa: E402
-    Hop,
-    LoopThread,
-    NodeProcess,
-    NodeSpec,
-    Payer,
-    RouteSession,
-    running_nodes,
+from common import (
+    MODEL_HELP,
+    SMOLLM2,
+    BenchmarkError,
+    Provenance,
+    Spread,
+    Stopwatch,
+    model_layers,
+    nodes_started_together,
+    option,
+    parse_main,
+    prompt_ids,
+    resolve_model,
+    save_result,
 )
+from hivemind.p2p import P2P
 
-THREADS = 2
+from node.blocks import ClientHead, Span, load_client_head, load_span
+from node.cache import CacheManager
+from node.families import load_config
+from stakeswarm.devnet import Devnet, DevnetConfig
+from stakeswarm.home import Home
+from stakeswarm.swarm import NodeSpec, accounts_for, split_blocks
+from tests.integration.nodes import Hop, LoopThread, Payer, RouteSession
 
+SCRIPT = "bench_node.py"
+WITH_COMMITMENTS = "1 server"
+WITHOUT_COMMITMENTS = "1 server, no commitments"
+DEPOSIT = 1000 * 10**18  # per channel: more than any run spends
 
-def build_model(root: Path, layers: int) -> Path:
-    """A random Llama with SmolLM2-135M's shape, saved as safetensors."""
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=layers,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        initializer_range=0.041,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    path = root / "smollm2-135m-shape"
-    model.save_pretrained(path)
-    return path
+Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def decode_times(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], head, prompt, tokens):  # noqa: ANN001, ANN201
-    """Seconds of each decode step (embed, blocks, logits) after an untimed prefill."""
-    ids, mask = prompt, torch.ones_like(prompt)
-    out = step(head.embed(ids), mask)
-    next_ids = head.logits(out)[:, -1].argmax(-1, keepdim=True)
-    times = []
+@dataclass(frozen=True)
+class Options:
+    """What `bench_node.py` measures and how long."""
+
+    model: str = option(SMOLLM2, MODEL_HELP)
+    prompt: int = option(128, "prompt tokens per sample (the timed prefill)")
+    tokens: int = option(16, "decode steps per sample")
+    rounds: int = option(8, "rounds over every configuration")
+    threads: int = option(2, "torch threads here and in each node")
+    commit_interval: float = option(5.0, "seconds between a node's commits")
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "tokens", "rounds", "threads"):
+            if getattr(self, name) < 1:
+                raise BenchmarkError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not self.commit_interval > 0:
+            raise BenchmarkError(f"--commit-interval must be positive, got {self.commit_interval}")
+
+
+QUICK = Options(prompt=16, tokens=4, rounds=2)  # a smoke pass: the tooling, not the figures
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One session's timings, in seconds."""
+
+    prefill: float  # the prompt's step
+    steps: tuple[float, ...]  # each decode step
+
+    @property
+    def step(self) -> float:
+        return statistics.median(self.steps)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One way of serving the model, measured against local samples taken just before."""
+
+    name: str  # e.g. "2 servers"
+    spans: tuple[str, ...]  # each node's blocks, START:END
+    commitments: bool
+    decode_ms: Spread  # per round: the median decode step, ms
+    prefill_tokens_per_s: Spread  # per round: prompt tokens / prefill seconds
+    decode_ratio: Spread  # per round: decode step / the local one before it
+    prefill_ratio: Spread  # per round: prefill time / the local one before it
+
+    @property
+    def servers(self) -> int:
+        return len(self.spans)
+
+
+@dataclass(frozen=True)
+class NodeBenchResult:
+    """Decode and prefill through 1, 2 and 3 servers against local, with and without
+    commitments."""
+
+    options: Options
+    model: str  # the model folder's name
+    layers: int
+    local_decode_ms: Spread  # over every local sample: its median decode step
+    local_prefill_tokens_per_s: Spread  # over every local sample
+    configurations: tuple[Configuration, ...]
+    commitments_overhead: Spread  # per round: decode step with / without commitments - 1
+    prefill_commitments_overhead: Spread  # per round: the same for the prefill
+    provenance: Provenance
+
+    def configuration(self, name: str) -> Configuration:
+        for config in self.configurations:
+            if config.name == name:
+                return config
+        raise KeyError(name)
+
+
+def timed_session(step: Step, head: ClientHead, prompt: torch.Tensor, tokens: int) -> Sample:
+    """Prefill `prompt` [1, prompt] then decode `tokens` tokens greedily through `step`."""
+    mask = torch.ones_like(prompt)
+    began = time.perf_counter()
+    out = step(head.embed(prompt), mask)
+    next_ids = head.logits(out[:, -1:])[:, -1].argmax(-1, keepdim=True)  # [1, 1]
+    prefill = time.perf_counter() - began
+    steps = []
     for _ in range(tokens):
-        mask = torch.cat([mask, torch.ones_like(next_ids)], 1)
-        begin = time.perf_counter()
+        mask = torch.cat([mask, torch.ones_like(next_ids)], dim=1)
+        began = time.perf_counter()
         out = step(head.embed(next_ids), mask)
-        next_ids = head.logits(out)[:, -1].argmax(-1, keepdim=True)
-        times.append(time.perf_counter() - begin)
-    return times
+        next_ids = head.logits(out[:, -1:])[:, -1].argmax(-1, keepdim=True)
+        steps.append(time.perf_counter() - began)
+    return Sample(prefill, tuple(steps))
 
 
-def local_round(span: Span, head, prompt, tokens: int) -> list[float]:  # noqa: ANN001
-    cache = CacheManager(4096).open(
-        "bench", span.kv_layout, batch=1, max_length=prompt.shape[1] + tokens + 1
+def local_sample(span: Span, head: ClientHead, prompt: torch.Tensor, tokens: int) -> Sample:
+    """The whole model's blocks in this process, through the node's own cache and code."""
+    length = prompt.shape[1] + tokens + 1
+    with CacheManager(length).open("bench", span.kv_layout, batch=1, max_length=length) as cache:
+        return timed_session(lambda h, m: span.forward(h, m, cache), head, prompt, tokens)
+
+
+def remote_sample(
+    route: Callable[[], RouteSession], head: ClientHead, prompt: torch.Tensor, tokens: int
+) -> Sample:
+    session = route().open(prompt.shape[1] + tokens + 1)
+    try:
+        return timed_session(session.step, head, prompt, tokens)
+    finally:
+        session.close()
+
+
+def plans(layers: int) -> dict[str, tuple[list[str], bool]]:
+    """Configuration name -> (each node's span, commitments on)."""
+    whole = [f"0:{layers}"]
+    return {
+        WITH_COMMITMENTS: (whole, True),
+        WITHOUT_COMMITMENTS: (whole, False),
+        **{
+            f"{n} servers": ([f"{a}:{b}" for a, b in split_blocks(layers, n)], True) for n in (2, 3)
+        },
+    }
+
+
+def summarise(
+    name: str,
+    spans: list[str],
+    commitments: bool,
+    pairs: Sequence[tuple[Sample, Sample]],
+    prompt: int,
+) -> Configuration:
+    """A configuration's figures from its rounds' (local, remote) samples."""
+    return Configuration(
+        name=name,
+        spans=tuple(spans),
+        commitments=commitments,
+        decode_ms=Spread.of([remote.step * 1e3 for _, remote in pairs]),
+        prefill_tokens_per_s=Spread.of([prompt / remote.prefill for _, remote in pairs]),
+        decode_ratio=Spread.of([remote.step / local.step for local, remote in pairs]),
+        prefill_ratio=Spread.of([remote.prefill / local.prefill for local, remote in pairs]),
     )
-    try:
-        return decode_times(lambda h, m: span.forward(h, m, cache), head, prompt, tokens)
-    finally:
-        cache.close()
 
 
-def remote_round(
-    runner: LoopThread,
-    p2p: P2P,
-    payer: Payer,
-    hops: list[Hop],
-    head,
-    prompt,
-    tokens: int,  # noqa: ANN001
-) -> list[float]:
-    route = RouteSession(runner, p2p, payer, hops).open(prompt.shape[1] + tokens + 1)
-    try:
-        return decode_times(route.step, head, prompt, tokens)
-    finally:
-        route.close()
-
-
-def splits(layers: int, parts: int) -> list[str]:
-    bounds = [round(i * layers / parts) for i in range(parts + 1)]
-    return [f"{a}:{b}" for a, b in zip(bounds, bounds[1:], strict=False)]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, default=16, help="decode steps per sample")
-    parser.add_argument("--rounds", type=int, default=8, help="rounds over every configuration")
-    parser.add_argument("--layers", type=int, default=30)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(THREADS)
-    prompt = torch.tensor([[1, 200, 3000, 45, 678, 9000, 12, 345]])
-    node_args = ("--threads", str(THREADS), "--commit-interval", "5", "--redeem-interval", "3600")
-
+def run(options: Options) -> NodeBenchResult:
+    """Start the nodes of every configuration, measure `options.rounds` rounds, stop them."""
+    clock = Stopwatch(SCRIPT, options)
+    torch.set_num_threads(options.threads)
+    node_args = ("--commit-interval", str(options.commit_interval), "--redeem-interval", "3600")
     with tempfile.TemporaryDirectory(prefix="bench-node-") as tmp:
         root = Path(tmp)
-        print(f"building the model ({args.layers} layers) ...", flush=True)
-        model = build_model(root, args.layers)
+        model = resolve_model(options.model, root)
+        layers = model_layers(model)
+        if layers < 3:
+            raise BenchmarkError(f"{model.name} has {layers} blocks: 3 servers need at least 3")
         head = load_client_head(model)
-        with Devnet.start(
-            DevnetConfig(home=Home.resolve(root / "devnet"), accounts=12)
-        ) as deployment:
-            chain = deployment.connect()
-            payer = Payer(deployment, chain)
-            runner = LoopThread()
-            configs: dict[str, list[NodeSpec]] = {}
-            for count in (1, 2, 3):
-                configs[f"{count} server(s)"] = [
-                    NodeSpec(f"node-{i}", blocks, args=node_args)
-                    for i, blocks in enumerate(splits(args.layers, count))
-                ]
-            configs["1 server, no commitments"] = [
-                NodeSpec("node-3", f"0:{args.layers}", args=(*node_args, "--no-commitments"))
+        span = load_span(model, 0, layers)
+        prompt = prompt_ids(int(load_config(model).vocab_size), options.prompt)
+        configs = plans(layers)
+        specs: dict[str, list[NodeSpec]] = {}
+        every: list[NodeSpec] = []
+        for name, (spans, commitments) in configs.items():
+            extra = node_args if commitments else (*node_args, "--no-commitments")
+            specs[name] = [
+                NodeSpec(f"node-{len(every) + i}", b, args=extra) for i, b in enumerate(spans)
             ]
-            results: dict[str, list[float]] = {name: [] for name in ["local", *configs]}
-            ratios: dict[str, list[float]] = {name: [] for name in configs}
-            span = load_span(model, 0, args.layers)
-            swarms: list[tuple[str, list[Hop], P2P]] = []
-            try:
-                # every configuration's nodes run for the whole measurement
-                with ExitStack() as stack:
-                    for name, specs in configs.items():
-                        print(f"starting {name} ...", flush=True)
-                        workdir = root / name.replace(" ", "_").replace(",", "")
-                        nodes: list[NodeProcess] = stack.enter_context(
-                            running_nodes(deployment, workdir, model, specs)
+            every += specs[name]
+        devnet = DevnetConfig(home=Home.resolve(root / "devnet"), accounts=accounts_for(len(every)))
+        runner = LoopThread()
+        pairs: dict[str, list[tuple[Sample, Sample]]] = {name: [] for name in configs}
+        try:
+            with Devnet.start(devnet) as deployment:
+                print(
+                    f"starting {len(every)} nodes of {model.name} ({layers} blocks) ...", flush=True
+                )
+                with nodes_started_together(
+                    deployment, root / "nodes", model, every, threads=options.threads
+                ) as nodes:
+                    by_account = {node.name: node for node in nodes}
+                    payer = Payer(deployment, deployment.connect())
+                    routes: dict[str, Callable[[], RouteSession]] = {}
+                    clients: list[P2P] = []
+                    for name, group in specs.items():
+                        members = [by_account[spec.account] for spec in group]
+                        p2p = runner.run(
+                            P2P.create(initial_peers=[m for n in members for m in n.maddrs])
                         )
-                        maddrs = [m for n in nodes for m in n.maddrs]
-                        p2p = runner.run(P2P.create(initial_peers=maddrs))
-                        stack.callback(lambda p=p2p: runner.run(p.shutdown()))
+                        clients.append(p2p)
                         hops = [
-                            Hop(n, payer.open_channel(n.address, deposit=1000 * 10**18),
+                            Hop(n, payer.open_channel(n.address, deposit=DEPOSIT),
                                 int(n.status()["price_per_token_per_block"]))
-                            for n in nodes
+                            for n in members
                         ]  # fmt: skip
-                        swarms.append((name, hops, p2p))
-                    for r in range(args.rounds):
-                        print(f"round {r + 1}/{args.rounds}", flush=True)
-                        for name, hops, p2p in swarms:
-                            # each configuration right after a local run: load drifts slowly,
-                            # so the ratio of neighbours is steadier than either figure
-                            local = local_round(span, head, prompt, args.tokens)
-                            remote = remote_round(
-                                runner, p2p, payer, hops, head, prompt, args.tokens
-                            )
-                            results["local"] += local
-                            results[name] += remote
-                            ratios[name].append(
-                                statistics.median(remote) / statistics.median(local)
-                            )
-            finally:
-                runner.close()
+                        routes[name] = lambda p=p2p, h=hops: RouteSession(runner, p, payer, h)
+                    # untimed: the first session of each kind pays one-time costs (lazy
+                    # initialisation in torch, first connections, first ledger writes)
+                    local_sample(span, head, prompt, 1)
+                    for route in routes.values():
+                        remote_sample(route, head, prompt, 1)
+                    for r in range(options.rounds):
+                        print(f"round {r + 1}/{options.rounds}", flush=True)
+                        single = [WITH_COMMITMENTS, WITHOUT_COMMITMENTS]
+                        order = [
+                            *(single if r % 2 == 0 else single[::-1]),
+                            "2 servers",
+                            "3 servers",
+                        ]
+                        for name in order:
+                            local = local_sample(span, head, prompt, options.tokens)
+                            remote = remote_sample(routes[name], head, prompt, options.tokens)
+                            pairs[name].append((local, remote))
+                    for p2p in clients:
+                        runner.run(p2p.shutdown())
+        finally:
+            runner.close()
 
-    median = {name: statistics.median(times) * 1000 for name, times in results.items()}
-    ratio = {name: statistics.median(values) for name, values in ratios.items()}
-    print()
-    print(
-        f"decode latency per token ({args.layers} layers, torch threads {THREADS}, "
-        f"{args.rounds} rounds x {args.tokens} steps; ratio: median over rounds of the "
-        "configuration against the local run just before it):"
+    locals_ = [local for rounds in pairs.values() for local, _ in rounds]
+    with_, without = pairs[WITH_COMMITMENTS], pairs[WITHOUT_COMMITMENTS]
+    return NodeBenchResult(
+        options=options,
+        model=model.name,
+        layers=layers,
+        local_decode_ms=Spread.of([s.step * 1e3 for s in locals_]),
+        local_prefill_tokens_per_s=Spread.of([options.prompt / s.prefill for s in locals_]),
+        configurations=tuple(
+            summarise(name, spans, commitments, pairs[name], options.prompt)
+            for name, (spans, commitments) in configs.items()
+        ),
+        commitments_overhead=Spread.of(
+            [a.step / b.step - 1 for (_, a), (_, b) in zip(with_, without, strict=True)]
+        ),
+        prefill_commitments_overhead=Spread.of(
+            [a.prefill / b.prefill - 1 for (_, a), (_, b) in zip(with_, without, strict=True)]
+        ),
+        provenance=clock.provenance(),
     )
-    print(f"  {'local (same blocks, this process)':<32} {median['local']:8.2f} ms")
-    for name in configs:
-        print(f"  {name:<32} {median[name]:8.2f} ms   {ratio[name]:.2f}x local")
-    overhead = (ratio["1 server(s)"] / ratio["1 server, no commitments"] - 1) * 100
-    print(f"  commitments overhead (1 server): {overhead:+.1f}%")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options, json_path = parse_main(Options, __doc__.split("\n\n")[0], argv)
+    logging.basicConfig(level=logging.WARNING)
+    result = run(options)
+    from report import node_tables
+
+    print()
+    print(node_tables(result))
+    if json_path is not None:
+        save_result(result, json_path)
 
 
 if __name__ == "__main__":

@@ -1,74 +1,154 @@
 """Benchmark (not a test): what auditing costs, and how fast cheating is caught.
 
-1. Cost. For a decode step at context length L (prompt + tokens so far) through a span of a
-   random Llama with SmolLM2-135M's shape, the node's cost to serve it — the span's cached
-   decode step plus the leaf's hashes, sketch and EIP-712 receipt signature — against the
-   verifier's cost to audit it — hashing every revealed input of the session (0..L), the
-   Merkle checks, the span re-run in one float32 pass over all L positions, and the sketch
-   comparison. The ratio grows with L (the verifier recomputes the whole prefix, once); at
-   sample rate p the verifier spends p times that ratio per served step.
+1. Cost. For a decode step at context length L (prompt + tokens so far) through a span of
+   `--model` (default: blocks 0-10 of the real SmolLM2-135M-Instruct), the node's cost to serve
+   it — the span's cached decode step plus the leaf's hashes, sketch and EIP-712 receipt
+   signature — against the verifier's cost to audit it — hashing every revealed input of the
+   session (0..L), the Merkle checks, the span re-run in one float32 pass over all L
+   positions, and the sketch comparison. The ratio grows with L (the verifier recomputes the
+   whole prefix, once); at sample rate p the verifier spends p times that ratio per served step.
 2. Detection. A node cheats on n leaves (1% output noise, float32 declared). Each leaf is
    sampled by the verifier's keyed hash (`verifier.sampling`, a fresh key and fresh batch
    roots per trial) and every sampled leaf's audit outcome is a real audit of a real cheated
-   leaf (a pool served and audited in process, `verifier.calibration`). Measured: the share
-   of trials in which at least one cheated leaf was caught, against 1 - (1 - p d)^n with d
-   the measured per-leaf detection rate.
+   leaf of the same span (a pool served and audited in process, `verifier.calibration`).
+   Measured: the share of trials in which at least one cheated leaf was caught, against
+   1 - (1 - p d)^n with d the measured per-leaf detection rate.
 
-    .venv/bin/python benchmarks/bench_verifier.py [--blocks 10] [--threads 2] [--trials 2000]
+    .venv/bin/python benchmarks/bench_verifier.py [--model smollm2] [--blocks 0:10] [--trials 2000]
 """
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
-import statistics
-import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from common import (
+    MODEL_HELP,
+    SMOLLM2,
+    BenchmarkError,
+    Provenance,
+    Spread,
+    Stopwatch,
+    first_third,
+    model_layers,
+    option,
+    parse_main,
+    parse_span,
+    resolve_model,
+    save_result,
+)
+from eth_account import Account
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from ledger.contracts import Batch
+from ledger.eip712 import Domain
+from ledger.merkle import MerkleTree
+from ledger.types import Address, BatchId, Leaf, ModelId, model_id
+from node.blocks import Span, load_client_head, load_span
+from node.cache import CacheManager
+from node.commits import Receipts
+from node.faults import FaultMode
+from node.protocol import RevealedStep, RevealResponse
+from node.sketch import sketch
+from node.tensors import tensor_hash
+from verifier.audit import Opening, check_opening, judge, prove_leaf, recompute
+from verifier.calibration import Variation, run_variation
+from verifier.sampling import AuditKey
 
-from eth_account import Account  # noqa: E402
-
-from ledger.contracts import Batch  # noqa: E402
-from ledger.eip712 import Domain  # noqa: E402
-from ledger.merkle import MerkleTree  # noqa: E402
-from ledger.types import Address, BatchId, Leaf, ModelId, model_id  # noqa: E402
-from node.blocks import Span, load_client_head, load_span  # noqa: E402
-from node.cache import CacheManager  # noqa: E402
-from node.commits import Receipts  # noqa: E402
-from node.faults import FaultMode  # noqa: E402
-from node.protocol import RevealedStep, RevealResponse  # noqa: E402
-from node.sketch import sketch  # noqa: E402
-from node.tensors import tensor_hash  # noqa: E402
-from tests.models import make_tiny_model  # noqa: E402
-from verifier.audit import Opening, check_opening, judge, prove_leaf, recompute  # noqa: E402
-from verifier.calibration import Variation, run_variation  # noqa: E402
-from verifier.sampling import AuditKey  # noqa: E402
-
-CONTEXTS = (16, 64, 256)
-RATES = (0.01, 0.05, 0.1)
-CHEATED_LEAVES = (10, 50, 100, 500)
+SCRIPT = "bench_verifier.py"
 MODEL = ModelId(model_id("bench"))
 NODE = Address("0x90F79bf6EB2c4F870365E785982E1f101E93b906")
 COMMITMENTS = "0x1000000000000000000000000000000000000001"
+LEAVES_PER_BATCH = 64
 
 
-def median_ms(run, repeats: int) -> float:  # noqa: ANN001
+@dataclass(frozen=True)
+class Options:
+    """What `bench_verifier.py` measures and how often."""
+
+    model: str = option(SMOLLM2, MODEL_HELP)
+    blocks: str = option("", "START:END of the span served and audited (default: the first third)")
+    threads: int = option(2, "torch threads of node and verifier")
+    repeats: int = option(20, "timed runs of each step and each audit")
+    contexts: tuple[int, ...] = option((16, 64, 256), "context lengths of the audited step")
+    trials: int = option(2000, "simulated cheating nodes per detection cell")
+    pool_sessions: int = option(30, "sessions of real cheated leaves audited (7 leaves each)")
+    rates: tuple[float, ...] = option((0.01, 0.05, 0.1), "sample rates p")
+    cheated_leaves: tuple[int, ...] = option((10, 50, 100, 500), "cheated leaves n")
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "repeats", "trials", "pool_sessions"):
+            if getattr(self, name) < 1:
+                raise BenchmarkError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.contexts or min(self.contexts) < 2:
+            raise BenchmarkError(f"--contexts must be at least 2 tokens each, got {self.contexts}")
+        if not self.rates or not all(0 < p <= 1 for p in self.rates):
+            raise BenchmarkError(f"--rates must be in (0, 1], got {self.rates}")
+        if not self.cheated_leaves or min(self.cheated_leaves) < 1:
+            raise BenchmarkError(f"--cheated-leaves must be at least 1, got {self.cheated_leaves}")
+
+
+QUICK = Options(repeats=3, contexts=(16, 32), trials=100, pool_sessions=3)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Serving one decode step against auditing it, at one context length."""
+
+    context: int  # tokens in the session up to and including the audited step
+    node_ms: Spread  # over repeats
+    audit_ms: Spread  # over repeats
+
+    @property
+    def ratio(self) -> float:
+        return self.audit_ms.median / self.node_ms.median
+
+
+@dataclass(frozen=True)
+class Detection:
+    """How often a node cheating on `leaves` leaves is caught at sample rate `rate`."""
+
+    rate: float  # p
+    leaves: int  # n
+    measured: float  # share of trials with at least one cheated leaf caught
+    expected: float  # 1 - (1 - p d)^n
+    trials: int
+
+
+@dataclass(frozen=True)
+class VerifierBenchResult:
+    """Audit cost against serving cost, and measured detection against the formula."""
+
+    options: Options
+    model: str
+    layers: int
+    span: tuple[int, int]
+    hidden_size: int
+    costs: tuple[Cost, ...]
+    per_leaf_detection: float  # d: failed audits over cheated leaves in the pool
+    pool_cheated: int  # cheated leaves audited for the pool
+    detections: tuple[Detection, ...]
+    provenance: Provenance
+
+
+def times_ms(run: Callable[[], object], repeats: int) -> Spread:
+    """Milliseconds of `repeats` calls of `run`, after one untimed call (lazy initialisation)."""
+    run()
     times = []
     for _ in range(repeats):
         began = time.perf_counter()
         run()
         times.append((time.perf_counter() - began) * 1e3)
-    return statistics.median(times)
+    return Spread.of(times)
 
 
-def cost_at(span: Span, receipts: Receipts, context: int, repeats: int) -> tuple[float, float]:
-    """(node ms, verifier ms) for the decode step at position `context` of a session whose
+def cost_at(span: Span, receipts: Receipts, context: int, repeats: int) -> Cost:
+    """Node and verifier times for the decode step at position `context` of a session whose
     prompt is half the context and the rest decoded one token per step."""
     hidden_size = span.hidden_size
     generator = torch.Generator().manual_seed(context)
@@ -96,7 +176,7 @@ def cost_at(span: Span, receipts: Receipts, context: int, repeats: int) -> tuple
             )  # fmt: skip
             return out
 
-        node_ms = median_ms(serve, repeats)
+        node_ms = times_ms(serve, repeats)
         out = serve()
     inputs.append((last_in, last_mask))
     leaves.append(_leaf(session, len(bounds) - 1, last_in, out))
@@ -121,8 +201,9 @@ def cost_at(span: Span, receipts: Receipts, context: int, repeats: int) -> tuple
         again = recompute(span, checked.hidden, checked.mask, checked.last_tokens)
         return judge(checked.sketch, again, checked.dtype).passed
 
-    assert audit(), "an honest leaf must pass its audit"
-    return node_ms, median_ms(audit, max(3, repeats // 4))
+    if not audit():
+        raise BenchmarkError(f"an honest leaf failed its audit at context {context}")
+    return Cost(context, node_ms, times_ms(audit, max(3, repeats // 4)))
 
 
 def _leaf(session: bytes, step: int, hidden: torch.Tensor, out: torch.Tensor) -> Leaf:
@@ -143,7 +224,7 @@ def detection(per_leaf: list[bool], rate: float, leaves: int, trials: int, seed:
         remaining = leaves
         batch = 1
         while remaining and not hit:
-            count = min(remaining, 64)  # leaves per committed batch
+            count = min(remaining, LEAVES_PER_BATCH)
             for _ in key.sample(31337, COMMITMENTS, batch, os.urandom(32), count, rate):
                 pick = int(torch.randint(len(per_leaf), (1,), generator=generator))
                 if per_leaf[pick]:
@@ -155,70 +236,60 @@ def detection(per_leaf: list[bool], rate: float, leaves: int, trials: int, seed:
     return caught / trials
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=10, help="span length (of 30)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--trials", type=int, default=2000)
-    parser.add_argument("--pool-sessions", type=int, default=30, help="cheated leaves / 7")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = make_tiny_model(
-            Path(tmp), "llama", 30, hidden_size=576, intermediate_size=1536, num_heads=9,
-            num_kv_heads=3, vocab_size=4096, initializer_range=0.02, with_tokenizer=False,
-        )  # fmt: skip
-        span = load_span(path, 0, args.blocks)
+def run(options: Options) -> VerifierBenchResult:
+    """Time serving against auditing at each context, then simulate detection."""
+    clock = Stopwatch(SCRIPT, options)
+    torch.set_num_threads(options.threads)
+    with tempfile.TemporaryDirectory(prefix="bench-verifier-") as tmp:
+        path = resolve_model(options.model, Path(tmp))
+        layers = model_layers(path)
+        start, end = parse_span(options.blocks, layers) if options.blocks else first_third(layers)
+        span, head = load_span(path, start, end), load_client_head(path)
         receipts = Receipts(
-            domain=Domain.slasher(31337, COMMITMENTS),
-            account=Account.create(),
-            model_id=MODEL,
+            domain=Domain.slasher(31337, COMMITMENTS), account=Account.create(), model_id=MODEL
         )
-        print(
-            f"# cost: random Llama, SmolLM2-135M shape, blocks [0, {args.blocks}), float32, "
-            f"{args.threads} torch threads, batch 1, CPU; medians of {args.repeats} runs"
-        )
-        print()
-        print("| context | node: serve one step | verifier: audit it | ratio | at p=0.05 |")
-        print("|---|---|---|---|---|")
-        for context in CONTEXTS:
-            node_ms, audit_ms = cost_at(span, receipts, context, args.repeats)
-            ratio = audit_ms / node_ms
-            print(
-                f"| {context} | {node_ms:.1f} ms | {audit_ms:.1f} ms | {ratio:.1f}x | "
-                f"{0.05 * ratio:.2f}x |",
-                flush=True,
-            )
+        costs = []
+        for context in options.contexts:
+            print(f"cost at context {context} ...", flush=True)
+            costs.append(cost_at(span, receipts, context, options.repeats))
+        print(f"auditing {options.pool_sessions} sessions of cheated leaves ...", flush=True)
+        pool_rates = run_variation(
+            span, head, Variation("noise", fault=FaultMode.NOISE),
+            sessions=options.pool_sessions, seed=11,
+        )  # fmt: skip
+    per_leaf = pool_rates.detection_rate
+    failed, cheated = pool_rates.failed_cheated, pool_rates.cheated
+    pool = [True] * failed + [False] * (cheated - failed)  # each real audit's outcome
+    detections = []
+    for rate in options.rates:
+        for leaves in options.cheated_leaves:
+            measured = detection(pool, rate, leaves, options.trials, seed=leaves)
+            expected = 1 - (1 - rate * per_leaf) ** leaves
+            detections.append(Detection(rate, leaves, measured, expected, options.trials))
+    return VerifierBenchResult(
+        options=options,
+        model=path.name,
+        layers=layers,
+        span=(start, end),
+        hidden_size=span.hidden_size,
+        costs=tuple(costs),
+        per_leaf_detection=per_leaf,
+        pool_cheated=cheated,
+        detections=tuple(detections),
+        provenance=clock.provenance(),
+    )
 
-        tiny = make_tiny_model(Path(tmp) / "tiny", "llama", 6, with_tokenizer=False)
-        pool_span, head = load_span(tiny, 0, 3), load_client_head(tiny)
-        rates = run_variation(
-            pool_span,
-            head,
-            Variation("noise", fault=FaultMode.NOISE),
-            sessions=args.pool_sessions,
-            seed=11,
-        )
-        per_leaf = rates.detection_rate
-        # the pool: each cheated leaf's real audit outcome, in proportion
-        failed, cheated = rates.failed_cheated, rates.cheated
-        pool = [True] * failed + [False] * (cheated - failed)
-        print()
-        print(
-            f"# detection: 1% output noise, float32 declared (tiny Llama, blocks [0, 3)); "
-            f"per-leaf detection d = {per_leaf:.3f} over {cheated} audited cheated leaves; "
-            f"{args.trials} trials per cell, keyed sampling with a fresh key per trial"
-        )
-        print()
-        print("| p | n | measured | 1 - (1 - p d)^n |")
-        print("|---|---|---|---|")
-        for rate in RATES:
-            for leaves in CHEATED_LEAVES:
-                measured = detection(pool, rate, leaves, args.trials, seed=leaves)
-                expected = 1 - (1 - rate * per_leaf) ** leaves
-                print(f"| {rate:g} | {leaves} | {measured:.3f} | {expected:.3f} |", flush=True)
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options, json_path = parse_main(Options, __doc__.split("\n\n")[0], argv)
+    logging.basicConfig(level=logging.WARNING)
+    result = run(options)
+    from report import verifier_tables
+
+    print()
+    print(verifier_tables(result))
+    if json_path is not None:
+        save_result(result, json_path)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ declare it, and (with --device cuda) another machine's arithmetic.
     .venv/bin/python benchmarks/calibrate.py --model smollm2 --blocks 0:10 --sessions 20
     .venv/bin/python benchmarks/calibrate.py --model PATH --device cuda   # nodes on a GPU
 
+With `--json PATH` the matrix is also written as data (`benchmarks/run_all.py` collects it).
+
 Nodes on another machine (a GPU machine without the verifier's chain dependencies): serve
 there with `--dump DIR` (saves every variation's sessions, inputs and outputs, in one
 safetensors file, and prints a checksum of the model's weights), then audit here with
@@ -29,24 +31,34 @@ safetensors file, and prints a checksum of the model's weights), then audit here
 
 from __future__ import annotations
 
-import argparse
+import hashlib
 import json
-import sys
+import logging
 import tempfile
-import time
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from common import (
+    MODEL_HELP,
+    TINY,
+    BenchmarkError,
+    Provenance,
+    Stopwatch,
+    model_layers,
+    option,
+    parse_main,
+    parse_span,
+    resolve_model,
+    save_result,
+)
+from safetensors.torch import load_file, save_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from safetensors.torch import load_file, save_file  # noqa: E402
-
-from node.blocks import ClientHead, Span, load_client_head, load_span  # noqa: E402
-from node.faults import FaultMode  # noqa: E402
-from verifier.calibration import (  # noqa: E402
+from node.blocks import ClientHead, Span, load_client_head, load_span
+from node.faults import FaultMode
+from verifier.calibration import (
     HONEST,
     Rates,
     SimulatedNode,
@@ -58,9 +70,11 @@ from verifier.calibration import (  # noqa: E402
     session_inputs,
     step_bounds,
 )
-from verifier.thresholds import TOLERANCES  # noqa: E402
+from verifier.thresholds import TOLERANCES
 
+SCRIPT = "calibrate.py"
 NOISE_SCALES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+NOISE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 # What a GPU machine serves in --dump mode: the honest variations that matter across hardware,
@@ -76,41 +90,96 @@ DUMPED: tuple[Variation, ...] = (
 )
 
 
-def model_folder(choice: str, workdir: Path) -> Path:
-    if choice == "tiny":
-        from tests.models import make_tiny_model
+@dataclass(frozen=True)
+class Options:
+    """Which model and span to calibrate on, how many sessions, and where nodes compute."""
 
-        return make_tiny_model(workdir, "llama", 6, with_tokenizer=False)
-    if choice == "random576":  # SmolLM2-135M's width and heads, 10 blocks, HF's init
-        from tests.models import make_tiny_model
+    model: str = option(TINY, MODEL_HELP + ", or random576 (SmolLM2's width, random)")
+    blocks: str = option("", "START:END of the span (default: the first half)")
+    sessions: int = option(20, "sessions per variation")
+    new_tokens: int = option(6, "decode steps per session")
+    noise_sessions: int = option(0, "sessions per cell of the noise table (0: sessions / 4, >= 4)")
+    device: str = option("cpu", "where the simulated nodes compute")
+    seed: int = option(0, "seed of the sessions")
+    dump: str = option("", "serve only, saving the sessions in this folder")
+    source: str = option("", "audit the sessions a --dump saved in this file", flag="--from")
 
-        return make_tiny_model(
-            workdir, "llama", 10, hidden_size=576, intermediate_size=1536, num_heads=9,
-            num_kv_heads=3, vocab_size=4096, initializer_range=0.02, with_tokenizer=False,
-        )  # fmt: skip
-    if choice == "smollm2":
-        from stakeswarm.home import Home
-        from stakeswarm.models import prepare_smollm2
+    def __post_init__(self) -> None:
+        for name in ("sessions", "new_tokens"):
+            if getattr(self, name) < 1:
+                raise BenchmarkError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.noise_sessions < 0:
+            raise BenchmarkError("--noise-sessions must not be negative")
+        if self.dump and self.source:
+            raise BenchmarkError("give --dump (serve here) or --from (audit here), not both")
 
-        return prepare_smollm2(Home.resolve().root / "models", lambda m: print(f"# {m}"))
-    return Path(choice)
+    @property
+    def cells(self) -> int:
+        """Sessions per cell of the noise table."""
+        return self.noise_sessions or max(4, self.sessions // 4)
 
 
-def row(rates: Rates) -> str:
-    w = rates.worst
-    detection = "-" if rates.cheated == 0 else f"{rates.detection_rate:.1%}"
-    return (
-        f"| {rates.variation.name} | {rates.leaves} | {rates.cheated} | "
-        f"{rates.false_positive_rate:.1%} | {detection} | {w['min_overlap']:.3f} | "
-        f"{w['min_mean_rel_error']:.2e} .. {w['max_mean_rel_error']:.2e} | "
-        f"{w['min_worst_rel_error']:.2e} .. {w['max_worst_rel_error']:.2e} |"
-    )
+QUICK = Options(sessions=2, noise_sessions=1)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One variation's audits."""
+
+    variation: str
+    declared: str  # the dtype the node declared
+    leaves: int  # audited
+    cheated: int  # of which cheated
+    false_positive_rate: float  # failed audits of honest leaves / honest leaves
+    detection_rate: float | None  # failed audits of cheated leaves / cheated leaves
+    min_overlap: float  # lowest share of top-k positions the recomputation agreed on
+    mean_rel_error: tuple[float, float]  # range over leaves of the mean relative error
+    worst_rel_error: tuple[float, float]  # range over leaves of the worst relative error
+
+    @classmethod
+    def of(cls, rates: Rates) -> Row:
+        w = rates.worst
+        return cls(
+            variation=rates.variation.name,
+            declared=rates.variation.declared,
+            leaves=rates.leaves,
+            cheated=rates.cheated,
+            false_positive_rate=rates.false_positive_rate,
+            detection_rate=rates.detection_rate if rates.cheated else None,
+            min_overlap=w["min_overlap"],
+            mean_rel_error=(w["min_mean_rel_error"], w["max_mean_rel_error"]),
+            worst_rel_error=(w["min_worst_rel_error"], w["max_worst_rel_error"]),
+        )
+
+
+@dataclass(frozen=True)
+class NoiseRow:
+    """Detection per noised leaf at each of `NOISE_SCALES`, for one declared dtype."""
+
+    declared: str
+    detection: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """False positives of honest variations, detection of every cheat, noise let through."""
+
+    options: Options
+    model: str
+    layers: int
+    span: tuple[int, int]
+    hidden_size: int
+    tolerances: dict[
+        str, str
+    ]  # declared dtype -> its thresholds, as `verifier.thresholds` has them
+    rows: tuple[Row, ...]
+    noise_scales: tuple[float, ...]  # noise std over the output's std
+    noise: tuple[NoiseRow, ...]
+    provenance: Provenance
 
 
 def checksum(span: Span) -> str:
     """A short digest of the span's weights (both machines must build the same model)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(span.layers.state_dict().items()):
         digest.update(name.encode())
@@ -122,19 +191,19 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")[:60]
 
 
-def dump(span: Span, head: ClientHead, args: argparse.Namespace) -> None:
+def dump(span: Span, head: ClientHead, options: Options) -> None:
     """Serve every `DUMPED` variation on --device; save the sessions in one file under --dump
     (keys `<variation>.<session>.<what>`)."""
-    out = Path(args.dump)
+    out = Path(options.dump)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"# weights {checksum(span)}; device {args.device}")
+    print(f"# weights {checksum(span)}; device {options.device}")
     tensors: dict[str, torch.Tensor] = {}
     for index, variation in enumerate(DUMPED):
         torch.backends.cuda.matmul.allow_tf32 = "TF32" in variation.name
-        generator = torch.Generator().manual_seed(args.seed + index)
-        node = SimulatedNode(span, variation, seed=args.seed + index, device=args.device)
-        for i in range(args.sessions):
-            hidden, mask, prompt = session_inputs(head, generator, new_tokens=args.new_tokens)
+        generator = torch.Generator().manual_seed(options.seed + index)
+        node = SimulatedNode(span, variation, seed=options.seed + index, device=options.device)
+        for i in range(options.sessions):
+            hidden, mask, prompt = session_inputs(head, generator, new_tokens=options.new_tokens)
             inputs, outputs, cheated = node.serve(hidden, mask, prompt)
             key = f"{index}.{i}"
             tensors[f"{key}.hidden"] = torch.cat([h for h, _ in inputs], dim=1)
@@ -143,22 +212,24 @@ def dump(span: Span, head: ClientHead, args: argparse.Namespace) -> None:
             tensors[f"{key}.cheated"] = torch.tensor(cheated)
             for step, output in enumerate(outputs):
                 tensors[f"{key}.out{step}"] = output.contiguous()
-        print(f"# served {variation.name}: {args.sessions} sessions", flush=True)
+        print(f"# served {variation.name}: {options.sessions} sessions", flush=True)
     torch.backends.cuda.matmul.allow_tf32 = False
     metadata = {
-        "device": args.device,
+        "device": options.device,
         "variations": json.dumps([[v.name, v.declared] for v in DUMPED]),
     }
-    save_file(tensors, str(out / f"sessions-{args.model_label}.safetensors"), metadata)
+    label = slug(Path(options.model).name)
+    save_file(tensors, str(out / f"sessions-{label}.safetensors"), metadata)
 
 
-def audit_dumped(span: Span, path: Path) -> None:
+def audit_dumped(span: Span, path: Path) -> list[Row]:
     """Audit the sessions a --dump saved, on this machine's CPU."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
     tensors = load_file(str(path))
+    rows = []
     for index, (name, declared) in enumerate(json.loads(metadata["variations"])):
         variation = Variation(f"{name}, on {metadata['device']}", declared=declared)
         rates = Rates(variation)
@@ -172,88 +243,87 @@ def audit_dumped(span: Span, path: Path) -> None:
             cheated = [bool(c) for c in tensors[f"{key}.cheated"]]
             for leaf in leaves_from(inputs, outputs, cheated):
                 rates.add(leaf, audit_leaf(span, leaf, declared))
-        print(row(rates), flush=True)
+        rows.append(Row.of(rates))
+    return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="tiny, smollm2 or a model folder")
-    parser.add_argument("--blocks", default=None, help="START:END (default: the first half)")
-    parser.add_argument("--sessions", type=int, default=20, help="sessions per variation")
-    parser.add_argument("--new-tokens", type=int, default=6, help="decode steps per session")
-    parser.add_argument("--device", default="cpu", help="where the simulated nodes compute")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dump", default=None, help="serve only, saving sessions here")
-    parser.add_argument("--from", dest="source", default=None, help="audit a --dump")
-    args = parser.parse_args()
-    args.model_label = slug(Path(args.model).name)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = model_folder(args.model, Path(tmp))
-        from node.families import load_config
-
-        total = int(load_config(path).num_hidden_layers)
-        start, end = map(int, args.blocks.split(":")) if args.blocks else (0, max(1, total // 2))
-        torch.set_num_threads(2)
-        span, head = load_span(path, start, end), load_client_head(path)
-        if args.dump:
-            dump(span, head, args)
-            return
-        print(
-            f"# model {path.name}, blocks [{start}, {end}) of {total}, hidden "
-            f"{span.hidden_size}; nodes on {args.device}, verifier on cpu; "
-            f"{args.sessions} sessions x (1 prefill + {args.new_tokens} decode steps), "
-            f"batch 1-3, prompt 4-16 with left padding; torch {torch.__version__}"
+@contextmanager
+def loaded(options: Options) -> Iterator[tuple[Path, int, Span, ClientHead]]:
+    """The model folder, its block count, the span to calibrate on and the client head."""
+    with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
+        path = resolve_model(options.model, Path(tmp))
+        layers = model_layers(path)
+        start, end = (
+            parse_span(options.blocks, layers) if options.blocks else (0, max(1, layers // 2))
         )
-        for dtype, tolerance in TOLERANCES.items():
-            print(f"# {dtype}: {tolerance}")
-        print()
-        print(
-            "| variation | leaves | cheated | false positives | detection | min overlap | "
-            "mean rel. error | worst rel. error |"
-        )
-        print("|---|---|---|---|---|---|---|---|")
-        if args.source:
-            print(f"# weights {checksum(span)}")
-            audit_dumped(span, Path(args.source))
-            return
+        yield path, layers, load_span(path, start, end), load_client_head(path)
+
+
+def run(options: Options) -> CalibrationResult:
+    """The calibration matrix: every honest variation and every cheat (declared float32 and
+    bfloat16), then the noise each declared dtype lets through."""
+    clock = Stopwatch(SCRIPT, options)
+    torch.set_num_threads(2)
+    with loaded(options) as (path, layers, span, head):
         variations: list[Variation] = [*HONEST, *cheats("float32"), *cheats("bfloat16")]
-        if args.device != "cpu":
-            variations = [replace(v, name=f"{v.name}, on {args.device}") for v in variations]
-        began = time.perf_counter()
+        if options.device != "cpu":
+            variations = [replace(v, name=f"{v.name}, on {options.device}") for v in variations]
+        rows = []
         for index, variation in enumerate(variations):
             rates = run_variation(
-                span,
-                head,
-                variation,
-                sessions=args.sessions,
-                seed=args.seed + index,
-                new_tokens=args.new_tokens,
-                device=args.device,
-            )
-            print(row(rates), flush=True)
-
-        print()
-        print("noise the audit lets through, by declared dtype (detection per noised leaf):")
-        print()
-        print("| declared | " + " | ".join(f"noise {s:g}" for s in NOISE_SCALES) + " |")
-        print("|---|" + "---|" * len(NOISE_SCALES))
-        for dtype in ("float32", "float16", "bfloat16"):
+                span, head, variation, sessions=options.sessions, seed=options.seed + index,
+                new_tokens=options.new_tokens, device=options.device,
+            )  # fmt: skip
+            rows.append(Row.of(rates))
+            print(f"{variation.name}: {rates.leaves} leaves", flush=True)
+        noise = []
+        for dtype in NOISE_DTYPES:
             cells = []
             for scale in NOISE_SCALES:
                 variation = Variation(f"noise {scale:g}", dtype, FaultMode.NOISE, noise_scale=scale)
                 rates = run_variation(
-                    span,
-                    head,
-                    variation,
-                    sessions=max(4, args.sessions // 4),
-                    seed=args.seed,
-                    new_tokens=args.new_tokens,
-                    device=args.device,
-                )
-                cells.append(f"{rates.detection_rate:.0%}")
-            print(f"| {dtype} | " + " | ".join(cells) + " |", flush=True)
-        print(f"\n# {time.perf_counter() - began:.0f} s")
+                    span, head, variation, sessions=options.cells, seed=options.seed,
+                    new_tokens=options.new_tokens, device=options.device,
+                )  # fmt: skip
+                cells.append(rates.detection_rate)
+            noise.append(NoiseRow(dtype, tuple(cells)))
+            print(f"noise table, {dtype} declared", flush=True)
+        return CalibrationResult(
+            options=options,
+            model=path.name,
+            layers=layers,
+            span=(span.start, span.end),
+            hidden_size=span.hidden_size,
+            tolerances={dtype: str(tolerance) for dtype, tolerance in TOLERANCES.items()},
+            rows=tuple(rows),
+            noise_scales=NOISE_SCALES,
+            noise=tuple(noise),
+            provenance=clock.provenance(),
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options, json_path = parse_main(Options, __doc__.splitlines()[0], argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(2)
+    if options.dump:
+        with loaded(options) as (_, _, span, head):
+            dump(span, head, options)
+        return
+    from report import calibration_header, calibration_row, calibration_tables
+
+    if options.source:
+        with loaded(options) as (_, _, span, _):
+            print(f"# weights {checksum(span)}")
+            print(calibration_header())
+            for row in audit_dumped(span, Path(options.source)):
+                print(calibration_row(row), flush=True)
+        return
+    result = run(options)
+    print()
+    print(calibration_tables(result))
+    if json_path is not None:
+        save_result(result, json_path)
 
 
 if __name__ == "__main__":
