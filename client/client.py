@@ -87,7 +87,10 @@ class SwarmClient:
                 min_life=config.channel_min_life,
             )
             self.registry = ServerRegistry(
-                self.contracts.node_registry, self.model_id, ttl=config.registry_ttl
+                self.contracts.node_registry,
+                self.model_id,
+                ttl=config.registry_ttl,
+                active_ttl=config.active_ttl,
             )
             self.network = Network.start(config.initial_peers, timeout=config.join_timeout)
             self.router = Router(

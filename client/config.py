@@ -37,6 +37,8 @@ class ClientConfig:
     backoff_max: float = 300.0  # seconds a server is avoided at most (doubling per failure)
     max_failovers: int = 8  # server failures one step (or one route) may survive
     registry_ttl: float = 300.0  # seconds an on-chain check of a server's registration is reused
+    active_ttl: float = 10.0  # seconds an on-chain check that a server is still active (staked
+    # for its span, e.g. not slashed) is reused before a route counts on it again
 
     # --- chain, wallet and ledger ------------------------------------------------------------
     rpc_url: str | None = None  # JSON-RPC URL; None: the deployment's
@@ -67,6 +69,7 @@ class ClientConfig:
             "backoff_base",
             "backoff_max",
             "registry_ttl",
+            "active_ttl",
         ):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive")

@@ -3,8 +3,13 @@
 A DHT record is unauthenticated: anyone can announce any address. The client uses a server
 only if the address it announces is registered and active (staked for its span) for this
 model, with the announced libp2p peer id, the announced span and the announced price. Receipts
-must then be signed by that address, so a server's word is backed by its stake. Reads are
-cached for `ttl` seconds per (peer, address).
+must then be signed by that address, so a server's word is backed by its stake.
+
+Two reads, cached apart: a registration (model, peer id, span, price) changes rarely and is
+reused for `ttl` seconds; whether the node is still active changes with any slash and is
+re-read after `active_ttl` seconds, so a slashed node drops out of routes within seconds, not
+minutes. `forget` drops both for a peer (after any failure or refusal), so the next route reads
+them afresh.
 """
 
 from __future__ import annotations
@@ -12,22 +17,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from hivemind.p2p import PeerID
 
 from ledger.chain import ChainError
-from ledger.contracts import NodeRegistry
+from ledger.contracts import NodeInfo, NodeRegistry
 from ledger.types import ModelId
 from node.protocol import ServerInfo
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Verdict:
-    problem: str | None  # None: the server checks out
-    at: float
 
 
 def registration_problem(
@@ -74,34 +72,45 @@ class ServerRegistry:
         model: ModelId,
         *,
         ttl: float = 300.0,
+        active_ttl: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.model = model
-        self.ttl = ttl
+        self.ttl = ttl  # seconds a registration read is reused
+        self.active_ttl = active_ttl  # seconds an `isActive` read is reused
         self.clock = clock
-        self._verdicts: dict[tuple[str, str, int, int, int], _Verdict] = {}
+        # (peer id, address) -> (what was read, `clock` time of the read)
+        self._registrations: dict[tuple[str, str], tuple[NodeInfo, float]] = {}
+        self._activity: dict[tuple[str, str], tuple[bool, float]] = {}
+        self._reported: dict[tuple[str, str], str | None] = {}  # the last problem logged
+
+    def _registration(self, key: tuple[str, str]) -> NodeInfo:
+        now = self.clock()
+        found = self._registrations.get(key)
+        if found is None or now - found[1] >= self.ttl:
+            found = (self.registry.get_node(key[1]), now)
+            self._registrations[key] = found
+        return found[0]
+
+    def _is_active(self, key: tuple[str, str]) -> bool:
+        now = self.clock()
+        found = self._activity.get(key)
+        if found is None or now - found[1] >= self.active_ttl:
+            found = (self.registry.is_active(key[1]), now)
+            self._activity[key] = found
+        return found[0]
 
     def problem(self, peer_id: str, info: ServerInfo) -> str | None:
         """None if the server announcing `info` as `peer_id` checks out on-chain, else why not.
         A chain that cannot be read is a problem too (the server is skipped, not trusted)."""
-        # what the registry vouches for; other fields (cache left, throughput) change freely
-        key = (
-            peer_id,
-            info.eth_address,
-            info.span_start,
-            info.span_end,
-            info.price_per_token_per_block,
-        )
-        now = self.clock()
-        cached = self._verdicts.get(key)
-        if cached is not None and now - cached.at < self.ttl:
-            return cached.problem
+        address = info.eth_address
+        key = (peer_id, address)
         try:
-            node = self.registry.get_node(info.eth_address)
-            active = node.registered and self.registry.is_active(info.eth_address)
+            node = self._registration(key)
+            active = node.registered and self._is_active(key)
         except (ChainError, OSError) as exc:
-            logger.warning("cannot read the registration of %s: %s", info.eth_address, exc)
+            logger.warning("cannot read the registration of %s: %s", address, exc)
             return f"its registration cannot be read: {exc}"
         try:
             peer_bytes = PeerID.from_base58(peer_id).to_bytes()
@@ -120,12 +129,15 @@ class ServerRegistry:
                 price_per_block=info.price_per_token_per_block,
                 registered_price_per_block=node.price_per_token_per_block,
             )
-        self._verdicts[key] = _Verdict(problem, now)
-        if problem is not None:
-            logger.info("not using %s (%s): %s", peer_id, info.eth_address, problem)
+        if self._reported.get(key, None) != problem:
+            self._reported[key] = problem
+            if problem is not None:
+                logger.info("not using %s (%s): %s", peer_id, address, problem)
         return problem
 
     def forget(self, peer_id: str) -> None:
-        """Drop cached checks of `peer_id` (e.g. after it failed, so it is read afresh)."""
-        for key in [k for k in self._verdicts if k[0] == peer_id]:
-            del self._verdicts[key]
+        """Drop cached checks of `peer_id` (e.g. after it failed or refused, so it is read
+        afresh)."""
+        for cache in (self._registrations, self._activity):
+            for key in [k for k in cache if k[0] == peer_id]:
+                del cache[key]

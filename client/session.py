@@ -298,6 +298,7 @@ class InferenceSession:
                 timeout=client.config.open_timeout,
             )
         except RemoteError as exc:
+            client.registry.forget(planned.peer_id)  # any refusal: re-read its standing
             if exc.code in PAYMENT_CODES:
                 raise PaymentRefusedError(
                     f"server {planned.address} refused channel {channel.channel_id}: "
@@ -358,6 +359,7 @@ class InferenceSession:
                 hop.remote, x, mask, voucher, timeout=client.config.step_timeout
             )
         except RemoteError as exc:
+            client.registry.forget(hop.peer_id)  # any refusal: re-read its standing on-chain
             if exc.code not in ACCEPTED_BEFORE:
                 client.payments.refused(hop.channel, voucher, previous_voucher)
             if exc.code in PAYMENT_CODES:

@@ -1,8 +1,10 @@
 """The node's HTTP status API (FastAPI, served by uvicorn inside the node's event loop).
 
     GET /health   200 {"status": "ok"} while the node serves (503 while starting/stopping)
-    GET /status   span, throughput, sessions, cache use, earnings, commitments (JSON)
-    GET /metrics  Prometheus text: steps, tokens, errors by code, cache tokens, commits, redeems
+    GET /status   state, standing in the registry, span, throughput, sessions, cache use,
+                  earnings, commitments (JSON)
+    GET /metrics  Prometheus text: steps, tokens, errors by code, cache tokens, commits, redeems,
+                  whether the registry counts the node as active
 
 `NodeMetrics` holds the Prometheus series on a registry of its own (never the process-global
 one, so several nodes can live in one test process).
@@ -50,6 +52,11 @@ class NodeMetrics:
         self.commits = Counter("stakeswarm_commits", "Batches committed on-chain", registry=r)
         self.redeems = Counter("stakeswarm_redeems", "Vouchers redeemed on-chain", registry=r)
         self.reveals = Counter("stakeswarm_reveals", "Reveals answered", registry=r)
+        self.active = Gauge(
+            "stakeswarm_registry_active",
+            "1 while the NodeRegistry counts this node as active (staked for its span), else 0",
+            registry=r,
+        )
 
     def served(self, tokens: int) -> None:
         self.steps.inc()

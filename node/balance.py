@@ -12,6 +12,11 @@ sent (`Accepted.persisted`). `Redeemer` redeems the highest voucher per channel 
 worth it and always some time before the channel expires.
 
 The amount rules are the pure function `judge_amount`, so they can be read and tested alone.
+
+A node the NodeRegistry no longer counts as active (its stake no longer covers its span, e.g.
+after a slash) must not take money for service its stake does not back: while `suspend`ed,
+`check_channel` and `accept` refuse every session, step and voucher with NODE_INACTIVE, before
+anything is read or recorded, until `resume`.
 """
 
 from __future__ import annotations
@@ -139,6 +144,24 @@ class Payments:
         self._db = db_executor
         self._books: dict[int, _ChannelBook] = {}
         self._persisted: dict[int, Channel] = {}  # ledger thread only
+        self._suspended: str | None = None  # why nothing is accepted now (None: serving)
+
+    def suspend(self, reason: str) -> None:
+        """Refuse every channel and voucher with NODE_INACTIVE, saying `reason`, until
+        `resume` (the node is not staked to serve)."""
+        self._suspended = reason
+
+    def resume(self) -> None:
+        """Accept channels and vouchers again."""
+        self._suspended = None
+
+    @property
+    def suspended(self) -> bool:
+        return self._suspended is not None
+
+    def _refuse_if_suspended(self) -> None:
+        if self._suspended is not None:
+            raise ProtocolError(ErrorCode.NODE_INACTIVE, self._suspended)
 
     async def _book(self, channel_id: int) -> _ChannelBook:
         book = self._books.get(channel_id)
@@ -202,7 +225,9 @@ class Payments:
             )
 
     async def check_channel(self, channel_id: int) -> Channel:
-        """The channel a session will pay through, checked usable (WRONG_CHANNEL if not)."""
+        """The channel a session will pay through, checked usable (WRONG_CHANNEL if not;
+        NODE_INACTIVE while suspended)."""
+        self._refuse_if_suspended()
         book = await self._book(channel_id)
         channel = await self._onchain(book, channel_id)
         self._check_usable(channel)
@@ -214,6 +239,7 @@ class Payments:
         """Check `voucher` for a step costing `step_cost` on `channel_id` (whose client is
         `client`) and start writing it to the ledger; `ProtocolError` with the reason if it is
         refused (then nothing changed)."""
+        self._refuse_if_suspended()
         if voucher.channel_id != channel_id:
             raise ProtocolError(
                 ErrorCode.WRONG_CHANNEL,

@@ -71,6 +71,10 @@ class ErrorCode(enum.StrEnum):
     UNAUTHORIZED = "unauthorized"  # reveal by someone who is not an active verifier
     NOT_FOUND = "not_found"  # reveal of a leaf the node does not have
     INTERNAL = "internal"  # the node failed; not the caller's fault
+    # The registry no longer counts the node as active (its stake does not cover its span, e.g.
+    # after a slash): it takes no session, step or payment until it is staked again. Added in
+    # protocol 1 without a version bump: older peers read an unknown code as INTERNAL.
+    NODE_INACTIVE = "node_inactive"
 
 
 class ProtocolError(Exception):

@@ -14,6 +14,14 @@ commit pending leaves (every `commit_interval` s, or at once when `commit_max_le
 redeem vouchers, prune inputs past the challenge window, and (chosen spans only) move when the
 swarm's bottleneck would clearly gain and no session is open.
 
+Standing: the node serves only while the NodeRegistry counts it as active (`node.standing`).
+It reads its standing before every DHT refresh and after any failed commit (a slashed node's
+commits revert with `CommitmentsNodeInactive`). Once inactive it says so in the log, announces
+itself OFFLINE, refuses new sessions, steps and vouchers with `node_inactive` (open sessions end
+at their next step), commits nothing and moves nowhere; its `/status` shows `registry.active`
+false. When its stake covers its span again (`stakeswarm chain node add-stake`) it is ONLINE
+at the next refresh and commits what waited.
+
 Stop: refuse new sessions, announce OFFLINE, close sessions, store the last leaves, commit
 them, redeem every outstanding voucher, stop the jobs, the API, the DHT, and return.
 """
@@ -40,9 +48,17 @@ from eth_account.signers.local import LocalAccount
 from hivemind import DHT
 from hivemind.p2p import P2P
 
-from ledger.chain import Chain
+from ledger.chain import Chain, ChainError
 from ledger.contracts import Contracts
-from ledger.db import Ledger, commitment_counts, open_ledger, server_earnings, sqlite_url
+from ledger.db import (
+    BatchStatus,
+    Ledger,
+    batches_with_status,
+    commitment_counts,
+    open_ledger,
+    server_earnings,
+    sqlite_url,
+)
 from ledger.deployment import Deployment
 from ledger.types import BlockIndex, ModelId, Wei, model_id
 from ledger.wallet import PasswordSource, load_wallet
@@ -56,8 +72,9 @@ from node.config import ConfigError, NodeConfig
 from node.families import load_config
 from node.faults import make_fault
 from node.handler import StakeswarmNode
-from node.protocol import InfoResponse, ServerInfo, ServerState
+from node.protocol import ErrorCode, InfoResponse, ServerInfo, ServerState
 from node.sessions import SessionManager, SpanViews
+from node.standing import Standing, read_standing
 from node.tensors import dtype_from_name
 from node.throughput import choose_span, get_throughput, should_move
 
@@ -138,6 +155,7 @@ class Server:
         self._commit_lock = threading.Lock()
         self._redeem_lock = threading.Lock()
         self._leaves_since_commit = 0
+        self.standing: Standing | None = None  # the registry's view, as last read
         self.fault = make_fault(config.faulty)  # a cheat mode (tests, demos); None: honest
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -248,13 +266,14 @@ class Server:
             await self._load()
             await asyncio.to_thread(self._ensure_registered)
             handler = self._build_handler()
+            await self._check_standing()
             await handler.add_p2p_handlers(p2p)
             if self.config.http_port is not None:
                 app = build_app(status=self.status, healthy=self.healthy, metrics=self.metrics)
                 self.api = HttpApi(app, self.config.http_host, self.config.http_port)
                 await self.api.start()
             scheduler = self._schedule()
-            self.state = ServerState.ONLINE
+            self.state = self._serving_state()
             await self.announcer.announce(self.server_info())
             if self.on_ready is not None:
                 self.on_ready(
@@ -301,11 +320,15 @@ class Server:
             self.sessions.close_all()
         if hasattr(self, "writer"):
             await self.writer.flush()
-        if hasattr(self, "committer") and self.config.commitments:
+        if hasattr(self, "committer") and self.config.commitments and self._active():
             try:
                 await asyncio.to_thread(self._commit)
             except Exception:
                 logger.exception("final commit failed; the leaves stay pending in the ledger")
+        elif hasattr(self, "committer") and self.config.commitments:
+            logger.warning(
+                "not active in the NodeRegistry: pending leaves stay in the ledger uncommitted"
+            )
         if hasattr(self, "redeemer"):
             try:
                 await asyncio.to_thread(self._redeem, True)
@@ -485,15 +508,85 @@ class Server:
         self._leaves_since_commit += 1
         if self._leaves_since_commit >= self.config.commit_max_leaves:
             self._leaves_since_commit = 0
-            job = self.scheduler.get_job("commit")
-            if job is not None:
-                job.modify(next_run_time=datetime.now(job.trigger.timezone))
+            self._commit_soon()
+
+    def _commit_soon(self) -> None:
+        job = self.scheduler.get_job("commit") if hasattr(self, "scheduler") else None
+        if job is not None:
+            job.modify(next_run_time=datetime.now(job.trigger.timezone))
 
     async def _announce_job(self) -> None:
+        await self._check_standing()
         try:
             await self.announcer.announce(self.server_info())
         except Exception as exc:
             logger.warning("DHT refresh failed: %s", exc)
+
+    # --- standing in the registry ----------------------------------------------------------
+
+    def _active(self) -> bool:
+        """Whether the registry counted this node as active when last read."""
+        return self.standing is None or self.standing.active
+
+    def _serving_state(self) -> ServerState:
+        return ServerState.ONLINE if self._active() else ServerState.OFFLINE
+
+    async def _check_standing(self) -> None:
+        """Read this node's standing in the NodeRegistry; stop or resume serving if it changed.
+        A chain that cannot be read changes nothing (the last reading stands)."""
+        try:
+            standing = await asyncio.to_thread(
+                read_standing, self.contracts.node_registry, self.address
+            )
+        except (ChainError, OSError) as exc:
+            logger.warning("cannot read this node's standing in the NodeRegistry: %s", exc)
+            return
+        await self._apply_standing(standing)
+
+    async def _apply_standing(self, standing: Standing) -> None:
+        before, self.standing = self.standing, standing
+        self.metrics.active.set(1 if standing.active else 0)
+        if before is not None and before.active == standing.active:
+            return
+        problem = standing.problem()
+        if problem is not None:
+            logger.error(
+                "node %s is not active in the NodeRegistry: %s. Not serving until it is: new "
+                "sessions, steps and vouchers are refused (%s), open sessions end at their next "
+                "step, and the node is announced OFFLINE",
+                self.address,
+                problem,
+                ErrorCode.NODE_INACTIVE.value,
+            )
+            self.payments.suspend(
+                f"node {self.address} is not active in the NodeRegistry: {problem}"
+            )
+        else:
+            if before is not None:
+                logger.info(
+                    "node %s is active in the NodeRegistry again (stake %d covers the %d its "
+                    "blocks need): serving",
+                    self.address,
+                    standing.stake,
+                    standing.required,
+                )
+            self.payments.resume()
+        stopping = self._stop is not None and self._stop.is_set()
+        if before is None or stopping or self.state == ServerState.JOINING:
+            return  # starting (announced once ready), stopping, or moving (announced once moved)
+        self.state = self._serving_state()
+        try:
+            await self.announcer.announce(self.server_info())
+        except Exception as exc:
+            logger.warning("DHT refresh failed: %s", exc)
+        if standing.active:
+            self._commit_soon()  # what waited while inactive
+
+    def _failed_batches(self) -> int:
+        assert self.ledger is not None
+        with self.ledger.begin() as db:
+            failed = batches_with_status(db, BatchStatus.FAILED)
+            return sum(1 for batch in failed if batch.model_id == self.model_id)
 
     def _commit(self) -> list[int]:
         with self._commit_lock:
@@ -502,11 +595,18 @@ class Server:
         return committed
 
     async def _commit_job(self) -> None:
+        if not self._active():
+            return  # the registry takes no commits from an inactive node: the leaves wait
         await self.writer.flush()
         try:
             await asyncio.to_thread(self._commit)
+            failed = await asyncio.to_thread(self._failed_batches)
         except Exception:
             logger.exception("commit job failed")
+            return
+        if failed:
+            # e.g. CommitmentsNodeInactive: a slash took the stake below what the span needs
+            await self._check_standing()
 
     def _redeem(self, everything: bool = False) -> None:
         with self._redeem_lock:
@@ -537,7 +637,7 @@ class Server:
     async def rebalance(self) -> bool:
         """Move the span if the swarm's bottleneck would clearly gain and no session is open
         (reloading only blocks not already loaded). True if it moved."""
-        if len(self.sessions):
+        if len(self.sessions) or not self._active():
             return False
         me = self.peer_id.to_base58()
         swarm = await self.announcer.swarm(self.total_blocks)
@@ -564,7 +664,7 @@ class Server:
             self.views = SpanViews(self.span)
             self.handler.spans = self.views
             await asyncio.to_thread(self._ensure_registered)
-            self.state = ServerState.ONLINE
+            self.state = self._serving_state()
             await self.announcer.announce(self.server_info())
             return True
         finally:
@@ -608,6 +708,7 @@ class Server:
             counts = commitment_counts(db)
         return {
             "state": self.state.name.lower(),
+            "registry": self.standing.to_json() if self.standing else None,
             "address": self.address,
             "peer_id": self.peer_id.to_base58(),
             "maddrs": list(self.maddrs),
