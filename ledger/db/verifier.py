@@ -36,7 +36,7 @@ from ledger.errors import LedgerDbError
 from ledger.types import Reason, Verdict
 
 # how `ledger.chain.Sender` names slash transactions in the sent-transactions table
-SLASH_FUNCTIONS = ("Slasher.slash", "Slasher.slashEquivocation")
+SLASH_FUNCTIONS = ("Slasher.slash", "Slasher.slashWithheld", "Slasher.slashEquivocation")
 _REASONS = {Reason.MISMATCH: SlashReason.MISMATCH, Reason.WITHHELD: SlashReason.WITHHELD}
 
 # --- the event cursor -------------------------------------------------------------------------
@@ -231,6 +231,7 @@ class VerifierTotals:
     errors: int  # the audit could not run on our side
     pending: int  # sampled leaves still waiting for a reveal
     slashes: int  # slashes recorded (submitted by us, or by a peer with our verdict)
+    withheld_slashes: int  # of those, for a leaf (or its inputs) not revealed in time
     submitted: int  # slash transactions we sent that were mined
     slashed: int  # stake those slashes took, token base units
     bounties: int  # what they paid us, token base units
@@ -259,6 +260,7 @@ def verifier_totals(session: Session, verifier: str) -> VerifierTotals:
         errors=outcomes[AuditOutcome.ERROR],
         pending=pending_audit_count(session),
         slashes=len(slashes),
+        withheld_slashes=sum(s.reason is SlashReason.WITHHELD for s in slashes),
         submitted=len(submitted),
         slashed=sum(s.amount for s in slashes),
         bounties=sum(s.bounty for s in slashes),

@@ -125,11 +125,11 @@ def test_totals_count_audits_slashes_bounties_and_our_submissions(ledger: Ledger
         db.add_audit_task(session, node=NODE, batch_id=2, leaf_index=0, deadline=utcnow())
         db.record_verdict(session, verdict(ME))
         db.record_verdict(session, verdict(PEER))
-        for n, (amount, bounty) in enumerate([(10**21, 10**20), (5 * 10**20, 0)]):
+        slashes = [(SlashReason.MISMATCH, 10**21, 10**20), (SlashReason.WITHHELD, 5 * 10**20, 0)]
+        for n, (reason, amount, bounty) in enumerate(slashes):
             db.record_slash(
                 session, node=NODE, batch_id=1, leaf_hash=keccak(bytes([n])),
-                reason=SlashReason.MISMATCH, amount=amount, bounty=bounty,
-                tx_hash=keccak(b"tx%d" % n),
+                reason=reason, amount=amount, bounty=bounty, tx_hash=keccak(b"tx%d" % n),
             )  # fmt: skip
         db.record_tx(
             session, tx_hash=keccak(b"tx0"), sender=ME, to=COMMITMENTS, function="Slasher.slash",
@@ -141,12 +141,18 @@ def test_totals_count_audits_slashes_bounties_and_our_submissions(ledger: Ledger
             nonce=1,
         )  # fmt: skip
         db.update_tx(session, keccak(b"tx9"), status=TxStatus.REVERTED)
+        db.record_tx(
+            session, tx_hash=keccak(b"tx1"), sender=ME, to=COMMITMENTS,
+            function="Slasher.slashWithheld", nonce=2,
+        )  # fmt: skip
+        db.update_tx(session, keccak(b"tx1"), status=TxStatus.MINED)
     with ledger.begin() as session:
         totals = db.verifier_totals(session, ME)
         assert db.is_slash_recorded(session, keccak(b"tx1"))
         assert not db.is_slash_recorded(session, keccak(b"tx9"))
     assert (totals.audits, totals.passed, totals.failed) == (5, 2, 1)
     assert (totals.withheld, totals.errors, totals.pending) == (1, 1, 1)
-    assert (totals.slashes, totals.submitted) == (2, 1)  # the reverted one is not counted
+    # the reverted one is not counted; a withheld slash counts like any other
+    assert (totals.slashes, totals.submitted, totals.withheld_slashes) == (2, 2, 1)
     assert totals.slashed == 15 * 10**20 and totals.bounties == 10**20
     assert totals.verdicts_signed == 1
