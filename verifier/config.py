@@ -13,6 +13,17 @@ from pathlib import Path
 from verifier.errors import VerifierConfigError
 
 DEFAULT_HOST_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
+# Seconds a node has to reveal a sampled leaf before the verifier signs a withheld verdict.
+# Generous: a node restarting or briefly cut off keeps answering within it (the verifier asks
+# again every `retry_interval`). Short against any sensible challenge window (the devnet's is a
+# day): the verdict, the quorum's own attempts and the slash all fit after it; a deadline that
+# would not is cut to the batch's window (see `Verifier._deadline`).
+DEFAULT_REVEAL_DEADLINE = 1800.0
+DEFAULT_REVEAL_TIMEOUT = 60.0  # seconds one reveal request may take
+DEFAULT_RETRY_INTERVAL = 10.0  # seconds between reveal attempts of one leaf
+# Failed reveal attempts a withheld verdict needs at least, even past the deadline (a verifier
+# that was itself down most of the deadline asks a few more times before it signs).
+DEFAULT_WITHHELD_MIN_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -25,9 +36,12 @@ class VerifierConfig:
 
     # --- sampling and audits -----------------------------------------------------------------
     sample_rate: float = 0.05  # probability that any one committed leaf is audited
-    reveal_timeout: float = 60.0  # seconds one reveal request may take
-    reveal_deadline: float = 600.0  # seconds after sampling a node has to reveal a leaf
-    retry_interval: float = 10.0  # seconds between reveal attempts of one leaf
+    reveal_timeout: float = DEFAULT_REVEAL_TIMEOUT  # seconds one reveal request may take
+    # seconds after sampling a node has to reveal a leaf; then: a withheld verdict and a slash
+    reveal_deadline: float = DEFAULT_REVEAL_DEADLINE
+    retry_interval: float = DEFAULT_RETRY_INTERVAL  # seconds between reveal attempts of one leaf
+    # failed reveal attempts a withheld verdict needs at least (retried past the deadline)
+    withheld_min_attempts: int = DEFAULT_WITHHELD_MIN_ATTEMPTS
     max_spans: int = 4  # spans kept loaded for recomputation (least recently used dropped)
     torch_threads: int | None = None  # torch intra-op threads; None: torch's default
 
@@ -71,6 +85,8 @@ class VerifierConfig:
                 problems.append(f"{name} must be positive")
         if self.reveal_timeout > self.reveal_deadline:
             problems.append("reveal_timeout must not exceed reveal_deadline")
+        if self.withheld_min_attempts < 1:
+            problems.append("withheld_min_attempts must be >= 1")
         if self.max_spans < 1:
             problems.append("max_spans must be >= 1")
         if self.torch_threads is not None and self.torch_threads < 1:

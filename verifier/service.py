@@ -14,19 +14,23 @@ API, then run three loops until stopped:
   took part in (ours or a peer's submission), with our bounty;
 - audit: for each due leaf, ask its node (peer id from the NodeRegistry) for a full reveal,
   prove the leaf under the on-chain root, check the inputs and the sketch against the leaf,
-  re-run the span in one float32 pass and judge (`verifier.audit`); record the audit. A node
-  that reveals nothing usable is asked again every `retry_interval` until the deadline, then
-  recorded as withheld. Guilty (mismatch, or a proven leaf whose inputs did not hold up:
-  withheld): sign a verdict, share it, slash once the quorum holds;
-- quorum (quorum > 1 only, every `quorum_interval`): read the verdicts other verifiers shared
-  (`verifier.verdicts`), keep the valid ones, audit their leaves ourselves, and submit a
-  slash as soon as `quorum` valid verdicts agree.
+  re-run the span in one float32 pass and judge (`verifier.audit`); record the audit. Guilty
+  (mismatch, or a proven leaf whose inputs did not hold up: withheld): sign a verdict, share
+  it, slash once the quorum holds (`verifier.slashing`);
+- withheld: a node that reveals nothing usable (no answer, a refusal, or answers that do not
+  prove the sampled leaf) is asked again every `retry_interval` until the reveal deadline
+  (`reveal_deadline` after sampling, cut to fit the batch's challenge window). If the attempt
+  at the deadline fails too, and at least `withheld_min_attempts` did, the audit is recorded
+  as withheld and we sign a `Withheld(node, batchId, leafIndex)` verdict, share it, and slash
+  with `slashWithheld` once the quorum holds. A failure on our side (the chain unreadable)
+  never becomes a verdict; nor does anything while we are not an active verifier (the node
+  may rightly refuse us);
+- quorum (quorum > 1 only, every `quorum_interval`): read the findings other verifiers shared
+  (`verifier.verdicts`), keep the valid ones, audit their leaves ourselves (for a withheld
+  one: ask the node ourselves until our own deadline), and submit a slash as soon as `quorum`
+  valid signatures agree, ours among them.
 
 Stop: finish the audit in progress, stop the loops, the API and the DHT.
-
-What cannot be slashed: a node that never shows the sampled leaf (no answer at all, or only
-answers that do not prove it) leaves nothing to put on-chain — the Slasher needs the leaf and
-its proof. Those audits are recorded as withheld without a leaf; docs/security.md discusses it.
 """
 
 from __future__ import annotations
@@ -57,21 +61,16 @@ from ledger.db import (
     AuditOutcome,
     AuditTask,
     Ledger,
-    SlashReason,
     add_audit_task,
     due_audit_tasks,
     finish_audit_task,
     get_cursor,
     is_audited,
-    is_slash_recorded,
     open_ledger,
     record_audit,
-    record_slash,
-    record_verdict,
     retry_audit_task,
     set_cursor,
     sqlite_url,
-    verdicts_for,
     verifier_totals,
 )
 from ledger.db.columns import utcnow
@@ -96,13 +95,16 @@ from verifier.config import VerifierConfig
 from verifier.errors import InvalidOpeningError, RevealUnavailableError, VerifierConfigError
 from verifier.reveal import request_reveal
 from verifier.sampling import AuditKey
-from verifier.verdicts import Accusation, VerdictBoard, sign, submit_slash
+from verifier.slashing import Slashing
+from verifier.verdicts import VerdictBoard
 
 logger = logging.getLogger(__name__)
 
 DEVNET_DEPLOYMENT = Path("devnet") / "deployment.json"  # inside the home (see stakeswarm.home)
 AUDIT_BATCH = 8  # due leaves taken per pass of the audit loop
-_SLASH_REASONS = {Reason.MISMATCH: SlashReason.MISMATCH, Reason.WITHHELD: SlashReason.WITHHELD}
+# Seconds of a batch's challenge window kept free after a reveal deadline, on top of one more
+# reveal attempt: the withheld verdict, the quorum's own attempts and the slash go there.
+SLASH_MARGIN = 120.0
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,6 @@ class Verifier:
         self._batches: dict[int, Batch] = {}
         self._peers: dict[str, PeerID] = {}
         self._active: dict[str, tuple[float, bool]] = {}  # verifier -> (checked at, active)
-        self._evidence: dict[tuple[bytes, Reason], ProvenLeaf] = {}
-        self._slash_lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -223,6 +223,21 @@ class Verifier:
         self.quorum = params.quorum
         self.challenge_window = params.challenge_window
         self.domain = self.contracts.slasher.domain()
+        self.slashing = Slashing(
+            ledger=self.ledger,
+            contracts=self.contracts,
+            account=account,
+            domain=self.domain,
+            quorum=self.quorum,
+            is_active=self._is_active,
+        )
+        if config.reveal_deadline + self._margin() > self.challenge_window:
+            logger.warning(
+                "the reveal deadline (%.0f s) does not fit the challenge window (%d s): each "
+                "leaf's deadline is cut to its batch's window",
+                config.reveal_deadline,
+                self.challenge_window,
+            )
         logger.info(
             "verifier %s on chain %d (quorum %d), ledger in %s",
             self.address,
@@ -258,6 +273,7 @@ class Verifier:
             self.board = VerdictBoard(
                 self.dht, self.contracts.slasher.address, ttl=self.config.verdict_ttl
             )
+            self.slashing.board = self.board
             await asyncio.to_thread(self._ensure_registered)
             if self.config.http_port is not None:
                 app = build_app(status=self.status, healthy=lambda: self.state == "online")
@@ -352,8 +368,13 @@ class Verifier:
         """How long from now the node has to reveal a leaf of `batch`: the configured deadline,
         cut so that a verdict still lands inside the batch's challenge window."""
         window_left = batch.committed_at + self.challenge_window - self.chain.timestamp()
-        margin = min(60.0, self.challenge_window / 10)
-        return timedelta(seconds=max(0.0, min(self.config.reveal_deadline, window_left - margin)))
+        deadline = min(self.config.reveal_deadline, window_left - self._margin())
+        return timedelta(seconds=max(0.0, deadline))
+
+    def _margin(self) -> float:
+        """Seconds of a challenge window kept after a reveal deadline (see `SLASH_MARGIN`),
+        at most a tenth of the window."""
+        return min(self.config.reveal_timeout + SLASH_MARGIN, self.challenge_window / 10)
 
     # --- follow: sample new commits, record slashes ---------------------------------------
 
@@ -402,39 +423,11 @@ class Verifier:
                         deadline=deadline,
                     )
                     sampled += added is not None
-        self._record_slashes(start, latest)
+        self.slashing.record_slashes(start, latest)
         with self.ledger.begin() as db:
             set_cursor(db, self.chain.chain_id, commitments.address, latest)
         if sampled:
             logger.info("sampled %d leaves in blocks %d..%d", sampled, start, latest)
-
-    def _record_slashes(self, start: int, end: int) -> None:
-        """Record the slashes in blocks [start, end] that carried a verdict of ours."""
-        assert self.ledger is not None
-        for event in self.contracts.slasher.leaves_slashed(from_block=start, to_block=end):
-            reason = Reason(event.reason)
-            with self.ledger.begin() as db:
-                signers = {v.signer for v in verdicts_for(db, event.leaf, reason)}
-                tx_hash = bytes.fromhex(event.tx_hash.removeprefix("0x"))
-                if self.address not in signers or is_slash_recorded(db, tx_hash):
-                    continue
-                record_slash(
-                    db,
-                    node=event.node,
-                    batch_id=event.batch_id,
-                    leaf_hash=event.leaf,
-                    reason=_SLASH_REASONS[reason],
-                    amount=event.amount,
-                    bounty=event.bounty_per_verifier,
-                    tx_hash=tx_hash,
-                )
-            logger.info(
-                "slash of %s for leaf 0x%s recorded: %d taken, bounty %d",
-                event.node,
-                event.leaf.hex()[:16],
-                event.amount,
-                event.bounty_per_verifier,
-            )
 
     # --- audit -----------------------------------------------------------------------------
 
@@ -461,9 +454,7 @@ class Verifier:
 
     async def _audit(self, task: AuditTask) -> None:
         assert self.ledger is not None
-        if utcnow() > task.deadline:
-            await asyncio.to_thread(self._withheld_unproven, task)
-            return
+        last_call = utcnow() > task.deadline  # the attempt at (or after) the deadline
         try:
             peer = await asyncio.to_thread(self._peer_of, task.node)
             opening = await request_reveal(
@@ -477,8 +468,18 @@ class Verifier:
             )
             batch = await asyncio.to_thread(self._batch, task.batch_id)
             proven = prove_leaf(opening, batch=batch, leaf_index=task.leaf_index)
-        except (RevealUnavailableError, InvalidOpeningError, LookupError, ChainError) as exc:
-            await asyncio.to_thread(self._retry, task, str(exc))
+        except (RevealUnavailableError, InvalidOpeningError) as exc:  # the node's doing
+            self._peers.pop(task.node, None)  # read its peer id again: it may have moved
+            if last_call and task.attempts + 1 >= self.config.withheld_min_attempts:
+                await self._withheld(task, str(exc))
+            else:
+                await asyncio.to_thread(self._retry, task, str(exc))
+            return
+        except (LookupError, ChainError) as exc:  # ours: never a verdict
+            if last_call:
+                await asyncio.to_thread(self._give_up, task, str(exc))
+            else:
+                await asyncio.to_thread(self._retry, task, str(exc))
             return
         loop = asyncio.get_running_loop()
         outcome, reason, detail, judgement = await loop.run_in_executor(
@@ -486,7 +487,7 @@ class Verifier:
         )
         await asyncio.to_thread(self._record, task, proven, outcome, detail, judgement)
         if reason is not None:
-            await self._accuse(proven, reason)
+            await self.slashing.accuse(proven, reason)
 
     def _judge(
         self, opening: Opening, proven: ProvenLeaf
@@ -548,10 +549,15 @@ class Verifier:
         )
 
     def _retry(self, task: AuditTask, error: str) -> None:
+        """Ask again in `retry_interval`, at the deadline at the latest (past it: a last call
+        that still lacks `withheld_min_attempts` attempts)."""
         assert self.ledger is not None
-        at = utcnow() + timedelta(seconds=self.config.retry_interval)
+        now = utcnow()
+        at = now + timedelta(seconds=self.config.retry_interval)
+        if now < task.deadline:
+            at = min(at, task.deadline)
         with self.ledger.begin() as db:
-            retry_audit_task(db, task.id, at=min(at, task.deadline), error=error)
+            retry_audit_task(db, task.id, at=at, error=error)
         logger.info(
             "no usable reveal of batch %d leaf %d from %s yet: %s",
             task.batch_id,
@@ -560,7 +566,41 @@ class Verifier:
             error,
         )
 
-    def _withheld_unproven(self, task: AuditTask) -> None:
+    async def _withheld(self, task: AuditTask, error: str) -> None:
+        """The node revealed nothing usable by the deadline: record it, and unless something
+        speaks against a verdict (`_withheld_obstacle`), accuse it of withholding."""
+        obstacle = await asyncio.to_thread(self._withheld_obstacle, task)
+        attempts = task.attempts + 1
+        detail = f"no usable reveal by the deadline in {attempts} attempts (last: {error})"
+        detail += f"; no verdict: {obstacle}" if obstacle else "; a withheld verdict"
+        await asyncio.to_thread(self._finish, task, AuditOutcome.WITHHELD, detail)
+        logger.warning(
+            "%s withheld batch %d leaf %d: %s", task.node, task.batch_id, task.leaf_index, detail
+        )
+        if obstacle is None:
+            await self.slashing.accuse_withheld(task.node, task.batch_id, task.leaf_index)
+
+    def _withheld_obstacle(self, task: AuditTask) -> str | None:
+        """Why we must not sign a withheld verdict for `task`'s leaf, or None."""
+        if not self._is_active(self.address):
+            return "we are not an active verifier (nodes refuse our reveals; our verdict is void)"
+        batch = self._batch(task.batch_id)
+        if self.chain.timestamp() > batch.committed_at + self.challenge_window:
+            return "the batch's challenge window closed"
+        if self.contracts.slasher.is_withheld_slashed(BatchId(task.batch_id), task.leaf_index):
+            return "already slashed as withheld"
+        return None
+
+    def _give_up(self, task: AuditTask, error: str) -> None:
+        """The deadline passed while our side failed: an error, never a verdict."""
+        detail = f"could not audit by the deadline on our side: {error}"
+        self._finish(task, AuditOutcome.ERROR, detail)
+        logger.error(
+            "batch %d leaf %d of %s: %s", task.batch_id, task.leaf_index, task.node, detail
+        )
+
+    def _finish(self, task: AuditTask, outcome: AuditOutcome, detail: str) -> None:
+        """Record an audit of a leaf the node never showed (no leaf hash) and close its task."""
         assert self.ledger is not None
         with self.ledger.begin() as db:
             record_audit(
@@ -569,124 +609,40 @@ class Verifier:
                 batch_id=task.batch_id,
                 leaf_hash=None,
                 leaf_index=task.leaf_index,
-                outcome=AuditOutcome.WITHHELD,
-                detail=f"no usable reveal by the deadline (last: {task.last_error}); the leaf "
-                "was never shown, so no slash can prove it",
+                outcome=outcome,
+                detail=detail,
             )
             finish_audit_task(db, task.id)
-        logger.warning(
-            "%s withheld batch %d leaf %d without showing it: not slashable",
-            task.node,
-            task.batch_id,
-            task.leaf_index,
-        )
 
-    # --- verdicts and slashes --------------------------------------------------------------
-
-    async def _accuse(self, proven: ProvenLeaf, reason: Reason) -> None:
-        verdict = sign(self.domain, proven, reason, self.account)
-        assert self.ledger is not None
-
-        def keep() -> None:
-            assert self.ledger is not None
-            with self.ledger.begin() as db:
-                record_verdict(db, verdict)
-
-        await asyncio.to_thread(keep)
-        self._evidence[(proven.leaf_hash, reason)] = proven
-        if self.quorum > 1:
-            await self.board.publish(Accusation(verdict, proven))
-        await asyncio.to_thread(self._try_slash, proven.leaf_hash, reason)
-
-    def _try_slash(self, leaf_hash: bytes, reason: Reason) -> bool:
-        """Submit the slash of a leaf once `quorum` valid verdicts agree, ours among them (a
-        quorum without us is for its signers to submit); True if we did."""
-        assert self.ledger is not None
-        proven = self._evidence.get((leaf_hash, reason))
-        if proven is None:
-            return False
-        with self._slash_lock:
-            with self.ledger.begin() as db:
-                verdicts = [
-                    v for v in verdicts_for(db, leaf_hash, reason) if self._is_active(v.signer)
-                ]
-            if len(verdicts) < self.quorum or self.address not in {v.signer for v in verdicts}:
-                return False
-            slasher = self.contracts.slasher
-            if slasher.is_leaf_slashed(leaf_hash):
-                return False
-            try:
-                outcome = submit_slash(slasher, proven, reason, verdicts)
-            except ContractRevert as exc:
-                logger.warning("the slash of leaf 0x%s was refused: %s", leaf_hash.hex(), exc)
-                return False
-            signers = {v.signer for v in verdicts}
-            with self.ledger.begin() as db:
-                tx_hash = bytes.fromhex(outcome.tx.tx_hash.removeprefix("0x"))
-                if not is_slash_recorded(db, tx_hash):
-                    record_slash(
-                        db,
-                        node=proven.node,
-                        batch_id=proven.batch_id,
-                        leaf_hash=leaf_hash,
-                        reason=_SLASH_REASONS[reason],
-                        amount=outcome.amount,
-                        bounty=outcome.bounty_per_verifier if self.address in signers else 0,
-                        tx_hash=tx_hash,
-                    )
-        logger.warning(
-            "slashed %s for leaf 0x%s (%s): %d taken, bounty %d per verifier (tx %s)",
-            proven.node,
-            leaf_hash.hex()[:16],
-            reason.name.lower(),
-            outcome.amount,
-            outcome.bounty_per_verifier,
-            outcome.tx.tx_hash,
-        )
-        return True
+    # --- the quorum ------------------------------------------------------------------------
 
     async def _quorum(self) -> None:
-        accusations = await self.board.read()
-        await asyncio.to_thread(self._consider, accusations)
+        findings = await self.board.read()
+        await asyncio.to_thread(
+            self.slashing.consider, findings, batch_of=self._batch, queue_audit=self._queue_shared
+        )
 
-    def _consider(self, accusations: list[Accusation]) -> None:
-        """Keep the valid shared verdicts, audit their leaves ourselves, slash on quorum."""
+    def _queue_shared(self, batch: Batch, leaf_index: int, leaf_hash: bytes | None) -> None:
+        """Another verifier accused `batch`'s node about leaf `leaf_index` (`leaf_hash` when it
+        was shown): audit that leaf ourselves unless we already did."""
         assert self.ledger is not None
-        pending: set[tuple[bytes, Reason]] = set()
-        for accusation in accusations:
-            verdict, proven = accusation.verdict, accusation.proven
-            key = (verdict.leaf, Reason(verdict.reason))
-            try:
-                batch = self._batch(verdict.batch_id)
-            except LookupError:
-                continue
-            if not accusation.check(self.domain, batch.root, batch.node):
-                logger.debug("ignoring an invalid shared verdict %s", accusation.subkey)
-                continue
-            if not self._is_active(verdict.signer):
-                continue
-            with self.ledger.begin() as db:
-                record_verdict(db, verdict)
-                if verdict.signer != self.address and not is_audited(db, verdict.leaf):
-                    added = add_audit_task(
-                        db,
-                        node=batch.node,
-                        batch_id=batch.batch_id,
-                        leaf_index=proven.leaf_index,
-                        deadline=utcnow() + self._deadline(batch),
-                    )
-                    if added is not None:
-                        logger.info(
-                            "%s accuses %s of batch %d leaf %d: auditing it too",
-                            verdict.signer,
-                            batch.node,
-                            batch.batch_id,
-                            proven.leaf_index,
-                        )
-            self._evidence.setdefault(key, proven)
-            pending.add(key)
-        for leaf_hash, reason in pending:
-            self._try_slash(leaf_hash, reason)
+        with self.ledger.begin() as db:
+            if leaf_hash is not None and is_audited(db, leaf_hash):
+                return
+            added = add_audit_task(
+                db,
+                node=batch.node,
+                batch_id=batch.batch_id,
+                leaf_index=leaf_index,
+                deadline=utcnow() + self._deadline(batch),
+            )
+        if added is not None:
+            logger.info(
+                "another verifier accuses %s of batch %d leaf %d: auditing it too",
+                batch.node,
+                batch.batch_id,
+                leaf_index,
+            )
 
     # --- what the verifier tells others ----------------------------------------------------
 
@@ -714,6 +670,7 @@ class Verifier:
             },
             "slashes": {
                 "recorded": totals.slashes,
+                "withheld": totals.withheld_slashes,
                 "submitted": totals.submitted,
                 "stake_taken": str(totals.slashed),
                 "bounties_earned": str(totals.bounties),

@@ -1,15 +1,29 @@
 """Verdicts: signing them, sharing them with the other verifiers, and slashing with a quorum.
 
-Quorum design (the slasher needs `quorum` EIP-712 verdicts from distinct active verifiers):
-verifiers share signed verdicts through the swarm's hivemind DHT. Every verdict is one record
-under the key `stakeswarm.verdicts.<slasher address>`, subkey `<leaf hash>:<reason>:<signer>`,
-holding an `Accusation`: the verdict and its signature, plus the leaf, its index and its
-Merkle proof, so that any verifier can check it against the chain and submit the slash. A
-verifier that reads an accusation it has not audited itself audits that leaf independently
-(its own reveal, its own recomputation) and signs only if it reaches the same verdict; it
-never countersigns on trust. Whoever first holds `quorum` valid verdicts (signatures that
-recover to the named active verifiers, for a leaf proven under its on-chain root) submits
-the slash; the contract pays every signer the same bounty and refuses a leaf slashed twice.
+Two kinds of finding reach the Slasher:
+
+- a `Verdict` (mismatch, or withheld inputs) about a leaf the node showed, submitted with the
+  leaf and its Merkle proof (`Slasher.slash`);
+- a `WithheldVerdict` about a sampled leaf the node never showed by the reveal deadline, named
+  by its batch and position (`Slasher.slashWithheld`). The verifier's ledger files it under
+  `withheld_key(batch, index)` where a leaf hash would go.
+
+Quorum design (the slasher needs `quorum` EIP-712 signatures from distinct active verifiers):
+verifiers share signed findings through the swarm's hivemind DHT, one record each under the key
+`stakeswarm.verdicts.<slasher address>`:
+
+- subkey `<leaf hash>:<reason>:<signer>`: an `Accusation`, the verdict and its signature plus
+  the leaf, its index and its Merkle proof, so that any verifier can check it against the chain
+  and submit the slash;
+- subkey `withheld:<batch>:<index>:<signer>`: a `WithheldAccusation`, the withheld verdict and
+  its signature (there is no leaf to show).
+
+A verifier that reads a finding about a leaf it has not audited itself audits that leaf
+independently (its own reveal, its own recomputation; for a withheld one, its own reveal
+attempts until its own deadline) and signs only if it reaches the same finding; it never
+countersigns on trust. Whoever first holds `quorum` valid signatures, its own among them,
+submits the slash; the contract pays every signer the same bounty and refuses a leaf (or a
+withheld position) slashed twice.
 
 DHT records expire (`ttl`); nothing here is trusted before it is checked, and a malformed or
 forged record is skipped.
@@ -24,17 +38,23 @@ from functools import partial
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import is_address, to_checksum_address
+from eth_utils import is_address, keccak, to_checksum_address
 from hivemind import DHT
 from hivemind.dht.node import DHTNode
 from hivemind.utils.timed_storage import get_dht_time
 
 from ledger.chain import TxResult
-from ledger.contracts import Slasher
-from ledger.eip712 import Domain, recover_verdict_signer, sign_verdict
+from ledger.contracts import Batch, Slasher
+from ledger.eip712 import (
+    Domain,
+    recover_verdict_signer,
+    recover_withheld_signer,
+    sign_verdict,
+    sign_withheld,
+)
 from ledger.errors import SignatureError, TypedDataError
 from ledger.merkle import verify as merkle_verify
-from ledger.types import BatchId, Reason, Verdict
+from ledger.types import BatchId, Reason, Verdict, WithheldVerdict
 from node.protocol import ErrorCode, ProtocolError, leaf_from_wire, leaf_to_wire
 from verifier.audit import ProvenLeaf
 
@@ -57,6 +77,52 @@ def sign(domain: Domain, proven: ProvenLeaf, reason: Reason, account: LocalAccou
         reason,
         to_checksum_address(account.address),
         signature,
+    )
+
+
+def sign_withheld_verdict(
+    domain: Domain, node: str, batch_id: int, leaf_index: int, account: LocalAccount
+) -> WithheldVerdict:
+    """Our signed finding that `node` did not reveal leaf `leaf_index` of batch `batch_id`."""
+    unsigned = WithheldVerdict(to_checksum_address(node), batch_id, leaf_index)
+    signature = sign_withheld(domain, unsigned, account)
+    return WithheldVerdict(
+        unsigned.node, batch_id, leaf_index, to_checksum_address(account.address), signature
+    )
+
+
+_WITHHELD_KEY_DOMAIN = b"stakeswarm withheld v1"
+
+
+def withheld_key(batch_id: int, leaf_index: int) -> bytes:
+    """The 32 bytes a withheld finding is filed under in the verifier's ledger (its verdicts
+    and its slash), where a finding about a shown leaf has the leaf hash:
+    keccak256("stakeswarm withheld v1" || batchId as 32 bytes || leafIndex as 4 bytes). It is
+    not a leaf hash (those hash 288 bytes) and never goes on-chain."""
+    return keccak(
+        _WITHHELD_KEY_DOMAIN + batch_id.to_bytes(32, "big") + leaf_index.to_bytes(4, "big")
+    )
+
+
+def withheld_as_record(verdict: WithheldVerdict) -> Verdict:
+    """The ledger's form of a withheld finding: a `Verdict` with reason WITHHELD whose `leaf`
+    is `withheld_key` (`ledger.db.record_verdict` keeps it, `verdicts_for` finds it)."""
+    return Verdict(
+        verdict.node,
+        verdict.batch_id,
+        withheld_key(verdict.batch_id, verdict.leaf_index),
+        Reason.WITHHELD,
+        verdict.signer,
+        verdict.signature,
+    )
+
+
+def withheld_from_record(record: Verdict, leaf_index: int) -> WithheldVerdict:
+    """Back from `withheld_as_record` (the key does not hold the index: the caller knows it)."""
+    if record.leaf != withheld_key(record.batch_id, leaf_index):
+        raise ValueError(f"that record is not about batch {record.batch_id} leaf {leaf_index}")
+    return WithheldVerdict(
+        record.node, record.batch_id, leaf_index, record.signer, record.signature
     )
 
 
@@ -128,6 +194,63 @@ class Accusation:
         )
 
 
+@dataclass(frozen=True)
+class WithheldAccusation:
+    """A signed withheld finding as verifiers share it: checkable against the chain by anyone
+    (the batch must exist, be the accused node's, and have a leaf at that position)."""
+
+    KIND = "withheld"
+
+    verdict: WithheldVerdict  # signer and signature set
+
+    @property
+    def subkey(self) -> str:
+        v = self.verdict
+        return f"{self.KIND}:{v.batch_id}:{v.leaf_index}:{v.signer.lower()}"
+
+    def to_wire(self) -> dict[str, Any]:
+        v = self.verdict
+        return {
+            "kind": self.KIND,
+            "node": v.node,
+            "batch": v.batch_id,
+            "index": v.leaf_index,
+            "signer": v.signer,
+            "sig": v.signature,
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> WithheldAccusation:
+        """Parse a shared record; `ProtocolError` if it is malformed (not if it is false:
+        `check` does that)."""
+        if not isinstance(raw, dict) or raw.get("kind") != cls.KIND:
+            raise _bad("not a withheld finding")
+        return cls(
+            WithheldVerdict(
+                node=_address(raw.get("node"), "node"),
+                batch_id=_int(raw.get("batch"), "batch", 1, 2**255),
+                leaf_index=_int(raw.get("index"), "index", 0, 2**32 - 1),
+                signer=_address(raw.get("signer"), "signer"),
+                signature=_bytes(raw.get("sig"), "signature", 65),
+            )
+        )
+
+    def check(self, domain: Domain, batch: Batch) -> bool:
+        """True when the signature recovers to the named signer, `batch` (the on-chain batch
+        of that id) was committed by the accused node, and it has a leaf at that position."""
+        v = self.verdict
+        try:
+            signer = recover_withheld_signer(domain, v, v.signature)
+        except (SignatureError, TypedDataError):
+            return False
+        return (
+            signer == v.signer
+            and batch.batch_id == v.batch_id
+            and to_checksum_address(batch.node) == v.node
+            and v.leaf_index < batch.leaf_count
+        )
+
+
 def _bad(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.BAD_REQUEST, f"shared verdict: {message}")
 
@@ -164,6 +287,14 @@ async def _get(dht: DHT, node: DHTNode, *, key: str) -> list[Any]:
     return [item.value for item in found.value.values()]
 
 
+@dataclass(frozen=True)
+class SharedFindings:
+    """What the verifiers shared, well-formed but unchecked."""
+
+    accusations: list[Accusation]  # about leaves their nodes showed
+    withheld: list[WithheldAccusation]  # about leaves their nodes never showed
+
+
 class VerdictBoard:
     """The verdicts of one deployment's verifiers in the DHT."""
 
@@ -172,8 +303,8 @@ class VerdictBoard:
         self.key = verdict_key(slasher)
         self.ttl = ttl
 
-    async def publish(self, accusation: Accusation) -> bool:
-        """Share one of our verdicts; True if the DHT stored it."""
+    async def publish(self, accusation: Accusation | WithheldAccusation) -> bool:
+        """Share one of our findings; True if the DHT stored it."""
         future = self.dht.run_coroutine(
             partial(
                 _store,
@@ -189,16 +320,25 @@ class VerdictBoard:
             logger.warning("the DHT did not store our verdict %s", accusation.subkey)
         return stored
 
-    async def read(self) -> list[Accusation]:
-        """Every well-formed accusation shared (unchecked: see `Accusation.check`)."""
+    async def read(self) -> SharedFindings:
+        """Every well-formed finding shared (unchecked: see `Accusation.check` and
+        `WithheldAccusation.check`)."""
         raw = await self.dht.run_coroutine(partial(_get, key=self.key), return_future=True)
-        accusations = []
-        for value in raw:
-            try:
-                accusations.append(Accusation.from_wire(value))
-            except ProtocolError as exc:
-                logger.debug("skipping a malformed shared verdict: %s", exc)
-        return accusations
+        return parse_findings(raw)
+
+
+def parse_findings(values: Sequence[Any]) -> SharedFindings:
+    """Sort shared records into accusations and withheld findings, skipping malformed ones."""
+    found = SharedFindings([], [])
+    for value in values:
+        try:
+            if isinstance(value, dict) and value.get("kind") == WithheldAccusation.KIND:
+                found.withheld.append(WithheldAccusation.from_wire(value))
+            else:
+                found.accusations.append(Accusation.from_wire(value))
+        except ProtocolError as exc:
+            logger.debug("skipping a malformed shared verdict: %s", exc)
+    return found
 
 
 @dataclass(frozen=True)
@@ -220,11 +360,30 @@ def submit_slash(
     return SlashOutcome(tx, int(event.args["amount"]), int(event.args["bountyPerVerifier"]))
 
 
+def submit_withheld_slash(
+    slasher: Slasher, batch_id: int, leaf_index: int, verdicts: Sequence[WithheldVerdict]
+) -> SlashOutcome:
+    """Slash the node of batch `batch_id` for withholding leaf `leaf_index` with `verdicts` (at
+    least the quorum; the wrapper orders them by signer). Raises `ContractRevert` as the
+    contract refuses."""
+    tx = slasher.slash_withheld(BatchId(batch_id), leaf_index, verdicts)
+    event = tx.event("LeafWithheldSlashed")
+    return SlashOutcome(tx, int(event.args["amount"]), int(event.args["bountyPerVerifier"]))
+
+
 __all__ = [
     "Accusation",
+    "SharedFindings",
     "SlashOutcome",
     "VerdictBoard",
+    "WithheldAccusation",
+    "parse_findings",
     "sign",
+    "sign_withheld_verdict",
     "submit_slash",
+    "submit_withheld_slash",
     "verdict_key",
+    "withheld_as_record",
+    "withheld_from_record",
+    "withheld_key",
 ]

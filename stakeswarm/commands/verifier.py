@@ -46,6 +46,11 @@ from stakeswarm.commands.chain_support import (
     reporting,
 )
 from stakeswarm.home import Home
+from verifier.config import (
+    DEFAULT_RETRY_INTERVAL,
+    DEFAULT_REVEAL_DEADLINE,
+    DEFAULT_REVEAL_TIMEOUT,
+)
 
 app = typer.Typer(
     help="Audit the swarm and slash cheating nodes; the verifier's status.",
@@ -100,13 +105,19 @@ def run(
         typer.Option(help="Multiaddr of a swarm member (repeat).", show_default=False),
     ] = None,
     http_port: Annotated[int, typer.Option(help="Status API port (0: any free port).")] = 0,
-    reveal_timeout: Annotated[float, typer.Option(help="Seconds one reveal may take.")] = 60.0,
+    reveal_timeout: Annotated[
+        float, typer.Option(help="Seconds one reveal may take.")
+    ] = DEFAULT_REVEAL_TIMEOUT,
     reveal_deadline: Annotated[
-        float, typer.Option(help="Seconds a node has to reveal a sampled leaf.")
-    ] = 600.0,
+        float,
+        typer.Option(
+            help="Seconds a node has to reveal a sampled leaf; after it, a withheld verdict "
+            "and a slash (cut to fit the batch's challenge window)."
+        ),
+    ] = DEFAULT_REVEAL_DEADLINE,
     retry_interval: Annotated[
         float, typer.Option(help="Seconds between reveal attempts of one leaf.")
-    ] = 10.0,
+    ] = DEFAULT_RETRY_INTERVAL,
     poll_interval: Annotated[
         float, typer.Option(help="Seconds between reads of new commits and slashes.")
     ] = 2.0,
@@ -195,6 +206,7 @@ def _print_status(console: Console, status: dict[str, Any], decimals: int, symbo
         ("pending", str(audits["pending"])),
         ("verdicts signed", str(status["verdicts_signed"])),
         ("slashes", str(slashes["recorded"])),
+        ("slashes for withholding", str(slashes.get("withheld", 0))),
         ("slashes submitted", str(slashes["submitted"])),
         ("stake slashed", tokens(slashes["stake_taken"])),
         ("bounties earned", tokens(slashes["bounties_earned"])),
@@ -255,6 +267,7 @@ def status(
                 },
                 "slashes": {
                     "recorded": totals.slashes,
+                    "withheld": totals.withheld_slashes,
                     "submitted": totals.submitted,
                     "stake_taken": str(totals.slashed),
                     "bounties_earned": str(totals.bounties),

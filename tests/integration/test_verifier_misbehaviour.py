@@ -5,8 +5,9 @@
   holds both receipts (here a client's ledger, reported with `stakeswarm verifier
   report-equivocation`) slashes it, without verdicts, and earns the bounty;
 - withholding: a node whose stored inputs no longer match what it committed shows the leaf
-  but cannot reveal its inputs: a withheld verdict and a slash. A node that is gone shows
-  nothing: the audit is recorded as withheld, and nothing can be proven on-chain.
+  but cannot reveal its inputs: a withheld verdict and a slash of that leaf. A node that is
+  gone shows nothing: by the reveal deadline, withheld verdicts about the positions of its
+  leaves, and a `slashWithheld` for each.
 
 node-0 (blocks 0:3) equivocates, node-1 (3:6) is honest. Everything is reverted afterwards.
 """
@@ -204,22 +205,27 @@ def test_inputs_that_no_longer_match_are_withheld_and_slashed(swarm: Swarm, tmp_
     chain = swarm.deployment.connect()
     contracts = Contracts.from_deployment(chain, swarm.deployment)
     start_block = chain.block_number()
-    committed = sum(
-        b.leaf_count
-        for b in contracts.commitments.batches_committed(from_block=swarm.deployment.deploy_block)
+    batches = contracts.commitments.batches_committed(from_block=swarm.deployment.deploy_block)
+    committed = sum(b.leaf_count for b in batches)
+    gone_positions = sorted(
+        (b.batch_id, index)
+        for b in batches
+        if b.node == cheat.node.address
+        for index in range(b.leaf_count)
     )
     stake = contracts.node_registry.get_node(honest.node.address).stake
+    gone_stake = contracts.node_registry.get_node(cheat.node.address).stake
     peers = honest.node.maddrs
     with running_verifier(
         swarm.deployment, tmp_path, swarm.model_path, "verifier-1", peers,
         args=("--reveal-deadline", "10", "--reveal-timeout", "5"),
     ) as verifier:  # fmt: skip
         status = verifier.wait_for(
-            "every committed leaf audited, two slashes",
+            "every committed leaf audited, every slash recorded",
             lambda s: (
                 s["audits"]["done"] >= committed
                 and s["audits"]["pending"] == 0
-                and s["slashes"]["recorded"] >= 2
+                and s["slashes"]["recorded"] >= 2 + len(gone_positions)
             ),
             timeout=180,
         )
@@ -227,7 +233,13 @@ def test_inputs_that_no_longer_match_are_withheld_and_slashed(swarm: Swarm, tmp_
     # both leaves of the rewritten session (each reveal needs step 0's inputs)
     assert [(s.node, s.reason) for s in slashes] == [(honest.node.address, Reason.WITHHELD)] * 2
     assert contracts.node_registry.get_node(honest.node.address).stake < stake
-    assert status["slashes"]["recorded"] == 2
+    # every leaf of the node that left, by its position: it never showed one
+    withheld_slashes = contracts.slasher.leaves_withheld_slashed(from_block=start_block)
+    assert sorted((w.batch_id, w.leaf_index) for w in withheld_slashes) == gone_positions
+    assert {w.node for w in withheld_slashes} == {cheat.node.address}
+    assert contracts.node_registry.get_node(cheat.node.address).stake < gone_stake
+    assert status["slashes"]["recorded"] == status["slashes"]["withheld"]
+    assert status["slashes"]["recorded"] == 2 + len(gone_positions)
 
     ledger = open_ledger(
         sqlite_url(verifier.home / "verifier" / verifier.address / "ledger.sqlite")
@@ -238,9 +250,10 @@ def test_inputs_that_no_longer_match_are_withheld_and_slashed(swarm: Swarm, tmp_
             served = audits_of(db, honest.node.address)
     finally:
         ledger.close()
-    # the node that left showed nothing: withheld, no leaf, nothing slashed
+    # the node that left showed nothing: withheld, no leaf, slashed by position
     assert gone and all(a.outcome is AuditOutcome.WITHHELD and a.leaf_hash is None for a in gone)
-    assert {s.node for s in slashes} == {honest.node.address}
+    assert sorted((a.batch_id, a.leaf_index) for a in gone) == gone_positions
+    assert all("a withheld verdict" in (a.detail or "") for a in gone)
     withheld = [a for a in served if a.outcome is AuditOutcome.WITHHELD]
     assert {a.leaf_hash for a in withheld} == {s.leaf for s in slashes}
     assert all("inputHash" in (a.detail or "") for a in withheld)

@@ -6,6 +6,10 @@ When a second verifier starts (sampling nothing of its own), it reads the shared
 audits that leaf itself, agrees and shares its own; with two valid verdicts the slash goes
 through and both signers are paid the same bounty. The third verifier, registered but not
 running, signs nothing and is paid nothing.
+
+The same for a node that withholds (`--faulty withhold`, refusing every reveal): the first
+verifier's withheld findings are not enough; the second asks the node itself until its own
+deadline, co-signs, and `slashWithheld` goes through with both signatures.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def swarm(
         )
         quorum2 = replace(quorum2, accounts=deployment.accounts)
         contracts = Contracts.from_deployment(chain, quorum2, sender)
-        for name in ("node-0", "client-0", *VERIFIERS):
+        for name in ("node-0", "node-1", "client-0", *VERIFIERS):
             contracts.token.transfer(quorum2.account(name).address, Wei(10_000 * TOKEN))
         # the third verifier registers but never runs
         third = Account.from_key(quorum2.account(VERIFIERS[2]).private_key)
@@ -84,14 +88,15 @@ def swarm(
                               model_path, workdir)  # fmt: skip
 
 
-def serve_one_session(swarm: QuorumSwarm) -> None:
-    """A paying client steps a short session through the cheating node."""
+def serve_one_session(swarm: QuorumSwarm, node: NodeProcess | None = None) -> None:
+    """A paying client steps a short session through the cheating node (or `node`)."""
+    node = node or swarm.node
     runner = LoopThread()
-    p2p = runner.run(P2P.create(initial_peers=swarm.node.maddrs))
+    p2p = runner.run(P2P.create(initial_peers=node.maddrs))
     try:
         payer = Payer(swarm.deployment, swarm.deployment.connect())
-        price = int(swarm.node.status()["price_per_token_per_block"])
-        hop = Hop(swarm.node, payer.open_channel(swarm.node.address), price)
+        price = int(node.status()["price_per_token_per_block"])
+        hop = Hop(node, payer.open_channel(node.address), price)
         route = RouteSession(runner, p2p, payer, [hop]).open(16)
         generator = torch.Generator().manual_seed(0)
         route.step(torch.randn(1, 5, 64, generator=generator), torch.ones(1, 5, dtype=torch.long))
@@ -101,7 +106,7 @@ def serve_one_session(swarm: QuorumSwarm) -> None:
         runner.run(p2p.shutdown())
         runner.close()
     deadline = time.monotonic() + 60
-    while swarm.node.status()["commitments"]["committed_leaves"] < 2:
+    while node.status()["commitments"]["committed_leaves"] < 2:
         assert time.monotonic() < deadline, "the node did not commit its leaves"
         time.sleep(0.5)
 
@@ -153,6 +158,68 @@ def test_two_of_three_verifiers_slash_together_and_share_the_bounty(
     assert contracts.token.balance_of(third) == third_balance
     # the second verifier audited the shared leaves itself before signing
     assert second_status["audits"]["failed"] == 2 and second_status["verdicts_signed"] == 2
+    assert int(first_status["slashes"]["bounties_earned"]) == bounty
+    assert int(second_status["slashes"]["bounties_earned"]) == bounty
+    assert first_status["slashes"]["submitted"] + second_status["slashes"]["submitted"] == 2
+
+
+def test_two_of_three_verifiers_slash_a_withholding_node_together(
+    swarm: QuorumSwarm, tmp_path: Path
+) -> None:
+    contracts = swarm.contracts
+    start_block = swarm.deployment.connect().block_number() + 1  # after the first test's work
+    spec = NodeSpec("node-1", "3:6", args=(*NODE_ARGS, "--faulty", "withhold"))
+    with running_nodes(swarm.deployment, tmp_path / "nodes", swarm.model_path, [spec]) as nodes:
+        node = nodes[0]
+        serve_one_session(swarm, node)
+        stake = contracts.node_registry.get_node(node.address).stake
+        third = swarm.deployment.account(VERIFIERS[2]).address
+        third_balance = contracts.token.balance_of(third)
+        # only what was committed from here on, with a short reveal deadline
+        args = ("--from-block", str(start_block), "--reveal-deadline", "6", "--reveal-timeout", "5")
+
+        with running_verifier(
+            swarm.deployment, tmp_path, swarm.model_path, VERIFIERS[0], node.maddrs, args=args
+        ) as first:
+            first_balance = contracts.token.balance_of(first.address)
+            first.wait_for(
+                "its own withheld findings",
+                lambda s: s["audits"]["withheld"] == 2 and s["verdicts_signed"] == 2,
+            )
+            time.sleep(3)  # alone it cannot reach the quorum, however long it waits
+            assert contracts.slasher.leaves_withheld_slashed(from_block=start_block) == []
+            assert contracts.node_registry.get_node(node.address).stake == stake
+
+            with running_verifier(
+                swarm.deployment, tmp_path, swarm.model_path, VERIFIERS[1], node.maddrs,
+                sample_rate=1e-9, args=args,  # samples nothing: it checks what was shared
+            ) as second:  # fmt: skip
+                second_balance = contracts.token.balance_of(second.address)
+                second_status = second.wait_for(
+                    "both withheld slashes recorded", lambda s: s["slashes"]["withheld"] == 2
+                )
+                first_status = first.wait_for(
+                    "both withheld slashes recorded", lambda s: s["slashes"]["withheld"] == 2
+                )
+
+    slashes = contracts.slasher.leaves_withheld_slashed(from_block=start_block)
+    positions = sorted(
+        (b.batch_id, index)
+        for b in contracts.commitments.batches_committed(from_block=start_block)
+        for index in range(b.leaf_count)
+    )
+    assert sorted((s.batch_id, s.leaf_index) for s in slashes) == positions
+    assert len(slashes) == 2 and {s.node for s in slashes} == {node.address}
+    assert contracts.node_registry.get_node(node.address).stake < stake
+    params = contracts.slasher.params()
+    for s in slashes:  # the bounty share is split between exactly two signers
+        assert s.bounty_per_verifier == s.amount * params.bounty_bps // 10_000 // 2 > 0
+    bounty = sum(s.bounty_per_verifier for s in slashes)
+    assert contracts.token.balance_of(first.address) == first_balance + bounty
+    assert contracts.token.balance_of(second.address) == second_balance + bounty
+    assert contracts.token.balance_of(third) == third_balance
+    # the second verifier asked the node itself before it signed
+    assert second_status["audits"]["withheld"] == 2 and second_status["verdicts_signed"] == 2
     assert int(first_status["slashes"]["bounties_earned"]) == bounty
     assert int(second_status["slashes"]["bounties_earned"]) == bounty
     assert first_status["slashes"]["submitted"] + second_status["slashes"]["submitted"] == 2

@@ -1,0 +1,182 @@
+"""A node that serves but never reveals is slashed for withholding, on the devnet (quorum 1).
+
+node-0 (blocks 0:3) runs with `--faulty withhold`: it serves, signs receipts and commits its
+leaves like an honest node, but refuses every reveal. node-1 (3:6) is honest. A client pays one
+short session through each; then a real `stakeswarm verifier run` process audits every leaf.
+It asks node-0 again and again until its reveal deadline, signs `Withheld(node, batch, index)`
+verdicts, and slashes node-0 with `Slasher.slashWithheld`, one slash per withheld leaf; node-1
+reveals, passes, and keeps its stake. Everything is reverted afterwards.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from hivemind.p2p import P2P
+
+from ledger.contracts import Contracts
+from ledger.db import AuditOutcome, audits_of, open_ledger, sqlite_url
+from ledger.deployment import Deployment
+from tests.integration.nodes import (
+    REPO_ROOT,
+    Hop,
+    LoopThread,
+    NodeProcess,
+    NodeSpec,
+    Payer,
+    RouteSession,
+    chain_snapshot,
+    running_nodes,
+)
+from tests.integration.verifiers import running_verifier
+from tests.models import make_tiny_model
+
+pytestmark = pytest.mark.timeout(600)
+
+NODE_ARGS = ("--commit-interval", "1", "--redeem-interval", "3600", "--announce-interval", "5")
+# a short deadline, so the test does not wait the default half hour
+VERIFIER_ARGS = ("--reveal-deadline", "6", "--reveal-timeout", "5")
+
+
+@dataclass
+class Swarm:
+    deployment: Deployment
+    contracts: Contracts
+    withholding: NodeProcess
+    honest: NodeProcess
+    model_path: Path
+    start_block: int  # before anything was served
+
+
+def serve_one_session(runner: LoopThread, p2p: P2P, payer: Payer, node: NodeProcess) -> None:
+    """Two paid steps through `node` alone: two leaves it commits."""
+    price = int(node.status()["price_per_token_per_block"])
+    route = RouteSession(runner, p2p, payer, [Hop(node, payer.open_channel(node.address), price)])
+    route.open(16)
+    generator = torch.Generator().manual_seed(0)
+    route.step(torch.randn(1, 5, 64, generator=generator), torch.ones(1, 5, dtype=torch.long))
+    route.step(torch.randn(1, 1, 64, generator=generator), torch.ones(1, 6, dtype=torch.long))
+    route.close()
+
+
+def wait_committed(node: NodeProcess, leaves: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while node.status()["commitments"]["committed_leaves"] < leaves:
+        assert time.monotonic() < deadline, f"{node.name} did not commit its leaves"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def swarm(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    model_path = make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 6)
+    chain = deployment.connect()
+    specs = [
+        NodeSpec("node-0", "0:3", args=(*NODE_ARGS, "--faulty", "withhold")),
+        NodeSpec("node-1", "3:6", args=NODE_ARGS),
+    ]
+    workdir = tmp_path_factory.mktemp("withheld")
+    with chain_snapshot(chain), running_nodes(deployment, workdir, model_path, specs) as nodes:
+        start_block = chain.block_number()
+        runner = LoopThread()
+        p2p = runner.run(P2P.create(initial_peers=[m for n in nodes for m in n.maddrs]))
+        try:
+            payer = Payer(deployment, chain)
+            for node in nodes:
+                serve_one_session(runner, p2p, payer, node)
+        finally:
+            runner.run(p2p.shutdown())
+            runner.close()
+        for node in nodes:
+            wait_committed(node, 2)
+        contracts = Contracts.from_deployment(chain, deployment)
+        yield Swarm(deployment, contracts, nodes[0], nodes[1], model_path, start_block)
+
+
+def test_a_node_that_refuses_every_reveal_is_slashed_for_withholding(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    contracts, withholding, honest = swarm.contracts, swarm.withholding, swarm.honest
+    registry, slasher = contracts.node_registry, contracts.slasher
+    positions = sorted(
+        (b.batch_id, index)
+        for b in contracts.commitments.batches_committed(from_block=swarm.start_block)
+        if b.node == withholding.address
+        for index in range(b.leaf_count)
+    )
+    assert len(positions) == 2
+    stakes = {n.address: registry.get_node(n.address).stake for n in (withholding, honest)}
+    peers = [m for n in (withholding, honest) for m in n.maddrs]
+
+    with running_verifier(
+        swarm.deployment, tmp_path, swarm.model_path, "verifier-0", peers, args=VERIFIER_ARGS
+    ) as verifier:
+        balance = contracts.token.balance_of(verifier.address)  # after it staked
+        status = verifier.wait_for(
+            "every leaf audited, the withholding node slashed for each of its leaves",
+            lambda s: (
+                s["audits"]["done"] == 4
+                and s["audits"]["pending"] == 0
+                and s["slashes"]["withheld"] == 2
+            ),
+            timeout=180,
+        )
+
+    # on-chain: one slashWithheld per withheld position, no slash of a shown leaf
+    events = slasher.leaves_withheld_slashed(from_block=swarm.start_block)
+    assert sorted((e.batch_id, e.leaf_index) for e in events) == positions
+    assert {e.node for e in events} == {withholding.address}
+    assert slasher.leaves_slashed(from_block=swarm.start_block) == []
+    assert all(slasher.is_withheld_slashed(batch, index) for batch, index in positions)
+    # each slash took slash_bps of what was left; the verifier got each bounty
+    params = contracts.slasher.params()
+    left = stakes[withholding.address]
+    for event in sorted(events, key=lambda e: e.block_number):
+        assert event.amount == left * params.slash_bps // 10_000
+        assert event.bounty_per_verifier == event.amount * params.bounty_bps // 10_000 > 0
+        left -= event.amount
+    assert registry.get_node(withholding.address).stake == left
+    bounties = sum(e.bounty_per_verifier for e in events)
+    assert contracts.token.balance_of(verifier.address) == balance + bounties
+    # the honest node revealed, passed and keeps its stake
+    assert registry.get_node(honest.address).stake == stakes[honest.address]
+
+    # what the verifier says about it: /status, its ledger, the CLI
+    assert status["slashes"]["recorded"] == status["slashes"]["submitted"] == 2
+    assert int(status["slashes"]["bounties_earned"]) == bounties
+    assert status["audits"]["withheld"] == 2 and status["audits"]["passed"] == 2
+    assert status["verdicts_signed"] == 2
+    ledger = open_ledger(
+        sqlite_url(verifier.home / "verifier" / verifier.address / "ledger.sqlite")
+    )
+    try:
+        with ledger.begin() as db:
+            withheld = audits_of(db, withholding.address)
+            passed = audits_of(db, honest.address)
+    finally:
+        ledger.close()
+    assert sorted((a.batch_id, a.leaf_index) for a in withheld) == positions
+    assert all(a.outcome is AuditOutcome.WITHHELD and a.leaf_hash is None for a in withheld)
+    assert all("not available" in (a.detail or "") for a in withheld)  # the node's refusal
+    assert {a.outcome for a in passed} == {AuditOutcome.PASSED}
+    shown = subprocess.run(
+        [sys.executable, "-m", "stakeswarm", "verifier", "status", "--devnet",
+         "--home", str(verifier.home), "--account", "verifier-0"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert _field(shown.stdout, "slashes for withholding") == "2"
+    assert _field(shown.stdout, "withheld") == "2"
+
+
+def _field(text: str, name: str) -> str:
+    for line in text.splitlines():
+        if line.strip().startswith(name + "  "):
+            return line.strip()[len(name) :].strip()
+    raise AssertionError(f"no {name!r} in:\n{text}")

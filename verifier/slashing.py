@@ -1,0 +1,302 @@
+"""`Slashing`: from our findings and the quorum's to slashes on-chain, and their records.
+
+    slashing = Slashing(ledger=..., contracts=..., account=..., domain=..., quorum=q,
+                        is_active=verifier_is_active)
+    await slashing.accuse(proven, Reason.MISMATCH)           # a leaf the node showed
+    await slashing.accuse_withheld(node, batch_id, index)    # a leaf it never showed
+    slashing.consider(board_findings, batch_of=..., queue_audit=...)   # the quorum's
+    slashing.record_slashes(start_block, end_block)          # slashes our verdicts were in
+
+Every finding we sign is kept in the ledger (`ledger.db.record_verdict`; a withheld one under
+`verdicts.withheld_key`), shared through the `VerdictBoard` when the quorum needs more than us,
+and submitted as soon as `quorum` valid signatures of active verifiers agree, ours among them
+(a quorum without us is for its signers to submit). Slashes are recorded with the bounty they
+paid us.
+
+One sampled leaf, one slash: the contract keeps `slash` (by leaf hash) and `slashWithheld` (by
+batch position) apart, because a sorted-pair Merkle proof does not tell a leaf's position. We
+do not sign a verdict against a shown leaf whose position was already slashed as withheld.
+The other order (a withheld slash after a slash of the shown leaf) does not arise from one
+verifier: a node that shows the leaf is audited, not accused of withholding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+
+from eth_account.signers.local import LocalAccount
+
+from ledger.chain import ContractRevert
+from ledger.contracts import Batch, Contracts
+from ledger.contracts.slasher import LeafSlashed, LeafWithheldSlashed
+from ledger.db import (
+    Ledger,
+    SlashReason,
+    is_slash_recorded,
+    record_slash,
+    record_verdict,
+    verdicts_for,
+)
+from ledger.eip712 import Domain
+from ledger.types import BatchId, Reason, Verdict
+from verifier.audit import ProvenLeaf
+from verifier.verdicts import (
+    Accusation,
+    SharedFindings,
+    SlashOutcome,
+    VerdictBoard,
+    WithheldAccusation,
+    sign,
+    sign_withheld_verdict,
+    submit_slash,
+    submit_withheld_slash,
+    withheld_as_record,
+    withheld_from_record,
+    withheld_key,
+)
+
+logger = logging.getLogger(__name__)
+
+_SLASH_REASONS = {Reason.MISMATCH: SlashReason.MISMATCH, Reason.WITHHELD: SlashReason.WITHHELD}
+
+
+class Slashing:
+    """Our verdicts and the quorum's, towards slashes. Blocking methods read the chain and the
+    ledger: call them from worker threads."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        contracts: Contracts,
+        account: LocalAccount,
+        domain: Domain,
+        quorum: int,
+        is_active: Callable[[str], bool],
+        board: VerdictBoard | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.contracts = contracts
+        self.account = account
+        self.address = account.address
+        self.domain = domain
+        self.quorum = quorum
+        self.is_active = is_active  # whether a verifier is active on-chain (cached by the caller)
+        self.board = board  # where findings are shared; needed only when quorum > 1
+        self._evidence: dict[tuple[bytes, Reason], ProvenLeaf] = {}
+        self._lock = threading.Lock()  # one submission at a time
+
+    # --- our findings ------------------------------------------------------------------------
+
+    async def accuse(self, proven: ProvenLeaf, reason: Reason) -> None:
+        """Sign, keep and share a verdict against a leaf the node showed; slash on quorum.
+        Nothing when the leaf's position was already slashed as withheld."""
+        slasher = self.contracts.slasher
+        batch_id = BatchId(proven.batch_id)
+        if await asyncio.to_thread(slasher.is_withheld_slashed, batch_id, proven.leaf_index):
+            logger.warning(
+                "batch %d leaf %d of %s was already slashed as withheld: no second verdict",
+                proven.batch_id,
+                proven.leaf_index,
+                proven.node,
+            )
+            return
+        verdict = sign(self.domain, proven, reason, self.account)
+        await asyncio.to_thread(self._keep, verdict)
+        self._evidence[(proven.leaf_hash, reason)] = proven
+        if self.quorum > 1 and self.board is not None:
+            await self.board.publish(Accusation(verdict, proven))
+        await asyncio.to_thread(self.try_slash, proven.leaf_hash, reason)
+
+    async def accuse_withheld(self, node: str, batch_id: int, leaf_index: int) -> None:
+        """Sign, keep and share our finding that `node` did not reveal leaf `leaf_index` of
+        batch `batch_id` (we asked until our deadline); slash on quorum."""
+        verdict = sign_withheld_verdict(self.domain, node, batch_id, leaf_index, self.account)
+        await asyncio.to_thread(self._keep, withheld_as_record(verdict))
+        if self.quorum > 1 and self.board is not None:
+            await self.board.publish(WithheldAccusation(verdict))
+        await asyncio.to_thread(self.try_slash_withheld, node, batch_id, leaf_index)
+
+    def _keep(self, verdict: Verdict) -> None:
+        with self.ledger.begin() as db:
+            record_verdict(db, verdict)
+
+    # --- submitting ------------------------------------------------------------------------
+
+    def try_slash(self, leaf_hash: bytes, reason: Reason) -> bool:
+        """Submit the slash of a shown leaf once the quorum holds, ours among it; True if we did."""
+        proven = self._evidence.get((leaf_hash, reason))
+        if proven is None:
+            return False
+        slasher = self.contracts.slasher
+        return self._submit(
+            key=leaf_hash,
+            reason=reason,
+            node=proven.node,
+            batch_id=proven.batch_id,
+            what=f"leaf 0x{leaf_hash.hex()[:16]} ({reason.name.lower()})",
+            slashed=lambda: slasher.is_leaf_slashed(leaf_hash),
+            submit=lambda verdicts: submit_slash(slasher, proven, reason, verdicts),
+        )
+
+    def try_slash_withheld(self, node: str, batch_id: int, leaf_index: int) -> bool:
+        """Submit the withheld slash of leaf `leaf_index` of batch `batch_id` once the quorum
+        holds, ours among it; True if we did."""
+        slasher = self.contracts.slasher
+
+        def submit(verdicts: list[Verdict]) -> SlashOutcome:
+            withheld = [withheld_from_record(v, leaf_index) for v in verdicts]
+            return submit_withheld_slash(slasher, batch_id, leaf_index, withheld)
+
+        return self._submit(
+            key=withheld_key(batch_id, leaf_index),
+            reason=Reason.WITHHELD,
+            node=node,
+            batch_id=batch_id,
+            what=f"batch {batch_id} leaf {leaf_index} (withheld, never shown)",
+            slashed=lambda: slasher.is_withheld_slashed(BatchId(batch_id), leaf_index),
+            submit=submit,
+        )
+
+    def _submit(
+        self,
+        *,
+        key: bytes,
+        reason: Reason,
+        node: str,
+        batch_id: int,
+        what: str,
+        slashed: Callable[[], bool],
+        submit: Callable[[list[Verdict]], SlashOutcome],
+    ) -> bool:
+        with self._lock:
+            with self.ledger.begin() as db:
+                verdicts = [v for v in verdicts_for(db, key, reason) if self.is_active(v.signer)]
+            if len(verdicts) < self.quorum or self.address not in {v.signer for v in verdicts}:
+                return False
+            if slashed():
+                return False
+            try:
+                outcome = submit(verdicts)
+            except ContractRevert as exc:
+                logger.warning("the slash of %s was refused: %s", what, exc)
+                return False
+            with self.ledger.begin() as db:
+                tx_hash = bytes.fromhex(outcome.tx.tx_hash.removeprefix("0x"))
+                if not is_slash_recorded(db, tx_hash):
+                    record_slash(
+                        db,
+                        node=node,
+                        batch_id=batch_id,
+                        leaf_hash=key,
+                        reason=_SLASH_REASONS[reason],
+                        amount=outcome.amount,
+                        bounty=outcome.bounty_per_verifier,
+                        tx_hash=tx_hash,
+                    )
+        logger.warning(
+            "slashed %s for %s: %d taken, bounty %d per verifier (tx %s)",
+            node,
+            what,
+            outcome.amount,
+            outcome.bounty_per_verifier,
+            outcome.tx.tx_hash,
+        )
+        return True
+
+    # --- the quorum's findings ---------------------------------------------------------------
+
+    def consider(
+        self,
+        findings: SharedFindings,
+        *,
+        batch_of: Callable[[int], Batch],
+        queue_audit: Callable[[Batch, int, bytes | None], None],
+    ) -> None:
+        """Keep the valid shared findings of active verifiers, have their leaves audited by us
+        too (`queue_audit(batch, leaf_index, leaf_hash or None)`: we sign only what we find
+        ourselves), and slash whatever reached the quorum."""
+        pending: set[tuple[bytes, Reason]] = set()
+        for accusation in findings.accusations:
+            verdict, proven = accusation.verdict, accusation.proven
+            try:
+                batch = batch_of(verdict.batch_id)
+            except LookupError:
+                continue
+            if not accusation.check(self.domain, batch.root, batch.node):
+                logger.debug("ignoring an invalid shared verdict %s", accusation.subkey)
+                continue
+            if not self.is_active(verdict.signer):
+                continue
+            self._keep(verdict)
+            if verdict.signer != self.address:
+                queue_audit(batch, proven.leaf_index, verdict.leaf)
+            self._evidence.setdefault((verdict.leaf, Reason(verdict.reason)), proven)
+            pending.add((verdict.leaf, Reason(verdict.reason)))
+        withheld_pending: set[tuple[str, int, int]] = set()
+        for finding in findings.withheld:
+            withheld = finding.verdict
+            try:
+                batch = batch_of(withheld.batch_id)
+            except LookupError:
+                continue
+            if not finding.check(self.domain, batch) or not self.is_active(withheld.signer):
+                logger.debug("ignoring an invalid shared withheld finding %s", finding.subkey)
+                continue
+            self._keep(withheld_as_record(withheld))
+            if withheld.signer != self.address:
+                queue_audit(batch, withheld.leaf_index, None)
+            withheld_pending.add((batch.node, batch.batch_id, withheld.leaf_index))
+        for leaf_hash, reason in pending:
+            self.try_slash(leaf_hash, reason)
+        for node, batch_id, leaf_index in withheld_pending:
+            self.try_slash_withheld(node, batch_id, leaf_index)
+
+    # --- what reached the chain --------------------------------------------------------------
+
+    def record_slashes(self, start: int, end: int) -> None:
+        """Record the slashes in blocks [start, end] that carried a finding of ours."""
+        slasher = self.contracts.slasher
+        for event in slasher.leaves_slashed(from_block=start, to_block=end):
+            self._record_event(
+                key=event.leaf,
+                reason=Reason(event.reason),
+                event=event,
+                what=f"leaf 0x{event.leaf.hex()[:16]}",
+            )
+        for withheld in slasher.leaves_withheld_slashed(from_block=start, to_block=end):
+            self._record_event(
+                key=withheld_key(withheld.batch_id, withheld.leaf_index),
+                reason=Reason.WITHHELD,
+                event=withheld,
+                what=f"batch {withheld.batch_id} leaf {withheld.leaf_index} (withheld)",
+            )
+
+    def _record_event(
+        self, *, key: bytes, reason: Reason, event: LeafSlashed | LeafWithheldSlashed, what: str
+    ) -> None:
+        with self.ledger.begin() as db:
+            signers = {v.signer for v in verdicts_for(db, key, reason)}
+            tx_hash = bytes.fromhex(event.tx_hash.removeprefix("0x"))
+            if self.address not in signers or is_slash_recorded(db, tx_hash):
+                return
+            record_slash(
+                db,
+                node=event.node,
+                batch_id=event.batch_id,
+                leaf_hash=key,
+                reason=_SLASH_REASONS[reason],
+                amount=event.amount,
+                bounty=event.bounty_per_verifier,
+                tx_hash=tx_hash,
+            )
+        logger.info(
+            "slash of %s for %s recorded: %d taken, bounty %d",
+            event.node,
+            what,
+            event.amount,
+            event.bounty_per_verifier,
+        )
