@@ -624,15 +624,21 @@ def encode_frame(frame: Frame, message_type: type[Msg]) -> Iterator[Msg]:
 
 
 async def read_frame(
-    stream: AsyncIterator[Msg], max_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    stream: AsyncIterator[Msg],
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    *,
+    max_metadata_bytes: int = MAX_METADATA_BYTES,
+    max_messages: int = MAX_MESSAGES_PER_FRAME,
 ) -> Frame | None:
     """Read one frame from a stream of protobuf messages; None when the stream ended cleanly
-    before a new frame. Validates sizes and dtypes before any tensor is built."""
+    before a new frame. Validates sizes and dtypes before any tensor is built. A reader that
+    asked for a large answer (a verifier's reveal of a long session) may allow more metadata
+    and more messages than the defaults."""
     try:
         first = await anext(stream)
     except StopAsyncIteration:
         return None
-    count, metadata = _parse_header(first.metadata)
+    count, metadata = _parse_header(first.metadata, max_metadata_bytes, max_messages)
     parts = list(first.tensors)
     for _ in range(count - 1):
         try:
@@ -661,17 +667,21 @@ def decode_frame(messages: Iterable[Msg], max_bytes: int = DEFAULT_MAX_FRAME_BYT
     return Frame(metadata, _combine_tensors(parts, max_bytes))
 
 
-def _parse_header(raw: bytes) -> tuple[int, dict[str, Any]]:
+def _parse_header(
+    raw: bytes,
+    max_metadata_bytes: int = MAX_METADATA_BYTES,
+    max_messages: int = MAX_MESSAGES_PER_FRAME,
+) -> tuple[int, dict[str, Any]]:
     if not raw:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "frame without metadata")
-    if len(raw) > MAX_METADATA_BYTES:
-        raise ProtocolError(ErrorCode.TOO_LARGE, f"metadata exceeds {MAX_METADATA_BYTES} bytes")
+    if len(raw) > max_metadata_bytes:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"metadata exceeds {max_metadata_bytes} bytes")
     try:
         header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated types on garbage
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"metadata is not msgpack: {e}") from None
     d = _require_map(header, "frame header")
-    count = _int(d.get("n"), "message count", 1, MAX_MESSAGES_PER_FRAME)
+    count = _int(d.get("n"), "message count", 1, max_messages)
     metadata = _require_map(d.get("m"), "metadata")
     _str(metadata.get("type"), "type")
     return count, metadata

@@ -37,6 +37,12 @@ from verifier.errors import InvalidOpeningError, RevealUnavailableError
 
 # A reveal holds a whole session's inputs over a span: allow far more than one step's frame.
 MAX_REVEAL_BYTES = 1024 * 1024 * 1024
+# ... and a whole session's steps (leaf, batch id, Merkle proof each: ~0.7 KB) and the batch's
+# leaf hashes in its metadata, two tensors per step: a session as long as a node's default KV
+# cache (16384 decode steps) must fit, or an honest node could not reveal it and would be
+# slashed for withholding.
+MAX_REVEAL_METADATA_BYTES = 32 * 1024 * 1024
+MAX_REVEAL_MESSAGES = 65536
 
 
 def reveal_request(
@@ -78,7 +84,12 @@ async def request_reveal(
         responses = await p2p.iterate_protobuf_handler(
             peer_id, RPC_REVEAL, _single(messages), runtime_pb2.ExpertResponse
         )
-        return await read_frame(responses, max_bytes)
+        return await read_frame(
+            responses,
+            max_bytes,
+            max_metadata_bytes=MAX_REVEAL_METADATA_BYTES,
+            max_messages=MAX_REVEAL_MESSAGES,
+        )
 
     try:
         frame = await asyncio.wait_for(call(), timeout)

@@ -3,7 +3,10 @@ hashes, the committed sketch stored with a step's inputs and sent back as two te
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +16,8 @@ from eth_utils import keccak
 
 from node.commits import InputStore
 from node.protocol import (
+    MAX_MESSAGES_PER_FRAME,
+    MAX_METADATA_BYTES,
     ErrorCode,
     Frame,
     ProtocolError,
@@ -21,11 +26,17 @@ from node.protocol import (
     RevealResponse,
     decode_frame,
     encode_frame,
+    read_frame,
 )
 from node.sketch import sketch
 from verifier.audit import Opening
 from verifier.errors import InvalidOpeningError
-from verifier.reveal import reveal_request
+from verifier.reveal import (
+    MAX_REVEAL_BYTES,
+    MAX_REVEAL_MESSAGES,
+    MAX_REVEAL_METADATA_BYTES,
+    reveal_request,
+)
 
 NODE = "0x00000000000000000000000000000000000000AA"  # checksummed
 LEAF = {
@@ -73,6 +84,42 @@ def test_a_full_response_carries_the_batch_leaves_and_two_sketch_tensors() -> No
     with pytest.raises(ProtocolError) as refused:
         RevealResponse.from_wire({**response.to_wire(), "leaves": [b"short"]})
     assert refused.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_the_reveal_of_a_long_session_is_read_whole() -> None:
+    """2000 decode steps with 12-hash proofs and a 4096-leaf batch: more metadata and more
+    messages than any other frame may have. The verifier reads it (else an honest node with a
+    long session could not reveal, and would be slashed for withholding); others refuse it."""
+    steps = [
+        RevealedStep.from_wire({"leaf": {**LEAF, "step": i}, "batch": 7, "proof": [b"p" * 32] * 12})
+        for i in range(2000)
+    ]
+    response = RevealResponse(steps, full=True, batch_leaves=[b"a" * 32] * 4096)
+    tensors = [
+        t for _ in steps for t in (torch.randn(1, 1, 16), torch.ones(1, 1, dtype=torch.long))
+    ]
+    committed = sketch(torch.randn(1, 1, 16))
+    tensors += [committed.indices, committed.values]
+    messages = list(encode_frame(Frame(response.to_wire(), tensors), _response()))
+    assert len(messages) > MAX_MESSAGES_PER_FRAME
+    assert len(messages[0].metadata) > MAX_METADATA_BYTES
+
+    async def read(**limits: int) -> Frame | None:
+        async def stream() -> AsyncIterator[Any]:
+            for message in messages:
+                yield message
+
+        return await read_frame(stream(), MAX_REVEAL_BYTES, **limits)
+
+    frame = asyncio.run(
+        read(max_metadata_bytes=MAX_REVEAL_METADATA_BYTES, max_messages=MAX_REVEAL_MESSAGES)
+    )
+    assert frame is not None
+    opening = Opening.from_frame(RevealResponse.from_wire(frame.metadata), frame.tensors)
+    assert len(opening.inputs) == 2000 and torch.equal(opening.inputs[-1][0], tensors[-4])
+    with pytest.raises(ProtocolError) as refused:
+        asyncio.run(read())
+    assert refused.value.code is ErrorCode.TOO_LARGE
 
 
 def _response():  # noqa: ANN202
