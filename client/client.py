@@ -9,7 +9,8 @@ deployment: its chain connection and ledger, its channels and budget, its place 
 
 The client's ledger (`<home>/client/<address>/ledger.sqlite` by default) keeps its channels
 and the highest voucher it signed on each, every receipt it was given, and the transactions it
-sent. Steps of all sessions of one client run one at a time (`step_lock`): vouchers of one
+sent, for the chain it was recorded on: a ledger left by an earlier chain under the same chain
+id (a restarted devnet) is set aside and a fresh one started (`ledger.db.binding`). Steps of all sessions of one client run one at a time (`step_lock`): vouchers of one
 channel must reach its server in increasing order.
 """
 
@@ -32,7 +33,7 @@ from client.registry import ServerRegistry
 from client.router import Router
 from client.routing import Backoff
 from ledger.contracts import Contracts
-from ledger.db import Ledger, open_ledger, record_receipt, sqlite_url
+from ledger.db import Ledger, open_deployment_ledger, record_receipt, sqlite_url
 from ledger.deployment import Deployment
 from ledger.types import ModelId, model_id
 from node.families import load_config
@@ -73,7 +74,9 @@ class SwarmClient:
         try:
             self.chain = deployment.connect(rpc_url=config.rpc_url)
             url = config.ledger_url or sqlite_url(config.ledger_path(account.address))
-            self.ledger = open_ledger(url)
+            # tied to this chain: a ledger from an earlier chain under the same id (a
+            # restarted devnet) is set aside, never continued
+            self.ledger = open_deployment_ledger(url, self.chain, deployment)
             sender = self.chain.sender(account, sessions=self.ledger.sessions)
             self.contracts = Contracts.from_deployment(self.chain, deployment, sender)
             self.receipt_domain = self.contracts.slasher.domain()

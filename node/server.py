@@ -3,8 +3,9 @@
     server = Server(config)
     server.run()     # blocks until SIGINT/SIGTERM (or `request_stop()`), then shuts down
 
-Start: connect to the chain as the node's key and open its ledger (`<home>/node/<address>/`),
-join (or start) the hivemind DHT with a stable libp2p identity, choose the span (given, or the
+Start: connect to the chain as the node's key and open its ledger (`<home>/node/<address>/`;
+one left by an earlier chain under the same chain id, a restarted devnet, is set aside), join
+(or start) the hivemind DHT with a stable libp2p identity, choose the span (given, or the
 swarm's weakest window of `num_blocks`), load only those blocks, measure throughput (cached),
 make sure the node is registered and staked on-chain for the span (idempotent), register the
 RPC handlers, start the HTTP API and the scheduled jobs, and announce the span in the DHT.
@@ -55,7 +56,7 @@ from ledger.db import (
     Ledger,
     batches_with_status,
     commitment_counts,
-    open_ledger,
+    open_deployment_ledger,
     server_earnings,
     sqlite_url,
 )
@@ -205,7 +206,14 @@ class Server:
         self.dir = home / "node" / account.address
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.chain: Chain = deployment.connect(rpc_url=config.rpc_url)
-        self.ledger = open_ledger(sqlite_url(self.dir / "ledger.sqlite"))
+        # tied to this chain: a ledger from an earlier chain under the same id (a restarted
+        # devnet) is set aside, with the inputs it indexed, and a fresh one started
+        self.ledger = open_deployment_ledger(
+            sqlite_url(self.dir / "ledger.sqlite"), self.chain, deployment
+        )
+        inputs = self.dir / "inputs"
+        if self.ledger.set_aside is not None and inputs.exists():
+            inputs.rename(inputs.with_name(f"inputs.{self.ledger.set_aside.stem}"))
         sender = self.chain.sender(account, sessions=self.ledger.sessions)
         self.contracts = Contracts.from_deployment(self.chain, deployment, sender)
         decimals = self.contracts.token.decimals()

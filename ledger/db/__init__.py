@@ -1,10 +1,19 @@
 """The ledger database: what a node, client or verifier must remember across restarts.
 
-Open it with `open_ledger(url)`; use the repository functions inside `with ledger.begin() as
-session:` (they never commit). Tables are in `models`, column types in `columns`, repository
-functions by role in `channels`, `commitments` and `records`; all are re-exported here.
+Open it with `open_ledger(url)`, or, for a component on a chain, `open_deployment_ledger`,
+which also ties it to the chain its state was recorded on (`binding`); use the repository
+functions inside `with ledger.begin() as session:` (they never commit). Tables are in `models`,
+column types in `columns`, repository functions by role in `channels`, `commitments` and
+`records`; all are re-exported here.
 """
 
+from ledger.db.binding import (
+    StaleLedgerError,
+    chain_block_hash,
+    get_binding,
+    open_chain_ledger,
+    open_deployment_ledger,
+)
 from ledger.db.channels import (
     get_channel,
     latest_voucher,
@@ -53,6 +62,7 @@ from ledger.db.models import (
     Base,
     Batch,
     BatchStatus,
+    ChainBinding,
     Channel,
     ChannelRole,
     ChannelStatus,
@@ -126,6 +136,7 @@ __all__ = [
     "Channel",
     "ChannelRole",
     "ChannelStatus",
+    "ChainBinding",
     "ChannelUsage",
     "ClientReceipt",
     "CommitmentCounts",
@@ -141,6 +152,7 @@ __all__ = [
     "SessionReusedError",
     "Slash",
     "SlashReason",
+    "StaleLedgerError",
     "TxStatus",
     "VerdictRecord",
     "VerifierCursor",
@@ -153,6 +165,7 @@ __all__ = [
     "audits_of",
     "batch_tree",
     "batches_with_status",
+    "chain_block_hash",
     "channel_owed",
     "client_channels",
     "claim_session",
@@ -164,6 +177,7 @@ __all__ = [
     "expired_input_spans",
     "finish_audit_task",
     "get_batch",
+    "get_binding",
     "get_channel",
     "get_cursor",
     "get_deployment",
@@ -177,7 +191,9 @@ __all__ = [
     "mark_batch_committed",
     "mark_batch_failed",
     "migrations_dir",
+    "open_chain_ledger",
     "open_channel_to",
+    "open_deployment_ledger",
     "open_ledger",
     "pending_audit_count",
     "pending_leaves",

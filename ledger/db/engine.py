@@ -100,6 +100,9 @@ class Ledger:
 
     engine: Engine
     sessions: sessionmaker[Session]
+    # where an earlier chain's ledger was moved when this one was opened in its place
+    # (`ledger.db.binding.open_chain_ledger`); None when nothing was set aside
+    set_aside: Path | None = None
 
     @contextmanager
     def begin(self) -> Iterator[Session]:

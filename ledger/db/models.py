@@ -114,6 +114,21 @@ class Deployment(Base):
     deployed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class ChainBinding(Base):
+    """Which chain this ledger's state was recorded on, per chain id: one block of it (the
+    first deployment's) and that block's hash. A chain restarted under the same id (a devnet)
+    has another block there; its channel ids, batch ids and cursors start over, so the state
+    recorded for the old chain must never be taken for the new one's (`ledger.db.binding`)."""
+
+    __tablename__ = "chain_bindings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    block_number: Mapped[int] = mapped_column(BigInteger)  # the anchor block
+    block_hash: Mapped[bytes] = mapped_column(Bytes32())  # its hash when the ledger was bound
+    bound_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
 class Channel(Base):
     """A payment channel we are party to, and the highest voucher we hold or signed for it."""
 

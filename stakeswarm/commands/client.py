@@ -317,7 +317,7 @@ def channels(
 ) -> None:
     """List the wallet's payment channels (deposit, paid, redeemed, expiry); reclaim expired."""
     from client.payments import Budget, Payments
-    from ledger.db import ChannelStatus, client_channels, open_ledger, sqlite_url
+    from ledger.db import ChannelStatus, client_channels, open_deployment_ledger, sqlite_url
 
     with reporting() as console:
         conn = connect(
@@ -327,7 +327,7 @@ def channels(
         )
         assert conn.signer is not None
         path = Home.resolve(home).root / "client" / conn.signer.address / "ledger.sqlite"
-        ledger = open_ledger(sqlite_url(path))
+        ledger = open_deployment_ledger(sqlite_url(path), conn.chain, conn.deployment)
         try:
             sender = conn.chain.sender(conn.signer, sessions=ledger.sessions)
             payments = Payments(
