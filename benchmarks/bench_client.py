@@ -16,7 +16,7 @@ last voucher once, when they stop after the generation. After they stopped, ever
 redeem transaction they sent is read from their ledgers and its gas from the chain's receipt;
 the figure is that gas over the tokens the swarm generated, per 1,000 tokens.
 
-    .venv/bin/python benchmarks/bench_client.py [--model smollm2] [--tokens 32] [--rounds 6] [--servers 3]
+    .venv/bin/python benchmarks/bench_client.py [--model smollm2] [--tokens 32] [--rounds 8] [--servers 3]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Options:
 
     model: str = option(SMOLLM2, MODEL_HELP)
     tokens: int = option(32, "new tokens per generate call")
-    rounds: int = option(6, "timed rounds per side")
+    rounds: int = option(8, "timed rounds per side")
     servers: int = option(3, "node processes splitting the blocks")
     threads: int = option(1, "torch threads of the local model and of each node")
     commit_leaves: int = option(64, "a node commits a batch once this many leaves wait")

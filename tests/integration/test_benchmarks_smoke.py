@@ -91,7 +91,7 @@ def test_quick_run_writes_every_section_with_figures_and_renders_again(tmp_path:
     statuses = {row[0]: row[2] for row in targets}
     for name in ("1 server", "2 servers", "3 servers"):
         status = statuses[f"distributed decode within 1.2x of local: {name}"]
-        assert status.startswith(("met", "**missed**")), status
+        assert status.startswith(("met", "**missed**", "**not resolved**")), status
     assert any(key.startswith("commitments add under 2%") for key in statuses)
 
     decode = {row[0]: row for row in table_rows(found[list(SECTIONS)[1]])}
