@@ -383,6 +383,7 @@ class Verifier:
 
     def _follow_once(self) -> None:
         assert self.ledger is not None
+        self.slashing.retry_failed()
         commitments = self.contracts.commitments
         latest = self.chain.block_number()
         with self.ledger.begin() as db:

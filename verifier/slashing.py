@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from eth_account.signers.local import LocalAccount
 
-from ledger.chain import ContractRevert
+from ledger.chain import ChainError, ContractRevert
 from ledger.contracts import Batch, Contracts
 from ledger.contracts.slasher import LeafSlashed, LeafWithheldSlashed
 from ledger.db import (
@@ -88,6 +88,8 @@ class Slashing:
         self.board = board  # where findings are shared; needed only when quorum > 1
         self._evidence: dict[tuple[bytes, Reason], ProvenLeaf] = {}
         self._lock = threading.Lock()  # one submission at a time
+        # submissions the chain failed (not refused): tried again by `retry_failed`
+        self._failed: dict[bytes, Callable[[], bool]] = {}
 
     # --- our findings ------------------------------------------------------------------------
 
@@ -140,6 +142,7 @@ class Slashing:
             what=f"leaf 0x{leaf_hash.hex()[:16]} ({reason.name.lower()})",
             slashed=lambda: slasher.is_leaf_slashed(leaf_hash),
             submit=lambda verdicts: submit_slash(slasher, proven, reason, verdicts),
+            again=lambda: self.try_slash(leaf_hash, reason),
         )
 
     def try_slash_withheld(self, node: str, batch_id: int, leaf_index: int) -> bool:
@@ -159,6 +162,7 @@ class Slashing:
             what=f"batch {batch_id} leaf {leaf_index} (withheld, never shown)",
             slashed=lambda: slasher.is_withheld_slashed(BatchId(batch_id), leaf_index),
             submit=submit,
+            again=lambda: self.try_slash_withheld(node, batch_id, leaf_index),
         )
 
     def _submit(
@@ -171,18 +175,28 @@ class Slashing:
         what: str,
         slashed: Callable[[], bool],
         submit: Callable[[list[Verdict]], SlashOutcome],
+        again: Callable[[], bool],
     ) -> bool:
         with self._lock:
-            with self.ledger.begin() as db:
-                verdicts = [v for v in verdicts_for(db, key, reason) if self.is_active(v.signer)]
-            if len(verdicts) < self.quorum or self.address not in {v.signer for v in verdicts}:
-                return False
-            if slashed():
-                return False
+            self._failed.pop(key, None)
             try:
+                with self.ledger.begin() as db:
+                    verdicts = [
+                        v for v in verdicts_for(db, key, reason) if self.is_active(v.signer)
+                    ]
+                if len(verdicts) < self.quorum or self.address not in {v.signer for v in verdicts}:
+                    return False
+                if slashed():
+                    return False
                 outcome = submit(verdicts)
             except ContractRevert as exc:
                 logger.warning("the slash of %s was refused: %s", what, exc)
+                return False
+            except ChainError as exc:
+                logger.warning(
+                    "could not submit the slash of %s (tried again later): %s", what, exc
+                )
+                self._failed[key] = again
                 return False
             with self.ledger.begin() as db:
                 tx_hash = bytes.fromhex(outcome.tx.tx_hash.removeprefix("0x"))
@@ -206,6 +220,11 @@ class Slashing:
             outcome.tx.tx_hash,
         )
         return True
+
+    def retry_failed(self) -> int:
+        """Try again the submissions the chain failed (not refused); how many went through."""
+        retries, self._failed = self._failed, {}
+        return sum(again() for again in retries.values())
 
     # --- the quorum's findings ---------------------------------------------------------------
 
