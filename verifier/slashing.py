@@ -223,7 +223,8 @@ class Slashing:
 
     def retry_failed(self) -> int:
         """Try again the submissions the chain failed (not refused); how many went through."""
-        retries, self._failed = self._failed, {}
+        with self._lock:
+            retries, self._failed = self._failed, {}
         return sum(again() for again in retries.values())
 
     # --- the quorum's findings ---------------------------------------------------------------
