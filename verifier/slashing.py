@@ -98,7 +98,19 @@ class Slashing:
         Nothing when the leaf's position was already slashed as withheld."""
         slasher = self.contracts.slasher
         batch_id = BatchId(proven.batch_id)
-        if await asyncio.to_thread(slasher.is_withheld_slashed, batch_id, proven.leaf_index):
+        try:
+            withheld = await asyncio.to_thread(
+                slasher.is_withheld_slashed, batch_id, proven.leaf_index
+            )
+        except ChainError as exc:  # sign anyway: a verdict lost is worse than a rare second one
+            logger.warning(
+                "cannot read whether batch %d leaf %d was slashed as withheld: %s",
+                proven.batch_id,
+                proven.leaf_index,
+                exc,
+            )
+            withheld = False
+        if withheld:
             logger.warning(
                 "batch %d leaf %d of %s was already slashed as withheld: no second verdict",
                 proven.batch_id,
