@@ -285,11 +285,19 @@ class Payments:
             if new_voucher:
                 book.last_amount = voucher.cumulative_amount
                 book.last_signature = voucher.signature
-            loop = asyncio.get_running_loop()
-            persisted = loop.run_in_executor(
-                self._db, self._persist, channel, voucher if new_voucher else None, owed_after
+            # a task: the write reaches the ledger thread on the loop's next turn, after the
+            # caller (which does not await in between) has handed the step to the compute
+            # thread, so the step starts without waiting for the GIL behind the write;
+            # tasks start in order, so one channel's writes stay in the order accepted
+            persisted = asyncio.ensure_future(
+                self._persist_in_thread(channel, voucher if new_voucher else None, owed_after)
             )
         return Accepted(voucher=voucher, owed_after=owed_after, persisted=persisted)
+
+    async def _persist_in_thread(self, channel: Channel, voucher: Voucher | None, owed: int) -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            self._db, self._persist, channel, voucher, owed
+        )
 
     def _persist(self, channel: Channel, voucher: Voucher | None, owed: int) -> None:
         if self._persisted.get(channel.channel_id) == channel:
