@@ -294,7 +294,9 @@ class Payments:
             )
         return Accepted(voucher=voucher, owed_after=owed_after, persisted=persisted)
 
-    async def _persist_in_thread(self, channel: Channel, voucher: Voucher | None, owed: int) -> None:
+    async def _persist_in_thread(
+        self, channel: Channel, voucher: Voucher | None, owed: int
+    ) -> None:
         await asyncio.get_running_loop().run_in_executor(
             self._db, self._persist, channel, voucher, owed
         )
