@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from ledger.identity import identity_problems
 from node.errors import NodeError
 
 DEFAULT_HOST_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
@@ -95,15 +96,7 @@ class NodeConfig:
             problems.append(f"num_blocks must be >= 1, got {self.num_blocks}")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             problems.append(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
-        if self.devnet and (self.deployment_file is not None or self.keystore is not None):
-            problems.append("devnet uses the devnet's deployment and keys: no deployment/keystore")
-        if not self.devnet:
-            if self.deployment_file is None:
-                problems.append("give devnet, or a deployment file and a keystore")
-            if self.keystore is None:
-                problems.append("a node signs receipts and transactions: give a keystore")
-            if self.account is not None:
-                problems.append("account selects a devnet dev key; without devnet use a keystore")
+        problems += identity_problems(self, signs="node signs receipts and transactions")
         for name in ("price", "credit", "redeem_min"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")

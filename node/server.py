@@ -44,8 +44,6 @@ from typing import Any
 
 import torch
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from hivemind import DHT
 from hivemind.p2p import P2P
 
@@ -60,9 +58,8 @@ from ledger.db import (
     server_earnings,
     sqlite_url,
 )
-from ledger.deployment import Deployment
+from ledger.identity import load_identity
 from ledger.types import BlockIndex, ModelId, Wei, model_id
-from ledger.wallet import PasswordSource, load_wallet
 from node.announce import Announcer
 from node.api import HttpApi, NodeMetrics, build_app
 from node.balance import ChainClock, Payments, Redeemer
@@ -80,8 +77,6 @@ from node.tensors import dtype_from_name
 from node.throughput import choose_span, get_throughput, should_move
 
 logger = logging.getLogger(__name__)
-
-DEVNET_DEPLOYMENT = Path("devnet") / "deployment.json"  # inside the home (see stakeswarm.home)
 
 
 @dataclass(frozen=True)
@@ -186,19 +181,7 @@ class Server:
         home = Path(config.home).expanduser().resolve()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        if config.devnet:
-            deployment = Deployment.load(home / DEVNET_DEPLOYMENT)
-            dev = deployment.account(config.account or "node")
-            account: LocalAccount = Account.from_key(dev.private_key)
-        else:
-            assert config.deployment_file is not None and config.keystore is not None
-            deployment = Deployment.load(config.deployment_file)
-            password = (
-                PasswordSource.from_env(config.password_env)
-                if config.password_env
-                else PasswordSource.prompted(f"Password for {config.keystore}: ")
-            )
-            account = load_wallet(config.keystore, password)
+        deployment, account = load_identity(config, role="node")
         self.deployment = deployment
         self.account = account
         self.address = account.address

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from ledger.identity import identity_problems
+from node.config import DEFAULT_HOST_MADDRS
 from verifier.errors import VerifierConfigError
 
-DEFAULT_HOST_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
 # Seconds a node has to reveal a sampled leaf before the verifier signs a withheld verdict.
 # Generous: a node restarting or briefly cut off keeps answering within it (the verifier asks
 # again every `retry_interval`). Short against any sensible challenge window (the devnet's is a
@@ -91,15 +92,7 @@ class VerifierConfig:
             problems.append("max_spans must be >= 1")
         if self.torch_threads is not None and self.torch_threads < 1:
             problems.append("torch_threads must be >= 1")
-        if self.devnet and (self.deployment_file is not None or self.keystore is not None):
-            problems.append("devnet uses the devnet's deployment and keys: no deployment/keystore")
-        if not self.devnet:
-            if self.deployment_file is None:
-                problems.append("give devnet, or a deployment file and a keystore")
-            if self.keystore is None:
-                problems.append("a verifier signs verdicts and transactions: give a keystore")
-            if self.account is not None:
-                problems.append("account selects a devnet dev key; without devnet use a keystore")
+        problems += identity_problems(self, signs="verifier signs verdicts and transactions")
         if self.stake is not None and self.stake < 0:
             problems.append("stake must not be negative")
         if self.from_block is not None and self.from_block < 0:

@@ -50,8 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from hivemind import DHT
 from hivemind.p2p import P2P, PeerID
 
@@ -74,9 +72,8 @@ from ledger.db import (
     verifier_totals,
 )
 from ledger.db.columns import utcnow
-from ledger.deployment import Deployment
+from ledger.identity import load_identity
 from ledger.types import BatchId, Reason, Wei, model_id
-from ledger.wallet import PasswordSource, load_wallet
 from node.api import HttpApi
 from node.blocks import Span, load_span
 from node.errors import NodeError
@@ -100,7 +97,6 @@ from verifier.verdicts import VerdictBoard
 
 logger = logging.getLogger(__name__)
 
-DEVNET_DEPLOYMENT = Path("devnet") / "deployment.json"  # inside the home (see stakeswarm.home)
 AUDIT_BATCH = 8  # due leaves taken per pass of the audit loop
 # Seconds of a batch's challenge window kept free after a reveal deadline, on top of one more
 # reveal attempt: the withheld verdict, the quorum's own attempts and the slash go there.
@@ -191,20 +187,7 @@ class Verifier:
         home = Path(config.home).expanduser().resolve()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        if config.devnet:
-            deployment = Deployment.load(home / DEVNET_DEPLOYMENT)
-            account: LocalAccount = Account.from_key(
-                deployment.account(config.account or "verifier").private_key
-            )
-        else:
-            assert config.deployment_file is not None and config.keystore is not None
-            deployment = Deployment.load(config.deployment_file)
-            password = (
-                PasswordSource.from_env(config.password_env)
-                if config.password_env
-                else PasswordSource.prompted(f"Password for {config.keystore}: ")
-            )
-            account = load_wallet(config.keystore, password)
+        deployment, account = load_identity(config, role="verifier")
         self.deployment = deployment
         self.account = account
         self.address = account.address

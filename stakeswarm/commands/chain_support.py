@@ -28,8 +28,9 @@ from ledger.chain import Chain, ContractRevert, TxResult
 from ledger.contracts import Contracts
 from ledger.deployment import Deployment
 from ledger.errors import LedgerError
+from ledger.identity import keystore_password
 from ledger.types import Address, BlockIndex, Wei
-from ledger.wallet import PasswordSource, keystore_address, load_wallet
+from ledger.wallet import keystore_address, load_wallet
 from stakeswarm.home import Home
 
 # --- the options every command shares -------------------------------------------------------
@@ -135,11 +136,7 @@ def connect(options: ChainOptions, *, role: str, sign: bool) -> Connected:
         if options.keystore is not None:
             address = keystore_address(options.keystore)
             if sign:
-                password = (
-                    PasswordSource.from_env(options.password_env)
-                    if options.password_env
-                    else PasswordSource.prompted(f"Password for {options.keystore}: ")
-                )
+                password = keystore_password(options.keystore, options.password_env)
                 signer = load_wallet(options.keystore, password)
         elif sign:
             raise CliInputError("this command signs a transaction: give --keystore FILE")
