@@ -69,12 +69,12 @@ class NodeMetrics:
         return generate_latest(self.registry)
 
 
-def build_app(
-    *, status: Callable[[], dict[str, Any]], healthy: Callable[[], bool], metrics: NodeMetrics
+def status_app(
+    title: str, *, status: Callable[[], dict[str, Any]], healthy: Callable[[], bool]
 ) -> FastAPI:
-    """The API over the node's `status()` (called in a worker thread: it may read the ledger)
-    and `healthy()`."""
-    app = FastAPI(title="stakeswarm node", docs_url=None, redoc_url=None)
+    """`/health` over `healthy()` and `/status` over `status()` (called in a worker thread: it
+    may read the ledger): what a node's and a verifier's API both serve."""
+    app = FastAPI(title=title, docs_url=None, redoc_url=None)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -84,6 +84,16 @@ def build_app(
     @app.get("/status")
     def get_status() -> dict[str, Any]:
         return status()
+
+    return app
+
+
+def build_app(
+    *, status: Callable[[], dict[str, Any]], healthy: Callable[[], bool], metrics: NodeMetrics
+) -> FastAPI:
+    """The API over the node's `status()` (called in a worker thread: it may read the ledger)
+    and `healthy()`."""
+    app = status_app("stakeswarm node", status=status, healthy=healthy)
 
     @app.get("/metrics")
     async def get_metrics() -> Response:

@@ -9,24 +9,40 @@ through `node.api.HttpApi`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+
+from node.api import status_app
+
+if TYPE_CHECKING:
+    from ledger.db import VerifierTotals
 
 
 def build_app(*, status: Callable[[], dict[str, Any]], healthy: Callable[[], bool]) -> FastAPI:
     """The API over the verifier's `status()` (run in a worker thread: it reads the ledger)
     and `healthy()`."""
-    app = FastAPI(title="stakeswarm verifier", docs_url=None, redoc_url=None)
+    return status_app("stakeswarm verifier", status=status, healthy=healthy)
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        ok = healthy()
-        return JSONResponse({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
 
-    @app.get("/status")
-    def get_status() -> dict[str, Any]:
-        return status()
-
-    return app
+def totals_document(totals: VerifierTotals) -> dict[str, Any]:
+    """The audit and slash counts of `/status` (and of `stakeswarm verifier status`); amounts
+    are decimal strings of token base units."""
+    return {
+        "audits": {
+            "done": totals.audits,
+            "passed": totals.passed,
+            "failed": totals.failed,
+            "withheld": totals.withheld,
+            "errors": totals.errors,
+            "pending": totals.pending,
+        },
+        "slashes": {
+            "recorded": totals.slashes,
+            "withheld": totals.withheld_slashes,
+            "submitted": totals.submitted,
+            "stake_taken": str(totals.slashed),
+            "bounties_earned": str(totals.bounties),
+        },
+        "verdicts_signed": totals.verdicts_signed,
+    }

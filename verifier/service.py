@@ -78,7 +78,7 @@ from node.api import HttpApi
 from node.blocks import Span, load_span
 from node.errors import NodeError
 from node.families import load_config
-from verifier.api import build_app
+from verifier.api import build_app, totals_document
 from verifier.audit import (
     Judgement,
     Opening,
@@ -644,22 +644,7 @@ class Verifier:
             "model_id": "0x" + self.model_id.hex(),
             "sample_rate": self.config.sample_rate,
             "quorum": self.quorum,
-            "audits": {
-                "done": totals.audits,
-                "passed": totals.passed,
-                "failed": totals.failed,
-                "withheld": totals.withheld,
-                "errors": totals.errors,
-                "pending": totals.pending,
-            },
-            "slashes": {
-                "recorded": totals.slashes,
-                "withheld": totals.withheld_slashes,
-                "submitted": totals.submitted,
-                "stake_taken": str(totals.slashed),
-                "bounties_earned": str(totals.bounties),
-            },
-            "verdicts_signed": totals.verdicts_signed,
+            **totals_document(totals),
             "time": time.time(),
         }
 

@@ -232,6 +232,7 @@ def status(
 ) -> None:
     """Audits done, passed and failed; slashes submitted and bounties earned."""
     from ledger.db import open_ledger, sqlite_url, verifier_totals
+    from verifier.api import totals_document
 
     with reporting() as console:
         if url is not None:
@@ -257,22 +258,7 @@ def status(
                 ledger.close()
             document = {
                 "address": conn.address,
-                "audits": {
-                    "done": totals.audits,
-                    "passed": totals.passed,
-                    "failed": totals.failed,
-                    "withheld": totals.withheld,
-                    "errors": totals.errors,
-                    "pending": totals.pending,
-                },
-                "slashes": {
-                    "recorded": totals.slashes,
-                    "withheld": totals.withheld_slashes,
-                    "submitted": totals.submitted,
-                    "stake_taken": str(totals.slashed),
-                    "bounties_earned": str(totals.bounties),
-                },
-                "verdicts_signed": totals.verdicts_signed,
+                **totals_document(totals),
             }
         if json_output:
             console.print_json(data=document)
