@@ -39,6 +39,31 @@ def node() -> None:
     """Run a node of the swarm."""  # a callback keeps `serve` a sub-command
 
 
+# --- options `stakeswarm verifier run` takes too, the same way --------------------------------
+
+ModelNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The swarm's name of the model (default: the folder's name).", show_default=False
+    ),
+]
+HomeDirOpt = Annotated[Path, typer.Option(help="State directory.")]
+HttpPortOpt = Annotated[int, typer.Option(help="Status API port (0: any free port).")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(help="Torch threads (default: torch's).", show_default=False)
+]
+LogLevelOpt = Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+def setup_logging(log_level: str) -> None:
+    """Log records at `log_level` and above to stderr, with time, level and logger."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
 def parse_blocks(text: str) -> tuple[int, int]:
     """ "START:END" (END excluded) to a span."""
     match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
@@ -66,12 +91,7 @@ def serve(
         Path,
         typer.Option(help="Local model folder (config.json + safetensors).", show_default=False),
     ],
-    model_name: Annotated[
-        str | None,
-        typer.Option(
-            help="The swarm's name of the model (default: the folder's name).", show_default=False
-        ),
-    ] = None,
+    model_name: ModelNameOpt = None,
     blocks: Annotated[
         str | None,
         typer.Option(
@@ -93,7 +113,7 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    home: Annotated[Path, typer.Option(help="State directory.")] = Path("~/.stakeswarm"),
+    home: HomeDirOpt = Path("~/.stakeswarm"),
     rpc: Annotated[
         str | None,
         typer.Option(help="JSON-RPC URL (default: the deployment's).", show_default=False),
@@ -137,7 +157,7 @@ def serve(
         ),
     ] = None,
     credit: Annotated[str, typer.Option(help="Tokens a client may owe beyond its vouchers.")] = "0",
-    http_port: Annotated[int, typer.Option(help="Status API port (0: any free port).")] = 0,
+    http_port: HttpPortOpt = 0,
     cache_tokens: Annotated[int, typer.Option(help="KV cache budget in tokens.")] = 16384,
     idle_timeout: Annotated[
         float, typer.Option(help="Seconds before an idle session ends.")
@@ -152,9 +172,7 @@ def serve(
     max_frame_mb: Annotated[
         float, typer.Option(help="Largest tensor payload accepted per message frame, in MiB.")
     ] = 64.0,
-    threads: Annotated[
-        int | None, typer.Option(help="Torch threads (default: torch's).", show_default=False)
-    ] = None,
+    threads: ThreadsOpt = None,
     no_commitments: Annotated[
         bool, typer.Option(help="Benchmarks only: no leaves, receipts or commits.", hidden=True)
     ] = False,
@@ -166,18 +184,14 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_level: LogLevelOpt = "INFO",
 ) -> None:
     """Serve blocks of a model: stake for them, announce them, answer inference, get paid."""
     from node.server import Ready, Server  # heavy imports only when serving
 
     out = Console(soft_wrap=True, highlight=False)
     err = Console(stderr=True, soft_wrap=True)
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(log_level)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         config = NodeConfig(

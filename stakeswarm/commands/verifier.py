@@ -19,8 +19,6 @@ kept receipts (a client's) for two receipts one node signed for the same step, a
 from __future__ import annotations
 
 import logging
-import sys
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +28,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from ledger.errors import LedgerError
+from node.cli import (
+    HomeDirOpt,
+    HttpPortOpt,
+    LogLevelOpt,
+    ModelNameOpt,
+    ThreadsOpt,
+    parse_tokens,
+    setup_logging,
+)
 from stakeswarm.commands.chain_support import (
     AccountOpt,
     ChainOptions,
@@ -59,18 +66,6 @@ app = typer.Typer(
 )
 
 
-def _tokens(text: str | None, what: str) -> Decimal | None:
-    if text is None:
-        return None
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise typer.BadParameter(f"{what} {text!r} is not a number of tokens") from None
-    if not value.is_finite() or value < 0:
-        raise typer.BadParameter(f"{what} must be a non-negative number of tokens, got {text!r}")
-    return value
-
-
 @app.command("run")
 def run(
     model: Annotated[
@@ -80,15 +75,10 @@ def run(
     sample_rate: Annotated[
         float, typer.Option(help="Probability that any one committed leaf is audited.")
     ] = 0.05,
-    model_name: Annotated[
-        str | None,
-        typer.Option(
-            help="The swarm's name of the model (default: the folder's name).", show_default=False
-        ),
-    ] = None,
+    model_name: ModelNameOpt = None,
     devnet: DevnetOpt = False,
     account: AccountOpt = None,
-    home: Annotated[Path, typer.Option(help="State directory.")] = Path("~/.stakeswarm"),
+    home: HomeDirOpt = Path("~/.stakeswarm"),
     rpc: RpcOpt = None,
     deployment: DeploymentOpt = None,
     keystore: KeystoreOpt = None,
@@ -104,7 +94,7 @@ def run(
         list[str] | None,
         typer.Option(help="Multiaddr of a swarm member (repeat).", show_default=False),
     ] = None,
-    http_port: Annotated[int, typer.Option(help="Status API port (0: any free port).")] = 0,
+    http_port: HttpPortOpt = 0,
     reveal_timeout: Annotated[
         float, typer.Option(help="Seconds one reveal may take.")
     ] = DEFAULT_REVEAL_TIMEOUT,
@@ -125,10 +115,8 @@ def run(
         int | None,
         typer.Option(help="First block to sample (default: resume).", show_default=False),
     ] = None,
-    threads: Annotated[
-        int | None, typer.Option(help="Torch threads (default: torch's).", show_default=False)
-    ] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    threads: ThreadsOpt = None,
+    log_level: LogLevelOpt = "INFO",
 ) -> None:
     """Follow commits, audit sampled leaves, slash cheaters (until SIGINT/SIGTERM)."""
     from verifier.config import VerifierConfig
@@ -137,11 +125,7 @@ def run(
 
     out = Console(soft_wrap=True, highlight=False)
     err = Console(stderr=True, soft_wrap=True)
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(log_level)
     for noisy in ("hivemind", "httpx", "web3", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
@@ -160,7 +144,7 @@ def run(
             rpc_url=rpc,
             keystore=keystore,
             password_env=password_env,
-            stake=_tokens(stake, "--stake"),
+            stake=parse_tokens(stake, "--stake"),
             poll_interval=poll_interval,
             from_block=from_block,
             initial_peers=tuple(initial_peers or ()),
