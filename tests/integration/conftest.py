@@ -14,6 +14,10 @@ Fixtures:
     contracts_as        test     contracts_as("node-0") -> `Contracts` sending as that dev account
     dev_account         test     dev_account("client") -> `LocalAccount` (name, role or index)
     advance_time        test     advance_time(seconds): next block is that much later (mined)
+    model_path          module   a tiny 6-block Llama folder (a module may override it)
+    nodes               module   the module's `node_specs` fixture started as real node processes
+                                 on `model_path`, shared by its tests; their on-chain work is
+                                 reverted once they stopped
 
 Dev accounts (10): deployer, node-0..node-3, client-0..client-2, verifier-0, verifier-1; each
 non-deployer holds 100,000 stake tokens. Parameters are `DeploymentParams()` (quorum 1).
@@ -21,7 +25,8 @@ non-deployer holds 100,000 stake tokens. Parameters are `DeploymentParams()` (qu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from eth_account import Account
@@ -32,6 +37,8 @@ from ledger.contracts import Contracts
 from ledger.deployment import Deployment
 from stakeswarm.devnet import Devnet, DevnetConfig
 from stakeswarm.home import Home
+from tests.integration.nodes import NodeProcess, NodeSpec, reverted_nodes
+from tests.models import make_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +97,20 @@ def advance_time(chain: Chain) -> Callable[[int], None]:
         chain.rpc("evm_mine")
 
     return advance
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 6)
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    deployment: Deployment,
+    model_path: Path,
+    node_specs: Sequence[NodeSpec],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[list[NodeProcess]]:
+    workdir = tmp_path_factory.mktemp("nodes")
+    with reverted_nodes(deployment, workdir, model_path, node_specs) as started:
+        yield started

@@ -11,8 +11,10 @@ output in files under `tmp_path` whose tails are shown when a node fails to star
 stopped by PID (SIGTERM, then SIGKILL of the group) however the test ends.
 
 Test-only helpers: `chain_snapshot` keeps the session's shared Anvil clean (what the nodes did
-on-chain is reverted when the block ends); `LoopThread`, `Payer`, `Hop`, `RouteSession` and
-`greedy_generate` drive nodes directly, below the client library.
+on-chain is reverted when the block ends), `reverted_nodes` runs nodes inside one;
+`LoopThread`, `Payer`, `Hop`, `RouteSession`, `client_p2p`, `paid_swarm`, `serve_two_steps`
+and `greedy_generate` drive nodes directly, below the client library; `wait_committed` waits
+for a node's commitments.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -57,14 +61,20 @@ __all__ = [
     "LoopThread",
     "NodeProcess",
     "NodeSpec",
+    "PaidSwarm",
     "Payer",
     "RouteSession",
     "chain_snapshot",
+    "client_p2p",
     "greedy_generate",
     "node_home",
+    "paid_swarm",
+    "reverted_nodes",
     "running_nodes",
+    "serve_two_steps",
     "start_node",
     "start_nodes",
+    "wait_committed",
 ]
 
 T = TypeVar("T")
@@ -81,6 +91,27 @@ def chain_snapshot(chain: Chain) -> Iterator[None]:
     finally:
         chain.rpc("evm_revert", [snapshot])
         chain.reset_nonces()
+
+
+@contextmanager
+def reverted_nodes(
+    deployment: Deployment, workdir: Path, model_path: Path, specs: Sequence[NodeSpec]
+) -> Iterator[list[NodeProcess]]:
+    """`running_nodes` on the session's devnet; what they did on-chain is reverted once they
+    stopped."""
+    with (
+        chain_snapshot(deployment.connect()),
+        running_nodes(deployment, workdir, model_path, specs) as nodes,
+    ):
+        yield nodes
+
+
+def wait_committed(node: NodeProcess, leaves: int, timeout: float = 60) -> None:
+    """Wait until `node` says it committed at least `leaves` leaves on-chain."""
+    deadline = time.monotonic() + timeout
+    while node.status()["commitments"]["committed_leaves"] < leaves:
+        assert time.monotonic() < deadline, f"{node.name} did not commit its leaves"
+        time.sleep(0.5)
 
 
 # --- the client side, for tests that drive real nodes ------------------------------------------
@@ -199,6 +230,76 @@ class RouteSession:
     def close(self) -> None:
         for session in self.sessions:
             self.runner.run(session.close())
+
+
+@contextmanager
+def client_p2p(initial_peers: Sequence[str]) -> Iterator[tuple[LoopThread, P2P]]:
+    """A client's loop thread and hivemind `P2P` joined to `initial_peers`, shut down after."""
+    runner = LoopThread()
+    try:
+        p2p = runner.run(P2P.create(initial_peers=list(initial_peers)))
+        try:
+            yield runner, p2p
+        finally:
+            runner.run(p2p.shutdown())
+    finally:
+        runner.close()
+
+
+@dataclass
+class PaidSwarm:
+    """Running nodes and a client with a payment channel open to each of them."""
+
+    deployment: Deployment
+    nodes: list[NodeProcess]
+    hops: list[Hop]  # one per node, in the nodes' order
+    runner: LoopThread
+    p2p: P2P
+    payer: Payer
+    model_path: Path
+    workdir: Path  # where the nodes' homes and logs are
+
+    def route(self, max_length: int = 32) -> RouteSession:
+        """An open session through every hop."""
+        return RouteSession(self.runner, self.p2p, self.payer, self.hops).open(max_length)
+
+    def session(self, hop: Hop, max_length: int = 16) -> RouteSession:
+        """An open session through `hop` alone."""
+        return RouteSession(self.runner, self.p2p, self.payer, [hop]).open(max_length)
+
+
+@contextmanager
+def paid_swarm(
+    deployment: Deployment,
+    chain: Chain,
+    nodes: list[NodeProcess],
+    model_path: Path,
+    workdir: Path,
+) -> Iterator[PaidSwarm]:
+    """`nodes` with a client (dev account client-0, sending through `chain`) that opened a
+    channel to each at its announced price; the client's P2P is shut down after the block."""
+    with client_p2p([m for node in nodes for m in node.maddrs]) as (runner, p2p):
+        payer = Payer(deployment, chain)
+        hops = [
+            Hop(
+                node,
+                payer.open_channel(node.address),
+                int(node.status()["price_per_token_per_block"]),
+            )
+            for node in nodes
+        ]
+        yield PaidSwarm(deployment, nodes, hops, runner, p2p, payer, model_path, workdir)
+
+
+def serve_two_steps(runner: LoopThread, p2p: P2P, payer: Payer, node: NodeProcess) -> None:
+    """A short paid session through `node` alone (5 tokens, then 1): two leaves it commits."""
+    price = int(node.status()["price_per_token_per_block"])
+    route = RouteSession(runner, p2p, payer, [Hop(node, payer.open_channel(node.address), price)])
+    route.open(16)
+    generator = torch.Generator().manual_seed(0)
+    route.step(torch.randn(1, 5, 64, generator=generator), torch.ones(1, 5, dtype=torch.long))
+    route.step(torch.randn(1, 1, 64, generator=generator), torch.ones(1, 6, dtype=torch.long))
+    route.close()
 
 
 def greedy_generate(
