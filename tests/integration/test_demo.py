@@ -27,7 +27,7 @@ from ledger.deployment import DeploymentParams
 from ledger.types import Reason
 from stakeswarm.story import StoryConfig, StoryError, StoryResult, run_story
 from tests.integration.nodes import REPO_ROOT
-from tests.models import load_reference_model, make_tiny_model
+from tests.models import load_reference_model
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -54,11 +54,6 @@ class Recorder:
 
     def stream(self, text: str) -> None:
         self.streamed.append(text)
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 6)
 
 
 def _descendants() -> set[int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,6 @@ import pytest
 import torch
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from hivemind.p2p import P2P
 from hivemind.proto import runtime_pb2
 
 from client.remote import RemoteError, RemoteSpanSession, remote_forward, remote_info, remote_reveal
@@ -42,18 +40,17 @@ from node.protocol import (
 )
 from node.tensors import tensor_hash
 from tests.integration.nodes import (
-    Hop,
-    LoopThread,
     NodeProcess,
     NodeSpec,
-    Payer,
+    PaidSwarm,
     RouteSession,
     chain_snapshot,
     greedy_generate,
+    paid_swarm,
     running_nodes,
     start_node,
 )
-from tests.models import load_reference_model, make_tiny_model
+from tests.models import load_reference_model
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -69,30 +66,10 @@ NODE_ARGS = (
 PROMPT = torch.tensor([[1, 17, 42, 99, 7, 256, 3]])
 
 
-@dataclass
-class Swarm:
-    deployment: Deployment
-    nodes: list[NodeProcess]
-    hops: list[Hop]
-    runner: LoopThread
-    p2p: P2P
-    payer: Payer
-    model_path: Path
-    workdir: Path
-
-    def route(self, max_length: int = 32) -> RouteSession:
-        return RouteSession(self.runner, self.p2p, self.payer, self.hops).open(max_length)
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 6)
-
-
 @pytest.fixture(scope="module")
 def swarm(
     deployment: Deployment, model_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Swarm]:
+) -> Iterator[PaidSwarm]:
     chain = deployment.connect()
     workdir = tmp_path_factory.mktemp("nodes")
     specs = [NodeSpec(f"node-{i}", f"{2 * i}:{2 * i + 2}", args=NODE_ARGS) for i in range(3)]
@@ -102,24 +79,11 @@ def swarm(
         as_verifier.verifier_registry.register_with_approve(
             as_verifier.verifier_registry.min_stake()
         )
-        with running_nodes(deployment, workdir, model_path, specs) as nodes:
-            runner = LoopThread()
-            maddrs = [m for node in nodes for m in node.maddrs]
-            p2p = runner.run(P2P.create(initial_peers=maddrs))
-            try:
-                payer = Payer(deployment, chain)
-                hops = [
-                    Hop(
-                        node,
-                        payer.open_channel(node.address),
-                        int(node.status()["price_per_token_per_block"]),
-                    )
-                    for node in nodes
-                ]
-                yield Swarm(deployment, nodes, hops, runner, p2p, payer, model_path, workdir)
-            finally:
-                runner.run(p2p.shutdown())
-                runner.close()
+        with (
+            running_nodes(deployment, workdir, model_path, specs) as nodes,
+            paid_swarm(deployment, chain, nodes, model_path, workdir) as started,
+        ):
+            yield started
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +91,7 @@ def reference(model_path: Path):  # noqa: ANN201
     return load_reference_model(model_path)
 
 
-def test_a_chain_of_spans_gives_the_local_models_hidden_states(swarm: Swarm, reference) -> None:
+def test_a_chain_of_spans_gives_the_local_models_hidden_states(swarm: PaidSwarm, reference) -> None:
     head = load_client_head(swarm.model_path)
     route = swarm.route()
     hidden = head.embed(PROMPT)
@@ -148,7 +112,9 @@ def test_a_chain_of_spans_gives_the_local_models_hidden_states(swarm: Swarm, ref
     )
 
 
-def test_greedy_generation_through_servers_equals_local_generation(swarm: Swarm, reference) -> None:
+def test_greedy_generation_through_servers_equals_local_generation(
+    swarm: PaidSwarm, reference
+) -> None:
     head = load_client_head(swarm.model_path)
     route = swarm.route()
     remote = greedy_generate(route, head, PROMPT, new_tokens=8)
@@ -174,7 +140,7 @@ def test_greedy_generation_through_servers_equals_local_generation(swarm: Swarm,
     assert route.receipts[1][0].leaf.tokens == 1
 
 
-def test_stateless_forward_and_info(swarm: Swarm, reference) -> None:
+def test_stateless_forward_and_info(swarm: PaidSwarm, reference) -> None:
     hop = swarm.hops[1]
     info = swarm.runner.run(remote_info(swarm.p2p, hop.node.peer_id))
     assert info.model == "tiny-llama" and info.total_blocks == 6
@@ -207,7 +173,7 @@ def test_stateless_forward_and_info(swarm: Swarm, reference) -> None:
     swarm.payer.paid[hop.channel] -= 10 * hop.price_per_token  # that voucher was not accepted
 
 
-def _raw_stream(swarm: Swarm, peer: str, frames: list[Frame]) -> list[Frame]:
+def _raw_stream(swarm: PaidSwarm, peer: str, frames: list[Frame]) -> list[Frame]:
     """Send `frames` on a fresh inference stream and read the node's answers until it ends."""
 
     async def run() -> list[Frame]:
@@ -230,14 +196,14 @@ def _raw_stream(swarm: Swarm, peer: str, frames: list[Frame]) -> list[Frame]:
     return swarm.runner.run(run())
 
 
-def _refused(swarm: Swarm, coro) -> RemoteError:  # noqa: ANN001
+def _refused(swarm: PaidSwarm, coro) -> RemoteError:  # noqa: ANN001
     with pytest.raises(RemoteError) as refused:
         swarm.runner.run(coro)
     return refused.value
 
 
 def test_bad_requests_get_clear_errors_while_a_healthy_session_completes(
-    swarm: Swarm, reference
+    swarm: PaidSwarm, reference
 ) -> None:
     head = load_client_head(swarm.model_path)
     healthy = swarm.route()
@@ -374,7 +340,7 @@ def test_bad_requests_get_clear_errors_while_a_healthy_session_completes(
     assert 'stakeswarm_errors_total{code="bad_voucher"} 2.0' in metrics
 
 
-def test_an_idle_session_expires(swarm: Swarm) -> None:
+def test_an_idle_session_expires(swarm: PaidSwarm) -> None:
     hop = swarm.hops[2]
     session = swarm.runner.run(
         RemoteSpanSession.open(
@@ -409,7 +375,7 @@ def _wait_committed(node: NodeProcess, timeout: float = 60) -> dict:
 
 
 def test_leaves_are_committed_on_chain_and_revealed_to_active_verifiers_only(
-    swarm: Swarm,
+    swarm: PaidSwarm,
 ) -> None:
     route = swarm.route()
     head = load_client_head(swarm.model_path)
@@ -464,7 +430,7 @@ def test_leaves_are_committed_on_chain_and_revealed_to_active_verifiers_only(
         assert error.code is code
 
 
-def test_status_health_and_metrics(swarm: Swarm) -> None:
+def test_status_health_and_metrics(swarm: PaidSwarm) -> None:
     node = swarm.nodes[0]
     assert httpx.get(f"{node.http_url}/health", timeout=10).json() == {"status": "ok"}
     status = _wait_committed(node)
@@ -490,7 +456,7 @@ def _registry_txs(node: NodeProcess) -> list[str]:
         ledger.close()
 
 
-def test_shutdown_commits_and_redeems_and_a_restart_registers_nothing_new(swarm: Swarm) -> None:
+def test_shutdown_commits_and_redeems_and_a_restart_registers_nothing_new(swarm: PaidSwarm) -> None:
     hop = swarm.hops[2]
     node = hop.node
     route = RouteSession(swarm.runner, swarm.p2p, swarm.payer, [hop]).open(8)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,7 @@ from ledger.eip712 import sign_verdict
 from ledger.types import BatchId, Reason, Verdict
 from node.protocol import ErrorCode
 from stakeswarm.cli import app
-from tests.integration.nodes import NodeProcess, NodeSpec, chain_snapshot, running_nodes
-from tests.models import make_tiny_model
+from tests.integration.nodes import NodeProcess, NodeSpec
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -52,23 +51,12 @@ NEW_TOKENS = 5
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 6)
-
-
-@pytest.fixture(scope="module")
-def nodes(
-    deployment: Deployment, model_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[NodeProcess]]:
-    chain = deployment.connect()
-    specs = [
+def node_specs() -> list[NodeSpec]:
+    return [
         NodeSpec("node-0", "0:3", args=NODE_ARGS),
         NodeSpec("node-1", "3:6", args=NODE_ARGS),
         NodeSpec("node-2", "3:6", args=NODE_ARGS),
     ]
-    workdir = tmp_path_factory.mktemp("slashed-swarm")
-    with chain_snapshot(chain), running_nodes(deployment, workdir, model_path, specs) as started:
-        yield started
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,9 @@ from ledger.contracts import Contracts
 from ledger.db import AuditOutcome, audits_of, open_ledger, sqlite_url, verifier_totals
 from ledger.deployment import Deployment
 from ledger.types import Reason
-from tests.integration.nodes import REPO_ROOT, NodeProcess, NodeSpec, chain_snapshot, running_nodes
-from tests.integration.verifiers import running_verifier
-from tests.models import make_tiny_model
+from stakeswarm.swarm import running_verifier
+from tests.integration.nodes import REPO_ROOT, NodeProcess, NodeSpec
+from tests.integration.verifiers import wait_for_status
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -33,23 +32,12 @@ NEW_TOKENS = 6
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 6)
-
-
-@pytest.fixture(scope="module")
-def nodes(
-    deployment: Deployment, model_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[NodeProcess]]:
-    chain = deployment.connect()
-    specs = [
+def node_specs() -> list[NodeSpec]:
+    return [
         NodeSpec("node-0", "0:2", args=NODE_ARGS),
         NodeSpec("node-1", "2:4", args=(*NODE_ARGS, "--faulty", "noise")),
         NodeSpec("node-2", "4:6", args=NODE_ARGS),
     ]
-    workdir = tmp_path_factory.mktemp("verifier-swarm")
-    with chain_snapshot(chain), running_nodes(deployment, workdir, model_path, specs) as started:
-        yield started
 
 
 def test_a_cheating_node_is_slashed_and_the_verifier_paid(
@@ -80,8 +68,11 @@ def test_a_cheating_node_is_slashed_and_the_verifier_paid(
             model.close()
         assert generated.shape == (1, PROMPT.shape[1] + NEW_TOKENS)  # the client got its text
 
-        verifier.wait_for(
-            "a slash with its bounty", lambda s: s["slashes"]["recorded"] >= 1, timeout=180
+        wait_for_status(
+            verifier,
+            "a slash with its bounty",
+            lambda s: s["slashes"]["recorded"] >= 1,
+            timeout=180,
         )
         # at rate 1 every committed leaf is audited (the cheat commits nothing once slashed
         # below its span's stake: the registry no longer takes its commits)
@@ -89,7 +80,8 @@ def test_a_cheating_node_is_slashed_and_the_verifier_paid(
             b.leaf_count
             for b in contracts.commitments.batches_committed(from_block=deployment.deploy_block)
         )
-        verifier.wait_for(
+        wait_for_status(
+            verifier,
             "every committed leaf audited",
             lambda s: s["audits"]["done"] >= committed and s["audits"]["pending"] == 0,
             timeout=180,

@@ -19,12 +19,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from hivemind.p2p import P2P
 from safetensors.torch import load_file, save_file
 
 from client.remote import RemoteError
@@ -33,69 +31,48 @@ from ledger.db import AuditOutcome, audits_of, open_ledger, record_receipt, sqli
 from ledger.deployment import Deployment
 from ledger.types import Reason
 from node.protocol import ErrorCode, SignedReceipt
+from stakeswarm.swarm import running_verifier
 from tests.integration.nodes import (
     REPO_ROOT,
-    Hop,
-    LoopThread,
     NodeProcess,
     NodeSpec,
-    Payer,
+    PaidSwarm,
     RouteSession,
     chain_snapshot,
     node_home,
+    paid_swarm,
     running_nodes,
 )
-from tests.integration.verifiers import running_verifier
-from tests.models import make_tiny_model
+from tests.integration.verifiers import wait_for_status
 
 pytestmark = pytest.mark.timeout(600)
 
 NODE_ARGS = ("--commit-interval", "1", "--redeem-interval", "3600", "--announce-interval", "5")
 
 
-@dataclass
-class Swarm:
-    deployment: Deployment
-    nodes: list[NodeProcess]
-    hops: list[Hop]
-    runner: LoopThread
-    p2p: P2P
-    payer: Payer
-    model_path: Path
-
-    def session(self, hop: Hop, max_length: int = 16) -> RouteSession:
-        return RouteSession(self.runner, self.p2p, self.payer, [hop]).open(max_length)
-
-
 @pytest.fixture(scope="module")
-def swarm(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
-    model_path = make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 6)
+def swarm(
+    deployment: Deployment, model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PaidSwarm]:
     chain = deployment.connect()
     specs = [
         NodeSpec("node-0", "0:3", args=(*NODE_ARGS, "--faulty", "equivocate")),
         NodeSpec("node-1", "3:6", args=NODE_ARGS),
     ]
     workdir = tmp_path_factory.mktemp("misbehaviour")
-    with chain_snapshot(chain), running_nodes(deployment, workdir, model_path, specs) as nodes:
-        runner = LoopThread()
-        p2p = runner.run(P2P.create(initial_peers=[m for n in nodes for m in n.maddrs]))
-        try:
-            payer = Payer(deployment, chain)
-            hops = [
-                Hop(n, payer.open_channel(n.address), int(n.status()["price_per_token_per_block"]))
-                for n in nodes
-            ]
-            yield Swarm(deployment, nodes, hops, runner, p2p, payer, model_path)
-        finally:
-            runner.run(p2p.shutdown())
-            runner.close()
+    with (
+        chain_snapshot(chain),
+        running_nodes(deployment, workdir, model_path, specs) as nodes,
+        paid_swarm(deployment, chain, nodes, model_path, workdir) as started,
+    ):
+        yield started
 
 
 def hidden_states(seed: int, tokens: int) -> torch.Tensor:
     return torch.randn(1, tokens, 64, generator=torch.Generator().manual_seed(seed))
 
 
-def replay_last_step(swarm: Swarm, route: RouteSession, hidden: torch.Tensor) -> SignedReceipt:
+def replay_last_step(swarm: PaidSwarm, route: RouteSession, hidden: torch.Tensor) -> SignedReceipt:
     """Send the step just served again, with other hidden states."""
     hop, session = route.hops[0], route.sessions[0]
     session.next_step -= 1
@@ -106,7 +83,7 @@ def replay_last_step(swarm: Swarm, route: RouteSession, hidden: torch.Tensor) ->
 
 
 def test_an_equivocating_node_is_slashed_by_whoever_holds_both_receipts(
-    swarm: Swarm, tmp_path: Path
+    swarm: PaidSwarm, tmp_path: Path
 ) -> None:
     cheat, honest = swarm.hops
     # the honest node refuses to serve a step twice, and the session goes on
@@ -183,7 +160,9 @@ def test_an_equivocating_node_is_slashed_by_whoever_holds_both_receipts(
     assert again.returncode == 0 and "SlasherAlreadySlashed" in again.stdout
 
 
-def test_inputs_that_no_longer_match_are_withheld_and_slashed(swarm: Swarm, tmp_path: Path) -> None:
+def test_inputs_that_no_longer_match_are_withheld_and_slashed(
+    swarm: PaidSwarm, tmp_path: Path
+) -> None:
     cheat, honest = swarm.hops
     route = swarm.session(honest)
     route.step(hidden_states(10, 5), torch.ones(1, 5, dtype=torch.long))
@@ -220,7 +199,8 @@ def test_inputs_that_no_longer_match_are_withheld_and_slashed(swarm: Swarm, tmp_
         swarm.deployment, tmp_path, swarm.model_path, "verifier-1", peers,
         args=("--reveal-deadline", "10", "--reveal-timeout", "5"),
     ) as verifier:  # fmt: skip
-        status = verifier.wait_for(
+        status = wait_for_status(
+            verifier,
             "every committed leaf audited, every slash recorded",
             lambda s: (
                 s["audits"]["done"] >= committed

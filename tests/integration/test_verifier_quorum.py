@@ -20,26 +20,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-import torch
 from eth_account import Account
-from hivemind.p2p import P2P
 
 from ledger.compile import PROJECT_ROOT, compile_contracts
 from ledger.contracts import Contracts
 from ledger.deployment import TOKEN, Deployment, DeploymentParams, deploy_all
 from ledger.types import Reason, Wei
+from stakeswarm.swarm import running_verifier
 from tests.integration.nodes import (
-    Hop,
-    LoopThread,
     NodeProcess,
     NodeSpec,
     Payer,
-    RouteSession,
     chain_snapshot,
+    client_p2p,
     running_nodes,
+    serve_two_steps,
+    wait_committed,
 )
-from tests.integration.verifiers import running_verifier
-from tests.models import make_tiny_model
+from tests.integration.verifiers import wait_for_status
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -58,7 +56,7 @@ class QuorumSwarm:
 
 @pytest.fixture(scope="module")
 def swarm(
-    deployment: Deployment, tmp_path_factory: pytest.TempPathFactory
+    deployment: Deployment, model_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[QuorumSwarm]:
     chain = deployment.connect()
     with chain_snapshot(chain):
@@ -80,7 +78,6 @@ def swarm(
         registry = contracts.verifier_registry.with_sender(chain.sender(third))
         registry.register_with_approve(registry.min_stake())
 
-        model_path = make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 6)
         workdir = tmp_path_factory.mktemp("quorum")
         spec = NodeSpec("node-0", "0:3", args=(*NODE_ARGS, "--faulty", "skip-block"))
         with running_nodes(quorum2, workdir, model_path, [spec]) as nodes:
@@ -91,24 +88,9 @@ def swarm(
 def serve_one_session(swarm: QuorumSwarm, node: NodeProcess | None = None) -> None:
     """A paying client steps a short session through the cheating node (or `node`)."""
     node = node or swarm.node
-    runner = LoopThread()
-    p2p = runner.run(P2P.create(initial_peers=node.maddrs))
-    try:
-        payer = Payer(swarm.deployment, swarm.deployment.connect())
-        price = int(node.status()["price_per_token_per_block"])
-        hop = Hop(node, payer.open_channel(node.address), price)
-        route = RouteSession(runner, p2p, payer, [hop]).open(16)
-        generator = torch.Generator().manual_seed(0)
-        route.step(torch.randn(1, 5, 64, generator=generator), torch.ones(1, 5, dtype=torch.long))
-        route.step(torch.randn(1, 1, 64, generator=generator), torch.ones(1, 6, dtype=torch.long))
-        route.close()
-    finally:
-        runner.run(p2p.shutdown())
-        runner.close()
-    deadline = time.monotonic() + 60
-    while node.status()["commitments"]["committed_leaves"] < 2:
-        assert time.monotonic() < deadline, "the node did not commit its leaves"
-        time.sleep(0.5)
+    with client_p2p(node.maddrs) as (runner, p2p):
+        serve_two_steps(runner, p2p, Payer(swarm.deployment, swarm.deployment.connect()), node)
+    wait_committed(node, 2)
 
 
 def test_two_of_three_verifiers_slash_together_and_share_the_bounty(
@@ -126,8 +108,10 @@ def test_two_of_three_verifiers_slash_together_and_share_the_bounty(
         swarm.deployment, tmp_path, swarm.model_path, VERIFIERS[0], peers
     ) as first:
         first_balance = contracts.token.balance_of(first.address)
-        first.wait_for(
-            "its own verdicts", lambda s: s["audits"]["failed"] == 2 and s["verdicts_signed"] == 2
+        wait_for_status(
+            first,
+            "its own verdicts",
+            lambda s: s["audits"]["failed"] == 2 and s["verdicts_signed"] == 2,
         )
         time.sleep(3)  # alone it cannot reach the quorum, however long it waits
         assert contracts.slasher.leaves_slashed(from_block=swarm.deployment.deploy_block) == []
@@ -138,11 +122,11 @@ def test_two_of_three_verifiers_slash_together_and_share_the_bounty(
             sample_rate=1e-9,  # samples nothing itself: it audits what the first one shared
         ) as second:  # fmt: skip
             second_balance = contracts.token.balance_of(second.address)
-            second_status = second.wait_for(
-                "both slashes recorded", lambda s: s["slashes"]["recorded"] == 2
+            second_status = wait_for_status(
+                second, "both slashes recorded", lambda s: s["slashes"]["recorded"] == 2
             )
-            first_status = first.wait_for(
-                "both slashes recorded", lambda s: s["slashes"]["recorded"] == 2
+            first_status = wait_for_status(
+                first, "both slashes recorded", lambda s: s["slashes"]["recorded"] == 2
             )
 
     slashes = contracts.slasher.leaves_slashed(from_block=swarm.deployment.deploy_block)
@@ -182,7 +166,8 @@ def test_two_of_three_verifiers_slash_a_withholding_node_together(
             swarm.deployment, tmp_path, swarm.model_path, VERIFIERS[0], node.maddrs, args=args
         ) as first:
             first_balance = contracts.token.balance_of(first.address)
-            first.wait_for(
+            wait_for_status(
+                first,
                 "its own withheld findings",
                 lambda s: s["audits"]["withheld"] == 2 and s["verdicts_signed"] == 2,
             )
@@ -195,11 +180,13 @@ def test_two_of_three_verifiers_slash_a_withholding_node_together(
                 sample_rate=1e-9, args=args,  # samples nothing: it checks what was shared
             ) as second:  # fmt: skip
                 second_balance = contracts.token.balance_of(second.address)
-                second_status = second.wait_for(
-                    "both withheld slashes recorded", lambda s: s["slashes"]["withheld"] == 2
+                second_status = wait_for_status(
+                    second,
+                    "both withheld slashes recorded",
+                    lambda s: s["slashes"]["withheld"] == 2,
                 )
-                first_status = first.wait_for(
-                    "both withheld slashes recorded", lambda s: s["slashes"]["withheld"] == 2
+                first_status = wait_for_status(
+                    first, "both withheld slashes recorded", lambda s: s["slashes"]["withheld"] == 2
                 )
 
     slashes = contracts.slasher.leaves_withheld_slashed(from_block=start_block)

@@ -12,31 +12,28 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
-from hivemind.p2p import P2P
 
 from ledger.contracts import Contracts
 from ledger.db import AuditOutcome, audits_of, open_ledger, sqlite_url
 from ledger.deployment import Deployment
+from stakeswarm.swarm import running_verifier
 from tests.integration.nodes import (
     REPO_ROOT,
-    Hop,
-    LoopThread,
     NodeProcess,
     NodeSpec,
     Payer,
-    RouteSession,
     chain_snapshot,
+    client_p2p,
     running_nodes,
+    serve_two_steps,
+    wait_committed,
 )
-from tests.integration.verifiers import running_verifier
-from tests.models import make_tiny_model
+from tests.integration.verifiers import wait_for_status
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -55,27 +52,10 @@ class Swarm:
     start_block: int  # before anything was served
 
 
-def serve_one_session(runner: LoopThread, p2p: P2P, payer: Payer, node: NodeProcess) -> None:
-    """Two paid steps through `node` alone: two leaves it commits."""
-    price = int(node.status()["price_per_token_per_block"])
-    route = RouteSession(runner, p2p, payer, [Hop(node, payer.open_channel(node.address), price)])
-    route.open(16)
-    generator = torch.Generator().manual_seed(0)
-    route.step(torch.randn(1, 5, 64, generator=generator), torch.ones(1, 5, dtype=torch.long))
-    route.step(torch.randn(1, 1, 64, generator=generator), torch.ones(1, 6, dtype=torch.long))
-    route.close()
-
-
-def wait_committed(node: NodeProcess, leaves: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while node.status()["commitments"]["committed_leaves"] < leaves:
-        assert time.monotonic() < deadline, f"{node.name} did not commit its leaves"
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
-def swarm(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
-    model_path = make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 6)
+def swarm(
+    deployment: Deployment, model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Swarm]:
     chain = deployment.connect()
     specs = [
         NodeSpec("node-0", "0:3", args=(*NODE_ARGS, "--faulty", "withhold")),
@@ -84,15 +64,10 @@ def swarm(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> I
     workdir = tmp_path_factory.mktemp("withheld")
     with chain_snapshot(chain), running_nodes(deployment, workdir, model_path, specs) as nodes:
         start_block = chain.block_number()
-        runner = LoopThread()
-        p2p = runner.run(P2P.create(initial_peers=[m for n in nodes for m in n.maddrs]))
-        try:
+        with client_p2p([m for n in nodes for m in n.maddrs]) as (runner, p2p):
             payer = Payer(deployment, chain)
             for node in nodes:
-                serve_one_session(runner, p2p, payer, node)
-        finally:
-            runner.run(p2p.shutdown())
-            runner.close()
+                serve_two_steps(runner, p2p, payer, node)
         for node in nodes:
             wait_committed(node, 2)
         contracts = Contracts.from_deployment(chain, deployment)
@@ -118,7 +93,8 @@ def test_a_node_that_refuses_every_reveal_is_slashed_for_withholding(
         swarm.deployment, tmp_path, swarm.model_path, "verifier-0", peers, args=VERIFIER_ARGS
     ) as verifier:
         balance = contracts.token.balance_of(verifier.address)  # after it staked
-        status = verifier.wait_for(
+        status = wait_for_status(
+            verifier,
             "every leaf audited, the withholding node slashed for each of its leaves",
             lambda s: (
                 s["audits"]["done"] == 4
