@@ -1,0 +1,120 @@
+"""A node's stored step inputs: written with each step's leaf, revealed to a verifier while the
+leaf's challenge window is open, deleted from disk (and refused to a verifier) once it closed;
+inputs of leaves not yet committed stay whatever their age."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+from eth_account import Account
+
+from ledger.db import (
+    Ledger,
+    mark_batch_committed,
+    open_ledger,
+    pending_leaves,
+    seal_batch,
+    sqlite_url,
+)
+from ledger.db.columns import utcnow
+from ledger.eip712 import Domain
+from ledger.types import model_id
+from node.commits import InputStore, LeafWriter, Receipts, build_reveal, prune_inputs
+from node.protocol import ErrorCode, ProtocolError
+
+WINDOW = 3600.0  # the challenge window, seconds
+SLASHER = "0x" + "5a" * 20
+STEPS = 3
+SPAN = (0, 2)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    opened = open_ledger(sqlite_url(tmp_path / "ledger.sqlite"))
+    yield opened
+    opened.close()
+
+
+def _serve(ledger: Ledger, store: InputStore, sessions: list[bytes]) -> None:
+    """Each session's STEPS steps as the node stores them: leaf, signed receipt, inputs, sketch."""
+    account = Account.create()
+    receipts = Receipts(
+        domain=Domain.slasher(31337, SLASHER), account=account, model_id=model_id("tiny")
+    )
+
+    async def run() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            writer = LeafWriter(ledger, store, executor, delay=0.01)
+            for session_id in sessions:
+                for step in range(STEPS):
+                    hidden = torch.randn(1, 1, 16)
+                    mask = torch.ones(1, step + 1, dtype=torch.long)
+                    receipt, encoded = receipts.make_with_sketch(
+                        session_id=session_id,
+                        span=SPAN,
+                        step=step,
+                        tokens=1,
+                        hidden_in=hidden,
+                        hidden_out=hidden * 2,
+                    )
+                    writer.submit(receipt, hidden, mask, encoded)
+            await writer.flush()
+            assert writer.written == len(sessions) * STEPS
+
+    asyncio.run(run())
+
+
+def _files(store: InputStore) -> set[str]:
+    return {str(p.relative_to(store.root)) for p in store.root.rglob("*.safetensors")}
+
+
+def test_inputs_are_revealed_in_the_window_and_deleted_after_it(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    node = Account.create().address  # checksummed, as the ledger stores it
+    store = InputStore(tmp_path / "inputs")
+    old, recent, pending = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    _serve(ledger, store, [old, recent, pending])
+    assert len(_files(store)) == 3 * STEPS
+    with ledger.begin() as db:  # old's leaves committed two windows ago, recent's just now
+        by_session: dict[bytes, list] = {}
+        for leaf in pending_leaves(db):
+            by_session.setdefault(bytes(leaf.session_id), []).append(leaf)
+        long_ago = utcnow() - timedelta(seconds=2 * WINDOW)
+        for chain_id, (session_id, when) in enumerate([(old, long_ago), (recent, utcnow())], 1):
+            batch = seal_batch(db, by_session[session_id], node=node)
+            mark_batch_committed(
+                db,
+                batch,
+                chain_batch_id=chain_id,
+                tx_hash=bytes([chain_id]) * 32,
+                committed_at=when,
+            )
+
+    # while nothing is pruned, a verifier gets the old session's inputs up to the leaf
+    response, tensors = build_reveal(ledger, store, node=node, batch_id=1, leaf_index=2, full=True)
+    assert [s.leaf.step for s in response.steps] == [0, 1, 2]
+    assert len(tensors) == 2 * STEPS + 2  # hidden and mask per step, then the sketch
+
+    assert prune_inputs(ledger, store, challenge_window=WINDOW) == 1
+    left = _files(store)
+    assert not any(path.startswith(old.hex()) for path in left)
+    assert not (store.root / old.hex()).exists()  # its folders went with it
+    assert sum(path.startswith(recent.hex()) for path in left) == STEPS  # window still open
+    assert sum(path.startswith(pending.hex()) for path in left) == STEPS  # never committed yet
+    with pytest.raises(ProtocolError) as refused:
+        build_reveal(ledger, store, node=node, batch_id=1, leaf_index=2)
+    assert refused.value.code is ErrorCode.NOT_FOUND
+    assert "pruned" in str(refused.value)
+    response, _ = build_reveal(ledger, store, node=node, batch_id=2, leaf_index=1)
+    assert [s.leaf.step for s in response.steps] == [0, 1]
+
+    # a second pass finds nothing more to delete
+    assert prune_inputs(ledger, store, challenge_window=WINDOW) == 0
+    assert len(_files(store)) == 2 * STEPS
