@@ -26,6 +26,7 @@ from transformers import AutoTokenizer
 from ledger.deployment import DeploymentParams
 from ledger.types import Reason
 from stakeswarm.story import StoryConfig, StoryError, StoryResult, run_story
+from tests.integration.interrupt import sigint_reaches_it
 from tests.integration.nodes import REPO_ROOT
 from tests.models import load_reference_model
 
@@ -190,6 +191,7 @@ def test_demo_command_stops_everything_on_ctrl_c(model_path: Path, tmp_path: Pat
              "--home", str(tmp_path / "home"), "--no-chat", "--prompt", PROMPT,
              "--max-new-tokens", "400"],
             cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=sigint_reaches_it,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 240

@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.integration.interrupt import sigint_reaches_it
 from tests.integration.nodes import REPO_ROOT
 from tests.models import make_tiny_model
 
@@ -67,6 +68,7 @@ def dev_swarm(home: Path, *args: str) -> Iterator[DevSwarm]:
         process = subprocess.Popen(
             [sys.executable, "-m", "stakeswarm", "dev", "swarm", "--home", str(home), *args],
             cwd=REPO_ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=sigint_reaches_it,
         )  # fmt: skip
     try:
         yield DevSwarm(process, output, home)

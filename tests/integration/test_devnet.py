@@ -19,6 +19,7 @@ from ledger.contracts import Contracts
 from ledger.deployment import Deployment
 from stakeswarm.devnet import Devnet, DevnetConfig, DevnetState
 from stakeswarm.home import Home
+from tests.integration.interrupt import sigint_reaches_it
 
 STARTUP_TIMEOUT = 120.0  # seconds: compiling from scratch on a busy 2-core machine included
 
@@ -70,6 +71,7 @@ def dev_up(tmp_path: Path) -> Iterator[tuple[Home, subprocess.Popen[str]]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=sigint_reaches_it,
     )
     try:
         wait_for_line(process, "devnet running", STARTUP_TIMEOUT)
@@ -167,6 +169,7 @@ def test_hardhat_devnet_starts_deploys_and_funds_more_than_its_20_accounts(tmp_p
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=sigint_reaches_it,
     )
     try:
         summary = wait_for_line(process, "devnet running", STARTUP_TIMEOUT)
