@@ -7,8 +7,6 @@ generation completes. Everything done on-chain is reverted afterwards.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +19,8 @@ from ledger.db import AuditOutcome, audits_of, open_ledger, sqlite_url, verifier
 from ledger.deployment import Deployment
 from ledger.types import Reason
 from stakeswarm.swarm import running_verifier
-from tests.integration.nodes import REPO_ROOT, NodeProcess, NodeSpec
-from tests.integration.verifiers import wait_for_status
+from tests.integration.nodes import NodeProcess, NodeSpec
+from tests.integration.verifiers import status_cli, status_field, wait_for_status
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -116,20 +114,8 @@ def test_a_cheating_node_is_slashed_and_the_verifier_paid(
     assert outcomes[nodes[0].address] == outcomes[nodes[2].address] == {AuditOutcome.PASSED}
 
     # the CLI reads the same from the verifier's ledger once it has stopped
-    shown = subprocess.run(
-        [sys.executable, "-m", "stakeswarm", "verifier", "status", "--devnet",
-         "--home", str(verifier.home), "--account", "verifier-0"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert shown.returncode == 0, shown.stderr
-    assert f"verifier {verifier.address}" in shown.stdout
-    assert _field(shown.stdout, "audits done") == str(totals.audits)
-    assert _field(shown.stdout, "failed") == str(totals.failed)
-    assert _field(shown.stdout, "slashes submitted") == str(len(slashes))
-
-
-def _field(text: str, name: str) -> str:
-    for line in text.splitlines():
-        if line.strip().startswith(name + "  "):
-            return line.strip()[len(name) :].strip()
-    raise AssertionError(f"no {name!r} in:\n{text}")
+    shown = status_cli(verifier)
+    assert f"verifier {verifier.address}" in shown
+    assert status_field(shown, "audits done") == str(totals.audits)
+    assert status_field(shown, "failed") == str(totals.failed)
+    assert status_field(shown, "slashes submitted") == str(len(slashes))

@@ -10,8 +10,6 @@ reveals, passes, and keeps its stake. Everything is reverted afterwards.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,6 @@ from ledger.db import AuditOutcome, audits_of, open_ledger, sqlite_url
 from ledger.deployment import Deployment
 from stakeswarm.swarm import running_verifier
 from tests.integration.nodes import (
-    REPO_ROOT,
     NodeProcess,
     NodeSpec,
     Payer,
@@ -33,7 +30,7 @@ from tests.integration.nodes import (
     serve_two_steps,
     wait_committed,
 )
-from tests.integration.verifiers import wait_for_status
+from tests.integration.verifiers import status_cli, status_field, wait_for_status
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -141,18 +138,6 @@ def test_a_node_that_refuses_every_reveal_is_slashed_for_withholding(
     assert all(a.outcome is AuditOutcome.WITHHELD and a.leaf_hash is None for a in withheld)
     assert all("not available" in (a.detail or "") for a in withheld)  # the node's refusal
     assert {a.outcome for a in passed} == {AuditOutcome.PASSED}
-    shown = subprocess.run(
-        [sys.executable, "-m", "stakeswarm", "verifier", "status", "--devnet",
-         "--home", str(verifier.home), "--account", "verifier-0"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert shown.returncode == 0, shown.stderr
-    assert _field(shown.stdout, "slashes for withholding") == "2"
-    assert _field(shown.stdout, "withheld") == "2"
-
-
-def _field(text: str, name: str) -> str:
-    for line in text.splitlines():
-        if line.strip().startswith(name + "  "):
-            return line.strip()[len(name) :].strip()
-    raise AssertionError(f"no {name!r} in:\n{text}")
+    shown = status_cli(verifier)
+    assert status_field(shown, "slashes for withholding") == "2"
+    assert status_field(shown, "withheld") == "2"

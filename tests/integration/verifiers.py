@@ -7,10 +7,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ledger.compile import PROJECT_ROOT
 from stakeswarm.swarm import VerifierProcess
 
 
@@ -30,3 +33,22 @@ def wait_for_status(
         if not verifier.alive() or time.monotonic() > deadline:
             raise AssertionError(f"verifier: {what} did not happen: {status}\n{verifier.logs(60)}")
         time.sleep(0.5)
+
+
+def status_cli(verifier: VerifierProcess, account: str = "verifier-0") -> str:
+    """What `stakeswarm verifier status` prints for `verifier`'s ledger (the CLI must succeed)."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "stakeswarm", "verifier", "status", "--devnet",
+         "--home", str(verifier.home), "--account", account],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
+
+
+def status_field(text: str, name: str) -> str:
+    """The value printed after `name` on its line of `status_cli`'s output."""
+    for line in text.splitlines():
+        if line.strip().startswith(name + "  "):
+            return line.strip()[len(name) :].strip()
+    raise AssertionError(f"no {name!r} in:\n{text}")
