@@ -9,10 +9,11 @@ What happens, every part real (`stakeswarm demo` runs it on SmolLM2-135M-Instruc
 2. `nodes` node processes split the model's blocks evenly (node-0 the first span, ...); node
    `faulty_node` runs with `--faulty MODE` (it computes wrongly on purpose); each stakes the
    registry's minimum for its span and commits its leaves every `commit_interval` seconds;
-3. a verifier process (verifier-0) registers with stake and audits committed leaves at
-   `sample_rate`;
-4. in this process, a client (client-0) loads the model's ends, joins the swarm and generates
+3. in this process, a client (client-0) loads the model's ends, joins the swarm and generates
    greedily, streaming the text, paying every node per token through payment channels;
+4. a verifier process (verifier-0) registers with stake and audits the committed leaves at
+   `sample_rate` (after the answer: a slash during it would leave the cheat's blocks, which
+   no other node serves, without a server);
 5. the story waits (up to `slash_timeout` seconds) until the faulty node's stake falls;
 6. the verifier and the nodes are stopped (SIGTERM: each node commits what is left and
    redeems its vouchers on the way out), the final stakes and balances are read, and the
@@ -299,7 +300,14 @@ def _play(
         )
         peers = [maddr for node in nodes for maddr in node.maddrs]
 
-        with narrator.stage(f"starting {VERIFIER}: it stakes and audits committed leaves"):
+        generation = _generate(config, narrator, deployment, peers, workdir)
+
+        # The verifier comes after the answer: audits run after the fact anyway (on committed
+        # leaves, within the challenge window), and a slash during the answer would take the
+        # cheat, the only server of its blocks, out of the client's route mid-sentence.
+        with narrator.stage(
+            f"starting {VERIFIER}: it stakes and audits the leaves the nodes committed"
+        ):
             verifier = start_verifier(
                 deployment, workdir, config.model_path, VERIFIER, peers,
                 sample_rate=config.sample_rate, threads=config.threads,
@@ -309,8 +317,6 @@ def _play(
         narrator.say(
             f"{VERIFIER} {verifier.address} audits {config.sample_rate:.0%} of committed leaves"
         )
-
-        generation = _generate(config, narrator, deployment, peers, workdir)
 
         slashes = _await_slash(config, narrator, contracts, deployment, cheat, verifier)
     finally:

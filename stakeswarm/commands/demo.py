@@ -5,8 +5,8 @@
     stakeswarm demo --ledger-only         # the money flows alone, scripted, no model
 
 The default story (`stakeswarm.story`): prepare the model (SmolLM2's GGUF converted once into
-`<home>/models`), start a local chain and deploy, start the nodes (one visibly cheating) and a
-verifier, stream a client's paid answer, wait for the slash, stop everything and show per node
+`<home>/models`), start a local chain and deploy, start the nodes (one visibly cheating), stream a
+client's paid answer, start a verifier and wait for its slash, stop everything and show per node
 what it served, earned and lost. The run's files (logs, ledgers) are kept in `<home>/demo`,
 cleared at the next run. Ctrl-C (or SIGTERM) stops every process it started.
 
@@ -207,8 +207,14 @@ def _swarm_story(
         box=box.SIMPLE_HEAD,
     )
     for column in ("", "blocks", "role", "tokens served", "earned", "stake before", "stake after"):
-        table.add_column(column, justify="left" if column in ("", "role") else "right")
-    table.add_column("slashed", justify="right")
+        names = column in ("", "role")  # never cut short: "verifier-0", "verifier"
+        table.add_column(
+            column,
+            justify="left" if names else "right",
+            no_wrap=names,
+            min_width=10 if names else None,
+        )
+    table.add_column("slashed", justify="right", min_width=7)
     for node in result.nodes:
         table.add_row(
             node.account,

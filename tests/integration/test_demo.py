@@ -200,7 +200,7 @@ def test_demo_command_stops_everything_on_ctrl_c(model_path: Path, tmp_path: Pat
             assert time.monotonic() < deadline, output.read_text(errors="replace")
             time.sleep(0.5)
         workdir = tmp_path / "home" / "demo"
-        assert _left_running(workdir, {}) != []  # nodes and verifier are running
+        assert _left_running(workdir, {}) != []  # the chain and the nodes are running
         demo.send_signal(signal.SIGINT)
         status = demo.wait(120)
     finally:
