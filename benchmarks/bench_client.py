@@ -21,7 +21,6 @@ the figure is that gas over the tokens the swarm generated, per 1,000 tokens.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -36,12 +35,11 @@ from common import (
     Provenance,
     Spread,
     Stopwatch,
+    bench_main,
     model_layers,
     option,
-    parse_main,
     prompt_ids,
     resolve_model,
-    save_result,
 )
 from eth_account import Account
 from sqlalchemy import select
@@ -272,15 +270,7 @@ def run(options: Options) -> ClientBenchResult:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options, json_path = parse_main(Options, __doc__.split("\n\n")[0], argv)
-    logging.basicConfig(level=logging.WARNING)
-    result = run(options)
-    from report import client_tables
-
-    print()
-    print(client_tables(result))
-    if json_path is not None:
-        save_result(result, json_path)
+    bench_main(Options, __doc__.split("\n\n")[0], argv, run, "client_tables")
 
 
 if __name__ == "__main__":

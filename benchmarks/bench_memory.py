@@ -13,7 +13,6 @@ counts the pages they share once. The blocks' float32 weights are given for comp
 
 from __future__ import annotations
 
-import logging
 import re
 import tempfile
 from collections.abc import Sequence
@@ -28,13 +27,12 @@ from common import (
     BenchmarkError,
     Provenance,
     Stopwatch,
+    bench_main,
     model_layers,
     nodes_started_together,
     option,
-    parse_main,
     process_memory,
     resolve_model,
-    save_result,
 )
 from hivemind.p2p import P2P
 from safetensors import safe_open
@@ -180,15 +178,7 @@ def run(options: Options) -> MemoryBenchResult:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options, json_path = parse_main(Options, __doc__.split("\n\n")[0], argv)
-    logging.basicConfig(level=logging.WARNING)
-    result = run(options)
-    from report import memory_tables
-
-    print()
-    print(memory_tables(result))
-    if json_path is not None:
-        save_result(result, json_path)
+    bench_main(Options, __doc__.split("\n\n")[0], argv, run, "memory_tables")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ commitments overhead is (median step with commitments / without) - 1.
 
 from __future__ import annotations
 
-import logging
 import statistics
 import tempfile
 import time
@@ -38,13 +37,12 @@ from common import (
     Provenance,
     Spread,
     Stopwatch,
+    bench_main,
     model_layers,
     nodes_started_together,
     option,
-    parse_main,
     prompt_ids,
     resolve_model,
-    save_result,
 )
 from hivemind.p2p import P2P
 
@@ -297,15 +295,7 @@ def run(options: Options) -> NodeBenchResult:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options, json_path = parse_main(Options, __doc__.split("\n\n")[0], argv)
-    logging.basicConfig(level=logging.WARNING)
-    result = run(options)
-    from report import node_tables
-
-    print()
-    print(node_tables(result))
-    if json_path is not None:
-        save_result(result, json_path)
+    bench_main(Options, __doc__.split("\n\n")[0], argv, run, "node_tables")
 
 
 if __name__ == "__main__":

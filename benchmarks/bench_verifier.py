@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import time
@@ -35,13 +34,12 @@ from common import (
     Provenance,
     Spread,
     Stopwatch,
+    bench_main,
     first_third,
     model_layers,
     option,
-    parse_main,
     parse_span,
     resolve_model,
-    save_result,
 )
 from eth_account import Account
 
@@ -281,15 +279,7 @@ def run(options: Options) -> VerifierBenchResult:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options, json_path = parse_main(Options, __doc__.split("\n\n")[0], argv)
-    logging.basicConfig(level=logging.WARNING)
-    result = run(options)
-    from report import verifier_tables
-
-    print()
-    print(verifier_tables(result))
-    if json_path is not None:
-        save_result(result, json_path)
+    bench_main(Options, __doc__.split("\n\n")[0], argv, run, "verifier_tables")
 
 
 if __name__ == "__main__":

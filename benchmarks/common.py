@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import logging
 import os
 import platform
 import shlex
@@ -32,7 +33,7 @@ import sys
 import time
 import types
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +177,26 @@ def parse_main(cls: type[T], description: str, argv: Sequence[str] | None) -> tu
     except (BenchmarkError, ValueError) as exc:
         parser.error(str(exc))
     return options, args.json
+
+
+def bench_main(
+    cls: type[T],
+    description: str,
+    argv: Sequence[str] | None,
+    run: Callable[[T], Any],
+    tables: str,
+) -> None:
+    """A benchmark's `main`: parse its options (`cls`), `run` them, print the result as the
+    function `tables` of benchmarks/report.py renders it, and write it to `--json` if given."""
+    options, json_path = parse_main(cls, description, argv)
+    logging.basicConfig(level=logging.WARNING)
+    result = run(options)
+    import report  # late: report reads the benchmarks' result types
+
+    print()
+    print(getattr(report, tables)(result))
+    if json_path is not None:
+        save_result(result, json_path)
 
 
 # --- results as JSON -------------------------------------------------------------------------
