@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psutil
@@ -80,6 +80,9 @@ def dev_swarm(home: Path, *args: str) -> Iterator[DevSwarm]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+                for left in _started_by(home, set()):  # its chain and nodes, orphaned by the kill
+                    with suppress(psutil.NoSuchProcess):
+                        psutil.Process(int(left.split(":")[0])).kill()
 
 
 def _started_by(home: Path, pids: set[int]) -> list[str]:
