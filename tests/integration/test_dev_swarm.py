@@ -70,17 +70,21 @@ def dev_swarm(home: Path, *args: str) -> Iterator[DevSwarm]:
             cwd=REPO_ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT,
             preexec_fn=sigint_reaches_it,
         )  # fmt: skip
+    swarm = DevSwarm(process, output, home)
     try:
-        yield DevSwarm(process, output, home)
+        yield swarm
     finally:
         if process.poll() is None:  # the test failed half-way: do not leave it running
             process.send_signal(signal.SIGINT)
             try:
                 process.wait(90)
             except subprocess.TimeoutExpired:
+                groups = set()
+                with suppress(OSError, ValueError, KeyError):
+                    groups.add(swarm.chain_pid())  # the chain's command line names no home
                 process.kill()
                 process.wait()
-                for left in _started_by(home, set()):  # its chain and nodes, orphaned by the kill
+                for left in _started_by(home, groups):  # its chain and nodes, orphaned
                     with suppress(psutil.NoSuchProcess):
                         psutil.Process(int(left.split(":")[0])).kill()
 
