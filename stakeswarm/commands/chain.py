@@ -24,16 +24,9 @@ from rich.console import Console
 from ledger.contracts import NodeInfo, VerifierInfo
 from ledger.types import ChannelId, model_id
 from stakeswarm.commands.chain_support import (
-    AccountOpt,
     ChainOptions,
     CliInputError,
     Connected,
-    DeploymentOpt,
-    DevnetOpt,
-    HomeOpt,
-    KeystoreOpt,
-    PasswordEnvOpt,
-    RpcOpt,
     acting_address,
     connect,
     format_tokens,
@@ -45,6 +38,7 @@ from stakeswarm.commands.chain_support import (
     print_tx,
     reporting,
     when,
+    with_chain_options,
 )
 
 app = typer.Typer(
@@ -96,6 +90,7 @@ def _print_verifier(console: Console, conn: Connected, info: VerifierInfo) -> No
 
 
 @node_app.command("register")
+@with_chain_options
 def node_register(
     model: Annotated[str, typer.Option(help="Model name, e.g. SmolLM2-135M-Instruct.")],
     blocks: Annotated[str, typer.Option(help="Span START:END of blocks served (END excluded).")],
@@ -107,16 +102,10 @@ def node_register(
             help="Stake in tokens (e.g. 100); at least the registry's stake per block x blocks."
         ),
     ],
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Register as a node for a span of a model's blocks, approving the stake if needed."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         span_start, span_end = parse_span(blocks)
         peer = parse_peer_id(peer_id)
@@ -138,18 +127,13 @@ def node_register(
 
 
 @node_app.command("add-stake")
+@with_chain_options
 def node_add_stake(
     amount: Annotated[str, typer.Option(help="Tokens to add to the stake (e.g. 50).")],
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Add tokens to your node's active stake, approving them if needed."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         conn = connect(options, role="node", sign=True)
         value = conn.tokens(amount, "--amount")
@@ -163,18 +147,13 @@ def node_add_stake(
 
 
 @node_app.command("unbond")
+@with_chain_options
 def node_unbond(
     amount: Annotated[str, typer.Option(help="Tokens to move from stake to unbonding (e.g. 50).")],
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Start unbonding stake; it stays slashable until you withdraw it after the delay."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         conn = connect(options, role="node", sign=True)
         value = conn.tokens(amount, "--amount")
@@ -185,17 +164,12 @@ def node_unbond(
 
 
 @node_app.command("withdraw")
+@with_chain_options
 def node_withdraw(
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Withdraw your node's unbonded stake once its release time has passed."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         conn = connect(options, role="node", sign=True)
         result = conn.contracts.node_registry.withdraw()
@@ -206,18 +180,13 @@ def node_withdraw(
 
 
 @node_app.command("show")
+@with_chain_options
 def node_show(
     address: Annotated[str | None, typer.Argument(help="Node address (default: yours).")] = None,
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Show a node's registration and stake."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         conn = connect(options, role="node", sign=False)
         node = acting_address(conn, address)
@@ -242,20 +211,15 @@ def _print_channel(console: Console, conn: Connected, channel_id: ChannelId) -> 
 
 
 @channel_app.command("open")
+@with_chain_options
 def channel_open(
     server: Annotated[str, typer.Option(help="Address of the server to pay.")],
     deposit: Annotated[str, typer.Option(help="Tokens to escrow (e.g. 10).")],
     duration: Annotated[int, typer.Option(help="Seconds until the channel expires.")],
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Open a payment channel to a server, approving the deposit if needed."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         server_address = parse_address(server, "--server")
         if duration <= 0:
@@ -276,40 +240,30 @@ def channel_open(
 
 
 @channel_app.command("show")
+@with_chain_options
 def channel_show(
     channel_id: Annotated[int, typer.Argument(help="Channel id.")],
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Show a payment channel."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         conn = connect(options, role="client", sign=False)
         _print_channel(console, conn, ChannelId(channel_id))
 
 
 @channel_app.command("redeem")
+@with_chain_options
 def channel_redeem(
     channel_id: Annotated[int, typer.Argument(help="Channel id.")],
     amount: Annotated[str, typer.Option(help="The voucher's cumulative amount, in tokens.")],
     signature: Annotated[
         str, typer.Option(help="The client's voucher signature (0x-hex, 65 bytes).")
     ],
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """As the channel's server, redeem a client's voucher (paid: amount minus redeemed)."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         raw_signature = parse_signature(signature)
         conn = connect(options, role="node", sign=True)
@@ -322,18 +276,13 @@ def channel_redeem(
 
 
 @channel_app.command("reclaim")
+@with_chain_options
 def channel_reclaim(
     channel_id: Annotated[int, typer.Argument(help="Channel id.")],
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """As the client, after expiry, take back what the server did not redeem."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         conn = connect(options, role="client", sign=True)
         result = conn.contracts.payment_channels.reclaim(ChannelId(channel_id))
@@ -346,18 +295,13 @@ def channel_reclaim(
 
 
 @verifier_app.command("register")
+@with_chain_options
 def verifier_register(
     stake: Annotated[str, typer.Option(help="Stake in tokens (at least the registry's minimum).")],
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Register as a verifier, approving the stake if needed."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         conn = connect(options, role="verifier", sign=True)
         value = conn.tokens(stake, "--stake")
@@ -375,18 +319,13 @@ def verifier_register(
 
 
 @verifier_app.command("unbond")
+@with_chain_options
 def verifier_unbond(
     amount: Annotated[str, typer.Option(help="Tokens to move from stake to unbonding (e.g. 50).")],
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Start unbonding verifier stake; what stays must be the minimum or nothing (you leave)."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         conn = connect(options, role="verifier", sign=True)
         value = conn.tokens(amount, "--amount")
@@ -397,17 +336,12 @@ def verifier_unbond(
 
 
 @verifier_app.command("withdraw")
+@with_chain_options
 def verifier_withdraw(
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Withdraw your unbonded verifier stake once its release time has passed."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         conn = connect(options, role="verifier", sign=True)
         registry = conn.contracts.verifier_registry
@@ -419,20 +353,15 @@ def verifier_withdraw(
 
 
 @verifier_app.command("show")
+@with_chain_options
 def verifier_show(
     address: Annotated[
         str | None, typer.Argument(help="Verifier address (default: yours).")
     ] = None,
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Show a verifier's stake, unbonding stake and whether it is active."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         conn = connect(options, role="verifier", sign=False)
         verifier = acting_address(conn, address)
@@ -443,18 +372,13 @@ def verifier_show(
 
 
 @app.command("balance")
+@with_chain_options
 def balance(
     address: Annotated[str | None, typer.Argument(help="Address (default: yours).")] = None,
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Show an address's stake-token and native (gas) balances."""
-    options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
     with reporting() as console:
         conn = connect(options, role="deployer", sign=False)
         who = acting_address(conn, address)

@@ -7,14 +7,16 @@ token's on-chain `decimals()`; errors a user can fix print without a traceback.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import base58
 import typer
@@ -74,6 +76,37 @@ PasswordEnvOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+_COMMON_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("devnet", DevnetOpt, False),
+    ("account", AccountOpt, None),
+    ("home", HomeOpt, None),
+    ("rpc", RpcOpt, None),
+    ("deployment", DeploymentOpt, None),
+    ("keystore", KeystoreOpt, None),
+    ("password_env", PasswordEnvOpt, None),
+)
+
+
+def with_chain_options(command: Callable[..., None]) -> Callable[..., None]:
+    """A command whose function takes `options: ChainOptions` gets the options every command
+    shares instead (--devnet, --account, --home, --rpc, --deployment, --keystore,
+    --password-env), after its own; apply it below `@app.command(...)`."""
+    own = inspect.signature(command, eval_str=True)
+    params = [p for name, p in own.parameters.items() if name != "options"]
+    params += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=hint, default=default)
+        for name, hint, default in _COMMON_OPTIONS
+    ]
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        options = ChainOptions(*(kwargs.pop(name) for name, _, _ in _COMMON_OPTIONS))
+        command(*args, options=options, **kwargs)
+
+    run.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+    return run
 
 
 class CliInputError(Exception):
