@@ -180,7 +180,7 @@ def cost_at(span: Span, receipts: Receipts, context: int, repeats: int) -> Cost:
     leaves.append(_leaf(session, len(bounds) - 1, last_in, out))
     hashes = [leaf.hash() for leaf in leaves]
     tree = MerkleTree(hashes)
-    batch = Batch(BatchId(1), NODE, MODEL, tree.root, len(hashes), context, 0)
+    batch = Batch(BatchId(1), NODE, MODEL, tree.root, len(hashes), 0)
     committed = sketch(out)
     opening = Opening(
         RevealResponse(

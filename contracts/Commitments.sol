@@ -6,50 +6,70 @@ import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 
 /// @title Commitments: one Merkle root per batch of served leaves.
 /// @notice Only an active node registered for the committed model may commit; the sender is the
-/// node the Slasher later holds to the batch. Holds no funds.
+/// node the Slasher later holds to the batch. One storage slot per batch: the hash of its header.
+/// Holds no funds.
 contract Commitments is ICommitments {
     INodeRegistry private immutable _registry;
+    uint32 private immutable _maxLeaves;
 
-    mapping(uint256 batchId => Batch) private _batches;
+    mapping(uint256 batchId => bytes32 headerHash) private _batchHashes;
     uint256 private _batchCount;
 
-    /// @param registry_ The node registry that decides who is an active node.
-    constructor(INodeRegistry registry_) {
+    /// @param registry_ The node registry that decides who is an active node; its
+    /// `commitments()` must be this contract.
+    /// @param maxLeaves_ The most leaves one batch may hold (at least 1): a verifier samples
+    /// positions below `leafCount` and rebuilds the batch's tree, so the cap bounds its work.
+    constructor(INodeRegistry registry_, uint32 maxLeaves_) {
+        address registryCommitments = registry_.commitments();
+        if (registryCommitments != address(this)) revert CommitmentsNotRegistryCommitments(registryCommitments);
+        if (maxLeaves_ == 0) revert CommitmentsInvalidMaxLeaves(maxLeaves_);
         _registry = registry_;
+        _maxLeaves = maxLeaves_;
     }
 
     /// @inheritdoc ICommitments
-    function commit(bytes32 modelId, bytes32 root, uint32 leafCount, uint64 tokenCount)
-        external
-        returns (uint256 batchId)
-    {
-        if (!_registry.isActive(msg.sender)) revert CommitmentsNodeInactive(msg.sender);
-        bytes32 registeredModelId = _registry.getNode(msg.sender).modelId;
-        if (modelId != registeredModelId) revert CommitmentsModelMismatch(msg.sender, modelId, registeredModelId);
+    function commit(bytes32 modelId, bytes32 root, uint32 leafCount) external returns (uint256 batchId) {
         if (leafCount == 0) revert CommitmentsEmptyBatch();
+        if (leafCount > _maxLeaves) revert CommitmentsTooManyLeaves(leafCount, _maxLeaves);
         if (root == bytes32(0)) revert CommitmentsZeroRoot();
 
+        uint64 committedAt = uint64(block.timestamp);
         batchId = ++_batchCount;
-        _batches[batchId] = Batch({
-            node: msg.sender,
-            modelId: modelId,
-            root: root,
-            leafCount: leafCount,
-            tokenCount: tokenCount,
-            committedAt: uint64(block.timestamp)
-        });
-        emit BatchCommitted(batchId, msg.sender, modelId, root, leafCount, tokenCount);
+        _batchHashes[batchId] = keccak256(abi.encode(msg.sender, modelId, root, leafCount, committedAt));
+        emit BatchCommitted(batchId, msg.sender, modelId, root, leafCount, committedAt);
+
+        // The registry (fixed at deployment) reverts all of the above unless the sender is an
+        // active node of `modelId`, and holds the sender's stake for this commit's window.
+        _registry.recordCommit(msg.sender, modelId);
     }
 
     /// @inheritdoc ICommitments
-    function getBatch(uint256 batchId) external view returns (Batch memory) {
-        if (batchId == 0 || batchId > _batchCount) revert CommitmentsUnknownBatch(batchId);
-        return _batches[batchId];
+    function checkBatch(uint256 batchId, BatchHeader calldata header) external view {
+        bytes32 stored = _batchHashes[batchId];
+        // slither-disable-next-line incorrect-equality (zero: no batch; a hash is never zero)
+        if (stored == bytes32(0)) revert CommitmentsUnknownBatch(batchId);
+        if (stored != hashHeader(header)) revert CommitmentsHeaderMismatch(batchId);
+    }
+
+    /// @inheritdoc ICommitments
+    function batchHash(uint256 batchId) external view returns (bytes32) {
+        return _batchHashes[batchId];
+    }
+
+    /// @inheritdoc ICommitments
+    function hashHeader(BatchHeader calldata header) public pure returns (bytes32) {
+        // A static struct ABI-encodes as its fields in order, as `commit` hashes them.
+        return keccak256(abi.encode(header));
     }
 
     /// @inheritdoc ICommitments
     function batchCount() external view returns (uint256) {
         return _batchCount;
+    }
+
+    /// @inheritdoc ICommitments
+    function maxLeaves() external view returns (uint32) {
+        return _maxLeaves;
     }
 
     /// @inheritdoc ICommitments

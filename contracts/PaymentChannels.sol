@@ -103,6 +103,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
         if (cumulativeAmount > deposit) revert ChannelsAmountExceedsDeposit(channelId, cumulativeAmount, deposit);
         uint256 redeemed = c.redeemed;
         if (cumulativeAmount <= redeemed) revert ChannelsVoucherNotNewer(channelId, cumulativeAmount, redeemed);
+        // slither-disable-next-line unused-return (only the error's argument is dropped)
         (address signer, ECDSA.RecoverError err,) =
             ECDSA.tryRecoverCalldata(voucherDigest(channelId, cumulativeAmount), signature);
         if (err != ECDSA.RecoverError.NoError || signer != c.client) revert ChannelsInvalidSignature(channelId, signer);

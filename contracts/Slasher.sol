@@ -4,7 +4,6 @@ pragma solidity 0.8.28;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
-import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
@@ -12,12 +11,13 @@ import {ICommitments} from "./interfaces/ICommitments.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {ISlasher} from "./interfaces/ISlasher.sol";
 import {IVerifierRegistry} from "./interfaces/IVerifierRegistry.sol";
+import {SaltedEIP712} from "./SaltedEIP712.sol";
 
 /// @title Slasher: takes a node's stake on evidence, pays the verifiers, pools the rest.
 /// @notice The NodeRegistry's only slasher (fixed there at deployment). Holds only the reward
 /// pool: the token balance of this contract always equals `rewardPool`, because bounties are paid
 /// out in the same transaction as the slash. All parameters are fixed at deployment.
-contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
+contract Slasher is ISlasher, SaltedEIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
     /// @notice The EIP-712 type hash of a node's receipt for one leaf.
@@ -42,9 +42,10 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
     uint64 private immutable _challengeWindow;
     address private immutable _rewardRecipient;
 
-    mapping(bytes32 leaf => bool) private _slashedLeaves;
+    mapping(address node => mapping(bytes32 leaf => bool)) private _slashedLeaves;
     mapping(bytes32 slot => bool) private _slashedSlots;
     mapping(uint256 batchId => mapping(uint32 leafIndex => bool)) private _withheldSlashed;
+    mapping(bytes32 claimHash => uint256 blockNumber) private _claims;
     uint256 private _rewardPool;
 
     /// @param registry_ The node registry; its `slasher()` must be this contract.
@@ -56,6 +57,7 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
     /// @param challengeWindow_ Seconds after a commit during which its leaves may be slashed;
     /// at most the registry's `unbondingDelay`.
     /// @param rewardRecipient_ Receives the reward pool on `releaseRewardPool`.
+    /// @param domainSalt_ The EIP-712 domain's salt: a value no earlier deployment used (random).
     constructor(
         INodeRegistry registry_,
         ICommitments commitments_,
@@ -64,8 +66,9 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
         uint16 slashBps_,
         uint16 bountyBps_,
         uint64 challengeWindow_,
-        address rewardRecipient_
-    ) EIP712("stakeswarm Slasher", "1") {
+        address rewardRecipient_,
+        bytes32 domainSalt_
+    ) SaltedEIP712("stakeswarm Slasher", "1", domainSalt_) {
         address registrySlasher = registry_.slasher();
         if (registrySlasher != address(this)) revert SlasherNotRegistrySlasher(registrySlasher);
         address commitmentsRegistry = address(commitments_.registry());
@@ -91,43 +94,55 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
     }
 
     /// @inheritdoc ISlasher
+    function claim(bytes32 claimed) external {
+        if (_claims[claimed] != 0) revert SlasherClaimTaken(claimed);
+        _claims[claimed] = block.number;
+        emit SlashClaimed(claimed, msg.sender);
+    }
+
+    /// @inheritdoc ISlasher
     function slash(
         Leaf calldata leaf,
         uint256 batchId,
+        ICommitments.BatchHeader calldata header,
         bytes32[] calldata proof,
         Reason reason,
-        bytes[] calldata verdicts
+        bytes[] calldata verdicts,
+        bytes32 secret
     ) external nonReentrant returns (uint256 slashed) {
-        (address node, bytes32 hash) = _provenLeaf(leaf, batchId, proof);
+        bytes32 hash = _provenLeaf(leaf, batchId, header, proof);
+        address node = header.node;
         if (reason != Reason.Mismatch && reason != Reason.Withheld) revert SlasherInvalidReason(uint8(reason));
-        if (_slashedLeaves[hash]) revert SlasherAlreadySlashed(hash);
-        address[] memory signers = _verdictSigners(verdictDigest(node, batchId, hash, reason), verdicts);
+        if (_slashedLeaves[node][hash]) revert SlasherAlreadySlashed(hash);
+        address[] memory signers = _claimedSigners(verdictDigest(node, batchId, hash, reason), verdicts, secret);
         uint256 amount = _slashAmount(node);
 
-        _slashedLeaves[hash] = true;
+        _slashedLeaves[node][hash] = true;
         uint256 bountyPerVerifier;
-        (slashed, bountyPerVerifier) = _takeStake(node, amount, signers.length);
+        (slashed, bountyPerVerifier) = _takeStake(node, amount);
         emit LeafSlashed(node, batchId, hash, reason, slashed, bountyPerVerifier);
 
         _payBounties(signers, bountyPerVerifier);
     }
 
     /// @inheritdoc ISlasher
-    function slashWithheld(uint256 batchId, uint32 leafIndex, bytes[] calldata verdicts)
-        external
-        nonReentrant
-        returns (uint256 slashed)
-    {
-        ICommitments.Batch memory batch = _openBatch(batchId);
-        if (leafIndex >= batch.leafCount) revert SlasherLeafIndexOutOfRange(batchId, leafIndex, batch.leafCount);
+    function slashWithheld(
+        uint256 batchId,
+        ICommitments.BatchHeader calldata header,
+        uint32 leafIndex,
+        bytes[] calldata verdicts,
+        bytes32 secret
+    ) external nonReentrant returns (uint256 slashed) {
+        _openBatch(batchId, header);
+        if (leafIndex >= header.leafCount) revert SlasherLeafIndexOutOfRange(batchId, leafIndex, header.leafCount);
         if (_withheldSlashed[batchId][leafIndex]) revert SlasherWithheldAlreadySlashed(batchId, leafIndex);
-        address node = batch.node;
-        address[] memory signers = _verdictSigners(withheldDigest(node, batchId, leafIndex), verdicts);
+        address node = header.node;
+        address[] memory signers = _claimedSigners(withheldDigest(node, batchId, leafIndex), verdicts, secret);
         uint256 amount = _slashAmount(node);
 
         _withheldSlashed[batchId][leafIndex] = true;
         uint256 bountyPerVerifier;
-        (slashed, bountyPerVerifier) = _takeStake(node, amount, signers.length);
+        (slashed, bountyPerVerifier) = _takeStake(node, amount);
         emit LeafWithheldSlashed(node, batchId, leafIndex, slashed, bountyPerVerifier);
 
         _payBounties(signers, bountyPerVerifier);
@@ -141,7 +156,8 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
         Leaf calldata a,
         bytes calldata receiptA,
         Leaf calldata b,
-        bytes calldata receiptB
+        bytes calldata receiptB,
+        bytes32 secret
     ) external nonReentrant returns (uint256 slashed) {
         if (
             a.sessionId != b.sessionId || a.modelId != b.modelId || a.spanStart != b.spanStart
@@ -151,9 +167,13 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
         _checkReceipt(node, b, receiptB);
         bytes32 key = keccak256(abi.encode(node, a.sessionId, a.modelId, a.spanStart, a.spanEnd, a.step));
         if (_slashedSlots[key]) revert SlasherAlreadySlashed(key);
+        address[] memory reporter = new address[](1);
+        reporter[0] = msg.sender;
+        _useClaim(claimHash(equivocationEvidence(node, a, b), reporter, secret));
         uint256 amount = _slashAmount(node);
 
         _slashedSlots[key] = true;
+        // slither-disable-next-line reentrancy-benign (the registry is fixed and trusted; nonReentrant)
         slashed = _registry.slash(node, amount, address(this));
         // bountyBps <= BPS, so bounty <= slashed.
         uint256 bounty = slashed * _bountyBps / BPS;
@@ -182,29 +202,50 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
 
     /// @inheritdoc ISlasher
     function receiptDigest(Leaf calldata leaf) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(RECEIPT_TYPEHASH, leaf)));
+        return _hashTypedData(keccak256(abi.encode(RECEIPT_TYPEHASH, leaf)));
     }
 
     /// @inheritdoc ISlasher
     function verdictDigest(address node, uint256 batchId, bytes32 leaf, Reason reason) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(VERDICT_TYPEHASH, node, batchId, leaf, uint8(reason))));
+        return _hashTypedData(keccak256(abi.encode(VERDICT_TYPEHASH, node, batchId, leaf, uint8(reason))));
     }
 
     /// @inheritdoc ISlasher
     function withheldDigest(address node, uint256 batchId, uint32 leafIndex) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(WITHHELD_TYPEHASH, node, batchId, leafIndex)));
+        return _hashTypedData(keccak256(abi.encode(WITHHELD_TYPEHASH, node, batchId, leafIndex)));
     }
 
     /// @inheritdoc ISlasher
-    /// @dev False for a batch that does not exist.
-    function verifyLeaf(uint256 batchId, bytes32 leaf, bytes32[] calldata proof) external view returns (bool) {
-        if (batchId == 0 || batchId > _commitments.batchCount()) return false;
-        return MerkleProof.verifyCalldata(proof, _commitments.getBatch(batchId).root, leaf);
+    function equivocationEvidence(address node, Leaf calldata a, Leaf calldata b) public pure returns (bytes32) {
+        return keccak256(abi.encode(node, leafHash(a), leafHash(b)));
     }
 
     /// @inheritdoc ISlasher
-    function isLeafSlashed(bytes32 leaf) external view returns (bool) {
-        return _slashedLeaves[leaf];
+    function claimHash(bytes32 evidence, address[] memory beneficiaries, bytes32 secret) public pure returns (bytes32) {
+        return keccak256(abi.encode(evidence, beneficiaries, secret));
+    }
+
+    /// @inheritdoc ISlasher
+    function claimedAt(bytes32 claimed) external view returns (uint256) {
+        return _claims[claimed];
+    }
+
+    /// @inheritdoc ISlasher
+    /// @dev False for a batch that does not exist or a header that is not the batch's.
+    function verifyLeaf(
+        uint256 batchId,
+        ICommitments.BatchHeader calldata header,
+        Leaf calldata leaf,
+        bytes32[] calldata proof
+    ) external view returns (bool) {
+        bytes32 stored = _commitments.batchHash(batchId);
+        if (stored == bytes32(0) || stored != keccak256(abi.encode(header))) return false;
+        return leaf.modelId == header.modelId && MerkleProof.verifyCalldata(proof, header.root, leafHash(leaf));
+    }
+
+    /// @inheritdoc ISlasher
+    function isLeafSlashed(address node, bytes32 leaf) external view returns (bool) {
+        return _slashedLeaves[node][leaf];
     }
 
     /// @inheritdoc ISlasher
@@ -257,62 +298,77 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
         return _rewardRecipient;
     }
 
-    /// @dev The batch `batchId`, which must exist and still be inside its challenge window.
-    function _openBatch(uint256 batchId) private view returns (ICommitments.Batch memory batch) {
-        if (batchId == 0 || batchId > _commitments.batchCount()) revert SlasherUnknownBatch(batchId);
-        batch = _commitments.getBatch(batchId);
-        uint64 closedAt = batch.committedAt + _challengeWindow;
+    /// @dev Reverts unless `header` is batch `batchId`'s and the batch is inside its challenge window.
+    function _openBatch(uint256 batchId, ICommitments.BatchHeader calldata header) private view {
+        bytes32 stored = _commitments.batchHash(batchId);
+        if (stored == bytes32(0)) revert SlasherUnknownBatch(batchId);
+        if (stored != keccak256(abi.encode(header))) revert SlasherHeaderMismatch(batchId);
+        uint64 closedAt = header.committedAt + _challengeWindow;
         if (block.timestamp > closedAt) revert SlasherChallengeWindowClosed(batchId, closedAt);
     }
 
-    /// @dev Checks that `leaf` lies under batch `batchId`'s root, inside the challenge window and
-    /// for the batch's model; returns the node that committed it and the leaf hash.
-    function _provenLeaf(Leaf calldata leaf, uint256 batchId, bytes32[] calldata proof)
-        private
-        view
-        returns (address node, bytes32 hash)
-    {
-        ICommitments.Batch memory batch = _openBatch(batchId);
-        if (leaf.modelId != batch.modelId) revert SlasherModelMismatch(leaf.modelId, batch.modelId);
+    /// @dev Checks that `leaf` lies under the root of batch `batchId` (given by `header`), inside
+    /// the challenge window and for the batch's model; returns the leaf hash.
+    function _provenLeaf(
+        Leaf calldata leaf,
+        uint256 batchId,
+        ICommitments.BatchHeader calldata header,
+        bytes32[] calldata proof
+    ) private view returns (bytes32 hash) {
+        _openBatch(batchId, header);
+        if (leaf.modelId != header.modelId) revert SlasherModelMismatch(leaf.modelId, header.modelId);
         hash = leafHash(leaf);
-        if (!MerkleProof.verifyCalldata(proof, batch.root, hash)) revert SlasherInvalidProof(batchId, hash);
-        node = batch.node;
+        if (!MerkleProof.verifyCalldata(proof, header.root, hash)) revert SlasherInvalidProof(batchId, hash);
     }
 
-    /// @dev Recovers the signer of each verdict over `digest`; each must be an active verifier and
-    /// the signers strictly increasing (so distinct). Needs at least `quorum` verdicts.
-    function _verdictSigners(bytes32 digest, bytes[] calldata verdicts) private view returns (address[] memory signers) {
+    /// @dev The signers of exactly `quorum` verdicts over `digest` (each an active verifier, in
+    /// strictly increasing order, so distinct), after using their matured claim.
+    function _claimedSigners(bytes32 digest, bytes[] calldata verdicts, bytes32 secret)
+        private
+        returns (address[] memory signers)
+    {
         uint256 count = verdicts.length;
-        if (count < _quorum) revert SlasherNotEnoughVerdicts(count, _quorum);
+        if (count != _quorum) revert SlasherWrongVerdictCount(count, _quorum);
         signers = new address[](count);
         address previous = address(0);
         for (uint256 i = 0; i < count; ++i) {
+            // slither-disable-next-line unused-return (only the error's argument is dropped)
             (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, verdicts[i]);
             if (err != ECDSA.RecoverError.NoError) revert SlasherInvalidVerdictSignature(i);
+            // slither-disable-next-line calls-loop (a view of the fixed registry; quorum-bounded)
             if (!_verifiers.isActive(signer)) revert SlasherNotAVerifier(signer);
             if (signer <= previous) revert SlasherVerdictSignersNotSorted(previous, signer);
             signers[i] = signer;
             previous = signer;
         }
+        _useClaim(claimHash(digest, signers, secret));
+    }
+
+    /// @dev Consumes `claimHash_`, which must have been claimed in an earlier block.
+    function _useClaim(bytes32 claimHash_) private {
+        uint256 claimedBlock = _claims[claimHash_];
+        // slither-disable-next-line incorrect-equality (zero: never claimed)
+        if (claimedBlock == 0 || claimedBlock >= block.number) revert SlasherClaimNotMatured(claimHash_);
+        delete _claims[claimHash_];
     }
 
     /// @dev Reverts unless `signature` is `node`'s valid receipt for `leaf`.
     function _checkReceipt(address node, Leaf calldata leaf, bytes calldata signature) private view {
+        // slither-disable-next-line unused-return (only the error's argument is dropped)
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(receiptDigest(leaf), signature);
         if (err != ECDSA.RecoverError.NoError || signer != node) revert SlasherInvalidReceiptSignature(signer, node);
     }
 
-    /// @dev Takes `amount` of `node`'s stake into this contract and pools what the `signerCount`
+    /// @dev Takes `amount` of `node`'s stake into this contract and pools what the `quorum`
     /// verdict signers are not paid; returns what was taken and each signer's bounty (the caller
     /// pays them with `_payBounties` after its event).
-    function _takeStake(address node, uint256 amount, uint256 signerCount)
-        private
-        returns (uint256 slashed, uint256 bountyPerVerifier)
-    {
+    function _takeStake(address node, uint256 amount) private returns (uint256 slashed, uint256 bountyPerVerifier) {
+        // slither-disable-next-line reentrancy-benign (the registry is fixed and trusted; nonReentrant)
         slashed = _registry.slash(node, amount, address(this));
-        // signerCount >= quorum >= 1; the bounty is at most `slashed` since bountyBps <= BPS.
-        bountyPerVerifier = slashed * _bountyBps / BPS / signerCount;
-        _rewardPool += slashed - bountyPerVerifier * signerCount;
+        // quorum >= 1; the bounty is at most `slashed` since bountyBps <= BPS.
+        bountyPerVerifier = slashed * _bountyBps / BPS / _quorum;
+        // slither-disable-next-line divide-before-multiply (the rounding remainder goes to the pool)
+        _rewardPool += slashed - bountyPerVerifier * _quorum;
     }
 
     /// @dev Pays each of `signers` its bounty (the interactions, after the slash's event).
@@ -325,8 +381,7 @@ contract Slasher is ISlasher, EIP712, ReentrancyGuardTransient {
 
     /// @dev `slashBps` of the node's active + unbonding stake; reverts if that is zero.
     function _slashAmount(address node) private view returns (uint256 amount) {
-        INodeRegistry.Node memory n = _registry.getNode(node);
-        amount = (n.stake + n.unbonding) * _slashBps / BPS;
+        amount = _registry.slashableStake(node) * _slashBps / BPS;
         if (amount == 0) revert SlasherNothingToSlash(node);
     }
 }

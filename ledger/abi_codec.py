@@ -51,7 +51,7 @@ class ChainError(LedgerError):
 class ContractRevert(ChainError):
     """A call reverted; `name` and `arguments` are the decoded Solidity error.
 
-    `str()` reads like the Solidity error: `RegistryInsufficientStake(node=0x.., stake=1, needed=2)`.
+    `str()` reads like the Solidity error: `StakeInsufficient(account=0x.., stake=1, needed=2)`.
     `Panic` carries `code` (and a `reason`), `Error(string)` a `message`; a selector no known ABI
     declares comes as `UnknownError(selector=0x..)` with the raw `data`.
     """

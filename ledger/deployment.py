@@ -5,7 +5,8 @@ One JSON file describes a deployment and every command reads it: RPC URL, chain 
 addresses, the directory of the ABIs, the deploy block, the parameters and, on a devnet only,
 the funded dev accounts with their private keys and roles. `deploy_all` deploys the contracts in
 dependency order (the node registry is built with the address the slasher will have, so both
-can point at each other without an owner or an initializer).
+can point at each other without an owner or an initializer), on a devnet or on any EVM chain,
+with a new StakeToken or an existing ERC-20 as the stake token, and waits for confirmations.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from eth_abi.exceptions import DecodingError
 from eth_utils import is_address, to_checksum_address
+from web3.exceptions import Web3Exception
 from web3.types import Nonce
 from web3.utils.address import get_create_address
 
@@ -33,6 +37,10 @@ logger = logging.getLogger(__name__)
 FORMAT = 1  # the deployment file format; bump on incompatible changes
 TOKEN = 10**18  # one stake token in base units (the token has 18 decimals)
 MAX_BPS = 10_000
+CONFIRMATION_TIMEOUT = 600.0  # seconds to wait for a deployment's confirmations
+# web3_clientVersion prefixes of local dev chains, which mine a block only when a transaction
+# comes: waiting there for blocks on top would wait forever, so they are mined on demand
+DEV_CHAIN_CLIENTS = ("anvil/", "hardhatnetwork/")
 
 
 class DeploymentError(LedgerError):
@@ -54,6 +62,7 @@ class DeploymentParams:
     slash_bps: int = 5_000  # share of a node's stake one slash takes (basis points)
     bounty_bps: int = 2_000  # share of a slash paid to its verifiers or reporter (basis points)
     challenge_window: int = 86_400  # seconds a commit stays slashable; <= unbonding_delay
+    max_leaves: int = 4_096  # the most leaves one committed batch may hold (what a verifier audits)
     reward_recipient: Address | None = None  # receives the reward pool; None: the deployer
 
     def __post_init__(self) -> None:
@@ -70,6 +79,8 @@ class DeploymentParams:
         if self.challenge_window > self.unbonding_delay:
             # else a node could unbond and withdraw before its last commit stops being slashable
             problems.append("challenge_window must not exceed unbonding_delay")
+        if not 1 <= self.max_leaves < 2**32:
+            problems.append("max_leaves must be between 1 and 2**32 - 1")
         if not 1 <= self.quorum <= 255:
             problems.append("quorum must be between 1 and 255")
         for name in ("slash_bps", "bounty_bps"):
@@ -291,15 +302,24 @@ def deploy_all(
     params: DeploymentParams,
     artifacts: Artifacts,
     abi_dir: Path,
+    *,
+    token: Address | None = None,
+    confirmations: int = 1,
 ) -> Deployment:
     """Deploy StakeToken, VerifierRegistry, NodeRegistry, Commitments, PaymentChannels and
-    Slasher, in that order, from `deployer`. The NodeRegistry is built with the address the
-    Slasher will get (the CREATE address of the deployer's nonce three deployments later);
-    the deployer key must not send anything else meanwhile. `DeploymentError` if a contract
-    cannot be deployed or the Slasher did not land where predicted."""
+    Slasher, in that order, from `deployer`. The NodeRegistry is built with the addresses the
+    Commitments and the Slasher will get (the CREATE addresses of the deployer's next nonce and
+    of three deployments later); the deployer key must not send anything else meanwhile. The
+    Slasher's EIP-712 domain gets a fresh random salt, so receipts and verdicts signed for
+    another deployment (a devnet redeployed at the same addresses) never count. With `token`,
+    that existing ERC-20 is the stake token (checked by `check_stake_token`; the params' token_*
+    are not used) and no StakeToken is deployed. Returns once the last deployment has
+    `confirmations` confirmations and every contract still has its code. `DeploymentError` if a
+    contract cannot be deployed or did not land where predicted."""
     me = deployer.address
     recipient = params.reward_recipient or me
     start_block = chain.block_number()
+    last_block = start_block
 
     def deploy(name: str, *args: Any) -> Address:
         artifact = artifacts[name]
@@ -311,17 +331,30 @@ def deploy_all(
             raise DeploymentError(f"deploying {name} failed: {exc}") from exc
         logger.info("deployed %s at %s (gas %d)", name, result.contract_address, result.gas_used)
         assert result.contract_address is not None
+        nonlocal last_block
+        last_block = result.block_number
         return Address(result.contract_address)
 
-    token = deploy("StakeToken", params.token_name, params.token_symbol, me, params.token_supply)
+    if token is None:
+        token = deploy(
+            "StakeToken", params.token_name, params.token_symbol, me, params.token_supply
+        )
+    else:
+        check_stake_token(chain, token)
     verifiers = deploy("VerifierRegistry", token, params.min_verifier_stake, params.unbonding_delay)
     registry_nonce = int(chain.w3.eth.get_transaction_count(me, "pending"))
     # NodeRegistry (registry_nonce), Commitments (+1), PaymentChannels (+2), Slasher (+3)
+    predicted_commitments = get_create_address(me, Nonce(registry_nonce + 1))
     predicted_slasher = get_create_address(me, Nonce(registry_nonce + 3))
     registry = deploy(
-        "NodeRegistry", token, params.min_stake_per_block, params.unbonding_delay, predicted_slasher
+        "NodeRegistry",
+        token,
+        params.min_stake_per_block,
+        params.unbonding_delay,
+        predicted_commitments,
+        predicted_slasher,
     )
-    commitments = deploy("Commitments", registry)
+    commitments = deploy("Commitments", registry, params.max_leaves)
     channels = deploy("PaymentChannels", token, params.max_channel_duration)
     slasher = deploy(
         "Slasher",
@@ -333,12 +366,17 @@ def deploy_all(
         params.bounty_bps,
         params.challenge_window,
         recipient,
+        os.urandom(32),
     )
     if slasher != predicted_slasher:
         raise DeploymentError(
             f"the Slasher landed at {slasher}, not at {predicted_slasher} where the NodeRegistry "
             "expects it: another transaction from the deployer interleaved; deploy again"
         )
+    await_confirmations(chain, last_block, confirmations)
+    for address in (verifiers, registry, commitments, channels, slasher):
+        if len(chain.w3.eth.get_code(to_checksum_address(address))) == 0:
+            raise DeploymentError(f"no code at {address} once confirmed: the chain reorganized")
     return Deployment(
         rpc_url=chain.rpc_url,
         chain_id=chain.chain_id,
@@ -355,3 +393,57 @@ def deploy_all(
         deployer=Address(me),
         params=params,
     )
+
+
+def check_stake_token(chain: Chain, address: Address) -> None:
+    """`DeploymentError` unless `address` looks like an ERC-20 that can be staked: it has code,
+    and `decimals()`, `symbol()`, `totalSupply()` answer (the supply is not zero)."""
+    if len(chain.w3.eth.get_code(to_checksum_address(address))) == 0:
+        raise DeploymentError(
+            f"no contract at {address} on chain {chain.chain_id}: not an ERC-20 stake token"
+        )
+    token = chain.contract(address, "StakeToken")
+    answers = {}
+    for function in ("decimals", "symbol", "totalSupply"):
+        try:
+            answers[function] = chain.call(token, function)
+        except (ChainError, Web3Exception, DecodingError, ValueError, OverflowError):
+            raise DeploymentError(
+                f"the contract at {address} does not answer ERC-20 {function}(): "
+                "not an ERC-20 stake token"
+            ) from None
+    if answers["totalSupply"] == 0:
+        raise DeploymentError(f"the ERC-20 at {address} has no supply: nobody could stake it")
+
+
+def await_confirmations(
+    chain: Chain, block_number: int, confirmations: int, *, timeout: float = CONFIRMATION_TIMEOUT
+) -> None:
+    """Return once the block `block_number` has `confirmations` confirmations (1: it is mined;
+    n: n - 1 blocks on top of it). A local dev chain (Anvil, Hardhat) mines only when a
+    transaction comes, so there the missing blocks are mined (`evm_mine`) rather than waited
+    for. `DeploymentError` after `timeout` seconds."""
+    if confirmations < 1:
+        raise DeploymentError(f"confirmations must be at least 1, got {confirmations}")
+    target = block_number + confirmations - 1
+    head = chain.block_number()
+    if head < target and _mines_on_demand(chain):
+        for _ in range(target - head):
+            chain.rpc("evm_mine")
+    deadline = time.monotonic() + timeout
+    while (head := chain.block_number()) < target:
+        if time.monotonic() > deadline:
+            raise DeploymentError(
+                f"block {block_number} has {max(head - block_number + 1, 0)} of {confirmations} "
+                f"confirmations after {timeout:.0f} s"
+            )
+        time.sleep(1.0)  # a remote chain's blocks: nothing to block on but polling
+    logger.info("block %d has %d confirmations", block_number, head - block_number + 1)
+
+
+def _mines_on_demand(chain: Chain) -> bool:
+    try:
+        version = str(chain.rpc("web3_clientVersion")).lower()
+    except ChainError:
+        return False
+    return version.startswith(DEV_CHAIN_CLIENTS)

@@ -5,11 +5,12 @@ Four structs are signed, each under the domain of the contract that checks it:
 - `Voucher(uint256 channelId,uint256 cumulativeAmount)`: a client pays a server
   (domain "stakeswarm PaymentChannels", version "1"; `IPaymentChannels`);
 - `Receipt(bytes32 sessionId,...,bytes32 sketchHash)`: a node signs the leaf of a served step
-  (domain "stakeswarm Slasher", version "1"; `ISlasher`, its body is `ledger.types.Leaf`);
+  (domain "stakeswarm Slasher", version "1" and the deployment's salt; `ISlasher`, its body is
+  `ledger.types.Leaf`);
 - `Verdict(address node,uint256 batchId,bytes32 leaf,uint8 reason)`: a verifier finds a leaf
-  guilty (domain "stakeswarm Slasher", version "1"; `ISlasher`);
+  guilty (the Slasher's salted domain; `ISlasher`);
 - `Withheld(address node,uint256 batchId,uint32 leafIndex)`: a verifier found that a node did
-  not reveal a sampled leaf by the deadline (domain "stakeswarm Slasher", version "1";
+  not reveal a sampled leaf by the deadline (the Slasher's salted domain;
   `ISlasher.slashWithheld`; its body is `ledger.types.WithheldVerdict`).
 
 For each: `*_digest` (the 32-byte hash the contract recovers from), `sign_*` (a 65-byte
@@ -107,12 +108,14 @@ def _bytes32(value: object, what: str) -> bytes:
 
 @dataclass(frozen=True)
 class Domain:
-    """An EIP-712 domain: which contract on which chain a signature is for."""
+    """An EIP-712 domain: which contract on which chain (and, for the Slasher, which deployment:
+    its `salt`) a signature is for."""
 
     name: str
     version: str
     chain_id: int
     verifying_contract: str  # checksummed by the constructor
+    salt: bytes | None = None  # 32 bytes; the Slasher's per-deployment salt (`SaltedEIP712`)
 
     def __post_init__(self) -> None:
         _uint(self.chain_id, 256, "chain id")
@@ -120,6 +123,8 @@ class Domain:
             raise TypedDataError("chain id must be positive")
         address = checksum_address(self.verifying_contract, "verifying contract")
         object.__setattr__(self, "verifying_contract", address)
+        if self.salt is not None:
+            object.__setattr__(self, "salt", _bytes32(self.salt, "domain salt"))
 
     @classmethod
     def payment_channels(cls, chain_id: int, contract: str) -> Domain:
@@ -127,18 +132,22 @@ class Domain:
         return cls(PAYMENT_CHANNELS_NAME, DOMAIN_VERSION, chain_id, contract)
 
     @classmethod
-    def slasher(cls, chain_id: int, contract: str) -> Domain:
-        """The domain of the Slasher contract at `contract` (receipts and verdicts)."""
-        return cls(SLASHER_NAME, DOMAIN_VERSION, chain_id, contract)
+    def slasher(cls, chain_id: int, contract: str, salt: bytes) -> Domain:
+        """The domain of the Slasher contract at `contract` deployed with `salt` (receipts and
+        verdicts); the salt is the Slasher's `eip712Domain().salt`."""
+        return cls(SLASHER_NAME, DOMAIN_VERSION, chain_id, contract, salt)
 
     def as_dict(self) -> dict[str, Any]:
         """The domain as `encode_typed_data` takes it."""
-        return {
+        domain: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
             "chainId": self.chain_id,
             "verifyingContract": self.verifying_contract,
         }
+        if self.salt is not None:
+            domain["salt"] = self.salt
+        return domain
 
 
 def _require_domain(domain: Domain, name: str, struct: str) -> None:

@@ -334,7 +334,7 @@ class Committer:
             assert batch is not None
             root, count, tokens = batch.root, batch.leaf_count, batch.token_count
         try:
-            result = self.commitments.commit(self.model_id, root, count, tokens)
+            result = self.commitments.commit(self.model_id, root, count)
         except (ChainError, OSError) as exc:
             logger.warning("committing batch %d (%d leaves) failed: %s", batch_id, count, exc)
             with self.ledger.begin() as db:

@@ -17,7 +17,7 @@ swarm's bottleneck would clearly gain and no session is open.
 
 Standing: the node serves only while the NodeRegistry counts it as active (`node.standing`).
 It reads its standing before every DHT refresh and after any failed commit (a slashed node's
-commits revert with `CommitmentsNodeInactive`). Once inactive it says so in the log, announces
+commits revert with `RegistryNodeInactive`). Once inactive it says so in the log, announces
 itself OFFLINE, refuses new sessions, steps and vouchers with `node_inactive` (open sessions end
 at their next step), commits nothing and moves nowhere; its `/status` shows `registry.active`
 false. When its stake covers its span again (`stakeswarm chain node add-stake`) it is ONLINE
@@ -596,7 +596,7 @@ class Server:
             logger.exception("commit job failed")
             return
         if failed:
-            # e.g. CommitmentsNodeInactive: a slash took the stake below what the span needs
+            # e.g. RegistryNodeInactive: a slash took the stake below what the span needs
             await self._check_standing()
 
     def _redeem(self, everything: bool = False) -> None:

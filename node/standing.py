@@ -2,7 +2,7 @@
 
 A node serves only while the registry says it is active: registered, with active stake covering
 `requiredStake` of its span. A slash (or an unbond) can take that away while the node runs;
-its commits then revert (`CommitmentsNodeInactive`) and no client should route through it.
+its commits then revert (`RegistryNodeInactive`) and no client should route through it.
 `read_standing` asks the chain; `Standing.problem` says in words what is wrong, and how to fix
 it. The server reads it on a schedule and whenever a commit fails, and stops or resumes
 serving when it changes (`node.server`).

@@ -17,12 +17,11 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from ledger.chain import Chain, TxResult
-from ledger.contracts import Contracts
+from ledger.contracts import Batch, Contracts
 from ledger.deployment import TOKEN, Deployment
 from ledger.eip712 import Domain, sign_receipt, sign_verdict, sign_voucher
 from ledger.merkle import MerkleTree
 from ledger.types import (
-    BatchId,
     BlockIndex,
     ChannelId,
     Leaf,
@@ -178,18 +177,15 @@ def run_ledger_story(
         )
 
     # 4. Each node commits the Merkle root of the leaves it served.
-    batches: dict[str, tuple[BatchId, MerkleTree]] = {}
+    batches: dict[str, tuple[Batch, MerkleTree]] = {}
     for name in spans:
         tree = MerkleTree([leaf.hash() for leaf in leaves[name]])
-        tx = as_party[name].commitments.commit(
-            model_id(MODEL_NAME),
-            tree.root,
-            len(leaves[name]),
-            sum(leaf.tokens for leaf in leaves[name]),
-        )
-        batches[name] = (reader.commitments.committed_batch_id(tx), tree)
+        tx = as_party[name].commitments.commit(model_id(MODEL_NAME), tree.root, len(leaves[name]))
+        batches[name] = (reader.commitments.committed_batch(tx), tree)
         log.add(
-            f"{name} committed batch {batches[name][0]}: root of {len(leaves[name])} leaves", tx
+            f"{name} committed batch {batches[name][0].batch_id}: root of {len(leaves[name])} "
+            "leaves",
+            tx,
         )
 
     # 5. Each server redeems the client's highest voucher.
@@ -201,8 +197,9 @@ def run_ledger_story(
         )
 
     # 6. The verifier quorum (1 on the devnet) finds leaf 2 of node-1 wrong and slashes it with
-    #    the leaf's Merkle proof under the committed root.
-    batch_id, tree = batches["node-1"]
+    #    the leaf's Merkle proof under the committed root (a claim first, then the slash).
+    batch, tree = batches["node-1"]
+    batch_id = batch.batch_id
     guilty = leaves["node-1"][2]
     verdict = Verdict(parties["node-1"].address, batch_id, guilty.hash(), Reason.MISMATCH)
     signature = sign_verdict(slasher_domain, verdict, parties["verifier-0"].account)
@@ -215,7 +212,7 @@ def run_ledger_story(
         signature,
     )
     tx = as_party["verifier-0"].slasher.slash(
-        guilty, batch_id, tree.proof(2), Reason.MISMATCH, [signed]
+        guilty, batch, tree.proof(2), Reason.MISMATCH, [signed]
     )
     log.add("verifier-0 slashed node-1 for a mismatched leaf, proven under its committed root", tx)
 

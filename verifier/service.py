@@ -55,6 +55,7 @@ from hivemind.p2p import P2P, PeerID
 
 from ledger.chain import Chain, ChainError, ContractRevert
 from ledger.contracts import Batch, Contracts
+from ledger.contracts.commitments import UnknownBatchError
 from ledger.db import (
     AuditOutcome,
     AuditTask,
@@ -213,6 +214,7 @@ class Verifier:
             domain=self.domain,
             quorum=self.quorum,
             is_active=self._is_active,
+            batch_of=self._batch,
         )
         if config.reveal_deadline + self._margin() > self.challenge_window:
             logger.warning(
@@ -325,8 +327,10 @@ class Verifier:
         """An on-chain batch (immutable once committed, so cached); `LookupError` if none."""
         if batch_id not in self._batches:
             try:
-                self._batches[batch_id] = self.contracts.commitments.get_batch(BatchId(batch_id))
-            except ContractRevert as exc:
+                self._batches[batch_id] = self.contracts.commitments.get_batch(
+                    BatchId(batch_id), from_block=self.deployment.deploy_block
+                )
+            except (ContractRevert, UnknownBatchError) as exc:
                 raise LookupError(f"batch {batch_id}: {exc}") from None
         return self._batches[batch_id]
 
@@ -395,6 +399,9 @@ class Verifier:
             )
             if not indices:
                 continue
+            # the event carries the whole header; `_batch` checks it against the stored hash
+            # only when it has to look a batch up itself
+            self._batches.setdefault(event.batch_id, event.batch)
             batch = self._batch(event.batch_id)
             deadline = utcnow() + self._deadline(batch)
             with self.ledger.begin() as db:

@@ -76,6 +76,7 @@ class Slashing:
         domain: Domain,
         quorum: int,
         is_active: Callable[[str], bool],
+        batch_of: Callable[[int], Batch],
         board: VerdictBoard | None = None,
     ) -> None:
         self.ledger = ledger
@@ -85,6 +86,7 @@ class Slashing:
         self.domain = domain
         self.quorum = quorum
         self.is_active = is_active  # whether a verifier is active on-chain (cached by the caller)
+        self.batch_of = batch_of  # a committed batch's header by id (cached by the caller)
         self.board = board  # where findings are shared; needed only when quorum > 1
         self._evidence: dict[tuple[bytes, Reason], ProvenLeaf] = {}
         self._lock = threading.Lock()  # one submission at a time
@@ -152,8 +154,10 @@ class Slashing:
             node=proven.node,
             batch_id=proven.batch_id,
             what=f"leaf 0x{leaf_hash.hex()[:16]} ({reason.name.lower()})",
-            slashed=lambda: slasher.is_leaf_slashed(leaf_hash),
-            submit=lambda verdicts: submit_slash(slasher, proven, reason, verdicts),
+            slashed=lambda: slasher.is_leaf_slashed(proven.node, leaf_hash),
+            submit=lambda verdicts: submit_slash(
+                slasher, self.batch_of(proven.batch_id), proven, reason, verdicts
+            ),
             again=lambda: self.try_slash(leaf_hash, reason),
         )
 
@@ -164,7 +168,7 @@ class Slashing:
 
         def submit(verdicts: list[Verdict]) -> SlashOutcome:
             withheld = [withheld_from_record(v, leaf_index) for v in verdicts]
-            return submit_withheld_slash(slasher, batch_id, leaf_index, withheld)
+            return submit_withheld_slash(slasher, self.batch_of(batch_id), leaf_index, withheld)
 
         return self._submit(
             key=withheld_key(batch_id, leaf_index),

@@ -54,7 +54,7 @@ from ledger.eip712 import (
 )
 from ledger.errors import SignatureError, TypedDataError
 from ledger.merkle import verify as merkle_verify
-from ledger.types import BatchId, Reason, Verdict, WithheldVerdict
+from ledger.types import Reason, Verdict, WithheldVerdict
 from node.protocol import ErrorCode, ProtocolError, leaf_from_wire, leaf_to_wire
 from verifier.audit import ProvenLeaf
 
@@ -351,22 +351,26 @@ class SlashOutcome:
 
 
 def submit_slash(
-    slasher: Slasher, proven: ProvenLeaf, reason: Reason, verdicts: Sequence[Verdict]
+    slasher: Slasher,
+    batch: Batch,
+    proven: ProvenLeaf,
+    reason: Reason,
+    verdicts: Sequence[Verdict],
 ) -> SlashOutcome:
-    """Slash `proven.node` for `proven.leaf` with `verdicts` (at least the quorum; the wrapper
-    orders them by signer). Raises `ContractRevert` as the contract refuses."""
-    tx = slasher.slash(proven.leaf, BatchId(proven.batch_id), proven.proof, reason, verdicts)
+    """Claim and slash `proven.node` for `proven.leaf` of `batch` with `verdicts` (exactly the
+    quorum; the wrapper orders them by signer). Raises `ContractRevert` as the contract refuses."""
+    tx = slasher.slash(proven.leaf, batch, proven.proof, reason, verdicts)
     event = tx.event("LeafSlashed")
     return SlashOutcome(tx, int(event.args["amount"]), int(event.args["bountyPerVerifier"]))
 
 
 def submit_withheld_slash(
-    slasher: Slasher, batch_id: int, leaf_index: int, verdicts: Sequence[WithheldVerdict]
+    slasher: Slasher, batch: Batch, leaf_index: int, verdicts: Sequence[WithheldVerdict]
 ) -> SlashOutcome:
-    """Slash the node of batch `batch_id` for withholding leaf `leaf_index` with `verdicts` (at
-    least the quorum; the wrapper orders them by signer). Raises `ContractRevert` as the
+    """Claim and slash the node of `batch` for withholding leaf `leaf_index` with `verdicts`
+    (exactly the quorum; the wrapper orders them by signer). Raises `ContractRevert` as the
     contract refuses."""
-    tx = slasher.slash_withheld(BatchId(batch_id), leaf_index, verdicts)
+    tx = slasher.slash_withheld(batch, leaf_index, verdicts)
     event = tx.event("LeafWithheldSlashed")
     return SlashOutcome(tx, int(event.args["amount"]), int(event.args["bountyPerVerifier"]))
 

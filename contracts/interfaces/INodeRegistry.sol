@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
-import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {IStakeRegistry} from "./IStakeRegistry.sol";
 
 /// @title Node registry: who serves which blocks of which model, at what price, with what stake.
 /// @notice A node stakes at least `minStakePerBlock * (spanEnd - spanStart)` to serve the blocks
-/// `[spanStart, spanEnd)` of `modelId`. Stake leaves only through `unbond` + `withdraw` after
-/// `unbondingDelay` (and stays slashable while unbonding) or through `slash`, which only the
-/// slasher fixed at deployment may call.
-interface INodeRegistry {
-    /// @notice A node's registration and stake.
+/// `[spanStart, spanEnd)` of `modelId`. Stake leaves only through `unbond` + `withdraw` (and stays
+/// slashable while unbonding, and at least for the challenge window of the node's last commit)
+/// or through `slash`, which only the slasher fixed at deployment may call.
+interface INodeRegistry is IStakeRegistry {
+    /// @notice A node's registration and stake, as `getNode` assembles it.
     struct Node {
         bytes32 modelId; // keccak256 of the model's name (see ledger/types.py)
         uint16 spanStart; // first block served
@@ -18,7 +18,8 @@ interface INodeRegistry {
         bytes peerId; // libp2p peer id bytes of the node's hivemind server
         uint256 stake; // active stake
         uint256 unbonding; // stake waiting for `withdraw`, still slashable
-        uint64 unbondingReleaseAt; // when `unbonding` may be withdrawn
+        uint64 unbondingReleaseAt; // when `unbonding` may be withdrawn, at the earliest
+        uint64 lastCommitAt; // block time of the node's last commit
         bool registered;
     }
 
@@ -41,25 +42,20 @@ interface INodeRegistry {
         uint256 pricePerTokenPerBlock,
         bytes peerId
     );
-    /// @notice A node added `amount` to its active stake.
-    event StakeAdded(address indexed node, uint256 amount, uint256 newStake);
-    /// @notice A node moved `amount` from active stake to unbonding.
-    event UnbondingStarted(address indexed node, uint256 amount, uint256 totalUnbonding, uint64 releaseAt);
-    /// @notice A node withdrew its unbonded stake.
-    event StakeWithdrawn(address indexed node, uint256 amount);
     /// @notice The slasher took `amount` of a node's stake and sent it to `recipient`.
     event NodeSlashed(address indexed node, uint256 amount, address indexed recipient);
 
-    error RegistryAlreadyRegistered(address node);
-    error RegistryNotRegistered(address node);
     error RegistryInvalidSpan(uint16 spanStart, uint16 spanEnd);
     error RegistryEmptyPeerId();
-    error RegistryZeroAmount();
-    error RegistryInsufficientStake(address node, uint256 stake, uint256 needed);
-    error RegistryUnbondExceedsStake(address node, uint256 amount, uint256 stake);
-    error RegistryUnbondingLocked(address node, uint64 releaseAt);
-    error RegistryNothingToWithdraw(address node);
     error RegistryOnlySlasher(address caller);
+    error RegistryOnlyCommitments(address caller);
+    /// @notice Deployment: the commitments contract or the slasher is the zero address (stake
+    /// nothing could ever slash).
+    error RegistryZeroAddress();
+    /// @notice `recordCommit`: the node is not registered or its active stake does not cover its span.
+    error RegistryNodeInactive(address node);
+    /// @notice `recordCommit`: the node commits for another model than it registered.
+    error RegistryModelMismatch(address node, bytes32 modelId, bytes32 registeredModelId);
 
     /// @notice Register the caller to serve `[spanStart, spanEnd)` of `modelId` and pull `stake`
     /// tokens from it (approve first). Reverts if the stake is below `requiredStake`.
@@ -81,15 +77,10 @@ interface INodeRegistry {
         bytes calldata peerId
     ) external;
 
-    /// @notice Pull `amount` more tokens into the caller's active stake.
-    function addStake(uint256 amount) external;
-
-    /// @notice Move `amount` of active stake to unbonding; the release time restarts at
-    /// `now + unbondingDelay`. What stays active must cover the span, or be zero (the node leaves).
-    function unbond(uint256 amount) external;
-
-    /// @notice Send the caller's unbonded stake back once its release time has passed.
-    function withdraw() external returns (uint256 amount);
+    /// @notice Called by the commitments contract for each commit of `node`: reverts unless `node`
+    /// is active and registered for `modelId`, and records the commit's time, so that no stake of
+    /// the node can be withdrawn before the commit's challenge window has closed.
+    function recordCommit(address node, bytes32 modelId) external;
 
     /// @notice Take up to `amount` of `node`'s stake (active first, then unbonding) and send it to
     /// `recipient`. Only the slasher may call. Returns what was taken.
@@ -98,20 +89,18 @@ interface INodeRegistry {
     /// @notice The registration and stake of `node` (all zero if never registered).
     function getNode(address node) external view returns (Node memory);
 
+    /// @notice What a slash of `node` can reach: its active plus unbonding stake.
+    function slashableStake(address node) external view returns (uint256);
+
     /// @notice True when `node` is registered and its active stake covers its span.
     function isActive(address node) external view returns (bool);
 
     /// @notice The stake a span needs: `minStakePerBlock * (spanEnd - spanStart)`.
     function requiredStake(uint16 spanStart, uint16 spanEnd) external view returns (uint256);
 
-    /// @notice The sum of every node's active and unbonding stake (equals this contract's token balance).
-    function totalStaked() external view returns (uint256);
-
-    function stakeToken() external view returns (IERC20);
-
     function minStakePerBlock() external view returns (uint256);
 
-    function unbondingDelay() external view returns (uint64);
-
     function slasher() external view returns (address);
+
+    function commitments() external view returns (address);
 }

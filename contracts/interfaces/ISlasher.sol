@@ -6,7 +6,8 @@ import {INodeRegistry} from "./INodeRegistry.sol";
 import {IVerifierRegistry} from "./IVerifierRegistry.sol";
 
 /// @title Slasher: the only way stake leaves a node against its will.
-/// @notice Three rules. (1) A quorum of active verifiers signs an EIP-712
+/// @notice Three rules, each against a batch given by its id and its header (checked against the
+/// hash `ICommitments` stored). (1) A quorum of active verifiers signs an EIP-712
 /// `Verdict(address node,uint256 batchId,bytes32 leaf,uint8 reason)` against a leaf proven
 /// (OpenZeppelin `MerkleProof`) under a root the node committed, within the challenge window.
 /// (2) A quorum of active verifiers signs an EIP-712
@@ -15,10 +16,16 @@ import {IVerifierRegistry} from "./IVerifierRegistry.sol";
 /// leaf is shown (only the node has it): the rule rests on the quorum's word, within the
 /// challenge window. (3) Anyone shows two EIP-712 `Receipt`s signed by one node for the same
 /// (sessionId, modelId, spanStart, spanEnd, step) with different content (equivocation).
-/// EIP-712 domain: name "stakeswarm Slasher", version "1".
+/// EIP-712 domain: name "stakeswarm Slasher", version "1", and the deployment's salt (see
+/// `SaltedEIP712`), so receipts and verdicts of another deployment never count here.
 /// A slash takes `slashBps` of the node's active + unbonding stake; `bountyBps` of that goes to
 /// the verifiers of the quorum (or the equivocation reporter), the rest to the reward pool,
 /// which anyone may release to the `rewardRecipient` fixed at deployment.
+/// Every slash needs exactly `quorum` verdicts and a matured claim: whoever will be paid first
+/// `claim`s `claimHash(evidence, beneficiaries, secret)` (a hash that shows nothing), and the
+/// slash, in a later block, reveals the evidence and the secret. The bounty goes to the
+/// beneficiaries bound in the claim, so copying a pending slash's evidence from the mempool pays
+/// the copier nothing: its own claim would mature only after the original slash has landed.
 interface ISlasher {
     /// @notice What a node commits per served step (DESIGN.md "Commitments"); also the body of
     /// the EIP-712 `Receipt(bytes32 sessionId,bytes32 modelId,uint16 spanStart,uint16 spanEnd,
@@ -62,14 +69,23 @@ interface ISlasher {
         address indexed node, bytes32 indexed sessionId, uint32 step, address indexed reporter, uint256 amount, uint256 bounty
     );
     event RewardPoolReleased(address indexed recipient, uint256 amount);
+    /// @notice `claimant` claimed `claimHash` at the current block.
+    event SlashClaimed(bytes32 indexed claimHash, address indexed claimant);
 
     error SlasherUnknownBatch(uint256 batchId);
+    /// @notice The header given for batch `batchId` is not the one committed.
+    error SlasherHeaderMismatch(uint256 batchId);
     error SlasherChallengeWindowClosed(uint256 batchId, uint64 closedAt);
     error SlasherModelMismatch(bytes32 leafModelId, bytes32 batchModelId);
     error SlasherInvalidProof(uint256 batchId, bytes32 leaf);
     error SlasherInvalidReason(uint8 reason);
     error SlasherAlreadySlashed(bytes32 key);
-    error SlasherNotEnoughVerdicts(uint256 provided, uint256 quorum);
+    /// @notice A slash takes exactly `quorum` verdicts.
+    error SlasherWrongVerdictCount(uint256 provided, uint256 quorum);
+    /// @notice `claim`: this claim hash was already claimed.
+    error SlasherClaimTaken(bytes32 claimHash);
+    /// @notice The slash's claim was never made, or was made in this block (it must be older).
+    error SlasherClaimNotMatured(bytes32 claimHash);
     error SlasherInvalidVerdictSignature(uint256 index);
     error SlasherNotAVerifier(address signer);
     error SlasherVerdictSignersNotSorted(address previous, address next);
@@ -95,39 +111,53 @@ interface ISlasher {
     /// @notice Deployment: the reward recipient is the zero address.
     error SlasherZeroRewardRecipient();
 
-    /// @notice Slash the node that committed batch `batchId` for `leaf`, proven under the batch's
-    /// root by `proof`, with `verdicts` from at least `quorum` distinct active verifiers, each a
-    /// 65-byte signature over `verdictDigest`, ordered by strictly increasing signer address.
-    /// A leaf is slashed at most once.
+    /// @notice Record `claimed` (see `claimHash`) at the current block; a slash may use it from
+    /// the next block on. Each claim hash is recorded once.
+    function claim(bytes32 claimed) external;
+
+    /// @notice Slash the node that committed batch `batchId` (whose header is `header`) for `leaf`,
+    /// proven under the batch's root by `proof`, with exactly `quorum` `verdicts` from distinct
+    /// active verifiers, each a 65-byte signature over `verdictDigest`, ordered by strictly
+    /// increasing signer address. Needs the matured claim
+    /// `claimHash(verdictDigest(...), signers, secret)`. A leaf is slashed at most once per node.
     function slash(
         Leaf calldata leaf,
         uint256 batchId,
+        ICommitments.BatchHeader calldata header,
         bytes32[] calldata proof,
         Reason reason,
-        bytes[] calldata verdicts
+        bytes[] calldata verdicts,
+        bytes32 secret
     ) external returns (uint256 slashed);
 
-    /// @notice Slash the node that committed batch `batchId` for withholding its leaf at position
-    /// `leafIndex` (< the batch's `leafCount`), with `verdicts` from at least `quorum` distinct
-    /// active verifiers, each a 65-byte signature over `withheldDigest(node, batchId, leafIndex)`,
-    /// ordered by strictly increasing signer address, within the batch's challenge window.
-    /// Amount and bounty split are those of `slash`. Each (batchId, leafIndex) is slashed for
-    /// withholding at most once. The contract cannot tell which leaf hash sits at `leafIndex`
-    /// (sorted-pair Merkle proofs do not bind a position), so this rule and `slash` keep
-    /// separate records; verifiers do not slash a proven leaf whose position was already
-    /// slashed as withheld (`isWithheldSlashed`).
-    function slashWithheld(uint256 batchId, uint32 leafIndex, bytes[] calldata verdicts)
-        external
-        returns (uint256 slashed);
+    /// @notice Slash the node that committed batch `batchId` (whose header is `header`) for
+    /// withholding its leaf at position `leafIndex` (< the batch's `leafCount`), with exactly
+    /// `quorum` `verdicts` from distinct active verifiers, each a 65-byte signature over
+    /// `withheldDigest(node, batchId, leafIndex)`, ordered by strictly increasing signer address,
+    /// within the batch's challenge window, and the matured claim
+    /// `claimHash(withheldDigest(...), signers, secret)`. Amount and bounty split are those of
+    /// `slash`. Each (batchId, leafIndex) is slashed for withholding at most once. The contract
+    /// cannot tell which leaf hash sits at `leafIndex` (sorted-pair Merkle proofs do not bind a
+    /// position), so this rule and `slash` keep separate records; verifiers do not slash a
+    /// proven leaf whose position was already slashed as withheld (`isWithheldSlashed`).
+    function slashWithheld(
+        uint256 batchId,
+        ICommitments.BatchHeader calldata header,
+        uint32 leafIndex,
+        bytes[] calldata verdicts,
+        bytes32 secret
+    ) external returns (uint256 slashed);
 
     /// @notice Slash `node` for signing two different receipts `a` and `b` for the same
-    /// (sessionId, modelId, spanStart, spanEnd, step). Anyone may call; the caller gets the bounty.
+    /// (sessionId, modelId, spanStart, spanEnd, step). Anyone may call with the matured claim
+    /// `claimHash(equivocationEvidence(node, a, b), [caller], secret)`; the caller gets the bounty.
     function slashEquivocation(
         address node,
         Leaf calldata a,
         bytes calldata receiptA,
         Leaf calldata b,
-        bytes calldata receiptB
+        bytes calldata receiptB,
+        bytes32 secret
     ) external returns (uint256 slashed);
 
     /// @notice Send the whole reward pool to `rewardRecipient`. Anyone may call.
@@ -149,11 +179,31 @@ interface ISlasher {
     /// `batchId`: type `Withheld(address node,uint256 batchId,uint32 leafIndex)`.
     function withheldDigest(address node, uint256 batchId, uint32 leafIndex) external view returns (bytes32);
 
-    /// @notice True when `proof` proves `leaf` under the root of batch `batchId`.
-    function verifyLeaf(uint256 batchId, bytes32 leaf, bytes32[] calldata proof) external view returns (bool);
+    /// @notice `keccak256(abi.encode(node, leafHash(a), leafHash(b)))`: the evidence an
+    /// equivocation claim binds.
+    function equivocationEvidence(address node, Leaf calldata a, Leaf calldata b) external pure returns (bytes32);
 
-    /// @notice True once `leaf` was slashed.
-    function isLeafSlashed(bytes32 leaf) external view returns (bool);
+    /// @notice `keccak256(abi.encode(evidence, beneficiaries, secret))`: what `claim` records.
+    /// `evidence` is the verdict or withheld digest, or `equivocationEvidence`; `beneficiaries`
+    /// are the verdict signers in the order of the verdicts, or the equivocation reporter alone.
+    function claimHash(bytes32 evidence, address[] calldata beneficiaries, bytes32 secret)
+        external
+        pure
+        returns (bytes32);
+
+    /// @notice The block at which `claimed` was claimed (0: never, or already used).
+    function claimedAt(bytes32 claimed) external view returns (uint256);
+
+    /// @notice True when `header` is batch `batchId`'s and `proof` proves `leaf` under its root.
+    function verifyLeaf(
+        uint256 batchId,
+        ICommitments.BatchHeader calldata header,
+        Leaf calldata leaf,
+        bytes32[] calldata proof
+    ) external view returns (bool);
+
+    /// @notice True once `leaf` was slashed for `node` (a leaf slashed for one node shields no other).
+    function isLeafSlashed(address node, bytes32 leaf) external view returns (bool);
 
     /// @notice True once leaf position `leafIndex` of batch `batchId` was slashed as withheld.
     function isWithheldSlashed(uint256 batchId, uint32 leafIndex) external view returns (bool);

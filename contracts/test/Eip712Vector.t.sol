@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
+import {IERC5267} from "@openzeppelin/contracts/interfaces/IERC5267.sol";
+
 import {PaymentChannels} from "../PaymentChannels.sol";
 import {ISlasher} from "../interfaces/ISlasher.sol";
 
@@ -10,7 +12,11 @@ import {SystemFixture} from "./helpers/Fixture.sol";
 /// the contracts must produce its digests (voucher, receipt, verdict, withheld) and leaf hash,
 /// and its signatures must recover to its signer.
 /// @notice The contracts' runtime code is put at the vector's addresses under chain id 31337, so
-/// OpenZeppelin's EIP712 builds the domain separator for exactly the vector's domain.
+/// the EIP-712 code builds the domain separator for exactly the vector's domain. The Slasher is
+/// deployed with the vector's salt (an immutable, so the etched code carries it). The system is
+/// deployed under another chain id first: `SaltedEIP712` caches its separator per chain id (with
+/// the deployed address in it), so only under a chain id other than the cached one does the
+/// etched copy build the separator from its own address.
 contract Eip712VectorTest is SystemFixture {
     string internal constant VECTOR = "contracts/test/vectors/eip712.json";
 
@@ -20,9 +26,13 @@ contract Eip712VectorTest is SystemFixture {
 
     function setUp() public {
         _json = vm.readFile(VECTOR);
-        vm.chainId(vm.parseJsonUint(_json, ".chainId"));
-        deploySystem(defaultParams());
+        uint256 chainId = vm.parseJsonUint(_json, ".chainId");
+        vm.chainId(chainId + 1);
+        Params memory p = defaultParams();
+        p.domainSalt = vm.parseJsonBytes32(_json, ".slasherSalt");
+        deploySystem(p);
         PaymentChannels deployed = new PaymentChannels(token, 30 days);
+        vm.chainId(chainId);
 
         address channelsAt = vm.parseJsonAddress(_json, ".paymentChannels");
         address slasherAt = vm.parseJsonAddress(_json, ".slasher");
@@ -58,6 +68,15 @@ contract Eip712VectorTest is SystemFixture {
             vm.addr(vm.parseJsonUint(_json, ".privateKey")), vm.parseJsonAddress(_json, ".signer"), "signer address"
         );
         assertEq(block.chainid, 31337, "chain id");
+    }
+
+    function test_eip712Domain_reportsTheVectorsSalt() public view {
+        (bytes1 fields,,, uint256 chainId, address verifyingContract, bytes32 salt,) =
+            IERC5267(address(_slasher)).eip712Domain();
+        assertEq(uint256(uint8(fields)), 0x1f, "fields: name, version, chainId, verifyingContract, salt");
+        assertEq(chainId, vm.parseJsonUint(_json, ".chainId"), "chainId");
+        assertEq(verifyingContract, vm.parseJsonAddress(_json, ".slasher"), "verifyingContract");
+        assertEq(salt, vm.parseJsonBytes32(_json, ".slasherSalt"), "salt");
     }
 
     function test_voucherDigest_matchesTheVector() public view {

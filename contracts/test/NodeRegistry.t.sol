@@ -6,11 +6,19 @@ import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.so
 import {NodeRegistry} from "../NodeRegistry.sol";
 import {StakeToken} from "../StakeToken.sol";
 import {INodeRegistry} from "../interfaces/INodeRegistry.sol";
+import {IStakeRegistry} from "../interfaces/IStakeRegistry.sol";
 
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 import {HookToken, Reenterer} from "./helpers/Reentrancy.sol";
 import {TestBase} from "./helpers/TestBase.sol";
+
+/// @notice Stands in for the Slasher where the registry asks it for the challenge window.
+contract ChallengeWindowStub {
+    function challengeWindow() external pure returns (uint64) {
+        return 3 days;
+    }
+}
 
 /// @title NodeRegistry tests: every function's success and failure paths, fuzzed amounts.
 contract NodeRegistryTest is TestBase {
@@ -24,6 +32,8 @@ contract NodeRegistryTest is TestBase {
     uint256 internal constant PRICE = 2e12;
 
     address internal constant SLASHER = address(0x5154);
+    address internal constant COMMITMENTS = address(0xC0317);
+    uint64 internal constant WINDOW = 3 days;
     address internal constant NODE = address(0xA11CE);
     address internal constant RECIPIENT = address(0xBEEF);
 
@@ -33,7 +43,8 @@ contract NodeRegistryTest is TestBase {
     function setUp() public {
         vm.warp(1_700_000_000);
         token = new StakeToken("stakeswarm Stake", "SWARM", address(this), SUPPLY);
-        registry = new NodeRegistry(token, MIN_PER_BLOCK, DELAY, SLASHER);
+        registry = new NodeRegistry(token, MIN_PER_BLOCK, DELAY, COMMITMENTS, SLASHER);
+        vm.etch(SLASHER, address(new ChallengeWindowStub()).code);
         _fund(NODE, 1_000_000e18);
     }
 
@@ -56,6 +67,7 @@ contract NodeRegistryTest is TestBase {
         assertEq(registry.minStakePerBlock(), MIN_PER_BLOCK, "minStakePerBlock");
         assertEq(uint256(registry.unbondingDelay()), DELAY, "unbondingDelay");
         assertEq(registry.slasher(), SLASHER, "slasher");
+        assertEq(registry.commitments(), COMMITMENTS, "commitments");
         assertEq(registry.totalStaked(), 0, "totalStaked");
     }
 
@@ -76,16 +88,18 @@ contract NodeRegistryTest is TestBase {
         assertEq(keccak256(n.peerId), keccak256(PEER_ID), "peerId");
         assertEq(n.stake, 800e18, "stake");
         assertEq(n.unbonding, 0, "unbonding");
+        assertEq(uint256(n.lastCommitAt), 0, "no commit yet");
         assertTrue(n.registered, "registered");
         assertTrue(registry.isActive(NODE), "active");
         assertEq(registry.totalStaked(), 800e18, "totalStaked");
+        assertEq(registry.slashableStake(NODE), 800e18, "slashableStake");
         assertEq(token.balanceOf(address(registry)), 800e18, "registry balance");
         assertEq(token.balanceOf(NODE), before - 800e18, "node balance");
     }
 
     function test_register_revertsWhenAlreadyRegistered() public {
         _register(800e18);
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryAlreadyRegistered.selector, NODE));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeAlreadyRegistered.selector, NODE));
         _register(800e18);
     }
 
@@ -108,13 +122,13 @@ contract NodeRegistryTest is TestBase {
     }
 
     function test_register_revertsOnZeroStake() public {
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryZeroAmount.selector));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeZeroAmount.selector));
         _register(0);
     }
 
     function test_register_revertsOnInsufficientStake() public {
         vm.expectRevert(
-            abi.encodeWithSelector(INodeRegistry.RegistryInsufficientStake.selector, NODE, 800e18 - 1, 800e18)
+            abi.encodeWithSelector(IStakeRegistry.StakeInsufficient.selector, NODE, 800e18 - 1, 800e18)
         );
         _register(800e18 - 1);
     }
@@ -163,7 +177,7 @@ contract NodeRegistryTest is TestBase {
     }
 
     function test_updateService_revertsWhenNotRegistered() public {
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryNotRegistered.selector, NODE));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeNotRegistered.selector, NODE));
         vm.prank(NODE);
         registry.updateService(MODEL, 0, 1, PRICE, PEER_ID);
     }
@@ -184,7 +198,7 @@ contract NodeRegistryTest is TestBase {
 
     function test_updateService_revertsWhenStakeDoesNotCoverNewSpan() public {
         _register(800e18);
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryInsufficientStake.selector, NODE, 800e18, 900e18));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeInsufficient.selector, NODE, 800e18, 900e18));
         vm.prank(NODE);
         registry.updateService(MODEL, 4, 13, PRICE, PEER_ID);
     }
@@ -194,7 +208,7 @@ contract NodeRegistryTest is TestBase {
     function test_addStake_increasesStake() public {
         _register(800e18);
         vm.expectEmit(address(registry));
-        emit INodeRegistry.StakeAdded(NODE, 50e18, 850e18);
+        emit IStakeRegistry.StakeAdded(NODE, 50e18, 850e18);
         vm.prank(NODE);
         registry.addStake(50e18);
         assertEq(registry.getNode(NODE).stake, 850e18, "stake");
@@ -203,14 +217,14 @@ contract NodeRegistryTest is TestBase {
     }
 
     function test_addStake_revertsWhenNotRegistered() public {
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryNotRegistered.selector, NODE));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeNotRegistered.selector, NODE));
         vm.prank(NODE);
         registry.addStake(1);
     }
 
     function test_addStake_revertsOnZero() public {
         _register(800e18);
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryZeroAmount.selector));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeZeroAmount.selector));
         vm.prank(NODE);
         registry.addStake(0);
     }
@@ -244,7 +258,7 @@ contract NodeRegistryTest is TestBase {
         _register(1_000e18);
         uint64 releaseAt = uint64(block.timestamp) + DELAY;
         vm.expectEmit(address(registry));
-        emit INodeRegistry.UnbondingStarted(NODE, 200e18, 200e18, releaseAt);
+        emit IStakeRegistry.UnbondingStarted(NODE, 200e18, 200e18, releaseAt);
         vm.prank(NODE);
         registry.unbond(200e18);
 
@@ -271,7 +285,7 @@ contract NodeRegistryTest is TestBase {
         vm.warp(block.timestamp + 3 days);
         uint64 releaseAt = uint64(block.timestamp) + DELAY;
         vm.expectEmit(address(registry));
-        emit INodeRegistry.UnbondingStarted(NODE, 50e18, 150e18, releaseAt);
+        emit IStakeRegistry.UnbondingStarted(NODE, 50e18, 150e18, releaseAt);
         vm.prank(NODE);
         registry.unbond(50e18);
         INodeRegistry.Node memory n = registry.getNode(NODE);
@@ -280,14 +294,14 @@ contract NodeRegistryTest is TestBase {
     }
 
     function test_unbond_revertsWhenNotRegistered() public {
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryNotRegistered.selector, NODE));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeNotRegistered.selector, NODE));
         vm.prank(NODE);
         registry.unbond(1);
     }
 
     function test_unbond_revertsOnZero() public {
         _register(800e18);
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryZeroAmount.selector));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeZeroAmount.selector));
         vm.prank(NODE);
         registry.unbond(0);
     }
@@ -295,7 +309,7 @@ contract NodeRegistryTest is TestBase {
     function test_unbond_revertsWhenExceedingStake() public {
         _register(800e18);
         vm.expectRevert(
-            abi.encodeWithSelector(INodeRegistry.RegistryUnbondExceedsStake.selector, NODE, 800e18 + 1, 800e18)
+            abi.encodeWithSelector(IStakeRegistry.StakeUnbondExceedsStake.selector, NODE, 800e18 + 1, 800e18)
         );
         vm.prank(NODE);
         registry.unbond(800e18 + 1);
@@ -303,7 +317,7 @@ contract NodeRegistryTest is TestBase {
 
     function test_unbond_revertsWhenRemainderBelowRequired() public {
         _register(1_000e18);
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryInsufficientStake.selector, NODE, 799e18, 800e18));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeInsufficient.selector, NODE, 799e18, 800e18));
         vm.prank(NODE);
         registry.unbond(201e18);
     }
@@ -315,7 +329,7 @@ contract NodeRegistryTest is TestBase {
         uint256 remaining = stake - amount;
         if (remaining != 0 && remaining < 800e18) {
             vm.expectRevert(
-                abi.encodeWithSelector(INodeRegistry.RegistryInsufficientStake.selector, NODE, remaining, 800e18)
+                abi.encodeWithSelector(IStakeRegistry.StakeInsufficient.selector, NODE, remaining, 800e18)
             );
             vm.prank(NODE);
             registry.unbond(amount);
@@ -338,7 +352,7 @@ contract NodeRegistryTest is TestBase {
         uint256 before = token.balanceOf(NODE);
         vm.warp(block.timestamp + DELAY + 1);
         vm.expectEmit(address(registry));
-        emit INodeRegistry.StakeWithdrawn(NODE, 200e18);
+        emit IStakeRegistry.StakeWithdrawn(NODE, 200e18);
         vm.prank(NODE);
         uint256 amount = registry.withdraw();
         assertEq(amount, 200e18, "returned amount");
@@ -354,14 +368,14 @@ contract NodeRegistryTest is TestBase {
         registry.unbond(200e18);
         uint64 releaseAt = uint64(block.timestamp) + DELAY;
         vm.warp(releaseAt);
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryUnbondingLocked.selector, NODE, releaseAt));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeUnbondingLocked.selector, NODE, releaseAt));
         vm.prank(NODE);
         registry.withdraw();
     }
 
     function test_withdraw_revertsWithNothingUnbonding() public {
         _register(1_000e18);
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryNothingToWithdraw.selector, NODE));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeNothingToWithdraw.selector, NODE));
         vm.prank(NODE);
         registry.withdraw();
     }
@@ -373,7 +387,7 @@ contract NodeRegistryTest is TestBase {
         vm.warp(block.timestamp + DELAY + 1);
         vm.startPrank(NODE);
         registry.withdraw();
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryNothingToWithdraw.selector, NODE));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeNothingToWithdraw.selector, NODE));
         registry.withdraw();
         vm.stopPrank();
     }
@@ -381,23 +395,100 @@ contract NodeRegistryTest is TestBase {
     function test_withdraw_revertsOnReentry() public {
         // A token that calls its receiver back lets a node contract re-enter while being paid.
         HookToken hookToken = new HookToken(address(this), 10_000e18);
-        NodeRegistry hooked = new NodeRegistry(hookToken, MIN_PER_BLOCK, DELAY, SLASHER);
+        NodeRegistry hooked = new NodeRegistry(hookToken, MIN_PER_BLOCK, DELAY, COMMITMENTS, SLASHER);
         Reenterer node = new Reenterer(hookToken);
         hookToken.transfer(address(node), 1_000e18);
         node.execute(address(hookToken), abi.encodeCall(hookToken.approve, (address(hooked), 1_000e18)));
         node.execute(
             address(hooked), abi.encodeCall(NodeRegistry.register, (MODEL, 4, 12, PRICE, PEER_ID, 1_000e18))
         );
-        node.execute(address(hooked), abi.encodeCall(NodeRegistry.unbond, (200e18)));
+        node.execute(address(hooked), abi.encodeCall(IStakeRegistry.unbond, (200e18)));
         vm.warp(block.timestamp + DELAY + 1);
 
-        node.arm(address(hooked), abi.encodeCall(NodeRegistry.withdraw, ()));
+        node.arm(address(hooked), abi.encodeCall(IStakeRegistry.withdraw, ()));
         vm.expectRevert(abi.encodeWithSelector(ReentrancyGuardTransient.ReentrancyGuardReentrantCall.selector));
-        node.execute(address(hooked), abi.encodeCall(NodeRegistry.withdraw, ()));
+        node.execute(address(hooked), abi.encodeCall(IStakeRegistry.withdraw, ()));
 
         node.arm(address(0), "");
-        node.execute(address(hooked), abi.encodeCall(NodeRegistry.withdraw, ()));
+        node.execute(address(hooked), abi.encodeCall(IStakeRegistry.withdraw, ()));
         assertEq(hookToken.balanceOf(address(node)), 200e18, "withdrawn once");
+    }
+
+    // ---- recordCommit ------------------------------------------------------------------------
+
+    function test_recordCommit_recordsTheCommitTime() public {
+        _register(800e18);
+        vm.warp(1_700_000_500);
+        vm.prank(COMMITMENTS);
+        registry.recordCommit(NODE, MODEL);
+        assertEq(uint256(registry.getNode(NODE).lastCommitAt), 1_700_000_500, "lastCommitAt");
+    }
+
+    function test_recordCommit_revertsForAnyoneButTheCommitments() public {
+        _register(800e18);
+        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryOnlyCommitments.selector, NODE));
+        vm.prank(NODE);
+        registry.recordCommit(NODE, MODEL);
+        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryOnlyCommitments.selector, SLASHER));
+        vm.prank(SLASHER);
+        registry.recordCommit(NODE, MODEL);
+    }
+
+    function test_recordCommit_revertsForAnInactiveNode() public {
+        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryNodeInactive.selector, NODE));
+        vm.prank(COMMITMENTS);
+        registry.recordCommit(NODE, MODEL);
+        _register(800e18);
+        vm.prank(NODE);
+        registry.unbond(800e18);
+        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryNodeInactive.selector, NODE));
+        vm.prank(COMMITMENTS);
+        registry.recordCommit(NODE, MODEL);
+    }
+
+    function test_recordCommit_revertsForAnotherModel() public {
+        _register(800e18);
+        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.RegistryModelMismatch.selector, NODE, OTHER_MODEL, MODEL));
+        vm.prank(COMMITMENTS);
+        registry.recordCommit(NODE, OTHER_MODEL);
+    }
+
+    function test_withdraw_waitsForTheLastCommitsChallengeWindow() public {
+        _register(1_000e18);
+        vm.prank(NODE);
+        registry.unbond(200e18);
+        uint64 releaseAt = uint64(block.timestamp) + DELAY;
+        assertEq(uint256(registry.withdrawableAt(NODE)), releaseAt, "the release, with no commit");
+        vm.warp(releaseAt); // commit at the last second before the release
+        vm.prank(COMMITMENTS);
+        registry.recordCommit(NODE, MODEL);
+        uint64 until = releaseAt + WINDOW;
+        assertEq(uint256(registry.withdrawableAt(NODE)), until, "the end of the commit's window");
+
+        vm.warp(until);
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeUnbondingLocked.selector, NODE, until));
+        vm.prank(NODE);
+        registry.withdraw();
+        vm.warp(until + 1);
+        vm.prank(NODE);
+        assertEq(registry.withdraw(), 200e18, "withdrawn once the window closed");
+    }
+
+    function testFuzz_withdrawableAt_isTheLaterOfReleaseAndWindow(uint256 unbondAfter, uint256 commitAfter) public {
+        _register(1_000e18);
+        uint256 t0 = block.timestamp;
+        unbondAfter = bound(unbondAfter, 0, 30 days);
+        commitAfter = bound(commitAfter, 1, 30 days);
+        vm.warp(t0 + unbondAfter);
+        vm.prank(NODE);
+        registry.unbond(200e18);
+        vm.warp(t0 + commitAfter);
+        vm.prank(COMMITMENTS);
+        registry.recordCommit(NODE, MODEL);
+        uint256 releaseAt = t0 + unbondAfter + DELAY;
+        uint256 windowEnd = t0 + commitAfter + WINDOW;
+        uint256 expected = releaseAt > windowEnd ? releaseAt : windowEnd;
+        assertEq(uint256(registry.withdrawableAt(NODE)), expected, "withdrawableAt");
     }
 
     // ---- slash -------------------------------------------------------------------------------
@@ -414,6 +505,7 @@ contract NodeRegistryTest is TestBase {
         INodeRegistry.Node memory n = registry.getNode(NODE);
         assertEq(n.stake, 600e18, "stake");
         assertEq(n.unbonding, 100e18, "unbonding untouched");
+        assertEq(registry.slashableStake(NODE), 700e18, "slashableStake");
         assertEq(token.balanceOf(RECIPIENT), 300e18, "recipient");
         assertEq(registry.totalStaked(), 700e18, "totalStaked");
         assertFalse(registry.isActive(NODE), "stake below span");
@@ -506,15 +598,19 @@ contract NodeRegistryTest is TestBase {
     }
 }
 
-/// @notice Random register / addStake / unbond / withdraw / warp / slash sequences by a few nodes.
-/// It is the registry's slasher, so it can slash.
+/// @notice Random register / addStake / unbond / recordCommit / withdraw / warp / slash sequences
+/// by a few nodes. It is the registry's slasher and its commitments contract, so it can slash and
+/// record commits, and it tells the registry the challenge window.
 contract NodeRegistryHandler is TestBase {
     uint256 internal constant MIN_PER_BLOCK = 100e18;
+    uint64 public constant WINDOW = 3 days;
 
     StakeToken internal immutable _token;
     NodeRegistry public registry;
     address[] internal _nodes;
     address public constant SLASH_RECIPIENT = address(0x5EC0);
+    /// @notice Withdrawals that landed inside the challenge window of the node's last commit.
+    uint256 public ghostEarlyWithdrawals;
 
     constructor(StakeToken token_, address[] memory nodes_) {
         _token = token_;
@@ -558,12 +654,24 @@ contract NodeRegistryHandler is TestBase {
     }
 
     function withdraw(uint256 nodeSeed) external {
-        vm.prank(_node(nodeSeed));
+        address node = _node(nodeSeed);
+        uint64 lastCommitAt = registry.getNode(node).lastCommitAt;
+        vm.prank(node);
         registry.withdraw();
+        if (lastCommitAt != 0 && block.timestamp <= lastCommitAt + WINDOW) ++ghostEarlyWithdrawals;
+    }
+
+    function recordCommit(uint256 nodeSeed) external {
+        registry.recordCommit(_node(nodeSeed), keccak256("m"));
     }
 
     function warp(uint256 seconds_) external {
         vm.warp(block.timestamp + bound(seconds_, 1, 10 days));
+    }
+
+    /// @notice What the registry asks its slasher.
+    function challengeWindow() external pure returns (uint64) {
+        return WINDOW;
     }
 
     function slash(uint256 nodeSeed, uint256 amount) external {
@@ -589,7 +697,7 @@ contract NodeRegistryInvariantTest is TestBase {
             nodes[i] = address(uint160(0xA000 + i));
         }
         handler = new NodeRegistryHandler(token, nodes);
-        registry = new NodeRegistry(token, 100e18, 7 days, address(handler));
+        registry = new NodeRegistry(token, 100e18, 7 days, address(handler), address(handler));
         handler.setRegistry(registry);
         for (uint256 i = 0; i < nodes.length; ++i) {
             token.transfer(nodes[i], 50_000e18);
@@ -608,6 +716,10 @@ contract NodeRegistryInvariantTest is TestBase {
         }
         assertEq(registry.totalStaked(), sum, "totalStaked == sum of stake + unbonding");
         assertEq(token.balanceOf(address(registry)), sum, "balance == sum of stake + unbonding");
+    }
+
+    function invariant_noWithdrawalInsideACommitsWindow() public view {
+        assertEq(handler.ghostEarlyWithdrawals(), 0, "stake left inside the challenge window of a commit");
     }
 
     function invariant_supplyIsConserved() public view {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
+import {ICommitments} from "../interfaces/ICommitments.sol";
 import {ISlasher} from "../interfaces/ISlasher.sol";
 
 import {Merkle} from "./helpers/Merkle.sol";
@@ -11,6 +12,7 @@ abstract contract WithheldSetup is SlasherSetup {
     ISlasher.Leaf[] internal _leaves;
     bytes32[] internal _hashes;
     uint256 internal _batchId;
+    ICommitments.BatchHeader internal _header;
 
     function _commitThreeLeaves() internal {
         (ISlasher.Leaf[] memory leaves, bytes32[] memory hashes) = _threeLeaves();
@@ -18,12 +20,19 @@ abstract contract WithheldSetup is SlasherSetup {
             _leaves.push(leaves[i]);
         }
         _hashes = hashes;
-        _batchId = commitLeaves(node, hashes);
+        (_batchId, _header) = commitLeaves(node, hashes);
     }
 
+    /// @dev A withheld slash of `leafIndex` with `verdicts` (and whatever claim exists) reverts with `error`.
     function _expectWithheldRevert(uint32 leafIndex, bytes[] memory verdicts, bytes memory error) internal {
+        ICommitments.BatchHeader memory header = _header;
         vm.expectRevert(error);
-        slasher.slashWithheld(_batchId, leafIndex, verdicts);
+        slasher.slashWithheld(_batchId, header, leafIndex, verdicts, SECRET);
+    }
+
+    /// @dev Verifiers `keys` find position `leafIndex` withheld: claim, one block, slash.
+    function _slashWithheldBy(uint256[] memory keys, uint32 leafIndex) internal returns (uint256) {
+        return claimAndSlashWithheld(_batchId, _header, leafIndex, keys);
     }
 
     /// @dev The Withheld digest as any EIP-712 signer computes it, for any chain and contract.
@@ -34,11 +43,14 @@ abstract contract WithheldSetup is SlasherSetup {
     {
         bytes32 domain = keccak256(
             abi.encode(
-                keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+                keccak256(
+                    "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract,bytes32 salt)"
+                ),
                 keccak256("stakeswarm Slasher"),
                 keccak256("1"),
                 chainId,
-                verifyingContract
+                verifyingContract,
+                DOMAIN_SALT
             )
         );
         bytes32 structHash = keccak256(
@@ -66,11 +78,12 @@ contract SlasherWithheldTest is WithheldSetup {
         address verifier = vm.addr(verifierKeys[0]);
         bytes[] memory verdicts = _verdict(verifierKeys[0], 1);
         address submitter = address(0x5B);
+        _claimWithheld(_oneKey(verifierKeys[0]), _batchId, 1);
 
         vm.expectEmit(address(slasher));
         emit ISlasher.LeafWithheldSlashed(node, _batchId, 1, 500e18, 100e18);
         vm.prank(submitter);
-        uint256 slashed = slasher.slashWithheld(_batchId, 1, verdicts);
+        uint256 slashed = slasher.slashWithheld(_batchId, _header, 1, verdicts, SECRET);
         vm.snapshotGasLastCall("stakeswarm", "Slasher.slashWithheld quorum 1");
 
         assertEq(slashed, 500e18, "half the stake");
@@ -82,14 +95,14 @@ contract SlasherWithheldTest is WithheldSetup {
         assertEq(registry.totalStaked(), 500e18, "registry totalStaked");
         assertTrue(slasher.isWithheldSlashed(_batchId, 1), "position marked");
         assertFalse(slasher.isWithheldSlashed(_batchId, 0), "other position untouched");
-        assertFalse(slasher.isLeafSlashed(_hashes[1]), "no leaf hash is marked: none was shown");
+        assertFalse(slasher.isLeafSlashed(node, _hashes[1]), "no leaf hash is marked: none was shown");
         assertFalse(registry.isActive(node), "node fell below its span's stake");
     }
 
     function test_slashWithheld_slashesEveryPositionOnce() public {
         uint256 remaining = NODE_STAKE;
         for (uint32 i = 0; i < 3; ++i) {
-            uint256 slashed = slasher.slashWithheld(_batchId, i, _verdict(verifierKeys[0], i));
+            uint256 slashed = _slashWithheldBy(_oneKey(verifierKeys[0]), i);
             assertEq(slashed, remaining / 2, "each slash takes half of what is left");
             remaining -= slashed;
         }
@@ -100,13 +113,13 @@ contract SlasherWithheldTest is WithheldSetup {
         vm.prank(node);
         registry.unbond(NODE_STAKE);
         vm.warp(T0 + 3 days);
-        assertEq(slasher.slashWithheld(_batchId, 0, _verdict(verifierKeys[0], 0)), 500e18, "half of unbonding");
+        assertEq(_slashWithheldBy(_oneKey(verifierKeys[0]), 0), 500e18, "half of unbonding");
         assertEq(registry.getNode(node).unbonding, 500e18, "unbonding left");
     }
 
     function test_slashWithheld_allowedAtTheLastSecondOfTheWindow() public {
         vm.warp(T0 + 3 days);
-        assertEq(slasher.slashWithheld(_batchId, 2, _verdict(verifierKeys[0], 2)), 500e18, "slashed");
+        assertEq(_slashWithheldBy(_oneKey(verifierKeys[0]), 2), 500e18, "slashed");
     }
 
     // ---- which leaf, which batch, when -------------------------------------------------------
@@ -114,12 +127,27 @@ contract SlasherWithheldTest is WithheldSetup {
     function test_slashWithheld_revertsOnUnknownBatch() public {
         bytes[] memory verdicts = _verdict(verifierKeys[0], 0);
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherUnknownBatch.selector, 0));
-        slasher.slashWithheld(0, 0, verdicts);
+        slasher.slashWithheld(0, _header, 0, verdicts, SECRET);
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherUnknownBatch.selector, _batchId + 1));
-        slasher.slashWithheld(_batchId + 1, 0, verdicts);
+        slasher.slashWithheld(_batchId + 1, _header, 0, verdicts, SECRET);
+    }
+
+    function test_slashWithheld_revertsOnAHeaderThatIsNotTheBatchs() public {
+        // A forged header could name a larger leafCount or a later committedAt (reopening the window).
+        bytes[] memory verdicts = _verdict(verifierKeys[0], 5);
+        ICommitments.BatchHeader memory forged = _header;
+        forged.leafCount = 6;
+        vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherHeaderMismatch.selector, _batchId));
+        slasher.slashWithheld(_batchId, forged, 5, verdicts, SECRET);
+        forged = _header;
+        forged.committedAt += 1 days;
+        vm.warp(T0 + 3 days + 1);
+        vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherHeaderMismatch.selector, _batchId));
+        slasher.slashWithheld(_batchId, forged, 0, verdicts, SECRET);
     }
 
     function test_slashWithheld_revertsAfterTheChallengeWindow() public {
+        _claimWithheld(_oneKey(verifierKeys[0]), _batchId, 0);
         vm.warp(T0 + 3 days + 1);
         _expectWithheldRevert(
             0,
@@ -144,7 +172,8 @@ contract SlasherWithheldTest is WithheldSetup {
 
     function test_slashWithheld_revertsOnTheSameIndexTwice() public {
         bytes[] memory verdicts = _verdict(verifierKeys[0], 0);
-        slasher.slashWithheld(_batchId, 0, verdicts);
+        _slashWithheldBy(_oneKey(verifierKeys[0]), 0);
+        _claimWithheld(_oneKey(verifierKeys[1]), _batchId, 0);
         bytes memory error =
             abi.encodeWithSelector(ISlasher.SlasherWithheldAlreadySlashed.selector, _batchId, uint32(0));
         // the same verdicts replayed, and fresh ones from another verifier
@@ -158,19 +187,46 @@ contract SlasherWithheldTest is WithheldSetup {
         p.slashBps = 10_000;
         _setUpSystem(p, 1);
         (, bytes32[] memory hashes) = _threeLeaves();
-        uint256 batchId = commitLeaves(node, hashes);
-        bytes[] memory first = _withheldVerdicts(_oneKey(verifierKeys[0]), batchId, 0);
+        (uint256 batchId, ICommitments.BatchHeader memory header) = commitLeaves(node, hashes);
         bytes[] memory second = _withheldVerdicts(_oneKey(verifierKeys[0]), batchId, 1);
-        assertEq(slasher.slashWithheld(batchId, 0, first), NODE_STAKE, "everything");
+        assertEq(claimAndSlashWithheld(batchId, header, 0, _oneKey(verifierKeys[0])), NODE_STAKE, "everything");
+        _claimWithheld(_oneKey(verifierKeys[0]), batchId, 1);
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherNothingToSlash.selector, node));
-        slasher.slashWithheld(batchId, 1, second);
+        slasher.slashWithheld(batchId, header, 1, second, SECRET);
     }
 
     // ---- verdicts ----------------------------------------------------------------------------
 
     function test_slashWithheld_revertsWithoutVerdicts() public {
         _expectWithheldRevert(
-            0, new bytes[](0), abi.encodeWithSelector(ISlasher.SlasherNotEnoughVerdicts.selector, 0, 1)
+            0, new bytes[](0), abi.encodeWithSelector(ISlasher.SlasherWrongVerdictCount.selector, 0, 1)
+        );
+    }
+
+    function test_slashWithheld_revertsOnMoreVerdictsThanTheQuorum() public {
+        _expectWithheldRevert(
+            0,
+            _withheldVerdicts(_firstKeys(2), _batchId, 0),
+            abi.encodeWithSelector(ISlasher.SlasherWrongVerdictCount.selector, 2, 1)
+        );
+    }
+
+    function test_slashWithheld_revertsWithoutAClaim() public {
+        bytes32 claimHash = slasher.claimHash(
+            slasher.withheldDigest(node, _batchId, 0), addressesOf(_oneKey(verifierKeys[0])), SECRET
+        );
+        _expectWithheldRevert(
+            0, _verdict(verifierKeys[0], 0), abi.encodeWithSelector(ISlasher.SlasherClaimNotMatured.selector, claimHash)
+        );
+    }
+
+    function test_slashWithheld_revertsOnAClaimOfAnotherPosition() public {
+        _claimWithheld(_oneKey(verifierKeys[0]), _batchId, 1);
+        bytes32 claimHash = slasher.claimHash(
+            slasher.withheldDigest(node, _batchId, 0), addressesOf(_oneKey(verifierKeys[0])), SECRET
+        );
+        _expectWithheldRevert(
+            0, _verdict(verifierKeys[0], 0), abi.encodeWithSelector(ISlasher.SlasherClaimNotMatured.selector, claimHash)
         );
     }
 
@@ -198,6 +254,7 @@ contract SlasherWithheldTest is WithheldSetup {
 
     function test_slashWithheld_revertsOnVerdictOfAVerifierWhoLeft() public {
         address verifier = vm.addr(verifierKeys[0]);
+        _claimWithheld(_oneKey(verifierKeys[0]), _batchId, 0);
         vm.prank(verifier);
         verifierRegistry.unbond(1_000e18);
         _expectWithheldRevert(
@@ -236,7 +293,7 @@ contract SlasherWithheldTest is WithheldSetup {
     }
 
     function test_slashWithheld_revertsOnVerdictForAnotherBatch() public {
-        uint256 other = commitLeaves(node, _hashes);
+        (uint256 other,) = commitLeaves(node, _hashes);
         _expectRecoveredStranger(slasher.withheldDigest(node, other, 0));
     }
 
@@ -255,18 +312,19 @@ contract SlasherWithheldTest is WithheldSetup {
         // Documented choice (ISlasher.slashWithheld): the contract cannot tell which leaf hash
         // sits at a position, so a proven leaf stays slashable by `slash` (its verdicts say what
         // its signers saw); verifiers check isWithheldSlashed before they sign one.
-        slasher.slashWithheld(_batchId, 0, _verdict(verifierKeys[0], 0));
-        bytes[] memory mismatch = _verdicts(_oneKey(verifierKeys[1]), _batchId, _hashes[0], ISlasher.Reason.Mismatch);
-        uint256 slashed =
-            slasher.slash(_leaves[0], _batchId, Merkle.proof(_hashes, 0), ISlasher.Reason.Mismatch, mismatch);
+        _slashWithheldBy(_oneKey(verifierKeys[0]), 0);
+        uint256 slashed = claimAndSlash(
+            _leaves[0], _batchId, _header, Merkle.proof(_hashes, 0), ISlasher.Reason.Mismatch, _oneKey(verifierKeys[1])
+        );
         assertEq(slashed, 250e18, "half of what the first slash left");
-        assertTrue(slasher.isLeafSlashed(_hashes[0]), "leaf marked by slash");
+        assertTrue(slasher.isLeafSlashed(node, _hashes[0]), "leaf marked by slash");
         assertTrue(slasher.isWithheldSlashed(_batchId, 0), "position marked by slashWithheld");
     }
 
     function test_slash_doesNotMarkThePositionForSlashWithheld() public {
-        bytes[] memory mismatch = _verdicts(_oneKey(verifierKeys[0]), _batchId, _hashes[2], ISlasher.Reason.Mismatch);
-        slasher.slash(_leaves[2], _batchId, Merkle.proof(_hashes, 2), ISlasher.Reason.Mismatch, mismatch);
+        claimAndSlash(
+            _leaves[2], _batchId, _header, Merkle.proof(_hashes, 2), ISlasher.Reason.Mismatch, _oneKey(verifierKeys[0])
+        );
         assertFalse(slasher.isWithheldSlashed(_batchId, 2), "position not marked");
     }
 }
@@ -287,9 +345,10 @@ contract SlasherWithheldQuorumTest is WithheldSetup {
     function test_slashWithheld_splitsTheBountyAcrossTheQuorum() public {
         bytes[] memory verdicts = _sorted(3);
         uint256 perVerifier = uint256(100e18) / 3;
+        _claimWithheld(_firstKeys(3), _batchId, 0);
         vm.expectEmit(address(slasher));
         emit ISlasher.LeafWithheldSlashed(node, _batchId, 0, 500e18, perVerifier);
-        uint256 slashed = slasher.slashWithheld(_batchId, 0, verdicts);
+        uint256 slashed = slasher.slashWithheld(_batchId, _header, 0, verdicts, SECRET);
         vm.snapshotGasLastCall("stakeswarm", "Slasher.slashWithheld quorum 3");
 
         assertEq(slashed, 500e18, "slashed");
@@ -302,7 +361,12 @@ contract SlasherWithheldQuorumTest is WithheldSetup {
     }
 
     function test_slashWithheld_revertsBelowQuorum() public {
-        _expectWithheldRevert(0, _sorted(2), abi.encodeWithSelector(ISlasher.SlasherNotEnoughVerdicts.selector, 2, 3));
+        _expectWithheldRevert(0, _sorted(2), abi.encodeWithSelector(ISlasher.SlasherWrongVerdictCount.selector, 2, 3));
+    }
+
+    function test_slashWithheld_revertsOnSignersBeyondTheQuorum() public {
+        _claimWithheld(_firstKeys(4), _batchId, 0);
+        _expectWithheldRevert(0, _sorted(4), abi.encodeWithSelector(ISlasher.SlasherWrongVerdictCount.selector, 4, 3));
     }
 
     function test_slashWithheld_revertsOnUnsortedSigners() public {
@@ -350,18 +414,18 @@ contract SlasherWithheldFuzzTest is SlasherSetup {
         public
     {
         _setUpSystem(defaultParams(), 1);
-        leafCount = uint32(bound(leafCount, 1, type(uint32).max));
-        vm.prank(node);
-        uint256 batchId = commitments.commit(MODEL, keccak256("any root"), leafCount, 1);
+        leafCount = uint32(bound(leafCount, 1, MAX_LEAVES));
+        (uint256 batchId, ICommitments.BatchHeader memory header) = commitRoot(node, keccak256("any root"), leafCount);
         bytes[] memory verdicts = _withheldVerdicts(_oneKey(verifierKeys[0]), batchId, leafIndex);
+        _claimWithheld(_oneKey(verifierKeys[0]), batchId, leafIndex);
         if (leafIndex >= leafCount) {
             vm.expectRevert(
                 abi.encodeWithSelector(ISlasher.SlasherLeafIndexOutOfRange.selector, batchId, leafIndex, leafCount)
             );
-            slasher.slashWithheld(batchId, leafIndex, verdicts);
+            slasher.slashWithheld(batchId, header, leafIndex, verdicts, SECRET);
             assertFalse(slasher.isWithheldSlashed(batchId, leafIndex), "nothing marked");
         } else {
-            assertEq(slasher.slashWithheld(batchId, leafIndex, verdicts), NODE_STAKE / 2, "slashed");
+            assertEq(slasher.slashWithheld(batchId, header, leafIndex, verdicts, SECRET), NODE_STAKE / 2, "slashed");
             assertTrue(slasher.isWithheldSlashed(batchId, leafIndex), "marked");
         }
     }

@@ -5,6 +5,7 @@ import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.so
 
 import {StakeToken} from "../StakeToken.sol";
 import {VerifierRegistry} from "../VerifierRegistry.sol";
+import {IStakeRegistry} from "../interfaces/IStakeRegistry.sol";
 import {IVerifierRegistry} from "../interfaces/IVerifierRegistry.sol";
 
 import {TestBase} from "./helpers/TestBase.sol";
@@ -34,10 +35,17 @@ contract VerifierRegistryTest is TestBase {
     }
 
     function test_constructor_setsParameters() public view {
-        assertEq(address(verifiers.token()), address(token), "token");
+        assertEq(address(verifiers.stakeToken()), address(token), "token");
         assertEq(verifiers.minStake(), MIN_STAKE, "minStake");
         assertEq(uint256(verifiers.unbondingDelay()), DELAY, "unbondingDelay");
         assertEq(verifiers.totalStaked(), 0, "totalStaked");
+    }
+
+    function test_withdrawableAt_isTheUnbondingRelease() public {
+        _register(3_000e18);
+        vm.prank(VERIFIER);
+        verifiers.unbond(1_000e18);
+        assertEq(uint256(verifiers.withdrawableAt(VERIFIER)), block.timestamp + DELAY, "withdrawableAt");
     }
 
     // ---- register ----------------------------------------------------------------------------
@@ -46,7 +54,7 @@ contract VerifierRegistryTest is TestBase {
         vm.expectEmit(address(verifiers));
         emit IVerifierRegistry.VerifierRegistered(VERIFIER, 1_500e18);
         _register(1_500e18);
-        IVerifierRegistry.Verifier memory v = verifiers.getVerifier(VERIFIER);
+        IStakeRegistry.Stake memory v = verifiers.getStake(VERIFIER);
         assertTrue(v.registered, "registered");
         assertEq(v.stake, 1_500e18, "stake");
         assertTrue(verifiers.isActive(VERIFIER), "active");
@@ -56,19 +64,19 @@ contract VerifierRegistryTest is TestBase {
 
     function test_register_revertsWhenAlreadyRegistered() public {
         _register(MIN_STAKE);
-        vm.expectRevert(abi.encodeWithSelector(IVerifierRegistry.VerifiersAlreadyRegistered.selector, VERIFIER));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeAlreadyRegistered.selector, VERIFIER));
         _register(MIN_STAKE);
     }
 
     function test_register_revertsOnZero() public {
-        vm.expectRevert(abi.encodeWithSelector(IVerifierRegistry.VerifiersZeroAmount.selector));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeZeroAmount.selector));
         _register(0);
     }
 
     function test_register_revertsBelowMinStake() public {
         vm.expectRevert(
             abi.encodeWithSelector(
-                IVerifierRegistry.VerifiersInsufficientStake.selector, VERIFIER, MIN_STAKE - 1, MIN_STAKE
+                IStakeRegistry.StakeInsufficient.selector, VERIFIER, MIN_STAKE - 1, MIN_STAKE
             )
         );
         _register(MIN_STAKE - 1);
@@ -87,7 +95,7 @@ contract VerifierRegistryTest is TestBase {
     function testFuzz_register_anyStakeAboveMinimum(uint256 stake) public {
         stake = bound(stake, MIN_STAKE, token.balanceOf(VERIFIER));
         _register(stake);
-        assertEq(verifiers.getVerifier(VERIFIER).stake, stake, "stake");
+        assertEq(verifiers.getStake(VERIFIER).stake, stake, "stake");
         assertEq(verifiers.totalStaked(), token.balanceOf(address(verifiers)), "totalStaked == balance");
     }
 
@@ -96,22 +104,22 @@ contract VerifierRegistryTest is TestBase {
     function test_addStake_increasesStake() public {
         _register(MIN_STAKE);
         vm.expectEmit(address(verifiers));
-        emit IVerifierRegistry.VerifierStakeAdded(VERIFIER, 5e18, MIN_STAKE + 5e18);
+        emit IStakeRegistry.StakeAdded(VERIFIER, 5e18, MIN_STAKE + 5e18);
         vm.prank(VERIFIER);
         verifiers.addStake(5e18);
-        assertEq(verifiers.getVerifier(VERIFIER).stake, MIN_STAKE + 5e18, "stake");
+        assertEq(verifiers.getStake(VERIFIER).stake, MIN_STAKE + 5e18, "stake");
         assertEq(verifiers.totalStaked(), MIN_STAKE + 5e18, "totalStaked");
     }
 
     function test_addStake_revertsWhenNotRegistered() public {
-        vm.expectRevert(abi.encodeWithSelector(IVerifierRegistry.VerifiersNotRegistered.selector, VERIFIER));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeNotRegistered.selector, VERIFIER));
         vm.prank(VERIFIER);
         verifiers.addStake(1);
     }
 
     function test_addStake_revertsOnZero() public {
         _register(MIN_STAKE);
-        vm.expectRevert(abi.encodeWithSelector(IVerifierRegistry.VerifiersZeroAmount.selector));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeZeroAmount.selector));
         vm.prank(VERIFIER);
         verifiers.addStake(0);
     }
@@ -122,10 +130,10 @@ contract VerifierRegistryTest is TestBase {
         _register(3_000e18);
         uint64 releaseAt = uint64(block.timestamp) + DELAY;
         vm.expectEmit(address(verifiers));
-        emit IVerifierRegistry.VerifierUnbondingStarted(VERIFIER, 1_000e18, 1_000e18, releaseAt);
+        emit IStakeRegistry.UnbondingStarted(VERIFIER, 1_000e18, 1_000e18, releaseAt);
         vm.prank(VERIFIER);
         verifiers.unbond(1_000e18);
-        IVerifierRegistry.Verifier memory v = verifiers.getVerifier(VERIFIER);
+        IStakeRegistry.Stake memory v = verifiers.getStake(VERIFIER);
         assertEq(v.stake, 2_000e18, "stake");
         assertEq(v.unbonding, 1_000e18, "unbonding");
         assertEq(uint256(v.unbondingReleaseAt), releaseAt, "releaseAt");
@@ -147,20 +155,20 @@ contract VerifierRegistryTest is TestBase {
         vm.warp(block.timestamp + 1 days);
         vm.prank(VERIFIER);
         verifiers.unbond(500e18);
-        IVerifierRegistry.Verifier memory v = verifiers.getVerifier(VERIFIER);
+        IStakeRegistry.Stake memory v = verifiers.getStake(VERIFIER);
         assertEq(v.unbonding, 1_000e18, "unbonding");
         assertEq(uint256(v.unbondingReleaseAt), block.timestamp + DELAY, "releaseAt restarted");
     }
 
     function test_unbond_revertsWhenNotRegistered() public {
-        vm.expectRevert(abi.encodeWithSelector(IVerifierRegistry.VerifiersNotRegistered.selector, VERIFIER));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeNotRegistered.selector, VERIFIER));
         vm.prank(VERIFIER);
         verifiers.unbond(1);
     }
 
     function test_unbond_revertsOnZero() public {
         _register(MIN_STAKE);
-        vm.expectRevert(abi.encodeWithSelector(IVerifierRegistry.VerifiersZeroAmount.selector));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeZeroAmount.selector));
         vm.prank(VERIFIER);
         verifiers.unbond(0);
     }
@@ -169,7 +177,7 @@ contract VerifierRegistryTest is TestBase {
         _register(MIN_STAKE);
         vm.expectRevert(
             abi.encodeWithSelector(
-                IVerifierRegistry.VerifiersUnbondExceedsStake.selector, VERIFIER, MIN_STAKE + 1, MIN_STAKE
+                IStakeRegistry.StakeUnbondExceedsStake.selector, VERIFIER, MIN_STAKE + 1, MIN_STAKE
             )
         );
         vm.prank(VERIFIER);
@@ -179,7 +187,7 @@ contract VerifierRegistryTest is TestBase {
     function test_unbond_revertsWhenRemainderBelowMinimum() public {
         _register(1_500e18);
         vm.expectRevert(
-            abi.encodeWithSelector(IVerifierRegistry.VerifiersInsufficientStake.selector, VERIFIER, 999e18, MIN_STAKE)
+            abi.encodeWithSelector(IStakeRegistry.StakeInsufficient.selector, VERIFIER, 999e18, MIN_STAKE)
         );
         vm.prank(VERIFIER);
         verifiers.unbond(501e18);
@@ -194,7 +202,7 @@ contract VerifierRegistryTest is TestBase {
         uint256 before = token.balanceOf(VERIFIER);
         vm.warp(block.timestamp + DELAY + 1);
         vm.expectEmit(address(verifiers));
-        emit IVerifierRegistry.VerifierWithdrawn(VERIFIER, 1_000e18);
+        emit IStakeRegistry.StakeWithdrawn(VERIFIER, 1_000e18);
         vm.prank(VERIFIER);
         assertEq(verifiers.withdraw(), 1_000e18, "returned amount");
         assertEq(token.balanceOf(VERIFIER), before + 1_000e18, "verifier balance");
@@ -209,7 +217,7 @@ contract VerifierRegistryTest is TestBase {
         uint64 releaseAt = uint64(block.timestamp) + DELAY;
         vm.warp(releaseAt);
         vm.expectRevert(
-            abi.encodeWithSelector(IVerifierRegistry.VerifiersUnbondingLocked.selector, VERIFIER, releaseAt)
+            abi.encodeWithSelector(IStakeRegistry.StakeUnbondingLocked.selector, VERIFIER, releaseAt)
         );
         vm.prank(VERIFIER);
         verifiers.withdraw();
@@ -217,7 +225,7 @@ contract VerifierRegistryTest is TestBase {
 
     function test_withdraw_revertsWithNothingUnbonding() public {
         _register(MIN_STAKE);
-        vm.expectRevert(abi.encodeWithSelector(IVerifierRegistry.VerifiersNothingToWithdraw.selector, VERIFIER));
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeNothingToWithdraw.selector, VERIFIER));
         vm.prank(VERIFIER);
         verifiers.withdraw();
     }
@@ -242,7 +250,7 @@ contract VerifierRegistryTest is TestBase {
 
     function test_isActive_falseWhenUnregistered() public view {
         assertFalse(verifiers.isActive(VERIFIER), "unregistered");
-        assertFalse(verifiers.getVerifier(VERIFIER).registered, "getVerifier");
+        assertFalse(verifiers.getStake(VERIFIER).registered, "getStake");
     }
 }
 
@@ -282,7 +290,7 @@ contract VerifierRegistryHandler is TestBase {
 
     function unbond(uint256 seed, uint256 amount) external {
         address actor = _actor(seed);
-        amount = bound(amount, 1, _verifiers.getVerifier(actor).stake + 1);
+        amount = bound(amount, 1, _verifiers.getStake(actor).stake + 1);
         vm.prank(actor);
         _verifiers.unbond(amount);
     }
@@ -323,7 +331,7 @@ contract VerifierRegistryInvariantTest is TestBase {
         address[] memory actors = handler.actors();
         uint256 sum = 0;
         for (uint256 i = 0; i < actors.length; ++i) {
-            IVerifierRegistry.Verifier memory v = verifiers.getVerifier(actors[i]);
+            IStakeRegistry.Stake memory v = verifiers.getStake(actors[i]);
             sum += v.stake + v.unbonding;
         }
         assertEq(verifiers.totalStaked(), sum, "totalStaked == sum of stake + unbonding");

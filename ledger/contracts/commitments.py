@@ -4,53 +4,81 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eth_utils import to_checksum_address
+from eth_abi import encode as abi_encode
+from eth_utils import keccak, to_checksum_address
 from web3.types import BlockIdentifier
 
-from ledger.chain import DecodedEvent, TxResult
+from ledger.chain import ChainError, DecodedEvent, TxResult
 from ledger.contracts.base import ContractWrapper
 from ledger.types import Address, BatchId, ModelId
 
 
+class UnknownBatchError(ChainError):
+    """No batch with this id was committed (or its header cannot be found in the events)."""
+
+
 @dataclass(frozen=True)
 class Batch:
-    """One committed batch (`ICommitments.Batch`)."""
+    """One committed batch: its id and its header (`ICommitments.BatchHeader`), as the
+    `BatchCommitted` event tells it. The contract stores only the header's hash; slashing gives
+    the header back (`as_header`)."""
 
     batch_id: BatchId
     node: Address  # who committed it (and is slashable for it)
     model_id: ModelId
     root: bytes  # 32-byte Merkle root of the batch's leaves
     leaf_count: int
-    token_count: int  # tokens served across the leaves
     committed_at: int  # unix seconds of the commit's block
+
+    def as_header(self) -> tuple[str, bytes, bytes, int, int]:
+        """The `BatchHeader` tuple the Slasher takes."""
+        return (self.node, self.model_id, self.root, self.leaf_count, self.committed_at)
+
+    def header_hash(self) -> bytes:
+        """`keccak256(abi.encode(header))`: what `Commitments.batchHash` stores."""
+        return keccak(abi_encode(["(address,bytes32,bytes32,uint32,uint64)"], [self.as_header()]))
 
 
 @dataclass(frozen=True)
 class BatchCommitted:
     """A `BatchCommitted` event: what a verifier follows."""
 
-    batch_id: BatchId
-    node: Address
-    model_id: ModelId
-    root: bytes
-    leaf_count: int
-    token_count: int
+    batch: Batch
     block_number: int
     tx_hash: str
+
+    @property
+    def batch_id(self) -> BatchId:
+        return self.batch.batch_id
+
+    @property
+    def node(self) -> Address:
+        return self.batch.node
+
+    @property
+    def model_id(self) -> ModelId:
+        return self.batch.model_id
+
+    @property
+    def root(self) -> bytes:
+        return self.batch.root
+
+    @property
+    def leaf_count(self) -> int:
+        return self.batch.leaf_count
 
     @classmethod
     def from_event(cls, event: DecodedEvent) -> BatchCommitted:
         args = event.args
-        return cls(
+        batch = Batch(
             batch_id=BatchId(int(args["batchId"])),
             node=Address(to_checksum_address(args["node"])),
             model_id=ModelId(bytes(args["modelId"])),
             root=bytes(args["root"]),
             leaf_count=int(args["leafCount"]),
-            token_count=int(args["tokenCount"]),
-            block_number=event.block_number,
-            tx_hash=event.tx_hash,
+            committed_at=int(args["committedAt"]),
         )
+        return cls(batch=batch, block_number=event.block_number, tx_hash=event.tx_hash)
 
 
 class Commitments(ContractWrapper):
@@ -58,30 +86,51 @@ class Commitments(ContractWrapper):
 
     abi_name = "Commitments"
 
-    def commit(self, model_id: ModelId, root: bytes, leaf_count: int, token_count: int) -> TxResult:
+    def commit(self, model_id: ModelId, root: bytes, leaf_count: int) -> TxResult:
         """Commit one batch root; the new id is in the result's `BatchCommitted` event
         (see `committed_batch_id`)."""
-        return self._transact("commit", model_id, root, leaf_count, token_count)
+        return self._transact("commit", model_id, root, leaf_count)
 
     @staticmethod
     def committed_batch_id(result: TxResult) -> BatchId:
         """The batch id a `commit` transaction created."""
         return BatchId(int(result.event("BatchCommitted").args["batchId"]))
 
-    def get_batch(self, batch_id: BatchId, *, block: BlockIdentifier = "latest") -> Batch:
-        raw = self._call("getBatch", batch_id, block=block)
-        return Batch(
-            batch_id=batch_id,
-            node=Address(to_checksum_address(raw[0])),
-            model_id=ModelId(bytes(raw[1])),
-            root=bytes(raw[2]),
-            leaf_count=int(raw[3]),
-            token_count=int(raw[4]),
-            committed_at=int(raw[5]),
+    @staticmethod
+    def committed_batch(result: TxResult) -> Batch:
+        """The batch a `commit` transaction created."""
+        event = result.event("BatchCommitted")
+        return BatchCommitted.from_event(event).batch
+
+    def get_batch(
+        self, batch_id: BatchId, *, from_block: int = 0, block: BlockIdentifier = "latest"
+    ) -> Batch:
+        """Batch `batch_id`'s header, from its `BatchCommitted` event (searched from
+        `from_block`), checked against the hash the contract stored; `UnknownBatchError` if no
+        such batch was committed."""
+        stored = self.batch_hash(batch_id, block=block)
+        if stored == bytes(32):
+            raise UnknownBatchError(f"no batch {batch_id} was committed")
+        for event in self.events(
+            "BatchCommitted", from_block=from_block, to_block=block, batchId=batch_id
+        ):
+            batch = BatchCommitted.from_event(event).batch
+            if batch.batch_id == batch_id and batch.header_hash() == stored:
+                return batch
+        raise UnknownBatchError(
+            f"batch {batch_id}: no BatchCommitted event from block {from_block}"
         )
+
+    def batch_hash(self, batch_id: BatchId, *, block: BlockIdentifier = "latest") -> bytes:
+        """The stored header hash of batch `batch_id` (32 zero bytes: no such batch)."""
+        return bytes(self._call("batchHash", batch_id, block=block))
 
     def batch_count(self, *, block: BlockIdentifier = "latest") -> int:
         return int(self._call("batchCount", block=block))
+
+    def max_leaves(self) -> int:
+        """The most leaves one batch may hold."""
+        return int(self._call("maxLeaves"))
 
     def batches_committed(
         self,

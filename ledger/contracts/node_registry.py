@@ -8,8 +8,8 @@ from eth_utils import to_checksum_address
 from web3.types import BlockIdentifier
 
 from ledger.chain import TxResult
-from ledger.contracts.base import ContractWrapper, OnApproval
-from ledger.contracts.token import StakeToken
+from ledger.contracts.base import OnApproval
+from ledger.contracts.stake import StakeRegistry
 from ledger.types import Address, BlockIndex, ModelId, Wei
 
 
@@ -26,6 +26,7 @@ class NodeInfo:
     stake: Wei  # active stake
     unbonding: Wei  # waiting for withdraw, still slashable
     unbonding_release_at: int  # unix seconds when `unbonding` may be withdrawn (0: none)
+    last_commit_at: int  # unix seconds of the node's last commit (0: none); holds withdrawals
     registered: bool
 
     @property
@@ -38,7 +39,7 @@ class NodeInfo:
         return Wei(self.price_per_token_per_block * self.span_length)
 
 
-class NodeRegistry(ContractWrapper):
+class NodeRegistry(StakeRegistry):
     """Register, stake, unbond and withdraw as a node; read any node's registration."""
 
     abi_name = "NodeRegistry"
@@ -55,7 +56,8 @@ class NodeRegistry(ContractWrapper):
             stake=Wei(int(raw[5])),
             unbonding=Wei(int(raw[6])),
             unbonding_release_at=int(raw[7]),
-            registered=bool(raw[8]),
+            last_commit_at=int(raw[8]),
+            registered=bool(raw[9]),
         )
 
     def is_active(self, node: str, *, block: BlockIdentifier = "latest") -> bool:
@@ -64,21 +66,18 @@ class NodeRegistry(ContractWrapper):
     def required_stake(self, span_start: int, span_end: int) -> Wei:
         return Wei(int(self._call("requiredStake", span_start, span_end)))
 
-    def total_staked(self, *, block: BlockIdentifier = "latest") -> Wei:
-        return Wei(int(self._call("totalStaked", block=block)))
+    def slashable_stake(self, node: str, *, block: BlockIdentifier = "latest") -> Wei:
+        """What a slash of `node` can reach: active plus unbonding stake."""
+        return Wei(int(self._call("slashableStake", to_checksum_address(node), block=block)))
 
     def min_stake_per_block(self) -> Wei:
         return Wei(int(self._call("minStakePerBlock")))
 
-    def unbonding_delay(self) -> int:
-        return int(self._call("unbondingDelay"))
-
     def slasher(self) -> Address:
         return Address(to_checksum_address(self._call("slasher")))
 
-    def stake_token(self) -> StakeToken:
-        """The stake token, writing as this wrapper's sender."""
-        return StakeToken(self.chain, self._call("stakeToken"), self.sender)
+    def commitments(self) -> Address:
+        return Address(to_checksum_address(self._call("commitments")))
 
     def register(
         self,
@@ -132,21 +131,3 @@ class NodeRegistry(ContractWrapper):
         return self._transact(
             "updateService", model_id, span_start, span_end, price_per_token_per_block, peer_id
         )
-
-    def add_stake(self, amount: Wei) -> TxResult:
-        """Pull `amount` more into the sender's stake (approve first, or `add_stake_with_approve`)."""
-        return self._transact("addStake", amount)
-
-    def add_stake_with_approve(
-        self, amount: Wei, *, on_approval: OnApproval | None = None
-    ) -> TxResult:
-        """`add_stake`, approving `amount` first if the allowance falls short."""
-        return self._transact_with_approve(
-            self.stake_token(), amount, "addStake", amount, on_approval=on_approval
-        )
-
-    def unbond(self, amount: Wei) -> TxResult:
-        return self._transact("unbond", amount)
-
-    def withdraw(self) -> TxResult:
-        return self._transact("withdraw")

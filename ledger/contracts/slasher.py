@@ -3,14 +3,17 @@ a sampled leaf (withheld verdicts on its position) or equivocating (two receipts
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from eth_utils import to_checksum_address
 from web3.types import BlockIdentifier
 
 from ledger.chain import DecodedEvent, TxResult
 from ledger.contracts.base import ContractWrapper
+from ledger.contracts.commitments import Batch
 from ledger.eip712 import Domain, recover_verdict_signer, recover_withheld_signer
 from ledger.types import Address, BatchId, Leaf, Reason, Verdict, Wei, WithheldVerdict
 
@@ -80,9 +83,11 @@ class LeafWithheldSlashed:
         )
 
 
-def _by_signer(signed: list[tuple[str, bytes]]) -> list[bytes]:
-    """The signatures ordered by strictly increasing signer address, as the contract wants."""
-    return [signature for _, signature in sorted((int(a, 16), s) for a, s in signed)]
+def _by_signer(signed: list[tuple[str, bytes]]) -> tuple[list[str], list[bytes]]:
+    """The signers and their signatures ordered by strictly increasing signer address, as the
+    contract wants."""
+    ordered = sorted(signed, key=lambda pair: int(pair[0], 16))
+    return [to_checksum_address(a) for a, _ in ordered], [s for _, s in ordered]
 
 
 class Slasher(ContractWrapper):
@@ -91,8 +96,13 @@ class Slasher(ContractWrapper):
     abi_name = "Slasher"
 
     def domain(self) -> Domain:
-        """The EIP-712 domain receipts and verdicts are signed under."""
-        return Domain.slasher(self.chain.chain_id, self.address)
+        """The EIP-712 domain receipts and verdicts are signed under (with the deployment's salt,
+        read once from the contract's ERC-5267 `eip712Domain`)."""
+        return Domain.slasher(self.chain.chain_id, self.address, self._domain_salt)
+
+    @cached_property
+    def _domain_salt(self) -> bytes:
+        return bytes(self._call("eip712Domain")[5])
 
     def params(self) -> SlasherParams:
         return SlasherParams(
@@ -119,17 +129,27 @@ class Slasher(ContractWrapper):
 
     def verify_leaf(
         self,
-        batch_id: BatchId,
-        leaf: bytes,
+        batch: Batch,
+        leaf: Leaf,
         proof: Sequence[bytes],
         *,
         block: BlockIdentifier = "latest",
     ) -> bool:
-        """True when `proof` proves the leaf hash `leaf` under batch `batch_id`'s root."""
-        return bool(self._call("verifyLeaf", batch_id, leaf, list(proof), block=block))
+        """True when `proof` proves `leaf` under committed batch `batch`'s root."""
+        return bool(
+            self._call(
+                "verifyLeaf",
+                batch.batch_id,
+                batch.as_header(),
+                leaf.as_tuple(),
+                list(proof),
+                block=block,
+            )
+        )
 
-    def is_leaf_slashed(self, leaf: bytes, *, block: BlockIdentifier = "latest") -> bool:
-        return bool(self._call("isLeafSlashed", leaf, block=block))
+    def is_leaf_slashed(self, node: str, leaf: bytes, *, block: BlockIdentifier = "latest") -> bool:
+        """True once the leaf hash `leaf` was slashed for `node`."""
+        return bool(self._call("isLeafSlashed", to_checksum_address(node), leaf, block=block))
 
     def is_withheld_slashed(
         self, batch_id: BatchId, leaf_index: int, *, block: BlockIdentifier = "latest"
@@ -140,25 +160,40 @@ class Slasher(ContractWrapper):
     def reward_pool(self, *, block: BlockIdentifier = "latest") -> Wei:
         return Wei(int(self._call("rewardPool", block=block)))
 
+    def claim(self, evidence: bytes, beneficiaries: Sequence[str]) -> bytes:
+        """Claim a slash of `evidence` for `beneficiaries` with a fresh secret; returns the
+        secret the slash must reveal. The claim shows only a hash, so nobody can copy the
+        evidence before the slash, which lands in a later block than this claim."""
+        secret = os.urandom(32)
+        claim_hash = bytes(
+            self._call(
+                "claimHash", evidence, [to_checksum_address(a) for a in beneficiaries], secret
+            )
+        )
+        self._transact("claim", claim_hash)
+        return secret
+
     def slash(
         self,
         leaf: Leaf,
-        batch_id: BatchId,
+        batch: Batch,
         proof: Sequence[bytes],
         reason: Reason,
         verdicts: Sequence[Verdict],
     ) -> TxResult:
-        """Slash the node of batch `batch_id` for `leaf` with signed `verdicts`.
+        """Claim, then slash the node of `batch` for `leaf` with signed `verdicts` (two
+        transactions: see `claim`).
 
-        The verdicts must all be about this leaf, batch and reason; their signatures are sent
-        ordered by signer address, as the contract requires (a verdict without `signer` has it
-        recovered from its signature). `ValueError` on verdicts about something else.
+        The verdicts must all be about this leaf, batch and reason, exactly the quorum of them;
+        their signatures are sent ordered by signer address, as the contract requires (a
+        verdict without `signer` has it recovered from its signature). `ValueError` on verdicts
+        about something else.
         """
         leaf_hash = leaf.hash()
         domain = self.domain()
         signed: list[tuple[str, bytes]] = []
         for index, verdict in enumerate(verdicts):
-            if verdict.batch_id != batch_id or bytes(verdict.leaf) != leaf_hash:
+            if verdict.batch_id != batch.batch_id or bytes(verdict.leaf) != leaf_hash:
                 raise ValueError(f"verdict {index} is about another batch or leaf")
             if Reason(verdict.reason) != reason:
                 raise ValueError(f"verdict {index} gives reason {verdict.reason!r}, not {reason!r}")
@@ -166,15 +201,25 @@ class Slasher(ContractWrapper):
                 raise ValueError(f"verdict {index} is not signed")
             signer = verdict.signer or recover_verdict_signer(domain, verdict, verdict.signature)
             signed.append((signer, bytes(verdict.signature)))
+        signers, signatures = _by_signer(signed)
+        evidence = self.verdict_digest(batch.node, batch.batch_id, leaf_hash, reason)
+        secret = self.claim(evidence, signers)
         return self._transact(
-            "slash", leaf.as_tuple(), batch_id, list(proof), int(reason), _by_signer(signed)
+            "slash",
+            leaf.as_tuple(),
+            batch.batch_id,
+            batch.as_header(),
+            list(proof),
+            int(reason),
+            signatures,
+            secret,
         )
 
     def slash_withheld(
-        self, batch_id: BatchId, leaf_index: int, verdicts: Sequence[WithheldVerdict]
+        self, batch: Batch, leaf_index: int, verdicts: Sequence[WithheldVerdict]
     ) -> TxResult:
-        """Slash the node of batch `batch_id` for withholding its leaf at `leaf_index`, with
-        signed withheld `verdicts` (at least the quorum).
+        """Claim, then slash the node of `batch` for withholding its leaf at `leaf_index`, with
+        exactly the quorum of signed withheld `verdicts`.
 
         The verdicts must all be about this batch and position; their signatures are sent
         ordered by signer address (a verdict without `signer` has it recovered from its
@@ -183,28 +228,32 @@ class Slasher(ContractWrapper):
         domain = self.domain()
         signed: list[tuple[str, bytes]] = []
         for index, verdict in enumerate(verdicts):
-            if verdict.batch_id != batch_id or verdict.leaf_index != leaf_index:
+            if verdict.batch_id != batch.batch_id or verdict.leaf_index != leaf_index:
                 raise ValueError(
                     f"withheld verdict {index} is about batch {verdict.batch_id} leaf "
-                    f"{verdict.leaf_index}, not batch {batch_id} leaf {leaf_index}"
+                    f"{verdict.leaf_index}, not batch {batch.batch_id} leaf {leaf_index}"
                 )
             if not verdict.signature:
                 raise ValueError(f"withheld verdict {index} is not signed")
             signer = verdict.signer or recover_withheld_signer(domain, verdict, verdict.signature)
             signed.append((signer, bytes(verdict.signature)))
-        return self._transact("slashWithheld", batch_id, leaf_index, _by_signer(signed))
+        signers, signatures = _by_signer(signed)
+        evidence = self.withheld_digest(batch.node, batch.batch_id, leaf_index)
+        secret = self.claim(evidence, signers)
+        return self._transact(
+            "slashWithheld", batch.batch_id, batch.as_header(), leaf_index, signatures, secret
+        )
 
     def slash_equivocation(
         self, node: str, a: Leaf, receipt_a: bytes, b: Leaf, receipt_b: bytes
     ) -> TxResult:
-        """Slash `node` for signing receipts of two different leaves for one slot."""
+        """Claim (for the sender), then slash `node` for signing receipts of two different
+        leaves for one slot; the sender gets the bounty."""
+        node = to_checksum_address(node)
+        evidence = bytes(self._call("equivocationEvidence", node, a.as_tuple(), b.as_tuple()))
+        secret = self.claim(evidence, [self._sender_address()])
         return self._transact(
-            "slashEquivocation",
-            to_checksum_address(node),
-            a.as_tuple(),
-            receipt_a,
-            b.as_tuple(),
-            receipt_b,
+            "slashEquivocation", node, a.as_tuple(), receipt_a, b.as_tuple(), receipt_b, secret
         )
 
     def release_reward_pool(self) -> TxResult:

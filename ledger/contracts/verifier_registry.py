@@ -8,14 +8,14 @@ from eth_utils import to_checksum_address
 from web3.types import BlockIdentifier
 
 from ledger.chain import TxResult
-from ledger.contracts.base import ContractWrapper, OnApproval
-from ledger.contracts.token import StakeToken
+from ledger.contracts.base import OnApproval
+from ledger.contracts.stake import StakeRegistry
 from ledger.types import Address, Wei
 
 
 @dataclass(frozen=True)
 class VerifierInfo:
-    """A verifier's stake (`IVerifierRegistry.Verifier`)."""
+    """A verifier's stake (`IStakeRegistry.Stake`)."""
 
     address: Address
     stake: Wei  # active stake
@@ -24,13 +24,13 @@ class VerifierInfo:
     registered: bool
 
 
-class VerifierRegistry(ContractWrapper):
+class VerifierRegistry(StakeRegistry):
     """Register, stake, unbond and withdraw as a verifier; read any verifier."""
 
     abi_name = "VerifierRegistry"
 
     def get_verifier(self, verifier: str, *, block: BlockIdentifier = "latest") -> VerifierInfo:
-        raw = self._call("getVerifier", to_checksum_address(verifier), block=block)
+        raw = self._call("getStake", to_checksum_address(verifier), block=block)
         return VerifierInfo(
             address=Address(to_checksum_address(verifier)),
             stake=Wei(int(raw[0])),
@@ -42,18 +42,8 @@ class VerifierRegistry(ContractWrapper):
     def is_active(self, verifier: str, *, block: BlockIdentifier = "latest") -> bool:
         return bool(self._call("isActive", to_checksum_address(verifier), block=block))
 
-    def total_staked(self, *, block: BlockIdentifier = "latest") -> Wei:
-        return Wei(int(self._call("totalStaked", block=block)))
-
     def min_stake(self) -> Wei:
         return Wei(int(self._call("minStake")))
-
-    def unbonding_delay(self) -> int:
-        return int(self._call("unbondingDelay"))
-
-    def token(self) -> StakeToken:
-        """The stake token, writing as this wrapper's sender."""
-        return StakeToken(self.chain, self._call("token"), self.sender)
 
     def register(self, stake: Wei) -> TxResult:
         return self._transact("register", stake)
@@ -64,22 +54,5 @@ class VerifierRegistry(ContractWrapper):
         """Register, approving `stake` first if the allowance falls short (only when the
         registration would otherwise succeed)."""
         return self._transact_with_approve(
-            self.token(), stake, "register", stake, on_approval=on_approval
+            self.stake_token(), stake, "register", stake, on_approval=on_approval
         )
-
-    def add_stake(self, amount: Wei) -> TxResult:
-        return self._transact("addStake", amount)
-
-    def add_stake_with_approve(
-        self, amount: Wei, *, on_approval: OnApproval | None = None
-    ) -> TxResult:
-        """`add_stake`, approving `amount` first if the allowance falls short."""
-        return self._transact_with_approve(
-            self.token(), amount, "addStake", amount, on_approval=on_approval
-        )
-
-    def unbond(self, amount: Wei) -> TxResult:
-        return self._transact("unbond", amount)
-
-    def withdraw(self) -> TxResult:
-        return self._transact("withdraw")

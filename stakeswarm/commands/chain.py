@@ -1,6 +1,7 @@
 """`stakeswarm chain`: on-chain actions for node operators, clients and verifiers.
 
-Thin commands over `ledger.contracts`. Every command takes either
+Thin commands over `ledger.contracts`. `chain deploy` deploys the contracts to a chain
+(see `stakeswarm.commands.chain_deploy`); every other command takes either
     --devnet [--account NAME|ROLE|INDEX] [--home DIR]      the devnet's deployment and dev keys
 or
     --deployment FILE [--rpc URL] [--keystore FILE [--password-env NAME]]
@@ -9,7 +10,7 @@ or
 Amounts are in whole stake tokens and may have decimals (`--stake 100` is 100 tokens,
 `--price 0.001`); they are converted with the token's on-chain `decimals()` (18).
 A revert prints the decoded contract error, e.g.
-`RegistryInsufficientStake(node=0x…, stake=10, needed=30)` (amounts there are base units),
+`StakeInsufficient(account=0x…, stake=10, needed=30)` (amounts there are base units),
 and exits with status 1.
 """
 
@@ -23,6 +24,7 @@ from rich.console import Console
 
 from ledger.contracts import NodeInfo, VerifierInfo
 from ledger.types import ChannelId, model_id
+from stakeswarm.commands.chain_deploy import deploy
 from stakeswarm.commands.chain_support import (
     ChainOptions,
     CliInputError,
@@ -52,6 +54,7 @@ channel_app = typer.Typer(
 verifier_app = typer.Typer(
     help="Register, unbond, withdraw and inspect verifiers.", no_args_is_help=True
 )
+app.command("deploy")(deploy)
 app.add_typer(node_app, name="node")
 app.add_typer(channel_app, name="channel")
 app.add_typer(verifier_app, name="verifier")
@@ -71,6 +74,11 @@ def _print_node(console: Console, conn: Connected, info: NodeInfo) -> None:
     rows.append(("stake", conn.show(info.stake)))
     rows.append(("unbonding", conn.show(info.unbonding)))
     rows.append(("unbonding release", when(info.unbonding_release_at)))
+    rows.append(("last commit", when(info.last_commit_at)))
+    if info.unbonding:
+        # the release, or the end of the last commit's challenge window if that is later
+        withdrawable = conn.contracts.node_registry.withdrawable_at(info.address)
+        rows.append(("withdrawable after", when(withdrawable)))
     print_fields(console, f"Node {info.address}", rows)
 
 
@@ -346,7 +354,7 @@ def verifier_withdraw(
         conn = connect(options, role="verifier", sign=True)
         registry = conn.contracts.verifier_registry
         result = registry.withdraw()
-        amount = result.event("VerifierWithdrawn").args["amount"]
+        amount = result.event("StakeWithdrawn").args["amount"]
         print_tx(console, f"withdrew {conn.show(amount)}", result)
         assert conn.address is not None
         _print_verifier(console, conn, registry.get_verifier(conn.address))

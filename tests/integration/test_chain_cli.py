@@ -78,7 +78,7 @@ def test_revert_prints_the_decoded_error_and_exits_non_zero(
     assert "approve" not in result.output  # simulated first: nothing was approved in vain
     node = deployment.account("node-1").address
     assert (
-        f"RegistryInsufficientStake(node={node}, stake={39 * TOKEN}, needed={40 * TOKEN})"
+        f"StakeInsufficient(account={node}, stake={39 * TOKEN}, needed={40 * TOKEN})"
         in result.output
     )
     assert "Traceback" not in result.output
@@ -102,7 +102,7 @@ def test_node_add_stake_unbond_withdraw_and_show(
 
     assert added.exit_code == unbonded.exit_code == withdrawn.exit_code == 0
     assert "added 10 SWARM to the stake" in added.output
-    assert locked.exit_code == 1 and "RegistryUnbondingLocked" in locked.output
+    assert locked.exit_code == 1 and "StakeUnbondingLocked" in locked.output
     assert "withdrew 10 SWARM" in withdrawn.output
     assert contracts.node_registry.get_node(address).stake == 40 * TOKEN
     assert shown.exit_code == 0 and "2:6 (4 blocks)" in shown.output and PEER_ID in shown.output
@@ -200,7 +200,7 @@ def test_verifier_unbond_withdraw_and_show(
 
     assert too_much.exit_code == 1
     assert (
-        f"VerifiersInsufficientStake(verifier={verifier}, stake={90 * TOKEN}, "
+        f"StakeInsufficient(account={verifier}, stake={90 * TOKEN}, "
         f"needed={100 * TOKEN})" in too_much.output
     )
     assert unbonded.exit_code == 0, unbonded.output
@@ -208,7 +208,7 @@ def test_verifier_unbond_withdraw_and_show(
     assert _field(unbonded.output, "stake") == "100 SWARM"
     assert _field(unbonded.output, "unbonding") == "50 SWARM"
     assert _field(unbonded.output, "unbonding release") != "-"
-    assert locked.exit_code == 1 and "VerifiersUnbondingLocked" in locked.output
+    assert locked.exit_code == 1 and "StakeUnbondingLocked" in locked.output
     assert withdrawn.exit_code == 0 and "withdrew 50 SWARM  tx 0x" in withdrawn.output
     assert _field(withdrawn.output, "unbonding") == "0 SWARM"
     info = contracts.verifier_registry.get_verifier(verifier)

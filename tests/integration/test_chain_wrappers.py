@@ -12,7 +12,8 @@ from eth_utils import keccak
 
 from ledger.chain import Chain, ContractRevert
 from ledger.compile import PROJECT_ROOT, compile_contracts
-from ledger.contracts import Contracts, NoSenderError
+from ledger.contracts import Batch, Contracts, NoSenderError
+from ledger.contracts.commitments import UnknownBatchError
 from ledger.deployment import TOKEN, Deployment, DeploymentParams, deploy_all
 from ledger.eip712 import (
     recover_verdict_signer,
@@ -147,9 +148,9 @@ def test_node_registry_insufficient_stake_reverts_with_arguments(
     assert (
         node.token.allowance(deployment.account("node-0").address, node.node_registry.address) == 0
     )
-    assert raised.value.name == "RegistryInsufficientStake"
+    assert raised.value.name == "StakeInsufficient"
     assert raised.value.arguments == {
-        "node": deployment.account("node-0").address,
+        "account": deployment.account("node-0").address,
         "stake": needed - 1,
         "needed": needed,
     }
@@ -174,8 +175,8 @@ def test_node_registry_add_stake_unbond_withdraw(
     node.node_registry.withdraw()
 
     info = node.node_registry.get_node(address)
-    assert locked.value.name == "RegistryUnbondingLocked"
-    assert locked.value.arguments["node"] == address
+    assert locked.value.name == "StakeUnbondingLocked"
+    assert locked.value.arguments["account"] == address
     assert info.stake == required and info.unbonding == 0
     assert node.token.balance_of(address) == balance + 5 * TOKEN
 
@@ -204,14 +205,15 @@ def test_commitments_commit_get_batch_and_follow_events(
     roots = [keccak(b"root-a"), keccak(b"root-b")]
 
     ids = [
-        node.commitments.committed_batch_id(node.commitments.commit(MODEL, root, 3, 12))
+        node.commitments.committed_batch_id(node.commitments.commit(MODEL, root, 3))
         for root in roots
     ]
 
     assert ids == [1, 2]
     batch = node.commitments.get_batch(BatchId(2))
     assert batch.node == deployment.account("node-0").address
-    assert (batch.root, batch.leaf_count, batch.token_count) == (roots[1], 3, 12)
+    assert (batch.root, batch.leaf_count) == (roots[1], 3)
+    assert node.commitments.batch_hash(BatchId(2)) == batch.header_hash()
     assert batch.committed_at == chain.timestamp()
     assert node.commitments.batch_count() == 2
     followed = node.commitments.batches_committed(from_block=since)
@@ -226,17 +228,33 @@ def test_commitments_inactive_node_reverts(
     stranger = contracts_as("client-0")
 
     with pytest.raises(ContractRevert) as raised:
-        stranger.commitments.commit(MODEL, keccak(b"r"), 1, 1)
+        stranger.commitments.commit(MODEL, keccak(b"r"), 1)
 
-    assert raised.value.name == "CommitmentsNodeInactive"
+    assert raised.value.name == "RegistryNodeInactive"
     assert raised.value.arguments == {"node": deployment.account("client-0").address}
 
 
-def test_commitments_unknown_batch_read_reverts(contracts: Contracts) -> None:
-    with pytest.raises(ContractRevert) as raised:
+def test_commitments_unknown_batch_read_raises(contracts: Contracts) -> None:
+    with pytest.raises(UnknownBatchError, match="no batch 99 was committed"):
         contracts.commitments.get_batch(BatchId(99))
 
-    assert raised.value.signature == "CommitmentsUnknownBatch(batchId=99)"
+    assert contracts.commitments.batch_hash(BatchId(99)) == bytes(32)
+
+
+def test_commitments_refuse_a_batch_beyond_the_leaf_cap(
+    contracts_as: Callable[[str | int], Contracts], deployment: Deployment
+) -> None:
+    node = contracts_as("node-0")
+    register(node)
+    cap = node.commitments.max_leaves()
+
+    with pytest.raises(ContractRevert) as raised:
+        node.commitments.commit(MODEL, keccak(b"r"), cap + 1)
+
+    assert cap == deployment.params.max_leaves
+    assert (
+        raised.value.signature == f"CommitmentsTooManyLeaves(leafCount={cap + 1}, maxLeaves={cap})"
+    )
 
 
 # --- PaymentChannels ----------------------------------------------------------------------
@@ -339,20 +357,20 @@ def test_verifier_insufficient_stake_reverts_with_arguments(
         verifier.verifier_registry.register_with_approve(Wei(minimum - 1))
 
     assert raised.value.arguments == {
-        "verifier": deployment.account("verifier-0").address,
+        "account": deployment.account("verifier-0").address,
         "stake": minimum - 1,
         "needed": minimum,
     }
-    assert raised.value.name == "VerifiersInsufficientStake"
+    assert raised.value.name == "StakeInsufficient"
 
 
 # --- Slasher ------------------------------------------------------------------------------
 
 
-def committed_tree(node: Contracts, leaves: list[Leaf]) -> tuple[BatchId, MerkleTree]:
+def committed_tree(node: Contracts, leaves: list[Leaf]) -> tuple[Batch, MerkleTree]:
     tree = MerkleTree([item.hash() for item in leaves])
-    result = node.commitments.commit(MODEL, tree.root, len(leaves), len(leaves))
-    return node.commitments.committed_batch_id(result), tree
+    result = node.commitments.commit(MODEL, tree.root, len(leaves))
+    return node.commitments.committed_batch(result), tree
 
 
 def test_slash_with_a_verdict_quorum_takes_stake_and_pays_the_bounty(
@@ -366,7 +384,8 @@ def test_slash_with_a_verdict_quorum_takes_stake_and_pays_the_bounty(
     register(node)
     verifier.verifier_registry.register_with_approve(deployment.params.min_verifier_stake)
     leaves = [leaf(step) for step in range(3)]
-    batch_id, tree = committed_tree(node, leaves)
+    batch, tree = committed_tree(node, leaves)
+    batch_id = batch.batch_id
     guilty = leaves[1]
     verdict = Verdict(node_address, batch_id, guilty.hash(), Reason.MISMATCH)
     signature = sign_verdict(verifier.slasher.domain(), verdict, dev_account("verifier-0"))
@@ -375,7 +394,7 @@ def test_slash_with_a_verdict_quorum_takes_stake_and_pays_the_bounty(
 
     result = verifier.slasher.slash(
         guilty,
-        batch_id,
+        batch,
         tree.proof(1),
         Reason.MISMATCH,
         [Verdict(node_address, batch_id, guilty.hash(), Reason.MISMATCH, signature=signature)],
@@ -395,7 +414,8 @@ def test_slash_with_a_verdict_quorum_takes_stake_and_pays_the_bounty(
     assert node.node_registry.get_node(node_address).stake == stake - taken
     assert verifier.token.balance_of(verifier_address) == balance + bounty
     assert verifier.slasher.reward_pool() == taken - bounty
-    assert verifier.slasher.is_leaf_slashed(guilty.hash())
+    assert verifier.slasher.is_leaf_slashed(node_address, guilty.hash())
+    assert verifier.slasher.verify_leaf(batch, guilty, tree.proof(1))
 
 
 def test_slash_by_a_non_verifier_reverts_naming_the_signer(
@@ -407,14 +427,15 @@ def test_slash_by_a_non_verifier_reverts_naming_the_signer(
     node_address = deployment.account("node-0").address
     register(node)
     leaves = [leaf(0), leaf(1)]
-    batch_id, tree = committed_tree(node, leaves)
+    batch, tree = committed_tree(node, leaves)
+    batch_id = batch.batch_id
     verdict = Verdict(node_address, batch_id, leaves[0].hash(), Reason.WITHHELD)
     signature = sign_verdict(outsider.slasher.domain(), verdict, dev_account("client-0"))
 
     with pytest.raises(ContractRevert) as raised:
         outsider.slasher.slash(
             leaves[0],
-            batch_id,
+            batch,
             tree.proof(0),
             Reason.WITHHELD,
             [
@@ -433,10 +454,12 @@ def test_slash_refuses_verdicts_about_another_leaf(
     contracts_as: Callable[[str | int], Contracts], deployment: Deployment
 ) -> None:
     verifier = contracts_as("verifier-0")
-    other = Verdict(deployment.account("node-0").address, BatchId(1), b"\x09" * 32, Reason.MISMATCH)
+    node_address = deployment.account("node-0").address
+    other = Verdict(node_address, BatchId(1), b"\x09" * 32, Reason.MISMATCH)
+    batch = Batch(BatchId(1), node_address, MODEL, b"\x01" * 32, 1, 1)
 
     with pytest.raises(ValueError, match="another batch or leaf"):
-        verifier.slasher.slash(leaf(0), BatchId(1), [], Reason.MISMATCH, [other])
+        verifier.slasher.slash(leaf(0), batch, [], Reason.MISMATCH, [other])
 
 
 def test_slash_withheld_takes_stake_once_per_position(
@@ -449,7 +472,8 @@ def test_slash_withheld_takes_stake_once_per_position(
     verifier_address = deployment.account("verifier-0").address
     register(node)
     verifier.verifier_registry.register_with_approve(deployment.params.min_verifier_stake)
-    batch_id, _ = committed_tree(node, [leaf(step) for step in range(3)])
+    batch, _ = committed_tree(node, [leaf(step) for step in range(3)])
+    batch_id = batch.batch_id
     unsigned = WithheldVerdict(node_address, batch_id, 2)
     domain = verifier.slasher.domain()
     signed = dataclasses.replace(
@@ -461,7 +485,7 @@ def test_slash_withheld_takes_stake_once_per_position(
     stake = node.node_registry.get_node(node_address).stake
     balance = verifier.token.balance_of(verifier_address)
 
-    result = verifier.slasher.slash_withheld(batch_id, 2, [signed])
+    result = verifier.slasher.slash_withheld(batch, 2, [signed])
 
     params = deployment.params
     taken = stake * params.slash_bps // 10_000
@@ -479,7 +503,7 @@ def test_slash_withheld_takes_stake_once_per_position(
     assert verifier.slasher.leaves_slashed(from_block=result.block_number) == []
 
     with pytest.raises(ContractRevert) as again:
-        verifier.slasher.slash_withheld(batch_id, 2, [signed])
+        verifier.slasher.slash_withheld(batch, 2, [signed])
     assert again.value.signature == (
         f"SlasherWithheldAlreadySlashed(batchId={batch_id}, leafIndex=2)"
     )
@@ -488,7 +512,7 @@ def test_slash_withheld_takes_stake_once_per_position(
         beyond, signature=sign_withheld(domain, beyond, dev_account("verifier-0"))
     )
     with pytest.raises(ContractRevert) as out_of_range:
-        verifier.slasher.slash_withheld(batch_id, 3, [beyond])
+        verifier.slasher.slash_withheld(batch, 3, [beyond])
     assert out_of_range.value.signature == (
         f"SlasherLeafIndexOutOfRange(batchId={batch_id}, leafIndex=3, leafCount=3)"
     )
@@ -501,11 +525,12 @@ def test_slash_withheld_refuses_verdicts_about_another_position(
     node_address = deployment.account("node-0").address
     other = WithheldVerdict(node_address, BatchId(1), 4, signature=b"\x01" * 65)
     unsigned = WithheldVerdict(node_address, BatchId(1), 3)
+    batch = Batch(BatchId(1), node_address, MODEL, b"\x01" * 32, 5, 1)
 
     with pytest.raises(ValueError, match="about batch 1 leaf 4, not batch 1 leaf 3"):
-        verifier.slasher.slash_withheld(BatchId(1), 3, [other])
+        verifier.slasher.slash_withheld(batch, 3, [other])
     with pytest.raises(ValueError, match="not signed"):
-        verifier.slasher.slash_withheld(BatchId(1), 3, [unsigned])
+        verifier.slasher.slash_withheld(batch, 3, [unsigned])
 
 
 def test_slash_equivocation_pays_the_reporter(
@@ -586,7 +611,8 @@ def test_slash_with_a_quorum_of_two_sends_verdicts_sorted_by_signer(
     for verifier in verifiers:
         verifier.verifier_registry.register_with_approve(params.min_verifier_stake)
     leaves = [leaf(step) for step in range(2)]
-    batch_id, tree = committed_tree(node, leaves)
+    batch, tree = committed_tree(node, leaves)
+    batch_id = batch.batch_id
     node_address = dev_account("node-0").address
     guilty = Verdict(node_address, batch_id, leaves[0].hash(), Reason.MISMATCH)
     domain = node.slasher.domain()
@@ -598,12 +624,12 @@ def test_slash_with_a_quorum_of_two_sends_verdicts_sorted_by_signer(
     signed.sort(key=lambda v: int(recover_verdict_signer(domain, v, v.signature), 16), reverse=True)
 
     with pytest.raises(ContractRevert) as short:
-        verifiers[0].slasher.slash(leaves[0], batch_id, tree.proof(0), Reason.MISMATCH, signed[:1])
-    result = verifiers[0].slasher.slash(leaves[0], batch_id, tree.proof(0), Reason.MISMATCH, signed)
+        verifiers[0].slasher.slash(leaves[0], batch, tree.proof(0), Reason.MISMATCH, signed[:1])
+    result = verifiers[0].slasher.slash(leaves[0], batch, tree.proof(0), Reason.MISMATCH, signed)
 
-    assert short.value.signature == "SlasherNotEnoughVerdicts(provided=1, quorum=2)"
+    assert short.value.signature == "SlasherWrongVerdictCount(provided=1, quorum=2)"
     assert result.event("LeafSlashed").args["node"] == node_address
-    assert verifiers[0].slasher.is_leaf_slashed(leaves[0].hash())
+    assert verifiers[0].slasher.is_leaf_slashed(node_address, leaves[0].hash())
 
     # withheld verdicts too, handed over unsorted and without their signers
     withheld = WithheldVerdict(node_address, batch_id, 1)
@@ -614,5 +640,5 @@ def test_slash_with_a_quorum_of_two_sends_verdicts_sorted_by_signer(
     unsorted.sort(
         key=lambda v: int(recover_withheld_signer(domain, v, v.signature), 16), reverse=True
     )
-    result = verifiers[1].slasher.slash_withheld(batch_id, 1, unsorted)
+    result = verifiers[1].slasher.slash_withheld(batch, 1, unsorted)
     assert result.event("LeafWithheldSlashed").args["leafIndex"] == 1

@@ -3,6 +3,7 @@ Solidity accepts."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -120,7 +121,7 @@ def test_voucher_for_another_chain_id_is_rejected(
 def test_receipt_and_verdict_digests_and_leaf_hash_equal_the_contracts(
     chain: Chain, contracts: Contracts, deployment: Deployment
 ) -> None:
-    domain = Domain.slasher(chain.chain_id, deployment.contracts.slasher)
+    domain = contracts.slasher.domain()
     node = deployment.account("node-0").address
 
     for step in (0, 1, 4_000_000_000):
@@ -143,19 +144,20 @@ def test_merkle_proofs_built_in_python_verify_on_chain(
     node.node_registry.register_with_approve(
         MODEL, BlockIndex(3), BlockIndex(7), Wei(1), b"peer", required
     )
-    leaves = [make_leaf(step).hash() for step in range(count)]
-    tree = MerkleTree(leaves)
-    batch_id = node.commitments.committed_batch_id(
-        node.commitments.commit(MODEL, tree.root, count, count)
-    )
+    leaves = [make_leaf(step) for step in range(count)]
+    tree = MerkleTree([item.hash() for item in leaves])
+    batch = node.commitments.committed_batch(node.commitments.commit(MODEL, tree.root, count))
     # every leaf of the small trees; for 1,000 a spread of indices and both ends of the odd tail
     indices = sorted(
         set(range(count)) if count <= 3 else {*range(0, count, 37), count - 2, count - 1}
     )
 
     for index in indices:
-        assert node.slasher.verify_leaf(batch_id, leaves[index], tree.proof(index)), index
-    outsider = make_leaf(count + 1).hash()
-    assert not node.slasher.verify_leaf(batch_id, outsider, tree.proof(0))
+        assert node.slasher.verify_leaf(batch, leaves[index], tree.proof(index)), index
+    outsider = make_leaf(count + 1)
+    assert not node.slasher.verify_leaf(batch, outsider, tree.proof(0))
     if count > 1:
-        assert not node.slasher.verify_leaf(batch_id, leaves[0], tree.proof(1))
+        assert not node.slasher.verify_leaf(batch, leaves[0], tree.proof(1))
+    # a header that is not the committed one proves nothing
+    forged = dataclasses.replace(batch, leaf_count=batch.leaf_count + 1)
+    assert not node.slasher.verify_leaf(forged, leaves[0], tree.proof(0))

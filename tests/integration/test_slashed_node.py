@@ -100,7 +100,7 @@ def _slash(deployment: Deployment, node: NodeProcess) -> None:
     signature = sign_verdict(verifier.slasher.domain(), verdict, Account.from_key(key))
     verifier.slasher.slash(
         leaf,
-        batch_id,
+        verifier.commitments.get_batch(batch_id, from_block=deployment.deploy_block),
         proof,
         Reason.MISMATCH,
         [Verdict(node.address, batch_id, leaf.hash(), Reason.MISMATCH, signature=signature)],

@@ -64,8 +64,8 @@ class Devnet:
         )
         self.leaves = [leaf(step) for step in range(3)]
         self.tree = MerkleTree([item.hash() for item in self.leaves])
-        result = node.commitments.commit(MODEL, self.tree.root, 3, 3)
-        self.batch: Batch = node.commitments.get_batch(node.commitments.committed_batch_id(result))
+        result = node.commitments.commit(MODEL, self.tree.root, 3)
+        self.batch: Batch = node.commitments.committed_batch(result)
 
     def new_account(self, stake_tokens: int = 1_000) -> LocalAccount:
         account = Account.create()
@@ -91,6 +91,9 @@ class Devnet:
             domain=contracts.slasher.domain(),
             quorum=self.deployment.params.quorum,
             is_active=contracts.verifier_registry.is_active,
+            batch_of=lambda batch_id: contracts.commitments.get_batch(
+                BatchId(batch_id), from_block=self.deployment.deploy_block
+            ),
         )
 
 
@@ -150,7 +153,7 @@ def test_a_withheld_finding_the_chain_failed_is_submitted_again(
     asyncio.run(slashing.accuse(shown, Reason.MISMATCH))
     with ledger.begin() as db:
         assert verdicts_for(db, devnet.leaves[1].hash(), Reason.MISMATCH) == []
-    assert not slasher.is_leaf_slashed(devnet.leaves[1].hash())
+    assert not slasher.is_leaf_slashed(devnet.node.address, devnet.leaves[1].hash())
 
 
 def test_a_quorum_slashes_a_withheld_leaf_only_with_our_own_finding(
@@ -161,9 +164,7 @@ def test_a_quorum_slashes_a_withheld_leaf_only_with_our_own_finding(
     stranger = devnet.new_account()  # not a verifier
     slashing = devnet.slashing(me, ledger)
     domain, node, batch = slashing.domain, devnet.node.address, devnet.batch
-    other_batch = Batch(
-        BatchId(batch.batch_id + 1), me.address, batch.model_id, batch.root, 3, 3, 0
-    )
+    other_batch = Batch(BatchId(batch.batch_id + 1), me.address, batch.model_id, batch.root, 3, 0)
 
     def finding(signer: LocalAccount, index: int, accused: str = node) -> WithheldAccusation:
         return WithheldAccusation(

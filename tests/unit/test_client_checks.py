@@ -20,9 +20,11 @@ from ledger.types import Leaf, model_id
 from node.protocol import SignedReceipt
 from node.tensors import tensor_hash
 
+SALT = bytes.fromhex("5a17" * 16)  # a Slasher deployment's EIP-712 domain salt
+
 NODE = Account.from_key(b"\x01" * 32)
 OTHER = Account.from_key(b"\x02" * 32)
-DOMAIN = Domain.slasher(31337, "0x" + "5c" * 20)
+DOMAIN = Domain.slasher(31337, "0x" + "5c" * 20, SALT)
 SESSION = b"\x07" * 32
 MODEL = model_id("tiny-llama")
 
@@ -64,7 +66,7 @@ def test_a_receipt_signed_by_another_key_or_not_at_all_is_refused() -> None:
     assert _problem(_signed(leaf, OTHER), expected) is ReceiptProblem.WRONG_SIGNER
     assert _problem(SignedReceipt(leaf, b"\x00" * 65), expected) is ReceiptProblem.BAD_SIGNATURE
     # signed under another contract's domain: recovers someone else
-    foreign = Domain.slasher(31337, "0x" + "5d" * 20)
+    foreign = Domain.slasher(31337, "0x" + "5d" * 20, SALT)
     receipt = SignedReceipt(leaf, sign_receipt(foreign, leaf, NODE))
     assert _problem(receipt, expected) is ReceiptProblem.WRONG_SIGNER
 

@@ -31,6 +31,8 @@ from ledger.errors import EquivocationError, LedgerDbError, VoucherError
 from ledger.merkle import MerkleTree, verify
 from ledger.types import Leaf, Voucher, model_id
 
+SALT = bytes.fromhex("5a17" * 16)  # a Slasher deployment's EIP-712 domain salt
+
 CHAIN = 31337
 CHANNELS = "0x1000000000000000000000000000000000000001"
 SLASHER = "0x2000000000000000000000000000000000000002"
@@ -73,7 +75,7 @@ def make_leaf(step: int, **changes: object) -> Leaf:
 
 
 def receipt(leaf: Leaf) -> bytes:
-    return eip712.sign_receipt(eip712.Domain.slasher(CHAIN, SLASHER), leaf, NODE)
+    return eip712.sign_receipt(eip712.Domain.slasher(CHAIN, SLASHER, SALT), leaf, NODE)
 
 
 def voucher(channel_id: int, amount: int) -> Voucher:
@@ -238,7 +240,7 @@ def test_add_leaf_stores_the_leaf_and_is_idempotent(ledger: Ledger) -> None:
         assert stored.batch_id is None and stored.index_in_batch is None
         assert stored.created_at.tzinfo is UTC
         signer = eip712.recover_receipt_signer(
-            eip712.Domain.slasher(CHAIN, SLASHER), stored.to_leaf(), stored.receipt_signature
+            eip712.Domain.slasher(CHAIN, SLASHER, SALT), stored.to_leaf(), stored.receipt_signature
         )
         assert signer == NODE.address
 
@@ -327,7 +329,7 @@ def test_commit_outcomes_of_a_batch(ledger: Ledger) -> None:
     with ledger.begin() as session:
         leaf = make_leaf(0)
         batch = db.seal_batch(session, [db.add_leaf(session, leaf, receipt(leaf))], node=SERVER)
-        db.mark_batch_failed(session, batch, "CommitmentsNodeInactive(0x...)")
+        db.mark_batch_failed(session, batch, "RegistryNodeInactive(0x...)")
         assert batch.status is BatchStatus.FAILED
         assert db.batches_with_status(session, BatchStatus.FAILED) == [batch]
         when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -37,7 +37,7 @@ def channels_domain(v: dict[str, Any]) -> Domain:
 
 
 def slasher_domain(v: dict[str, Any]) -> Domain:
-    return Domain.slasher(v["chainId"], v["slasher"])
+    return Domain.slasher(v["chainId"], v["slasher"], h(v["slasherSalt"]))
 
 
 def vector_voucher(v: dict[str, Any]) -> Voucher:
@@ -123,16 +123,17 @@ def test_withheld_type_string_is_the_contracts(vector: dict[str, Any]) -> None:
     )
     separator = keccak(
         abi_encode(
-            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
+            ["bytes32", "bytes32", "bytes32", "uint256", "address", "bytes32"],
             [
                 keccak(
                     text="EIP712Domain(string name,string version,uint256 chainId,"
-                    "address verifyingContract)"
+                    "address verifyingContract,bytes32 salt)"
                 ),
                 keccak(text="stakeswarm Slasher"),
                 keccak(text="1"),
                 vector["chainId"],
                 vector["slasher"],
+                h(vector["slasherSalt"]),
             ],
         )
     )
@@ -263,13 +264,28 @@ def test_voucher_round_trip_for_any_values(channel_id: int, amount: int) -> None
 
 def test_domain_checksums_and_validates() -> None:
     lower = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8"
+    salt = bytes(32)
     assert (
-        Domain.slasher(1, lower).verifying_contract == "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+        Domain.slasher(1, lower, salt).verifying_contract
+        == "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
     )
     with pytest.raises(TypedDataError, match="verifying contract"):
-        Domain.slasher(1, "0x1234")
+        Domain.slasher(1, "0x1234", salt)
     with pytest.raises(TypedDataError, match="chain id"):
-        Domain.slasher(0, lower)
+        Domain.slasher(0, lower, salt)
+    with pytest.raises(TypedDataError, match="domain salt"):
+        Domain.slasher(1, lower, b"short")
+
+
+def test_another_deployments_salt_changes_every_slasher_digest(vector: dict[str, Any]) -> None:
+    """A Slasher redeployed at the same address on the same chain has another salt, so a receipt
+    or verdict signed for the old deployment does not verify there."""
+    domain = slasher_domain(vector)
+    redeployed = Domain.slasher(domain.chain_id, domain.verifying_contract, bytes(32))
+    leaf = vector_leaf(vector)
+    assert eip712.receipt_digest(redeployed, leaf) != eip712.receipt_digest(domain, leaf)
+    signature = eip712.sign_receipt(domain, leaf, vector["privateKey"])
+    assert eip712.recover_receipt_signer(redeployed, leaf, signature) != vector["signer"]
 
 
 def test_a_struct_under_the_wrong_domain_is_refused(vector: dict[str, Any]) -> None:

@@ -28,6 +28,8 @@ from ledger.types import model_id
 from node.commits import InputStore, LeafWriter, Receipts, build_reveal, prune_inputs
 from node.protocol import ErrorCode, ProtocolError
 
+SALT = bytes.fromhex("5a17" * 16)  # a Slasher deployment's EIP-712 domain salt
+
 WINDOW = 3600.0  # the challenge window, seconds
 SLASHER = "0x" + "5a" * 20
 STEPS = 3
@@ -45,7 +47,7 @@ def _serve(ledger: Ledger, store: InputStore, sessions: list[bytes]) -> None:
     """Each session's STEPS steps as the node stores them: leaf, signed receipt, inputs, sketch."""
     account = Account.create()
     receipts = Receipts(
-        domain=Domain.slasher(31337, SLASHER), account=account, model_id=model_id("tiny")
+        domain=Domain.slasher(31337, SLASHER, SALT), account=account, model_id=model_id("tiny")
     )
 
     async def run() -> None:

@@ -30,7 +30,9 @@ from verifier.verdicts import (
     withheld_key,
 )
 
-DOMAIN = Domain.slasher(31337, "0x2000000000000000000000000000000000000002")
+SALT = bytes.fromhex("5a17" * 16)  # a Slasher deployment's EIP-712 domain salt
+
+DOMAIN = Domain.slasher(31337, "0x2000000000000000000000000000000000000002", SALT)
 NODE = Account.create()
 VERIFIER = Account.create()
 
@@ -66,7 +68,7 @@ def test_forged_or_unprovable_verdicts_do_not_check_out() -> None:
     assert not impostor.check(DOMAIN, root, NODE.address)  # signed by someone else
     assert not accusation.check(DOMAIN, os.urandom(32), NODE.address)  # not under that root
     assert not accusation.check(DOMAIN, root, Account.create().address)  # another node's batch
-    other_domain = Domain.slasher(1, "0x2000000000000000000000000000000000000002")
+    other_domain = Domain.slasher(1, "0x2000000000000000000000000000000000000002", SALT)
     assert not accusation.check(other_domain, root, NODE.address)  # another deployment
 
 
@@ -82,7 +84,7 @@ def test_malformed_shared_verdicts_are_refused(change: dict) -> None:
 
 
 def batch(batch_id: int = 9, node: str = NODE.address, leaf_count: int = 5) -> Batch:
-    return Batch(BatchId(batch_id), node, ModelId(model_id("tiny")), b"r" * 32, leaf_count, 5, 0)
+    return Batch(BatchId(batch_id), node, ModelId(model_id("tiny")), b"r" * 32, leaf_count, 0)
 
 
 def wire_round_trip(value: dict) -> dict:
@@ -109,7 +111,7 @@ def test_forged_or_impossible_withheld_findings_do_not_check_out() -> None:
     assert not finding.check(DOMAIN, batch(node=Account.create().address))  # not its batch
     assert not finding.check(DOMAIN, batch(leaf_count=4))  # no leaf at index 4
     assert not finding.check(DOMAIN, batch(batch_id=10))  # another batch than signed
-    other_domain = Domain.slasher(1, "0x2000000000000000000000000000000000000002")
+    other_domain = Domain.slasher(1, "0x2000000000000000000000000000000000000002", SALT)
     assert not finding.check(other_domain, batch())  # another deployment
     moved = WithheldAccusation(dataclasses.replace(finding.verdict, leaf_index=3))
     assert not moved.check(DOMAIN, batch())  # the signature is about index 4

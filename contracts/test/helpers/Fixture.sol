@@ -6,15 +6,18 @@ import {NodeRegistry} from "../../NodeRegistry.sol";
 import {Slasher} from "../../Slasher.sol";
 import {StakeToken} from "../../StakeToken.sol";
 import {VerifierRegistry} from "../../VerifierRegistry.sol";
+import {ICommitments} from "../../interfaces/ICommitments.sol";
 import {ISlasher} from "../../interfaces/ISlasher.sol";
 
 import {Merkle} from "./Merkle.sol";
 import {TestBase} from "./TestBase.sol";
 
 /// @title SystemFixture: deploys the whole system the way the Python deployer does.
-/// @notice Order: token, VerifierRegistry, NodeRegistry (its slasher is the predicted CREATE
-/// address of the Slasher, two deployments later), Commitments, Slasher. The test contract holds
-/// the whole token supply and funds actors from it.
+/// @notice Order: token, VerifierRegistry, NodeRegistry (it names the predicted CREATE addresses
+/// of the Commitments, next, and of the Slasher, two deployments later), Commitments, Slasher.
+/// (The Python deployer puts PaymentChannels between Commitments and Slasher; no test here needs
+/// channels next to the rest of the system.)
+/// The test contract holds the whole token supply and funds actors from it.
 abstract contract SystemFixture is TestBase {
     /// @notice Deployment parameters of one system.
     struct Params {
@@ -27,12 +30,18 @@ abstract contract SystemFixture is TestBase {
         uint16 bountyBps;
         uint64 challengeWindow;
         address rewardRecipient;
+        bytes32 domainSalt; // the Slasher's EIP-712 domain salt
+        uint32 maxLeaves; // the most leaves one batch may hold
     }
 
     uint256 internal constant SUPPLY = 1_000_000_000e18;
     bytes32 internal constant MODEL = keccak256("SmolLM2-135M-Instruct");
     bytes internal constant PEER_ID = hex"0024080112203f6b1b6a8c3b0e5e3b9f0c1a2d4e5f60718293a4b5c6d7e8f9";
     address internal constant REWARD_RECIPIENT = address(0x7E5E);
+    bytes32 internal constant DOMAIN_SALT = keccak256("stakeswarm test deployment");
+    uint32 internal constant MAX_LEAVES = 4096;
+    /// @dev The secret a claim hides until its slash reveals it.
+    bytes32 internal constant SECRET = keccak256("claim secret");
 
     StakeToken internal token;
     VerifierRegistry internal verifierRegistry;
@@ -50,16 +59,19 @@ abstract contract SystemFixture is TestBase {
             slashBps: 5_000,
             bountyBps: 2_000,
             challengeWindow: 3 days,
-            rewardRecipient: REWARD_RECIPIENT
+            rewardRecipient: REWARD_RECIPIENT,
+            domainSalt: DOMAIN_SALT,
+            maxLeaves: MAX_LEAVES
         });
     }
 
     function deploySystem(Params memory p) internal {
         token = new StakeToken("stakeswarm Stake", "SWARM", address(this), SUPPLY);
         verifierRegistry = new VerifierRegistry(token, p.verifierMinStake, p.verifierUnbondingDelay);
-        address predicted = vm.computeCreateAddress(address(this), vm.getNonce(address(this)) + 2);
-        registry = new NodeRegistry(token, p.minStakePerBlock, p.unbondingDelay, predicted);
-        commitments = new Commitments(registry);
+        (address predictedCommitments, address predictedSlasher) = predictNextPair();
+        registry =
+            new NodeRegistry(token, p.minStakePerBlock, p.unbondingDelay, predictedCommitments, predictedSlasher);
+        commitments = new Commitments(registry, p.maxLeaves);
         slasher = new Slasher(
             registry,
             commitments,
@@ -68,9 +80,19 @@ abstract contract SystemFixture is TestBase {
             p.slashBps,
             p.bountyBps,
             p.challengeWindow,
-            p.rewardRecipient
+            p.rewardRecipient,
+            p.domainSalt
         );
-        require(address(slasher) == predicted, "fixture: slasher address prediction");
+        require(address(commitments) == predictedCommitments, "fixture: commitments address prediction");
+        require(address(slasher) == predictedSlasher, "fixture: slasher address prediction");
+    }
+
+    /// @notice Where the Commitments and the Slasher land when the next deployment of this
+    /// contract is a NodeRegistry, then a Commitments, then a Slasher.
+    function predictNextPair() internal view returns (address commitments_, address slasher_) {
+        uint256 nonce = vm.getNonce(address(this));
+        commitments_ = vm.computeCreateAddress(address(this), nonce + 1);
+        slasher_ = vm.computeCreateAddress(address(this), nonce + 2);
     }
 
     /// @notice Fund `node`, approve and register it for `[spanStart, spanEnd)` of MODEL.
@@ -91,10 +113,29 @@ abstract contract SystemFixture is TestBase {
         vm.stopPrank();
     }
 
-    /// @notice `node` commits the Merkle root of `leaves` (tokenCount = 3 per leaf).
-    function commitLeaves(address node, bytes32[] memory leaves) internal returns (uint256 batchId) {
+    /// @notice `node` commits the Merkle root of `leaves`; returns the batch id and its header
+    /// (as the `BatchCommitted` event tells it).
+    function commitLeaves(address node, bytes32[] memory leaves)
+        internal
+        returns (uint256 batchId, ICommitments.BatchHeader memory header)
+    {
+        return commitRoot(node, Merkle.root(leaves), uint32(leaves.length));
+    }
+
+    /// @notice `node` commits `root` over `leafCount` leaves of MODEL; returns the batch id and its header.
+    function commitRoot(address node, bytes32 root, uint32 leafCount)
+        internal
+        returns (uint256 batchId, ICommitments.BatchHeader memory header)
+    {
         vm.prank(node);
-        batchId = commitments.commit(MODEL, Merkle.root(leaves), uint32(leaves.length), uint64(leaves.length * 3));
+        batchId = commitments.commit(MODEL, root, leafCount);
+        header = ICommitments.BatchHeader({
+            node: node,
+            modelId: MODEL,
+            root: root,
+            leafCount: leafCount,
+            committedAt: uint64(block.timestamp)
+        });
     }
 
     /// @notice A leaf of session `sessionId` at `step` over blocks [0, 8) of MODEL; `salt` varies its content.
@@ -130,5 +171,78 @@ abstract contract SystemFixture is TestBase {
 
     function signReceipt(uint256 privateKey, ISlasher.Leaf memory leaf) internal view returns (bytes memory) {
         return sign(privateKey, slasher.receiptDigest(leaf));
+    }
+
+    // ---- claims ------------------------------------------------------------------------------
+
+    /// @notice The addresses of `keys`, in order: the beneficiaries of verdicts signed by them.
+    function addressesOf(uint256[] memory keys) internal pure returns (address[] memory signers) {
+        signers = new address[](keys.length);
+        for (uint256 i = 0; i < keys.length; ++i) {
+            signers[i] = vm.addr(keys[i]);
+        }
+    }
+
+    /// @notice One beneficiary (the equivocation reporter).
+    function only(address beneficiary) internal pure returns (address[] memory beneficiaries) {
+        beneficiaries = new address[](1);
+        beneficiaries[0] = beneficiary;
+    }
+
+    /// @notice Claims `claimHash(evidence, beneficiaries, secret)` and mines one block, so the
+    /// claim is mature for the slash that follows.
+    function claimAndRoll(bytes32 evidence, address[] memory beneficiaries, bytes32 secret) internal {
+        slasher.claim(slasher.claimHash(evidence, beneficiaries, secret));
+        vm.roll(block.number + 1);
+    }
+
+    /// @notice Claims, mines a block and slashes `leaf` of batch `batchId` with the verdicts of
+    /// `keys` (sorted by address); returns what was slashed.
+    function claimAndSlash(
+        ISlasher.Leaf memory leaf,
+        uint256 batchId,
+        ICommitments.BatchHeader memory header,
+        bytes32[] memory proof,
+        ISlasher.Reason reason,
+        uint256[] memory keys
+    ) internal returns (uint256) {
+        bytes32 digest = slasher.verdictDigest(header.node, batchId, keccak256(abi.encode(leaf)), reason);
+        bytes[] memory verdicts = new bytes[](keys.length);
+        for (uint256 i = 0; i < keys.length; ++i) {
+            verdicts[i] = sign(keys[i], digest);
+        }
+        claimAndRoll(digest, addressesOf(keys), SECRET);
+        return slasher.slash(leaf, batchId, header, proof, reason, verdicts, SECRET);
+    }
+
+    /// @notice Claims, mines a block and slashes position `leafIndex` of batch `batchId` as
+    /// withheld with the verdicts of `keys` (sorted by address); returns what was slashed.
+    function claimAndSlashWithheld(
+        uint256 batchId,
+        ICommitments.BatchHeader memory header,
+        uint32 leafIndex,
+        uint256[] memory keys
+    ) internal returns (uint256) {
+        bytes32 digest = slasher.withheldDigest(header.node, batchId, leafIndex);
+        bytes[] memory verdicts = new bytes[](keys.length);
+        for (uint256 i = 0; i < keys.length; ++i) {
+            verdicts[i] = sign(keys[i], digest);
+        }
+        claimAndRoll(digest, addressesOf(keys), SECRET);
+        return slasher.slashWithheld(batchId, header, leafIndex, verdicts, SECRET);
+    }
+
+    /// @notice `reporter` claims, a block is mined, and `reporter` reports the equivocation.
+    function claimAndSlashEquivocation(
+        address reporter,
+        address node,
+        ISlasher.Leaf memory a,
+        bytes memory receiptA,
+        ISlasher.Leaf memory b,
+        bytes memory receiptB
+    ) internal returns (uint256) {
+        claimAndRoll(slasher.equivocationEvidence(node, a, b), only(reporter), SECRET);
+        vm.prank(reporter);
+        return slasher.slashEquivocation(node, a, receiptA, b, receiptB, SECRET);
     }
 }

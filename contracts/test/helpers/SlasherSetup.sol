@@ -76,6 +76,16 @@ abstract contract SlasherSetup is SystemFixture {
         }
     }
 
+    /// @dev Claims, for the signers `keys`, the verdict on `leaf` of `batchId`, and mines a block.
+    function _claimVerdicts(uint256[] memory keys, uint256 batchId, bytes32 leaf, ISlasher.Reason reason) internal {
+        claimAndRoll(slasher.verdictDigest(node, batchId, leaf, reason), addressesOf(keys), SECRET);
+    }
+
+    /// @dev Claims, for the signers `keys`, the withheld finding on `leafIndex` of `batchId`, and mines a block.
+    function _claimWithheld(uint256[] memory keys, uint256 batchId, uint32 leafIndex) internal {
+        claimAndRoll(slasher.withheldDigest(node, batchId, leafIndex), addressesOf(keys), SECRET);
+    }
+
     function _firstKeys(uint256 count) internal view returns (uint256[] memory keys) {
         keys = new uint256[](count);
         for (uint256 i = 0; i < count; ++i) {

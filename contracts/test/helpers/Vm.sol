@@ -12,6 +12,9 @@ interface Vm {
     function expectRevert() external;
     function expectEmit(address emitter) external;
     function warp(uint256 newTimestamp) external;
+    function roll(uint256 newHeight) external;
+    function snapshotState() external returns (uint256 snapshotId);
+    function revertToState(uint256 snapshotId) external returns (bool success);
     function chainId(uint256 newChainId) external;
     function etch(address target, bytes calldata newRuntimeBytecode) external;
     function sign(uint256 privateKey, bytes32 digest) external pure returns (uint8 v, bytes32 r, bytes32 s);
