@@ -5,6 +5,7 @@ devnets side by side). Nothing here reads the environment at import time: the CL
 `Home` from its options and hands it down.
 
 Layout:
+    <home>/deployment.json          a deployment on a public chain (`stakeswarm chain deploy`)
     <home>/devnet/deployment.json   the devnet's deployment (contract addresses, dev keys)
     <home>/devnet/devnet.json       the running devnet's process ids and RPC URL
     <home>/devnet/chain.log         the local chain's output
@@ -29,6 +30,11 @@ class Home:
         """`path` if given (with `~` expanded), else `~/.stakeswarm`; always absolute."""
         root = Path(path).expanduser() if path is not None else Path.home() / DEFAULT_HOME_NAME
         return cls(root=root.resolve())
+
+    @property
+    def deployment(self) -> Path:
+        """Where `stakeswarm chain deploy` writes its deployment file unless told otherwise."""
+        return self.root / "deployment.json"
 
     @property
     def devnet_dir(self) -> Path:

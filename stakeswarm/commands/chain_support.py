@@ -228,6 +228,25 @@ def format_tokens(amount: int, decimals: int) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3_600, "d": 86_400}
+
+
+def parse_duration(text: str, what: str) -> int:
+    """Seconds, bare or with a unit ("3600", "90m", "12h", "2d"), to seconds."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise CliInputError(f"{what} takes seconds or a number with s, m, h or d, got {text!r}")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def format_duration(seconds: int) -> str:
+    """Seconds as the largest whole unit ("2d", "90m", "45s")."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def parse_span(text: str) -> tuple[BlockIndex, BlockIndex]:
     """ "START:END" (END excluded) to a block span."""
     match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)

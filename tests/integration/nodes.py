@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import torch
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from hivemind.p2p import P2P
 
 from client.remote import RemoteSpanSession
@@ -146,8 +147,15 @@ class Payer:
     """A client paying nodes through payment channels: opens one channel per node and signs
     cumulative vouchers as it is told what each step costs."""
 
-    def __init__(self, deployment: Deployment, chain: Chain, account: str = "client-0") -> None:
-        self.account = Account.from_key(deployment.account(account).private_key)
+    def __init__(
+        self, deployment: Deployment, chain: Chain, account: str | LocalAccount = "client-0"
+    ) -> None:
+        """`account`: a dev account's name, or any key (e.g. unlocked from a keystore)."""
+        self.account = (
+            Account.from_key(deployment.account(account).private_key)
+            if isinstance(account, str)
+            else account
+        )
         self.contracts = Contracts.from_deployment(chain, deployment, chain.sender(self.account))
         self.domain = Domain.payment_channels(chain.chain_id, deployment.contracts.payment_channels)
         self.paid: dict[int, int] = {}  # channel -> cumulative amount signed
