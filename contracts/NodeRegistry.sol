@@ -56,12 +56,7 @@ contract NodeRegistry is INodeRegistry, StakeRegistry {
     ) external nonReentrant {
         _checkService(spanStart, spanEnd, peerId);
         _register(msg.sender, stake, _spanStake(spanStart, spanEnd));
-        Service storage service = _services[msg.sender];
-        service.modelId = modelId;
-        service.spanStart = spanStart;
-        service.spanEnd = spanEnd;
-        service.pricePerTokenPerBlock = pricePerTokenPerBlock;
-        service.peerId = peerId;
+        _writeService(modelId, spanStart, spanEnd, pricePerTokenPerBlock, peerId);
         emit NodeRegistered(msg.sender, modelId, spanStart, spanEnd, pricePerTokenPerBlock, peerId, stake);
 
         _pullStake(msg.sender, stake);
@@ -80,12 +75,7 @@ contract NodeRegistry is INodeRegistry, StakeRegistry {
         uint256 needed = _spanStake(spanStart, spanEnd);
         if (stake < needed) revert StakeInsufficient(msg.sender, stake, needed);
 
-        Service storage service = _services[msg.sender];
-        service.modelId = modelId;
-        service.spanStart = spanStart;
-        service.spanEnd = spanEnd;
-        service.pricePerTokenPerBlock = pricePerTokenPerBlock;
-        service.peerId = peerId;
+        _writeService(modelId, spanStart, spanEnd, pricePerTokenPerBlock, peerId);
         emit ServiceUpdated(msg.sender, modelId, spanStart, spanEnd, pricePerTokenPerBlock, peerId);
     }
 
@@ -180,6 +170,22 @@ contract NodeRegistry is INodeRegistry, StakeRegistry {
         Stake storage s = _stakeOf(node);
         uint256 stake = s.stake;
         return s.registered && stake != 0 && stake >= _requiredStake(node);
+    }
+
+    /// @dev The caller's service as `register` and `updateService` set it (its last commit stays).
+    function _writeService(
+        bytes32 modelId,
+        uint16 spanStart,
+        uint16 spanEnd,
+        uint256 pricePerTokenPerBlock,
+        bytes calldata peerId
+    ) private {
+        Service storage service = _services[msg.sender];
+        service.modelId = modelId;
+        service.spanStart = spanStart;
+        service.spanEnd = spanEnd;
+        service.pricePerTokenPerBlock = pricePerTokenPerBlock;
+        service.peerId = peerId;
     }
 
     /// @dev Span and peer id rules shared by `register` and `updateService`.
