@@ -244,7 +244,9 @@ def run(options: Options) -> VerifierBenchResult:
         start, end = parse_span(options.blocks, layers) if options.blocks else first_third(layers)
         span, head = load_span(path, start, end), load_client_head(path)
         receipts = Receipts(
-            domain=Domain.slasher(31337, COMMITMENTS), account=Account.create(), model_id=MODEL
+            domain=Domain.slasher(31337, COMMITMENTS, os.urandom(32)),
+            account=Account.create(),
+            model_id=MODEL,
         )
         costs = []
         for context in options.contexts:
