@@ -184,7 +184,7 @@ def cost_at(span: Span, receipts: Receipts, context: int, repeats: int) -> Cost:
     committed = sketch(out)
     opening = Opening(
         RevealResponse(
-            [RevealedStep(leaf, 1, tree.proof(i)) for i, leaf in enumerate(leaves)],
+            [RevealedStep(leaf, 1, i, tree.proof(i)) for i, leaf in enumerate(leaves)],
             full=True,
             batch_leaves=hashes,
         ),
@@ -208,7 +208,7 @@ def _leaf(session: bytes, step: int, hidden: torch.Tensor, out: torch.Tensor) ->
     tokens = hidden.shape[0] * hidden.shape[1]
     return Leaf(
         session, MODEL, 0, 1, step, tokens, tensor_hash(hidden), tensor_hash(out),
-        sketch(out).hash(),
+        sketch(out).hash(), int(time.time()),
     )  # fmt: skip
 
 

@@ -145,9 +145,7 @@ class Payments:
 
     def __post_init__(self) -> None:
         self.clock = ChainClock(self.contracts.payment_channels.chain.timestamp)
-        self.domain = Domain.payment_channels(
-            self.chain_id, self.contracts.payment_channels.address
-        )
+        self.domain = self.contracts.payment_channels.domain()
         if self.min_life >= self.channel_life:
             raise ValueError("a channel's life must exceed the minimum life left it is kept at")
 

@@ -5,7 +5,9 @@ the step only if the receipt is signed by the server's registered address and st
 what happened: the client's session id, the model, the span and step asked for, the tokens
 sent, `inputHash` = `node.tensors.tensor_hash` of the hidden states the client sent,
 `outputHash` = the hash of the hidden states it received, and, for every span after the first
-of a step, `inputHash` equal to the previous span's `outputHash` (chain of custody). Anything
+of a step, `inputHash` equal to the previous span's `outputHash` (chain of custody), and
+`issuedAt` within `MAX_RECEIPT_CLOCK_SKEW` of the client's own clock (the node's commit deadline
+counts from `issuedAt`: a backdated receipt shortens it, a postdated one stretches it). Anything
 else is a `ReceiptProblem`: the step is discarded, the server is treated as failed and the
 receipt is kept as evidence.
 """
@@ -19,6 +21,10 @@ from ledger.eip712 import Domain, recover_receipt_signer
 from ledger.errors import LedgerError
 from node.protocol import SignedReceipt
 
+# How far a receipt's issuedAt may be from the client's clock when the reply arrives, in
+# seconds: room for clock drift and a slow step, far below any sane commit deadline.
+MAX_RECEIPT_CLOCK_SKEW = 600
+
 
 class ReceiptProblem(enum.StrEnum):
     """What is wrong with a receipt (stored with the evidence)."""
@@ -29,6 +35,7 @@ class ReceiptProblem(enum.StrEnum):
     INPUT_HASH = "input_hash"  # not the hash of the hidden states sent
     OUTPUT_HASH = "output_hash"  # not the hash of the hidden states received
     CUSTODY = "custody"  # input hash differs from the previous span's output hash
+    ISSUED_AT = "issued_at"  # signed at a time too far from the client's clock
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class ExpectedLeaf:
     tokens: int  # batch x new tokens
     input_hash: bytes  # tensor_hash of what was sent
     output_hash: bytes  # tensor_hash of what was received
+    received_at: int  # the client's clock when the reply arrived (unix seconds)
     previous_output_hash: bytes | None = None  # the previous span's output hash this step
 
 
@@ -90,5 +98,13 @@ def check_receipt(
             ReceiptProblem.CUSTODY,
             f"the receipt's input hash 0x{leaf.input_hash.hex()} is not the previous span's "
             f"output hash 0x{expected.previous_output_hash.hex()}",
+        )
+    skew = leaf.issued_at - expected.received_at
+    if abs(skew) > MAX_RECEIPT_CLOCK_SKEW:
+        return (
+            ReceiptProblem.ISSUED_AT,
+            f"the receipt is issued at {leaf.issued_at}, {abs(skew)} s "
+            f"{'after' if skew > 0 else 'before'} this client's clock ({expected.received_at}); "
+            f"at most {MAX_RECEIPT_CLOCK_SKEW} s either way is accepted",
         )
     return None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,7 @@ from client.errors import (
     SessionStateError,
 )
 from client.payments import ClientChannel
-from client.receipts import ExpectedLeaf, check_receipt
+from client.receipts import ExpectedLeaf, ReceiptProblem, check_receipt
 from client.remote import RemoteError, RemoteSpanSession, RemoteUnavailableError
 from client.routing import RouteHop, route_price
 from node.protocol import ErrorCode, ProtocolError, SignedReceipt
@@ -396,9 +396,16 @@ class InferenceSession:
             tokens=batch * tokens,
             input_hash=sent,
             output_hash=received,
+            # the chain's time, as the node's: the receipt's commit deadline counts on-chain
+            received_at=int(client.payments.clock.now()),
             previous_output_hash=previous,
         )
         problem = check_receipt(client.receipt_domain, receipt, expected)
+        if problem is not None and problem[0] is ReceiptProblem.ISSUED_AT:
+            # our idea of the chain's time may be stale (it is read now and then): read it again
+            client.payments.clock.refresh()
+            expected = replace(expected, received_at=int(client.payments.clock.now()))
+            problem = check_receipt(client.receipt_domain, receipt, expected)
         client.keep_receipt(hop, receipt, sent=sent, received=received, cost=cost, problem=problem)
         if problem is not None:
             kind, detail = problem

@@ -4,17 +4,17 @@ pragma solidity 0.8.28;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
-import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 import {IPaymentChannels} from "./interfaces/IPaymentChannels.sol";
+import {SaltedEIP712} from "./SaltedEIP712.sol";
 
 /// @title PaymentChannels: per-token payment from a client to a server without per-token transactions.
 /// @notice Holds every channel's escrow; the token balance of this contract always equals
 /// `totalEscrowed`. `topUp` is allowed only while the channel is open and not yet expired (an
 /// expired channel can only be reclaimed, so a server never sees a channel it stopped trusting
 /// come back to life). A client cannot open a channel to itself or to the zero address.
-contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
+contract PaymentChannels is IPaymentChannels, SaltedEIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
     /// @notice The EIP-712 type hash of a voucher.
@@ -39,7 +39,11 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
 
     /// @param token_ The payment token.
     /// @param maxDuration_ The longest a channel may stay open from any `open` or `topUp`, in seconds.
-    constructor(IERC20 token_, uint64 maxDuration_) EIP712("stakeswarm PaymentChannels", "1") {
+    /// @param domainSalt_ The EIP-712 domain's salt: a value no earlier deployment used (random),
+    /// so vouchers signed for another deployment at the same address never count here.
+    constructor(IERC20 token_, uint64 maxDuration_, bytes32 domainSalt_)
+        SaltedEIP712("stakeswarm PaymentChannels", "1", domainSalt_)
+    {
         _token = token_;
         _maxDuration = maxDuration_;
     }
@@ -154,7 +158,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
 
     /// @inheritdoc IPaymentChannels
     function voucherDigest(uint256 channelId, uint256 cumulativeAmount) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, channelId, cumulativeAmount)));
+        return _hashTypedData(keccak256(abi.encode(VOUCHER_TYPEHASH, channelId, cumulativeAmount)));
     }
 
     /// @inheritdoc IPaymentChannels

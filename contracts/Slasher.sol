@@ -4,26 +4,27 @@ pragma solidity 0.8.28;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
-import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 import {ICommitments} from "./interfaces/ICommitments.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {ISlasher} from "./interfaces/ISlasher.sol";
 import {IVerifierRegistry} from "./interfaces/IVerifierRegistry.sol";
+import {IndexedMerkle} from "./IndexedMerkle.sol";
 import {SaltedEIP712} from "./SaltedEIP712.sol";
 
 /// @title Slasher: takes a node's stake on evidence, pays the verifiers, pools the rest.
 /// @notice The NodeRegistry's only slasher (fixed there at deployment). Holds only the reward
-/// pool: the token balance of this contract always equals `rewardPool`, because bounties are paid
-/// out in the same transaction as the slash. All parameters are fixed at deployment.
+/// pool and the bonds of open receipt challenges: the token balance of this contract always
+/// equals `rewardPool` plus `challengeBond` per open challenge, because bounties are paid out in
+/// the same transaction as the slash. All parameters are fixed at deployment.
 contract Slasher is ISlasher, SaltedEIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
     /// @notice The EIP-712 type hash of a node's receipt for one leaf.
     bytes32 public constant RECEIPT_TYPEHASH = keccak256(
         "Receipt(bytes32 sessionId,bytes32 modelId,uint16 spanStart,uint16 spanEnd,uint32 step,uint32 tokens,"
-        "bytes32 inputHash,bytes32 outputHash,bytes32 sketchHash)"
+        "bytes32 inputHash,bytes32 outputHash,bytes32 sketchHash,uint64 issuedAt)"
     );
     /// @notice The EIP-712 type hash of a verifier's verdict.
     bytes32 public constant VERDICT_TYPEHASH = keccak256("Verdict(address node,uint256 batchId,bytes32 leaf,uint8 reason)");
@@ -41,32 +42,32 @@ contract Slasher is ISlasher, SaltedEIP712, ReentrancyGuardTransient {
     uint16 private immutable _bountyBps;
     uint64 private immutable _challengeWindow;
     address private immutable _rewardRecipient;
+    uint64 private immutable _commitDeadline;
+    uint64 private immutable _receiptChallengePeriod;
+    uint64 private immutable _responseWindow;
+    uint256 private immutable _challengeBond;
 
     mapping(address node => mapping(bytes32 leaf => bool)) private _slashedLeaves;
     mapping(bytes32 slot => bool) private _slashedSlots;
     mapping(uint256 batchId => mapping(uint32 leafIndex => bool)) private _withheldSlashed;
     mapping(bytes32 claimHash => uint256 blockNumber) private _claims;
+    mapping(uint256 challengeId => ReceiptChallenge) private _challenges;
+    mapping(address node => mapping(bytes32 leaf => bool)) private _challengedReceipts;
+    uint256 private _challengeCount;
     uint256 private _rewardPool;
 
     /// @param registry_ The node registry; its `slasher()` must be this contract.
     /// @param commitments_ Where batches are committed; must follow `registry_`.
     /// @param verifiers_ Who may sign verdicts.
-    /// @param quorum_ Verdicts needed per slash (at least 1).
-    /// @param slashBps_ Share of a node's active + unbonding stake one slash takes (<= 10000).
-    /// @param bountyBps_ Share of a slash paid to its verdict signers or reporter (<= 10000).
-    /// @param challengeWindow_ Seconds after a commit during which its leaves may be slashed;
-    /// at most the registry's `unbondingDelay`.
-    /// @param rewardRecipient_ Receives the reward pool on `releaseRewardPool`.
+    /// @param p The parameters (`ISlasher.Params`): quorum at least 1, basis points at most
+    /// 10000, the challenge window and commit deadline + receipt challenge period + response
+    /// window each at most the registry's `unbondingDelay`, a non-zero reward recipient.
     /// @param domainSalt_ The EIP-712 domain's salt: a value no earlier deployment used (random).
     constructor(
         INodeRegistry registry_,
         ICommitments commitments_,
         IVerifierRegistry verifiers_,
-        uint8 quorum_,
-        uint16 slashBps_,
-        uint16 bountyBps_,
-        uint64 challengeWindow_,
-        address rewardRecipient_,
+        Params memory p,
         bytes32 domainSalt_
     ) SaltedEIP712("stakeswarm Slasher", "1", domainSalt_) {
         address registrySlasher = registry_.slasher();
@@ -75,22 +76,30 @@ contract Slasher is ISlasher, SaltedEIP712, ReentrancyGuardTransient {
         if (commitmentsRegistry != address(registry_)) {
             revert SlasherRegistryMismatch(commitmentsRegistry, address(registry_));
         }
-        if (quorum_ == 0) revert SlasherInvalidQuorum(quorum_);
-        if (slashBps_ > BPS) revert SlasherInvalidBps(slashBps_);
-        if (bountyBps_ > BPS) revert SlasherInvalidBps(bountyBps_);
+        if (p.quorum == 0) revert SlasherInvalidQuorum(p.quorum);
+        if (p.slashBps > BPS) revert SlasherInvalidBps(p.slashBps);
+        if (p.bountyBps > BPS) revert SlasherInvalidBps(p.bountyBps);
         uint64 unbondingDelay = registry_.unbondingDelay();
-        if (challengeWindow_ > unbondingDelay) revert SlasherChallengeWindowTooLong(challengeWindow_, unbondingDelay);
-        if (rewardRecipient_ == address(0)) revert SlasherZeroRewardRecipient();
+        if (p.challengeWindow > unbondingDelay) revert SlasherChallengeWindowTooLong(p.challengeWindow, unbondingDelay);
+        // A receipt is enforceable until its deadline + period + response window: the stake that
+        // backed it must not be withdrawable before (an unbond after the receipt waits the delay).
+        uint64 receiptWindows = p.commitDeadline + p.receiptChallengePeriod + p.responseWindow;
+        if (receiptWindows > unbondingDelay) revert SlasherReceiptWindowsTooLong(receiptWindows, unbondingDelay);
+        if (p.rewardRecipient == address(0)) revert SlasherZeroRewardRecipient();
 
         _registry = registry_;
         _commitments = commitments_;
         _verifiers = verifiers_;
         _token = registry_.stakeToken();
-        _quorum = quorum_;
-        _slashBps = slashBps_;
-        _bountyBps = bountyBps_;
-        _challengeWindow = challengeWindow_;
-        _rewardRecipient = rewardRecipient_;
+        _quorum = p.quorum;
+        _slashBps = p.slashBps;
+        _bountyBps = p.bountyBps;
+        _challengeWindow = p.challengeWindow;
+        _rewardRecipient = p.rewardRecipient;
+        _commitDeadline = p.commitDeadline;
+        _receiptChallengePeriod = p.receiptChallengePeriod;
+        _responseWindow = p.responseWindow;
+        _challengeBond = p.challengeBond;
     }
 
     /// @inheritdoc ISlasher
@@ -103,21 +112,26 @@ contract Slasher is ISlasher, SaltedEIP712, ReentrancyGuardTransient {
     /// @inheritdoc ISlasher
     function slash(
         Leaf calldata leaf,
-        uint256 batchId,
-        ICommitments.BatchHeader calldata header,
-        bytes32[] calldata proof,
+        LeafProof calldata proof,
         Reason reason,
         bytes[] calldata verdicts,
         bytes32 secret
     ) external nonReentrant returns (uint256 slashed) {
-        bytes32 hash = _provenLeaf(leaf, batchId, header, proof);
-        address node = header.node;
+        _openBatch(proof.batchId, proof.header);
+        bytes32 hash = _provenLeaf(leaf, proof);
+        address node = proof.header.node;
+        uint256 batchId = proof.batchId;
         if (reason != Reason.Mismatch && reason != Reason.Withheld) revert SlasherInvalidReason(uint8(reason));
         if (_slashedLeaves[node][hash]) revert SlasherAlreadySlashed(hash);
+        // the position is proven, so a position already slashed as withheld is not slashed again
+        if (_withheldSlashed[batchId][proof.leafIndex]) {
+            revert SlasherWithheldAlreadySlashed(batchId, proof.leafIndex);
+        }
         address[] memory signers = _claimedSigners(verdictDigest(node, batchId, hash, reason), verdicts, secret);
         uint256 amount = _slashAmount(node);
 
         _slashedLeaves[node][hash] = true;
+        _withheldSlashed[batchId][proof.leafIndex] = true;
         uint256 bountyPerVerifier;
         (slashed, bountyPerVerifier) = _takeStake(node, amount);
         emit LeafSlashed(node, batchId, hash, reason, slashed, bountyPerVerifier);
@@ -184,6 +198,103 @@ contract Slasher is ISlasher, SaltedEIP712, ReentrancyGuardTransient {
     }
 
     /// @inheritdoc ISlasher
+    function challengeReceipt(address node, Leaf calldata leaf, bytes calldata receipt, bytes32 secret)
+        external
+        nonReentrant
+        returns (uint256 challengeId)
+    {
+        _checkReceipt(node, leaf, receipt);
+        // strictly after the deadline: a commit in the deadline's second still counts as in time
+        uint64 deadline = leaf.issuedAt + _commitDeadline;
+        if (block.timestamp <= deadline) revert SlasherChallengeTooEarly(deadline + 1);
+        uint64 closedAt = deadline + _receiptChallengePeriod;
+        if (block.timestamp > closedAt) revert SlasherChallengeTooLate(closedAt);
+        bytes32 hash = leafHash(leaf);
+        if (_challengedReceipts[node][hash]) revert SlasherReceiptAlreadyChallenged(node, hash);
+        address[] memory challenger = new address[](1);
+        challenger[0] = msg.sender;
+        _useClaim(claimHash(receiptDigest(leaf), challenger, secret));
+
+        _challengedReceipts[node][hash] = true;
+        challengeId = ++_challengeCount;
+        uint64 answerBy = uint64(block.timestamp) + _responseWindow;
+        _challenges[challengeId] = ReceiptChallenge({
+            node: node,
+            issuedAt: leaf.issuedAt,
+            status: ChallengeStatus.Open,
+            challenger: msg.sender,
+            answerBy: answerBy,
+            leaf: hash
+        });
+        emit ReceiptChallenged(challengeId, node, msg.sender, hash, answerBy);
+
+        if (_challengeBond != 0) _token.safeTransferFrom(msg.sender, address(this), _challengeBond);
+    }
+
+    /// @inheritdoc ISlasher
+    /// @dev The challenge window of the batch does not matter: an old batch still shows the leaf
+    /// was committed (and was auditable) in time.
+    function answerChallenge(uint256 challengeId, Leaf calldata leaf, LeafProof calldata proof)
+        external
+        nonReentrant
+    {
+        ReceiptChallenge storage c = _challenges[challengeId];
+        if (c.status != ChallengeStatus.Open) revert SlasherChallengeNotOpen(challengeId);
+        if (block.timestamp > c.answerBy) revert SlasherAnswerTooLate(challengeId, c.answerBy);
+        bytes32 hash = leafHash(leaf);
+        if (hash != c.leaf) revert SlasherWrongLeaf(challengeId, hash);
+        address node = c.node;
+        if (proof.header.node != node) revert SlasherNotTheNodesBatch(proof.batchId, node);
+        _commitments.checkBatch(proof.batchId, proof.header);
+        uint64 deadline = leaf.issuedAt + _commitDeadline;
+        if (proof.header.committedAt > deadline) {
+            revert SlasherCommittedTooLate(proof.batchId, proof.header.committedAt, deadline);
+        }
+        _provenLeaf(leaf, proof);
+
+        c.status = ChallengeStatus.Answered;
+        emit ReceiptChallengeAnswered(challengeId, node, proof.batchId, proof.leafIndex);
+
+        if (_challengeBond != 0) _token.safeTransfer(node, _challengeBond);
+    }
+
+    /// @inheritdoc ISlasher
+    function slashUnanswered(uint256 challengeId) external nonReentrant returns (uint256 slashed) {
+        ReceiptChallenge storage c = _challenges[challengeId];
+        if (c.status != ChallengeStatus.Open) revert SlasherChallengeNotOpen(challengeId);
+        if (block.timestamp <= c.answerBy) revert SlasherChallengeStillOpen(challengeId, c.answerBy);
+        address node = c.node;
+        address challenger = c.challenger;
+        // may be zero (a node with nothing left): the challenge still ends and the bond goes back
+        uint256 amount = _registry.slashableStake(node) * _slashBps / BPS;
+
+        c.status = ChallengeStatus.Slashed;
+        // slither-disable-next-line reentrancy-benign (the registry is fixed and trusted; nonReentrant)
+        slashed = _registry.slash(node, amount, address(this));
+        // bountyBps <= BPS, so bounty <= slashed.
+        uint256 bounty = slashed * _bountyBps / BPS;
+        _rewardPool += slashed - bounty;
+        emit ReceiptChallengeSlashed(challengeId, node, slashed, bounty);
+
+        _token.safeTransfer(challenger, bounty + _challengeBond);
+    }
+
+    /// @inheritdoc ISlasher
+    function getChallenge(uint256 challengeId) external view returns (ReceiptChallenge memory) {
+        return _challenges[challengeId];
+    }
+
+    /// @inheritdoc ISlasher
+    function challengeCount() external view returns (uint256) {
+        return _challengeCount;
+    }
+
+    /// @inheritdoc ISlasher
+    function isReceiptChallenged(address node, bytes32 leaf) external view returns (bool) {
+        return _challengedReceipts[node][leaf];
+    }
+
+    /// @inheritdoc ISlasher
     function releaseRewardPool() external nonReentrant returns (uint256 amount) {
         amount = _rewardPool;
         if (amount == 0) revert SlasherEmptyRewardPool();
@@ -232,15 +343,13 @@ contract Slasher is ISlasher, SaltedEIP712, ReentrancyGuardTransient {
 
     /// @inheritdoc ISlasher
     /// @dev False for a batch that does not exist or a header that is not the batch's.
-    function verifyLeaf(
-        uint256 batchId,
-        ICommitments.BatchHeader calldata header,
-        Leaf calldata leaf,
-        bytes32[] calldata proof
-    ) external view returns (bool) {
-        bytes32 stored = _commitments.batchHash(batchId);
-        if (stored == bytes32(0) || stored != keccak256(abi.encode(header))) return false;
-        return leaf.modelId == header.modelId && MerkleProof.verifyCalldata(proof, header.root, leafHash(leaf));
+    function verifyLeaf(Leaf calldata leaf, LeafProof calldata proof) external view returns (bool) {
+        bytes32 stored = _commitments.batchHash(proof.batchId);
+        if (stored == bytes32(0) || stored != keccak256(abi.encode(proof.header))) return false;
+        return leaf.modelId == proof.header.modelId
+            && IndexedMerkle.verify(
+                proof.siblings, proof.header.root, leafHash(leaf), proof.leafIndex, proof.header.leafCount
+            );
     }
 
     /// @inheritdoc ISlasher
@@ -298,6 +407,26 @@ contract Slasher is ISlasher, SaltedEIP712, ReentrancyGuardTransient {
         return _rewardRecipient;
     }
 
+    /// @inheritdoc ISlasher
+    function commitDeadline() external view returns (uint64) {
+        return _commitDeadline;
+    }
+
+    /// @inheritdoc ISlasher
+    function receiptChallengePeriod() external view returns (uint64) {
+        return _receiptChallengePeriod;
+    }
+
+    /// @inheritdoc ISlasher
+    function responseWindow() external view returns (uint64) {
+        return _responseWindow;
+    }
+
+    /// @inheritdoc ISlasher
+    function challengeBond() external view returns (uint256) {
+        return _challengeBond;
+    }
+
     /// @dev Reverts unless `header` is batch `batchId`'s and the batch is inside its challenge window.
     function _openBatch(uint256 batchId, ICommitments.BatchHeader calldata header) private view {
         bytes32 stored = _commitments.batchHash(batchId);
@@ -307,18 +436,16 @@ contract Slasher is ISlasher, SaltedEIP712, ReentrancyGuardTransient {
         if (block.timestamp > closedAt) revert SlasherChallengeWindowClosed(batchId, closedAt);
     }
 
-    /// @dev Checks that `leaf` lies under the root of batch `batchId` (given by `header`), inside
-    /// the challenge window and for the batch's model; returns the leaf hash.
-    function _provenLeaf(
-        Leaf calldata leaf,
-        uint256 batchId,
-        ICommitments.BatchHeader calldata header,
-        bytes32[] calldata proof
-    ) private view returns (bytes32 hash) {
-        _openBatch(batchId, header);
+    /// @dev Checks that `leaf` is of the batch's model and lies at `proof.leafIndex` (below the
+    /// batch's `leafCount`) under the root of `proof.header` (the caller checked the header);
+    /// returns the leaf hash.
+    function _provenLeaf(Leaf calldata leaf, LeafProof calldata proof) private pure returns (bytes32 hash) {
+        ICommitments.BatchHeader calldata header = proof.header;
         if (leaf.modelId != header.modelId) revert SlasherModelMismatch(leaf.modelId, header.modelId);
         hash = leafHash(leaf);
-        if (!MerkleProof.verifyCalldata(proof, header.root, hash)) revert SlasherInvalidProof(batchId, hash);
+        if (!IndexedMerkle.verify(proof.siblings, header.root, hash, proof.leafIndex, header.leafCount)) {
+            revert SlasherInvalidProof(proof.batchId, proof.leafIndex, hash);
+        }
     }
 
     /// @dev The signers of exactly `quorum` verdicts over `digest` (each an active verifier, in

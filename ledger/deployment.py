@@ -63,6 +63,10 @@ class DeploymentParams:
     bounty_bps: int = 2_000  # share of a slash paid to its verifiers or reporter (basis points)
     challenge_window: int = 86_400  # seconds a commit stays slashable; <= unbonding_delay
     max_leaves: int = 4_096  # the most leaves one committed batch may hold (what a verifier audits)
+    commit_deadline: int = 2 * 3_600  # seconds after a receipt is issued by which it is committed
+    receipt_challenge_period: int = 86_400  # seconds after that deadline a receipt is challengeable
+    response_window: int = 6 * 3_600  # seconds a node has to answer a receipt challenge
+    challenge_bond: Wei = Wei(TOKEN)  # a challenger's bond, paid to the node if it answers
     reward_recipient: Address | None = None  # receives the reward pool; None: the deployer
 
     def __post_init__(self) -> None:
@@ -73,12 +77,30 @@ class DeploymentParams:
             problems.append("min_stake_per_block must be positive")
         if self.min_verifier_stake <= 0:
             problems.append("min_verifier_stake must be positive")
-        for name in ("unbonding_delay", "max_channel_duration", "challenge_window"):
+        for name in (
+            "unbonding_delay",
+            "max_channel_duration",
+            "challenge_window",
+            "commit_deadline",
+            "receipt_challenge_period",
+            "response_window",
+        ):
             if not 0 < getattr(self, name) < 2**64:
                 problems.append(f"{name} must be a positive number of seconds")
         if self.challenge_window > self.unbonding_delay:
             # else a node could unbond and withdraw before its last commit stops being slashable
             problems.append("challenge_window must not exceed unbonding_delay")
+        receipt_windows = (
+            self.commit_deadline + self.receipt_challenge_period + self.response_window
+        )
+        if receipt_windows > self.unbonding_delay:
+            # else a node could withdraw the stake behind a receipt before it can be enforced
+            problems.append(
+                "commit_deadline + receipt_challenge_period + response_window must not exceed "
+                "unbonding_delay"
+            )
+        if self.challenge_bond < 0:
+            problems.append("challenge_bond must not be negative")
         if not 1 <= self.max_leaves < 2**32:
             problems.append("max_leaves must be between 1 and 2**32 - 1")
         if not 1 <= self.quorum <= 255:
@@ -355,17 +377,23 @@ def deploy_all(
         predicted_slasher,
     )
     commitments = deploy("Commitments", registry, params.max_leaves)
-    channels = deploy("PaymentChannels", token, params.max_channel_duration)
+    channels = deploy("PaymentChannels", token, params.max_channel_duration, os.urandom(32))
     slasher = deploy(
         "Slasher",
         registry,
         commitments,
         verifiers,
-        params.quorum,
-        params.slash_bps,
-        params.bounty_bps,
-        params.challenge_window,
-        recipient,
+        (
+            params.quorum,
+            params.slash_bps,
+            params.bounty_bps,
+            params.challenge_window,
+            recipient,
+            params.commit_deadline,
+            params.receipt_challenge_period,
+            params.response_window,
+            params.challenge_bond,
+        ),
         os.urandom(32),
     )
     if slasher != predicted_slasher:

@@ -3,8 +3,10 @@
 Four structs are signed, each under the domain of the contract that checks it:
 
 - `Voucher(uint256 channelId,uint256 cumulativeAmount)`: a client pays a server
-  (domain "stakeswarm PaymentChannels", version "1"; `IPaymentChannels`);
-- `Receipt(bytes32 sessionId,...,bytes32 sketchHash)`: a node signs the leaf of a served step
+  (domain "stakeswarm PaymentChannels", version "1" and the deployment's salt;
+  `IPaymentChannels`);
+- `Receipt(bytes32 sessionId,...,bytes32 sketchHash,uint64 issuedAt)`: a node signs the leaf of
+  a served step, stamped with the time it signed it
   (domain "stakeswarm Slasher", version "1" and the deployment's salt; `ISlasher`, its body is
   `ledger.types.Leaf`);
 - `Verdict(address node,uint256 batchId,bytes32 leaf,uint8 reason)`: a verifier finds a leaf
@@ -62,6 +64,7 @@ RECEIPT_TYPES: Final[dict[str, list[dict[str, str]]]] = {
         {"name": "inputHash", "type": "bytes32"},
         {"name": "outputHash", "type": "bytes32"},
         {"name": "sketchHash", "type": "bytes32"},
+        {"name": "issuedAt", "type": "uint64"},
     ]
 }
 VERDICT_TYPES: Final[dict[str, list[dict[str, str]]]] = {
@@ -108,14 +111,14 @@ def _bytes32(value: object, what: str) -> bytes:
 
 @dataclass(frozen=True)
 class Domain:
-    """An EIP-712 domain: which contract on which chain (and, for the Slasher, which deployment:
-    its `salt`) a signature is for."""
+    """An EIP-712 domain: which contract on which chain, and which deployment of it (its
+    `salt`), a signature is for."""
 
     name: str
     version: str
     chain_id: int
     verifying_contract: str  # checksummed by the constructor
-    salt: bytes | None = None  # 32 bytes; the Slasher's per-deployment salt (`SaltedEIP712`)
+    salt: bytes | None = None  # 32 bytes: the deployment's salt (`SaltedEIP712`)
 
     def __post_init__(self) -> None:
         _uint(self.chain_id, 256, "chain id")
@@ -127,9 +130,10 @@ class Domain:
             object.__setattr__(self, "salt", _bytes32(self.salt, "domain salt"))
 
     @classmethod
-    def payment_channels(cls, chain_id: int, contract: str) -> Domain:
-        """The domain of the PaymentChannels contract at `contract` (vouchers)."""
-        return cls(PAYMENT_CHANNELS_NAME, DOMAIN_VERSION, chain_id, contract)
+    def payment_channels(cls, chain_id: int, contract: str, salt: bytes) -> Domain:
+        """The domain of the PaymentChannels contract at `contract` deployed with `salt`
+        (vouchers); the salt is the contract's `eip712Domain().salt`."""
+        return cls(PAYMENT_CHANNELS_NAME, DOMAIN_VERSION, chain_id, contract, salt)
 
     @classmethod
     def slasher(cls, chain_id: int, contract: str, salt: bytes) -> Domain:
@@ -176,6 +180,7 @@ def _receipt_message(domain: Domain, leaf: Leaf) -> SignableMessage:
         "inputHash": _bytes32(leaf.input_hash, "leaf input hash"),
         "outputHash": _bytes32(leaf.output_hash, "leaf output hash"),
         "sketchHash": _bytes32(leaf.sketch_hash, "leaf sketch hash"),
+        "issuedAt": _uint(leaf.issued_at, 64, "leaf issued at"),
     }
     return encode_typed_data(domain.as_dict(), RECEIPT_TYPES, message)
 

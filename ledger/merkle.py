@@ -1,15 +1,20 @@
-"""Merkle trees whose proofs OpenZeppelin `MerkleProof.verify` accepts.
+"""Merkle trees whose proofs bind a leaf's position, as `contracts/IndexedMerkle.sol` checks them.
 
-A node commits one root per batch of leaves; a slash proves one leaf under that root.
-OpenZeppelin hashes pairs commutatively: `parent = keccak256(min(a, b) || max(a, b))` (the
-smaller 32-byte word first), so a proof is just the list of siblings from the leaf up, with no
-left/right flags. Leaves are taken as given (32-byte leaf hashes such as `Leaf.hash()`, which is
-already `keccak256(abi.encode(...))`) and are not hashed again.
+A node commits one root per batch of leaves; a slash or a receipt challenge proves one leaf at
+one position under that root. Pairs hash in order: `parent = keccak256(left || right)`, so the
+same two leaves swapped give another root, and a proof only passes at the index it was made for.
+Leaves are taken as given (32-byte leaf hashes such as `Leaf.hash()`, which is already
+`keccak256(abi.encode(...))`) and are not hashed again.
 
 Shape: leaves stay in the caller's order (a leaf's index is its position in the batch); each
 level pairs neighbours left to right and an odd last node moves up unchanged. So one leaf is its
 own root with an empty proof, and a proof has at most ceil(log2(n)) siblings.
-No Python library that is kept up implements this exact rule, hence the few lines here.
+
+Verification walks up with the leaf's index and the tree's leaf count: at each level, if the
+node has a sibling (`index ^ 1 < count`) the next proof element is consumed, on the left when the
+index is odd; then `index >>= 1` and `count = (count + 1) >> 1`. A proof is valid only if
+`index < count`, every element is consumed and the walk ends at the root. The count fixes the
+shape, so a proof of the right root but for another position or tree size fails.
 """
 
 from __future__ import annotations
@@ -30,13 +35,20 @@ def _check_node(value: object, what: str) -> bytes:
     return bytes(value)
 
 
-def hash_pair(a: bytes, b: bytes) -> bytes:
-    """OpenZeppelin `Hashes.commutativeKeccak256`: keccak256 of the two nodes, smaller first."""
-    return keccak(a + b) if a < b else keccak(b + a)
+def _check_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MerkleError(f"{what} must be an int, got {type(value).__name__}")
+    return value
+
+
+def hash_pair(left: bytes, right: bytes) -> bytes:
+    """The parent of two nodes: keccak256 of `left || right`, in that order (OpenZeppelin
+    `Hashes.efficientKeccak256(left, right)`)."""
+    return keccak(left + right)
 
 
 class MerkleTree:
-    """An immutable Merkle tree over 32-byte leaves, with OpenZeppelin-compatible proofs."""
+    """An immutable Merkle tree over 32-byte leaves, with positional (`IndexedMerkle`) proofs."""
 
     def __init__(self, leaves: Sequence[bytes]) -> None:
         """Build the tree over `leaves` in order; `MerkleError` if there are none or one is not
@@ -69,10 +81,9 @@ class MerkleTree:
         return len(self._levels[0])
 
     def proof(self, index: int) -> list[bytes]:
-        """The siblings from leaf `index` up to the root, as `MerkleProof.verify` takes them;
-        `MerkleError` if `index` is not in `[0, len(self))`."""
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise MerkleError(f"leaf index must be an int, got {type(index).__name__}")
+        """The siblings from leaf `index` up to the root, as `IndexedMerkle.verify` takes them
+        (with `index` and `len(self)`); `MerkleError` if `index` is not in `[0, len(self))`."""
+        index = _check_int(index, "leaf index")
         if not 0 <= index < len(self):
             raise MerkleError(f"leaf index {index} is out of range for {len(self)} leaves")
         siblings: list[bytes] = []
@@ -85,16 +96,35 @@ class MerkleTree:
         return siblings
 
 
-def process_proof(proof: Sequence[bytes], leaf: bytes) -> bytes:
-    """The root that `proof` leads to from `leaf` (OpenZeppelin `MerkleProof.processProof`);
-    `MerkleError` if the leaf or a proof element is not exactly 32 bytes."""
+def process_proof(proof: Sequence[bytes], leaf: bytes, index: int, count: int) -> bytes | None:
+    """The root that `proof` leads to from `leaf` at position `index` of a tree of `count`
+    leaves, or None when the proof does not fit that position (`index` not in `[0, count)`, or
+    too few or too many siblings). `MerkleError` if the leaf or a proof element is not exactly
+    32 bytes, or `index`/`count` is not an int."""
     node = _check_node(leaf, "leaf")
-    for i, sibling in enumerate(proof):
-        node = hash_pair(node, _check_node(sibling, f"proof element {i}"))
+    siblings = [_check_node(sibling, f"proof element {i}") for i, sibling in enumerate(proof)]
+    index = _check_int(index, "leaf index")
+    count = _check_int(count, "leaf count")
+    if not 0 <= index < count:
+        return None
+    used = 0
+    while count > 1:
+        if (index ^ 1) < count:
+            if used == len(siblings):
+                return None
+            sibling = siblings[used]
+            used += 1
+            node = hash_pair(node, sibling) if index % 2 == 0 else hash_pair(sibling, node)
+        index >>= 1
+        count = (count + 1) >> 1
+    if used != len(siblings):
+        return None
     return node
 
 
-def verify(proof: Sequence[bytes], root: bytes, leaf: bytes) -> bool:
-    """True when `proof` proves `leaf` under `root`, exactly as OpenZeppelin
-    `MerkleProof.verify`; malformed input (not 32-byte values) raises `MerkleError`."""
-    return process_proof(proof, leaf) == _check_node(root, "root")
+def verify(proof: Sequence[bytes], root: bytes, leaf: bytes, index: int, count: int) -> bool:
+    """True when `proof` proves `leaf` at position `index` of a tree of `count` leaves under
+    `root`, exactly as `IndexedMerkle.verify`: False for a wrong index, count or proof length;
+    malformed input (not 32-byte values, a non-int index or count) raises `MerkleError`."""
+    checked_root = _check_node(root, "root")
+    return process_proof(proof, leaf, index, count) == checked_root

@@ -38,6 +38,7 @@ LEAF_ABI_TYPES = (
     "bytes32",  # inputHash
     "bytes32",  # outputHash
     "bytes32",  # sketchHash
+    "uint64",  # issuedAt
 )
 
 
@@ -54,6 +55,7 @@ class Leaf:
     input_hash: bytes  # keccak256 of the exact input tensor bytes received
     output_hash: bytes  # keccak256 of the exact output tensor bytes sent
     sketch_hash: bytes  # keccak256 of the encoded sketch of the output
+    issued_at: int  # unix seconds the node signed the receipt (uint64); starts its commit deadline
 
     def encode(self) -> bytes:
         """abi.encode of the fields in order, as Solidity computes it."""

@@ -51,6 +51,9 @@ class NodeMetrics:
         )
         self.commits = Counter("stakeswarm_commits", "Batches committed on-chain", registry=r)
         self.redeems = Counter("stakeswarm_redeems", "Vouchers redeemed on-chain", registry=r)
+        self.challenges_answered = Counter(
+            "stakeswarm_challenges_answered", "Receipt challenges answered on-chain", registry=r
+        )
         self.reveals = Counter("stakeswarm_reveals", "Reveals answered", registry=r)
         self.active = Gauge(
             "stakeswarm_registry_active",

@@ -43,7 +43,7 @@ from ledger.db import (
     set_owed,
     upsert_channel,
 )
-from ledger.eip712 import Domain, recover_voucher_signer
+from ledger.eip712 import recover_voucher_signer
 from ledger.errors import LedgerError, SignatureError
 from ledger.types import ChannelId, Voucher, Wei
 from node.protocol import ErrorCode, ProtocolError
@@ -136,7 +136,7 @@ class Payments:
         self.node = node
         self.chain_id = chain_id
         self.contract = channels.address
-        self.domain = Domain.payment_channels(chain_id, channels.address)
+        self.domain = channels.domain()
         self.credit = credit
         self.min_life = min_life
         self.cache_ttl = cache_ttl

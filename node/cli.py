@@ -162,10 +162,13 @@ def serve(
     idle_timeout: Annotated[
         float, typer.Option(help="Seconds before an idle session ends.")
     ] = 300.0,
-    commit_interval: Annotated[float, typer.Option(help="Seconds between commits.")] = 30.0,
+    commit_interval: Annotated[float, typer.Option(help="Seconds between commits.")] = 600.0,
     commit_leaves: Annotated[int, typer.Option(help="Commit once this many leaves wait.")] = 4096,
-    redeem_interval: Annotated[float, typer.Option(help="Seconds between redemptions.")] = 60.0,
+    redeem_interval: Annotated[float, typer.Option(help="Seconds between redemptions.")] = 600.0,
     announce_interval: Annotated[float, typer.Option(help="Seconds between DHT refreshes.")] = 30.0,
+    challenge_interval: Annotated[
+        float, typer.Option(help="Seconds between looks for receipt challenges to answer.")
+    ] = 60.0,
     rebalance_interval: Annotated[
         float, typer.Option(help="Seconds between checks whether to move the span.")
     ] = 120.0,
@@ -222,6 +225,7 @@ def serve(
             commit_interval=commit_interval,
             commit_max_leaves=commit_leaves,
             redeem_interval=redeem_interval,
+            challenge_poll_interval=challenge_interval,
             commitments=not no_commitments,
             faulty=faulty,
             http_port=http_port,

@@ -3,10 +3,14 @@ and the Merkle roots committed on-chain.
 
 Per step (`Receipts.make`, in the compute thread): the leaf of DESIGN.md — session, model id,
 span, step, tokens, keccak of the exact input and output tensors, keccak of the output's
-sketch — and the node's EIP-712 receipt over it. Then (`LeafWriter.submit`, in the ledger
-thread, after the reply is sent) the leaf goes to the ledger and the step's inputs (hidden
-states and mask, as received, and the encoded sketch the leaf commits) to a safetensors file
-under the node's inputs directory, indexed in the ledger. `Committer.commit_pending` seals
+sketch, and the unix time it is signed at (`issuedAt`: the leaf must be committed by that time
+plus the Slasher's commit deadline) — and the node's EIP-712 receipt over it. Each slot
+(session, span, step) is signed once: steps come strictly in order, a session id is never
+served twice, and a retried ledger write stores the receipt already signed, never a new one
+(a second receipt for a slot, even one differing only in its time, is equivocation). Then
+(`LeafWriter.submit`, in the ledger thread, after the reply is sent) the leaf goes to the
+ledger and the step's inputs (hidden states and mask, as received, and the encoded sketch the
+leaf commits) to a safetensors file under the node's inputs directory, indexed in the ledger. `Committer.commit_pending` seals
 pending leaves into batches and commits each root (`Commitments.commit`), recording the
 on-chain batch id; `prune_inputs` deletes inputs whose challenge window closed. `build_reveal`
 assembles what a verifier gets for a leaf.
@@ -17,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from eth_account.signers.local import LocalAccount
@@ -66,15 +72,22 @@ UNSIGNED = b"\x00" * 65  # the receipt signature when commitments are off (bench
 
 
 class Receipts:
-    """Builds and signs the leaf of each served step."""
+    """Builds and signs the leaf of each served step, stamped with the time it is signed."""
 
     def __init__(
-        self, *, domain: Domain, account: LocalAccount, model_id: ModelId, enabled: bool = True
+        self,
+        *,
+        domain: Domain,
+        account: LocalAccount,
+        model_id: ModelId,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.domain = domain
         self.account = account
         self.model_id = model_id
         self.enabled = enabled
+        self.clock = clock  # unix seconds; the receipt's issuedAt
 
     def make(
         self,
@@ -110,8 +123,11 @@ class Receipts:
     ) -> tuple[SignedReceipt, bytes]:
         """`make`, and the encoded sketch whose hash the leaf commits (kept for reveals;
         empty with commitments off)."""
+        issued_at = int(self.clock())
         if not self.enabled:
-            leaf = Leaf(session_id, self.model_id, *span, step, tokens, ZERO32, ZERO32, ZERO32)
+            leaf = Leaf(
+                session_id, self.model_id, *span, step, tokens, ZERO32, ZERO32, ZERO32, issued_at
+            )
             return SignedReceipt(leaf, UNSIGNED), b""
         encoded = sketch(hidden_out).encode()
         leaf = Leaf(
@@ -124,6 +140,7 @@ class Receipts:
             input_hash=tensor_hash(hidden_in),
             output_hash=tensor_hash(hidden_out),
             sketch_hash=keccak(encoded),
+            issued_at=issued_at,
         )
         return SignedReceipt(leaf, sign_receipt(self.domain, leaf, self.account)), encoded
 
@@ -282,6 +299,12 @@ class LeafWriter:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
 
+class CommitsPending(Protocol):
+    """What the server commits through: a `Committer`, or a cheat's stand-in (node/faults.py)."""
+
+    def commit_pending(self) -> list[int]: ...
+
+
 class Committer:
     """Seals pending leaves into batches and commits their roots (blocking; worker thread)."""
 
@@ -387,9 +410,9 @@ def build_reveal(
     full: bool = False,
 ) -> tuple[RevealResponse, list[torch.Tensor]]:
     """What a verifier gets for leaf `leaf_index` of on-chain batch `batch_id`: the session's
-    steps 0..k over that span (leaf, batch id, Merkle proof each) and their inputs (hidden
-    states then mask, per step); with `full`, also the batch's leaf hashes and step k's
-    committed sketch (indices, values). NOT_FOUND when this node has no such leaf or inputs."""
+    steps 0..k over that span (leaf, batch id, position in the batch, Merkle proof each) and
+    their inputs (hidden states then mask, per step); with `full`, also the batch's leaf hashes
+    and step k's committed sketch (indices, values). NOT_FOUND when this node has no such leaf or inputs."""
     with ledger.begin() as db:
         batch = get_batch(db, chain_batch_id=batch_id)
         if batch is None or batch.node != node or not 0 <= leaf_index < len(batch.leaves):
@@ -416,7 +439,12 @@ def build_reveal(
                 raise ProtocolError(
                     ErrorCode.NOT_FOUND, f"step {row.step} of the session is not committed yet"
                 )
-            steps.append(RevealedStep(row.to_leaf(), row.batch.chain_batch_id, leaf_proof(row)))
+            assert row.index_in_batch is not None  # a row in a batch has its index
+            steps.append(
+                RevealedStep(
+                    row.to_leaf(), row.batch.chain_batch_id, row.index_in_batch, leaf_proof(row)
+                )
+            )
         inputs = session_inputs(
             db, target.session_id, target.span_start, target.span_end, up_to_step=target.step
         )

@@ -17,12 +17,15 @@ computes is wrong, which is what a verifier must catch by re-running the span.
     withhold       computes, signs and commits honestly, but refuses every reveal (a node hiding
                    what it served, or one that stopped answering verifiers): the verifiers'
                    withheld verdicts slash it without ever seeing a leaf
+    no-commit      computes and signs receipts honestly and is paid, but never commits a leaf
+                   (a node dodging every audit): a client's receipt challenge slashes it
 
 `make_fault(mode)` gives the `Fault` of a mode (None for none). The server calls
 `fault.prepare(span)` once on the loaded span (weights, blocks) and the handler computes
 every step with `fault.forward(...)`; only `equivocate` changes the step protocol
-(`fault.replays`, `fault.rewind`), and only `withhold` the reveal (`fault.check_reveal`,
-called by the handler before it builds a reveal). `apply_output_fault` is the same output
+(`fault.replays`, `fault.rewind`), only `withhold` the reveal (`fault.check_reveal`,
+called by the handler before it builds a reveal), and only `no-commit` the commits (the server
+commits through `fault.committer(committer)`). `apply_output_fault` is the same output
 rule for in-process calibration (`benchmarks/calibrate.py`, the verifier's tests).
 """
 
@@ -38,6 +41,7 @@ from torch import nn
 
 from node.blocks import Span
 from node.cache import SessionCache
+from node.commits import CommitsPending, Committer
 from node.errors import NodeError
 from node.protocol import ErrorCode, ProtocolError
 
@@ -58,6 +62,7 @@ class FaultMode(enum.StrEnum):
     STALE = "stale"
     EQUIVOCATE = "equivocate"
     WITHHOLD = "withhold"
+    NO_COMMIT = "no-commit"
 
 
 FAULT_MODES: tuple[str, ...] = tuple(mode.value for mode in FaultMode)
@@ -163,6 +168,12 @@ class Fault:
         logger.warning("CHEAT MODE %s", self.mode.value)
         return span
 
+    def committer(self, committer: Committer) -> CommitsPending:
+        """What the node commits through: `committer` itself, or nothing for `no-commit`."""
+        if self.mode is FaultMode.NO_COMMIT:
+            return _NeverCommits()
+        return committer
+
     def check_reveal(self, batch_id: int, leaf_index: int) -> None:
         """Raise the refusal a withholding node answers every reveal with (`ProtocolError`
         NOT_FOUND, as if the leaf were lost); nothing for the other modes."""
@@ -221,6 +232,14 @@ class Fault:
         with self._lock:
             self._last_output.pop(session_id, None)
             self._past.pop(session_id, None)
+
+
+class _NeverCommits:
+    """A committer that commits nothing: the `no-commit` cheat."""
+
+    def commit_pending(self) -> list[int]:
+        logger.warning("CHEAT MODE no-commit: the served leaves are never committed")
+        return []
 
 
 def _middle(span: Span) -> int:

@@ -25,7 +25,12 @@ from hivemind.utils.streaming import split_for_streaming
 
 from ledger.types import Leaf, Voucher
 
-PROTOCOL_VERSION = 1
+# 2: a leaf carries `issued` (the receipt's issuedAt), and Merkle proofs are positional.
+PROTOCOL_VERSION = 2
+
+# A leaf's issuedAt is a uint64 on-chain; the wire takes it only up to 2**63 - 1, what a ledger
+# (SQL BIGINT) can keep as evidence. No clock is anywhere near either bound.
+MAX_ISSUED_AT = 2**63 - 1
 
 # Tensor bytes per protobuf message part; with metadata, each message stays well under 2 MiB.
 CHUNK_BYTES = 512 * 1024
@@ -203,6 +208,7 @@ def leaf_to_wire(leaf: Leaf) -> dict[str, Any]:
         "in": leaf.input_hash,
         "out": leaf.output_hash,
         "sketch": leaf.sketch_hash,
+        "issued": leaf.issued_at,  # uint64: msgpack carries it as an unsigned int
     }
 
 
@@ -221,6 +227,7 @@ def leaf_from_wire(raw: Any) -> Leaf:
         input_hash=_bytes(d.get("in"), "leaf input hash", 32),
         output_hash=_bytes(d.get("out"), "leaf output hash", 32),
         sketch_hash=_bytes(d.get("sketch"), "leaf sketch hash", 32),
+        issued_at=_int(d.get("issued"), "leaf issued at (unix seconds)", 0, MAX_ISSUED_AT),
     )
 
 
@@ -392,8 +399,8 @@ class RevealRequest:
     """A verifier asks for the inputs behind a committed leaf (batch `batch_id`, index `leaf_index`).
     `signature` is the verifier's EIP-191 signature of `reveal_message(...)`; only active
     verifiers may see clients' hidden states. With `full`, the node also sends what an audit
-    compares against: the leaf's committed sketch and the leaf hashes of its whole batch (which
-    bind the revealed leaf to `leaf_index`: Merkle proofs with sorted pairs do not)."""
+    compares against: the leaf's committed sketch and the leaf hashes of its whole batch (from
+    which the verifier rebuilds the root and its own proof of the leaf at `leaf_index`)."""
 
     node: str  # the node asked (binds the signature to it)
     batch_id: int  # on-chain batch id
@@ -445,14 +452,21 @@ def reveal_message(node: str, batch_id: int, leaf_index: int, issued_at: int) ->
 
 @dataclass(frozen=True)
 class RevealedStep:
-    """One step of a revealed session span: its leaf, where that leaf was committed and the proof."""
+    """One step of a revealed session span: its leaf, where that leaf was committed (batch and
+    position) and the proof."""
 
     leaf: Leaf
     batch_id: int
-    proof: list[bytes]  # Merkle proof of the leaf under the batch's committed root
+    leaf_index: int  # the leaf's position in its batch (uint32): positional proofs need it
+    proof: list[bytes]  # Merkle proof of the leaf at `leaf_index` under the batch's root
 
     def to_wire(self) -> dict[str, Any]:
-        return {"leaf": leaf_to_wire(self.leaf), "batch": self.batch_id, "proof": list(self.proof)}
+        return {
+            "leaf": leaf_to_wire(self.leaf),
+            "batch": self.batch_id,
+            "index": self.leaf_index,
+            "proof": list(self.proof),
+        }
 
     @classmethod
     def from_wire(cls, raw: Any) -> RevealedStep:
@@ -465,6 +479,7 @@ class RevealedStep:
         return cls(
             leaf=leaf_from_wire(d.get("leaf")),
             batch_id=_int(d.get("batch"), "batch", 1),
+            leaf_index=_int(d.get("index"), "revealed step: leaf index", 0, 2**32 - 1),
             proof=[_bytes(p, "proof node", 32) for p in proof],
         )
 

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,8 @@ from node.api import HttpApi, NodeMetrics, build_app
 from node.balance import ChainClock, Payments, Redeemer
 from node.blocks import Progress, Span, load_span
 from node.cache import CacheManager
-from node.commits import Committer, InputStore, LeafWriter, Receipts, prune_inputs
+from node.challenges import ChallengeAnswerer
+from node.commits import CommitsPending, Committer, InputStore, LeafWriter, Receipts, prune_inputs
 from node.config import ConfigError, NodeConfig
 from node.families import load_config
 from node.faults import make_fault
@@ -435,15 +436,27 @@ class Server:
             account=self.account,
             model_id=self.model_id,
             enabled=config.commitments,
+            # the chain's time: the receipt's commit deadline is checked on-chain
+            clock=self.clock.now,
         )
         self.store = InputStore(self.dir / "inputs")
         self.writer = LeafWriter(self.ledger, self.store, self._db)
-        self.committer = Committer(
+        self.committer: CommitsPending = Committer(
             self.ledger,
             self.contracts.commitments,
             node=self.address,
             model_id=self.model_id,
             max_leaves=config.commit_max_leaves,
+        )
+        if self.fault is not None:
+            self.committer = self.fault.committer(self.committer)
+        self.answerer = ChallengeAnswerer(
+            self.chain,
+            self.ledger,
+            self.contracts.slasher,
+            self.contracts.commitments,
+            node=self.address,
+            from_block=self.deployment.deploy_block,
         )
         self.redeemer = Redeemer(
             channels,
@@ -487,6 +500,12 @@ class Server:
                 self._commit_job, "interval", seconds=config.commit_interval, id="commit"
             )
             scheduler.add_job(self._prune_job, "interval", seconds=config.prune_interval)
+            scheduler.add_job(
+                self._challenge_job,
+                "interval",
+                seconds=config.challenge_poll_interval,
+                next_run_time=datetime.now(UTC),
+            )
         if config.blocks is None:
             scheduler.add_job(self._rebalance_job, "interval", seconds=config.rebalance_interval)
         scheduler.start()
@@ -609,6 +628,15 @@ class Server:
             await asyncio.to_thread(self._redeem)
         except Exception:
             logger.exception("redeem job failed")
+
+    async def _challenge_job(self) -> None:
+        try:
+            await asyncio.to_thread(self.clock.refresh)  # receipts are stamped with chain time
+            answered = await asyncio.to_thread(self.answerer.answer_open)
+        except Exception:
+            logger.exception("answering receipt challenges failed")
+            return
+        self.metrics.challenges_answered.inc(len(answered))
 
     async def _prune_job(self) -> None:
         assert self.ledger is not None

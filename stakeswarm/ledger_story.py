@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from eth_account.signers.local import LocalAccount
 from ledger.chain import Chain, TxResult
 from ledger.contracts import Batch, Contracts
 from ledger.deployment import TOKEN, Deployment
-from ledger.eip712 import Domain, sign_receipt, sign_verdict, sign_voucher
+from ledger.eip712 import sign_receipt, sign_verdict, sign_voucher
 from ledger.merkle import MerkleTree
 from ledger.types import (
     BlockIndex,
@@ -91,7 +92,8 @@ def snapshot(contracts: Contracts, parties: dict[str, Party]) -> Snapshot:
 
 
 def _scripted_leaf(session: bytes, start: int, end: int, step: int, tokens: int) -> Leaf:
-    """A leaf as a node would build it, with made-up tensor hashes (no model runs here)."""
+    """A leaf as a node would build it, with made-up tensor hashes (no model runs here),
+    signed now."""
     return Leaf(
         session_id=session,
         model_id=model_id(MODEL_NAME),
@@ -102,6 +104,7 @@ def _scripted_leaf(session: bytes, start: int, end: int, step: int, tokens: int)
         input_hash=os.urandom(32),
         output_hash=os.urandom(32),
         sketch_hash=os.urandom(32),
+        issued_at=int(time.time()),
     )
 
 
@@ -151,7 +154,7 @@ def run_ledger_story(
         )
         channels[name] = client.payment_channels.opened_channel_id(tx)
         log.add(f"client-0 opened channel {channels[name]} to {name} with 5 tokens", tx)
-    channel_domain = Domain.payment_channels(chain.chain_id, reader.payment_channels.address)
+    channel_domain = reader.payment_channels.domain()
     session = os.urandom(32)
     tokens_per_step = [7, 1, 1, 1, 1]  # a prompt of 7 tokens, then one token per step
     leaves: dict[str, list[Leaf]] = {name: [] for name in spans}
@@ -212,7 +215,7 @@ def run_ledger_story(
         signature,
     )
     tx = as_party["verifier-0"].slasher.slash(
-        guilty, batch, tree.proof(2), Reason.MISMATCH, [signed]
+        guilty, batch, 2, tree.proof(2), Reason.MISMATCH, [signed]
     )
     log.add("verifier-0 slashed node-1 for a mismatched leaf, proven under its committed root", tx)
 

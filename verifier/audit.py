@@ -6,13 +6,13 @@
 
 1. `prove_leaf`: the reveal's batch leaf hashes must rebuild the root the node committed
    on-chain (and be as many as it committed), and the revealed leaf must be the one at the
-   sampled index. Sorted-pair Merkle proofs do not bind a position, so without the whole
-   batch a node could show an honest leaf in place of the sampled one. The proof used later
-   on-chain is computed here from those hashes, never taken from the node.
+   sampled index. The proof used later on-chain (positional, `IndexedMerkle`) is computed
+   here from those hashes, never taken from the node.
 2. `check_opening`: the revealed steps must be steps 0..k of the leaf's session over its span,
-   each proven under the root of its own batch (which the same node committed); every input
-   must hash to its leaf's inputHash, masks must extend each other step by step, and the
-   revealed sketch must hash to the leaf's sketchHash. Anything else is a failure to reveal
+   each proven at its stated position under the root of its own batch (which the same node
+   committed, with its on-chain leaf count); every input must hash to its leaf's inputHash,
+   masks must extend each other step by step, and the revealed sketch must hash to the
+   leaf's sketchHash. Anything else is a failure to reveal
    (withheld), provable on-chain because the leaf itself is proven.
 3. `recompute`: the span in ONE stateless float32 pass over the steps' inputs concatenated
    along the tokens axis with the last step's mask (node.blocks' conventions make this equal
@@ -155,7 +155,9 @@ def check_opening(
             batch = _batch(batches, step.batch_id, invalid)
             if batch.node != proven.node or batch.model_id != leaf.model_id:
                 raise invalid(f"step {leaf.step} is in batch {step.batch_id} of another node")
-            if not merkle_verify(step.proof, batch.root, leaf.hash()):
+            if not merkle_verify(
+                step.proof, batch.root, leaf.hash(), step.leaf_index, batch.leaf_count
+            ):
                 raise invalid(f"step {leaf.step} is not proven under batch {step.batch_id}")
         if hidden.dtype not in DTYPE_NAMES or hidden.ndim != 3 or hidden.shape[-1] != hidden_size:
             raise invalid(

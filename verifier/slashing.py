@@ -13,11 +13,10 @@ and submitted as soon as `quorum` valid signatures of active verifiers agree, ou
 (a quorum without us is for its signers to submit). Slashes are recorded with the bounty they
 paid us.
 
-One sampled leaf, one slash: the contract keeps `slash` (by leaf hash) and `slashWithheld` (by
-batch position) apart, because a sorted-pair Merkle proof does not tell a leaf's position. We
-do not sign a verdict against a shown leaf whose position was already slashed as withheld.
-The other order (a withheld slash after a slash of the shown leaf) does not arise from one
-verifier: a node that shows the leaf is audited, not accused of withholding it.
+One sampled leaf, one slash: `slash` proves the leaf's position and the contract marks it, as
+`slashWithheld` marks a position, so either refuses a position the other took. We do not sign a
+verdict against a shown leaf whose position was already slashed as withheld (it would revert),
+and a node that shows the leaf is audited, not accused of withholding it.
 """
 
 from __future__ import annotations
@@ -262,7 +261,7 @@ class Slashing:
                 batch = batch_of(verdict.batch_id)
             except LookupError:
                 continue
-            if not accusation.check(self.domain, batch.root, batch.node):
+            if not accusation.check(self.domain, batch.root, batch.node, batch.leaf_count):
                 logger.debug("ignoring an invalid shared verdict %s", accusation.subkey)
                 continue
             if not self.is_active(verdict.signer):

@@ -180,9 +180,10 @@ class Accusation:
         )
         return cls(verdict, proven)
 
-    def check(self, domain: Domain, root: bytes, batch_node: str) -> bool:
-        """True when the signature recovers to the named signer and the leaf is proven under
-        `root`, the on-chain root of its batch, committed by `batch_node` (the accused)."""
+    def check(self, domain: Domain, root: bytes, batch_node: str, leaf_count: int) -> bool:
+        """True when the signature recovers to the named signer and the leaf is proven at its
+        index under `root`, the on-chain root of its batch of `leaf_count` leaves, committed by
+        `batch_node` (the accused)."""
         try:
             signer = recover_verdict_signer(domain, self.verdict, self.verdict.signature)
         except (SignatureError, TypedDataError):
@@ -190,7 +191,13 @@ class Accusation:
         return (
             signer == self.verdict.signer
             and to_checksum_address(batch_node) == self.verdict.node
-            and merkle_verify(self.proven.proof, root, self.proven.leaf.hash())
+            and merkle_verify(
+                self.proven.proof,
+                root,
+                self.proven.leaf.hash(),
+                self.proven.leaf_index,
+                leaf_count,
+            )
         )
 
 
@@ -359,7 +366,7 @@ def submit_slash(
 ) -> SlashOutcome:
     """Claim and slash `proven.node` for `proven.leaf` of `batch` with `verdicts` (exactly the
     quorum; the wrapper orders them by signer). Raises `ContractRevert` as the contract refuses."""
-    tx = slasher.slash(proven.leaf, batch, proven.proof, reason, verdicts)
+    tx = slasher.slash(proven.leaf, batch, proven.leaf_index, proven.proof, reason, verdicts)
     event = tx.event("LeafSlashed")
     return SlashOutcome(tx, int(event.args["amount"]), int(event.args["bountyPerVerifier"]))
 

@@ -13,7 +13,7 @@ interface ICommitments {
     struct BatchHeader {
         address node; // who committed (and is slashable for it)
         bytes32 modelId;
-        bytes32 root; // OpenZeppelin MerkleProof-compatible root of the batch's leaves
+        bytes32 root; // IndexedMerkle root of the batch's leaves (ordered pairs, ledger/merkle.py)
         uint32 leafCount;
         uint64 committedAt; // block timestamp of the commit
     }

@@ -6,7 +6,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 /// @title Unidirectional payment channels from clients to servers.
 /// @notice A client escrows a deposit for one server until an expiry. Per step it signs an
 /// EIP-712 `Voucher(uint256 channelId,uint256 cumulativeAmount)` (domain name
-/// "stakeswarm PaymentChannels", version "1"); the server redeems the highest voucher before
+/// "stakeswarm PaymentChannels", version "1" and the deployment's salt); the server redeems the highest voucher before
 /// expiry and is paid the difference to what it already redeemed. After expiry the client
 /// reclaims the rest. No per-token transaction ever.
 interface IPaymentChannels {

@@ -6,16 +6,19 @@ import {INodeRegistry} from "./INodeRegistry.sol";
 import {IVerifierRegistry} from "./IVerifierRegistry.sol";
 
 /// @title Slasher: the only way stake leaves a node against its will.
-/// @notice Three rules, each against a batch given by its id and its header (checked against the
-/// hash `ICommitments` stored). (1) A quorum of active verifiers signs an EIP-712
+/// @notice Four rules; the first two against a batch given by its id and its header (checked
+/// against the hash `ICommitments` stored). (1) A quorum of active verifiers signs an EIP-712
 /// `Verdict(address node,uint256 batchId,bytes32 leaf,uint8 reason)` against a leaf proven
-/// (OpenZeppelin `MerkleProof`) under a root the node committed, within the challenge window.
+/// (`IndexedMerkle`, at its position) under a root the node committed, within the challenge
+/// window.
 /// (2) A quorum of active verifiers signs an EIP-712
 /// `Withheld(address node,uint256 batchId,uint32 leafIndex)`: each asked the node to reveal
 /// leaf `leafIndex` of a batch it committed and got no usable answer before its deadline. No
 /// leaf is shown (only the node has it): the rule rests on the quorum's word, within the
 /// challenge window. (3) Anyone shows two EIP-712 `Receipt`s signed by one node for the same
 /// (sessionId, modelId, spanStart, spanEnd, step) with different content (equivocation).
+/// (4) A receipt holder challenges a receipt after its commit deadline and the node does not
+/// prove, within the response window, that it committed the leaf by that deadline.
 /// EIP-712 domain: name "stakeswarm Slasher", version "1", and the deployment's salt (see
 /// `SaltedEIP712`), so receipts and verdicts of another deployment never count here.
 /// A slash takes `slashBps` of the node's active + unbonding stake; `bountyBps` of that goes to
@@ -29,7 +32,9 @@ import {IVerifierRegistry} from "./IVerifierRegistry.sol";
 interface ISlasher {
     /// @notice What a node commits per served step (DESIGN.md "Commitments"); also the body of
     /// the EIP-712 `Receipt(bytes32 sessionId,bytes32 modelId,uint16 spanStart,uint16 spanEnd,
-    /// uint32 step,uint32 tokens,bytes32 inputHash,bytes32 outputHash,bytes32 sketchHash)`.
+    /// uint32 step,uint32 tokens,bytes32 inputHash,bytes32 outputHash,bytes32 sketchHash,
+    /// uint64 issuedAt)`. A signed receipt is an obligation: the node commits its leaf by
+    /// `issuedAt + commitDeadline`, and proves it on demand (`challengeReceipt`).
     struct Leaf {
         bytes32 sessionId;
         bytes32 modelId;
@@ -40,6 +45,47 @@ interface ISlasher {
         bytes32 inputHash; // keccak256 of the exact input tensor bytes
         bytes32 outputHash; // keccak256 of the exact output tensor bytes
         bytes32 sketchHash; // keccak256 of the encoded output sketch
+        uint64 issuedAt; // unix seconds the node signed the receipt: its commit deadline counts from here
+    }
+
+    /// @notice Where a leaf sits: its batch (id and header) and its position, proven by the
+    /// siblings of an `IndexedMerkle` proof.
+    struct LeafProof {
+        uint256 batchId;
+        ICommitments.BatchHeader header;
+        uint32 leafIndex;
+        bytes32[] siblings;
+    }
+
+    /// @notice The Slasher's parameters, fixed at deployment.
+    struct Params {
+        uint8 quorum; // verdicts per slash (at least 1)
+        uint16 slashBps; // share of a node's active + unbonding stake one slash takes
+        uint16 bountyBps; // share of a slash paid to its verifiers, reporter or challenger
+        uint64 challengeWindow; // seconds after a commit during which its leaves may be slashed
+        address rewardRecipient; // receives the reward pool
+        uint64 commitDeadline; // seconds after a receipt's issuedAt by which its leaf is committed
+        uint64 receiptChallengePeriod; // seconds after the commit deadline a receipt may be challenged
+        uint64 responseWindow; // seconds a node has to answer a receipt challenge
+        uint256 challengeBond; // stake tokens a challenger puts up; the node gets them if it answers
+    }
+
+    /// @notice Where a receipt challenge stands.
+    enum ChallengeStatus {
+        None,
+        Open,
+        Answered,
+        Slashed
+    }
+
+    /// @notice A receipt holder's demand that `node` prove it committed the leaf `leaf`.
+    struct ReceiptChallenge {
+        address node;
+        uint64 issuedAt; // the receipt's
+        ChallengeStatus status; // packed with `node` and `issuedAt`: one slot
+        address challenger; // paid the bounty if the node does not answer
+        uint64 answerBy; // the node answers until this time (inclusive)
+        bytes32 leaf; // the leaf hash
     }
 
     /// @notice Why verifiers found a leaf guilty.
@@ -71,13 +117,21 @@ interface ISlasher {
     event RewardPoolReleased(address indexed recipient, uint256 amount);
     /// @notice `claimant` claimed `claimHash` at the current block.
     event SlashClaimed(bytes32 indexed claimHash, address indexed claimant);
+    /// @notice `challenger` demands that `node` prove its receipt of `leaf` committed by `answerBy`.
+    event ReceiptChallenged(
+        uint256 indexed challengeId, address indexed node, address indexed challenger, bytes32 leaf, uint64 answerBy
+    );
+    /// @notice The challenged leaf was shown at `leafIndex` of batch `batchId`, committed in time.
+    event ReceiptChallengeAnswered(uint256 indexed challengeId, address indexed node, uint256 batchId, uint32 leafIndex);
+    /// @notice `node` did not answer challenge `challengeId` in time and was slashed.
+    event ReceiptChallengeSlashed(uint256 indexed challengeId, address indexed node, uint256 amount, uint256 bounty);
 
     error SlasherUnknownBatch(uint256 batchId);
     /// @notice The header given for batch `batchId` is not the one committed.
     error SlasherHeaderMismatch(uint256 batchId);
     error SlasherChallengeWindowClosed(uint256 batchId, uint64 closedAt);
     error SlasherModelMismatch(bytes32 leafModelId, bytes32 batchModelId);
-    error SlasherInvalidProof(uint256 batchId, bytes32 leaf);
+    error SlasherInvalidProof(uint256 batchId, uint32 leafIndex, bytes32 leaf);
     error SlasherInvalidReason(uint8 reason);
     error SlasherAlreadySlashed(bytes32 key);
     /// @notice A slash takes exactly `quorum` verdicts.
@@ -97,6 +151,27 @@ interface ISlasher {
     error SlasherInvalidReceiptSignature(address signer, address node);
     error SlasherNothingToSlash(address node);
     error SlasherEmptyRewardPool();
+    /// @notice `answerChallenge`: the response window closed at `answerBy`.
+    error SlasherAnswerTooLate(uint256 challengeId, uint64 answerBy);
+    /// @notice `challengeReceipt`: the receipt's commit deadline has not passed yet.
+    error SlasherChallengeTooEarly(uint64 opensAt);
+    /// @notice `challengeReceipt`: the receipt's challenge period is over.
+    error SlasherChallengeTooLate(uint64 closedAt);
+    /// @notice `challengeReceipt`: this receipt was challenged before.
+    error SlasherReceiptAlreadyChallenged(address node, bytes32 leaf);
+    /// @notice No challenge `challengeId` is open.
+    error SlasherChallengeNotOpen(uint256 challengeId);
+    /// @notice `answerChallenge`: the leaf shown is not the challenged one.
+    error SlasherWrongLeaf(uint256 challengeId, bytes32 leaf);
+    /// @notice `answerChallenge`: batch `batchId` was committed by another node.
+    error SlasherNotTheNodesBatch(uint256 batchId, address node);
+    /// @notice `answerChallenge`: the batch was committed after the receipt's deadline.
+    error SlasherCommittedTooLate(uint256 batchId, uint64 committedAt, uint64 deadline);
+    /// @notice `slashUnanswered`: the node may still answer until `answerBy`.
+    error SlasherChallengeStillOpen(uint256 challengeId, uint64 answerBy);
+    /// @notice Deployment: commit deadline + challenge period + response window outlast the
+    /// registry's unbonding delay, so a node could withdraw before its receipts are enforced.
+    error SlasherReceiptWindowsTooLong(uint64 total, uint64 unbondingDelay);
     /// @notice Deployment: the registry does not name this contract as its slasher.
     error SlasherNotRegistrySlasher(address registrySlasher);
     /// @notice Deployment: the commitments contract follows another node registry.
@@ -115,16 +190,15 @@ interface ISlasher {
     /// the next block on. Each claim hash is recorded once.
     function claim(bytes32 claimed) external;
 
-    /// @notice Slash the node that committed batch `batchId` (whose header is `header`) for `leaf`,
-    /// proven under the batch's root by `proof`, with exactly `quorum` `verdicts` from distinct
+    /// @notice Slash the node that committed batch `proof.batchId` (whose header is
+    /// `proof.header`) for `leaf`, proven at `proof.leafIndex` under the batch's root, with
+    /// exactly `quorum` `verdicts` from distinct
     /// active verifiers, each a 65-byte signature over `verdictDigest`, ordered by strictly
     /// increasing signer address. Needs the matured claim
     /// `claimHash(verdictDigest(...), signers, secret)`. A leaf is slashed at most once per node.
     function slash(
         Leaf calldata leaf,
-        uint256 batchId,
-        ICommitments.BatchHeader calldata header,
-        bytes32[] calldata proof,
+        LeafProof calldata proof,
         Reason reason,
         bytes[] calldata verdicts,
         bytes32 secret
@@ -136,10 +210,8 @@ interface ISlasher {
     /// `withheldDigest(node, batchId, leafIndex)`, ordered by strictly increasing signer address,
     /// within the batch's challenge window, and the matured claim
     /// `claimHash(withheldDigest(...), signers, secret)`. Amount and bounty split are those of
-    /// `slash`. Each (batchId, leafIndex) is slashed for withholding at most once. The contract
-    /// cannot tell which leaf hash sits at `leafIndex` (sorted-pair Merkle proofs do not bind a
-    /// position), so this rule and `slash` keep separate records; verifiers do not slash a
-    /// proven leaf whose position was already slashed as withheld (`isWithheldSlashed`).
+    /// `slash`. Each (batchId, leafIndex) is slashed at most once, by this rule or by `slash`
+    /// (which proves the leaf's position and marks it too: `isWithheldSlashed`).
     function slashWithheld(
         uint256 batchId,
         ICommitments.BatchHeader calldata header,
@@ -159,6 +231,34 @@ interface ISlasher {
         bytes calldata receiptB,
         bytes32 secret
     ) external returns (uint256 slashed);
+
+    /// @notice As the holder of `node`'s `receipt` for `leaf`, demand that the node prove the leaf
+    /// committed by `leaf.issuedAt + commitDeadline`. Allowed from the second after that deadline
+    /// until `receiptChallengePeriod` after it, once per (node, leaf), with the matured claim
+    /// `claimHash(receiptDigest(leaf), [caller], secret)` (so nobody can take the challenger's
+    /// place by copying the pending call). Pulls `challengeBond` from the caller (approve first).
+    function challengeReceipt(address node, Leaf calldata leaf, bytes calldata receipt, bytes32 secret)
+        external
+        returns (uint256 challengeId);
+
+    /// @notice Answer challenge `challengeId` (anyone may; the node does): `leaf` is the
+    /// challenged leaf, proven at `proof.leafIndex` (< its batch's `leafCount`) of a batch the
+    /// challenged node committed by the leaf's commit deadline. The challenge bond goes to the node.
+    function answerChallenge(uint256 challengeId, Leaf calldata leaf, LeafProof calldata proof) external;
+
+    /// @notice After challenge `challengeId`'s `answerBy` passed unanswered, slash its node as for
+    /// a verdict (nothing if it has no stake left: the challenge still ends); `bountyBps` of it
+    /// and the bond go to the challenger. Anyone may call.
+    function slashUnanswered(uint256 challengeId) external returns (uint256 slashed);
+
+    /// @notice Challenge `challengeId` (all zero if none).
+    function getChallenge(uint256 challengeId) external view returns (ReceiptChallenge memory);
+
+    /// @notice How many receipt challenges were opened (the latest id; ids start at 1).
+    function challengeCount() external view returns (uint256);
+
+    /// @notice True once `node`'s receipt of the leaf hash `leaf` was challenged.
+    function isReceiptChallenged(address node, bytes32 leaf) external view returns (bool);
 
     /// @notice Send the whole reward pool to `rewardRecipient`. Anyone may call.
     function releaseRewardPool() external returns (uint256 amount);
@@ -194,21 +294,19 @@ interface ISlasher {
     /// @notice The block at which `claimed` was claimed (0: never, or already used).
     function claimedAt(bytes32 claimed) external view returns (uint256);
 
-    /// @notice True when `header` is batch `batchId`'s and `proof` proves `leaf` under its root.
-    function verifyLeaf(
-        uint256 batchId,
-        ICommitments.BatchHeader calldata header,
-        Leaf calldata leaf,
-        bytes32[] calldata proof
-    ) external view returns (bool);
+    /// @notice True when `proof.header` is batch `proof.batchId`'s, of `leaf`'s model, and
+    /// `proof` proves `leaf` at `proof.leafIndex` (< `leafCount`) under its root.
+    function verifyLeaf(Leaf calldata leaf, LeafProof calldata proof) external view returns (bool);
 
     /// @notice True once `leaf` was slashed for `node` (a leaf slashed for one node shields no other).
     function isLeafSlashed(address node, bytes32 leaf) external view returns (bool);
 
-    /// @notice True once leaf position `leafIndex` of batch `batchId` was slashed as withheld.
+    /// @notice True once leaf position `leafIndex` of batch `batchId` was slashed (as withheld, or
+    /// by `slash` with a proof of that position).
     function isWithheldSlashed(uint256 batchId, uint32 leafIndex) external view returns (bool);
 
-    /// @notice Tokens waiting in the reward pool (equals this contract's token balance).
+    /// @notice Tokens waiting in the reward pool (this contract's token balance is the pool plus
+    /// the bonds of open challenges).
     function rewardPool() external view returns (uint256);
 
     function registry() external view returns (INodeRegistry);
@@ -226,4 +324,12 @@ interface ISlasher {
     function challengeWindow() external view returns (uint64);
 
     function rewardRecipient() external view returns (address);
+
+    function commitDeadline() external view returns (uint64);
+
+    function receiptChallengePeriod() external view returns (uint64);
+
+    function responseWindow() external view returns (uint64);
+
+    function challengeBond() external view returns (uint256);
 }

@@ -31,7 +31,8 @@ contract Eip712VectorTest is SystemFixture {
         Params memory p = defaultParams();
         p.domainSalt = vm.parseJsonBytes32(_json, ".slasherSalt");
         deploySystem(p);
-        PaymentChannels deployed = new PaymentChannels(token, 30 days);
+        PaymentChannels deployed =
+            new PaymentChannels(token, 30 days, vm.parseJsonBytes32(_json, ".paymentChannelsSalt"));
         vm.chainId(chainId);
 
         address channelsAt = vm.parseJsonAddress(_json, ".paymentChannels");
@@ -52,7 +53,8 @@ contract Eip712VectorTest is SystemFixture {
             tokens: uint32(vm.parseJsonUint(_json, ".receipt.tokens")),
             inputHash: vm.parseJsonBytes32(_json, ".receipt.inputHash"),
             outputHash: vm.parseJsonBytes32(_json, ".receipt.outputHash"),
-            sketchHash: vm.parseJsonBytes32(_json, ".receipt.sketchHash")
+            sketchHash: vm.parseJsonBytes32(_json, ".receipt.sketchHash"),
+            issuedAt: uint64(vm.parseJsonUint(_json, ".receipt.issuedAt"))
         });
     }
 

@@ -26,7 +26,7 @@ contract PaymentChannelsTest is TestBase {
     function setUp() public {
         vm.warp(T0);
         token = new StakeToken("stakeswarm Stake", "SWARM", address(this), SUPPLY);
-        channels = new PaymentChannels(token, MAX_DURATION);
+        channels = new PaymentChannels(token, MAX_DURATION, keccak256("channels salt"));
         client = vm.addr(CLIENT_PK);
         token.transfer(client, 1_000_000e18);
         vm.prank(client);
@@ -55,11 +55,14 @@ contract PaymentChannelsTest is TestBase {
     {
         bytes32 domain = keccak256(
             abi.encode(
-                keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+                keccak256(
+                    "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract,bytes32 salt)"
+                ),
                 keccak256("stakeswarm PaymentChannels"),
                 keccak256("1"),
                 chainId,
-                verifyingContract
+                verifyingContract,
+                keccak256("channels salt")
             )
         );
         bytes32 structHash =
@@ -342,9 +345,23 @@ contract PaymentChannelsTest is TestBase {
         _redeem(id, 1e18, voucher);
     }
 
+    function test_voucherDigest_differsBetweenDeploymentsAtTheSameAddress() public {
+        // A devnet restarted from genesis redeploys at the same address on the same chain: only
+        // the salt tells the deployments apart.
+        uint256 snapshot = vm.snapshotState();
+        PaymentChannels earlier = new PaymentChannels(token, MAX_DURATION, keccak256("an earlier salt"));
+        bytes32 earlierDigest = earlier.voucherDigest(1, 1e18);
+        vm.revertToState(snapshot);
+        PaymentChannels later = new PaymentChannels(token, MAX_DURATION, keccak256("channels salt"));
+        assertEq(address(later), address(earlier), "same address");
+        assertTrue(later.voucherDigest(1, 1e18) != earlierDigest, "the salt changes the digest");
+        (,,,,, bytes32 salt,) = later.eip712Domain();
+        assertEq(salt, keccak256("channels salt"), "eip712Domain reports the salt");
+    }
+
     function test_redeem_revertsOnVoucherForOtherContract() public {
         uint256 id = _open(100e18, T0 + 1 days);
-        PaymentChannels other = new PaymentChannels(token, MAX_DURATION);
+        PaymentChannels other = new PaymentChannels(token, MAX_DURATION, keccak256("channels salt"));
         bytes memory voucher = sign(CLIENT_PK, other.voucherDigest(id, 1e18));
         address recovered = ecrecoverSignature(channels.voucherDigest(id, 1e18), voucher);
         vm.expectRevert(abi.encodeWithSelector(IPaymentChannels.ChannelsInvalidSignature.selector, id, recovered));
@@ -377,7 +394,7 @@ contract PaymentChannelsTest is TestBase {
     function test_redeem_revertsOnReentry() public {
         // A token that calls its receiver back lets a server contract re-enter while being paid.
         HookToken hookToken = new HookToken(client, 1_000e18);
-        PaymentChannels hooked = new PaymentChannels(hookToken, MAX_DURATION);
+        PaymentChannels hooked = new PaymentChannels(hookToken, MAX_DURATION, keccak256("channels salt"));
         Reenterer server = new Reenterer(hookToken);
         vm.startPrank(client);
         hookToken.approve(address(hooked), 100e18);
@@ -554,7 +571,7 @@ contract PaymentChannelsInvariantTest is TestBase {
     function setUp() public {
         vm.warp(1_700_000_000);
         token = new StakeToken("stakeswarm Stake", "SWARM", address(this), SUPPLY);
-        channels = new PaymentChannels(token, 30 days);
+        channels = new PaymentChannels(token, 30 days, keccak256("channels salt"));
         uint256[] memory keys = new uint256[](2);
         keys[0] = 0xC1;
         keys[1] = 0xC2;

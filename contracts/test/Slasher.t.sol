@@ -38,22 +38,16 @@ contract SlasherTest is SlasherSetup {
     /// @dev Verifier `key` finds leaf `leafIndex` a mismatch: claim, one block, slash.
     function _slashBy(uint256 key, uint256 leafIndex) internal returns (uint256) {
         return claimAndSlash(
-            _leaves[leafIndex],
-            _batchId,
-            _header,
-            Merkle.proof(_hashes, leafIndex),
-            ISlasher.Reason.Mismatch,
-            _oneKey(key)
+            _leaves[leafIndex], leafProof(_batchId, _header, _hashes, leafIndex), ISlasher.Reason.Mismatch, _oneKey(key)
         );
     }
 
     /// @dev A slash of leaf `leafIndex` with `verdicts` (and whatever claim exists) reverts with `error`.
     function _expectSlashRevert(uint256 leafIndex, bytes[] memory verdicts, bytes memory error) internal {
-        bytes32[] memory proof = Merkle.proof(_hashes, leafIndex);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, leafIndex);
         ISlasher.Leaf memory leaf = _leaves[leafIndex];
-        ICommitments.BatchHeader memory header = _header;
         vm.expectRevert(error);
-        slasher.slash(leaf, _batchId, header, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+        slasher.slash(leaf, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
     }
 
     // ---- deployment --------------------------------------------------------------------------
@@ -67,6 +61,11 @@ contract SlasherTest is SlasherSetup {
         assertEq(uint256(slasher.bountyBps()), 2_000, "bountyBps");
         assertEq(uint256(slasher.challengeWindow()), 3 days, "challengeWindow");
         assertEq(slasher.rewardRecipient(), REWARD_RECIPIENT, "rewardRecipient");
+        assertEq(uint256(slasher.commitDeadline()), 2 hours, "commitDeadline");
+        assertEq(uint256(slasher.receiptChallengePeriod()), 1 days, "receiptChallengePeriod");
+        assertEq(uint256(slasher.responseWindow()), 6 hours, "responseWindow");
+        assertEq(slasher.challengeBond(), 1e18, "challengeBond");
+        assertEq(slasher.challengeCount(), 0, "challengeCount");
         assertEq(registry.slasher(), address(slasher), "registry names the slasher");
         assertEq(registry.commitments(), address(commitments), "registry names the commitments");
         assertEq(slasher.rewardPool(), 0, "rewardPool");
@@ -79,16 +78,13 @@ contract SlasherTest is SlasherSetup {
         c = new Commitments(r, MAX_LEAVES);
     }
 
-    function _deploySlasher(
-        NodeRegistry r,
-        Commitments c,
-        uint8 quorum,
-        uint16 slashBps,
-        uint16 bountyBps,
-        uint64 window,
-        address recipient
-    ) internal returns (Slasher) {
-        return new Slasher(r, c, verifierRegistry, quorum, slashBps, bountyBps, window, recipient, DOMAIN_SALT);
+    function _deploySlasher(NodeRegistry r, Commitments c, ISlasher.Params memory p) internal returns (Slasher) {
+        return new Slasher(r, c, verifierRegistry, p, DOMAIN_SALT);
+    }
+
+    /// @dev The fixture's Slasher parameters, to change one at a time.
+    function _params() internal pure returns (ISlasher.Params memory) {
+        return slasherParams(defaultParams());
     }
 
     function test_constructor_revertsWhenRegistryNamesAnotherSlasher() public {
@@ -96,7 +92,7 @@ contract SlasherTest is SlasherSetup {
         NodeRegistry r = new NodeRegistry(token, 100e18, 7 days, predictedCommitments, address(0xDEAD));
         Commitments c = new Commitments(r, MAX_LEAVES);
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherNotRegistrySlasher.selector, address(0xDEAD)));
-        _deploySlasher(r, c, 1, 5_000, 2_000, 3 days, REWARD_RECIPIENT);
+        _deploySlasher(r, c, _params());
     }
 
     function test_constructor_revertsWhenCommitmentsFollowAnotherRegistry() public {
@@ -104,39 +100,69 @@ contract SlasherTest is SlasherSetup {
         vm.expectRevert(
             abi.encodeWithSelector(ISlasher.SlasherRegistryMismatch.selector, address(registry), address(r))
         );
-        new Slasher(r, commitments, verifierRegistry, 1, 5_000, 2_000, 3 days, REWARD_RECIPIENT, DOMAIN_SALT);
+        _deploySlasher(r, commitments, _params());
     }
 
     function test_constructor_revertsOnZeroQuorum() public {
         (NodeRegistry r, Commitments c) = _pairForNextDeployment();
+        ISlasher.Params memory p = _params();
+        p.quorum = 0;
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherInvalidQuorum.selector, uint8(0)));
-        _deploySlasher(r, c, 0, 5_000, 2_000, 3 days, REWARD_RECIPIENT);
+        _deploySlasher(r, c, p);
     }
 
     function test_constructor_revertsOnSlashBpsAboveOne() public {
         (NodeRegistry r, Commitments c) = _pairForNextDeployment();
+        ISlasher.Params memory p = _params();
+        p.slashBps = 10_001;
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherInvalidBps.selector, uint16(10_001)));
-        _deploySlasher(r, c, 1, 10_001, 2_000, 3 days, REWARD_RECIPIENT);
+        _deploySlasher(r, c, p);
     }
 
     function test_constructor_revertsOnBountyBpsAboveOne() public {
         (NodeRegistry r, Commitments c) = _pairForNextDeployment();
+        ISlasher.Params memory p = _params();
+        p.bountyBps = 10_001;
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherInvalidBps.selector, uint16(10_001)));
-        _deploySlasher(r, c, 1, 5_000, 10_001, 3 days, REWARD_RECIPIENT);
+        _deploySlasher(r, c, p);
     }
 
     function test_constructor_revertsWhenWindowOutlastsUnbonding() public {
         (NodeRegistry r, Commitments c) = _pairForNextDeployment();
+        ISlasher.Params memory p = _params();
+        p.challengeWindow = 7 days + 1;
         vm.expectRevert(
             abi.encodeWithSelector(ISlasher.SlasherChallengeWindowTooLong.selector, uint64(7 days + 1), uint64(7 days))
         );
-        _deploySlasher(r, c, 1, 5_000, 2_000, 7 days + 1, REWARD_RECIPIENT);
+        _deploySlasher(r, c, p);
+    }
+
+    function test_constructor_revertsWhenReceiptWindowsOutlastUnbonding() public {
+        // A node could unbond right after signing a receipt and withdraw before the response
+        // window of the receipt's challenge closes.
+        (NodeRegistry r, Commitments c) = _pairForNextDeployment();
+        ISlasher.Params memory p = _params();
+        p.receiptChallengePeriod = 7 days - 2 hours - 6 hours + 1;
+        vm.expectRevert(
+            abi.encodeWithSelector(ISlasher.SlasherReceiptWindowsTooLong.selector, uint64(7 days + 1), uint64(7 days))
+        );
+        _deploySlasher(r, c, p);
+    }
+
+    function test_constructor_acceptsReceiptWindowsOfExactlyTheUnbondingDelay() public {
+        (NodeRegistry r, Commitments c) = _pairForNextDeployment();
+        ISlasher.Params memory p = _params();
+        p.receiptChallengePeriod = 7 days - 2 hours - 6 hours;
+        Slasher deployed = _deploySlasher(r, c, p);
+        assertEq(uint256(deployed.receiptChallengePeriod()), 7 days - 8 hours, "receiptChallengePeriod");
     }
 
     function test_constructor_revertsOnZeroRewardRecipient() public {
         (NodeRegistry r, Commitments c) = _pairForNextDeployment();
+        ISlasher.Params memory p = _params();
+        p.rewardRecipient = address(0);
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherZeroRewardRecipient.selector));
-        _deploySlasher(r, c, 1, 5_000, 2_000, 3 days, address(0));
+        _deploySlasher(r, c, p);
     }
 
     // ---- claim -------------------------------------------------------------------------------
@@ -199,9 +225,7 @@ contract SlasherTest is SlasherSetup {
         assertEq(
             slasher.slash(
                 _leaves[0],
-                _batchId,
-                _header,
-                Merkle.proof(_hashes, 0),
+                leafProof(_batchId, _header, _hashes, 0),
                 ISlasher.Reason.Mismatch,
                 _verdict(verifierKeys[0], 0, ISlasher.Reason.Mismatch),
                 SECRET
@@ -217,10 +241,10 @@ contract SlasherTest is SlasherSetup {
         bytes32 other = keccak256("another secret");
         bytes32 claimHash = slasher.claimHash(digest, addressesOf(_oneKey(verifierKeys[0])), other);
         bytes[] memory verdicts = _verdict(verifierKeys[0], 0, ISlasher.Reason.Mismatch);
-        bytes32[] memory proof = Merkle.proof(_hashes, 0);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 0);
         ISlasher.Leaf memory leaf = _leaves[0];
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherClaimNotMatured.selector, claimHash));
-        slasher.slash(leaf, _batchId, _header, proof, ISlasher.Reason.Mismatch, verdicts, other);
+        slasher.slash(leaf, proof, ISlasher.Reason.Mismatch, verdicts, other);
     }
 
     function test_slash_revertsOnAClaimForAnotherReason() public {
@@ -242,13 +266,12 @@ contract SlasherTest is SlasherSetup {
         bytes[] memory verdicts = _verdict(verifierKeys[0], 1, ISlasher.Reason.Mismatch);
         uint256 verifierBefore = token.balanceOf(verifier);
         _claimVerdicts(_oneKey(verifierKeys[0]), _batchId, _hashes[1], ISlasher.Reason.Mismatch);
-        bytes32[] memory proof = Merkle.proof(_hashes, 1);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 1);
 
         vm.expectEmit(address(slasher));
         emit ISlasher.LeafSlashed(node, _batchId, _hashes[1], ISlasher.Reason.Mismatch, 500e18, 100e18);
         vm.prank(address(0x5B));
-        uint256 slashed =
-            slasher.slash(_leaves[1], _batchId, _header, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+        uint256 slashed = slasher.slash(_leaves[1], proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
         vm.snapshotGasLastCall("stakeswarm", "Slasher.slash quorum 1");
 
         assertEq(slashed, 500e18, "half the stake");
@@ -272,7 +295,7 @@ contract SlasherTest is SlasherSetup {
         assertEq(commitments.batchHash(_batchId), keccak256(abi.encode(_header)), "stored header hash");
         uint256 remaining = NODE_STAKE;
         for (uint256 i = 0; i < 3; ++i) {
-            assertTrue(slasher.verifyLeaf(_batchId, _header, _leaves[i], Merkle.proof(_hashes, i)), "verifyLeaf");
+            assertTrue(slasher.verifyLeaf(_leaves[i], leafProof(_batchId, _header, _hashes, i)), "verifyLeaf");
             uint256 slashed = _slashBy(verifierKeys[0], i);
             assertEq(slashed, remaining / 2, "each slash takes half of what is left");
             remaining -= slashed;
@@ -282,7 +305,7 @@ contract SlasherTest is SlasherSetup {
 
     function test_slash_acceptsWithheldVerdicts() public {
         uint256 slashed = claimAndSlash(
-            _leaves[0], _batchId, _header, Merkle.proof(_hashes, 0), ISlasher.Reason.Withheld, _oneKey(verifierKeys[0])
+            _leaves[0], leafProof(_batchId, _header, _hashes, 0), ISlasher.Reason.Withheld, _oneKey(verifierKeys[0])
         );
         assertEq(slashed, 500e18, "slashed");
     }
@@ -298,17 +321,19 @@ contract SlasherTest is SlasherSetup {
 
     function test_slash_revertsOnUnknownBatch() public {
         bytes[] memory verdicts = _verdict(verifierKeys[0], 0, ISlasher.Reason.Mismatch);
-        bytes32[] memory proof = Merkle.proof(_hashes, 0);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 0);
         ISlasher.Leaf memory leaf = _leaves[0];
+        proof.batchId = 0;
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherUnknownBatch.selector, 0));
-        slasher.slash(leaf, 0, _header, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+        slasher.slash(leaf, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+        proof.batchId = 2;
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherUnknownBatch.selector, 2));
-        slasher.slash(leaf, 2, _header, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+        slasher.slash(leaf, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
     }
 
     function test_slash_revertsOnAHeaderThatIsNotTheBatchs() public {
         bytes[] memory verdicts = _verdict(verifierKeys[0], 0, ISlasher.Reason.Mismatch);
-        bytes32[] memory proof = Merkle.proof(_hashes, 0);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 0);
         ISlasher.Leaf memory leaf = _leaves[0];
         for (uint256 i = 0; i < 4; ++i) {
             ICommitments.BatchHeader memory forged = _header; // a fresh copy each time
@@ -316,8 +341,9 @@ contract SlasherTest is SlasherSetup {
             if (i == 1) forged.root = keccak256("another root");
             if (i == 2) forged.leafCount = 4;
             if (i == 3) forged.committedAt = uint64(block.timestamp + 1 days); // would reopen the window
+            proof.header = forged;
             vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherHeaderMismatch.selector, _batchId));
-            slasher.slash(leaf, _batchId, forged, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+            slasher.slash(leaf, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
         }
     }
 
@@ -340,34 +366,69 @@ contract SlasherTest is SlasherSetup {
         ISlasher.Leaf memory leaf = _leaves[0];
         leaf.modelId = keccak256("other model");
         bytes[] memory verdicts = _verdict(verifierKeys[0], 0, ISlasher.Reason.Mismatch);
-        bytes32[] memory proof = Merkle.proof(_hashes, 0);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 0);
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherModelMismatch.selector, leaf.modelId, MODEL));
-        slasher.slash(leaf, _batchId, _header, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+        slasher.slash(leaf, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
     }
 
     function test_slash_revertsOnWrongProof() public {
         bytes[] memory verdicts = _verdict(verifierKeys[0], 0, ISlasher.Reason.Mismatch);
-        bytes32[] memory proofOfOther = Merkle.proof(_hashes, 2);
+        ISlasher.LeafProof memory proofOfOther = leafProof(_batchId, _header, _hashes, 2);
         ISlasher.Leaf memory leaf = _leaves[0];
-        vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherInvalidProof.selector, _batchId, _hashes[0]));
-        slasher.slash(leaf, _batchId, _header, proofOfOther, ISlasher.Reason.Mismatch, verdicts, SECRET);
+        vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherInvalidProof.selector, _batchId, 2, _hashes[0]));
+        slasher.slash(leaf, proofOfOther, ISlasher.Reason.Mismatch, verdicts, SECRET);
     }
 
     function test_slash_revertsOnLeafNotInTheBatch() public {
         ISlasher.Leaf memory forged = makeLeaf(SESSION, 1, 99);
         bytes32 forgedHash = slasher.leafHash(forged);
         bytes[] memory verdicts = _verdicts(_oneKey(verifierKeys[0]), _batchId, forgedHash, ISlasher.Reason.Mismatch);
-        bytes32[] memory proof = Merkle.proof(_hashes, 1);
-        vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherInvalidProof.selector, _batchId, forgedHash));
-        slasher.slash(forged, _batchId, _header, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 1);
+        vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherInvalidProof.selector, _batchId, 1, forgedHash));
+        slasher.slash(forged, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+    }
+
+    function test_slash_revertsOnTheRightSiblingsAtAnotherPosition() public {
+        // The index is part of the proof: leaf 1's siblings do not prove it at position 0.
+        bytes[] memory verdicts = _verdict(verifierKeys[0], 1, ISlasher.Reason.Mismatch);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 1);
+        proof.leafIndex = 0;
+        ISlasher.Leaf memory leaf = _leaves[1];
+        vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherInvalidProof.selector, _batchId, 0, _hashes[1]));
+        slasher.slash(leaf, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+    }
+
+    function test_slash_revertsOnAPositionBeyondTheLeafCount() public {
+        // Position 4 walks the same left/right path as position 0 in a tree of three leaves.
+        bytes[] memory verdicts = _verdict(verifierKeys[0], 0, ISlasher.Reason.Mismatch);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 0);
+        proof.leafIndex = 4;
+        ISlasher.Leaf memory leaf = _leaves[0];
+        vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherInvalidProof.selector, _batchId, 4, _hashes[0]));
+        slasher.slash(leaf, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+    }
+
+    function test_slash_revertsOnAShortOrLongProof() public {
+        bytes[] memory verdicts = _verdict(verifierKeys[0], 0, ISlasher.Reason.Mismatch);
+        ISlasher.Leaf memory leaf = _leaves[0];
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 0);
+        bytes32[] memory full = proof.siblings;
+        proof.siblings = new bytes32[](1);
+        proof.siblings[0] = full[0];
+        vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherInvalidProof.selector, _batchId, 0, _hashes[0]));
+        slasher.slash(leaf, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+        proof.siblings = new bytes32[](3);
+        (proof.siblings[0], proof.siblings[1], proof.siblings[2]) = (full[0], full[1], bytes32(0));
+        vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherInvalidProof.selector, _batchId, 0, _hashes[0]));
+        slasher.slash(leaf, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
     }
 
     function test_slash_revertsOnReasonNone() public {
         bytes[] memory verdicts = _verdict(verifierKeys[0], 0, ISlasher.Reason.None);
-        bytes32[] memory proof = Merkle.proof(_hashes, 0);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 0);
         ISlasher.Leaf memory leaf = _leaves[0];
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherInvalidReason.selector, uint8(0)));
-        slasher.slash(leaf, _batchId, _header, proof, ISlasher.Reason.None, verdicts, SECRET);
+        slasher.slash(leaf, proof, ISlasher.Reason.None, verdicts, SECRET);
     }
 
     function test_slash_revertsOnTheSameLeafTwice() public {
@@ -534,14 +595,14 @@ contract SlasherTest is SlasherSetup {
         (uint256 batchId, ICommitments.BatchHeader memory header) = commitLeaves(node, hashes);
 
         uint256 slashed = claimAndSlash(
-            leaves[0], batchId, header, Merkle.proof(hashes, 0), ISlasher.Reason.Mismatch, _oneKey(verifierKeys[0])
+            leaves[0], leafProof(batchId, header, hashes, 0), ISlasher.Reason.Mismatch, _oneKey(verifierKeys[0])
         );
         assertEq(slashed, NODE_STAKE, "everything");
         bytes[] memory verdicts1 = _verdicts(_oneKey(verifierKeys[0]), batchId, hashes[1], ISlasher.Reason.Mismatch);
         _claimVerdicts(_oneKey(verifierKeys[0]), batchId, hashes[1], ISlasher.Reason.Mismatch);
-        bytes32[] memory proof1 = Merkle.proof(hashes, 1);
+        ISlasher.LeafProof memory proof1 = leafProof(batchId, header, hashes, 1);
         vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherNothingToSlash.selector, node));
-        slasher.slash(leaves[1], batchId, header, proof1, ISlasher.Reason.Mismatch, verdicts1, SECRET);
+        slasher.slash(leaves[1], proof1, ISlasher.Reason.Mismatch, verdicts1, SECRET);
     }
 
     function test_slash_ofACopiedRootShieldsNoOtherNode() public {
@@ -549,8 +610,9 @@ contract SlasherTest is SlasherSetup {
         address other = vm.addr(STRANGER_PK);
         registerNode(other, 0, 8, NODE_STAKE);
         (uint256 copyId, ICommitments.BatchHeader memory copy) = commitLeaves(other, _hashes);
-        bytes32[] memory proof = Merkle.proof(_hashes, 0);
-        claimAndSlash(_leaves[0], copyId, copy, proof, ISlasher.Reason.Mismatch, _oneKey(verifierKeys[0]));
+        claimAndSlash(
+            _leaves[0], leafProof(copyId, copy, _hashes, 0), ISlasher.Reason.Mismatch, _oneKey(verifierKeys[0])
+        );
         assertTrue(slasher.isLeafSlashed(other, _hashes[0]), "slashed for the copier");
         assertFalse(slasher.isLeafSlashed(node, _hashes[0]), "not for the node");
         assertEq(_slashBy(verifierKeys[0], 0), 500e18, "the node is still slashed");
@@ -648,7 +710,7 @@ contract SlasherTest is SlasherSetup {
     {
         bytes32 typehash = keccak256(
             "Receipt(bytes32 sessionId,bytes32 modelId,uint16 spanStart,uint16 spanEnd,uint32 step,uint32 tokens,"
-            "bytes32 inputHash,bytes32 outputHash,bytes32 sketchHash)"
+            "bytes32 inputHash,bytes32 outputHash,bytes32 sketchHash,uint64 issuedAt)"
         );
         return keccak256(
             abi.encodePacked(
@@ -759,25 +821,34 @@ contract SlasherTest is SlasherSetup {
                 l.tokens,
                 l.inputHash,
                 l.outputHash,
-                l.sketchHash
+                l.sketchHash,
+                l.issuedAt
             )
         );
         assertEq(slasher.leafHash(l), expected, "leafHash");
     }
 
     function test_verifyLeaf_falseForWrongProofLeafHeaderOrBatch() public view {
-        bytes32[] memory proof = Merkle.proof(_hashes, 0);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 0);
         ICommitments.BatchHeader memory wrong = _header;
         wrong.root = keccak256("another root");
         ISlasher.Leaf memory otherModel = _leaves[0];
         otherModel.modelId = keccak256("other model");
-        assertTrue(slasher.verifyLeaf(_batchId, _header, _leaves[0], proof), "valid");
-        assertFalse(slasher.verifyLeaf(_batchId, _header, _leaves[1], proof), "proof of another leaf");
-        assertFalse(slasher.verifyLeaf(_batchId, _header, makeLeaf(SESSION, 0, 99), proof), "foreign leaf");
-        assertFalse(slasher.verifyLeaf(_batchId, _header, otherModel, proof), "leaf of another model");
-        assertFalse(slasher.verifyLeaf(_batchId, wrong, _leaves[0], proof), "header of another batch");
-        assertFalse(slasher.verifyLeaf(_batchId + 1, _header, _leaves[0], proof), "unknown batch");
-        assertFalse(slasher.verifyLeaf(0, _header, _leaves[0], proof), "batch 0");
+        assertTrue(slasher.verifyLeaf(_leaves[0], proof), "valid");
+        assertFalse(slasher.verifyLeaf(_leaves[1], proof), "proof of another leaf");
+        assertFalse(slasher.verifyLeaf(makeLeaf(SESSION, 0, 99), proof), "foreign leaf");
+        assertFalse(slasher.verifyLeaf(otherModel, proof), "leaf of another model");
+        ISlasher.LeafProof memory changed = leafProof(_batchId, wrong, _hashes, 0);
+        assertFalse(slasher.verifyLeaf(_leaves[0], changed), "header of another batch");
+        changed = leafProof(_batchId + 1, _header, _hashes, 0);
+        assertFalse(slasher.verifyLeaf(_leaves[0], changed), "unknown batch");
+        changed = leafProof(0, _header, _hashes, 0);
+        assertFalse(slasher.verifyLeaf(_leaves[0], changed), "batch 0");
+        changed = leafProof(_batchId, _header, _hashes, 0);
+        changed.leafIndex = 1;
+        assertFalse(slasher.verifyLeaf(_leaves[0], changed), "the right siblings at another position");
+        changed.leafIndex = 3;
+        assertFalse(slasher.verifyLeaf(_leaves[0], changed), "a position beyond the leaf count");
     }
 }
 
@@ -799,11 +870,10 @@ contract SlasherQuorumTest is SlasherSetup {
     }
 
     function _expectSlashRevert(bytes[] memory verdicts, bytes memory error) internal {
-        bytes32[] memory proof = Merkle.proof(_hashes, 0);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 0);
         ISlasher.Leaf memory leaf = _leaf;
-        ICommitments.BatchHeader memory header = _header;
         vm.expectRevert(error);
-        slasher.slash(leaf, _batchId, header, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+        slasher.slash(leaf, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
     }
 
     function _sorted(uint256 count) internal view returns (bytes[] memory) {
@@ -814,10 +884,10 @@ contract SlasherQuorumTest is SlasherSetup {
         bytes[] memory verdicts = _sorted(3);
         uint256 perVerifier = uint256(100e18) / 3;
         _claimVerdicts(_firstKeys(3), _batchId, _hashes[0], ISlasher.Reason.Mismatch);
-        bytes32[] memory proof = Merkle.proof(_hashes, 0);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 0);
         vm.expectEmit(address(slasher));
         emit ISlasher.LeafSlashed(node, _batchId, _hashes[0], ISlasher.Reason.Mismatch, 500e18, perVerifier);
-        uint256 slashed = slasher.slash(_leaf, _batchId, _header, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+        uint256 slashed = slasher.slash(_leaf, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
         vm.snapshotGasLastCall("stakeswarm", "Slasher.slash quorum 3");
 
         assertEq(slashed, 500e18, "slashed");
@@ -913,7 +983,7 @@ contract SlasherFuzzTest is SlasherSetup {
         (ISlasher.Leaf[] memory leaves, bytes32[] memory hashes) = _threeLeaves();
         (uint256 batchId, ICommitments.BatchHeader memory header) = commitLeaves(node, hashes);
         uint256 slashed =
-            claimAndSlash(leaves[1], batchId, header, Merkle.proof(hashes, 1), ISlasher.Reason.Mismatch, _firstKeys(2));
+            claimAndSlash(leaves[1], leafProof(batchId, header, hashes, 1), ISlasher.Reason.Mismatch, _firstKeys(2));
 
         uint256 expected = total * p.slashBps / 10_000;
         uint256 perVerifier = expected * p.bountyBps / 10_000 / 2;
@@ -928,16 +998,30 @@ contract SlasherFuzzTest is SlasherSetup {
 }
 
 /// @notice Random commit / claim + slash / claim + slashWithheld / claim + slashEquivocation /
-/// stray claims / releaseRewardPool / addStake / unbond / withdraw / warp / roll sequences over a
-/// few nodes, with valid verdicts from a quorum of verifiers; every slash claims first and mines
-/// a block, as a real bounty hunter must.
+/// serve (sign a receipt, commit its leaf or not) / claim + challengeReceipt / answerChallenge /
+/// slashUnanswered / stray claims / releaseRewardPool / addStake / unbond / withdraw / warp / roll
+/// sequences over a few nodes, with valid verdicts from a quorum of verifiers; every slash and
+/// challenge claims first and mines a block, as a real bounty hunter must.
 contract SlasherHandler is SystemFixture {
     address public constant REPORTER = address(0xF00D);
+    /// @notice The client that holds every receipt and challenges them (funded and approved by the test).
+    address public constant CHALLENGER = address(0xC4A1);
+
+    /// @dev A receipt a node signed, and where its leaf was committed (batchId 0: nowhere).
+    struct Served {
+        uint256 nodeKey;
+        ISlasher.Leaf leaf;
+        uint256 batchId;
+        uint32 leafIndex;
+        bytes32[3] batch; // the leaf hashes of its batch
+    }
 
     uint256[] internal _nodeKeys;
     uint256[] internal _verifierKeys; // sorted by address
     mapping(uint256 batchId => uint256 salt) internal _batchSalt;
     mapping(uint256 batchId => ICommitments.BatchHeader) internal _headers;
+    Served[] internal _served;
+    mapping(uint256 challengeId => uint256 servedIndex) internal _challenged;
 
     /// @notice Everything the slasher took from nodes so far.
     uint256 public ghostSlashed;
@@ -991,9 +1075,8 @@ contract SlasherHandler is SystemFixture {
         leafIndex %= 2;
         (ISlasher.Leaf[] memory leaves, bytes32[] memory hashes) = _batchLeaves(_batchSalt[batchId]);
         ISlasher.Reason reason = withheld ? ISlasher.Reason.Withheld : ISlasher.Reason.Mismatch;
-        uint256 slashed = claimAndSlash(
-            leaves[leafIndex], batchId, _headers[batchId], Merkle.proof(hashes, leafIndex), reason, _quorumKeys()
-        );
+        ISlasher.LeafProof memory proof = leafProof(batchId, _headers[batchId], hashes, leafIndex);
+        uint256 slashed = claimAndSlash(leaves[leafIndex], proof, reason, _quorumKeys());
         ghostSlashed += slashed;
         ++ghostSlashes;
     }
@@ -1014,6 +1097,71 @@ contract SlasherHandler is SystemFixture {
         bytes memory ra = signReceipt(key, a);
         bytes memory rb = signReceipt(key, b);
         ghostSlashed += claimAndSlashEquivocation(REPORTER, vm.addr(key), a, ra, b, rb);
+        ++ghostSlashes;
+    }
+
+    /// @notice A node signs a receipt now for a leaf of session `salt`; if `commitIt`, it commits
+    /// the leaf at position `position % 3` of a batch of three (the others decoys) right away.
+    function serve(uint256 nodeSeed, uint256 salt, bool commitIt, uint256 position) external {
+        uint256 key = _nodeKey(nodeSeed);
+        Served storage served = _served.push();
+        served.nodeKey = key;
+        served.leaf = makeLeaf(keccak256(abi.encode("served", salt)), 0, salt, uint64(block.timestamp));
+        if (!commitIt) return;
+        uint32 index = uint32(position % 3);
+        bytes32[] memory hashes = new bytes32[](3);
+        for (uint256 i = 0; i < 3; ++i) {
+            hashes[i] = i == index
+                ? keccak256(abi.encode(served.leaf))
+                : keccak256(abi.encode(makeLeaf(keccak256(abi.encode("decoy", salt)), uint32(i), salt)));
+            served.batch[i] = hashes[i];
+        }
+        (uint256 batchId, ICommitments.BatchHeader memory header) = commitLeaves(vm.addr(key), hashes);
+        served.batchId = batchId;
+        served.leafIndex = index;
+        _headers[batchId] = header;
+    }
+
+    /// @notice The client challenges a served receipt once its commit deadline has passed
+    /// (waiting for it if need be; a receipt whose period is over is left alone).
+    function challengeReceipt(uint256 servedSeed) external {
+        if (_served.length == 0) return;
+        uint256 index = servedSeed % _served.length;
+        Served storage served = _served[index];
+        ISlasher.Leaf memory leaf = served.leaf;
+        uint64 deadline = leaf.issuedAt + slasher.commitDeadline();
+        if (block.timestamp > deadline + slasher.receiptChallengePeriod()) return;
+        if (block.timestamp <= deadline) vm.warp(deadline + 1); // opens the second after the deadline
+        uint256 id = claimAndChallenge(CHALLENGER, vm.addr(served.nodeKey), leaf, signReceipt(served.nodeKey, leaf));
+        _challenged[id] = index;
+    }
+
+    /// @notice The node answers a challenge with its batch (when it committed the leaf and its
+    /// response window is still open: a late answer is refused).
+    function answerChallenge(uint256 challengeSeed) external {
+        uint256 count = slasher.challengeCount();
+        if (count == 0) return;
+        uint256 id = 1 + challengeSeed % count;
+        Served storage served = _served[_challenged[id]];
+        if (served.batchId == 0) return;
+        if (block.timestamp > slasher.getChallenge(id).answerBy) return;
+        bytes32[] memory hashes = new bytes32[](3);
+        for (uint256 i = 0; i < 3; ++i) {
+            hashes[i] = served.batch[i];
+        }
+        ISlasher.LeafProof memory proof = leafProof(served.batchId, _headers[served.batchId], hashes, served.leafIndex);
+        vm.prank(vm.addr(served.nodeKey));
+        slasher.answerChallenge(id, served.leaf, proof);
+    }
+
+    /// @notice Anyone slashes a challenge left unanswered (waiting out its response window).
+    function slashUnanswered(uint256 challengeSeed) external {
+        uint256 count = slasher.challengeCount();
+        if (count == 0) return;
+        uint256 id = 1 + challengeSeed % count;
+        uint64 answerBy = slasher.getChallenge(id).answerBy;
+        if (block.timestamp <= answerBy) vm.warp(answerBy + 1);
+        ghostSlashed += slasher.slashUnanswered(id);
         ++ghostSlashes;
     }
 
@@ -1054,9 +1202,13 @@ contract SlasherHandler is SystemFixture {
     }
 }
 
-/// @title Slasher invariants: the reward pool matches the balance; every slashed token is pooled,
-/// released or paid as a bounty; stake pots match their balances; the supply is conserved.
+/// @title Slasher invariants: the balance is the reward pool plus the bonds of open challenges;
+/// every slashed token is pooled, released or paid as a bounty, and every bond is held or paid
+/// back to its challenger or to the node that answered; stake pots match their balances; the
+/// supply is conserved.
 contract SlasherInvariantTest is SlasherSetup {
+    uint256 internal constant CHALLENGER_FUNDS = 1_000e18;
+
     SlasherHandler internal handler;
     address[] internal _nodes;
     address[] internal _verifiers;
@@ -1085,20 +1237,48 @@ contract SlasherInvariantTest is SlasherSetup {
             _verifiers.push(vm.addr(verifierKeys[i]));
         }
         handler = new SlasherHandler(this, nodeKeys, verifierKeys);
+        address challenger = handler.CHALLENGER();
+        token.transfer(challenger, CHALLENGER_FUNDS);
+        vm.prank(challenger);
+        token.approve(address(slasher), type(uint256).max);
         targetContract(address(handler));
     }
 
-    function invariant_rewardPoolEqualsBalance() public view {
-        assertEq(slasher.rewardPool(), token.balanceOf(address(slasher)), "rewardPool == slasher balance");
+    /// @dev How many receipt challenges are open and how many were answered, as the Slasher tells it.
+    function _challenges() internal view returns (uint256 open, uint256 answered) {
+        uint256 count = slasher.challengeCount();
+        for (uint256 id = 1; id <= count; ++id) {
+            ISlasher.ChallengeStatus status = slasher.getChallenge(id).status;
+            if (status == ISlasher.ChallengeStatus.Open) ++open;
+            if (status == ISlasher.ChallengeStatus.Answered) ++answered;
+        }
+    }
+
+    function invariant_balanceEqualsRewardPoolPlusOpenBonds() public view {
+        (uint256 open,) = _challenges();
+        assertEq(
+            token.balanceOf(address(slasher)),
+            slasher.rewardPool() + open * slasher.challengeBond(),
+            "slasher balance == rewardPool + open bonds"
+        );
     }
 
     function invariant_everySlashedTokenIsAccountedFor() public view {
+        // In: the slashed stake and the bonds. Out: bounties (verifiers, reporter, challenger),
+        // released pool, bonds back to the challenger or to answering nodes. What stays: the
+        // pool and the open bonds. The challenger's net gain is its bounties minus lost bonds.
+        (, uint256 answered) = _challenges();
         uint256 paid = token.balanceOf(address(slasher)) + token.balanceOf(REWARD_RECIPIENT)
-            + token.balanceOf(handler.REPORTER());
+            + token.balanceOf(handler.REPORTER()) + token.balanceOf(handler.CHALLENGER())
+            + answered * slasher.challengeBond();
         for (uint256 i = 0; i < _verifiers.length; ++i) {
             paid += token.balanceOf(_verifiers[i]);
         }
-        assertEq(paid, handler.ghostSlashed(), "pool + released + bounties == slashed");
+        assertEq(
+            paid,
+            handler.ghostSlashed() + CHALLENGER_FUNDS,
+            "pool + open bonds + released + bounties + bonds paid out == slashed + challenger funds"
+        );
     }
 
     function invariant_bountiesGoOnlyToClaimedBeneficiaries() public view {
@@ -1125,7 +1305,8 @@ contract SlasherInvariantTest is SlasherSetup {
     function invariant_supplyIsConserved() public view {
         uint256 held = token.balanceOf(address(this)) + token.balanceOf(address(registry))
             + token.balanceOf(address(verifierRegistry)) + token.balanceOf(address(slasher))
-            + token.balanceOf(REWARD_RECIPIENT) + token.balanceOf(handler.REPORTER());
+            + token.balanceOf(REWARD_RECIPIENT) + token.balanceOf(handler.REPORTER())
+            + token.balanceOf(handler.CHALLENGER());
         for (uint256 i = 0; i < _nodes.length; ++i) {
             held += token.balanceOf(_nodes[i]);
         }

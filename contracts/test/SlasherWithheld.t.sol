@@ -4,7 +4,6 @@ pragma solidity 0.8.28;
 import {ICommitments} from "../interfaces/ICommitments.sol";
 import {ISlasher} from "../interfaces/ISlasher.sol";
 
-import {Merkle} from "./helpers/Merkle.sol";
 import {SlasherSetup} from "./helpers/SlasherSetup.sol";
 
 /// @notice A batch of three leaves committed by `node`, and withheld-verdict helpers over it.
@@ -308,24 +307,31 @@ contract SlasherWithheldTest is WithheldSetup {
 
     // ---- the two rules about one sampled leaf ------------------------------------------------
 
-    function test_slashWithheld_doesNotMarkTheLeafForSlash() public {
-        // Documented choice (ISlasher.slashWithheld): the contract cannot tell which leaf hash
-        // sits at a position, so a proven leaf stays slashable by `slash` (its verdicts say what
-        // its signers saw); verifiers check isWithheldSlashed before they sign one.
+    function test_slash_revertsOnAPositionSlashedAsWithheld() public {
+        // Proofs bind positions: a leaf proven at a position already slashed as withheld is the
+        // same offence and is not slashed again.
         _slashWithheldBy(_oneKey(verifierKeys[0]), 0);
-        uint256 slashed = claimAndSlash(
-            _leaves[0], _batchId, _header, Merkle.proof(_hashes, 0), ISlasher.Reason.Mismatch, _oneKey(verifierKeys[1])
-        );
-        assertEq(slashed, 250e18, "half of what the first slash left");
-        assertTrue(slasher.isLeafSlashed(node, _hashes[0]), "leaf marked by slash");
-        assertTrue(slasher.isWithheldSlashed(_batchId, 0), "position marked by slashWithheld");
+        _claimVerdicts(_oneKey(verifierKeys[1]), _batchId, _hashes[0], ISlasher.Reason.Mismatch);
+        bytes[] memory verdicts = _verdicts(_oneKey(verifierKeys[1]), _batchId, _hashes[0], ISlasher.Reason.Mismatch);
+        ISlasher.LeafProof memory proof = leafProof(_batchId, _header, _hashes, 0);
+        ISlasher.Leaf memory leaf = _leaves[0];
+        vm.expectRevert(abi.encodeWithSelector(ISlasher.SlasherWithheldAlreadySlashed.selector, _batchId, uint32(0)));
+        slasher.slash(leaf, proof, ISlasher.Reason.Mismatch, verdicts, SECRET);
+        assertFalse(slasher.isLeafSlashed(node, _hashes[0]), "the leaf is not marked");
     }
 
-    function test_slash_doesNotMarkThePositionForSlashWithheld() public {
+    function test_slash_marksThePositionForSlashWithheld() public {
         claimAndSlash(
-            _leaves[2], _batchId, _header, Merkle.proof(_hashes, 2), ISlasher.Reason.Mismatch, _oneKey(verifierKeys[0])
+            _leaves[2], leafProof(_batchId, _header, _hashes, 2), ISlasher.Reason.Mismatch, _oneKey(verifierKeys[0])
         );
-        assertFalse(slasher.isWithheldSlashed(_batchId, 2), "position not marked");
+        assertTrue(slasher.isWithheldSlashed(_batchId, 2), "position marked by slash");
+        assertFalse(slasher.isWithheldSlashed(_batchId, 1), "other positions untouched");
+        _claimWithheld(_oneKey(verifierKeys[1]), _batchId, 2);
+        _expectWithheldRevert(
+            2,
+            _verdict(verifierKeys[1], 2),
+            abi.encodeWithSelector(ISlasher.SlasherWithheldAlreadySlashed.selector, _batchId, uint32(2))
+        );
     }
 }
 

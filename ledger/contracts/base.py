@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from web3.types import BlockIdentifier
@@ -47,6 +48,12 @@ class ContractWrapper:
     def with_sender(self, sender: Sender) -> Any:
         """The same contract, writing as `sender`."""
         return type(self)(self.chain, self.address, sender)
+
+    @cached_property
+    def eip712_salt(self) -> bytes:
+        """The salt of this contract's EIP-712 domain (`SaltedEIP712`), read once from its
+        ERC-5267 `eip712Domain()`."""
+        return bytes(self._call("eip712Domain")[5])
 
     def _call(self, function: str, *args: Any, block: BlockIdentifier = "latest") -> Any:
         return self.chain.call(self.contract, function, *args, block=block)

@@ -10,6 +10,7 @@ from web3.types import BlockIdentifier
 from ledger.chain import TxResult
 from ledger.contracts.base import ContractWrapper, OnApproval
 from ledger.contracts.token import StakeToken
+from ledger.eip712 import Domain
 from ledger.types import Address, ChannelId, Voucher, Wei
 
 
@@ -35,6 +36,10 @@ class PaymentChannels(ContractWrapper):
     """Open, top up and reclaim channels as a client; redeem vouchers as a server."""
 
     abi_name = "PaymentChannels"
+
+    def domain(self) -> Domain:
+        """The EIP-712 domain vouchers are signed under (with the deployment's salt)."""
+        return Domain.payment_channels(self.chain.chain_id, self.address, self.eip712_salt)
 
     def get_channel(self, channel_id: ChannelId, *, block: BlockIdentifier = "latest") -> Channel:
         raw = self._call("getChannel", channel_id, block=block)

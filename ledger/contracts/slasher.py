@@ -3,10 +3,10 @@ a sampled leaf (withheld verdicts on its position) or equivocating (two receipts
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 from eth_utils import to_checksum_address
 from web3.types import BlockIdentifier
@@ -14,6 +14,7 @@ from web3.types import BlockIdentifier
 from ledger.chain import DecodedEvent, TxResult
 from ledger.contracts.base import ContractWrapper
 from ledger.contracts.commitments import Batch
+from ledger.contracts.token import StakeToken
 from ledger.eip712 import Domain, recover_verdict_signer, recover_withheld_signer
 from ledger.types import Address, BatchId, Leaf, Reason, Verdict, Wei, WithheldVerdict
 
@@ -27,6 +28,32 @@ class SlasherParams:
     bounty_bps: int  # share of a slash paid to the verifiers or the reporter
     challenge_window: int  # seconds after a commit during which it can be slashed
     reward_recipient: Address
+    commit_deadline: int  # seconds after a receipt's issued_at by which its leaf is committed
+    receipt_challenge_period: int  # seconds after that deadline a receipt may be challenged
+    response_window: int  # seconds a node has to answer a receipt challenge
+    challenge_bond: Wei  # what a challenger puts up; the node gets it if it answers
+
+
+class ChallengeStatus(enum.IntEnum):
+    """Where a receipt challenge stands (mirrors `ISlasher.ChallengeStatus`)."""
+
+    NONE = 0
+    OPEN = 1
+    ANSWERED = 2
+    SLASHED = 3
+
+
+@dataclass(frozen=True)
+class ReceiptChallenge:
+    """A receipt holder's demand that `node` prove it committed a leaf (`ISlasher.ReceiptChallenge`)."""
+
+    challenge_id: int
+    node: Address
+    issued_at: int  # the receipt's
+    status: ChallengeStatus
+    challenger: Address
+    answer_by: int  # unix seconds: the node answers until then (inclusive)
+    leaf: bytes  # the leaf hash
 
 
 @dataclass(frozen=True)
@@ -83,6 +110,14 @@ class LeafWithheldSlashed:
         )
 
 
+def leaf_proof(
+    batch: Batch, leaf_index: int, proof: Sequence[bytes]
+) -> tuple[int, tuple[str, bytes, bytes, int, int], int, list[bytes]]:
+    """The `ISlasher.LeafProof` tuple: the leaf at `leaf_index` of `batch`, proven by the
+    siblings `proof` (`ledger.merkle.MerkleTree.proof`)."""
+    return (batch.batch_id, batch.as_header(), leaf_index, list(proof))
+
+
 def _by_signer(signed: list[tuple[str, bytes]]) -> tuple[list[str], list[bytes]]:
     """The signers and their signatures ordered by strictly increasing signer address, as the
     contract wants."""
@@ -98,11 +133,7 @@ class Slasher(ContractWrapper):
     def domain(self) -> Domain:
         """The EIP-712 domain receipts and verdicts are signed under (with the deployment's salt,
         read once from the contract's ERC-5267 `eip712Domain`)."""
-        return Domain.slasher(self.chain.chain_id, self.address, self._domain_salt)
-
-    @cached_property
-    def _domain_salt(self) -> bytes:
-        return bytes(self._call("eip712Domain")[5])
+        return Domain.slasher(self.chain.chain_id, self.address, self.eip712_salt)
 
     def params(self) -> SlasherParams:
         return SlasherParams(
@@ -111,6 +142,10 @@ class Slasher(ContractWrapper):
             bounty_bps=int(self._call("bountyBps")),
             challenge_window=int(self._call("challengeWindow")),
             reward_recipient=Address(to_checksum_address(self._call("rewardRecipient"))),
+            commit_deadline=int(self._call("commitDeadline")),
+            receipt_challenge_period=int(self._call("receiptChallengePeriod")),
+            response_window=int(self._call("responseWindow")),
+            challenge_bond=Wei(int(self._call("challengeBond"))),
         )
 
     def leaf_hash(self, leaf: Leaf) -> bytes:
@@ -129,21 +164,17 @@ class Slasher(ContractWrapper):
 
     def verify_leaf(
         self,
-        batch: Batch,
         leaf: Leaf,
+        batch: Batch,
+        leaf_index: int,
         proof: Sequence[bytes],
         *,
         block: BlockIdentifier = "latest",
     ) -> bool:
-        """True when `proof` proves `leaf` under committed batch `batch`'s root."""
+        """True when `proof` proves `leaf` at position `leaf_index` of committed batch `batch`."""
         return bool(
             self._call(
-                "verifyLeaf",
-                batch.batch_id,
-                batch.as_header(),
-                leaf.as_tuple(),
-                list(proof),
-                block=block,
+                "verifyLeaf", leaf.as_tuple(), leaf_proof(batch, leaf_index, proof), block=block
             )
         )
 
@@ -177,12 +208,13 @@ class Slasher(ContractWrapper):
         self,
         leaf: Leaf,
         batch: Batch,
+        leaf_index: int,
         proof: Sequence[bytes],
         reason: Reason,
         verdicts: Sequence[Verdict],
     ) -> TxResult:
-        """Claim, then slash the node of `batch` for `leaf` with signed `verdicts` (two
-        transactions: see `claim`).
+        """Claim, then slash the node of `batch` for `leaf`, at `leaf_index` of the batch, with
+        signed `verdicts` (two transactions: see `claim`).
 
         The verdicts must all be about this leaf, batch and reason, exactly the quorum of them;
         their signatures are sent ordered by signer address, as the contract requires (a
@@ -207,9 +239,7 @@ class Slasher(ContractWrapper):
         return self._transact(
             "slash",
             leaf.as_tuple(),
-            batch.batch_id,
-            batch.as_header(),
-            list(proof),
+            leaf_proof(batch, leaf_index, proof),
             int(reason),
             signatures,
             secret,
@@ -255,6 +285,74 @@ class Slasher(ContractWrapper):
         return self._transact(
             "slashEquivocation", node, a.as_tuple(), receipt_a, b.as_tuple(), receipt_b, secret
         )
+
+    def challenge_receipt(
+        self, node: str, leaf: Leaf, receipt: bytes, *, token: StakeToken | None = None
+    ) -> TxResult:
+        """As the holder of `node`'s `receipt` for `leaf`, claim, approve the challenge bond if
+        the allowance falls short (with `token`, the stake token) and challenge the receipt
+        (the new id is in the result's `ReceiptChallenged` event)."""
+        node = to_checksum_address(node)
+        secret = self.claim(self.receipt_digest(leaf), [self._sender_address()])
+        bond = Wei(int(self._call("challengeBond")))
+        if token is not None and bond:
+            token.ensure_allowance(self.address, bond)
+        return self._transact("challengeReceipt", node, leaf.as_tuple(), receipt, secret)
+
+    def answer_challenge(
+        self, challenge_id: int, leaf: Leaf, batch: Batch, leaf_index: int, proof: Sequence[bytes]
+    ) -> TxResult:
+        """Answer challenge `challenge_id` with the leaf at `leaf_index` of `batch`."""
+        return self._transact(
+            "answerChallenge", challenge_id, leaf.as_tuple(), leaf_proof(batch, leaf_index, proof)
+        )
+
+    def slash_unanswered(self, challenge_id: int) -> TxResult:
+        """Slash the node of an unanswered challenge whose answer time has passed."""
+        return self._transact("slashUnanswered", challenge_id)
+
+    def get_challenge(
+        self, challenge_id: int, *, block: BlockIdentifier = "latest"
+    ) -> ReceiptChallenge:
+        raw = self._call("getChallenge", challenge_id, block=block)
+        return ReceiptChallenge(
+            challenge_id=challenge_id,
+            node=Address(to_checksum_address(raw[0])),
+            issued_at=int(raw[1]),
+            status=ChallengeStatus(int(raw[2])),
+            challenger=Address(to_checksum_address(raw[3])),
+            answer_by=int(raw[4]),
+            leaf=bytes(raw[5]),
+        )
+
+    def challenge_count(self, *, block: BlockIdentifier = "latest") -> int:
+        return int(self._call("challengeCount", block=block))
+
+    def is_receipt_challenged(
+        self, node: str, leaf: bytes, *, block: BlockIdentifier = "latest"
+    ) -> bool:
+        """True once `node`'s receipt of the leaf hash `leaf` was challenged."""
+        return bool(self._call("isReceiptChallenged", to_checksum_address(node), leaf, block=block))
+
+    def receipt_challenges(
+        self,
+        *,
+        from_block: int = 0,
+        to_block: BlockIdentifier = "latest",
+        node: str | None = None,
+        challenger: str | None = None,
+    ) -> list[int]:
+        """Ids of the `ReceiptChallenged` events in `[from_block, to_block]`, optionally of one
+        node or challenger."""
+        filters: dict[str, str] = {}
+        if node is not None:
+            filters["node"] = to_checksum_address(node)
+        if challenger is not None:
+            filters["challenger"] = to_checksum_address(challenger)
+        events = self.events(
+            "ReceiptChallenged", from_block=from_block, to_block=to_block, **filters
+        )
+        return [int(event.args["challengeId"]) for event in events]
 
     def release_reward_pool(self) -> TxResult:
         return self._transact("releaseRewardPool")

@@ -63,6 +63,7 @@ def record_receipt(
         input_hash=check_bytes(leaf.input_hash, "leaf input hash"),
         output_hash=check_bytes(leaf.output_hash, "leaf output hash"),
         sketch_hash=check_bytes(leaf.sketch_hash, "leaf sketch hash"),
+        issued_at=check_int(leaf.issued_at, "leaf issued at"),
         signature=check_bytes(signature, "receipt signature", SIGNATURE_LENGTH),
         sent_hash=check_bytes(sent_hash, "sent hash"),
         received_hash=check_bytes(received_hash, "received hash"),

@@ -85,6 +85,7 @@ def add_leaf(session: Session, leaf: Leaf, receipt_signature: bytes) -> LeafReco
         input_hash=leaf.input_hash,
         output_hash=leaf.output_hash,
         sketch_hash=leaf.sketch_hash,
+        issued_at=check_int(leaf.issued_at, "leaf issued at"),  # SQL BIGINT: below 2**63
         leaf_hash=leaf_hash,
         receipt_signature=signature,
     )
@@ -151,7 +152,8 @@ def batch_tree(batch: Batch) -> MerkleTree:
 
 
 def leaf_proof(leaf: LeafRecord) -> list[bytes]:
-    """The Merkle proof of a sealed leaf under its batch's root (OpenZeppelin-compatible)."""
+    """The Merkle proof of a sealed leaf at its index under its batch's root (`IndexedMerkle`:
+    verified with `index_in_batch` and the batch's `leaf_count`)."""
     if leaf.batch is None or leaf.index_in_batch is None:
         raise LedgerDbError(f"leaf 0x{leaf.leaf_hash.hex()} is not in a batch yet")
     return batch_tree(leaf.batch).proof(leaf.index_in_batch)

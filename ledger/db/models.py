@@ -204,6 +204,8 @@ class LeafRecord(Base):
     input_hash: Mapped[bytes] = mapped_column(Bytes32())
     output_hash: Mapped[bytes] = mapped_column(Bytes32())
     sketch_hash: Mapped[bytes] = mapped_column(Bytes32())
+    # unix seconds the receipt was signed (uint64 on-chain); 0 on rows from before revision 0006
+    issued_at: Mapped[int] = mapped_column(BigInteger)
     leaf_hash: Mapped[bytes] = mapped_column(Bytes32(), unique=True)
     receipt_signature: Mapped[bytes] = mapped_column(LargeBinary(SIGNATURE_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
@@ -222,6 +224,7 @@ class LeafRecord(Base):
             input_hash=self.input_hash,
             output_hash=self.output_hash,
             sketch_hash=self.sketch_hash,
+            issued_at=self.issued_at,
         )
 
 
@@ -426,6 +429,8 @@ class ClientReceipt(Base):
     input_hash: Mapped[bytes] = mapped_column(Bytes32())
     output_hash: Mapped[bytes] = mapped_column(Bytes32())
     sketch_hash: Mapped[bytes] = mapped_column(Bytes32())
+    # unix seconds the server says it signed (uint64); 0 on rows from before revision 0006
+    issued_at: Mapped[int] = mapped_column(BigInteger)
     signature: Mapped[bytes] = mapped_column(LargeBinary(SIGNATURE_LENGTH))
     # what the client saw
     sent_hash: Mapped[bytes] = mapped_column(Bytes32())  # tensor_hash of what it sent
@@ -448,4 +453,5 @@ class ClientReceipt(Base):
             input_hash=self.input_hash,
             output_hash=self.output_hash,
             sketch_hash=self.sketch_hash,
+            issued_at=self.issued_at,
         )

@@ -361,6 +361,7 @@ def add_served_steps(
                 "input_hash": check_bytes(leaf.input_hash, "leaf input hash"),
                 "output_hash": check_bytes(leaf.output_hash, "leaf output hash"),
                 "sketch_hash": check_bytes(leaf.sketch_hash, "leaf sketch hash"),
+                "issued_at": check_int(leaf.issued_at, "leaf issued at"),
                 "leaf_hash": leaf.hash(),
                 "receipt_signature": check_bytes(signature, "receipt signature", 65),
                 "created_at": now,

@@ -96,6 +96,18 @@ def deploy(
     max_channel_duration: Annotated[
         str, typer.Option(help="Longest time a payment channel may stay open.")
     ] = format_duration(_DEFAULTS.max_channel_duration),
+    commit_deadline: Annotated[
+        str, typer.Option(help="Time a node has to commit the leaf of a receipt it signed.")
+    ] = format_duration(_DEFAULTS.commit_deadline),
+    receipt_challenge_period: Annotated[
+        str, typer.Option(help="Time after the commit deadline a receipt may be challenged.")
+    ] = format_duration(_DEFAULTS.receipt_challenge_period),
+    response_window: Annotated[
+        str, typer.Option(help="Time a node has to answer a receipt challenge.")
+    ] = format_duration(_DEFAULTS.response_window),
+    challenge_bond: Annotated[
+        str, typer.Option(help="Tokens a receipt challenger puts up (the node's if it answers).")
+    ] = _tokens_default(_DEFAULTS.challenge_bond),
     quorum: Annotated[int, typer.Option(help="Verifier signatures a slash needs.")] = (
         _DEFAULTS.quorum
     ),
@@ -148,6 +160,11 @@ def deploy(
             "unbonding_delay": parse_duration(unbonding_delay, "--unbonding-delay"),
             "challenge_window": parse_duration(challenge_window, "--challenge-window"),
             "max_channel_duration": parse_duration(max_channel_duration, "--max-channel-duration"),
+            "commit_deadline": parse_duration(commit_deadline, "--commit-deadline"),
+            "receipt_challenge_period": parse_duration(
+                receipt_challenge_period, "--receipt-challenge-period"
+            ),
+            "response_window": parse_duration(response_window, "--response-window"),
         }
         recipient = (
             parse_address(reward_recipient, "--reward-recipient") if reward_recipient else None
@@ -175,6 +192,7 @@ def deploy(
                 min_stake_per_block, decimals, "--min-stake-per-block"
             ),
             min_verifier_stake=parse_tokens(min_verifier_stake, decimals, "--min-verifier-stake"),
+            challenge_bond=parse_tokens(challenge_bond, decimals, "--challenge-bond"),
             quorum=quorum,
             max_leaves=max_leaves,
             slash_bps=slash_bps,
@@ -257,6 +275,10 @@ def _print_deployment(
         ("unbonding delay", duration(params.unbonding_delay)),
         ("challenge window", duration(params.challenge_window)),
         ("max channel duration", duration(params.max_channel_duration)),
+        ("receipt commit deadline", duration(params.commit_deadline)),
+        ("receipt challenge period", duration(params.receipt_challenge_period)),
+        ("challenge response window", duration(params.response_window)),
+        ("challenge bond", tokens(params.challenge_bond)),
         ("quorum", str(params.quorum)),
         ("max leaves per batch", str(params.max_leaves)),
         ("slash", f"{params.slash_bps} bps ({params.slash_bps / 100:g}%)"),

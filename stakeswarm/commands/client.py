@@ -377,6 +377,63 @@ def channels(
             ledger.close()
 
 
+@app.command("check-receipts")
+def check_receipts(
+    rate: Annotated[
+        float,
+        typer.Option(help="Share of the receipts to challenge on-chain (0 to 1)."),
+    ] = 0.01,
+    devnet: DevnetOpt = False,
+    account: AccountOpt = None,
+    home: HomeOpt = None,
+    rpc: RpcOpt = None,
+    deployment: DeploymentOpt = None,
+    keystore: KeystoreOpt = None,
+    password_env: PasswordEnvOpt = None,
+) -> None:
+    """Hold servers to their receipts: challenge a sample of the receipts past their commit
+    deadline (each costs the Slasher's challenge bond, which an honest server earns by
+    answering) and slash the servers of earlier challenges left unanswered."""
+    from client.audit import ReceiptAuditor
+    from ledger.db import open_deployment_ledger, sqlite_url
+
+    with reporting() as console:
+        if not 0.0 <= rate <= 1.0:
+            raise CliInputError(f"--rate must be between 0 and 1, got {rate}")
+        conn = connect(
+            _options(devnet, account, home, rpc, deployment, keystore, password_env),
+            role="client",
+            sign=True,
+        )
+        assert conn.signer is not None
+        path = Home.resolve(home).root / "client" / conn.signer.address / "ledger.sqlite"
+        ledger = open_deployment_ledger(sqlite_url(path), conn.chain, conn.deployment)
+        try:
+            sender = conn.chain.sender(conn.signer, sessions=ledger.sessions)
+            auditor = ReceiptAuditor(
+                ledger,
+                conn.contracts.with_sender(sender),
+                conn.signer,
+                rate=rate,
+                from_block=conn.deployment.deploy_block,
+            )
+            try:
+                report = auditor.check()
+            except ClientError as exc:
+                raise CliInputError(str(exc)) from None
+        finally:
+            ledger.close()
+        console.print(
+            f"{report.eligible} receipts in their challenge window; challenged "
+            f"{len(report.challenged)} now; earlier challenges: {report.answered} answered, "
+            f"{report.waiting} waiting for an answer, {len(report.slashed)} slashed now"
+        )
+        for challenge_id in report.challenged:
+            console.print(f"[yellow]challenged[/] receipt challenge {challenge_id}")
+        for challenge_id in report.slashed:
+            console.print(f"[red]slashed[/] the server of unanswered challenge {challenge_id}")
+
+
 @wallet_app.command("create")
 def wallet_create(
     keystore: KeystoreOpt = None,

@@ -39,7 +39,7 @@ from ledger.chain import Chain
 from ledger.compile import PROJECT_ROOT
 from ledger.contracts import Contracts
 from ledger.deployment import TOKEN, Deployment
-from ledger.eip712 import Domain, sign_voucher
+from ledger.eip712 import sign_voucher
 from ledger.types import Voucher, Wei
 from node.blocks import ClientHead
 from node.protocol import SignedReceipt
@@ -157,7 +157,7 @@ class Payer:
             else account
         )
         self.contracts = Contracts.from_deployment(chain, deployment, chain.sender(self.account))
-        self.domain = Domain.payment_channels(chain.chain_id, deployment.contracts.payment_channels)
+        self.domain = self.contracts.payment_channels.domain()
         self.paid: dict[int, int] = {}  # channel -> cumulative amount signed
         self.chain = chain
 

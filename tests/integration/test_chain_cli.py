@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 from ledger.chain import Chain
 from ledger.contracts import Contracts
 from ledger.deployment import TOKEN, Deployment
-from ledger.eip712 import Domain, sign_voucher
+from ledger.eip712 import sign_voucher
 from ledger.types import ChannelId, Voucher, model_id
 from ledger.wallet import KeystoreKdf, import_wallet
 from stakeswarm.cli import app
@@ -120,7 +120,7 @@ def test_channel_open_redeem_reclaim(
     opened = run("channel", "open", "--server", server, "--deposit", "12", "--duration", "600")
     assert opened.exit_code == 0, opened.output
     channel_id = ChannelId(contracts.payment_channels.channel_count())
-    domain = Domain.payment_channels(chain.chain_id, deployment.contracts.payment_channels)
+    domain = contracts.payment_channels.domain()
     signature = sign_voucher(domain, Voucher(channel_id, 5 * TOKEN), dev_account("client-0"))
 
     redeemed = run(
@@ -153,7 +153,7 @@ def test_channel_redeem_with_a_forged_voucher_is_refused(
         == 0
     )
     channel_id = contracts.payment_channels.channel_count()
-    domain = Domain.payment_channels(chain.chain_id, deployment.contracts.payment_channels)
+    domain = contracts.payment_channels.domain()
     forged = sign_voucher(domain, Voucher(channel_id, TOKEN), dev_account("client-2"))
 
     result = run("channel", "redeem", str(channel_id), "--amount", "1", "--signature", forged.hex())

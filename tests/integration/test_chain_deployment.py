@@ -32,6 +32,10 @@ def test_deploy_all_wires_the_contracts_with_the_given_parameters(
         bounty_bps=300,
         challenge_window=400,
         reward_recipient=Address(dev_account("client-1").address),
+        commit_deadline=100,
+        receipt_challenge_period=200,
+        response_window=150,
+        challenge_bond=Wei(TOKEN // 4),
     )
 
     deployment = deploy_all(
@@ -52,6 +56,8 @@ def test_deploy_all_wires_the_contracts_with_the_given_parameters(
     slasher = c.slasher.params()
     assert (slasher.quorum, slasher.slash_bps, slasher.bounty_bps) == (2, 1_000, 300)
     assert slasher.challenge_window == 400
+    assert (slasher.commit_deadline, slasher.receipt_challenge_period) == (100, 200)
+    assert (slasher.response_window, slasher.challenge_bond) == (150, TOKEN // 4)
     assert slasher.reward_recipient == dev_account("client-1").address
     assert deployment.deployer == deployer.address
     assert chain.w3.eth.get_block(deployment.deploy_block)["transactions"]  # the token's block
@@ -112,6 +118,11 @@ def test_connect_refuses_a_deployment_whose_contracts_are_gone(deployment: Deplo
 def test_params_validation() -> None:
     with pytest.raises(DeploymentError, match="challenge_window must not exceed unbonding_delay"):
         DeploymentParams(unbonding_delay=10, challenge_window=11)
+    with pytest.raises(DeploymentError, match="must not exceed unbonding_delay"):
+        DeploymentParams(
+            unbonding_delay=1_000, commit_deadline=400, receipt_challenge_period=400,
+            response_window=201, challenge_window=100,
+        )  # fmt: skip
     with pytest.raises(DeploymentError, match="quorum"):
         DeploymentParams(quorum=0)
     with pytest.raises(DeploymentError, match="reward_recipient"):

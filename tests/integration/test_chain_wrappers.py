@@ -55,6 +55,7 @@ def leaf(step: int, session: bytes = b"\x01" * 32, output: bytes = b"out") -> Le
         input_hash=keccak(b"in%d" % step),
         output_hash=keccak(output + b"%d" % step),
         sketch_hash=keccak(b"sketch%d" % step),
+        issued_at=1_767_225_600 + step,
     )
 
 
@@ -395,6 +396,7 @@ def test_slash_with_a_verdict_quorum_takes_stake_and_pays_the_bounty(
     result = verifier.slasher.slash(
         guilty,
         batch,
+        1,
         tree.proof(1),
         Reason.MISMATCH,
         [Verdict(node_address, batch_id, guilty.hash(), Reason.MISMATCH, signature=signature)],
@@ -415,7 +417,7 @@ def test_slash_with_a_verdict_quorum_takes_stake_and_pays_the_bounty(
     assert verifier.token.balance_of(verifier_address) == balance + bounty
     assert verifier.slasher.reward_pool() == taken - bounty
     assert verifier.slasher.is_leaf_slashed(node_address, guilty.hash())
-    assert verifier.slasher.verify_leaf(batch, guilty, tree.proof(1))
+    assert verifier.slasher.verify_leaf(guilty, batch, 1, tree.proof(1))
 
 
 def test_slash_by_a_non_verifier_reverts_naming_the_signer(
@@ -436,6 +438,7 @@ def test_slash_by_a_non_verifier_reverts_naming_the_signer(
         outsider.slasher.slash(
             leaves[0],
             batch,
+            0,
             tree.proof(0),
             Reason.WITHHELD,
             [
@@ -459,7 +462,7 @@ def test_slash_refuses_verdicts_about_another_leaf(
     batch = Batch(BatchId(1), node_address, MODEL, b"\x01" * 32, 1, 1)
 
     with pytest.raises(ValueError, match="another batch or leaf"):
-        verifier.slasher.slash(leaf(0), batch, [], Reason.MISMATCH, [other])
+        verifier.slasher.slash(leaf(0), batch, 0, [], Reason.MISMATCH, [other])
 
 
 def test_slash_withheld_takes_stake_once_per_position(
@@ -624,8 +627,8 @@ def test_slash_with_a_quorum_of_two_sends_verdicts_sorted_by_signer(
     signed.sort(key=lambda v: int(recover_verdict_signer(domain, v, v.signature), 16), reverse=True)
 
     with pytest.raises(ContractRevert) as short:
-        verifiers[0].slasher.slash(leaves[0], batch, tree.proof(0), Reason.MISMATCH, signed[:1])
-    result = verifiers[0].slasher.slash(leaves[0], batch, tree.proof(0), Reason.MISMATCH, signed)
+        verifiers[0].slasher.slash(leaves[0], batch, 0, tree.proof(0), Reason.MISMATCH, signed[:1])
+    result = verifiers[0].slasher.slash(leaves[0], batch, 0, tree.proof(0), Reason.MISMATCH, signed)
 
     assert short.value.signature == "SlasherWrongVerdictCount(provided=1, quorum=2)"
     assert result.event("LeafSlashed").args["node"] == node_address

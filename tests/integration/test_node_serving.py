@@ -416,8 +416,8 @@ def test_leaves_are_committed_on_chain_and_revealed_to_active_verifiers_only(
         assert tensor_hash(hidden) == step.leaf.input_hash
         assert mask.shape[1] == PROMPT.shape[1] + step.leaf.step
         batch = contracts.commitments.get_batch(BatchId(step.batch_id))
-        assert verify(step.proof, batch.root, step.leaf.hash())
-        assert contracts.slasher.verify_leaf(batch, step.leaf, step.proof)
+        assert verify(step.proof, batch.root, step.leaf.hash(), step.leaf_index, batch.leaf_count)
+        assert contracts.slasher.verify_leaf(step.leaf, batch, step.leaf_index, step.proof)
 
     client = Account.from_key(swarm.deployment.account("client-0").private_key)
     batch_id = steps[-1].batch_id

@@ -47,6 +47,7 @@ def make_leaf(step: int, session: bytes = b"\x0a" * 32) -> Leaf:
         input_hash=keccak(b"input-%d" % step),
         output_hash=keccak(b"output-%d" % step),
         sketch_hash=keccak(b"sketch-%d" % step),
+        issued_at=1_767_225_600 + step,
     )
 
 
@@ -66,7 +67,7 @@ def test_voucher_signed_in_python_is_redeemed_on_chain(
     client, server = contracts_as("client-0"), contracts_as("node-0")
     server_address = deployment.account("node-0").address
     channel_id = open_channel(chain, client, server_address, 10 * TOKEN)
-    domain = Domain.payment_channels(chain.chain_id, deployment.contracts.payment_channels)
+    domain = client.payment_channels.domain()
     balance = server.token.balance_of(server_address)
 
     for cumulative in (2 * TOKEN, 5 * TOKEN):
@@ -90,7 +91,7 @@ def test_voucher_signed_by_another_key_reverts_invalid_signature(
 ) -> None:
     client, server = contracts_as("client-0"), contracts_as("node-0")
     channel_id = open_channel(chain, client, deployment.account("node-0").address, TOKEN)
-    domain = Domain.payment_channels(chain.chain_id, deployment.contracts.payment_channels)
+    domain = client.payment_channels.domain()
     forger = dev_account("client-1")
     signature = sign_voucher(domain, Voucher(channel_id, TOKEN), forger)
 
@@ -109,7 +110,10 @@ def test_voucher_for_another_chain_id_is_rejected(
 ) -> None:
     client, server = contracts_as("client-0"), contracts_as("node-0")
     channel_id = open_channel(chain, client, deployment.account("node-0").address, TOKEN)
-    elsewhere = Domain.payment_channels(chain.chain_id + 1, deployment.contracts.payment_channels)
+    salt = client.payment_channels.eip712_salt
+    elsewhere = Domain.payment_channels(
+        chain.chain_id + 1, deployment.contracts.payment_channels, salt
+    )
     signature = sign_voucher(elsewhere, Voucher(channel_id, TOKEN), dev_account("client-0"))
 
     with pytest.raises(ContractRevert) as raised:
@@ -128,6 +132,9 @@ def test_receipt_and_verdict_digests_and_leaf_hash_equal_the_contracts(
         leaf = make_leaf(step, session=keccak(b"session-%d" % step))
         assert contracts.slasher.leaf_hash(leaf) == leaf.hash()
         assert contracts.slasher.receipt_digest(leaf) == receipt_digest(domain, leaf)
+        latest = dataclasses.replace(leaf, issued_at=2**64 - 1)  # issuedAt is a uint64
+        assert contracts.slasher.leaf_hash(latest) == latest.hash() != leaf.hash()
+        assert contracts.slasher.receipt_digest(latest) == receipt_digest(domain, latest)
         for reason in (Reason.MISMATCH, Reason.WITHHELD):
             verdict = Verdict(node, BatchId(step + 1), leaf.hash(), reason)
             assert contracts.slasher.verdict_digest(
@@ -135,7 +142,7 @@ def test_receipt_and_verdict_digests_and_leaf_hash_equal_the_contracts(
             ) == verdict_digest(domain, verdict)
 
 
-@pytest.mark.parametrize("count", [1, 2, 3, 1_000])
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 6, 1_000])
 def test_merkle_proofs_built_in_python_verify_on_chain(
     count: int, contracts_as: Callable[[str | int], Contracts]
 ) -> None:
@@ -149,15 +156,18 @@ def test_merkle_proofs_built_in_python_verify_on_chain(
     batch = node.commitments.committed_batch(node.commitments.commit(MODEL, tree.root, count))
     # every leaf of the small trees; for 1,000 a spread of indices and both ends of the odd tail
     indices = sorted(
-        set(range(count)) if count <= 3 else {*range(0, count, 37), count - 2, count - 1}
+        set(range(count)) if count <= 6 else {*range(0, count, 37), count - 2, count - 1}
     )
 
     for index in indices:
-        assert node.slasher.verify_leaf(batch, leaves[index], tree.proof(index)), index
+        assert node.slasher.verify_leaf(leaves[index], batch, index, tree.proof(index)), index
     outsider = make_leaf(count + 1)
-    assert not node.slasher.verify_leaf(batch, outsider, tree.proof(0))
+    assert not node.slasher.verify_leaf(outsider, batch, 0, tree.proof(0))
+    assert not node.slasher.verify_leaf(leaves[0], batch, count, tree.proof(0))  # beyond the batch
     if count > 1:
-        assert not node.slasher.verify_leaf(batch, leaves[0], tree.proof(1))
+        assert not node.slasher.verify_leaf(leaves[0], batch, 0, tree.proof(1))
+        # the right proof at the wrong position: positions are bound
+        assert not node.slasher.verify_leaf(leaves[0], batch, 1, tree.proof(0))
     # a header that is not the committed one proves nothing
     forged = dataclasses.replace(batch, leaf_count=batch.leaf_count + 1)
-    assert not node.slasher.verify_leaf(forged, leaves[0], tree.proof(0))
+    assert not node.slasher.verify_leaf(leaves[0], forged, 0, tree.proof(0))

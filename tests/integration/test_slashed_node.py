@@ -101,6 +101,7 @@ def _slash(deployment: Deployment, node: NodeProcess) -> None:
     verifier.slasher.slash(
         leaf,
         verifier.commitments.get_batch(batch_id, from_block=deployment.deploy_block),
+        0,
         proof,
         Reason.MISMATCH,
         [Verdict(node.address, batch_id, leaf.hash(), Reason.MISMATCH, signature=signature)],

@@ -39,7 +39,7 @@ PEER = b"\x00\x24\x08\x01\x12\x20" + b"\x07" * 32
 
 def leaf(step: int) -> Leaf:
     return Leaf(b"\x01" * 32, MODEL, 0, 4, step, 1, keccak(b"in%d" % step),
-                keccak(b"out%d" % step), keccak(b"sketch%d" % step))  # fmt: skip
+                keccak(b"out%d" % step), keccak(b"sketch%d" % step), 1_767_225_600 + step)  # fmt: skip
 
 
 class Devnet:

@@ -13,7 +13,7 @@ from eth_account import Account
 from client.config import ClientConfig
 from client.errors import BudgetExceededError, ClientConfigError
 from client.payments import DEPOSIT_SESSIONS, Budget, deposit_for
-from client.receipts import ExpectedLeaf, ReceiptProblem, check_receipt
+from client.receipts import MAX_RECEIPT_CLOCK_SKEW, ExpectedLeaf, ReceiptProblem, check_receipt
 from client.registry import registration_problem
 from ledger.eip712 import Domain, sign_receipt
 from ledger.types import Leaf, model_id
@@ -27,6 +27,7 @@ OTHER = Account.from_key(b"\x02" * 32)
 DOMAIN = Domain.slasher(31337, "0x" + "5c" * 20, SALT)
 SESSION = b"\x07" * 32
 MODEL = model_id("tiny-llama")
+NOW = 1_767_225_600  # the client's clock when the reply arrives
 
 
 def _step() -> tuple[torch.Tensor, torch.Tensor, ExpectedLeaf, Leaf]:
@@ -40,8 +41,11 @@ def _step() -> tuple[torch.Tensor, torch.Tensor, ExpectedLeaf, Leaf]:
         tokens=3,
         input_hash=tensor_hash(sent),
         output_hash=tensor_hash(received),
+        received_at=NOW,
     )
-    leaf = Leaf(SESSION, MODEL, 3, 6, 4, 3, tensor_hash(sent), tensor_hash(received), b"\x09" * 32)
+    leaf = Leaf(
+        SESSION, MODEL, 3, 6, 4, 3, tensor_hash(sent), tensor_hash(received), b"\x09" * 32, NOW - 2
+    )
     return sent, received, expected, leaf
 
 
@@ -102,6 +106,20 @@ def test_custody_breaks_when_the_input_is_not_the_previous_output() -> None:
     _, _, expected, leaf = _step()
     chained = dataclasses.replace(expected, previous_output_hash=b"\x0a" * 32)
     assert _problem(_signed(leaf), chained) is ReceiptProblem.CUSTODY
+
+
+def test_a_receipt_issued_too_far_from_the_clients_clock_is_refused() -> None:
+    _, _, expected, leaf = _step()
+    for issued_at in (NOW - MAX_RECEIPT_CLOCK_SKEW, NOW, NOW + MAX_RECEIPT_CLOCK_SKEW):
+        assert _problem(_signed(dataclasses.replace(leaf, issued_at=issued_at)), expected) is None
+    # backdated: the node's commit deadline would end early; postdated: it would end late
+    backdated = dataclasses.replace(leaf, issued_at=NOW - MAX_RECEIPT_CLOCK_SKEW - 1)
+    found = check_receipt(DOMAIN, _signed(backdated), expected)
+    assert found is not None and found[0] is ReceiptProblem.ISSUED_AT
+    assert f"{MAX_RECEIPT_CLOCK_SKEW + 1} s before this client's clock" in found[1]
+    for issued_at in (0, NOW + MAX_RECEIPT_CLOCK_SKEW + 1, 2**64 - 1):
+        bad = dataclasses.replace(leaf, issued_at=issued_at)
+        assert _problem(_signed(bad), expected) is ReceiptProblem.ISSUED_AT, issued_at
 
 
 REGISTERED = dict(

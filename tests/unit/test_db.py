@@ -42,6 +42,7 @@ SERVER = NODE.address
 OTHER_SERVER = "0x90F79bf6EB2c4F870365E785982E1f101E93b906"
 MODEL = model_id("tiny-llama")
 SESSION = keccak(text="session-1")
+ISSUED_AT = 1_767_225_600  # unix seconds the receipt of step 0 is signed
 BIG = 10**30  # far beyond 64 bits
 
 
@@ -69,6 +70,7 @@ def make_leaf(step: int, **changes: object) -> Leaf:
         input_hash=keccak(b"in%d" % step),
         output_hash=keccak(b"out%d" % step),
         sketch_hash=keccak(b"sketch%d" % step),
+        issued_at=ISSUED_AT + step,
     )
     fields.update(changes)
     return Leaf(**fields)  # type: ignore[arg-type]
@@ -80,7 +82,7 @@ def receipt(leaf: Leaf) -> bytes:
 
 def voucher(channel_id: int, amount: int) -> Voucher:
     unsigned = Voucher(channel_id, amount)
-    domain = eip712.Domain.payment_channels(CHAIN, CHANNELS)
+    domain = eip712.Domain.payment_channels(CHAIN, CHANNELS, SALT)
     return dataclasses.replace(unsigned, signature=eip712.sign_voucher(domain, unsigned, CLIENT))
 
 
@@ -156,7 +158,7 @@ def test_vouchers_only_move_up(ledger: Ledger) -> None:
         assert held == voucher(1, BIG - 1)  # exact beyond 64 bits, signature kept
         assert (
             eip712.recover_voucher_signer(
-                eip712.Domain.payment_channels(CHAIN, CHANNELS), held, held.signature
+                eip712.Domain.payment_channels(CHAIN, CHANNELS, SALT), held, held.signature
             )
             == CLIENT.address
         )
@@ -253,6 +255,10 @@ def test_a_second_leaf_for_the_same_slot_is_equivocation(session: Session) -> No
         db.add_leaf(session, other, receipt(other))
     with pytest.raises(LedgerDbError, match="another signature"):
         db.add_leaf(session, leaf, b"\x02" * 65)
+    # The same step signed again at another time is a second receipt for the slot.
+    later = dataclasses.replace(leaf, issued_at=leaf.issued_at + 1)
+    with pytest.raises(EquivocationError, match="step 3 already has leaf"):
+        db.add_leaf(session, later, receipt(later))
     # Another span, step or session is another slot.
     for distinct in (
         dataclasses.replace(other, span_start=3),
@@ -270,6 +276,8 @@ def test_a_second_leaf_for_the_same_slot_is_equivocation(session: Session) -> No
         ({"span_start": 5}, r"span \[5, 5\) is empty"),
         ({"span_end": 2**16}, "does not fit its ABI types"),
         ({"tokens": -1}, "does not fit its ABI types"),
+        ({"issued_at": 2**64}, "does not fit its ABI types"),
+        ({"issued_at": 2**63}, "leaf issued at"),
     ],
 )
 def test_bad_leaves_are_refused(session: Session, change: dict, message: str) -> None:
@@ -300,7 +308,14 @@ def test_seal_batch_assigns_indexes_in_order_under_the_merkle_root(ledger: Ledge
         assert batch.model_id == MODEL
         assert [r.step for r in db.pending_leaves(session)] == [3, 4]
         for record in batch.leaves:
-            assert verify(db.leaf_proof(record), batch.root, record.leaf_hash)
+            assert record.index_in_batch is not None
+            assert verify(
+                db.leaf_proof(record),
+                batch.root,
+                record.leaf_hash,
+                record.index_in_batch,
+                batch.leaf_count,
+            )
         assert db.batches_with_status(session, "pending") == [batch]
 
 
@@ -390,7 +405,10 @@ def test_a_large_batch_proves_every_leaf(session: Session) -> None:
     assert tree.root == batch.root
     records = session.scalars(select(LeafRecord).order_by(LeafRecord.index_in_batch)).all()
     for record in records[:: math.isqrt(1_000)]:
-        assert verify(db.leaf_proof(record), batch.root, record.leaf_hash)
+        assert record.index_in_batch is not None
+        assert verify(
+            db.leaf_proof(record), batch.root, record.leaf_hash, record.index_in_batch, 1_000
+        )
 
 
 # --- transactions, audits, slashes, deployments -----------------------------------------------

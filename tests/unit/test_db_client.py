@@ -3,6 +3,7 @@ channel's server was paid for, and the client's channels."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
 
 def _leaf(step: int, tokens: int, span: tuple[int, int] = (0, 3)) -> Leaf:
     return Leaf(b"\x01" * 32, model_id("tiny"), *span, step, tokens, b"\x02" * 32, b"\x03" * 32,
-                b"\x04" * 32)  # fmt: skip
+                b"\x04" * 32, 1_767_225_600 + step)  # fmt: skip
 
 
 def _record(db, server: str, channel: int, step: int, tokens: int, cost: int, **kw) -> None:  # noqa: ANN001
@@ -68,6 +69,7 @@ def test_receipts_are_kept_as_received_and_invalid_ones_as_evidence(ledger: Ledg
         of_a = receipts_of(db, server=SERVER_A)
     assert [r.step for r in everything] == [0, 1, 0]
     assert everything[0].to_leaf() == _leaf(0, 7)
+    assert [r.issued_at for r in everything] == [1_767_225_600, 1_767_225_601, 1_767_225_600]
     assert [(r.server, r.problem, r.detail) for r in evidence] == [
         (to_checksum_address(SERVER_B), "output_hash", "differs")
     ]
@@ -96,6 +98,12 @@ def test_bad_receipt_values_are_refused(ledger: Ledger) -> None:
         record_receipt(
             db, chain_id=CHAIN, server=SERVER_A, peer_id="p", channel_id=1, leaf=_leaf(0, 1),
             signature=b"\x05" * 64, sent_hash=b"\x02" * 32, received_hash=b"\x03" * 32, cost=1,
+        )  # fmt: skip
+    with ledger.begin() as db, pytest.raises(LedgerDbError, match="leaf issued at"):
+        record_receipt(
+            db, chain_id=CHAIN, server=SERVER_A, peer_id="p", channel_id=1,
+            leaf=dataclasses.replace(_leaf(0, 1), issued_at=2**63), signature=b"\x05" * 65,
+            sent_hash=b"\x02" * 32, received_hash=b"\x03" * 32, cost=1,
         )  # fmt: skip
     with ledger.begin() as db, pytest.raises(LedgerDbError, match="status"):
         receipts_of(db, status="maybe")

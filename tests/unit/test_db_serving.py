@@ -52,7 +52,9 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
 
 
 def _leaf(session_id: bytes, step: int) -> Leaf:
-    return Leaf(session_id, model_id("m"), 0, 2, step, 1, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)
+    return Leaf(
+        session_id, model_id("m"), 0, 2, step, 1, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, 1_000
+    )
 
 
 def test_a_session_id_is_claimed_once_ever(ledger: Ledger) -> None:

@@ -33,7 +33,7 @@ def h(value: str) -> bytes:
 
 
 def channels_domain(v: dict[str, Any]) -> Domain:
-    return Domain.payment_channels(v["chainId"], v["paymentChannels"])
+    return Domain.payment_channels(v["chainId"], v["paymentChannels"], h(v["paymentChannelsSalt"]))
 
 
 def slasher_domain(v: dict[str, Any]) -> Domain:
@@ -56,6 +56,7 @@ def vector_leaf(v: dict[str, Any]) -> Leaf:
         input_hash=h(r["inputHash"]),
         output_hash=h(r["outputHash"]),
         sketch_hash=h(r["sketchHash"]),
+        issued_at=r["issuedAt"],
     )
 
 
@@ -139,6 +140,42 @@ def test_withheld_type_string_is_the_contracts(vector: dict[str, Any]) -> None:
     )
     expected = keccak(b"\x19\x01" + separator + struct_hash)
     assert eip712.withheld_digest(slasher_domain(vector), withheld) == expected
+
+
+def test_receipt_type_string_and_leaf_encoding_are_the_contracts(vector: dict[str, Any]) -> None:
+    """The leaf is keccak(abi.encode(10 fields)) and the receipt's struct hash keccak(typehash ||
+    abi.encode(the same fields)), with the type string of `Slasher.RECEIPT_TYPEHASH`, issuedAt
+    a uint64 last: a field renamed, retyped or moved on one side breaks this."""
+    leaf = vector_leaf(vector)
+    assert leaf.issued_at == 1_767_225_600
+    types = ["bytes32", "bytes32", "uint16", "uint16", "uint32", "uint32"]
+    types += ["bytes32", "bytes32", "bytes32", "uint64"]
+    encoded = abi_encode(types, list(dataclasses.astuple(leaf)))
+    assert len(encoded) == 10 * 32
+    assert keccak(encoded) == leaf.hash() == h(vector["receipt"]["leafHash"])
+    typehash = keccak(
+        text="Receipt(bytes32 sessionId,bytes32 modelId,uint16 spanStart,uint16 spanEnd,"
+        "uint32 step,uint32 tokens,bytes32 inputHash,bytes32 outputHash,bytes32 sketchHash,"
+        "uint64 issuedAt)"
+    )
+    separator = keccak(
+        abi_encode(
+            ["bytes32", "bytes32", "bytes32", "uint256", "address", "bytes32"],
+            [
+                keccak(
+                    text="EIP712Domain(string name,string version,uint256 chainId,"
+                    "address verifyingContract,bytes32 salt)"
+                ),
+                keccak(text="stakeswarm Slasher"),
+                keccak(text="1"),
+                vector["chainId"],
+                vector["slasher"],
+                h(vector["slasherSalt"]),
+            ],
+        )
+    )
+    expected = keccak(b"\x19\x01" + separator + keccak(typehash + encoded))
+    assert eip712.receipt_digest(slasher_domain(vector), leaf) == expected
 
 
 # --- every input is bound into the digest --------------------------------------------------
@@ -249,7 +286,7 @@ def test_another_key_recovers_to_another_address(vector: dict[str, Any]) -> None
     amount=st.integers(min_value=0, max_value=2**256 - 1),
 )
 def test_voucher_round_trip_for_any_values(channel_id: int, amount: int) -> None:
-    domain = Domain.payment_channels(31337, "0x1000000000000000000000000000000000000001")
+    domain = Domain.payment_channels(31337, "0x1000000000000000000000000000000000000001", bytes(32))
     voucher = Voucher(channel_id, amount)
     signature = eip712.sign_voucher(domain, voucher, OTHER_KEY)
     assert len(signature) == 65 and signature[64] in (27, 28)
@@ -303,6 +340,8 @@ def test_a_struct_under_the_wrong_domain_is_refused(vector: dict[str, Any]) -> N
         ({"span_start": 2**16}, "span start must fit uint16"),
         ({"step": -1}, "step must fit uint32"),
         ({"tokens": True}, "tokens must be an int"),
+        ({"issued_at": 2**64}, "issued at must fit uint64"),
+        ({"issued_at": -1}, "issued at must fit uint64"),
     ],
 )
 def test_bad_leaf_values_are_refused_not_padded(

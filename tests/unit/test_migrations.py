@@ -114,3 +114,56 @@ def test_alembic_config_with_a_url_migrates_like_the_command_line(tmp_path: Path
 def test_bad_url_is_a_clear_error() -> None:
     with pytest.raises(LedgerDbError, match="not a database URL"):
         open_ledger("definitely not a url")
+
+
+def test_0006_gives_existing_leaves_and_receipts_issued_at_0_and_takes_it_back(
+    tmp_path: Path,
+) -> None:
+    engine = create_ledger_engine(sqlite_url(tmp_path / "ledger.sqlite"))
+    now = "2026-11-30 12:00:00.000000"
+    try:
+        upgrade(engine, "0005")
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO leaves (session_id, model_id, span_start, span_end, step, tokens,"
+                    " input_hash, output_hash, sketch_hash, leaf_hash, receipt_signature,"
+                    " created_at) VALUES (:h, :h, 0, 2, 0, 1, :h, :h, :h, :h, :sig, :now)"
+                ),
+                {"h": b"\x01" * 32, "sig": b"\x02" * 65, "now": now},
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO client_receipts (chain_id, server, peer_id, channel_id,"
+                    " session_id, model_id, span_start, span_end, step, tokens, input_hash,"
+                    " output_hash, sketch_hash, signature, sent_hash, received_hash, cost,"
+                    " status, created_at) VALUES (1, :a, 'peer', 1, :h, :h, 0, 2, 0, 1, :h, :h,"
+                    " :h, :sig, :h, :h, '5', 'valid', :now)"
+                ),
+                {"a": "0x" + "ab" * 20, "h": b"\x01" * 32, "sig": b"\x02" * 65, "now": now},
+            )
+        upgrade(engine)
+        with engine.begin() as connection:
+            for table in ("leaves", "client_receipts"):
+                assert connection.execute(sa.text(f"SELECT issued_at FROM {table}")).all() == [(0,)]
+            # The default only filled the old rows: a new row must state its time.
+            with pytest.raises(sa.exc.IntegrityError):
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO leaves (session_id, model_id, span_start, span_end, step,"
+                        " tokens, input_hash, output_hash, sketch_hash, leaf_hash,"
+                        " receipt_signature, created_at) VALUES (:h, :h, 0, 2, 1, 1, :h, :h, :h,"
+                        " :l, :sig, :now)"
+                    ),
+                    {"h": b"\x01" * 32, "l": b"\x03" * 32, "sig": b"\x02" * 65, "now": now},
+                )
+        assert schema_diff(engine) == []
+        downgrade(engine, "0005")
+        with engine.connect() as connection:
+            for table in ("leaves", "client_receipts"):
+                columns = {c["name"] for c in sa.inspect(connection).get_columns(table)}
+                assert "issued_at" not in columns
+                count = connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
+                assert count == 1
+    finally:
+        engine.dispose()

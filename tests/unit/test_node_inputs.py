@@ -5,6 +5,7 @@ inputs of leaves not yet committed stay whatever their age."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -23,7 +24,8 @@ from ledger.db import (
     sqlite_url,
 )
 from ledger.db.columns import utcnow
-from ledger.eip712 import Domain
+from ledger.eip712 import Domain, recover_receipt_signer
+from ledger.merkle import MerkleTree, verify
 from ledger.types import model_id
 from node.commits import InputStore, LeafWriter, Receipts, build_reveal, prune_inputs
 from node.protocol import ErrorCode, ProtocolError
@@ -103,6 +105,12 @@ def test_inputs_are_revealed_in_the_window_and_deleted_after_it(
     response, tensors = build_reveal(ledger, store, node=node, batch_id=1, leaf_index=2, full=True)
     assert [s.leaf.step for s in response.steps] == [0, 1, 2]
     assert len(tensors) == 2 * STEPS + 2  # hidden and mask per step, then the sketch
+    # each step names its position in its batch (of STEPS leaves), and its proof holds there
+    root = MerkleTree(response.batch_leaves).root
+    for position, step in enumerate(response.steps):
+        assert step.leaf_index == position
+        assert verify(step.proof, root, step.leaf.hash(), position, STEPS)
+        assert not verify(step.proof, root, step.leaf.hash(), (position + 1) % STEPS, STEPS)
 
     assert prune_inputs(ledger, store, challenge_window=WINDOW) == 1
     left = _files(store)
@@ -120,3 +128,48 @@ def test_inputs_are_revealed_in_the_window_and_deleted_after_it(
     # a second pass finds nothing more to delete
     assert prune_inputs(ledger, store, challenge_window=WINDOW) == 0
     assert len(_files(store)) == 2 * STEPS
+
+
+def test_a_receipt_is_stamped_with_its_time_signed_over_it_and_stored_once(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    account = Account.create()
+    domain = Domain.slasher(31337, SLASHER, SALT)
+    times = iter([1_767_225_600.9, 1_767_225_660.0])
+    receipts = Receipts(
+        domain=domain, account=account, model_id=model_id("tiny"), clock=lambda: next(times)
+    )
+    hidden = torch.randn(1, 1, 16)
+    mask = torch.ones(1, 1, dtype=torch.long)
+
+    def make() -> tuple:
+        return receipts.make_with_sketch(
+            session_id=b"\x04" * 32, span=SPAN, step=0, tokens=1, hidden_in=hidden,
+            hidden_out=hidden * 2,
+        )  # fmt: skip
+
+    receipt, encoded = make()
+    assert receipt.leaf.issued_at == 1_767_225_600  # whole seconds, as the contract takes them
+    assert recover_receipt_signer(domain, receipt.leaf, receipt.signature) == account.address
+    moved = dataclasses.replace(receipt.leaf, issued_at=1_767_225_601)
+    assert recover_receipt_signer(domain, moved, receipt.signature) != account.address
+    # the same step signed a minute later: another receipt for the slot (equivocation)
+    again, _ = make()
+    assert again.leaf.issued_at == 1_767_225_660 and again.leaf.hash() != receipt.leaf.hash()
+
+    async def run() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            writer = LeafWriter(ledger, InputStore(tmp_path / "inputs"), executor, delay=0.01)
+            writer.submit(receipt, hidden, mask, encoded)
+            await writer.flush()
+            writer.submit(receipt, hidden, mask, encoded)  # a retried write: the same receipt
+            await writer.flush()
+            writer.submit(again, hidden, mask, encoded)  # refused: the slot holds the first
+            await writer.flush()
+
+    asyncio.run(run())
+    with ledger.begin() as db:
+        stored = pending_leaves(db)
+        assert [row.to_leaf() for row in stored] == [receipt.leaf]
+        assert stored[0].issued_at == 1_767_225_600
+        assert stored[0].receipt_signature == receipt.signature

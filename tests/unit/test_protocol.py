@@ -86,7 +86,9 @@ def test_messages_roundtrip_through_wire_dicts() -> None:
     assert StepRequest.from_wire(StepRequest(7, v).to_wire()) == StepRequest(7, v)
     o = OpenSession(b"\x02" * 32, 0, 3, 128, 2, 4, "bfloat16")
     assert OpenSession.from_wire(o.to_wire()) == o
-    leaf = Leaf(b"\x03" * 32, model_id("m"), 0, 3, 1, 2, b"\x04" * 32, b"\x05" * 32, b"\x06" * 32)
+    leaf = Leaf(
+        b"\x03" * 32, model_id("m"), 0, 3, 1, 2, b"\x04" * 32, b"\x05" * 32, b"\x06" * 32, 2**63 - 1
+    )
     r = SignedReceipt(leaf, b"\x07" * 65)
     assert SignedReceipt.from_wire(msgpack.unpackb(msgpack.packb(r.to_wire()))) == r
     info = ServerInfo(
@@ -94,6 +96,21 @@ def test_messages_roundtrip_through_wire_dicts() -> None:
     )
     back = ServerInfo.from_wire(info.to_wire())
     assert back.price_per_token == 3000 and back.span_end == 5
+
+
+@pytest.mark.parametrize("issued", [None, -1, 2**63, 2**64 - 1, True, 1.5, b"\x00" * 8])
+def test_a_leaf_without_a_uint64_issued_at_is_refused(issued: object) -> None:
+    leaf = Leaf(
+        b"\x03" * 32, model_id("m"), 0, 3, 1, 2, b"\x04" * 32, b"\x05" * 32, b"\x06" * 32, 7
+    )
+    wire = SignedReceipt(leaf, b"\x07" * 65).to_wire()
+    if issued is None:
+        del wire["leaf"]["issued"]
+    else:
+        wire["leaf"]["issued"] = issued
+    with pytest.raises(ProtocolError, match="leaf issued at") as e:
+        SignedReceipt.from_wire(wire)
+    assert e.value.code is ErrorCode.BAD_REQUEST
 
 
 @pytest.mark.parametrize(

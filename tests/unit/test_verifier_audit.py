@@ -96,14 +96,14 @@ def serve(span: Span, head: ClientHead, *, fault: FaultMode | None = None) -> Se
     session = os.urandom(32)
     leaves = [
         Leaf(session, MODEL, 0, 3, step, hidden.shape[0] * hidden.shape[1], tensor_hash(hidden),
-             tensor_hash(out), sketch(out).hash())
+             tensor_hash(out), sketch(out).hash(), 1_767_225_600 + step)
         for step, ((hidden, _), out) in enumerate(zip(inputs, outputs, strict=True))
     ]  # fmt: skip
     strangers = [os.urandom(32) for _ in range(3)]
     hashes = [strangers[0], *(leaf.hash() for leaf in leaves), *strangers[1:]]
     tree = MerkleTree(hashes)
     batch = Batch(BatchId(5), NODE, ModelId(MODEL), tree.root, len(hashes), 1_000)
-    steps = [RevealedStep(leaf, 5, tree.proof(i + 1)) for i, leaf in enumerate(leaves)]
+    steps = [RevealedStep(leaf, 5, i + 1, tree.proof(i + 1)) for i, leaf in enumerate(leaves)]
     committed = sketch(outputs[-1])
     opening = Opening(
         RevealResponse(steps, full=True, batch_leaves=hashes),
@@ -149,7 +149,7 @@ def test_a_reveal_that_does_not_show_the_sampled_leaf_proves_nothing(
 ) -> None:
     span, head = tiny
     served = serve(span, head)
-    # asked for leaf 2 (step 1), the node shows step 3: a sorted-pair proof would verify
+    # asked for leaf 2 (step 1), the node shows step 3
     with pytest.raises(InvalidOpeningError, match="not leaf 2") as refused:
         prove_leaf(served.opening, batch=served.batch, leaf_index=2)
     assert refused.value.proven is None
@@ -174,6 +174,7 @@ def test_a_reveal_that_does_not_show_the_sampled_leaf_proves_nothing(
         ("sketch", "does not hash to the leaf's sketchHash"),
         ("steps", "does not hold steps 0..3"),
         ("proof", "is not proven under batch 5"),
+        ("index", "is not proven under batch 5"),
     ],
 )
 def test_a_proven_leaf_with_bad_inputs_is_withheld_and_provable(
@@ -208,6 +209,10 @@ def test_a_proven_leaf_with_bad_inputs_is_withheld_and_provable(
     elif tamper == "proof":
         steps = list(response.steps)
         steps[0] = dataclasses.replace(steps[0], proof=[os.urandom(32)])
+        opening = dataclasses.replace(opening, response=dataclasses.replace(response, steps=steps))
+    elif tamper == "index":  # step 0's own proof, claimed at its neighbour's position
+        steps = list(response.steps)
+        steps[0] = dataclasses.replace(steps[0], leaf_index=steps[0].leaf_index - 1)
         opening = dataclasses.replace(opening, response=dataclasses.replace(response, steps=steps))
     proven = prove_leaf(opening, batch=served.batch, leaf_index=served.index)
     with pytest.raises(InvalidOpeningError, match=message) as refused:

@@ -39,7 +39,7 @@ def inputs(seed: int = 0, tokens: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 def test_modes_are_named_and_an_unknown_one_is_refused(tmp_path: Path) -> None:
     assert FAULT_MODES == (
         "noise", "skip-block", "wrong-weights", "low-precision", "stale", "equivocate",
-        "withhold",
+        "withhold", "no-commit",
     )  # fmt: skip
     assert make_fault(None) is None
     with pytest.raises(FaultConfigError, match="unknown cheat mode 'lazy'"):
@@ -129,6 +129,16 @@ def test_equivocate_serves_the_last_step_again(span: Span) -> None:
     assert not torch.allclose(first, again)  # a second, different answer for step 1
     fault.forget(b"s")
     assert not fault.replays(b"s", 1, 2)
+
+
+def test_no_commit_commits_nothing_and_every_other_mode_commits(span: Span) -> None:
+    class Committing:
+        def commit_pending(self) -> list[int]:
+            return [7]
+
+    committer = Committing()
+    assert make_fault("no-commit").committer(committer).commit_pending() == []  # type: ignore[union-attr, arg-type]
+    assert make_fault("withhold").committer(committer) is committer  # type: ignore[union-attr, arg-type]
 
 
 def test_withhold_computes_honestly_but_refuses_every_reveal(span: Span) -> None:

@@ -41,7 +41,7 @@ from verifier.reveal import (
 NODE = "0x00000000000000000000000000000000000000AA"  # checksummed
 LEAF = {
     "session": b"s" * 32, "model": b"m" * 32, "span": [0, 2], "step": 0, "tokens": 3,
-    "in": b"i" * 32, "out": b"o" * 32, "sketch": b"k" * 32,
+    "in": b"i" * 32, "out": b"o" * 32, "sketch": b"k" * 32, "issued": 1_767_225_600,
 }  # fmt: skip
 
 
@@ -64,7 +64,8 @@ def test_a_verifier_signs_a_full_request_the_node_can_check() -> None:
 
 
 def test_a_full_response_carries_the_batch_leaves_and_two_sketch_tensors() -> None:
-    step = RevealedStep.from_wire({"leaf": LEAF, "batch": 7, "proof": [b"p" * 32]})
+    step = RevealedStep.from_wire({"leaf": LEAF, "batch": 7, "index": 1, "proof": [b"p" * 32]})
+    assert step.leaf_index == 1 and step.leaf.issued_at == 1_767_225_600
     response = RevealResponse([step], full=True, batch_leaves=[b"a" * 32, b"b" * 32])
     assert response.tensor_count == 4
     committed = sketch(torch.randn(1, 3, 16))
@@ -91,7 +92,9 @@ def test_the_reveal_of_a_long_session_is_read_whole() -> None:
     messages than any other frame may have. The verifier reads it (else an honest node with a
     long session could not reveal, and would be slashed for withholding); others refuse it."""
     steps = [
-        RevealedStep.from_wire({"leaf": {**LEAF, "step": i}, "batch": 7, "proof": [b"p" * 32] * 12})
+        RevealedStep.from_wire(
+            {"leaf": {**LEAF, "step": i}, "batch": 7, "index": i, "proof": [b"p" * 32] * 12}
+        )
         for i in range(2000)
     ]
     response = RevealResponse(steps, full=True, batch_leaves=[b"a" * 32] * 4096)

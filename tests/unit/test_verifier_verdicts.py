@@ -38,7 +38,7 @@ VERIFIER = Account.create()
 
 
 def leaf(step: int, output: bytes = b"o" * 32) -> Leaf:
-    return Leaf(b"s" * 32, model_id("tiny"), 0, 3, step, 1, b"i" * 32, output, b"k" * 32)
+    return Leaf(b"s" * 32, model_id("tiny"), 0, 3, step, 1, b"i" * 32, output, b"k" * 32, 1_000)
 
 
 def proven_leaf() -> tuple[ProvenLeaf, bytes]:
@@ -54,7 +54,7 @@ def test_a_shared_verdict_survives_the_wire_and_checks_out() -> None:
     parsed = Accusation.from_wire(wire)
     assert parsed == accusation
     assert parsed.verdict.signer == VERIFIER.address and parsed.verdict.leaf == proven.leaf_hash
-    assert parsed.check(DOMAIN, root, NODE.address)
+    assert parsed.check(DOMAIN, root, NODE.address, 5)
     assert verdict_key("0xAbC") == "stakeswarm.verdicts.0xabc"
     assert proven.leaf_hash.hex() in accusation.subkey
 
@@ -65,11 +65,16 @@ def test_forged_or_unprovable_verdicts_do_not_check_out() -> None:
     impostor = dataclasses.replace(
         accusation, verdict=dataclasses.replace(accusation.verdict, signer=Account.create().address)
     )
-    assert not impostor.check(DOMAIN, root, NODE.address)  # signed by someone else
-    assert not accusation.check(DOMAIN, os.urandom(32), NODE.address)  # not under that root
-    assert not accusation.check(DOMAIN, root, Account.create().address)  # another node's batch
+    assert accusation.check(DOMAIN, root, NODE.address, 5)
+    assert not impostor.check(DOMAIN, root, NODE.address, 5)  # signed by someone else
+    assert not accusation.check(DOMAIN, os.urandom(32), NODE.address, 5)  # not under that root
+    assert not accusation.check(DOMAIN, root, Account.create().address, 5)  # another node's batch
     other_domain = Domain.slasher(1, "0x2000000000000000000000000000000000000002", SALT)
-    assert not accusation.check(other_domain, root, NODE.address)  # another deployment
+    assert not accusation.check(other_domain, root, NODE.address, 5)  # another deployment
+    # proven at another position than the one it names, or in a batch of another size
+    moved = dataclasses.replace(accusation, proven=dataclasses.replace(proven, leaf_index=2))
+    assert not moved.check(DOMAIN, root, NODE.address, 5)
+    assert not accusation.check(DOMAIN, root, NODE.address, 4)
 
 
 @pytest.mark.parametrize(

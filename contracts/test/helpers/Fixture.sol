@@ -32,6 +32,10 @@ abstract contract SystemFixture is TestBase {
         address rewardRecipient;
         bytes32 domainSalt; // the Slasher's EIP-712 domain salt
         uint32 maxLeaves; // the most leaves one batch may hold
+        uint64 commitDeadline; // seconds after a receipt's issuedAt by which its leaf is committed
+        uint64 receiptChallengePeriod; // seconds after the commit deadline a receipt may be challenged
+        uint64 responseWindow; // seconds a node has to answer a receipt challenge
+        uint256 challengeBond; // what a challenger puts up
     }
 
     uint256 internal constant SUPPLY = 1_000_000_000e18;
@@ -42,6 +46,12 @@ abstract contract SystemFixture is TestBase {
     uint32 internal constant MAX_LEAVES = 4096;
     /// @dev The secret a claim hides until its slash reveals it.
     bytes32 internal constant SECRET = keccak256("claim secret");
+    /// @dev When the receipts of `makeLeaf(sessionId, step, salt)` are issued (SlasherSetup's start).
+    uint64 internal constant ISSUED_AT = 1_700_000_000;
+    uint64 internal constant COMMIT_DEADLINE = 2 hours;
+    uint64 internal constant RECEIPT_CHALLENGE_PERIOD = 1 days;
+    uint64 internal constant RESPONSE_WINDOW = 6 hours;
+    uint256 internal constant CHALLENGE_BOND = 1e18;
 
     StakeToken internal token;
     VerifierRegistry internal verifierRegistry;
@@ -61,7 +71,11 @@ abstract contract SystemFixture is TestBase {
             challengeWindow: 3 days,
             rewardRecipient: REWARD_RECIPIENT,
             domainSalt: DOMAIN_SALT,
-            maxLeaves: MAX_LEAVES
+            maxLeaves: MAX_LEAVES,
+            commitDeadline: COMMIT_DEADLINE,
+            receiptChallengePeriod: RECEIPT_CHALLENGE_PERIOD,
+            responseWindow: RESPONSE_WINDOW,
+            challengeBond: CHALLENGE_BOND
         });
     }
 
@@ -72,19 +86,24 @@ abstract contract SystemFixture is TestBase {
         registry =
             new NodeRegistry(token, p.minStakePerBlock, p.unbondingDelay, predictedCommitments, predictedSlasher);
         commitments = new Commitments(registry, p.maxLeaves);
-        slasher = new Slasher(
-            registry,
-            commitments,
-            verifierRegistry,
-            p.quorum,
-            p.slashBps,
-            p.bountyBps,
-            p.challengeWindow,
-            p.rewardRecipient,
-            p.domainSalt
-        );
+        slasher = new Slasher(registry, commitments, verifierRegistry, slasherParams(p), p.domainSalt);
         require(address(commitments) == predictedCommitments, "fixture: commitments address prediction");
         require(address(slasher) == predictedSlasher, "fixture: slasher address prediction");
+    }
+
+    /// @notice The Slasher's share of `p`.
+    function slasherParams(Params memory p) internal pure returns (ISlasher.Params memory) {
+        return ISlasher.Params({
+            quorum: p.quorum,
+            slashBps: p.slashBps,
+            bountyBps: p.bountyBps,
+            challengeWindow: p.challengeWindow,
+            rewardRecipient: p.rewardRecipient,
+            commitDeadline: p.commitDeadline,
+            receiptChallengePeriod: p.receiptChallengePeriod,
+            responseWindow: p.responseWindow,
+            challengeBond: p.challengeBond
+        });
     }
 
     /// @notice Where the Commitments and the Slasher land when the next deployment of this
@@ -138,8 +157,33 @@ abstract contract SystemFixture is TestBase {
         });
     }
 
-    /// @notice A leaf of session `sessionId` at `step` over blocks [0, 8) of MODEL; `salt` varies its content.
+    /// @notice The proof of leaf `index` of `hashes`, committed as batch `batchId` with `header`.
+    function leafProof(
+        uint256 batchId,
+        ICommitments.BatchHeader memory header,
+        bytes32[] memory hashes,
+        uint256 index
+    ) internal pure returns (ISlasher.LeafProof memory) {
+        return ISlasher.LeafProof({
+            batchId: batchId,
+            header: header,
+            leafIndex: uint32(index),
+            siblings: Merkle.proof(hashes, index)
+        });
+    }
+
+    /// @notice A leaf of session `sessionId` at `step` over blocks [0, 8) of MODEL, its receipt
+    /// issued at `ISSUED_AT`; `salt` varies its content.
     function makeLeaf(bytes32 sessionId, uint32 step, uint256 salt) internal pure returns (ISlasher.Leaf memory) {
+        return makeLeaf(sessionId, step, salt, ISSUED_AT);
+    }
+
+    /// @notice As `makeLeaf(sessionId, step, salt)`, its receipt issued at `issuedAt`.
+    function makeLeaf(bytes32 sessionId, uint32 step, uint256 salt, uint64 issuedAt)
+        internal
+        pure
+        returns (ISlasher.Leaf memory)
+    {
         return ISlasher.Leaf({
             sessionId: sessionId,
             modelId: MODEL,
@@ -149,7 +193,8 @@ abstract contract SystemFixture is TestBase {
             tokens: 3,
             inputHash: keccak256(abi.encode("input", sessionId, step, salt)),
             outputHash: keccak256(abi.encode("output", sessionId, step, salt)),
-            sketchHash: keccak256(abi.encode("sketch", sessionId, step, salt))
+            sketchHash: keccak256(abi.encode("sketch", sessionId, step, salt)),
+            issuedAt: issuedAt
         });
     }
 
@@ -196,23 +241,21 @@ abstract contract SystemFixture is TestBase {
         vm.roll(block.number + 1);
     }
 
-    /// @notice Claims, mines a block and slashes `leaf` of batch `batchId` with the verdicts of
+    /// @notice Claims, mines a block and slashes `leaf`, proven by `proof`, with the verdicts of
     /// `keys` (sorted by address); returns what was slashed.
     function claimAndSlash(
         ISlasher.Leaf memory leaf,
-        uint256 batchId,
-        ICommitments.BatchHeader memory header,
-        bytes32[] memory proof,
+        ISlasher.LeafProof memory proof,
         ISlasher.Reason reason,
         uint256[] memory keys
     ) internal returns (uint256) {
-        bytes32 digest = slasher.verdictDigest(header.node, batchId, keccak256(abi.encode(leaf)), reason);
+        bytes32 digest = slasher.verdictDigest(proof.header.node, proof.batchId, keccak256(abi.encode(leaf)), reason);
         bytes[] memory verdicts = new bytes[](keys.length);
         for (uint256 i = 0; i < keys.length; ++i) {
             verdicts[i] = sign(keys[i], digest);
         }
         claimAndRoll(digest, addressesOf(keys), SECRET);
-        return slasher.slash(leaf, batchId, header, proof, reason, verdicts, SECRET);
+        return slasher.slash(leaf, proof, reason, verdicts, SECRET);
     }
 
     /// @notice Claims, mines a block and slashes position `leafIndex` of batch `batchId` as
@@ -244,5 +287,24 @@ abstract contract SystemFixture is TestBase {
         claimAndRoll(slasher.equivocationEvidence(node, a, b), only(reporter), SECRET);
         vm.prank(reporter);
         return slasher.slashEquivocation(node, a, receiptA, b, receiptB, SECRET);
+    }
+
+    /// @notice Funds `challenger` with `bonds` challenge bonds and approves the Slasher for them.
+    function fundChallenger(address challenger, uint256 bonds) internal {
+        uint256 amount = bonds * slasher.challengeBond();
+        token.transfer(challenger, amount);
+        vm.prank(challenger);
+        token.approve(address(slasher), amount);
+    }
+
+    /// @notice `challenger` claims the receipt digest of `leaf`, a block is mined, and
+    /// `challenger` challenges `node`'s `receipt` (its bond approved before); returns the id.
+    function claimAndChallenge(address challenger, address node, ISlasher.Leaf memory leaf, bytes memory receipt)
+        internal
+        returns (uint256)
+    {
+        claimAndRoll(slasher.receiptDigest(leaf), only(challenger), SECRET);
+        vm.prank(challenger);
+        return slasher.challengeReceipt(node, leaf, receipt, SECRET);
     }
 }

@@ -2,12 +2,14 @@
 pragma solidity 0.8.28;
 
 /// @title Merkle: the tree a node commits, built in Solidity for tests.
-/// @notice Same shape as `ledger/merkle.py`: leaves in the given order, neighbours paired left to
-/// right with OpenZeppelin's commutative (sorted-pair) keccak256, an odd last node moves up
-/// unchanged. Proofs are sibling lists that OpenZeppelin `MerkleProof.verify` accepts.
+/// @notice Same shape and hashing as `ledger/merkle.py` and `IndexedMerkle`: leaves in the given
+/// order, neighbours paired left to right with `parent = keccak256(left || right)` (ordered, not
+/// sorted), an odd last node moves up unchanged. A proof is the siblings from the leaf up; which
+/// side each goes on follows from the leaf's index, so a proof holds for one position only.
 library Merkle {
-    function hashPair(bytes32 a, bytes32 b) internal pure returns (bytes32) {
-        return a < b ? keccak256(abi.encodePacked(a, b)) : keccak256(abi.encodePacked(b, a));
+    /// @notice The parent of `left` and `right`, in that order.
+    function hashPair(bytes32 left, bytes32 right) internal pure returns (bytes32) {
+        return keccak256(abi.encodePacked(left, right));
     }
 
     /// @notice The root over `leaves` (at least one).
@@ -20,7 +22,8 @@ library Merkle {
         return level[0];
     }
 
-    /// @notice The siblings of leaf `index` from the bottom up.
+    /// @notice The siblings of leaf `index` from the bottom up (levels where the node is an odd
+    /// last one have no sibling and add nothing).
     function proof(bytes32[] memory leaves, uint256 index) internal pure returns (bytes32[] memory siblings) {
         require(index < leaves.length, "Merkle: index out of range");
         bytes32[] memory buffer = new bytes32[](256);

@@ -8,7 +8,7 @@ import {SystemFixture} from "./Fixture.sol";
 /// @notice Shared setup of the Slasher tests: a deployed system, one staked node and verifiers
 /// with known keys.
 abstract contract SlasherSetup is SystemFixture {
-    uint64 internal constant T0 = 1_700_000_000;
+    uint64 internal constant T0 = ISSUED_AT; // the leaves of makeLeaf(sessionId, step, salt) are issued at the start
     uint256 internal constant NODE_PK = 0xA11CE;
     uint256 internal constant STRANGER_PK = 0x5712A;
     uint256 internal constant NODE_STAKE = 1_000e18;
