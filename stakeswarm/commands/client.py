@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -246,6 +247,25 @@ def generate(
             raise typer.Exit(1)
 
 
+@contextmanager
+def _wallet_ledger(
+    options: ChainOptions, home: Path | None
+) -> Iterator[tuple[Connected, Any, Any]]:
+    """The signing connection, the wallet's client ledger (opened for this deployment) and the
+    contracts writing as the wallet through that ledger; the ledger is closed on exit."""
+    from ledger.db import open_deployment_ledger, sqlite_url
+
+    conn = connect(options, role="client", sign=True)
+    assert conn.signer is not None
+    path = Home.resolve(home).root / "client" / conn.signer.address / "ledger.sqlite"
+    ledger = open_deployment_ledger(sqlite_url(path), conn.chain, conn.deployment)
+    try:
+        sender = conn.chain.sender(conn.signer, sessions=ledger.sessions)
+        yield conn, ledger, conn.contracts.with_sender(sender)
+    finally:
+        ledger.close()
+
+
 def _column(name: str) -> dict[str, Any]:
     # addresses are copied from here: never cut them short
     return {"min_width": 42, "no_wrap": True} if name == "server" else {}
@@ -317,21 +337,14 @@ def channels(
 ) -> None:
     """List the wallet's payment channels (deposit, paid, redeemed, expiry); reclaim expired."""
     from client.payments import Budget, Payments
-    from ledger.db import ChannelStatus, client_channels, open_deployment_ledger, sqlite_url
+    from ledger.db import ChannelStatus, client_channels
 
     with reporting() as console:
-        conn = connect(
-            _options(devnet, account, home, rpc, deployment, keystore, password_env),
-            role="client",
-            sign=True,
-        )
-        assert conn.signer is not None
-        path = Home.resolve(home).root / "client" / conn.signer.address / "ledger.sqlite"
-        ledger = open_deployment_ledger(sqlite_url(path), conn.chain, conn.deployment)
-        try:
-            sender = conn.chain.sender(conn.signer, sessions=ledger.sessions)
+        options = _options(devnet, account, home, rpc, deployment, keystore, password_env)
+        with _wallet_ledger(options, home) as (conn, ledger, contracts):
+            assert conn.signer is not None
             payments = Payments(
-                contracts=conn.contracts.with_sender(sender),
+                contracts=contracts,
                 ledger=ledger,
                 account=conn.signer,
                 chain_id=conn.chain.chain_id,
@@ -373,8 +386,6 @@ def channels(
                     status,
                 )
             console.print(table if rows else "no channels yet")
-        finally:
-            ledger.close()
 
 
 @app.command("check-receipts")
@@ -395,43 +406,29 @@ def check_receipts(
     deadline (each costs the Slasher's challenge bond, which an honest server earns by
     answering) and slash the servers of earlier challenges left unanswered."""
     from client.audit import ReceiptAuditor
-    from ledger.db import open_deployment_ledger, sqlite_url
 
     with reporting() as console:
         if not 0.0 <= rate <= 1.0:
             raise CliInputError(f"--rate must be between 0 and 1, got {rate}")
-        conn = connect(
-            _options(devnet, account, home, rpc, deployment, keystore, password_env),
-            role="client",
-            sign=True,
-        )
-        assert conn.signer is not None
-        path = Home.resolve(home).root / "client" / conn.signer.address / "ledger.sqlite"
-        ledger = open_deployment_ledger(sqlite_url(path), conn.chain, conn.deployment)
-        try:
-            sender = conn.chain.sender(conn.signer, sessions=ledger.sessions)
+        options = _options(devnet, account, home, rpc, deployment, keystore, password_env)
+        with _wallet_ledger(options, home) as (conn, ledger, contracts):
+            assert conn.signer is not None
             auditor = ReceiptAuditor(
-                ledger,
-                conn.contracts.with_sender(sender),
-                conn.signer,
-                rate=rate,
-                from_block=conn.deployment.deploy_block,
+                ledger, contracts, conn.signer, rate=rate, from_block=conn.deployment.deploy_block
             )
             try:
                 report = auditor.check()
             except ClientError as exc:
                 raise CliInputError(str(exc)) from None
-        finally:
-            ledger.close()
-        console.print(
-            f"{report.eligible} receipts in their challenge window; challenged "
-            f"{len(report.challenged)} now; earlier challenges: {report.answered} answered, "
-            f"{report.waiting} waiting for an answer, {len(report.slashed)} slashed now"
-        )
-        for challenge_id in report.challenged:
-            console.print(f"[yellow]challenged[/] receipt challenge {challenge_id}")
-        for challenge_id in report.slashed:
-            console.print(f"[red]slashed[/] the server of unanswered challenge {challenge_id}")
+            console.print(
+                f"{report.eligible} receipts in their challenge window; challenged "
+                f"{len(report.challenged)} now; earlier challenges: {report.answered} answered, "
+                f"{report.waiting} waiting for an answer, {len(report.slashed)} slashed now"
+            )
+            for challenge_id in report.challenged:
+                console.print(f"[yellow]challenged[/] receipt challenge {challenge_id}")
+            for challenge_id in report.slashed:
+                console.print(f"[red]slashed[/] the server of unanswered challenge {challenge_id}")
 
 
 @wallet_app.command("create")

@@ -90,11 +90,11 @@ def swarm(
         yield Swarm(deployment, Contracts.from_deployment(chain, deployment), *nodes, home)
 
 
-def check_receipts(swarm: Swarm) -> subprocess.CompletedProcess[str]:
+def check_receipts(swarm: Swarm, rate: str = "1") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
     return subprocess.run(
         [
-            sys.executable, "-m", "stakeswarm", "client", "check-receipts", "--rate", "1",
+            sys.executable, "-m", "stakeswarm", "client", "check-receipts", "--rate", rate,
             "--devnet", "--account", "client-0", "--home", str(swarm.home),
         ],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
@@ -180,3 +180,10 @@ def test_a_node_that_never_commits_is_slashed_through_its_receipts(swarm: Swarm)
     again = check_receipts(swarm)  # nothing left to challenge or slash
     assert again.returncode == 0, again.stderr
     assert "challenged 0 now" in again.stdout and "0 slashed now" in again.stdout
+
+
+def test_a_sample_rate_outside_zero_to_one_is_one_clear_error(swarm: Swarm) -> None:
+    result = check_receipts(swarm, rate="1.5")
+
+    assert result.returncode != 0
+    assert result.stderr.strip() == "error: --rate must be between 0 and 1, got 1.5"
