@@ -67,8 +67,7 @@ class ReceiptAuditor:
         rate: float = DEFAULT_RATE,
         from_block: int = 0,
     ) -> None:
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"the receipt sample rate is between 0 and 1, got {rate}")
+        sampled(b"", b"", rate)  # `ValueError` now for a rate outside [0, 1], not per receipt
         self.ledger = ledger
         self.contracts = contracts  # writing as `account`
         self.account = account
@@ -82,7 +81,7 @@ class ReceiptAuditor:
         report = AuditReport()
         slasher = self.contracts.slasher
         params = slasher.params()
-        now = self.contracts.payment_channels.chain.timestamp()
+        now = slasher.chain.timestamp()
         with self.ledger.begin() as db:
             rows = [
                 (row.server, row.to_leaf(), bytes(row.signature))

@@ -10,10 +10,10 @@ served twice, and a retried ledger write stores the receipt already signed, neve
 (a second receipt for a slot, even one differing only in its time, is equivocation). Then
 (`LeafWriter.submit`, in the ledger thread, after the reply is sent) the leaf goes to the
 ledger and the step's inputs (hidden states and mask, as received, and the encoded sketch the
-leaf commits) to a safetensors file under the node's inputs directory, indexed in the ledger. `Committer.commit_pending` seals
-pending leaves into batches and commits each root (`Commitments.commit`), recording the
-on-chain batch id; `prune_inputs` deletes inputs whose challenge window closed. `build_reveal`
-assembles what a verifier gets for a leaf.
+leaf commits) to a safetensors file under the node's inputs directory, indexed in the ledger.
+`Committer.commit_pending` seals pending leaves into batches and commits each root
+(`Commitments.commit`), recording the on-chain batch id; `prune_inputs` deletes inputs whose
+challenge window closed. `build_reveal` assembles what a verifier gets for a leaf.
 """
 
 from __future__ import annotations
@@ -412,7 +412,8 @@ def build_reveal(
     """What a verifier gets for leaf `leaf_index` of on-chain batch `batch_id`: the session's
     steps 0..k over that span (leaf, batch id, position in the batch, Merkle proof each) and
     their inputs (hidden states then mask, per step); with `full`, also the batch's leaf hashes
-    and step k's committed sketch (indices, values). NOT_FOUND when this node has no such leaf or inputs."""
+    and step k's committed sketch (indices, values). NOT_FOUND when this node has no such leaf
+    or inputs."""
     with ledger.begin() as db:
         batch = get_batch(db, chain_batch_id=batch_id)
         if batch is None or batch.node != node or not 0 <= leaf_index < len(batch.leaves):

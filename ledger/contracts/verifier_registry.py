@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from eth_utils import to_checksum_address
 from web3.types import BlockIdentifier
 
 from ledger.chain import TxResult
 from ledger.contracts.base import OnApproval
-from ledger.contracts.stake import StakeRegistry
-from ledger.types import Address, Wei
+from ledger.contracts.stake import StakeInfo, StakeRegistry
+from ledger.types import Wei
 
-
-@dataclass(frozen=True)
-class VerifierInfo:
-    """A verifier's stake (`IStakeRegistry.Stake`)."""
-
-    address: Address
-    stake: Wei  # active stake
-    unbonding: Wei  # waiting for withdraw
-    unbonding_release_at: int  # unix seconds (0: none)
-    registered: bool
+VerifierInfo = StakeInfo  # a verifier is its stake: the shared lifecycle's record
 
 
 class VerifierRegistry(StakeRegistry):
@@ -30,14 +19,8 @@ class VerifierRegistry(StakeRegistry):
     abi_name = "VerifierRegistry"
 
     def get_verifier(self, verifier: str, *, block: BlockIdentifier = "latest") -> VerifierInfo:
-        raw = self._call("getStake", to_checksum_address(verifier), block=block)
-        return VerifierInfo(
-            address=Address(to_checksum_address(verifier)),
-            stake=Wei(int(raw[0])),
-            unbonding=Wei(int(raw[1])),
-            unbonding_release_at=int(raw[2]),
-            registered=bool(raw[3]),
-        )
+        """The stake of `verifier` (all zero if it never registered)."""
+        return self.get_stake(verifier, block=block)
 
     def is_active(self, verifier: str, *, block: BlockIdentifier = "latest") -> bool:
         return bool(self._call("isActive", to_checksum_address(verifier), block=block))
