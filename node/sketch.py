@@ -7,11 +7,34 @@ leaf's `sketchHash`; a verifier re-runs the span and `compare`s the revealed ske
 it computed. `compare` only measures (index overlap, value errors per position and worst
 cases); the verifier calibrates the pass/fail thresholds.
 
-Values are stored as IEEE float16: every bfloat16 value in float16's range is represented
-exactly (bfloat16 has 8 significant bits, float16 11), so sketches of bf16 nodes lose nothing,
-and fp32 values keep a relative precision of 2^-11 (about 5e-4), five times finer than a
-bfloat16 copy would — small cheats (noise of 1% of the hidden std) stay visible. Magnitudes
-beyond float16's 65504 are saturated to +-65504, on both sides of a comparison.
+Values are stored as IEEE float16: every bfloat16 value in float16's normal range is
+represented exactly (bfloat16 has 8 significant bits, float16 11), so sketches of bf16 nodes
+lose nothing, and fp32 values keep a relative precision of 2^-11 (about 5e-4), five times finer
+than a bfloat16 copy would — small cheats (noise of 1% of the hidden std) stay visible.
+Magnitudes beyond float16's 65504 are saturated to +-65504, on both sides of a comparison;
+below its smallest normal value, 2^-14, float16 keeps a fixed absolute step of 2^-24.
+
+How `compare` measures a position, always on the verifier's own float32 recomputation `r`:
+
+- overlap: the share of committed indices among r's top-k; an index just outside counts when
+  its |r| is within `NEAR_TIE` (2^-11) of the k-th largest |r| (or of the position's floor);
+- value errors: |r - committed| at the committed indices (r saturated like the sketch),
+  relative to max(|committed|, floor), where floor = max(2^-14, 2^-11 x the position's
+  largest |r|) (`FP16_MIN_NORMAL`, `POSITION_SCALE_SHARE`).
+
+Why an honest node cannot fail on the inputs it accepts (node.sessions.check_hidden refuses
+only |values| beyond 65504): its sketch differs from an exact recomputation by float16's
+rounding plus float32 rounding of the terms each value was computed from. Float16 rounds to
+2^-11 relative in its normal range and to 2^-25 absolute below it, which the 2^-14 floor turns
+back into at most 2^-11 relative, so tiny inputs (down to zero and float32 subnormals, whose
+outputs fall below float16's normal range) cost nothing; a small component left by
+cancelling large terms (which a client can arrange from the public weights) carries their
+rounding, and is measured against its position's largest value, which has their scale;
+values at and beyond 65504 saturate on both sides. The float32 bounds (1.2e-3 worst, 6e-4
+mean, `verifier.thresholds`) sit above 2^-11 = 4.9e-4. Real hidden states lie far above both
+floors (SmolLM2's 8th largest component of a position stays above 1/128 of its largest), so
+what catches cheats there is unchanged. The limit: a position whose every component, its
+largest included, cancels is not covered (docs/security.md).
 
 Canonical encoding (all little-endian), the bytes whose keccak256 is the sketchHash:
 
@@ -42,7 +65,21 @@ SKETCH_TOP_K = 8  # components kept per token position
 SKETCH_VERSION = 1
 FP16_MAX = 65504.0  # largest finite float16; sketch values saturate here
 _HEADER = struct.Struct("<BHIII")  # version, k, batch, tokens, hidden_size
-_REL_FLOOR = 1e-6  # denominator floor of relative errors (committed values of ~0)
+# Below float16's smallest normal value a sketch value is stored to a fixed absolute step of
+# 2^-24 (the subnormal range), so an exact recomputation may differ from it by 2^-25: measured
+# against at least 2^-14 that is float16's own relative rounding 2^-11, never more. (A floor far
+# below it let a client that sends tiny hidden states, ~1e-12, get an honest node slashed.)
+FP16_MIN_NORMAL = 2.0**-14  # 6.1e-5, the smallest normal float16: relative errors' floor
+# Errors are also measured against this share of the largest |value| of their position in the
+# recomputation: a component that is the small difference of large terms (a client can cancel
+# all but one component of a position) carries float32 rounding of those terms, not of itself.
+# Real hidden states never reach it: SmolLM2's positions keep their 8th largest component above
+# 1/128 of their largest, so it changes nothing there (docs/security.md).
+POSITION_SCALE_SHARE = 2.0**-11
+# A committed index the recomputation ranks just outside its top-k still counts as found when
+# its |value| is within this share of the k-th largest (or of the floors above): a near-tie
+# that float rounding, or the resolution the sketch records values at, cannot order.
+NEAR_TIE = 2.0**-11
 
 
 @dataclass(frozen=True)
@@ -139,9 +176,11 @@ class SketchDistance:
     """How far recomputed hidden states are from a committed sketch, per position and worst.
 
     Per position ([batch, tokens] float32 tensors):
-    - `overlap`: the fraction of committed indices that are among the recomputed top-k;
+    - `overlap`: the fraction of committed indices that are among the recomputed top-k, up to
+      near-ties (module doc);
     - `max_abs_error` / `mean_abs_error`: |recomputed - committed| over the committed indices;
-    - `max_rel_error` / `mean_rel_error`: the same divided by |committed| (floored at 1e-6).
+    - `max_rel_error` / `mean_rel_error`: the same divided by max(|committed|, the position's
+      floor): 2^-14, or 2^-11 of the position's largest recomputed |value| if more.
     """
 
     overlap: torch.Tensor
@@ -183,14 +222,20 @@ def compare(committed: Sketch, recomputed: torch.Tensor) -> SketchDistance:
             f"cannot be compared with hidden states of {list(recomputed.shape)}"
         )
     recomputed = recomputed.detach().cpu().float()
-    k = committed.k
-    own_top = _top_k_indices(recomputed, k)  # [batch, tokens, k]
-    hits = (committed.indices[..., :, None] == own_top[..., None, :]).any(-1)
-    overlap = hits.float().mean(-1)
+    # magnitude: [batch, tokens, hidden_size], as the sketch sees it (saturated)
+    magnitude = recomputed.abs().clamp_max(FP16_MAX)
+    # floor: [batch, tokens, 1], the least each error of a position is measured against; it
+    # comes from the verifier's own recomputation, never from what the node committed
+    floor = (magnitude.amax(-1, keepdim=True) * POSITION_SCALE_SHARE).clamp_min(FP16_MIN_NORMAL)
+    own_top = _top_k_indices(recomputed, committed.k)  # [batch, tokens, k]
+    kth = magnitude.gather(-1, own_top[..., -1:])  # [batch, tokens, 1], the k-th largest
+    # a committed index is found when it ranks in the top-k up to a near-tie (`NEAR_TIE`)
+    found = magnitude.gather(-1, committed.indices) >= kth - NEAR_TIE * torch.maximum(kth, floor)
+    overlap = found.float().mean(-1)
     actual = recomputed.gather(-1, committed.indices).clamp(-FP16_MAX, FP16_MAX)
     expected = committed.values.float()
     abs_error = (actual - expected).abs()
-    rel_error = abs_error / expected.abs().clamp_min(_REL_FLOOR)
+    rel_error = abs_error / torch.maximum(expected.abs(), floor)
     return SketchDistance(
         overlap=overlap,
         max_abs_error=abs_error.amax(-1),

@@ -5,8 +5,16 @@ The ONE place these numbers live; the verifier (`verifier.audit.judge`), its tes
 
 A verifier always recomputes a span in float32 on its CPU from the revealed inputs (exactly
 as revealed, upcast) and measures the node's committed sketch against it
-(`node.sketch.compare`). What an honest node may differ by depends on the dtype it declared
-(the dtype its inputs travel in):
+(`node.sketch.compare`). Every relative error is |recomputed - committed| over
+max(|committed|, floor), the floor being 2^-14 (float16's smallest normal value) or 2^-11 of
+the position's largest recomputed |value|, whichever is larger; the top-k overlap counts
+near-ties (within 2^-11) as found. So however small the hidden states a client sends (down to
+zero; float16 keeps values below 2^-14 only to an absolute 2^-24) or however a client makes
+all but one component of a position cancel, an honest float32 node's errors stay within
+float16's relative rounding 2^-11 = 4.9e-4, under the float32 bounds below; nodes refuse
+inputs beyond 65504, where sketches saturate (`node.sessions.check_hidden`). Real hidden
+states lie far above both floors, so the calibration below is unchanged by them. What an
+honest node may differ by depends on the dtype it declared (the dtype its inputs travel in):
 
 - float32: thread counts, batch composition, one pass against cached steps and other
   hardware (an H200 against this CPU) leave only float rounding; the sketch's own float16
@@ -40,7 +48,7 @@ class Tolerance:
     min_overlap: float  # every position keeps at least this fraction of its committed top-k
     # indices among the recomputed top-k
     max_rel_error: float  # no committed component is further than this from the
-    # recomputation, relative to the committed value
+    # recomputation, relative to the committed value (or its position's floor, module doc)
     max_mean_rel_error: float  # the step's mean relative error over all committed components
 
 
