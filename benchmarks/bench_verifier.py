@@ -188,7 +188,8 @@ def cost_at(span: Span, receipts: Receipts, context: int, repeats: int) -> Cost:
             full=True,
             batch_leaves=hashes,
         ),
-        inputs,
+        [step_hidden for step_hidden, _ in inputs],
+        last_mask,
         committed.indices,
         committed.values,
     )

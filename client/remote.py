@@ -61,10 +61,11 @@ class RemoteUnavailableError(ConnectionError):
 
 
 class RemoteError(ProtocolError):
-    """A node's `ErrorReply`: `code`, `message`, and whether it ended the stream (`fatal`)."""
+    """A node's `ErrorReply`: `code`, `message`, whether it ended the stream (`fatal`) and
+    whether it kept the step's voucher (`spent`)."""
 
     def __init__(self, reply: ErrorReply) -> None:
-        super().__init__(reply.code, reply.message)
+        super().__init__(reply.code, reply.message, spent=reply.spent)
         self.fatal = reply.fatal
 
 
@@ -284,7 +285,9 @@ class Revealed:
     """A node's reveal: the steps 0..k of the session span and each step's inputs."""
 
     response: RevealResponse
-    inputs: list[tuple[torch.Tensor, torch.Tensor]]  # per step: (hidden, mask)
+    # per step: (hidden [batch, tokens, hidden], mask [batch, past + tokens]); the masks are
+    # prefixes (views) of the one mask the reveal carries, step k's
+    inputs: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 async def remote_reveal(
@@ -300,7 +303,16 @@ async def remote_reveal(
         p2p, peer_id, RPC_REVEAL, Frame(request.to_wire()), max_bytes, timeout
     )
     response = RevealResponse.from_wire(_expect(frame, RevealResponse.TYPE).metadata)
-    if len(frame.tensors) != 2 * len(response.steps):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "reveal: expected 2 tensors per step")
-    pairs = [(frame.tensors[2 * i], frame.tensors[2 * i + 1]) for i in range(len(response.steps))]
+    if len(frame.tensors) != response.tensor_count:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"reveal: expected {response.tensor_count} tensors, got {len(frame.tensors)}",
+        )
+    hiddens, mask = frame.tensors[: len(response.steps)], frame.tensors[len(response.steps)]
+    if mask.ndim != 2:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "reveal: the mask must be [batch, positions]")
+    pairs, past = [], 0
+    for hidden in hiddens:
+        past += hidden.shape[1] if hidden.ndim == 3 else 0
+        pairs.append((hidden, mask[:, :past]))
     return Revealed(response, pairs)

@@ -9,22 +9,26 @@ plus the Slasher's commit deadline) — and the node's EIP-712 receipt over it. 
 served twice, and a retried ledger write stores the receipt already signed, never a new one
 (a second receipt for a slot, even one differing only in its time, is equivocation). Then
 (`LeafWriter.submit`, in the ledger thread, after the reply is sent) the leaf goes to the
-ledger and the step's inputs (hidden states and mask, as received, and the encoded sketch the
-leaf commits) to a safetensors file under the node's inputs directory, indexed in the ledger.
+ledger and the step's inputs (hidden states as received, the step's own columns of its mask,
+and the encoded sketch the leaf commits) to a safetensors file under the node's inputs
+directory, indexed in the ledger.
 `Committer.commit_pending` seals pending leaves into batches and commits each root
 (`Commitments.commit`), recording the on-chain batch id; `prune_inputs` deletes inputs whose
-challenge window closed. `build_reveal` assembles what a verifier gets for a leaf.
+challenge window closed. `build_reveal` assembles what a verifier gets for a leaf from the
+ledger, and `Reveal.messages` streams it from disk one step at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +37,7 @@ import torch
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from sqlalchemy.exc import IntegrityError
 
 from ledger.chain import ChainError
@@ -43,11 +47,11 @@ from ledger.db import (
     Ledger,
     add_leaf,
     add_served_steps,
+    batch_tree,
     batches_with_status,
     delete_inputs,
     expired_input_spans,
     get_batch,
-    leaf_proof,
     mark_batch_committed,
     mark_batch_failed,
     pending_leaves,
@@ -59,9 +63,18 @@ from ledger.db import (
 from ledger.db.columns import utcnow
 from ledger.db.models import Batch
 from ledger.eip712 import Domain, sign_receipt
+from ledger.merkle import MerkleTree
 from ledger.types import Leaf, ModelId
 from node.errors import SketchFormatError
-from node.protocol import ErrorCode, ProtocolError, RevealedStep, RevealResponse, SignedReceipt
+from node.protocol import (
+    ErrorCode,
+    Msg,
+    ProtocolError,
+    RevealedStep,
+    RevealResponse,
+    SignedReceipt,
+    stream_frame,
+)
 from node.sketch import Sketch, sketch
 from node.tensors import tensor_hash
 
@@ -69,6 +82,8 @@ logger = logging.getLogger(__name__)
 
 ZERO32 = b"\x00" * 32
 UNSIGNED = b"\x00" * 65  # the receipt signature when commitments are off (benchmarks only)
+# Bytes per element of the dtypes stored hidden states come in (safetensors' names).
+_STORED_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
 
 
 class Receipts:
@@ -147,8 +162,12 @@ class Receipts:
 
 class InputStore:
     """Step inputs as safetensors files: `<root>/<session hex>/<start>-<end>/<step>.safetensors`
-    holding `hidden` [batch, tokens, hidden] and `mask` [batch, past + tokens], and `sketch`
-    (uint8, the encoded sketch the step's leaf commits) when one was given."""
+    holding `hidden` [batch, tokens, hidden], `mask` [batch, tokens] (the step's own columns of
+    its attention mask: the columns before them are the earlier steps', which the node checked
+    against its cache when it served the step), and `sketch` (uint8, the encoded sketch the
+    step's leaf commits) when one was given. A session's files thus grow linearly with its
+    length. Files written before protocol 3 hold the whole mask [batch, past + tokens]; `load`
+    reads only its last `tokens` columns from them, so both layouts read the same."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -168,18 +187,44 @@ class InputStore:
         mask: torch.Tensor,
         sketch: bytes = b"",
     ) -> str:
+        """Store one step's inputs: `hidden` [batch, tokens, hidden] and its attention mask,
+        [batch, past + tokens] as received (only its last `tokens` columns are kept) or
+        [batch, tokens]."""
         rel = self.relative(session_id, start, end, step)
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"hidden": hidden.contiguous(), "mask": mask.contiguous()}
+        tokens = hidden.shape[1]
+        # mask: [batch, past + tokens] -> the step's own columns [batch, tokens]
+        new_columns = mask[:, mask.shape[1] - tokens :].contiguous()
+        tensors = {"hidden": hidden.contiguous(), "mask": new_columns}
         if sketch:
             tensors["sketch"] = torch.frombuffer(bytearray(sketch), dtype=torch.uint8)
         save_file(tensors, str(path))
         return rel
 
     def load(self, rel: str) -> tuple[torch.Tensor, torch.Tensor]:
-        tensors = load_file(str(self.root / rel))
-        return tensors["hidden"], tensors["mask"]
+        """A step's `hidden` [batch, tokens, hidden] and its own mask columns [batch, tokens]
+        (read from disk alone, also from a file holding the whole mask). `ValueError` for a
+        file whose tensors do not fit together; OSError/SafetensorError when unreadable."""
+        with safe_open(str(self.root / rel), framework="pt") as f:
+            hidden = f.get_tensor("hidden")
+            stored = f.get_slice("mask")
+            batch, length = stored.get_shape()
+            tokens = hidden.shape[1] if hidden.ndim == 3 else -1
+            if hidden.ndim != 3 or batch != hidden.shape[0] or not 0 < tokens <= length:
+                raise ValueError(
+                    f"{rel}: mask {[batch, length]} does not cover hidden states "
+                    f"{list(hidden.shape)}"
+                )
+            mask = stored[:, length - tokens :].contiguous()  # [batch, tokens]
+        return hidden, mask
+
+    def shapes(self, rel: str) -> tuple[list[int], str]:
+        """A step's hidden-state shape and dtype (safetensors' name, e.g. "F32"), read from the
+        file's header alone."""
+        with safe_open(str(self.root / rel), framework="pt") as f:
+            hidden = f.get_slice("hidden")
+            return list(hidden.get_shape()), str(hidden.get_dtype())
 
     def load_sketch(self, rel: str) -> bytes | None:
         """The encoded sketch stored with a step's inputs, None if none was stored."""
@@ -400,6 +445,44 @@ def prune_inputs(ledger: Ledger, store: InputStore, *, challenge_window: float) 
     return len(spans)
 
 
+@dataclass(frozen=True)
+class Reveal:
+    """A reveal ready to stream (`build_reveal`): what the ledger holds for it, read in one
+    transaction already closed, and where the steps' inputs lie on disk. `messages` streams
+    the `revealed` frame, loading one step's stored inputs at a time."""
+
+    response: RevealResponse
+    store: InputStore
+    paths: list[str]  # steps 0..k's stored inputs, in order
+    sizes: list[int]  # byte size of each tensor of the frame, in order
+    sketch: Sketch | None  # full: step k's committed sketch
+
+    def tensors(self) -> Iterator[torch.Tensor]:
+        """The frame's tensors (`RevealResponse`): each step's hidden states, read from disk
+        when the frame reaches it, then the mask of step k (the steps' own columns, in order),
+        then the sketch. `ProtocolError(NOT_FOUND)` for a file that became unreadable."""
+        columns: list[torch.Tensor] = []  # per step: [batch, tokens] int64
+        for rel in self.paths:
+            try:
+                hidden, mask = self.store.load(rel)
+            except (OSError, SafetensorError, KeyError, ValueError) as exc:
+                raise ProtocolError(
+                    ErrorCode.NOT_FOUND, f"stored inputs unreadable: {exc}"
+                ) from None
+            columns.append(mask.to(torch.int64))
+            yield hidden  # [batch, tokens, hidden]
+        yield torch.cat(columns, dim=1)  # mask: [batch, positions]
+        if self.sketch is not None:
+            yield self.sketch.indices
+            yield self.sketch.values
+
+    def messages(self, message_type: type[Msg]) -> Iterator[Msg]:
+        """The frame's protobuf messages: the metadata (every step's leaf and proof) first,
+        then the tensors in order; at most one step's inputs and one message's chunks are
+        held at a time besides the mask (8 bytes per position)."""
+        return stream_frame(self.response.to_wire(), self.tensors(), self.sizes, message_type)
+
+
 def build_reveal(
     ledger: Ledger,
     store: InputStore,
@@ -408,12 +491,14 @@ def build_reveal(
     batch_id: int,
     leaf_index: int,
     full: bool = False,
-) -> tuple[RevealResponse, list[torch.Tensor]]:
+) -> Reveal:
     """What a verifier gets for leaf `leaf_index` of on-chain batch `batch_id`: the session's
     steps 0..k over that span (leaf, batch id, position in the batch, Merkle proof each) and
-    their inputs (hidden states then mask, per step); with `full`, also the batch's leaf hashes
-    and step k's committed sketch (indices, values). NOT_FOUND when this node has no such leaf
-    or inputs."""
+    their inputs (each step's hidden states, then step k's mask: `RevealResponse`); with
+    `full`, also the batch's leaf hashes and step k's committed sketch (indices, values).
+    The ledger is read in one transaction, closed before this returns; the stored inputs are
+    only checked here (headers) and read while the frame streams (`Reveal.messages`).
+    NOT_FOUND when this node has no such leaf or inputs."""
     with ledger.begin() as db:
         batch = get_batch(db, chain_batch_id=batch_id)
         if batch is None or batch.node != node or not 0 <= leaf_index < len(batch.leaves):
@@ -435,15 +520,22 @@ def build_reveal(
                 ErrorCode.NOT_FOUND, f"steps of the session before step {target.step} are missing"
             )
         steps: list[RevealedStep] = []
+        trees: dict[int, MerkleTree] = {}  # a session's steps share a few batches
         for row in rows:
             if row.batch is None or row.batch.chain_batch_id is None:
                 raise ProtocolError(
                     ErrorCode.NOT_FOUND, f"step {row.step} of the session is not committed yet"
                 )
             assert row.index_in_batch is not None  # a row in a batch has its index
+            tree = trees.get(row.batch.id)
+            if tree is None:
+                tree = trees[row.batch.id] = batch_tree(row.batch)
             steps.append(
                 RevealedStep(
-                    row.to_leaf(), row.batch.chain_batch_id, row.index_in_batch, leaf_proof(row)
+                    row.to_leaf(),
+                    row.batch.chain_batch_id,
+                    row.index_in_batch,
+                    tree.proof(row.index_in_batch),
                 )
             )
         inputs = session_inputs(
@@ -452,13 +544,28 @@ def build_reveal(
         paths = [i.path for i in inputs]
     if len(paths) != len(steps):
         raise ProtocolError(ErrorCode.NOT_FOUND, "the inputs of this session were pruned")
-    tensors: list[torch.Tensor] = []
-    for rel in paths:
+    sizes: list[int] = []
+    batch_size: int | None = None
+    positions = 0
+    for step, rel in enumerate(paths):
         try:
-            hidden, mask = store.load(rel)
+            shape, dtype = store.shapes(rel)
         except (OSError, SafetensorError, KeyError) as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"stored inputs unreadable: {exc}") from None
-        tensors.extend((hidden, mask))
+        if (
+            len(shape) != 3
+            or dtype not in _STORED_ITEMSIZE
+            or (batch_size is not None and shape[0] != batch_size)
+        ):
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, f"the stored inputs of step {step} are not the session's"
+            )
+        batch_size = shape[0]
+        positions += shape[1]
+        sizes.append(math.prod(shape) * _STORED_ITEMSIZE[dtype])
+    assert batch_size is not None  # a session has step 0
+    sizes.append(batch_size * positions * torch.int64.itemsize)  # the mask
+    committed: Sketch | None = None
     if full:
         try:
             encoded = store.load_sketch(paths[-1])
@@ -467,8 +574,8 @@ def build_reveal(
             raise ProtocolError(ErrorCode.NOT_FOUND, f"stored sketch unreadable: {exc}") from None
         if committed is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no sketch was stored for this step")
-        tensors.extend((committed.indices, committed.values))
-    return RevealResponse(steps, full, batch_leaves), tensors
+        sizes += [t.numel() * t.element_size() for t in (committed.indices, committed.values)]
+    return Reveal(RevealResponse(steps, full, batch_leaves), store, paths, sizes, committed)
 
 
 __all__ = [
@@ -476,6 +583,7 @@ __all__ = [
     "InputStore",
     "LeafWriter",
     "Receipts",
+    "Reveal",
     "build_reveal",
     "prune_inputs",
 ]

@@ -16,10 +16,12 @@ non-fatal `ErrorReply`: the client may send the step again. Anything else ends t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import suppress
 
 # hivemind's ServicerBase recognises streaming RPCs by the `typing` alias, not collections.abc's
 from typing import Any, AsyncIterator, TypeAlias  # noqa: UP035
@@ -35,9 +37,8 @@ from ledger.chain import ChainError
 from ledger.contracts import VerifierRegistry
 from ledger.db import Ledger
 from node.api import NodeMetrics
-from node.balance import Payments
+from node.balance import Accepted, Payments
 from node.commits import InputStore, LeafWriter, Receipts, build_reveal
-from node.errors import InvalidInputError, SessionLengthError
 from node.faults import Fault
 from node.protocol import (
     SERVICE_NAME,
@@ -78,7 +79,17 @@ def _frame(metadata: dict[str, Any], tensors: list[torch.Tensor] | None = None) 
 
 def error_messages(error: ProtocolError, *, fatal: bool = True) -> Iterator[Any]:
     """The protobuf messages of an `ErrorReply` for `error`."""
-    return _frame(ErrorReply(error.code, error.message, fatal).to_wire())
+    return _frame(ErrorReply(error.code, error.message, fatal, error.spent).to_wire())
+
+
+async def spent_failure(exc: BaseException, accepted: Accepted) -> ProtocolError:
+    """The refusal of a step that failed after its voucher was `accepted`: INTERNAL, fatal (the
+    session's state is no longer known to both sides) and `spent` (the node keeps the voucher;
+    docs/protocol.md, "When a voucher is spent"), sent once the voucher is in the ledger."""
+    with suppress(Exception):  # a failed write is logged by the ledger thread
+        await accepted.persisted
+    cause = exc.message if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}"
+    return ProtocolError(ErrorCode.INTERNAL, f"the step failed after payment: {cause}", spent=True)
 
 
 class StakeswarmNode(ServicerBase):
@@ -154,7 +165,7 @@ class StakeswarmNode(ServicerBase):
                 try:
                     messages = await self._step(session, frame)
                 except ProtocolError as exc:
-                    if exc.code not in _RECOVERABLE:
+                    if exc.code not in _RECOVERABLE or exc.spent:
                         raise
                     self.metrics.error(exc.code)
                     for message in error_messages(exc, fatal=False):
@@ -241,15 +252,17 @@ class StakeswarmNode(ServicerBase):
             client=session.client,
         )
         paid = time.perf_counter()
-        session.computing = self.compute.submit(
-            self._compute, session, request.step, tokens, hidden, mask
-        )
+        # from here on the voucher is spent: a failure is INTERNAL, fatal, with `spent` set
         try:
+            session.computing = self.compute.submit(
+                self._compute, session, request.step, tokens, hidden, mask
+            )
             output, receipt, encoded = await asyncio.wrap_future(session.computing)
-        except (InvalidInputError, SessionLengthError) as exc:  # checked before; defensive
-            raise ProtocolError(ErrorCode.BAD_TENSOR, str(exc)) from None
-        computed = time.perf_counter()
-        await accepted.persisted
+            computed = time.perf_counter()
+            await accepted.persisted
+        except Exception as exc:
+            logger.exception("step %d failed after its voucher was accepted", request.step)
+            raise await spent_failure(exc, accepted) from None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "step %d: check %.2f ms, payment %.2f ms, compute %.2f ms, ledger wait %.2f ms",
@@ -344,10 +357,14 @@ class StakeswarmNode(ServicerBase):
             )
             return output, receipt, encoded
 
-        output, receipt, encoded = await asyncio.get_running_loop().run_in_executor(
-            self.compute, compute
-        )
-        await accepted.persisted
+        try:  # the voucher is spent (see `_step`)
+            output, receipt, encoded = await asyncio.get_running_loop().run_in_executor(
+                self.compute, compute
+            )
+            await accepted.persisted
+        except Exception as exc:
+            logger.exception("a forward failed after its voucher was accepted")
+            raise await spent_failure(exc, accepted) from None
         if self.receipts.enabled:
             self.writer.submit(receipt, hidden, mask, encoded)
             self.on_leaf()
@@ -370,7 +387,7 @@ class StakeswarmNode(ServicerBase):
             await self._authorize(reveal)
             if self.fault is not None:
                 self.fault.check_reveal(reveal.batch_id, reveal.leaf_index)
-            response, tensors = await asyncio.to_thread(
+            built = await asyncio.to_thread(
                 build_reveal,
                 self.ledger,
                 self.store,
@@ -379,17 +396,32 @@ class StakeswarmNode(ServicerBase):
                 leaf_index=reveal.leaf_index,
                 full=reveal.full,
             )
-            messages = list(_frame(response.to_wire(), tensors))
-            self.metrics.reveals.inc()
+            # a long session's reveal streams from disk (never whole in memory); until its
+            # first messages are out, a failure is still an error frame
+            stream = built.messages(Response)
+            messages = await asyncio.to_thread(_next_messages, stream)
         except ProtocolError as exc:
             self.metrics.error(exc.code)
-            messages = list(error_messages(exc))
+            messages, stream = list(error_messages(exc)), None
         except Exception:
             logger.exception("reveal failed")
             self.metrics.error(ErrorCode.INTERNAL)
             messages = list(error_messages(ProtocolError(ErrorCode.INTERNAL, "the node failed")))
+            stream = None
         for message in messages:
             yield message
+        while stream is not None:
+            try:
+                messages = await asyncio.to_thread(_next_messages, stream)
+            except Exception:  # mid-frame: the verifier sees the stream end inside the frame
+                logger.exception("a reveal broke off mid-stream")
+                self.metrics.error(ErrorCode.INTERNAL)
+                return
+            if not messages:
+                self.metrics.reveals.inc()
+                return
+            for message in messages:
+                yield message
 
     async def _authorize(self, reveal: RevealRequest) -> None:
         if reveal.node != self.address:
@@ -421,6 +453,16 @@ class StakeswarmNode(ServicerBase):
             raise ProtocolError(
                 ErrorCode.UNAUTHORIZED, f"{reveal.verifier} is not an active verifier"
             )
+
+
+# Messages of a streamed reveal read per hop to a worker thread (each ~1 MiB at most).
+_REVEAL_MESSAGES_PER_READ = 8
+
+
+def _next_messages(stream: Iterator[Any]) -> list[Any]:
+    """The next few messages of a streamed frame, empty at its end (in a worker thread: the
+    stream reads the node's stored inputs from disk)."""
+    return list(itertools.islice(stream, _REVEAL_MESSAGES_PER_READ))
 
 
 # Step refusals after which the session is exactly as before the step.

@@ -13,20 +13,23 @@ raises `ProtocolError` with an `ErrorCode`; nothing here uses `assert` on peer d
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgpack
 import torch
-from hivemind.compression import deserialize_torch_tensor
 from hivemind.proto import runtime_pb2
 from hivemind.utils.streaming import split_for_streaming
 
 from ledger.types import Leaf, Voucher
+from node.sketch import SKETCH_TOP_K
 
 # 2: a leaf carries `issued` (the receipt's issuedAt), and Merkle proofs are positional.
-PROTOCOL_VERSION = 2
+# 3: a reveal carries each step's hidden states and ONE attention mask (the last step's; the
+#    earlier steps' masks are its prefixes), so its size grows linearly with the session.
+PROTOCOL_VERSION = 3
 
 # A leaf's issuedAt is a uint64 on-chain; the wire takes it only up to 2**63 - 1, what a ledger
 # (SQL BIGINT) can keep as evidence. No clock is anywhere near either bound.
@@ -42,6 +45,15 @@ DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_METADATA_BYTES = 256 * 1024
 # Upper bound on protobuf messages in one frame (CHUNK_BYTES each at most).
 MAX_MESSAGES_PER_FRAME = 1024
+
+# A `revealed` frame carries a whole session's inputs over a span. Verifiers read reveals up to
+# these caps, and a node opens no session whose largest reveal could exceed them
+# (`reveal_limits`), so an honest node can always reveal what it served.
+MAX_REVEAL_BYTES = 1024 * 1024 * 1024  # tensor bytes
+MAX_REVEAL_METADATA_BYTES = 32 * 1024 * 1024  # every step's leaf and proof, the batch's leaves
+MAX_REVEAL_MESSAGES = 65536
+# Leaves of one batch a full reveal may list (so its Merkle proofs have at most 16 hashes).
+MAX_BATCH_LEAVES = 2**16
 
 # The node's RPC handlers on the libp2p daemon: "{service}.{method}" (hivemind `ServicerBase`
 # names handlers after the servicer class, which `node.handler` keeps equal to SERVICE_NAME).
@@ -85,10 +97,11 @@ class ErrorCode(enum.StrEnum):
 class ProtocolError(Exception):
     """A request or reply that breaks the protocol, with the code sent back to the peer."""
 
-    def __init__(self, code: ErrorCode, message: str):
+    def __init__(self, code: ErrorCode, message: str, *, spent: bool = False):
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
+        self.spent = spent  # the step's voucher was accepted before the failure (ErrorReply)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,9 +500,12 @@ class RevealedStep:
 @dataclass(frozen=True)
 class RevealResponse:
     """The node's reveal: every step 0..k of the leaf's session over its span, in order.
-    Tensors: for each step, its input hidden states then its attention mask (2 per step).
+    Tensors: each step's input hidden states `[batch, tokens, hidden]` in step order, then ONE
+    attention mask, step k's `[batch, positions]` int64 (positions: the tokens of steps 0..k;
+    step i's own mask is its first `past + tokens` columns, as the node checked when it served
+    step i): a reveal grows linearly with the session (`reveal_limits` bounds it).
     A `full` reveal (see `RevealRequest`) adds `batch_leaves`, the leaf hashes of the target
-    leaf's batch in order, and two tensors after the inputs: the committed sketch of step k,
+    leaf's batch in order, and two tensors after the mask: the committed sketch of step k,
     its indices (int64) then its values (float16), `[batch, tokens, k]` each (re-encoded with
     the hidden size, see `node.sketch`, their keccak is the leaf's sketchHash)."""
 
@@ -515,28 +531,37 @@ class RevealResponse:
         leaves: list[bytes] = []
         if full:
             raw = d.get("leaves")
-            if not isinstance(raw, list) or not raw or len(raw) > 2**16:
+            if not isinstance(raw, list) or not raw or len(raw) > MAX_BATCH_LEAVES:
                 raise ProtocolError(
-                    ErrorCode.BAD_REQUEST, "revealed: leaves must be a list of 1 to 65536 hashes"
+                    ErrorCode.BAD_REQUEST,
+                    f"revealed: leaves must be a list of 1 to {MAX_BATCH_LEAVES} hashes",
                 )
             leaves = [_bytes(leaf, "batch leaf", 32) for leaf in raw]
         return cls([RevealedStep.from_wire(s) for s in steps], full, leaves)
 
     @property
     def tensor_count(self) -> int:
-        """How many tensors the frame carries: inputs per step, and the sketch when full."""
-        return 2 * len(self.steps) + (2 if self.full else 0)
+        """How many tensors the frame carries: hidden states per step, the mask, and the
+        sketch when full."""
+        return len(self.steps) + 1 + (2 if self.full else 0)
 
 
 @dataclass(frozen=True)
 class ErrorReply:
     """A refusal. Fatal ones end the stream; the server keeps serving everyone else. After a
     non-fatal one (`fatal` False) the session is as it was before the refused step, and the
-    client may send that step again."""
+    client may send that step again.
+
+    `spent` says whether the refused step's voucher counts as spent (docs/protocol.md,
+    "When a voucher is spent"): True once the node accepted it (checked it and began storing
+    it), whatever happened to the step afterwards; the node keeps and may redeem it, and the
+    client builds its next voucher on it. False: the node never held it, and the client signs
+    the next one from the previous amount again."""
 
     code: ErrorCode
     message: str
     fatal: bool = True  # the node ended the stream (no further frames will be read)
+    spent: bool = False  # the step's voucher was accepted before the step failed
 
     TYPE = "error"
 
@@ -546,6 +571,7 @@ class ErrorReply:
             "code": self.code.value,
             "message": self.message,
             "fatal": self.fatal,
+            "spent": self.spent,
         }
 
     @classmethod
@@ -555,10 +581,14 @@ class ErrorReply:
         except ValueError:
             code = ErrorCode.INTERNAL
         fatal = d.get("fatal", True)
-        return cls(code, _str(d.get("message", ""), "message")[:2000], fatal is not False)
+        spent = d.get("spent", False)
+        if not isinstance(spent, bool):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "error: spent must be a boolean")
+        message = _str(d.get("message", ""), "message")[:2000]
+        return cls(code, message, fatal is not False, spent)
 
     def to_exception(self) -> ProtocolError:
-        return ProtocolError(self.code, self.message)
+        return ProtocolError(self.code, self.message, spent=self.spent)
 
 
 @dataclass(frozen=True)
@@ -628,14 +658,59 @@ def serialize_tensor(tensor: torch.Tensor) -> runtime_pb2.Tensor:
 
 def encode_frame(frame: Frame, message_type: type[Msg]) -> Iterator[Msg]:
     """Split a frame into protobuf messages: the first carries the metadata and the count."""
-    parts: list[runtime_pb2.Tensor] = []
-    for tensor in frame.tensors:
-        parts.extend(split_for_streaming(serialize_tensor(tensor), CHUNK_BYTES))
-    step = CHUNKS_PER_MESSAGE
-    groups = [parts[i : i + step] for i in range(0, len(parts), step)] or [[]]
-    header = msgpack.packb({"n": len(groups), "m": frame.metadata}, use_bin_type=True)
-    for i, group in enumerate(groups):
-        yield message_type(tensors=group, metadata=header if i == 0 else b"")
+    sizes = [tensor.numel() * tensor.element_size() for tensor in frame.tensors]
+    return stream_frame(frame.metadata, frame.tensors, sizes, message_type)
+
+
+def tensor_chunks(nbytes: int) -> int:
+    """Chunks (protobuf `Tensor` parts) a tensor of `nbytes` bytes travels in: at least one."""
+    return max(1, math.ceil(nbytes / CHUNK_BYTES))
+
+
+def frame_message_count(chunks: int) -> int:
+    """Protobuf messages of a frame whose tensors travel in `chunks` chunks: at least one."""
+    return max(1, math.ceil(chunks / CHUNKS_PER_MESSAGE))
+
+
+def stream_frame(
+    metadata: dict[str, Any],
+    tensors: Iterable[torch.Tensor],
+    sizes: Sequence[int],
+    message_type: type[Msg],
+) -> Iterator[Msg]:
+    """`encode_frame` for tensors produced one at a time (a node's reveal loads them from disk
+    as it goes): the same messages, but only one tensor and one message's chunks are held at
+    once. `sizes` are the tensors' byte sizes, known before the first message (its header
+    announces the message count); a tensor of another size, or another number of tensors, is
+    `ProtocolError(INTERNAL)` (the frame would break mid-stream)."""
+    count = frame_message_count(sum(tensor_chunks(size) for size in sizes))
+    header = msgpack.packb({"n": count, "m": metadata}, use_bin_type=True)
+    sent = 0
+    group: list[runtime_pb2.Tensor] = []
+    produced = 0
+    for tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if produced >= len(sizes) or nbytes != sizes[produced]:
+            expected = sizes[produced] if produced < len(sizes) else "no"
+            raise ProtocolError(
+                ErrorCode.INTERNAL,
+                f"frame tensor {produced} has {nbytes} bytes, {expected} were announced",
+            )
+        produced += 1
+        for part in split_for_streaming(serialize_tensor(tensor), CHUNK_BYTES):
+            group.append(part)
+            if len(group) == CHUNKS_PER_MESSAGE:
+                yield message_type(tensors=group, metadata=header if sent == 0 else b"")
+                sent += 1
+                group = []
+    if produced != len(sizes):
+        raise ProtocolError(
+            ErrorCode.INTERNAL, f"the frame announced {len(sizes)} tensors, {produced} came"
+        )
+    if group or sent == 0:
+        yield message_type(tensors=group, metadata=header if sent == 0 else b"")
+        sent += 1
+    assert sent == count, "the announced message count is the one sent"
 
 
 async def read_frame(
@@ -646,15 +721,17 @@ async def read_frame(
     max_messages: int = MAX_MESSAGES_PER_FRAME,
 ) -> Frame | None:
     """Read one frame from a stream of protobuf messages; None when the stream ended cleanly
-    before a new frame. Validates sizes and dtypes before any tensor is built. A reader that
-    asked for a large answer (a verifier's reveal of a long session) may allow more metadata
-    and more messages than the defaults."""
+    before a new frame. Tensors are built one by one as their chunks arrive, each validated
+    (size against `max_bytes`, dtype, shape) before it is built, so the reader holds the frame
+    once. A reader that asked for a large answer (a verifier's reveal of a long session) may
+    allow more metadata and more messages than the defaults (`MAX_REVEAL_*`)."""
     try:
         first = await anext(stream)
     except StopAsyncIteration:
         return None
     count, metadata = _parse_header(first.metadata, max_metadata_bytes, max_messages)
-    parts = list(first.tensors)
+    tensors = _TensorAssembler(max_bytes)
+    tensors.add(first.tensors)
     for _ in range(count - 1):
         try:
             message = await anext(stream)
@@ -662,10 +739,8 @@ async def read_frame(
             raise ProtocolError(ErrorCode.BAD_REQUEST, "stream ended inside a frame") from None
         if message.metadata:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "metadata inside a frame's continuation")
-        parts.extend(message.tensors)
-        if sum(len(p.buffer) for p in parts) > max_bytes:
-            raise ProtocolError(ErrorCode.TOO_LARGE, f"frame exceeds {max_bytes} bytes")
-    return Frame(metadata, _combine_tensors(parts, max_bytes))
+        tensors.add(message.tensors)
+    return Frame(metadata, tensors.finish())
 
 
 def decode_frame(messages: Iterable[Msg], max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame:
@@ -678,8 +753,10 @@ def decode_frame(messages: Iterable[Msg], max_bytes: int = DEFAULT_MAX_FRAME_BYT
         raise ProtocolError(
             ErrorCode.BAD_REQUEST, f"frame announced {count} messages, got {len(messages)}"
         )
-    parts = [p for m in messages for p in m.tensors]
-    return Frame(metadata, _combine_tensors(parts, max_bytes))
+    tensors = _TensorAssembler(max_bytes)
+    for message in messages:
+        tensors.add(message.tensors)
+    return Frame(metadata, tensors.finish())
 
 
 def _parse_header(
@@ -702,41 +779,178 @@ def _parse_header(
     return count, metadata
 
 
-def _combine_tensors(parts: Sequence[runtime_pb2.Tensor], max_bytes: int) -> list[torch.Tensor]:
-    tensors: list[torch.Tensor] = []
-    total = 0
-    i = 0
-    while i < len(parts):
-        head = parts[i]
-        chunks = head.chunks or 1
-        if chunks < 1 or i + chunks > len(parts):
+_TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+}
+
+
+class _TensorAssembler:
+    """Builds a frame's tensors as their chunks arrive: a reader holds the tensors built so far
+    and the chunks of one tensor, never the whole frame twice. Each tensor's head chunk is
+    validated (compression, dtype, its size against the frame's limit) before its other
+    chunks are kept, and its bytes against its shape before it is built."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.tensors: list[torch.Tensor] = []
+        self._announced = 0  # tensor bytes announced by the heads so far
+        self._received = 0  # chunk bytes received so far
+        self._chunks: list[runtime_pb2.Tensor] = []  # of the tensor being assembled
+        self._expected = 0  # chunks of the tensor being assembled
+
+    def add(self, parts: Iterable[runtime_pb2.Tensor]) -> None:
+        for part in parts:
+            self._received += len(part.buffer)
+            if self._received > self.max_bytes:
+                raise ProtocolError(ErrorCode.TOO_LARGE, f"frame exceeds {self.max_bytes} bytes")
+            if not self._chunks:
+                self._expected = self._check_head(part)
+            self._chunks.append(part)
+            if len(self._chunks) == self._expected:
+                self.tensors.append(self._build())
+                self._chunks = []
+
+    def finish(self) -> list[torch.Tensor]:
+        if self._chunks:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "tensor chunks missing from frame")
-        buffer = b"".join(p.buffer for p in parts[i : i + chunks])
-        total += len(buffer)
-        if total > max_bytes:
-            raise ProtocolError(ErrorCode.TOO_LARGE, f"frame exceeds {max_bytes} bytes")
-        dtype = head.dtype
+        return self.tensors
+
+    def _check_head(self, head: runtime_pb2.Tensor) -> int:
+        chunks = head.chunks or 1
+        if chunks < 1:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "tensor chunks missing from frame")
         if head.compression != runtime_pb2.CompressionType.NONE:
             raise ProtocolError(ErrorCode.BAD_TENSOR, "compressed tensors are not accepted")
-        if dtype not in _ITEMSIZE:
-            raise ProtocolError(ErrorCode.BAD_TENSOR, f"dtype {dtype!r} not accepted")
-        shape = list(head.size)
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        if numel * _ITEMSIZE[dtype] != len(buffer):
+        if head.dtype not in _ITEMSIZE:
+            raise ProtocolError(ErrorCode.BAD_TENSOR, f"dtype {head.dtype!r} not accepted")
+        self._announced += math.prod(head.size) * _ITEMSIZE[head.dtype]
+        if self._announced > self.max_bytes:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"frame exceeds {self.max_bytes} bytes")
+        return chunks
+
+    def _build(self) -> torch.Tensor:
+        head = self._chunks[0]
+        shape, dtype = list(head.size), head.dtype
+        needed = math.prod(shape) * _ITEMSIZE[dtype]
+        got = sum(len(chunk.buffer) for chunk in self._chunks)
+        if got != needed:
             raise ProtocolError(
-                ErrorCode.BAD_TENSOR,
-                f"tensor {shape} {dtype} needs {numel * _ITEMSIZE[dtype]} bytes, got {len(buffer)}",
+                ErrorCode.BAD_TENSOR, f"tensor {shape} {dtype} needs {needed} bytes, got {got}"
             )
-        whole = runtime_pb2.Tensor()
-        whole.CopyFrom(head)
-        whole.buffer = buffer
-        whole.chunks = 0
-        whole.requires_grad = False
-        tensors.append(deserialize_torch_tensor(whole))
-        i += chunks
-    return tensors
+        if needed == 0:
+            return torch.empty(shape, dtype=_TORCH_DTYPES[dtype])
+        buffer = bytearray(needed)  # the one copy: the tensor's memory
+        offset = 0
+        for chunk in self._chunks:
+            buffer[offset : offset + len(chunk.buffer)] = chunk.buffer
+            offset += len(chunk.buffer)
+        if dtype == "bfloat16":  # travels as its raw 2-byte words
+            return torch.frombuffer(buffer, dtype=torch.int16).view(torch.bfloat16).reshape(shape)
+        return torch.frombuffer(buffer, dtype=_TORCH_DTYPES[dtype]).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reveal limits: the largest `revealed` frame a session can need, against the protocol's caps
+# ---------------------------------------------------------------------------------------------
+
+
+def _packed(value: Any) -> int:
+    return len(msgpack.packb(value, use_bin_type=True))
+
+
+_HASH = b"\xff" * 32
+_LARGEST_LEAF = Leaf(
+    _HASH, _HASH, 2**16 - 1, 2**16 - 1, 2**32 - 1, 2**32 - 1, _HASH, _HASH, _HASH, MAX_ISSUED_AT
+)
+# Proof hashes of a leaf in a batch of at most MAX_BATCH_LEAVES leaves: ceil(log2(leaves)).
+_MAX_PROOF = (MAX_BATCH_LEAVES - 1).bit_length()
+# One revealed step at its largest (a batch id up to 2**64 - 1, what msgpack carries).
+_REVEALED_STEP_BYTES = _packed(
+    {
+        "leaf": leaf_to_wire(_LARGEST_LEAF),
+        "batch": 2**64 - 1,
+        "index": 2**32 - 1,
+        "proof": [_HASH] * _MAX_PROOF,
+    }
+)
+_BATCH_LEAF_BYTES = _packed(_HASH)
+# The frame header and the `revealed` map around its two lists (each list header up to 5 bytes).
+_REVEAL_ENVELOPE_BYTES = (
+    _packed({"n": 2**32 - 1, "m": {"type": "revealed", "steps": [], "full": True, "leaves": []}})
+    + 2 * 4
+)
+# Sketch bytes per position: K indices (int64) and K values (float16).
+_SKETCH_BYTES_PER_POSITION = SKETCH_TOP_K * (_ITEMSIZE["int64"] + _ITEMSIZE["float16"])
+
+
+@dataclass(frozen=True)
+class RevealSize:
+    """Upper bounds on one full `revealed` frame, and the caps every verifier reads up to."""
+
+    tensor_bytes: int  # hidden states, the mask, the sketch
+    metadata_bytes: int  # the msgpack header: every step's leaf and proof, the batch's leaves
+    messages: int  # protobuf messages of the frame
+
+    def excess(self) -> list[str]:
+        """The protocol caps this reveal would break, in words (empty when it fits)."""
+        over = []
+        if self.tensor_bytes > MAX_REVEAL_BYTES:
+            over.append(f"{self.tensor_bytes} tensor bytes > {MAX_REVEAL_BYTES}")
+        if self.metadata_bytes > MAX_REVEAL_METADATA_BYTES:
+            over.append(f"{self.metadata_bytes} metadata bytes > {MAX_REVEAL_METADATA_BYTES}")
+        if self.messages > MAX_REVEAL_MESSAGES:
+            over.append(f"{self.messages} messages > {MAX_REVEAL_MESSAGES}")
+        return over
+
+    @property
+    def fits(self) -> bool:
+        return not self.excess()
+
+
+def reveal_limits(*, hidden_size: int, dtype: str, batch: int, max_length: int) -> RevealSize:
+    """The largest full reveal (any leaf) of a session of `batch` sequences of up to
+    `max_length` positions over a span of `hidden_size` in `dtype`:
+
+    - tensors: every position's hidden states (`batch * max_length * hidden_size` items),
+      the mask (`batch * max_length` int64) and step k's sketch (at most every position);
+    - metadata: `max_length` steps (one token each, the most leaves a session can have), each
+      a leaf with a proof in a batch of MAX_BATCH_LEAVES leaves, and that batch's leaf hashes;
+    - messages: every tensor (one per step, the mask, the sketch's two) in whole chunks.
+
+    A node opens no session whose bound exceeds the caps (`RevealSize.fits`), and a verifier
+    reads reveals up to the caps: an honest node can always reveal what it served."""
+    if dtype not in HIDDEN_DTYPES:
+        raise ValueError(f"unknown hidden dtype {dtype!r}")
+    if min(hidden_size, batch, max_length) < 1:
+        raise ValueError("hidden_size, batch and max_length must be >= 1")
+    positions = batch * max_length
+    tensor_bytes = positions * (
+        hidden_size * _ITEMSIZE[dtype] + _ITEMSIZE[MASK_DTYPE] + _SKETCH_BYTES_PER_POSITION
+    )
+    tensors = max_length + 1 + 2
+    chunks = math.ceil(tensor_bytes / CHUNK_BYTES) + tensors  # a partial last chunk per tensor
+    metadata_bytes = (
+        _REVEAL_ENVELOPE_BYTES
+        + max_length * _REVEALED_STEP_BYTES
+        + MAX_BATCH_LEAVES * _BATCH_LEAF_BYTES
+    )
+    return RevealSize(tensor_bytes, metadata_bytes, frame_message_count(chunks))
+
+
+def longest_revealable(*, hidden_size: int, dtype: str, batch: int) -> int:
+    """The largest `max_length` whose sessions of `batch` sequences stay revealable (0: none)."""
+    low, high = 0, 2**20  # OpenSession's bound on max_length
+    while low < high:
+        mid = (low + high + 1) // 2
+        size = reveal_limits(hidden_size=hidden_size, dtype=dtype, batch=batch, max_length=mid)
+        if size.fits:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 # ---------------------------------------------------------------------------------------------

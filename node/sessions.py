@@ -23,7 +23,14 @@ from ledger.errors import LedgerDbError
 from node.blocks import Span
 from node.cache import CacheManager, SessionCache
 from node.errors import CacheFullError, SessionExistsError
-from node.protocol import ErrorCode, OpenSession, ProtocolError
+from node.protocol import (
+    ErrorCode,
+    OpenSession,
+    ProtocolError,
+    longest_revealable,
+    reveal_limits,
+)
+from node.sketch import FP16_MAX
 from node.tensors import DTYPE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -135,12 +142,32 @@ class SessionManager:
         self, request: OpenSession, span: Span, client: str, price_per_token: int
     ) -> Session:
         """Reserve the cache and claim the id of a new session over `span` (already checked to
-        be served). CACHE_FULL, SESSION_EXISTS or BAD_TENSOR (dtype) as `ProtocolError`."""
+        be served). CACHE_FULL, SESSION_EXISTS, BAD_TENSOR (dtype) or LENGTH_EXCEEDED (a
+        session this node could not reveal in full) as `ProtocolError`."""
         if request.dtype != DTYPE_NAMES[span.dtype]:
             raise ProtocolError(
                 ErrorCode.BAD_TENSOR,
                 f"this node computes in {DTYPE_NAMES[span.dtype]}, the session asked for "
                 f"{request.dtype}",
+            )
+        # every leaf must stay revealable (a leaf it cannot reveal gets the node slashed): the
+        # session's largest reveal must fit what verifiers read (node.protocol.reveal_limits)
+        reveal = reveal_limits(
+            hidden_size=span.hidden_size,
+            dtype=request.dtype,
+            batch=request.batch_size,
+            max_length=request.max_length,
+        )
+        if not reveal.fits:
+            longest = longest_revealable(
+                hidden_size=span.hidden_size, dtype=request.dtype, batch=request.batch_size
+            )
+            raise ProtocolError(
+                ErrorCode.LENGTH_EXCEEDED,
+                f"a session of batch {request.batch_size} and max_length {request.max_length} "
+                f"could need a reveal larger than verifiers read ({'; '.join(reveal.excess())}); "
+                f"this node opens sessions of batch {request.batch_size} up to max_length "
+                f"{longest}",
             )
         if request.session_id in self._claimed:
             raise _reused(request.session_id)
@@ -192,7 +219,11 @@ def check_hidden(
     hidden: torch.Tensor, *, hidden_size: int, dtype: torch.dtype, batch: int | None = None
 ) -> None:
     """`ProtocolError(BAD_TENSOR)` unless `hidden` is finite [batch, tokens, hidden_size] in
-    `dtype` with tokens >= 1 (and the given batch)."""
+    `dtype` with tokens >= 1 (and the given batch), and every |value| at most float16's
+    largest, 65504 (beyond it the committed sketch saturates, so the work could not be
+    audited; a float16 node could not even hold it; SmolLM2-135M's embeddings stay under 2
+    and its residual stream under 27.4k). Tiny values, zeros and subnormals are accepted:
+    audits measure them soundly (node.sketch)."""
     if hidden.ndim != 3 or hidden.shape[-1] != hidden_size or min(hidden.shape[:2]) < 1:
         raise ProtocolError(
             ErrorCode.BAD_TENSOR,
@@ -211,6 +242,13 @@ def check_hidden(
         )
     if not torch.isfinite(hidden).all():
         raise ProtocolError(ErrorCode.BAD_TENSOR, "hidden states contain NaN or infinity")
+    if (largest := float(hidden.abs().max())) > FP16_MAX:
+        raise ProtocolError(
+            ErrorCode.BAD_TENSOR,
+            f"hidden states hold a value of magnitude {largest:.6g}, over {FP16_MAX:g} "
+            "(float16's largest): outside what a model's residual stream holds and what an "
+            "audit can check",
+        )
 
 
 def check_mask(mask: torch.Tensor, batch: int, length: int) -> None:

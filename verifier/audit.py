@@ -10,13 +10,15 @@
    here from those hashes, never taken from the node.
 2. `check_opening`: the revealed steps must be steps 0..k of the leaf's session over its span,
    each proven at its stated position under the root of its own batch (which the same node
-   committed, with its on-chain leaf count); every input must hash to its leaf's inputHash,
-   masks must extend each other step by step, and the revealed sketch must hash to the
-   leaf's sketchHash. Anything else is a failure to reveal
-   (withheld), provable on-chain because the leaf itself is proven.
-3. `recompute`: the span in ONE stateless float32 pass over the steps' inputs concatenated
-   along the tokens axis with the last step's mask (node.blocks' conventions make this equal
-   the node's cached steps up to float rounding); the last step's positions are compared.
+   committed, with its on-chain leaf count); every step's hidden states must hash to its
+   leaf's inputHash, the one mask (step k's: every earlier step's mask is a prefix of it) must
+   be 0/1 over all the steps' positions, and the revealed sketch must hash to the leaf's
+   sketchHash. Anything else is a failure to reveal (withheld), provable on-chain because the
+   leaf itself is proven.
+3. `recompute`: the span in float32 over the steps' inputs concatenated along the tokens axis
+   with step k's mask, run the way the node ran it: in chunks of positions through a KV cache
+   (node.blocks' conventions make this equal the node's cached steps up to float rounding), so
+   memory stays bounded for sessions of any length; step k's positions are compared.
 4. `judge`: `node.sketch.compare` against the committed sketch, with the tolerance of the
    dtype the node declared (`verifier.thresholds`).
 """
@@ -34,6 +36,7 @@ from ledger.merkle import MerkleTree
 from ledger.merkle import verify as merkle_verify
 from ledger.types import Leaf
 from node.blocks import Span
+from node.cache import CacheManager
 from node.errors import SketchFormatError
 from node.protocol import RevealResponse
 from node.sketch import Sketch, SketchDistance, compare
@@ -47,24 +50,25 @@ class Opening:
     """What a node revealed for one sampled leaf (a full reveal, `RevealRequest.full`)."""
 
     response: RevealResponse
-    inputs: list[tuple[torch.Tensor, torch.Tensor]]  # per step: hidden, mask
+    hidden: list[torch.Tensor]  # per step: its input hidden states [batch, tokens, hidden_size]
+    mask: torch.Tensor  # [batch, positions] int64: step k's mask over every step's positions
     sketch_indices: torch.Tensor | None  # [batch, tokens, k] int64, step k's committed sketch
     sketch_values: torch.Tensor | None  # [batch, tokens, k] float16
 
     @classmethod
     def from_frame(cls, response: RevealResponse, tensors: Sequence[torch.Tensor]) -> Opening:
-        """Split a reveal frame's tensors; `InvalidOpeningError` if there are not as many as
-        the response announces."""
+        """Split a reveal frame's tensors (`RevealResponse`); `InvalidOpeningError` if there
+        are not as many as the response announces."""
         if len(tensors) != response.tensor_count:
             raise InvalidOpeningError(
                 f"the reveal carries {len(tensors)} tensors, its {len(response.steps)} steps "
                 f"need {response.tensor_count}"
             )
         steps = len(response.steps)
-        inputs = [(tensors[2 * i], tensors[2 * i + 1]) for i in range(steps)]
+        hidden, mask = list(tensors[:steps]), tensors[steps]
         if response.full:
-            return cls(response, inputs, tensors[2 * steps], tensors[2 * steps + 1])
-        return cls(response, inputs, None, None)
+            return cls(response, hidden, mask, tensors[steps + 1], tensors[steps + 2])
+        return cls(response, hidden, mask, None, None)
 
 
 @dataclass(frozen=True)
@@ -138,11 +142,12 @@ def check_opening(
     target = proven.leaf
     if [s.leaf.step for s in steps] != list(range(target.step + 1)):
         raise invalid(f"the reveal does not hold steps 0..{target.step} in order")
+    if len(opening.hidden) != len(steps):
+        raise invalid(f"the reveal has {len(opening.hidden)} inputs for {len(steps)} steps")
     hiddens: list[torch.Tensor] = []
     past = 0
-    previous_mask: torch.Tensor | None = None
     dtype: torch.dtype | None = None
-    for step, (hidden, mask) in zip(steps, opening.inputs, strict=True):
+    for step, hidden in zip(steps, opening.hidden, strict=True):
         leaf = step.leaf
         if (leaf.session_id, leaf.model_id, leaf.span_start, leaf.span_end) != (
             target.session_id,
@@ -173,18 +178,17 @@ def check_opening(
         batch_size, tokens = hidden.shape[0], hidden.shape[1]
         if leaf.tokens != batch_size * tokens:
             raise invalid(f"step {leaf.step}: {leaf.tokens} tokens committed, {tokens} revealed")
-        if (
-            mask.dtype != torch.int64
-            or tuple(mask.shape) != (batch_size, past + tokens)
-            or not ((mask == 0) | (mask == 1)).all()
-        ):
-            raise invalid(f"step {leaf.step}: the mask is not 0/1 [batch, {past + tokens}]")
-        if previous_mask is not None and not torch.equal(mask[:, :past], previous_mask):
-            raise invalid(f"step {leaf.step}: the mask rewrites earlier positions")
         hiddens.append(hidden)
-        previous_mask = mask
         past += tokens
-    assert dtype is not None and previous_mask is not None  # steps is never empty
+    assert dtype is not None  # steps is never empty
+    # mask: [batch, past], step k's; step i's mask is its first (positions up to step i) columns
+    mask = opening.mask
+    if (
+        mask.dtype != torch.int64
+        or tuple(mask.shape) != (hiddens[0].shape[0], past)
+        or not ((mask == 0) | (mask == 1)).all()
+    ):
+        raise invalid(f"the mask is not 0/1 [batch, {past}] over the revealed positions")
     if opening.sketch_indices is None or opening.sketch_values is None:
         raise invalid("the reveal has no committed sketch")
     indices, values = opening.sketch_indices, opening.sketch_values
@@ -201,7 +205,7 @@ def check_opening(
         raise invalid("the revealed sketch does not cover the last step's positions")
     return CheckedInputs(
         hidden=torch.cat(hiddens, dim=1),
-        mask=previous_mask,
+        mask=mask,
         last_tokens=hiddens[-1].shape[1],
         dtype=DTYPE_NAMES[dtype],
         sketch=committed,
@@ -217,16 +221,52 @@ def _batch(
         raise invalid(f"batch {batch_id} was never committed") from None
 
 
+# Memory one recomputed chunk's attention scores may take, were they materialized
+# ([batch, heads, chunk, positions] float32): it sets how many positions a chunk holds.
+RECOMPUTE_SCORE_BYTES = 256 * 1024 * 1024
+
+
+def recompute_chunk(
+    span: Span, batch: int, positions: int, score_bytes: int = RECOMPUTE_SCORE_BYTES
+) -> int:
+    """Positions per chunk when recomputing `positions` positions of `batch` sequences: as many
+    as keep one chunk's attention scores within `score_bytes` (at least one)."""
+    per_position = batch * span.config.num_attention_heads * positions * 4
+    return max(1, score_bytes // per_position)
+
+
 def recompute(
-    span: Span, hidden: torch.Tensor, mask: torch.Tensor, last_tokens: int
+    span: Span,
+    hidden: torch.Tensor,
+    mask: torch.Tensor,
+    last_tokens: int,
+    *,
+    score_bytes: int = RECOMPUTE_SCORE_BYTES,
 ) -> torch.Tensor:
-    """The span's float32 output at the last `last_tokens` positions of one stateless pass
-    over `hidden` [batch, total, hidden_size] with `mask` [batch, total]."""
+    """The span's float32 output at the last `last_tokens` positions of `hidden`
+    [batch, total, hidden_size] with `mask` [batch, total]. A session whose attention fits
+    `score_bytes` runs in one stateless pass; a longer one runs the way the node served it:
+    chunk by chunk (`recompute_chunk` positions) through a KV cache of the session's length,
+    so memory is the cache plus one chunk's attention, never [total, total]."""
     if span.dtype != torch.float32:
         raise ValueError(f"the verifier recomputes in float32, this span runs in {span.dtype}")
-    # output: [batch, total, hidden_size] -> the last step's [batch, last_tokens, hidden_size]
-    output = span.forward(hidden.to(torch.float32), mask)
-    return output[:, -last_tokens:]
+    hidden = hidden.to(torch.float32)
+    batch, total, _ = hidden.shape
+    chunk = recompute_chunk(span, batch, total, score_bytes)
+    if chunk >= total:
+        # output: [batch, total, hidden_size] -> the last step's [batch, last_tokens, hidden_size]
+        return span.forward(hidden, mask)[:, -last_tokens:]
+    first_kept = total - last_tokens  # the last step's first position
+    kept: list[torch.Tensor] = []
+    caches = CacheManager(max_tokens=batch * total)
+    with caches.open("recompute", span.kv_layout, batch=batch, max_length=total) as cache:
+        for start in range(0, total, chunk):
+            end = min(start + chunk, total)
+            # output: [batch, end - start, hidden_size], attending to positions [0, end)
+            output = span.forward(hidden[:, start:end], mask[:, :end], cache)
+            if end > first_kept:
+                kept.append(output[:, max(0, first_kept - start) :])
+    return torch.cat(kept, dim=1)  # [batch, last_tokens, hidden_size]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ from hivemind.p2p.p2p_daemon_bindings.control import P2PDaemonError, P2PHandlerE
 from hivemind.proto import runtime_pb2
 
 from node.protocol import (
+    MAX_REVEAL_BYTES,
+    MAX_REVEAL_MESSAGES,
+    MAX_REVEAL_METADATA_BYTES,
     RPC_REVEAL,
     ErrorReply,
     Frame,
@@ -35,14 +38,17 @@ from node.protocol import (
 from verifier.audit import Opening
 from verifier.errors import InvalidOpeningError, RevealUnavailableError
 
-# A reveal holds a whole session's inputs over a span: allow far more than one step's frame.
-MAX_REVEAL_BYTES = 1024 * 1024 * 1024
-# ... and a whole session's steps (leaf, batch id, Merkle proof each: ~0.7 KB) and the batch's
-# leaf hashes in its metadata, two tensors per step: a session as long as a node's default KV
-# cache (16384 decode steps) must fit, or an honest node could not reveal it and would be
-# slashed for withholding.
-MAX_REVEAL_METADATA_BYTES = 32 * 1024 * 1024
-MAX_REVEAL_MESSAGES = 65536
+# A reveal holds a whole session's inputs over a span: it is read up to the protocol's reveal
+# caps (node.protocol.MAX_REVEAL_*), the same numbers a node checks every session it opens
+# against (`reveal_limits`), so whatever an honest node served it can reveal. The frame is
+# assembled tensor by tensor as it arrives: memory stays within the caps.
+__all__ = [
+    "MAX_REVEAL_BYTES",
+    "MAX_REVEAL_MESSAGES",
+    "MAX_REVEAL_METADATA_BYTES",
+    "request_reveal",
+    "reveal_request",
+]
 
 
 def reveal_request(

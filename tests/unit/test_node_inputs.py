@@ -102,9 +102,11 @@ def test_inputs_are_revealed_in_the_window_and_deleted_after_it(
             )
 
     # while nothing is pruned, a verifier gets the old session's inputs up to the leaf
-    response, tensors = build_reveal(ledger, store, node=node, batch_id=1, leaf_index=2, full=True)
+    reveal = build_reveal(ledger, store, node=node, batch_id=1, leaf_index=2, full=True)
+    response, tensors = reveal.response, list(reveal.tensors())
     assert [s.leaf.step for s in response.steps] == [0, 1, 2]
-    assert len(tensors) == 2 * STEPS + 2  # hidden and mask per step, then the sketch
+    assert len(tensors) == STEPS + 3  # hidden states per step, one mask, then the sketch
+    assert tensors[STEPS].shape == (1, STEPS)  # the mask covers every step's position
     # each step names its position in its batch (of STEPS leaves), and its proof holds there
     root = MerkleTree(response.batch_leaves).root
     for position, step in enumerate(response.steps):
@@ -122,7 +124,7 @@ def test_inputs_are_revealed_in_the_window_and_deleted_after_it(
         build_reveal(ledger, store, node=node, batch_id=1, leaf_index=2)
     assert refused.value.code is ErrorCode.NOT_FOUND
     assert "pruned" in str(refused.value)
-    response, _ = build_reveal(ledger, store, node=node, batch_id=2, leaf_index=1)
+    response = build_reveal(ledger, store, node=node, batch_id=2, leaf_index=1).response
     assert [s.leaf.step for s in response.steps] == [0, 1]
 
     # a second pass finds nothing more to delete

@@ -9,6 +9,7 @@ from ledger.types import Leaf, Voucher, model_id
 from node.protocol import (
     CHUNK_BYTES,
     ErrorCode,
+    ErrorReply,
     Frame,
     OpenSession,
     ProtocolError,
@@ -154,3 +155,15 @@ def test_a_leaf_without_a_uint64_issued_at_is_refused(issued: object) -> None:
 def test_malformed_open_is_refused(bad: dict) -> None:
     with pytest.raises(ProtocolError):
         OpenSession.from_wire(bad)
+
+
+def test_an_error_says_whether_the_steps_voucher_was_spent() -> None:
+    spent = ErrorReply(ErrorCode.INTERNAL, "the step failed after payment", True, True)
+    assert ErrorReply.from_wire(spent.to_wire()) == spent
+    assert ErrorReply.from_wire(spent.to_wire()).to_exception().spent
+    refused = ErrorReply(ErrorCode.PAYMENT_BEHIND, "voucher behind", False)
+    assert ErrorReply.from_wire(refused.to_wire()).spent is False
+    # absent: not spent; anything but a boolean is a malformed reply
+    assert ErrorReply.from_wire({"code": "internal", "message": "x"}).spent is False
+    with pytest.raises(ProtocolError, match="spent must be a boolean"):
+        ErrorReply.from_wire({"code": "internal", "message": "x", "spent": 1})

@@ -12,13 +12,21 @@ import torch
 from ledger.contracts import Batch
 from ledger.merkle import MerkleTree
 from ledger.types import Address, BatchId, Leaf, ModelId, model_id
-from node.blocks import ClientHead, Span, load_client_head, load_span
+from node.blocks import SPAN_FP32_ATOL, ClientHead, Span, load_client_head, load_span
 from node.faults import FaultMode
 from node.protocol import RevealedStep, RevealResponse
 from node.sketch import sketch
 from node.tensors import tensor_hash
 from tests.models import make_tiny_model
-from verifier.audit import Opening, check_opening, judge, prove_leaf, recompute
+from verifier.audit import (
+    RECOMPUTE_SCORE_BYTES,
+    Opening,
+    check_opening,
+    judge,
+    prove_leaf,
+    recompute,
+    recompute_chunk,
+)
 from verifier.calibration import HONEST, SimulatedNode, Variation, cheats, run_variation
 from verifier.errors import InvalidOpeningError
 from verifier.thresholds import FLOAT32_TOLERANCE, TOLERANCES, tolerance_for
@@ -107,7 +115,8 @@ def serve(span: Span, head: ClientHead, *, fault: FaultMode | None = None) -> Se
     committed = sketch(outputs[-1])
     opening = Opening(
         RevealResponse(steps, full=True, batch_leaves=hashes),
-        inputs,
+        [hidden for hidden, _ in inputs],
+        inputs[-1][1],  # the last step's mask: every earlier step's is a prefix of it
         committed.indices,
         committed.values,
     )
@@ -123,10 +132,12 @@ def batches_of(served: Served):  # noqa: ANN201
     return get
 
 
-def audit(span: Span, served: Served) -> bool:
+def audit(span: Span, served: Served, score_bytes: int = RECOMPUTE_SCORE_BYTES) -> bool:
     proven = prove_leaf(served.opening, batch=served.batch, leaf_index=served.index)
     checked = check_opening(served.opening, proven, batches=batches_of(served), hidden_size=64)
-    recomputed = recompute(span, checked.hidden, checked.mask, checked.last_tokens)
+    recomputed = recompute(
+        span, checked.hidden, checked.mask, checked.last_tokens, score_bytes=score_bytes
+    )
     return judge(checked.sketch, recomputed, checked.dtype).passed
 
 
@@ -142,6 +153,28 @@ def test_an_honest_reveal_is_proven_checked_and_passes(tiny: tuple[Span, ClientH
 def test_a_cheat_is_caught_by_the_same_audit(tiny: tuple[Span, ClientHead]) -> None:
     span, head = tiny
     assert not audit(span, serve(span, head, fault=FaultMode.NOISE))
+
+
+def test_a_long_session_is_recomputed_in_chunks_as_in_one_pass(
+    tiny: tuple[Span, ClientHead],
+) -> None:
+    """Past RECOMPUTE_SCORE_BYTES of attention the verifier runs a session chunk by chunk
+    through a KV cache, as its node served it, never the [positions, positions] attention of
+    one pass: the same outputs within fp32 rounding, the same verdicts."""
+    span, head = tiny
+    generator = torch.Generator().manual_seed(5)
+    hidden = torch.randn(2, 40, 64, generator=generator)  # [batch, positions, hidden]
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[0, :3] = 0  # left padding
+    seven = 2 * span.config.num_attention_heads * 40 * 4 * 7  # scores of 7 positions' queries
+    assert recompute_chunk(span, 2, 40, seven) == 7
+    assert recompute_chunk(span, 2, 40) >= 40  # a short session: one stateless pass
+    one_pass = recompute(span, hidden, mask, 5)
+    chunked = recompute(span, hidden, mask, 5, score_bytes=seven)
+    assert chunked.shape == one_pass.shape == (2, 5, 64)
+    torch.testing.assert_close(chunked, one_pass, atol=SPAN_FP32_ATOL, rtol=0)
+    assert audit(span, serve(span, head), score_bytes=2 * 4 * 9 * 4)  # one position a chunk
+    assert not audit(span, serve(span, head, fault=FaultMode.NOISE), score_bytes=2 * 4 * 9 * 4)
 
 
 def test_a_reveal_that_does_not_show_the_sampled_leaf_proves_nothing(
@@ -170,7 +203,8 @@ def test_a_reveal_that_does_not_show_the_sampled_leaf_proves_nothing(
     "tamper, message",
     [
         ("hidden", "do not hash to its inputHash"),
-        ("mask", "rewrites earlier positions"),
+        ("mask", "the mask is not 0/1 \\[batch, 9\\]"),
+        ("mask values", "the mask is not 0/1 \\[batch, 9\\]"),
         ("sketch", "does not hash to the leaf's sketchHash"),
         ("steps", "does not hold steps 0..3"),
         ("proof", "is not proven under batch 5"),
@@ -183,17 +217,16 @@ def test_a_proven_leaf_with_bad_inputs_is_withheld_and_provable(
     span, head = tiny
     served = serve(span, head)
     opening, response = served.opening, served.opening.response
-    inputs = list(opening.inputs)
+    inputs = list(opening.hidden)
     if tamper == "hidden":
-        hidden, mask = inputs[1]
-        inputs[1] = (hidden + 1e-3, mask)
-        opening = dataclasses.replace(opening, inputs=inputs)
-    elif tamper == "mask":
-        hidden, mask = inputs[2]
-        mask = mask.clone()
-        mask[1, 0] = 0
-        inputs[2] = (hidden, mask)
-        opening = dataclasses.replace(opening, inputs=inputs)
+        inputs[1] = inputs[1] + 1e-3
+        opening = dataclasses.replace(opening, hidden=inputs)
+    elif tamper == "mask":  # step 2's mask: it does not cover step 3's position
+        opening = dataclasses.replace(opening, mask=opening.mask[:, :-1])
+    elif tamper == "mask values":
+        mask = opening.mask.clone()
+        mask[1, 0] = 2
+        opening = dataclasses.replace(opening, mask=mask)
     elif tamper == "sketch":
         other = sketch(torch.randn(2, 1, 64))
         opening = dataclasses.replace(
@@ -204,7 +237,7 @@ def test_a_proven_leaf_with_bad_inputs_is_withheld_and_provable(
         opening = dataclasses.replace(
             opening,
             response=dataclasses.replace(response, steps=steps),
-            inputs=[inputs[0], *inputs[2:]],
+            hidden=[inputs[0], *inputs[2:]],
         )
     elif tamper == "proof":
         steps = list(response.steps)

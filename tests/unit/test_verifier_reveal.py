@@ -1,9 +1,12 @@
 """The full reveal on the wire and on the node's disk: the request flag, the batch's leaf
-hashes, the committed sketch stored with a step's inputs and sent back as two tensors."""
+hashes, the committed sketch stored with a step's inputs and sent back as two tensors, each
+step's own mask columns stored and one mask revealed, the frame streamed, and the limits that
+keep every session a node opens revealable."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,22 +16,35 @@ import torch
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils import keccak
+from hivemind.proto import runtime_pb2
+from safetensors.torch import load_file, save_file
 
+import node.protocol as protocol
+from ledger.db import open_ledger, sqlite_url
+from node.blocks import load_span
+from node.cache import CacheManager
 from node.commits import InputStore
 from node.protocol import (
+    MAX_BATCH_LEAVES,
     MAX_MESSAGES_PER_FRAME,
     MAX_METADATA_BYTES,
     ErrorCode,
     Frame,
+    OpenSession,
     ProtocolError,
     RevealedStep,
     RevealRequest,
     RevealResponse,
     decode_frame,
     encode_frame,
+    longest_revealable,
     read_frame,
+    reveal_limits,
+    stream_frame,
 )
-from node.sketch import sketch
+from node.sessions import SessionManager
+from node.sketch import SKETCH_TOP_K, sketch
+from tests.models import make_tiny_model
 from verifier.audit import Opening
 from verifier.errors import InvalidOpeningError
 from verifier.reveal import (
@@ -79,7 +95,7 @@ def test_a_full_response_carries_the_batch_leaves_and_two_sketch_tensors() -> No
     assert torch.equal(opening.sketch_values, committed.values)
     with pytest.raises(InvalidOpeningError, match="carries 2 tensors"):
         Opening.from_frame(parsed, frame.tensors[:2])
-    # a plain response keeps its old shape: 2 tensors per step, no leaves
+    # a plain response: each step's hidden states and the mask, no leaves
     plain = RevealResponse([step])
     assert "leaves" not in plain.to_wire() and plain.tensor_count == 2
     with pytest.raises(ProtocolError) as refused:
@@ -88,19 +104,17 @@ def test_a_full_response_carries_the_batch_leaves_and_two_sketch_tensors() -> No
 
 
 def test_the_reveal_of_a_long_session_is_read_whole() -> None:
-    """2000 decode steps with 12-hash proofs and a 4096-leaf batch: more metadata and more
+    """2100 decode steps with 12-hash proofs and a 4096-leaf batch: more metadata and more
     messages than any other frame may have. The verifier reads it (else an honest node with a
     long session could not reveal, and would be slashed for withholding); others refuse it."""
     steps = [
         RevealedStep.from_wire(
             {"leaf": {**LEAF, "step": i}, "batch": 7, "index": i, "proof": [b"p" * 32] * 12}
         )
-        for i in range(2000)
+        for i in range(2100)
     ]
     response = RevealResponse(steps, full=True, batch_leaves=[b"a" * 32] * 4096)
-    tensors = [
-        t for _ in steps for t in (torch.randn(1, 1, 16), torch.ones(1, 1, dtype=torch.long))
-    ]
+    tensors = [torch.randn(1, 1, 16) for _ in steps] + [torch.ones(1, 2100, dtype=torch.long)]
     committed = sketch(torch.randn(1, 1, 16))
     tensors += [committed.indices, committed.values]
     messages = list(encode_frame(Frame(response.to_wire(), tensors), _response()))
@@ -119,7 +133,8 @@ def test_the_reveal_of_a_long_session_is_read_whole() -> None:
     )
     assert frame is not None
     opening = Opening.from_frame(RevealResponse.from_wire(frame.metadata), frame.tensors)
-    assert len(opening.inputs) == 2000 and torch.equal(opening.inputs[-1][0], tensors[-4])
+    assert len(opening.hidden) == 2100 and torch.equal(opening.hidden[-1], tensors[-4])
+    assert torch.equal(opening.mask, tensors[-3])
     with pytest.raises(ProtocolError) as refused:
         asyncio.run(read())
     assert refused.value.code is ErrorCode.TOO_LARGE
@@ -142,3 +157,117 @@ def test_the_node_keeps_the_committed_sketch_with_the_step_inputs(tmp_path: Path
     assert keccak(store.load_sketch(rel) or b"") == sketch(hidden).hash()
     bare = store.save(b"s" * 32, 0, 2, 1, hidden, mask)  # commitments off: no sketch
     assert store.load_sketch(bare) is None
+
+
+def test_a_step_is_stored_with_its_own_mask_columns_and_older_files_still_read(
+    tmp_path: Path,
+) -> None:
+    """The node keeps [batch, tokens] of each step's mask, not [batch, past + tokens]: its
+    stored inputs grow linearly with the session. A file from before (the whole mask) reads
+    the same."""
+    store = InputStore(tmp_path)
+    hidden = torch.randn(2, 3, 16)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[0, :2] = 0  # left padding in the past: not this step's columns
+    mask[1, 7] = 0
+    rel = store.save(b"s" * 32, 0, 2, 4, hidden, mask)
+    assert load_file(str(tmp_path / rel))["mask"].shape == (2, 3)  # on disk: [batch, tokens]
+    loaded_hidden, columns = store.load(rel)
+    assert torch.equal(loaded_hidden, hidden) and torch.equal(columns, mask[:, 5:])
+    assert store.shapes(rel) == ([2, 3, 16], "F32")
+    old = tmp_path / "old.safetensors"
+    save_file({"hidden": hidden, "mask": mask}, str(old))
+    assert torch.equal(store.load("old.safetensors")[1], mask[:, 5:])
+    save_file({"hidden": hidden, "mask": mask[:, :2].contiguous()}, str(old))
+    with pytest.raises(ValueError, match="does not cover"):
+        store.load("old.safetensors")
+
+
+def test_a_frame_streamed_tensor_by_tensor_is_the_frame_encode_frame_sends() -> None:
+    tensors = [torch.randn(1, 300_000), torch.ones(1, 5, dtype=torch.long), torch.empty(0)]
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    metadata = {"type": "revealed", "steps": []}
+    response = runtime_pb2.ExpertResponse
+    streamed = list(stream_frame(metadata, iter(tensors), sizes, response))
+    assert streamed == list(encode_frame(Frame(metadata, tensors), response))
+    frame = decode_frame(streamed)
+    assert all(torch.equal(a, b) for a, b in zip(frame.tensors, tensors, strict=True))
+    # a tensor that is not the size announced in the header breaks the frame: refused
+    with pytest.raises(ProtocolError) as refused:
+        list(stream_frame(metadata, iter(tensors), [sizes[0], 8, 0], response))
+    assert refused.value.code is ErrorCode.INTERNAL
+    with pytest.raises(ProtocolError, match="announced 4 tensors"):
+        list(stream_frame(metadata, iter(tensors), [*sizes, 4], response))
+
+
+def test_every_session_the_default_cache_admits_is_revealable() -> None:
+    """The default `--cache-tokens 16384` in one sequence, for the tiny test model,
+    SmolLM2-135M (hidden 576, float32) and a large model (hidden 8192): the largest reveal
+    it can need fits what every verifier reads. A hidden size of 16384 in float32 does not."""
+    for hidden_size, dtype in [(64, "float32"), (576, "float32"), (8192, "float32"),
+                               (8192, "bfloat16")]:  # fmt: skip
+        size = reveal_limits(hidden_size=hidden_size, dtype=dtype, batch=1, max_length=16384)
+        assert size.fits, (hidden_size, dtype, size.excess())
+        assert longest_revealable(hidden_size=hidden_size, dtype=dtype, batch=1) >= 16384
+    assert reveal_limits(hidden_size=8192, dtype="float32", batch=4, max_length=4096).fits
+    huge = reveal_limits(hidden_size=16384, dtype="float32", batch=1, max_length=16384)
+    assert not huge.fits and "tensor bytes" in huge.excess()[0]
+    assert 16000 < longest_revealable(hidden_size=16384, dtype="float32", batch=1) < 16384
+    # the verifier reads up to the very caps the node checks against
+    assert (MAX_REVEAL_BYTES, MAX_REVEAL_METADATA_BYTES, MAX_REVEAL_MESSAGES) == (
+        protocol.MAX_REVEAL_BYTES,
+        protocol.MAX_REVEAL_METADATA_BYTES,
+        protocol.MAX_REVEAL_MESSAGES,
+    )
+
+
+def test_the_reveal_limits_bound_the_largest_reveal_of_a_session() -> None:
+    """A session of 300 one-token steps with leaves and proofs at their largest and a full
+    batch of leaves: its encoded reveal stays within `reveal_limits` on every count."""
+    steps_count, hidden_size = 300, 16
+    largest = {
+        **LEAF, "span": [2**16 - 1, 2**16 - 1], "step": 2**32 - 1, "tokens": 2**32 - 1,
+        "issued": 2**63 - 1,
+    }  # fmt: skip
+    steps = [
+        RevealedStep.from_wire(
+            {"leaf": largest, "batch": 2**64 - 1, "index": 2**32 - 1, "proof": [b"p" * 32] * 16}
+        )
+        for _ in range(steps_count)
+    ]
+    response = RevealResponse(steps, full=True, batch_leaves=[b"a" * 32] * MAX_BATCH_LEAVES)
+    committed = sketch(torch.randn(1, 1, hidden_size))
+    tensors = [torch.randn(1, 1, hidden_size) for _ in steps]
+    tensors += [torch.ones(1, steps_count, dtype=torch.long), committed.indices, committed.values]
+    messages = list(encode_frame(Frame(response.to_wire(), tensors), _response()))
+    bound = reveal_limits(hidden_size=hidden_size, dtype="float32", batch=1, max_length=300)
+    assert len(messages[0].metadata) <= bound.metadata_bytes
+    assert len(messages) <= bound.messages
+    assert sum(t.numel() * t.element_size() for t in tensors) <= bound.tensor_bytes
+    assert committed.indices.shape[-1] == SKETCH_TOP_K
+
+
+def test_a_node_refuses_to_open_a_session_it_could_not_reveal(tmp_path: Path) -> None:
+    """A session whose largest reveal would exceed what verifiers read is refused when it
+    opens (LENGTH_EXCEEDED, saying how long a session may be), before any cache is reserved:
+    the node never serves a leaf it could not reveal. As long as its cache allows is fine."""
+    span = load_span(make_tiny_model(tmp_path, "llama", 2), 0, 2)
+    ledger = open_ledger(sqlite_url(tmp_path / "ledger.sqlite"))
+    caches = CacheManager(max_tokens=2**20)
+    sessions = SessionManager(caches, ledger)
+    longest = longest_revealable(hidden_size=span.hidden_size, dtype="float32", batch=1)
+
+    def request(max_length: int) -> OpenSession:
+        return OpenSession(os.urandom(32), 0, 2, max_length, batch_size=1, channel_id=1)
+
+    try:
+        with pytest.raises(ProtocolError) as refused:
+            asyncio.run(sessions.open(request(longest + 1), span, NODE, 1))
+        assert refused.value.code is ErrorCode.LENGTH_EXCEEDED
+        assert f"up to max_length {longest}" in refused.value.message
+        assert caches.tokens_in_use == 0 and len(sessions) == 0
+        opened = asyncio.run(sessions.open(request(16384), span, NODE, 1))
+        assert opened.cache.max_length == 16384
+        sessions.close(opened)
+    finally:
+        ledger.close()
