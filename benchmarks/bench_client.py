@@ -16,6 +16,11 @@ last voucher once, when they stop after the generation. After they stopped, ever
 redeem transaction they sent is read from their ledgers and its gas from the chain's receipt;
 the figure is that gas over the tokens the swarm generated, per 1,000 tokens.
 
+The client's sketch check: for every hop of every step the client recomputes the sketch of the
+output it received (one top-k per position and a keccak, `node.sketch`) to hold the node to
+the sketch it committed. Timed in the same run on tensors of a decode step's shape, it is shown
+per step per hop and as a share of the swarm's time per token.
+
     .venv/bin/python benchmarks/bench_client.py [--model smollm2] [--tokens 32] [--rounds 8] [--servers 3]
 """
 
@@ -50,6 +55,7 @@ from ledger.chain import Chain
 from ledger.db import BatchStatus, TxStatus, open_ledger, sqlite_url
 from ledger.db.models import Batch, LeafRecord, SentTransaction
 from node.families import load_config
+from node.sketch import sketch
 from stakeswarm.devnet import Devnet, DevnetConfig
 from stakeswarm.home import Home
 from stakeswarm.swarm import NodeProcess, NodeSpec, running_nodes, split_blocks
@@ -57,6 +63,7 @@ from stakeswarm.swarm import NodeProcess, NodeSpec, running_nodes, split_blocks
 SCRIPT = "bench_client.py"
 WARM_UP_TOKENS = 4
 PROMPT_TOKENS = 8
+SKETCH_SAMPLES = 200  # timed sketch checks of a decode step's output
 COMMIT = "commit"  # the Commitments function a node commits a batch with
 REDEEM = "redeem"  # the PaymentChannels function a node redeems a voucher with
 
@@ -118,6 +125,7 @@ class ClientBenchResult:
     nodes: tuple[NodeGas, ...]
     client_transactions: tuple[Transaction, ...]  # the client's own: approvals, channel opens
     provenance: Provenance
+    sketch_check_ms: Spread | None = None  # the client's sketch of one decode step's output
 
     @property
     def gas(self) -> int:
@@ -138,6 +146,20 @@ def timed(
         do_sample=False,
     )
     return tokens / (time.perf_counter() - began), out[0].tolist()
+
+
+def sketch_check_ms(hidden_size: int, threads: int) -> Spread:
+    """Milliseconds the client spends recomputing the sketch (and its hash) of one hop's
+    output for a decode step ([1, 1, hidden_size] float32), over `SKETCH_SAMPLES` tensors."""
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(SKETCH_SAMPLES):
+        out = torch.randn(1, 1, hidden_size, generator=generator)
+        began = time.perf_counter()
+        sketch(out).hash()
+        times.append((time.perf_counter() - began) * 1e3)
+    return Spread.of(times)
 
 
 def mined_transactions(ledger_file: Path, chain: Chain) -> list[Transaction]:
@@ -266,6 +288,7 @@ def run(options: Options) -> ClientBenchResult:
         nodes=gas,
         client_transactions=client_txs,
         provenance=clock.provenance(),
+        sketch_check_ms=sketch_check_ms(int(load_config(path).hidden_size), options.threads),
     )
 
 

@@ -329,12 +329,22 @@ def generate_table(result: ClientBenchResult) -> str:
             ],
         ],
     )
-    return (
+    text = (
         generate
         + "\n\n"
         + f"Same tokens as local in every round: {'yes' if result.same_tokens else '**no**'}; "
         f"{result.paid:,} base units signed over to the servers."
     )
+    check = result.sketch_check_ms
+    if check is not None:
+        per_token_ms = 1e3 / result.swarm_tokens_per_s.median
+        share = check.median * o.servers / per_token_ms
+        text += (
+            f" The client's sketch check (the top-k and hash of what each hop sent back) costs "
+            f"{spread(check, '.3f')} ms per decode step per hop: {share:.2%} of the swarm's "
+            f"{per_token_ms:.1f} ms per token through {o.servers} hops."
+        )
+    return text
 
 
 def gas_table(result: ClientBenchResult) -> str:

@@ -20,9 +20,12 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from eth_account.signers.local import LocalAccount
+from safetensors.torch import save_file
 
 from client.config import ClientConfig
 from client.errors import ClientConfigError, ClientError
@@ -146,11 +149,18 @@ class SwarmClient:
         received: bytes,
         cost: int,
         problem: tuple[ReceiptProblem, str] | None,
+        output: torch.Tensor | None = None,
     ) -> None:
         """Store a receipt in the ledger: valid ones in the background (in order), invalid ones
-        (evidence) at once."""
+        (evidence) at once, with the `output` received for it, if given, as a safetensors file
+        under the evidence folder (`evidence_file`): the receipt and that tensor show anyone
+        what the node signed against what it sent."""
         assert self.ledger is not None
         ledger, chain_id = self.ledger, self.chain.chain_id
+        if problem is not None and output is not None:
+            path = self.evidence_file(receipt)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"output": output.detach().cpu().contiguous()}, str(path))
 
         def write() -> None:
             with ledger.begin() as db:
@@ -175,6 +185,12 @@ class SwarmClient:
             return
         self._pending = [f for f in self._pending if not f.done()]
         self._pending.append(self._writer.submit(write))
+
+    def evidence_file(self, receipt: SignedReceipt) -> Path:
+        """Where the output behind a refused `receipt` is kept."""
+        leaf = receipt.leaf
+        name = f"{leaf.session_id.hex()}-{leaf.span_start}-{leaf.span_end}-{leaf.step}"
+        return self.config.evidence_dir(self.account.address) / f"{name}.safetensors"
 
     def flush_receipts(self) -> None:
         """Wait until every receipt handed to `keep_receipt` is in the ledger."""

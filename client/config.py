@@ -94,3 +94,7 @@ class ClientConfig:
     def ledger_path(self, address: str) -> Path:
         """The default SQLite ledger of the wallet `address`."""
         return Path(self.home).expanduser().resolve() / "client" / address / "ledger.sqlite"
+
+    def evidence_dir(self, address: str) -> Path:
+        """Where the wallet `address` keeps the outputs behind receipts it refused."""
+        return Path(self.home).expanduser().resolve() / "client" / address / "evidence"

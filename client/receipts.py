@@ -4,8 +4,9 @@ A node answers every step with an EIP-712 `Receipt` over the step's leaf. The cl
 the step only if the receipt is signed by the server's registered address and states exactly
 what happened: the client's session id, the model, the span and step asked for, the tokens
 sent, `inputHash` = `node.tensors.tensor_hash` of the hidden states the client sent,
-`outputHash` = the hash of the hidden states it received, and, for every span after the first
-of a step, `inputHash` equal to the previous span's `outputHash` (chain of custody), and
+`outputHash` = the hash of the hidden states it received, `sketchHash` = the hash of the
+sketch of those hidden states (`node.sketch`: the client recomputes it, so a node cannot commit
+the sketch of one output and send another), and, for every span after the first of a step, `inputHash` equal to the previous span's `outputHash` (chain of custody), and
 `issuedAt` within `MAX_RECEIPT_CLOCK_SKEW` of the client's own clock (the node's commit deadline
 counts from `issuedAt`: a backdated receipt shortens it, a postdated one stretches it). Anything
 else is a `ReceiptProblem`: the step is discarded, the server is treated as failed and the
@@ -34,6 +35,7 @@ class ReceiptProblem(enum.StrEnum):
     WRONG_LEAF = "wrong_leaf"  # session, model, span, step or tokens differ from the request
     INPUT_HASH = "input_hash"  # not the hash of the hidden states sent
     OUTPUT_HASH = "output_hash"  # not the hash of the hidden states received
+    SKETCH_HASH = "sketch_hash"  # not the hash of the sketch of the hidden states received
     CUSTODY = "custody"  # input hash differs from the previous span's output hash
     ISSUED_AT = "issued_at"  # signed at a time too far from the client's clock
 
@@ -50,6 +52,7 @@ class ExpectedLeaf:
     tokens: int  # batch x new tokens
     input_hash: bytes  # tensor_hash of what was sent
     output_hash: bytes  # tensor_hash of what was received
+    sketch_hash: bytes  # node.sketch's hash of the sketch of what was received
     received_at: int  # the client's clock when the reply arrived (unix seconds)
     previous_output_hash: bytes | None = None  # the previous span's output hash this step
 
@@ -90,6 +93,13 @@ def check_receipt(
             ReceiptProblem.OUTPUT_HASH,
             f"the receipt's output hash 0x{leaf.output_hash.hex()} is not the hash of the hidden "
             f"states received (0x{expected.output_hash.hex()})",
+        )
+    if leaf.sketch_hash != expected.sketch_hash:
+        return (
+            ReceiptProblem.SKETCH_HASH,
+            f"the receipt's sketch hash 0x{leaf.sketch_hash.hex()} is not the hash of the sketch "
+            f"of the hidden states received (0x{expected.sketch_hash.hex()}): the node committed "
+            "to another output than the one it sent",
         )
     if expected.previous_output_hash is not None and leaf.input_hash != (
         expected.previous_output_hash

@@ -7,7 +7,8 @@ step, checked per step, and re-routed when a server fails.
 A step goes through the route's hops in order. For each hop the client pays a cumulative
 voucher for the step's tokens at the hop's price, sends the hidden states and the attention
 mask, and checks the signed receipt (`client.receipts.check_receipt`): signer, leaf, input
-and output hashes, and the chain of custody from the previous hop. Every receipt is kept in the
+and output hashes, the hash of the sketch of the output it received (recomputed here, so that
+what the node committed is what it sent), and the chain of custody from the previous hop. Every receipt is kept in the
 ledger (invalid ones as evidence).
 
 Each hop keeps its history: every input it was sent, in order. When a hop fails (gone,
@@ -40,6 +41,7 @@ from client.receipts import ExpectedLeaf, ReceiptProblem, check_receipt
 from client.remote import RemoteError, RemoteSpanSession, RemoteUnavailableError
 from client.routing import RouteHop, route_price
 from node.protocol import ErrorCode, ProtocolError, SignedReceipt
+from node.sketch import sketch
 from node.tensors import tensor_hash
 
 if TYPE_CHECKING:
@@ -56,9 +58,6 @@ PAYMENT_CODES = frozenset(
         ErrorCode.WRONG_CHANNEL,
     }
 )
-# The only refusal a node may send after it accepted the step's voucher (the step failed while
-# computing); after any other, the node never held the voucher.
-ACCEPTED_BEFORE = frozenset({ErrorCode.INTERNAL})
 # Non-fatal refusals that mean our request is wrong (a client bug, not a server failure).
 REQUEST_CODES = frozenset({ErrorCode.BAD_TENSOR, ErrorCode.OUT_OF_ORDER, ErrorCode.LENGTH_EXCEEDED})
 
@@ -360,7 +359,9 @@ class InferenceSession:
             )
         except RemoteError as exc:
             client.registry.forget(hop.peer_id)  # any refusal: re-read its standing on-chain
-            if exc.code not in ACCEPTED_BEFORE:
+            if exc.spent:  # the node kept the voucher: paid, nothing received
+                self._paid_for_nothing(hop, cost)
+            else:
                 client.payments.refused(hop.channel, voucher, previous_voucher)
             if exc.code in PAYMENT_CODES:
                 raise PaymentRefusedError(
@@ -377,6 +378,8 @@ class InferenceSession:
                 ban=exc.code is not ErrorCode.SESSION_EXPIRED,
             ) from exc
         except (RemoteUnavailableError, ProtocolError, TimeoutError) as exc:
+            # no answer: the node may hold the voucher, so it counts as spent
+            self._paid_for_nothing(hop, cost)
             raise ServerFailure(
                 f"{hop.peer_id} failed step {step}: {exc}", peer_id=hop.peer_id
             ) from exc
@@ -387,6 +390,8 @@ class InferenceSession:
                 peer_id=hop.peer_id,
             )
         sent, received = tensor_hash(x), tensor_hash(out)
+        # the sketch of what arrived: the node must have committed this one (client/receipts.py)
+        sketched = sketch(out).hash()
         expected = ExpectedLeaf(
             signer=hop.address,
             session_id=hop.remote.session_id,
@@ -396,6 +401,7 @@ class InferenceSession:
             tokens=batch * tokens,
             input_hash=sent,
             output_hash=received,
+            sketch_hash=sketched,
             # the chain's time, as the node's: the receipt's commit deadline counts on-chain
             received_at=int(client.payments.clock.now()),
             previous_output_hash=previous,
@@ -406,7 +412,9 @@ class InferenceSession:
             client.payments.clock.refresh()
             expected = replace(expected, received_at=int(client.payments.clock.now()))
             problem = check_receipt(client.receipt_domain, receipt, expected)
-        client.keep_receipt(hop, receipt, sent=sent, received=received, cost=cost, problem=problem)
+        client.keep_receipt(
+            hop, receipt, sent=sent, received=received, cost=cost, problem=problem, output=out
+        )
         if problem is not None:
             kind, detail = problem
             raise BadReceiptError(
@@ -419,6 +427,11 @@ class InferenceSession:
         served.tokens += batch * tokens
         served.cost += cost
         return out, _output_hash(receipt)
+
+    def _paid_for_nothing(self, hop: Hop, cost: int) -> None:
+        """A step's voucher is spent but no output came back: count what was paid."""
+        served = self.served.setdefault(hop.address, Served(hop.address, hop.peer_id))
+        served.cost += cost
 
     def _discard(self, hop: Hop, failure: ServerFailure | None) -> None:
         self._close_remote(hop.remote)

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ledger.errors import LedgerError
 from node.config import DEFAULT_HOST_MADDRS, ConfigError, NodeConfig
 from node.errors import NodeError
+from node.faults import FAULT_MODES
 
 app = typer.Typer(
     help="Serve blocks of a model to the swarm.",
@@ -182,8 +183,8 @@ def serve(
     faulty: Annotated[
         str | None,
         typer.Option(
-            help="CHEAT on purpose, for tests and demos only (this node will be slashed): "
-            "noise, skip-block, wrong-weights, low-precision, stale, equivocate or withhold.",
+            help="CHEAT (or fail) on purpose, for tests and demos only (this node will be "
+            f"slashed): {', '.join(FAULT_MODES)}.",
             show_default=False,
         ),
     ] = None,

@@ -19,37 +19,50 @@ computes is wrong, which is what a verifier must catch by re-running the span.
                    withheld verdicts slash it without ever seeing a leaf
     no-commit      computes and signs receipts honestly and is paid, but never commits a leaf
                    (a node dodging every audit): a client's receipt challenge slashes it
+    steer          the route's last node: computes honestly and signs the sketch of the honest
+                   output, but sends its client a different tensor (the output plus a large
+                   push along one fixed direction, so the client's head picks the tokens the
+                   node wants) and puts that tensor's hash in the receipt's outputHash
+    fail-after-payment  not a cheat, a failure: the first decode step it serves fails after
+                   its voucher was accepted (the output overflows to infinity, as a float16
+                   node's can, and cannot be sketched); every later step is served honestly
 
 `make_fault(mode)` gives the `Fault` of a mode (None for none). The server calls
 `fault.prepare(span)` once on the loaded span (weights, blocks) and the handler computes
 every step with `fault.forward(...)`; only `equivocate` changes the step protocol
 (`fault.replays`, `fault.rewind`), only `withhold` the reveal (`fault.check_reveal`,
-called by the handler before it builds a reveal), and only `no-commit` the commits (the server
-commits through `fault.committer(committer)`). `apply_output_fault` is the same output
+called by the handler before it builds a reveal), only `no-commit` the commits (the server
+commits through `fault.committer(committer)`), and only `steer` the receipts (the server signs
+through `fault.receipts(receipts)`, which sketches the honest output `forward` kept aside). `apply_output_fault` is the same output
 rule for in-process calibration (`benchmarks/calibrate.py`, the verifier's tests).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import logging
 import threading
+from typing import Any
 
 import torch
 from torch import nn
 
+from ledger.eip712 import sign_receipt
 from node.blocks import Span
 from node.cache import SessionCache
-from node.commits import CommitsPending, Committer
+from node.commits import CommitsPending, Committer, Receipts
 from node.errors import NodeError
-from node.protocol import ErrorCode, ProtocolError
+from node.protocol import ErrorCode, ProtocolError, SignedReceipt
+from node.tensors import tensor_hash
 
 logger = logging.getLogger(__name__)
 
 NOISE_SCALE = 0.01  # noise std as a fraction of the output's std (per step)
 WEIGHT_NOISE_SCALE = 0.01  # weight perturbation std as a fraction of each tensor's std
 LOW_PRECISION_DTYPE = torch.bfloat16  # what `low-precision` computes in
+STEER_SCALE = 20.0  # `steer`'s push along its direction, in multiples of the output's std
 
 
 class FaultMode(enum.StrEnum):
@@ -63,6 +76,8 @@ class FaultMode(enum.StrEnum):
     EQUIVOCATE = "equivocate"
     WITHHOLD = "withhold"
     NO_COMMIT = "no-commit"
+    STEER = "steer"
+    FAIL_AFTER_PAYMENT = "fail-after-payment"
 
 
 FAULT_MODES: tuple[str, ...] = tuple(mode.value for mode in FaultMode)
@@ -156,6 +171,8 @@ class Fault:
         self._lock = threading.Lock()
         self._last_output: dict[bytes, torch.Tensor] = {}  # stale: per session
         self._past: dict[bytes, int] = {}  # equivocate: cache length before the last step
+        self._honest: dict[int, torch.Tensor] = {}  # steer: id(sent output) -> honest output
+        self._failed = False  # fail-after-payment: the one failure happened
 
     def prepare(self, span: Span) -> Span:
         """The span this node will actually serve with."""
@@ -173,6 +190,19 @@ class Fault:
         if self.mode is FaultMode.NO_COMMIT:
             return _NeverCommits()
         return committer
+
+    def receipts(self, receipts: Receipts) -> Receipts:
+        """What the node signs receipts with: `receipts` itself, or for `steer` a signer that
+        sketches the honest output while hashing the tensor sent."""
+        if self.mode is FaultMode.STEER:
+            return _SteeringReceipts(receipts, self)
+        return receipts
+
+    def honest_output(self, sent: torch.Tensor) -> torch.Tensor:
+        """`steer`: the honest output `forward` computed for the tensor `sent` (`sent` itself
+        when it was not steered)."""
+        with self._lock:
+            return self._honest.pop(id(sent), sent)
 
     def check_reveal(self, batch_id: int, leaf_index: int) -> None:
         """Raise the refusal a withholding node answers every reveal with (`ProtocolError`
@@ -200,10 +230,22 @@ class Fault:
                 self._past[session_id] = cache.length
         if self.mode is FaultMode.LOW_PRECISION:
             return low_precision_forward(span, hidden, mask, cache)
+        decoding = cache is not None and cache.length > 0  # a step after the prefill
         output = span.forward(hidden, mask, cache)
         if self.mode is FaultMode.NOISE:
             with self._lock:
                 return add_noise(output, self._generator)
+        if self.mode is FaultMode.STEER:
+            steered = steer(output, self._direction(output))
+            with self._lock:
+                self._honest[id(steered)] = output
+            return steered
+        if self.mode is FaultMode.FAIL_AFTER_PAYMENT and decoding:
+            with self._lock:
+                fail, self._failed = not self._failed, True
+            if fail:
+                logger.warning("FAULT fail-after-payment: this step's output overflows")
+                return torch.full_like(output, float("inf"))
         if self.mode is FaultMode.STALE and session_id:
             with self._lock:
                 previous = self._last_output.get(session_id)
@@ -211,6 +253,12 @@ class Fault:
             if previous is not None and previous.shape == output.shape:
                 return previous
         return output
+
+    def _direction(self, output: torch.Tensor) -> torch.Tensor:
+        # one fixed unit direction per node: every steered step pushes the same way
+        generator = torch.Generator().manual_seed(self._seed)
+        direction = torch.randn(output.shape[-1], generator=generator)
+        return (direction / direction.norm()).to(output.device)
 
     def replays(self, session_id: bytes, step: int, next_step: int) -> bool:
         """True when this node serves `step` although the session expects `next_step`: an
@@ -232,6 +280,40 @@ class Fault:
         with self._lock:
             self._last_output.pop(session_id, None)
             self._past.pop(session_id, None)
+
+
+def steer(
+    output: torch.Tensor, direction: torch.Tensor, scale: float = STEER_SCALE
+) -> torch.Tensor:
+    """`output` [batch, tokens, hidden] pushed along the unit `direction` [hidden] by `scale` x
+    its std: what a steering node sends instead of what it computed."""
+    push = direction.float() * scale * float(output.float().std()) * output.shape[-1] ** 0.5
+    return (output.float() + push).to(output.dtype)
+
+
+class _SteeringReceipts(Receipts):
+    """`steer`'s receipts: the sketch of the honest output, the hash of the tensor sent."""
+
+    def __init__(self, receipts: Receipts, fault: Fault) -> None:
+        super().__init__(
+            domain=receipts.domain,
+            account=receipts.account,
+            model_id=receipts.model_id,
+            enabled=receipts.enabled,
+            clock=receipts.clock,
+        )
+        self._fault = fault
+
+    def make_with_sketch(
+        self, *, hidden_out: torch.Tensor, **step: Any
+    ) -> tuple[SignedReceipt, bytes]:
+        honest = self._fault.honest_output(hidden_out)
+        if honest is hidden_out:
+            return super().make_with_sketch(hidden_out=hidden_out, **step)
+        logger.warning("CHEAT MODE steer: sending a steered output, signing the honest sketch")
+        honest_receipt, encoded = super().make_with_sketch(hidden_out=honest, **step)
+        leaf = dataclasses.replace(honest_receipt.leaf, output_hash=tensor_hash(hidden_out))
+        return SignedReceipt(leaf, sign_receipt(self.domain, leaf, self.account)), encoded
 
 
 class _NeverCommits:

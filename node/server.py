@@ -450,6 +450,7 @@ class Server:
         )
         if self.fault is not None:
             self.committer = self.fault.committer(self.committer)
+            self.receipts = self.fault.receipts(self.receipts)
         self.answerer = ChallengeAnswerer(
             self.chain,
             self.ledger,

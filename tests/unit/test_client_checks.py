@@ -18,6 +18,7 @@ from client.registry import registration_problem
 from ledger.eip712 import Domain, sign_receipt
 from ledger.types import Leaf, model_id
 from node.protocol import SignedReceipt
+from node.sketch import sketch
 from node.tensors import tensor_hash
 
 SALT = bytes.fromhex("5a17" * 16)  # a Slasher deployment's EIP-712 domain salt
@@ -41,10 +42,20 @@ def _step() -> tuple[torch.Tensor, torch.Tensor, ExpectedLeaf, Leaf]:
         tokens=3,
         input_hash=tensor_hash(sent),
         output_hash=tensor_hash(received),
+        sketch_hash=sketch(received).hash(),
         received_at=NOW,
     )
     leaf = Leaf(
-        SESSION, MODEL, 3, 6, 4, 3, tensor_hash(sent), tensor_hash(received), b"\x09" * 32, NOW - 2
+        SESSION,
+        MODEL,
+        3,
+        6,
+        4,
+        3,
+        tensor_hash(sent),
+        tensor_hash(received),
+        sketch(received).hash(),
+        NOW - 2,
     )
     return sent, received, expected, leaf
 
@@ -100,6 +111,21 @@ def test_hashes_must_be_of_what_was_sent_and_received() -> None:
     found = check_receipt(DOMAIN, _signed(leaf), altered)
     assert found is not None and found[0] is ReceiptProblem.OUTPUT_HASH
     assert "not the hash of the hidden states received" in found[1]
+
+
+def test_the_sketch_must_be_of_what_was_received() -> None:
+    """A node that commits the sketch of its honest output but sends (and hashes) a steered
+    one: the output hash matches what arrived, the sketch hash does not."""
+    _, received, expected, leaf = _step()
+    steered = received.clone()
+    steered[..., 0] += 10.0  # pushed towards a token of the node's choice
+    lying = dataclasses.replace(
+        expected, output_hash=tensor_hash(steered), sketch_hash=sketch(steered).hash()
+    )
+    committed_honest = dataclasses.replace(leaf, output_hash=tensor_hash(steered))
+    found = check_receipt(DOMAIN, _signed(committed_honest), lying)
+    assert found is not None and found[0] is ReceiptProblem.SKETCH_HASH
+    assert "committed to another output than the one it sent" in found[1]
 
 
 def test_custody_breaks_when_the_input_is_not_the_previous_output() -> None:

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from eth_account import Account
 
+from ledger.eip712 import Domain, recover_receipt_signer
+from ledger.types import model_id
 from node.blocks import Span, load_span
 from node.cache import CacheManager
+from node.commits import Receipts
 from node.config import ConfigError, NodeConfig
 from node.faults import (
     FAULT_MODES,
@@ -22,6 +26,8 @@ from node.faults import (
     skipping_block,
 )
 from node.protocol import ErrorCode, ProtocolError
+from node.sketch import sketch
+from node.tensors import tensor_hash
 from tests.models import make_tiny_model
 
 
@@ -39,7 +45,7 @@ def inputs(seed: int = 0, tokens: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 def test_modes_are_named_and_an_unknown_one_is_refused(tmp_path: Path) -> None:
     assert FAULT_MODES == (
         "noise", "skip-block", "wrong-weights", "low-precision", "stale", "equivocate",
-        "withhold", "no-commit",
+        "withhold", "no-commit", "steer", "fail-after-payment",
     )  # fmt: skip
     assert make_fault(None) is None
     with pytest.raises(FaultConfigError, match="unknown cheat mode 'lazy'"):
@@ -157,3 +163,40 @@ def test_withhold_computes_honestly_but_refuses_every_reveal(span: Span) -> None
         assert other is not None
         if other.mode is not FaultMode.WITHHOLD:
             other.check_reveal(1, 0)
+
+
+def test_steer_sends_another_output_and_signs_the_honest_sketch(span: Span) -> None:
+    hidden, mask = inputs()
+    fault = make_fault("steer", seed=3)
+    assert fault is not None
+    honest = span.forward(hidden, mask)
+    sent = fault.forward(span, hidden, mask)
+    assert not torch.allclose(sent, honest)  # pushed far along one direction
+    account = Account.from_key(b"\x05" * 32)
+    domain = Domain.slasher(31337, "0x" + "5c" * 20, b"\x5a" * 32)
+    plain = Receipts(domain=domain, account=account, model_id=model_id("tiny"))
+    receipts = fault.receipts(plain)
+    step = dict(session_id=b"\x01" * 32, span=(0, 4), step=0, tokens=12, hidden_in=hidden)
+    receipt, encoded = receipts.make_with_sketch(hidden_out=sent, **step)
+    # outputHash names what was sent, sketchHash the honest output: a verifier recomputing
+    # the span passes it, the client holding `sent` does not
+    assert receipt.leaf.output_hash == tensor_hash(sent)
+    assert receipt.leaf.sketch_hash == sketch(honest).hash() != sketch(sent).hash()
+    assert encoded == sketch(honest).encode()
+    assert recover_receipt_signer(domain, receipt.leaf, receipt.signature) == account.address
+    # every other mode signs with the node's own receipts
+    other = make_fault("noise")
+    assert other is not None and other.receipts(plain) is plain
+
+
+def test_fail_after_payment_fails_the_first_decode_step_once(span: Span) -> None:
+    fault = make_fault("fail-after-payment")
+    assert fault is not None
+    hidden, mask = inputs(tokens=8)
+    with CacheManager(1000).open("s", span.kv_layout, batch=2, max_length=8) as cache:
+        prefill = fault.forward(span, hidden[:, :6], mask[:, :6], cache)
+        assert torch.isfinite(prefill).all()
+        failed = fault.forward(span, hidden[:, 6:7], mask[:, :7], cache)
+        assert not torch.isfinite(failed).any()  # cannot be sketched: the step fails
+        again = fault.forward(span, hidden[:, 7:8], mask[:, :8], cache)
+        assert torch.isfinite(again).all()
