@@ -19,6 +19,7 @@ from node.config import ConfigError, NodeConfig
 from node.faults import (
     FAULT_MODES,
     NOISE_SCALE,
+    Fault,
     FaultConfigError,
     FaultMode,
     make_fault,
@@ -55,12 +56,16 @@ def test_modes_are_named_and_an_unknown_one_is_refused(tmp_path: Path) -> None:
     assert NodeConfig(model_path=tmp_path, devnet=True, faulty="noise").faulty == "noise"
 
 
-def test_noise_adds_noise_of_the_declared_scale(span: Span) -> None:
+def served(span: Span, mode: str, seed: int) -> tuple[Fault, torch.Tensor, torch.Tensor]:
+    """A node in `mode` and, for the same stateless step, its output and the honest one."""
     hidden, mask = inputs()
-    fault = make_fault("noise", seed=1)
+    fault = make_fault(mode, seed=seed)
     assert fault is not None
-    honest = span.forward(hidden, mask)
-    noised = fault.forward(span, hidden, mask)
+    return fault, fault.forward(span, hidden, mask), span.forward(hidden, mask)
+
+
+def test_noise_adds_noise_of_the_declared_scale(span: Span) -> None:
+    _, noised, honest = served(span, "noise", seed=1)
     ratio = float((noised - honest).std() / honest.std())
     assert NOISE_SCALE * 0.8 < ratio < NOISE_SCALE * 1.2
 
@@ -166,11 +171,8 @@ def test_withhold_computes_honestly_but_refuses_every_reveal(span: Span) -> None
 
 
 def test_steer_sends_another_output_and_signs_the_honest_sketch(span: Span) -> None:
-    hidden, mask = inputs()
-    fault = make_fault("steer", seed=3)
-    assert fault is not None
-    honest = span.forward(hidden, mask)
-    sent = fault.forward(span, hidden, mask)
+    hidden, _ = inputs()
+    fault, sent, honest = served(span, "steer", seed=3)
     assert not torch.allclose(sent, honest)  # pushed far along one direction
     account = Account.from_key(b"\x05" * 32)
     domain = Domain.slasher(31337, "0x" + "5c" * 20, b"\x5a" * 32)
