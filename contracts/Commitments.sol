@@ -6,14 +6,17 @@ import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 
 /// @title Commitments: one Merkle root per batch of served leaves.
 /// @notice Only an active node registered for the committed model may commit; the sender is the
-/// node the Slasher later holds to the batch. One storage slot per batch: the hash of its header.
-/// Holds no funds.
+/// node the Slasher later holds to the batch. Two storage slots per batch: the hash of its header,
+/// and its id under (node, root), so a node commits each root once. Holds no funds.
 contract Commitments is ICommitments {
     INodeRegistry private immutable _registry;
     uint32 private immutable _maxLeaves;
 
     mapping(uint256 batchId => bytes32 headerHash) private _batchHashes;
     uint256 private _batchCount;
+    /// @dev Each node commits a root once: a second batch under the same root would be a batch
+    /// the node's ledger knows nothing of (see `commit`).
+    mapping(address node => mapping(bytes32 root => uint256 batchId)) private _rootBatches;
 
     /// @param registry_ The node registry that decides who is an active node; its
     /// `commitments()` must be this contract.
@@ -32,9 +35,12 @@ contract Commitments is ICommitments {
         if (leafCount == 0) revert CommitmentsEmptyBatch();
         if (leafCount > _maxLeaves) revert CommitmentsTooManyLeaves(leafCount, _maxLeaves);
         if (root == bytes32(0)) revert CommitmentsZeroRoot();
+        uint256 earlier = _rootBatches[msg.sender][root];
+        if (earlier != 0) revert CommitmentsRootAlreadyCommitted(msg.sender, root, earlier);
 
         uint64 committedAt = uint64(block.timestamp);
         batchId = ++_batchCount;
+        _rootBatches[msg.sender][root] = batchId;
         _batchHashes[batchId] = keccak256(abi.encode(msg.sender, modelId, root, leafCount, committedAt));
         emit BatchCommitted(batchId, msg.sender, modelId, root, leafCount, committedAt);
 
@@ -60,6 +66,11 @@ contract Commitments is ICommitments {
     function hashHeader(BatchHeader calldata header) public pure returns (bytes32) {
         // A static struct ABI-encodes as its fields in order, as `commit` hashes them.
         return keccak256(abi.encode(header));
+    }
+
+    /// @inheritdoc ICommitments
+    function batchOfRoot(address node, bytes32 root) external view returns (uint256) {
+        return _rootBatches[node][root];
     }
 
     /// @inheritdoc ICommitments

@@ -6,6 +6,10 @@ EIP-1559 fees, sign locally, send raw, await the receipt. Reverts are decoded ag
 of every compiled contract (ours and the OpenZeppelin ones they use) and raised as
 `ContractRevert` with the error's name and arguments, never as a hex blob.
 
+After a restart, `Sender.reconcile` tells what became of a transaction the ledger recorded as
+sent but never saw mined (looked up by hash, then by nonce): mined, reverted, still pending, or
+dropped (its nonce taken by another transaction, or unknown to the node).
+
 Nonces: one `NonceManager` per (RPC endpoint, address) in the process, shared by every
 `Sender` of that key, so threads sending concurrently get distinct, gapless nonces. It
 resyncs from `eth_getTransactionCount(pending)` after any failure, and on `Chain.reset_nonces`
@@ -14,6 +18,7 @@ resyncs from `eth_getTransactionCount(pending)` after any failure, and on `Chain
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,7 +32,13 @@ from hexbytes import HexBytes
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
 from web3.contract import Contract
-from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
+from web3.exceptions import (
+    ContractLogicError,
+    TimeExhausted,
+    TransactionNotFound,
+    Web3Exception,
+    Web3RPCError,
+)
 from web3.types import BlockIdentifier, Nonce, TxData, TxParams, TxReceipt, Wei
 
 from ledger.abi_codec import (  # re-exported: callers import these from ledger.chain
@@ -50,6 +61,8 @@ __all__ = [
     "NonceManager",
     "Sender",
     "TransactionTimeout",
+    "TxFate",
+    "TxOutcome",
     "TxResult",
     "format_value",
 ]
@@ -85,6 +98,27 @@ class TxResult:
         if len(found) != 1:
             raise LookupError(f"expected one {name} event in {self.tx_hash}, found {len(found)}")
         return found[0]
+
+
+class TxFate(enum.StrEnum):
+    """What became of a transaction sent earlier (`Sender.reconcile`)."""
+
+    MINED = "mined"  # in a block, succeeded
+    REVERTED = "reverted"  # in a block, reverted
+    PENDING = "pending"  # known to the node, not mined yet: it may still land
+    DROPPED = "dropped"  # unknown to the node: it can never land unless sent again
+
+
+@dataclass(frozen=True)
+class TxOutcome:
+    """A recorded transaction as the chain now tells it (`Sender.reconcile`)."""
+
+    tx_hash: str  # 0x-hex
+    nonce: int
+    fate: TxFate
+    result: TxResult | None = None  # MINED: the receipt, its events decoded
+    revert: ContractRevert | None = None  # REVERTED: why
+    detail: str = ""  # DROPPED: why it is taken for dropped
 
 
 @dataclass(frozen=True)
@@ -419,6 +453,71 @@ class Sender:
             events=self.chain.decode_logs(receipt["logs"]),
             contract_address=to_checksum_address(contract_address) if contract_address else None,
         )
+
+    def reconcile(self, tx_hash: str, nonce: int, *, action: str) -> TxOutcome:
+        """What became of `tx_hash` (0x-hex), which this key sent with `nonce` (e.g. before a
+        crash), recorded in the ledger as well when this sender records. Looked up by hash: a
+        receipt says mined or reverted (the revert decoded by replaying it); a transaction the
+        node holds without a receipt is pending. One the node does not know is dropped: its
+        nonce is either taken by another mined transaction, or free and the transaction gone
+        from the node's pool; either way it can never be mined unless sent again. `ChainError`
+        when the chain cannot be asked."""
+        w3 = self.chain.w3
+        try:
+            try:
+                receipt = w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+            except TransactionNotFound:
+                receipt = None
+            if receipt is None or receipt.get("blockNumber") is None:
+                try:
+                    w3.eth.get_transaction(HexBytes(tx_hash))
+                except TransactionNotFound:
+                    return self._dropped(tx_hash, nonce, action)
+                return TxOutcome(tx_hash, nonce, TxFate.PENDING)
+            block_number = int(receipt["blockNumber"])
+            gas_used = int(receipt["gasUsed"])
+            if receipt["status"] != 1:
+                sent = w3.eth.get_transaction(HexBytes(tx_hash))
+                fields: TxParams = {
+                    "from": self.address,
+                    "to": sent["to"],
+                    "data": HexBytes(sent["input"]),
+                    "value": sent["value"],
+                    "gas": sent["gas"],
+                }
+                revert = self._replay_revert(fields, block_number, action)
+                self._record_outcome(
+                    tx_hash,
+                    "reverted",
+                    gas_used=gas_used,
+                    block_number=block_number,
+                    error=revert.signature,
+                )
+                return TxOutcome(tx_hash, nonce, TxFate.REVERTED, revert=revert)
+        except (Web3Exception, requests.RequestException, OSError) as exc:
+            raise ChainError(f"{action}: cannot look up {tx_hash}: {exc}") from exc
+        self._record_outcome(tx_hash, "mined", gas_used=gas_used, block_number=block_number)
+        contract_address = receipt.get("contractAddress")
+        result = TxResult(
+            tx_hash=tx_hash,
+            gas_used=gas_used,
+            block_number=block_number,
+            events=self.chain.decode_logs(receipt["logs"]),
+            contract_address=to_checksum_address(contract_address) if contract_address else None,
+        )
+        return TxOutcome(tx_hash, nonce, TxFate.MINED, result=result)
+
+    def _dropped(self, tx_hash: str, nonce: int, action: str) -> TxOutcome:
+        used = self.chain.nonce(self.address, "latest")
+        if nonce < used:
+            detail = f"dropped: nonce {nonce} was used by another transaction"
+        else:
+            detail = f"dropped: unknown to the node, nonce {nonce} unused"
+        logger.info("%s: %s (%s)", action, detail, tx_hash)
+        self._record_outcome(tx_hash, "failed", error=detail)
+        with self._nonces.lock:
+            self._nonces.invalidate()
+        return TxOutcome(tx_hash, nonce, TxFate.DROPPED, detail=detail)
 
     def _replay_revert(self, fields: TxParams, block_number: int, action: str) -> ContractRevert:
         """Why a mined transaction reverted: replay it as a call on the state before its block."""

@@ -12,9 +12,11 @@ served twice, and a retried ledger write stores the receipt already signed, neve
 ledger and the step's inputs (hidden states as received, the step's own columns of its mask,
 and the encoded sketch the leaf commits) to a safetensors file under the node's inputs
 directory, indexed in the ledger.
-`Committer.commit_pending` seals pending leaves into batches and commits each root
-(`Commitments.commit`), recording the on-chain batch id; `prune_inputs` deletes inputs whose
-challenge window closed. `build_reveal` assembles what a verifier gets for a leaf from the
+`Committer.commit_pending` first settles the commit transactions sent before a crash (by hash
+and nonce: a mined one is never sent again, and nothing is sent while one may still land), then
+seals pending leaves into batches and commits each root (`Commitments.commit`, which refuses a
+root the node already committed), recording the on-chain batch id; `prune_inputs` deletes
+inputs whose challenge window closed. `build_reveal` assembles what a verifier gets for a leaf from the
 ledger, and `Reveal.messages` streams it from disk one step at a time.
 """
 
@@ -40,14 +42,16 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from sqlalchemy.exc import IntegrityError
 
-from ledger.chain import ChainError
+from ledger.chain import ChainError, ContractRevert, TxFate
 from ledger.contracts import Commitments
+from ledger.contracts.commitments import ROOT_ALREADY_COMMITTED
 from ledger.db import (
     BatchStatus,
     Ledger,
     add_leaf,
     add_served_steps,
     batch_tree,
+    batch_with_root,
     batches_with_status,
     delete_inputs,
     expired_input_spans,
@@ -55,6 +59,7 @@ from ledger.db import (
     mark_batch_committed,
     mark_batch_failed,
     pending_leaves,
+    pending_txs,
     record_input,
     seal_batch,
     session_inputs,
@@ -63,6 +68,7 @@ from ledger.db import (
 from ledger.db.columns import utcnow
 from ledger.db.models import Batch
 from ledger.eip712 import Domain, sign_receipt
+from ledger.errors import LedgerError
 from ledger.merkle import MerkleTree
 from ledger.types import Leaf, ModelId
 from node.errors import SketchFormatError
@@ -370,9 +376,17 @@ class Committer:
         self.committed_batches = 0  # by this process
 
     def commit_pending(self) -> list[int]:
-        """Commit every batch left sealed but uncommitted, then seal and commit the pending
-        leaves, `max_leaves` per batch. Returns the on-chain batch ids committed."""
-        committed: list[int] = []
+        """Settle the commit transactions sent before (`reconcile`), then commit every batch left
+        sealed but uncommitted, then seal and commit the pending leaves, `max_leaves` per batch.
+        Sends nothing while an earlier commit transaction is still pending. Returns the on-chain
+        batch ids committed (or found committed)."""
+        try:
+            committed, settled = self.reconcile()
+        except (ChainError, LedgerError, OSError) as exc:
+            logger.warning("cannot reconcile the commit transactions sent before: %s", exc)
+            return []
+        if not settled:
+            return committed
         with self.ledger.begin() as db:
             retry = [
                 b.id
@@ -396,19 +410,100 @@ class Committer:
                 return committed
             committed.append(chain_id)
 
+    def reconcile(self) -> tuple[list[int], bool]:
+        """Settle every commit transaction the ledger recorded as sent and never saw mined (the
+        node stopped while one was pending), asking the chain by hash and then by nonce
+        (`Commitments.reconcile`): a mined one marks its batch committed under the id of its
+        `BatchCommitted` event, so it is never sent again; a reverted or dropped one leaves its
+        batch to `_commit`, which first looks its root up on-chain. Returns the on-chain batch
+        ids found committed and whether every transaction settled (False while one is pending:
+        it may still land, so nothing may be sent)."""
+        with self.ledger.begin() as db:
+            sent = [
+                (tx.tx_hash, tx.nonce)
+                for tx in pending_txs(db, sender=self.node)
+                if tx.function == self.commitments.commit_action
+                and tx.to == self.commitments.address
+            ]
+        found: list[int] = []
+        settled = True
+        for tx_hash, nonce in sent:
+            hex_hash = "0x" + tx_hash.hex()
+            outcome = self.commitments.reconcile(hex_hash, nonce)
+            if outcome.fate is TxFate.PENDING:
+                logger.info(
+                    "commit transaction %s (nonce %d) is still pending: committing nothing "
+                    "until it is mined or dropped",
+                    hex_hash,
+                    nonce,
+                )
+                settled = False
+            elif outcome.fate is TxFate.MINED:
+                assert outcome.result is not None  # a mined outcome carries its receipt
+                batch = self.commitments.committed_batch(outcome.result)
+                if self._adopt(batch.root, batch.batch_id, hex_hash) is not None:
+                    found.append(batch.batch_id)
+            else:
+                logger.warning(
+                    "commit transaction %s (nonce %d) %s: %s",
+                    hex_hash,
+                    nonce,
+                    outcome.fate,
+                    outcome.revert or outcome.detail,
+                )
+        return found, settled
+
+    def _adopt(self, root: bytes, chain_batch_id: int, tx_hash: str) -> int | None:
+        """Mark our batch under `root` committed as on-chain batch `chain_batch_id` (by
+        `tx_hash`), a commit this process did not see mined. None if no batch of this ledger
+        has that root."""
+        with self.ledger.begin() as db:
+            batch = batch_with_root(db, root)
+            if batch is None:
+                logger.error(
+                    "on-chain batch %d (root 0x%s, tx %s) is no batch of this ledger",
+                    chain_batch_id,
+                    root.hex(),
+                    tx_hash,
+                )
+                return None
+            mark_batch_committed(
+                db,
+                batch,
+                chain_batch_id=chain_batch_id,
+                tx_hash=bytes.fromhex(tx_hash.removeprefix("0x")),
+            )
+            local_id = batch.id
+        logger.info(
+            "batch %d (root 0x%s) is on-chain as batch %d, committed earlier (tx %s)",
+            local_id,
+            root.hex(),
+            chain_batch_id,
+            tx_hash,
+        )
+        return chain_batch_id
+
     def _commit(self, batch_id: int) -> int | None:
         with self.ledger.begin() as db:
             batch = db.get(Batch, batch_id)
             assert batch is not None
             root, count, tokens = batch.root, batch.leaf_count, batch.token_count
         try:
+            # a root already on-chain (an earlier transaction that landed unseen) is never sent
+            # again: the contract would refuse it, and the ledger must name that batch
+            earlier = self.commitments.batch_of_root(self.node, root)
+            if earlier is not None:
+                event = self.commitments.batch_committed(earlier)
+                return self._adopt(root, earlier, event.tx_hash)
             result = self.commitments.commit(self.model_id, root, count)
+        except ContractRevert as exc:
+            if exc.name == ROOT_ALREADY_COMMITTED:
+                # sent before and mined since the check (adopt it), or still pending (next time)
+                return self._adopt_mined(batch_id, root, count, exc)
+            self._failed(batch_id, count, exc)
+            return None
         except (ChainError, OSError) as exc:
-            logger.warning("committing batch %d (%d leaves) failed: %s", batch_id, count, exc)
-            with self.ledger.begin() as db:
-                batch = db.get(Batch, batch_id)
-                assert batch is not None
-                mark_batch_failed(db, batch, str(exc))
+            self._failed(batch_id, count, exc)
             return None
         chain_batch_id = int(self.commitments.committed_batch_id(result))
         with self.ledger.begin() as db:
@@ -430,6 +525,27 @@ class Committer:
             result.tx_hash,
         )
         return chain_batch_id
+
+    def _adopt_mined(
+        self, batch_id: int, root: bytes, count: int, refused: ContractRevert
+    ) -> int | None:
+        try:
+            earlier = self.commitments.batch_of_root(self.node, root)
+            if earlier is None:
+                self._failed(batch_id, count, refused)  # an earlier send is pending
+                return None
+            event = self.commitments.batch_committed(earlier)
+        except (ChainError, OSError) as exc:
+            self._failed(batch_id, count, exc)
+            return None
+        return self._adopt(root, earlier, event.tx_hash)
+
+    def _failed(self, batch_id: int, count: int, exc: Exception) -> None:
+        logger.warning("committing batch %d (%d leaves) failed: %s", batch_id, count, exc)
+        with self.ledger.begin() as db:
+            batch = db.get(Batch, batch_id)
+            assert batch is not None
+            mark_batch_failed(db, batch, str(exc))
 
 
 def prune_inputs(ledger: Ledger, store: InputStore, *, challenge_window: float) -> int:

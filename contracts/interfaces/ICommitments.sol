@@ -30,6 +30,9 @@ interface ICommitments {
 
     error CommitmentsEmptyBatch();
     error CommitmentsZeroRoot();
+    /// @notice `node` already committed `root` (as batch `batchId`): a root is committed once per
+    /// node, so a commit re-sent after a crash cannot land twice.
+    error CommitmentsRootAlreadyCommitted(address node, bytes32 root, uint256 batchId);
     /// @notice A batch may hold at most `maxLeaves` leaves (what a verifier can audit).
     error CommitmentsTooManyLeaves(uint32 leafCount, uint32 maxLeaves);
     error CommitmentsUnknownBatch(uint256 batchId);
@@ -43,7 +46,7 @@ interface ICommitments {
     /// @notice Commit the root of `leafCount` leaves (1 to `maxLeaves`). The caller must be an
     /// active node registered for `modelId` (the registry checks and records the commit's time,
     /// which keeps the node's stake slashable for the commit's challenge window). Batch ids start
-    /// at 1.
+    /// at 1. Reverts with `CommitmentsRootAlreadyCommitted` if the caller already committed `root`.
     function commit(bytes32 modelId, bytes32 root, uint32 leafCount) external returns (uint256 batchId);
 
     /// @notice Reverts with `CommitmentsUnknownBatch` or `CommitmentsHeaderMismatch` unless
@@ -55,6 +58,9 @@ interface ICommitments {
 
     /// @notice `keccak256(abi.encode(header))`: what `batchHash` stores for a header.
     function hashHeader(BatchHeader calldata header) external pure returns (bytes32);
+
+    /// @notice The batch in which `node` committed `root`; zero if it never did.
+    function batchOfRoot(address node, bytes32 root) external view returns (uint256);
 
     /// @notice How many batches were committed (the latest batch id).
     function batchCount() external view returns (uint256);

@@ -139,6 +139,42 @@ contract CommitmentsTest is CommitmentsSetup {
         commitments.commit(MODEL, bytes32(0), 1);
     }
 
+    function test_commit_revertsOnARootTheNodeAlreadyCommitted() public {
+        vm.prank(NODE);
+        uint256 first = commitments.commit(MODEL, ROOT, 16);
+        vm.warp(T0 + 8);
+        vm.expectRevert(
+            abi.encodeWithSelector(ICommitments.CommitmentsRootAlreadyCommitted.selector, NODE, ROOT, first)
+        );
+        vm.prank(NODE);
+        commitments.commit(MODEL, ROOT, 16);
+        assertEq(commitments.batchCount(), 1, "one batch");
+    }
+
+    function test_commit_recordsTheBatchOfEachRoot() public {
+        assertEq(commitments.batchOfRoot(NODE, ROOT), 0, "nothing committed yet");
+        vm.prank(NODE);
+        commitments.commit(MODEL, keccak256("root 0"), 1);
+        vm.prank(NODE);
+        uint256 id = commitments.commit(MODEL, ROOT, 1);
+        assertEq(commitments.batchOfRoot(NODE, ROOT), id, "the root's batch");
+        assertEq(commitments.batchOfRoot(address(0xB0B), ROOT), 0, "another node's root is its own");
+    }
+
+    function test_commit_acceptsTheSameRootFromAnotherNode() public {
+        address other = address(0xB0B);
+        token.transfer(other, 10_000e18);
+        vm.startPrank(other);
+        token.approve(address(registry), type(uint256).max);
+        registry.register(MODEL, 0, 8, 1e12, hex"0304", 800e18);
+        vm.stopPrank();
+        vm.prank(NODE);
+        commitments.commit(MODEL, ROOT, 1);
+        vm.prank(other);
+        assertEq(commitments.commit(MODEL, ROOT, 1), 2, "another node's batch");
+        assertEq(commitments.batchOfRoot(other, ROOT), 2, "recorded for that node");
+    }
+
     function test_commit_acceptsExactlyMaxLeaves() public {
         vm.prank(NODE);
         assertEq(commitments.commit(MODEL, ROOT, MAX_LEAVES), 1, "a full batch");

@@ -292,7 +292,7 @@ contract SlasherWithheldTest is WithheldSetup {
     }
 
     function test_slashWithheld_revertsOnVerdictForAnotherBatch() public {
-        (uint256 other,) = commitLeaves(node, _hashes);
+        (uint256 other,) = commitRoot(node, keccak256("another batch"), uint32(_hashes.length));
         _expectRecoveredStranger(slasher.withheldDigest(node, other, 0));
     }
 

@@ -8,9 +8,12 @@ from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 from web3.types import BlockIdentifier
 
-from ledger.chain import ChainError, DecodedEvent, TxResult
-from ledger.contracts.base import ContractWrapper
+from ledger.chain import ChainError, DecodedEvent, TxOutcome, TxResult
+from ledger.contracts.base import ContractWrapper, NoSenderError
 from ledger.types import Address, BatchId, ModelId
+
+# The revert of a commit whose root the node already committed (ICommitments).
+ROOT_ALREADY_COMMITTED = "CommitmentsRootAlreadyCommitted"
 
 
 class UnknownBatchError(ChainError):
@@ -90,6 +93,37 @@ class Commitments(ContractWrapper):
         """Commit one batch root; the new id is in the result's `BatchCommitted` event
         (see `committed_batch_id`)."""
         return self._transact("commit", model_id, root, leaf_count)
+
+    @property
+    def commit_action(self) -> str:
+        """How the sender names a `commit` transaction in the ledger's sent transactions."""
+        return f"{self.abi_name}.commit"
+
+    def reconcile(self, tx_hash: str, nonce: int) -> TxOutcome:
+        """What became of a `commit` transaction this wrapper's sender sent earlier (e.g. before a
+        crash): `Sender.reconcile`."""
+        if self.sender is None:
+            raise NoSenderError("Commitments.reconcile: build the wrapper with a Sender")
+        return self.sender.reconcile(tx_hash, nonce, action=self.commit_action)
+
+    def batch_of_root(
+        self, node: str, root: bytes, *, block: BlockIdentifier = "latest"
+    ) -> BatchId | None:
+        """The batch in which `node` committed `root`, None if it never did (a node commits a
+        root once)."""
+        batch_id = int(self._call("batchOfRoot", to_checksum_address(node), root, block=block))
+        return BatchId(batch_id) if batch_id else None
+
+    def batch_committed(self, batch_id: BatchId, *, from_block: int = 0) -> BatchCommitted:
+        """The `BatchCommitted` event of batch `batch_id` (searched from `from_block`);
+        `UnknownBatchError` if there is none."""
+        for event in self.events("BatchCommitted", from_block=from_block, batchId=batch_id):
+            found = BatchCommitted.from_event(event)
+            if found.batch_id == batch_id:
+                return found
+        raise UnknownBatchError(
+            f"batch {batch_id}: no BatchCommitted event from block {from_block}"
+        )
 
     @staticmethod
     def committed_batch_id(result: TxResult) -> BatchId:

@@ -34,6 +34,7 @@ from ledger.db.client import (
 from ledger.db.commitments import (
     add_leaf,
     batch_tree,
+    batch_with_root,
     batches_with_status,
     get_batch,
     get_leaf,
@@ -164,6 +165,7 @@ __all__ = [
     "alembic_config",
     "audits_of",
     "batch_tree",
+    "batch_with_root",
     "batches_with_status",
     "chain_block_hash",
     "channel_owed",

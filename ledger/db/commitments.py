@@ -218,6 +218,12 @@ def get_batch(session: Session, *, chain_batch_id: int) -> Batch | None:
     ).first()
 
 
+def batch_with_root(session: Session, root: bytes) -> Batch | None:
+    """Our batch sealed under Merkle root `root`, if any (roots are unique in the ledger)."""
+    root = check_bytes(root, "root")
+    return session.scalars(select(Batch).where(Batch.root == root)).one_or_none()
+
+
 def session_leaves(
     session: Session,
     session_id: bytes,
