@@ -42,3 +42,9 @@ class EquivocationError(LedgerDbError):
 
     Signing both would be slashable equivocation, so the ledger refuses to store it.
     """
+
+
+class LedgerDamagedError(LedgerDbError):
+    """The ledger database file is damaged or not a database (a failed integrity check, a
+    write-ahead log with a garbage header): it cannot be trusted with what is owed or committed.
+    """

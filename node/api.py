@@ -1,6 +1,7 @@
 """The node's HTTP status API (FastAPI, served by uvicorn inside the node's event loop).
 
-    GET /health   200 {"status": "ok"} while the node serves (503 while starting/stopping)
+    GET /health   200 {"status": "ok"} while the node serves; 503 {"status": "unavailable",
+                  "reason": ...} while starting, stopping, or after a ledger failure
     GET /status   state, standing in the registry, span, throughput, sessions, cache use,
                   earnings, commitments (JSON)
     GET /metrics  Prometheus text: steps, tokens, errors by code, cache tokens, commits, redeems,
@@ -73,16 +74,26 @@ class NodeMetrics:
 
 
 def status_app(
-    title: str, *, status: Callable[[], dict[str, Any]], healthy: Callable[[], bool]
+    title: str,
+    *,
+    status: Callable[[], dict[str, Any]],
+    healthy: Callable[[], bool],
+    problem: Callable[[], str | None] | None = None,
 ) -> FastAPI:
-    """`/health` over `healthy()` and `/status` over `status()` (called in a worker thread: it
-    may read the ledger): what a node's and a verifier's API both serve."""
+    """`/health` over `healthy()` (with `problem()`, when given, as the reason it fails) and
+    `/status` over `status()` (called in a worker thread: it may read the ledger): what a
+    node's and a verifier's API both serve."""
     app = FastAPI(title=title, docs_url=None, redoc_url=None)
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        ok = healthy()
-        return JSONResponse({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
+        if healthy():
+            return JSONResponse({"status": "ok"}, 200)
+        body: dict[str, Any] = {"status": "unavailable"}
+        reason = problem() if problem is not None else None
+        if reason is not None:
+            body["reason"] = reason
+        return JSONResponse(body, 503)
 
     @app.get("/status")
     def get_status() -> dict[str, Any]:
@@ -92,11 +103,15 @@ def status_app(
 
 
 def build_app(
-    *, status: Callable[[], dict[str, Any]], healthy: Callable[[], bool], metrics: NodeMetrics
+    *,
+    status: Callable[[], dict[str, Any]],
+    healthy: Callable[[], bool],
+    metrics: NodeMetrics,
+    problem: Callable[[], str | None] | None = None,
 ) -> FastAPI:
-    """The API over the node's `status()` (called in a worker thread: it may read the ledger)
-    and `healthy()`."""
-    app = status_app("stakeswarm node", status=status, healthy=healthy)
+    """The API over the node's `status()` (called in a worker thread: it may read the ledger),
+    `healthy()` and `problem()` (why it is not healthy)."""
+    app = status_app("stakeswarm node", status=status, healthy=healthy, problem=problem)
 
     @app.get("/metrics")
     async def get_metrics() -> Response:

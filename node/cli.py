@@ -132,6 +132,14 @@ def serve(
             help="Variable holding the keystore password (else prompted).", show_default=False
         ),
     ] = None,
+    new_ledger: Annotated[
+        bool,
+        typer.Option(
+            help="Start on a new, empty ledger although the chain shows this node served (its "
+            "ledger was lost or damaged: the vouchers and commitments it held are given up; a "
+            "damaged ledger is moved aside)."
+        ),
+    ] = False,
     initial_peers: Annotated[
         list[str] | None,
         typer.Option(
@@ -212,6 +220,7 @@ def serve(
             rpc_url=rpc,
             keystore=keystore,
             password_env=password_env,
+            new_ledger=new_ledger,
             initial_peers=tuple(initial_peers or ()),
             host_maddrs=tuple(host_maddrs or DEFAULT_HOST_MADDRS),
             announce_maddrs=tuple(announce_maddrs or ()),

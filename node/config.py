@@ -44,6 +44,9 @@ class NodeConfig:
     rpc_url: str | None = None  # JSON-RPC URL; None: the deployment's
     keystore: Path | None = None  # without devnet: the node's key
     password_env: str | None = None  # variable holding the keystore password; None: prompt
+    # start on a new ledger although the chain shows this node's history (its old ledger was
+    # lost: what it held can no longer be redeemed or revealed), moving a damaged one aside
+    new_ledger: bool = False
 
     # --- swarm -------------------------------------------------------------------------------
     initial_peers: tuple[str, ...] = ()  # multiaddrs of swarm members; () starts a new swarm

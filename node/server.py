@@ -23,6 +23,12 @@ at their next step), commits nothing and moves nowhere; its `/status` shows `reg
 false. When its stake covers its span again (`stakeswarm chain node add-stake`) it is ONLINE
 at the next refresh and commits what waited.
 
+Ledger: a damaged ledger file stops the start (`ledger.db.engine.check_sqlite_ledger`); a new,
+empty ledger for a node the chain shows registered and serving stops it too, unless
+`--new-ledger` (`node.recovery`). A ledger failure in a job (a malformed page, a disk error)
+makes the node unhealthy until restarted: `/health` answers 503 with the reason, it is announced
+OFFLINE, and new sessions, steps and vouchers are refused (`node_inactive`: try another node).
+
 Stop: refuse new sessions, announce OFFLINE, close sessions, store the last leaves, commit
 them, redeem every outstanding voucher, stop the jobs, the API, the DHT, and return.
 """
@@ -58,6 +64,8 @@ from ledger.db import (
     server_earnings,
     sqlite_url,
 )
+from ledger.db.engine import check_sqlite_ledger
+from ledger.errors import LedgerDamagedError
 from ledger.identity import load_identity
 from ledger.types import BlockIndex, ModelId, Wei, model_id
 from node.announce import Announcer
@@ -72,6 +80,15 @@ from node.families import load_config
 from node.faults import make_fault
 from node.handler import StakeswarmNode
 from node.protocol import ErrorCode, InfoResponse, ServerInfo, ServerState
+from node.recovery import (
+    LedgerHealth,
+    LostLedgerError,
+    check_new_ledger,
+    is_ledger_failure,
+    ledger_is_new,
+    read_chain_history,
+    set_aside_damaged,
+)
 from node.sessions import SessionManager, SpanViews
 from node.standing import Standing, read_standing
 from node.tensors import dtype_from_name
@@ -153,6 +170,7 @@ class Server:
         self._redeem_lock = threading.Lock()
         self._leaves_since_commit = 0
         self.standing: Standing | None = None  # the registry's view, as last read
+        self.ledger_health = LedgerHealth()  # the first ledger failure a job met
         self.fault = make_fault(config.faulty)  # a cheat mode (tests, demos); None: honest
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -190,17 +208,42 @@ class Server:
         self.dir = home / "node" / account.address
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.chain: Chain = deployment.connect(rpc_url=config.rpc_url)
+        ledger_path = self.dir / "ledger.sqlite"
+        if config.new_ledger and ledger_path.exists():
+            try:
+                check_sqlite_ledger(ledger_path)
+            except LedgerDamagedError as exc:
+                aside = set_aside_damaged(ledger_path)
+                logger.warning(
+                    "%s\n--new-ledger: moved it to %s; starting on a new ledger", exc, aside
+                )
+        existed = ledger_path.exists()
         # tied to this chain: a ledger from an earlier chain under the same id (a restarted
         # devnet) is set aside, with the inputs it indexed, and a fresh one started
-        self.ledger = open_deployment_ledger(
-            sqlite_url(self.dir / "ledger.sqlite"), self.chain, deployment
-        )
+        self.ledger = open_deployment_ledger(sqlite_url(ledger_path), self.chain, deployment)
         inputs = self.dir / "inputs"
         if self.ledger.set_aside is not None and inputs.exists():
             inputs.rename(inputs.with_name(f"inputs.{self.ledger.set_aside.stem}"))
         sender = self.chain.sender(account, sessions=self.ledger.sessions)
         self.contracts = Contracts.from_deployment(self.chain, deployment, sender)
         decimals = self.contracts.token.decimals()
+        if ledger_is_new(self.ledger):
+            history = read_chain_history(self.contracts, self.address, deployment.deploy_block)
+            try:
+                check_new_ledger(
+                    history,
+                    ledger_path=ledger_path,
+                    address=self.address,
+                    decimals=decimals,
+                    allow=config.new_ledger,
+                )
+            except LostLedgerError:
+                if not existed:  # leave no empty ledger where a backup is to be restored
+                    self.ledger.close()
+                    self.ledger = None
+                    for suffix in ("", "-wal", "-shm"):
+                        ledger_path.with_name(ledger_path.name + suffix).unlink(missing_ok=True)
+                raise
         self.price_per_block = to_base_units(config.price, decimals, "price")
         self.credit = to_base_units(config.credit, decimals, "credit")
         self.redeem_min = to_base_units(config.redeem_min, decimals, "redeem_min")
@@ -261,7 +304,12 @@ class Server:
             await self._check_standing()
             await handler.add_p2p_handlers(p2p)
             if self.config.http_port is not None:
-                app = build_app(status=self.status, healthy=self.healthy, metrics=self.metrics)
+                app = build_app(
+                    status=self.status,
+                    healthy=self.healthy,
+                    metrics=self.metrics,
+                    problem=self.health_problem,
+                )
                 self.api = HttpApi(app, self.config.http_host, self.config.http_port)
                 await self.api.start()
             scheduler = self._schedule()
@@ -540,7 +588,8 @@ class Server:
         return self.standing is None or self.standing.active
 
     def _serving_state(self) -> ServerState:
-        return ServerState.ONLINE if self._active() else ServerState.OFFLINE
+        ok = self._active() and self.ledger_health.ok
+        return ServerState.ONLINE if ok else ServerState.OFFLINE
 
     async def _check_standing(self) -> None:
         """Read this node's standing in the NodeRegistry; stop or resume serving if it changed.
@@ -581,7 +630,8 @@ class Server:
                     standing.stake,
                     standing.required,
                 )
-            self.payments.resume()
+            if self.ledger_health.ok:  # a failed ledger keeps the node from taking work
+                self.payments.resume()
         stopping = self._stop is not None and self._stop.is_set()
         if before is None or stopping or self.state == ServerState.JOINING:
             return  # starting (announced once ready), stopping, or moving (announced once moved)
@@ -605,15 +655,53 @@ class Server:
         self.metrics.commits.inc(len(committed))
         return committed
 
-    async def _commit_job(self) -> None:
-        if not self._active():
-            return  # the registry takes no commits from an inactive node: the leaves wait
-        await self.writer.flush()
+    async def _job_failed(self, job: str, exc: Exception) -> None:
+        """Log `job`'s failure; a ledger failure also makes the node unhealthy: it refuses new
+        sessions, steps and vouchers (retryable elsewhere) and is announced OFFLINE."""
+        first = self.ledger_health.ok
+        if not self.ledger_health.record(job, exc):
+            logger.error("%s job failed", job, exc_info=exc)
+            return
+        if not first:
+            logger.error("%s job failed: the ledger still fails: %s", job, exc)
+            return
+        failure = self.ledger_health.failure
+        logger.error(
+            "LEDGER FAILURE: %s. The node cannot record what it is owed or what it commits, so "
+            "it takes no more work: /health answers 503, it is announced OFFLINE, and new "
+            "sessions, steps and vouchers are refused (%s). Stop it, then restart it: the "
+            "ledger is checked at start; if it is damaged, restore it from a backup or start "
+            "with --new-ledger (see docs/operator.md, 'Crashes and backups')",
+            failure,
+            ErrorCode.NODE_INACTIVE.value,
+            exc_info=exc,
+        )
+        self.payments.suspend(
+            f"node {self.address} cannot use its ledger and takes no work now: try another node"
+        )
+        self.state = ServerState.OFFLINE
         try:
+            await self.announcer.announce(self.server_info())
+        except Exception as announce_exc:
+            logger.warning("DHT refresh failed: %s", announce_exc)
+
+    def health_problem(self) -> str | None:
+        """Why `/health` fails, None while the node serves."""
+        if not self.ledger_health.ok:
+            return self.ledger_health.failure
+        if self.state != ServerState.ONLINE:
+            return f"the node is {self.state.name.lower()}"
+        return None
+
+    async def _commit_job(self) -> None:
+        if not self._active() or not self.ledger_health.ok:
+            return  # the registry takes no commits from an inactive node: the leaves wait
+        try:
+            await self.writer.flush()
             await asyncio.to_thread(self._commit)
             failed = await asyncio.to_thread(self._failed_batches)
-        except Exception:
-            logger.exception("commit job failed")
+        except Exception as exc:
+            await self._job_failed("commit", exc)
             return
         if failed:
             # e.g. RegistryNodeInactive: a slash took the stake below what the span needs
@@ -627,15 +715,15 @@ class Server:
     async def _redeem_job(self) -> None:
         try:
             await asyncio.to_thread(self._redeem)
-        except Exception:
-            logger.exception("redeem job failed")
+        except Exception as exc:
+            await self._job_failed("redeem", exc)
 
     async def _challenge_job(self) -> None:
         try:
             await asyncio.to_thread(self.clock.refresh)  # receipts are stamped with chain time
             answered = await asyncio.to_thread(self.answerer.answer_open)
-        except Exception:
-            logger.exception("answering receipt challenges failed")
+        except Exception as exc:
+            await self._job_failed("challenge", exc)
             return
         self.metrics.challenges_answered.inc(len(answered))
 
@@ -645,8 +733,8 @@ class Server:
             await asyncio.to_thread(
                 prune_inputs, self.ledger, self.store, challenge_window=self.challenge_window
             )
-        except Exception:
-            logger.exception("prune job failed")
+        except Exception as exc:
+            await self._job_failed("prune", exc)
 
     async def _rebalance_job(self) -> None:
         try:
@@ -715,19 +803,31 @@ class Server:
         )
 
     def healthy(self) -> bool:
-        return self.state == ServerState.ONLINE
+        return self.health_problem() is None
 
     def status(self) -> dict[str, Any]:
         """The `/status` document (reads the ledger: call from a worker thread). Amounts are
         decimal strings of token base units."""
         assert self.ledger is not None
-        with self.ledger.begin() as db:
-            earnings = server_earnings(
-                db, self.chain.chain_id, self.contracts.payment_channels.address
-            )
-            counts = commitment_counts(db)
+        try:
+            with self.ledger.begin() as db:
+                earnings = server_earnings(
+                    db, self.chain.chain_id, self.contracts.payment_channels.address
+                )
+                counts = commitment_counts(db)
+        except Exception as exc:
+            if not is_ledger_failure(exc):
+                raise
+            # what the node can still say without its ledger
+            return {
+                "state": self.state.name.lower(),
+                "address": self.address,
+                "ledger": {"ok": False, "failure": self.ledger_health.failure or str(exc)},
+                "time": time.time(),
+            }
         return {
             "state": self.state.name.lower(),
+            "ledger": {"ok": self.ledger_health.ok, "failure": self.ledger_health.failure},
             "registry": self.standing.to_json() if self.standing else None,
             "address": self.address,
             "peer_id": self.peer_id.to_base58(),

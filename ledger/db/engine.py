@@ -5,12 +5,20 @@ Alembic `head` (the revisions live in the `migrations` package, located through 
 it works from a source checkout, an editable install or a wheel), turns SQLite's foreign keys
 and WAL journal on, and hands back a `Ledger` whose `begin()` yields a `Session` inside a
 transaction: repository functions never commit, the caller's `with ledger.begin():` does.
+
+An SQLite ledger file is checked before anything touches it (`check_sqlite_ledger`): its
+write-ahead log must have a valid header (SQLite silently drops a garbage WAL, and with it every
+transaction since the last checkpoint, so the ledger would look empty) and the database must
+pass `PRAGMA integrity_check`. A damaged file raises `LedgerDamagedError`, which names the file
+and what to do, instead of a migration error or a node that serves what it cannot record.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +33,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ledger.errors import LedgerDbError
+from ledger.errors import LedgerDamagedError, LedgerDbError
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,100 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 def sqlite_url(path: str | os.PathLike[str]) -> str:
     """The SQLAlchemy URL of the SQLite file at `path` (the default ledger backend)."""
     return URL.create("sqlite+pysqlite", database=str(Path(path))).render_as_string()
+
+
+def sqlite_path(url: str | URL) -> Path | None:
+    """The file behind an SQLite `url`; None for another backend or an in-memory database."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
+# The first 32 bytes of a WAL file: magic, format version, page size, checkpoint sequence,
+# two salts and a checksum of the first 24 bytes (https://sqlite.org/fileformat.html#walformat).
+_WAL_MAGIC = (0x377F0682, 0x377F0683)  # the low bit: checksums over big-endian words
+_WAL_VERSION = 3007000
+_WAL_HEADER = 32
+
+DAMAGED_ADVICE = (
+    "Stop every process using it, then restore the ledger from a backup (the file together "
+    "with its -wal, or a copy made with sqlite3 .backup; see docs/operator.md, 'Crashes and "
+    "backups'), or start a node on a new ledger with `--new-ledger` (the damaged file is moved "
+    "aside; the vouchers and commitments it held can no longer be redeemed or revealed)"
+)
+
+
+def _wal_checksum(data: bytes, big_endian: bool) -> tuple[int, int]:
+    words = struct.unpack((">" if big_endian else "<") + f"{len(data) // 4}I", data)
+    s0 = s1 = 0
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def wal_header_problem(header: bytes) -> str | None:
+    """What is wrong with the first bytes of a WAL file, None if they are a valid header or
+    hold no header (shorter than one, or all zero: nothing was committed through it)."""
+    if len(header) < _WAL_HEADER or not any(header[:_WAL_HEADER]):
+        return None
+    magic, version, page_size, _seq, _salt1, _salt2, c0, c1 = struct.unpack(
+        ">8I", header[:_WAL_HEADER]
+    )
+    if magic not in _WAL_MAGIC:
+        return f"its write-ahead log does not start with the WAL magic number (0x{magic:08x})"
+    if version != _WAL_VERSION or page_size & (page_size - 1) or not 512 <= page_size <= 65536:
+        return f"its write-ahead log has a malformed header (version {version}, page {page_size})"
+    if _wal_checksum(header[:24], magic & 1 == 1) != (c0, c1):
+        return "its write-ahead log header fails its checksum"
+    return None
+
+
+def check_sqlite_ledger(path: Path) -> None:
+    """Raise `LedgerDamagedError` if the SQLite ledger at `path` (when it exists) is not a
+    readable database, has a garbage write-ahead log, or fails `PRAGMA integrity_check`.
+
+    Call before any connection of ours opens the file: opening it resets a WAL SQLite cannot
+    read, and with it the transactions it held."""
+    if not path.exists():
+        return
+    wal = path.with_name(path.name + "-wal")
+    problem: str | None = None
+    if wal.exists():
+        with wal.open("rb") as file:
+            problem = wal_header_problem(file.read(_WAL_HEADER))
+    if problem is None:
+        problem = _integrity_problem(path)
+    if problem is not None:
+        raise LedgerDamagedError(f"the ledger {path} is damaged: {problem}. {DAMAGED_ADVICE}")
+
+
+def _integrity_problem(path: Path) -> str | None:
+    """What `PRAGMA integrity_check` finds wrong with the database at `path` (its first
+    findings), None if it is sound. The full check, not quick_check: a ledger holds rows
+    only (inputs live in files), so even a large one is checked in seconds."""
+    try:
+        connection = sqlite3.connect(str(path), timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as exc:
+        return f"it cannot be opened ({exc})"
+    try:
+        rows = connection.execute("PRAGMA integrity_check(5)").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise LedgerDbError(f"the ledger {path} is locked by another process: {exc}") from exc
+        return f"it cannot be read ({exc})"
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
+        return f"it cannot be read ({exc})"
+    finally:
+        connection.close()
+    findings = [str(row[0]) for row in rows]
+    if findings == ["ok"]:
+        return None
+    return "PRAGMA integrity_check found " + "; ".join(findings)
 
 
 def migrations_dir() -> Path:
@@ -94,6 +196,14 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
         command.downgrade(alembic_config(connection), revision)
 
 
+def _is_url(text: str) -> bool:
+    try:
+        make_url(text)
+    except ArgumentError:
+        return False  # create_ledger_engine says so
+    return True
+
+
 @dataclass(frozen=True)
 class Ledger:
     """An open ledger database: its engine and a factory of sessions."""
@@ -117,7 +227,11 @@ class Ledger:
 
 def open_ledger(url: str | URL, *, migrate: bool = True, echo: bool = False) -> Ledger:
     """Open the ledger at `url` (e.g. `sqlite_url(home / "ledger.sqlite")`, or a PostgreSQL
-    URL) and, unless `migrate` is False, bring its schema to the latest revision."""
+    URL) and, unless `migrate` is False, bring its schema to the latest revision. An SQLite
+    file is checked first (`check_sqlite_ledger`): `LedgerDamagedError` if it is damaged."""
+    path = sqlite_path(url) if isinstance(url, URL) or _is_url(url) else None
+    if path is not None:
+        check_sqlite_ledger(path)
     engine = create_ledger_engine(url, echo=echo)
     if migrate:
         try:
