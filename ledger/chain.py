@@ -435,15 +435,7 @@ class Sender:
         block_number = int(receipt["blockNumber"])
         gas_used = int(receipt["gasUsed"])
         if receipt["status"] != 1:
-            revert = self._replay_revert(fields, block_number, action)
-            self._record_outcome(
-                tx_hash,
-                "reverted",
-                gas_used=gas_used,
-                block_number=block_number,
-                error=revert.signature,
-            )
-            raise revert
+            raise self._reverted(tx_hash, fields, receipt, action)
         self._record_outcome(tx_hash, "mined", gas_used=gas_used, block_number=block_number)
         contract_address = receipt.get("contractAddress")
         return TxResult(
@@ -453,6 +445,21 @@ class Sender:
             events=self.chain.decode_logs(receipt["logs"]),
             contract_address=to_checksum_address(contract_address) if contract_address else None,
         )
+
+    def _reverted(
+        self, tx_hash: str, fields: TxParams, receipt: Any, action: str
+    ) -> ContractRevert:
+        """The decoded revert of a mined, failed `tx_hash` (replayed at its block), recorded."""
+        block_number = int(receipt["blockNumber"])
+        revert = self._replay_revert(fields, block_number, action)
+        self._record_outcome(
+            tx_hash,
+            "reverted",
+            gas_used=int(receipt["gasUsed"]),
+            block_number=block_number,
+            error=revert.signature,
+        )
+        return revert
 
     def reconcile(self, tx_hash: str, nonce: int, *, action: str) -> TxOutcome:
         """What became of `tx_hash` (0x-hex), which this key sent with `nonce` (e.g. before a
@@ -485,14 +492,7 @@ class Sender:
                     "value": sent["value"],
                     "gas": sent["gas"],
                 }
-                revert = self._replay_revert(fields, block_number, action)
-                self._record_outcome(
-                    tx_hash,
-                    "reverted",
-                    gas_used=gas_used,
-                    block_number=block_number,
-                    error=revert.signature,
-                )
+                revert = self._reverted(tx_hash, fields, receipt, action)
                 return TxOutcome(tx_hash, nonce, TxFate.REVERTED, revert=revert)
         except (Web3Exception, requests.RequestException, OSError) as exc:
             raise ChainError(f"{action}: cannot look up {tx_hash}: {exc}") from exc

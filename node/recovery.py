@@ -33,6 +33,7 @@ from ledger.contracts import Contracts
 from ledger.contracts.commitments import BatchCommitted
 from ledger.contracts.payment_channels import Channel
 from ledger.db import Ledger
+from ledger.db.engine import set_aside
 from ledger.db.models import Batch, LeafRecord, ServedSession
 from ledger.db.models import Channel as ChannelRow
 from ledger.errors import LedgerDamagedError
@@ -156,14 +157,7 @@ def check_new_ledger(
 
 def set_aside_damaged(path: Path) -> Path:
     """Rename the damaged SQLite ledger at `path` (and its -wal, -shm) next to itself."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.stem}.damaged-{stamp}{path.suffix}")
-    path.rename(aside)
-    for suffix in ("-wal", "-shm"):
-        leftover = path.with_name(path.name + suffix)
-        if leftover.exists():
-            leftover.rename(aside.with_name(aside.name + suffix))
-    return aside
+    return set_aside(path, "damaged")
 
 
 def is_ledger_failure(exc: BaseException) -> bool:

@@ -24,16 +24,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import URL, make_url, select
+from sqlalchemy import URL, select
 from sqlalchemy.exc import IntegrityError
 
 from ledger.db.columns import check_bytes, check_int
-from ledger.db.engine import Ledger, open_ledger
+from ledger.db.engine import Ledger, open_ledger, set_aside, sqlite_path
 from ledger.db.models import ChainBinding
 from ledger.errors import LedgerDbError
 
@@ -97,10 +95,10 @@ def open_chain_ledger(
         f"0x{binding.block_hash.hex()}, the chain now has {found}. The chain was restarted, so "
         "the channels, vouchers, commitments and cursors recorded there mean nothing on it"
     )
-    path = _sqlite_file(url)
+    path = sqlite_path(url)
     if path is None:
         raise StaleLedgerError(f"{what}; point the ledger at a fresh database, or empty this one")
-    aside = _set_aside(path, chain_id, binding.block_hash)
+    aside = set_aside(path, f"stale-{chain_id}-{binding.block_hash[:4].hex()}")
     logger.warning("%s. Moved it to %s and started a fresh ledger.", what, aside)
     fresh = open_ledger(url)
     try:
@@ -154,27 +152,3 @@ def _bind(ledger: Ledger, chain_id: int, anchor_block: int, block_hash: BlockHas
             raise
         return
     logger.info("ledger bound to chain %d at block %d (0x%s)", chain_id, anchor_block, found.hex())
-
-
-def _sqlite_file(url: str | URL) -> Path | None:
-    parsed = make_url(url)
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return None
-    if database.startswith("file:"):
-        return None
-    return Path(database).expanduser()
-
-
-def _set_aside(path: Path, chain_id: int, old_hash: bytes) -> Path:
-    """Rename the SQLite file at `path` (and its WAL files, if left) next to itself."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(
-        f"{path.stem}.stale-{chain_id}-{old_hash[:4].hex()}-{stamp}{path.suffix}"
-    )
-    path.rename(aside)
-    for suffix in ("-wal", "-shm"):
-        leftover = path.with_name(path.name + suffix)
-        if leftover.exists():
-            leftover.rename(aside.with_name(aside.name + suffix))
-    return aside

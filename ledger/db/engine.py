@@ -22,6 +22,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,19 @@ def sqlite_path(url: str | URL) -> Path | None:
     if database.startswith("file:"):
         return None
     return Path(database).expanduser()
+
+
+def set_aside(path: Path, label: str) -> Path:
+    """Rename the SQLite file at `path` (and its -wal, -shm, if left) next to itself as
+    `<stem>.<label>-<UTC time><suffix>`; returns the new path of the database file."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.stem}.{label}-{stamp}{path.suffix}")
+    path.rename(aside)
+    for suffix in ("-wal", "-shm"):
+        leftover = path.with_name(path.name + suffix)
+        if leftover.exists():
+            leftover.rename(aside.with_name(aside.name + suffix))
+    return aside
 
 
 # The first 32 bytes of a WAL file: magic, format version, page size, checkpoint sequence,
