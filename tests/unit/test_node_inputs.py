@@ -25,6 +25,7 @@ from ledger.db import (
 )
 from ledger.db.columns import utcnow
 from ledger.eip712 import Domain, recover_receipt_signer
+from ledger.errors import EquivocationError
 from ledger.merkle import MerkleTree, verify
 from ledger.types import model_id
 from node.commits import InputStore, LeafWriter, Receipts, build_reveal, prune_inputs
@@ -54,7 +55,7 @@ def _serve(ledger: Ledger, store: InputStore, sessions: list[bytes]) -> None:
 
     async def run() -> None:
         with ThreadPoolExecutor(1) as executor:
-            writer = LeafWriter(ledger, store, executor, delay=0.01)
+            writer = LeafWriter(ledger, store, executor)
             for session_id in sessions:
                 for step in range(STEPS):
                     hidden = torch.randn(1, 1, 16)
@@ -161,12 +162,11 @@ def test_a_receipt_is_stamped_with_its_time_signed_over_it_and_stored_once(
 
     async def run() -> None:
         with ThreadPoolExecutor(1) as executor:
-            writer = LeafWriter(ledger, InputStore(tmp_path / "inputs"), executor, delay=0.01)
-            writer.submit(receipt, hidden, mask, encoded)
-            await writer.flush()
-            writer.submit(receipt, hidden, mask, encoded)  # a retried write: the same receipt
-            await writer.flush()
-            writer.submit(again, hidden, mask, encoded)  # refused: the slot holds the first
+            writer = LeafWriter(ledger, InputStore(tmp_path / "inputs"), executor)
+            await writer.submit(receipt, hidden, mask, encoded)
+            await writer.submit(receipt, hidden, mask, encoded)  # a retry: the same receipt
+            with pytest.raises(EquivocationError):  # refused: the slot holds the first
+                await writer.submit(again, hidden, mask, encoded)
             await writer.flush()
 
     asyncio.run(run())
