@@ -58,6 +58,8 @@ PAYMENT_CODES = frozenset(
         ErrorCode.WRONG_CHANNEL,
     }
 )
+# Fatal refusals that are no one's fault: reopen elsewhere without avoiding the server.
+NO_BLAME_CODES = frozenset({ErrorCode.SESSION_EXPIRED, ErrorCode.SHUTTING_DOWN})
 # Non-fatal refusals that mean our request is wrong (a client bug, not a server failure).
 REQUEST_CODES = frozenset({ErrorCode.BAD_TENSOR, ErrorCode.OUT_OF_ORDER, ErrorCode.LENGTH_EXCEEDED})
 
@@ -375,7 +377,7 @@ class InferenceSession:
             raise ServerFailure(
                 f"{hop.peer_id} failed step {step}: {exc}",
                 peer_id=hop.peer_id,
-                ban=exc.code is not ErrorCode.SESSION_EXPIRED,
+                ban=exc.code not in NO_BLAME_CODES,
             ) from exc
         except (RemoteUnavailableError, ProtocolError, TimeoutError) as exc:
             # no answer: the node may hold the voucher, so it counts as spent

@@ -171,6 +171,9 @@ def serve(
     idle_timeout: Annotated[
         float, typer.Option(help="Seconds before an idle session ends.")
     ] = 300.0,
+    open_timeout: Annotated[
+        float, typer.Option(help="Seconds an open session may go without a paid step.")
+    ] = NodeConfig.session_open_timeout,
     commit_interval: Annotated[float, typer.Option(help="Seconds between commits.")] = 600.0,
     commit_leaves: Annotated[int, typer.Option(help="Commit once this many leaves wait.")] = 4096,
     redeem_interval: Annotated[float, typer.Option(help="Seconds between redemptions.")] = 600.0,
@@ -184,6 +187,9 @@ def serve(
     max_frame_mb: Annotated[
         float, typer.Option(help="Largest tensor payload accepted per message frame, in MiB.")
     ] = 64.0,
+    max_forward_tokens: Annotated[
+        int, typer.Option(help="Most tokens (batch x length) one stateless forward may carry.")
+    ] = NodeConfig.max_forward_tokens,
     threads: ThreadsOpt = None,
     no_commitments: Annotated[
         bool, typer.Option(help="Benchmarks only: no leaves, receipts or commits.", hidden=True)
@@ -232,6 +238,7 @@ def serve(
             credit=parse_tokens(credit, "--credit") or Decimal(0),
             cache_tokens=cache_tokens,
             session_idle_timeout=idle_timeout,
+            session_open_timeout=open_timeout,
             commit_interval=commit_interval,
             commit_max_leaves=commit_leaves,
             redeem_interval=redeem_interval,
@@ -240,6 +247,7 @@ def serve(
             faulty=faulty,
             http_port=http_port,
             max_frame_bytes=int(max_frame_mb * 2**20),
+            max_forward_tokens=max_forward_tokens,
         )
     except ConfigError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")

@@ -72,7 +72,14 @@ class NodeConfig:
     # --- serving -----------------------------------------------------------------------------
     cache_tokens: int = 16384  # KV cache budget in tokens (batch x max length) over sessions
     session_idle_timeout: float = 300.0  # seconds without a step before a session is dropped
+    # seconds an open session may go without a paid step before it is dropped: an unpaid session
+    # reserves cache for free (30 s: well above the prefill through the hops before this one)
+    session_open_timeout: float = 30.0
     max_frame_bytes: int = 64 * 1024 * 1024  # largest frame of tensors accepted from a peer
+    # most tokens (batch x length) one stateless forward may carry; the compute thread is
+    # shared, so this bounds how long one forward holds every inference step back (1,024: a
+    # long prompt's prefill, ~1 s of compute where 8,192 tokens took 9 s on CPU)
+    max_forward_tokens: int = 1024
     reveal_max_age: float = 600.0  # seconds a verifier's reveal request stays valid
     throughput_steps: int = 16  # decode steps timed when measuring throughput
     faulty: str | None = None  # a cheat mode of node.faults (tests and demos only); None: honest
@@ -117,6 +124,7 @@ class NodeConfig:
             "rebalance_interval",
             "redeem_interval",
             "session_idle_timeout",
+            "session_open_timeout",
             "commit_interval",
             "prune_interval",
             "challenge_poll_interval",
@@ -128,6 +136,8 @@ class NodeConfig:
             problems.append("announce_ttl must exceed announce_interval, or records lapse")
         if self.cache_tokens < 1:
             problems.append("cache_tokens must be >= 1")
+        if self.max_forward_tokens < 1:
+            problems.append("max_forward_tokens must be >= 1")
         if self.commit_max_leaves < 1:
             problems.append("commit_max_leaves must be >= 1")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:

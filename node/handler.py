@@ -39,6 +39,8 @@ from ledger.db import Ledger
 from node.api import NodeMetrics
 from node.balance import Accepted, Payments
 from node.commits import InputStore, LeafWriter, Receipts, build_reveal
+from node.compute import submit_forward
+from node.config import NodeConfig
 from node.faults import Fault
 from node.protocol import (
     SERVICE_NAME,
@@ -75,6 +77,32 @@ Response: TypeAlias = runtime_pb2.ExpertResponse
 
 def _frame(metadata: dict[str, Any], tensors: list[torch.Tensor] | None = None) -> Iterator[Any]:
     return encode_frame(Frame(metadata, tensors or []), Response)
+
+
+def _next_frame_limit(session: Session, idle: float, open_: float) -> tuple[float, str]:
+    """How long an open session's stream may wait for its next frame, and the expiry message.
+
+    A session that has served a paid step waits `idle` seconds per frame. One that has not
+    reserves KV cache without paying for it, so it also has a deadline: its first paid step
+    must come within `open_` seconds of opening, however many refused steps it sends meanwhile
+    (docs/protocol.md §6, "Idle expiry")."""
+    if session.next_step > 0:
+        return idle, f"nothing received for {idle:.0f} s: the stream expired"
+    # last_active is the opening time until a step is served
+    left = max(0.0, session.last_active + open_ - time.monotonic())
+    if left < idle:
+        return left, f"no paid step within {open_:.0f} s of opening: the session expired"
+    return idle, f"nothing received for {idle:.0f} s: the stream expired"
+
+
+def check_forward_tokens(tokens: int, cap: int) -> None:
+    """Refuse a stateless forward of more than `cap` tokens (batch x length), LENGTH_EXCEEDED."""
+    if tokens > cap:
+        raise ProtocolError(
+            ErrorCode.LENGTH_EXCEEDED,
+            f"a forward of {tokens} tokens exceeds this node's cap of {cap} tokens per forward "
+            "(max_forward_tokens); split the input or use an inference session",
+        )
 
 
 def error_messages(error: ProtocolError, *, fatal: bool = True) -> Iterator[Any]:
@@ -114,6 +142,8 @@ class StakeswarmNode(ServicerBase):
         idle_timeout: float,
         max_frame_bytes: int,
         reveal_max_age: float,
+        max_forward_tokens: int = NodeConfig.max_forward_tokens,
+        open_timeout: float = NodeConfig.session_open_timeout,
         on_leaf: Callable[[], None] = lambda: None,
         fault: Fault | None = None,
     ) -> None:
@@ -134,6 +164,8 @@ class StakeswarmNode(ServicerBase):
         self.idle_timeout = idle_timeout
         self.max_frame_bytes = max_frame_bytes
         self.reveal_max_age = reveal_max_age
+        self.max_forward_tokens = max_forward_tokens  # cap per stateless forward (batch x length)
+        self.open_timeout = open_timeout  # seconds an open session may wait for its first paid step
         self.on_leaf = on_leaf
         self.fault = fault  # a cheat mode (node.faults); None for an honest node
         self.accepting = True  # False while shutting down or moving the span
@@ -159,7 +191,8 @@ class StakeswarmNode(ServicerBase):
             for message in _frame(opened.to_wire()):
                 yield message
             while True:
-                frame = await self._read(requests, timeout=self.idle_timeout)
+                timeout, expired = _next_frame_limit(session, self.idle_timeout, self.open_timeout)
+                frame = await self._read(requests, timeout=timeout, expired=expired)
                 if frame is None:
                     return  # the client closed the session
                 try:
@@ -194,18 +227,33 @@ class StakeswarmNode(ServicerBase):
                 self.metrics.sessions_open.set(len(self.sessions))
                 self.metrics.cache_tokens.set(self.sessions.caches.tokens_in_use)
 
-    async def _read(self, requests: AsyncIterator[Request], timeout: float | None = None) -> Any:
+    async def _read(
+        self,
+        requests: AsyncIterator[Request],
+        timeout: float | None = None,
+        expired: str | None = None,
+    ) -> Any:
         try:
-            return await asyncio.wait_for(read_frame(requests, self.max_frame_bytes), timeout)
+            frame = await asyncio.wait_for(read_frame(requests, self.max_frame_bytes), timeout)
         except TimeoutError:
             raise ProtocolError(
                 ErrorCode.SESSION_EXPIRED,
-                f"nothing received for {self.idle_timeout:.0f} s: the stream expired",
+                expired or f"nothing received for {self.idle_timeout:.0f} s: the stream expired",
             ) from None
+        if frame is not None:
+            # a frame that arrives while the node shuts down is refused before it is paid for or
+            # computed (the session's cache may already be gone)
+            self._refuse_if_closed()
+        return frame
 
     def _refuse_if_closed(self) -> None:
+        """SHUTTING_DOWN (before any payment) while the node takes no new work."""
         if not self.accepting:
-            raise ProtocolError(ErrorCode.INTERNAL, "the node is not taking new sessions now")
+            raise ProtocolError(
+                ErrorCode.SHUTTING_DOWN,
+                "the node is shutting down or moving its span and takes no new work; nothing "
+                "was charged: use another node",
+            )
 
     async def _open(self, request: OpenSession) -> Session:
         self._refuse_if_closed()
@@ -259,7 +307,17 @@ class StakeswarmNode(ServicerBase):
             )
             output, receipt, encoded = await asyncio.wrap_future(session.computing)
             computed = time.perf_counter()
+            # the leaf (and the step's inputs) is in the ledger before its receipt leaves the
+            # node: a receipt obliges the node to commit the leaf. A replayed step (cheat mode)
+            # signed a second leaf for a slot: it is not stored.
+            stored = (
+                self.writer.submit(receipt, hidden, mask, encoded)
+                if self.receipts.enabled and not replay
+                else None
+            )
             await accepted.persisted
+            if stored is not None:
+                await stored
         except Exception as exc:
             logger.exception("step %d failed after its voucher was accepted", request.step)
             raise await spent_failure(exc, accepted) from None
@@ -274,9 +332,7 @@ class StakeswarmNode(ServicerBase):
             )
         session.next_step = request.step + 1
         session.touch()
-        # a replayed step (cheat mode) signed a second leaf for a slot: it is not stored
-        if self.receipts.enabled and not replay:
-            self.writer.submit(receipt, hidden, mask, encoded)
+        if stored is not None:
             self.on_leaf()
         self.metrics.served(tokens)
         return list(_frame(StepResponse(request.step, receipt).to_wire(), [output]))
@@ -333,6 +389,8 @@ class StakeswarmNode(ServicerBase):
         check_hidden(hidden, hidden_size=span.hidden_size, dtype=span.dtype)
         check_mask(mask, hidden.shape[0], hidden.shape[1])
         tokens = hidden.shape[0] * hidden.shape[1]
+        # before any payment: a forward over the cap costs the client nothing
+        check_forward_tokens(tokens, self.max_forward_tokens)
         channel = await self.payments.check_channel(request.voucher.channel_id)
         await self.sessions.claim(request.session_id, channel.channel_id, span.start, span.end)
         accepted = await self.payments.accept(
@@ -358,15 +416,24 @@ class StakeswarmNode(ServicerBase):
             return output, receipt, encoded
 
         try:  # the voucher is spent (see `_step`)
-            output, receipt, encoded = await asyncio.get_running_loop().run_in_executor(
-                self.compute, compute
+            # queued behind inference steps: a long forward never holds a decode step back
+            # for more than the one task already running (node.compute)
+            output, receipt, encoded = await asyncio.wrap_future(
+                submit_forward(self.compute, compute)
+            )
+            # as in `_step`: the leaf is stored before its receipt leaves the node
+            stored = (
+                self.writer.submit(receipt, hidden, mask, encoded)
+                if self.receipts.enabled
+                else None
             )
             await accepted.persisted
+            if stored is not None:
+                await stored
         except Exception as exc:
             logger.exception("a forward failed after its voucher was accepted")
             raise await spent_failure(exc, accepted) from None
-        if self.receipts.enabled:
-            self.writer.submit(receipt, hidden, mask, encoded)
+        if stored is not None:
             self.on_leaf()
         self.metrics.served(tokens)
         return list(_frame(StepResponse(0, receipt).to_wire(), [output]))

@@ -92,6 +92,10 @@ class ErrorCode(enum.StrEnum):
     # after a slash): it takes no session, step or payment until it is staked again. Added in
     # protocol 1 without a version bump: older peers read an unknown code as INTERNAL.
     NODE_INACTIVE = "node_inactive"
+    # The node is shutting down (or moving its span) and takes no new session, step or forward;
+    # nothing was charged. Retry on another node; the node did nothing wrong. Added in protocol
+    # 1 without a version bump, like NODE_INACTIVE.
+    SHUTTING_DOWN = "shutting_down"
 
 
 class ProtocolError(Exception):

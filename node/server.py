@@ -75,11 +75,19 @@ from node.blocks import Progress, Span, load_span
 from node.cache import CacheManager
 from node.challenges import ChallengeAnswerer
 from node.commits import CommitsPending, Committer, InputStore, LeafWriter, Receipts, prune_inputs
+from node.compute import PriorityExecutor
 from node.config import ConfigError, NodeConfig
 from node.families import load_config
 from node.faults import make_fault
 from node.handler import StakeswarmNode
-from node.protocol import ErrorCode, InfoResponse, ServerInfo, ServerState
+from node.protocol import (
+    RPC_FORWARD,
+    RPC_INFERENCE,
+    ErrorCode,
+    InfoResponse,
+    ServerInfo,
+    ServerState,
+)
 from node.recovery import (
     LedgerHealth,
     LostLedgerError,
@@ -91,6 +99,7 @@ from node.recovery import (
 )
 from node.sessions import SessionManager, SpanViews
 from node.standing import Standing, read_standing
+from node.streams import add_readable_stream_handlers
 from node.tensors import dtype_from_name
 from node.throughput import choose_span, get_throughput, should_move
 
@@ -287,7 +296,8 @@ class Server:
         self._stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._loop.add_signal_handler(sig, self._stop.set)
-        self._compute = ThreadPoolExecutor(1, thread_name_prefix="compute")
+        # one compute thread, inference steps ahead of queued stateless forwards (node.compute)
+        self._compute = PriorityExecutor("compute")
         self._db = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         scheduler: AsyncIOScheduler | None = None
         p2p: P2P | None = None
@@ -303,6 +313,10 @@ class Server:
             handler = self._build_handler()
             await self._check_standing()
             await handler.add_p2p_handlers(p2p)
+            # the stream-input RPCs again, so that unreadable bytes get a BAD_REQUEST reply
+            await add_readable_stream_handlers(
+                p2p, {RPC_INFERENCE: handler.rpc_inference, RPC_FORWARD: handler.rpc_forward}
+            )
             if self.config.http_port is not None:
                 app = build_app(
                     status=self.status,
@@ -530,7 +544,9 @@ class Server:
             metrics=self.metrics,
             info=self.info_response,
             idle_timeout=config.session_idle_timeout,
+            open_timeout=config.session_open_timeout,
             max_frame_bytes=config.max_frame_bytes,
+            max_forward_tokens=config.max_forward_tokens,
             reveal_max_age=config.reveal_max_age,
             on_leaf=self._on_leaf,
             fault=self.fault,

@@ -55,6 +55,7 @@ from tests.models import load_reference_model
 pytestmark = pytest.mark.timeout(900)
 
 IDLE_TIMEOUT = 6  # seconds: short, so expiry is testable
+MAX_FORWARD_TOKENS = 16  # small, so a forward over the cap stays a tiny tensor
 NODE_ARGS = (
     "--commit-interval", "2",
     "--redeem-interval", "3600",
@@ -62,6 +63,7 @@ NODE_ARGS = (
     "--cache-tokens", "4096",
     "--max-frame-mb", "2",
     "--announce-interval", "5",
+    "--max-forward-tokens", str(MAX_FORWARD_TOKENS),
 )  # fmt: skip
 PROMPT = torch.tensor([[1, 17, 42, 99, 7, 256, 3]])
 
@@ -171,6 +173,38 @@ def test_stateless_forward_and_info(swarm: PaidSwarm, reference) -> None:
         )
     assert refused.value.code is ErrorCode.SESSION_EXISTS
     swarm.payer.paid[hop.channel] -= 10 * hop.price_per_token  # that voucher was not accepted
+
+
+def test_a_forward_over_the_token_cap_is_refused_before_payment(swarm: PaidSwarm) -> None:
+    hop = swarm.hops[1]
+    unredeemed = hop.node.status()["earnings"]["unredeemed"]
+    hidden = torch.randn(2, MAX_FORWARD_TOKENS // 2 + 1, 64)  # 18 tokens: 2 over the cap
+    tokens = hidden.shape[0] * hidden.shape[1]
+    paid = swarm.payer.paid[hop.channel]
+    voucher = swarm.payer.sign(hop.channel, paid + tokens * hop.price_per_token)  # not recorded
+    error = _refused(
+        swarm,
+        remote_forward(
+            swarm.p2p, hop.node.peer_id, ForwardRequest(os.urandom(32), 2, 4, voucher), hidden,
+            torch.ones(hidden.shape[:2], dtype=torch.long),
+        ),
+    )  # fmt: skip
+    assert error.code is ErrorCode.LENGTH_EXCEEDED
+    assert f"{tokens} tokens" in error.message and f"cap of {MAX_FORWARD_TOKENS}" in error.message
+    assert not error.spent
+    assert hop.node.status()["earnings"]["unredeemed"] == unredeemed  # nothing was owed
+    # the refused voucher was not recorded: a smaller cumulative amount is still accepted
+    small = torch.randn(1, MAX_FORWARD_TOKENS, 64)
+    output, _ = swarm.runner.run(
+        remote_forward(
+            swarm.p2p, hop.node.peer_id,
+            ForwardRequest(
+                os.urandom(32), 2, 4, swarm.payer.pay(hop.channel, small.shape[1] * hop.price_per_token)
+            ),
+            small, torch.ones(1, MAX_FORWARD_TOKENS, dtype=torch.long),
+        )
+    )  # fmt: skip
+    assert output.shape == small.shape
 
 
 def _raw_stream(swarm: PaidSwarm, peer: str, frames: list[Frame]) -> list[Frame]:
