@@ -43,6 +43,9 @@ CHUNKS_PER_MESSAGE = 2
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 # Upper bound on a frame's msgpack metadata.
 MAX_METADATA_BYTES = 256 * 1024
+# Upper bound on one request message a node reads (checked at its length prefix, before it is
+# buffered, node/streams.py): CHUNKS_PER_MESSAGE chunks and the first message's metadata fit.
+MAX_REQUEST_MESSAGE_BYTES = 2 * 1024 * 1024
 # Upper bound on protobuf messages in one frame (CHUNK_BYTES each at most).
 MAX_MESSAGES_PER_FRAME = 1024
 

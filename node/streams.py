@@ -5,7 +5,9 @@ bytes on the stream are not a message (garbage, a wrong marker, a protobuf that 
 parse), it logs a warning, cancels the handler and closes the stream, so the caller never
 learns why. `add_readable_stream_handlers` registers the node's stream-input RPCs with the same
 loop, except that such bytes reach the handler as a `ProtocolError(BAD_REQUEST)` raised by its
-request iterator: the handler answers it like any other refusal, then the stream closes.
+request iterator: the handler answers it like any other refusal, then the stream closes. A
+message whose length prefix is over `MAX_REQUEST_MESSAGE_BYTES` is refused the same way
+(TOO_LARGE) before any of its bytes are read: hivemind would buffer the whole message first.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from hivemind.p2p import P2P, P2PContext
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 from hivemind.proto import runtime_pb2
 
-from node.protocol import ErrorCode, ProtocolError
+from node.protocol import MAX_REQUEST_MESSAGE_BYTES, ErrorCode, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,34 @@ async def add_readable_stream_handlers(p2p: P2P, handlers: dict[str, StreamRpc])
     for name, rpc in handlers.items():
         await p2p.remove_binary_stream_handler(name)  # the daemon refuses a second handler
         await p2p.add_binary_stream_handler(name, _stream_handler(p2p, name, rpc))
+
+
+def _unreadable() -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.BAD_REQUEST, "unreadable message: not a length-prefixed ExpertRequest"
+    )
+
+
+async def receive_request(
+    reader: asyncio.StreamReader, max_bytes: int = MAX_REQUEST_MESSAGE_BYTES
+) -> runtime_pb2.ExpertRequest:
+    """The next request message of a stream (hivemind's framing: a marker byte, an 8-byte
+    big-endian length, the protobuf). A message longer than `max_bytes` is refused at its length
+    prefix (TOO_LARGE), before any of it is buffered; a wrong marker is BAD_REQUEST."""
+    marker = await reader.readexactly(1)
+    if marker != P2P.MESSAGE_MARKER:
+        raise _unreadable()
+    header = await reader.readexactly(P2P.HEADER_LEN)
+    length = int.from_bytes(header, P2P.BYTEORDER)
+    if length > max_bytes:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"a message of {length} bytes; a request message holds at most {max_bytes} "
+            "(tensors travel in chunks, docs/protocol.md §4)",
+        )
+    request = runtime_pb2.ExpertRequest()
+    request.ParseFromString(await reader.readexactly(length))
+    return request
 
 
 def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
@@ -68,25 +98,23 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
             processing = asyncio.create_task(process())
             try:
                 while True:
-                    receiving = asyncio.create_task(
-                        P2P.receive_protobuf(runtime_pb2.ExpertRequest, reader)
-                    )
+                    receiving = asyncio.create_task(receive_request(reader))
                     await asyncio.wait({processing, receiving}, return_when=asyncio.FIRST_COMPLETED)
                     if processing.done():
                         receiving.cancel()
                         return
                     try:
-                        request, _ = await receiving
+                        request = await receiving
                     except (asyncio.IncompleteReadError, ConnectionError):
                         return  # the caller left
-                    except Exception as exc:  # TypeError (marker), DecodeError, ...: garbage
+                    except ProtocolError as exc:  # refused at its length prefix
+                        logger.info("refused a message on %s from %s: %s", name, info.peer_id, exc)
+                        await queue.put(exc)
+                        await processing
+                        return
+                    except Exception as exc:  # DecodeError, ...: garbage
                         logger.info("unreadable message on %s from %s: %r", name, info.peer_id, exc)
-                        await queue.put(
-                            ProtocolError(
-                                ErrorCode.BAD_REQUEST,
-                                "unreadable message: not a length-prefixed ExpertRequest",
-                            )
-                        )
+                        await queue.put(_unreadable())
                         await processing  # the handler answers the refusal, then ends
                         return
                     await queue.put(request)

@@ -25,7 +25,15 @@ from hivemind.proto import runtime_pb2
 from client.remote import RemoteError, RemoteSpanSession
 from client.session import NO_BLAME_CODES
 from ledger.deployment import Deployment
-from node.protocol import RPC_FORWARD, RPC_INFERENCE, ErrorCode, ErrorReply, Frame, decode_frame
+from node.protocol import (
+    MAX_REQUEST_MESSAGE_BYTES,
+    RPC_FORWARD,
+    RPC_INFERENCE,
+    ErrorCode,
+    ErrorReply,
+    Frame,
+    decode_frame,
+)
 from tests.integration.nodes import (
     Hop,
     NodeSpec,
@@ -169,6 +177,23 @@ def test_garbage_bytes_get_a_bad_request_reply_before_the_stream_closes(swarm: P
             assert error.code is ErrorCode.BAD_REQUEST and "unreadable" in error.message
     # the node goes on serving
     route = swarm.session(hop, max_length=MAX_LENGTH)
+    route.step(torch.randn(1, 2, 64), torch.ones(1, 2, dtype=torch.long))
+    route.close()
+
+
+def test_an_oversized_message_is_refused_at_its_length_prefix(swarm: PaidSwarm) -> None:
+    """A message announcing 400 MiB is refused before any of it is read: the body is never
+    sent, so a node that buffered messages first would wait instead of answering."""
+    (hop,) = swarm.hops
+    announced = 400 * 1024 * 1024
+    prefix = bytes(P2P.MESSAGE_MARKER) + announced.to_bytes(P2P.HEADER_LEN, "big")
+    for name in (RPC_INFERENCE, RPC_FORWARD):
+        (reply,) = _send_raw(swarm, hop.node.peer_id, name, prefix + b"\x00" * 1024)
+        error = ErrorReply.from_wire(reply.metadata)
+        assert error.code is ErrorCode.TOO_LARGE
+        assert f"a message of {announced} bytes" in error.message
+        assert str(MAX_REQUEST_MESSAGE_BYTES) in error.message
+    route = swarm.session(hop, max_length=MAX_LENGTH)  # the node goes on serving
     route.step(torch.randn(1, 2, 64), torch.ones(1, 2, dtype=torch.long))
     route.close()
 
