@@ -95,6 +95,18 @@ def chain_snapshot(chain: Chain) -> Iterator[None]:
 
 
 @contextmanager
+def mining_paused(chain: Chain) -> Iterator[None]:
+    """Anvil mines nothing inside the block (transactions wait in its pool: a node sending one
+    waits for its receipt); automine again after, which mines what waits."""
+    chain.rpc("evm_setAutomine", [False])
+    try:
+        yield
+    finally:
+        chain.rpc("evm_setIntervalMining", [0])
+        chain.rpc("evm_setAutomine", [True])
+
+
+@contextmanager
 def reverted_nodes(
     deployment: Deployment, workdir: Path, model_path: Path, specs: Sequence[NodeSpec]
 ) -> Iterator[list[NodeProcess]]:

@@ -16,8 +16,7 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from tests.integration.nodes import (
     RouteSession,
     chain_snapshot,
     client_p2p,
+    mining_paused,
     running_nodes,
 )
 
@@ -65,17 +65,6 @@ def _ledger_rows(node: NodeProcess, query: str) -> list[tuple[Any, ...]]:
     path = node.home / "node" / node.address / "ledger.sqlite"
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
         return db.execute(query).fetchall()
-
-
-@contextmanager
-def _mining_on_demand(chain: Chain) -> Iterator[None]:
-    """Anvil mines nothing until told (`evm_setIntervalMining`); automine again after."""
-    chain.rpc("evm_setAutomine", [False])
-    try:
-        yield
-    finally:
-        chain.rpc("evm_setIntervalMining", [0])
-        chain.rpc("evm_setAutomine", [True])
 
 
 def _wait_for_sent_commit(node: NodeProcess, chain: Chain, timeout: float = 60) -> str:
@@ -130,7 +119,7 @@ def test_a_node_killed_with_its_commit_pending_commits_the_batch_once(
             payer = Payer(deployment, chain)
             price = int(node.status()["price_per_token_per_block"])
             hop = Hop(node, payer.open_channel(node.address), price)
-            with _mining_on_demand(chain), client_p2p(node.maddrs) as (runner, p2p):
+            with mining_paused(chain), client_p2p(node.maddrs) as (runner, p2p):
                 route = RouteSession(runner, p2p, payer, [hop]).open(16)
                 generator = torch.Generator().manual_seed(0)
                 route.step(torch.randn(1, 5, 64, generator=generator), torch.ones(1, 5).long())

@@ -9,7 +9,6 @@ The tests share the node, in file order; the last one stops it.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ from tests.integration.nodes import (
     NodeSpec,
     PaidSwarm,
     chain_snapshot,
+    mining_paused,
     paid_swarm,
     running_nodes,
 )
@@ -69,11 +69,6 @@ def swarm(
         paid_swarm(deployment, chain, nodes, model_path, workdir) as started,
     ):
         yield started
-    # the client's expired and broken streams are finalized now, not at a later collection:
-    # CPython 3.11.7 fails an unrelated ast.parse (pytest rewriting a module imported at the
-    # end of the run) with "AST constructor recursion depth mismatch" when their finalizers
-    # run inside it
-    gc.collect()
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -207,17 +202,24 @@ def test_a_step_during_shutdown_is_refused_as_shutting_down_before_payment(
     paid.step(torch.randn(1, 4, 64), torch.ones(1, 4, dtype=torch.long))
     (session,) = paid.sessions
     owed = swarm.payer.paid[hop.channel]
-    node.terminate()  # SIGTERM: the node commits and redeems before it closes its streams
-    assert _wait_for(lambda: "shutting down" in node.stderr.read_text(), timeout=30)
-    error = _refused(
-        swarm,
-        session.step(
-            torch.randn(1, 1, 64), torch.ones(1, 5, dtype=torch.long), _unpaid_voucher(swarm, hop)
-        ),
-    )
-    assert error.code is ErrorCode.SHUTTING_DOWN and error.fatal and not error.spent
+    # SIGTERM: the node commits and redeems before it closes its streams; with mining paused
+    # its final commit waits for a block, so the step surely arrives while it shuts down
+    with mining_paused(swarm.deployment.connect()):
+        node.terminate()
+        assert _wait_for(lambda: "shutting down" in node.stderr.read_text(), timeout=30), (
+            node.stderr.read_text()[-4000:]
+        )
+        error = _refused(
+            swarm,
+            session.step(
+                torch.randn(1, 1, 64),
+                torch.ones(1, 5, dtype=torch.long),
+                _unpaid_voucher(swarm, hop),
+            ),
+        )
+    assert error.code is ErrorCode.SHUTTING_DOWN and error.fatal and not error.spent, error
     assert error.code in NO_BLAME_CODES  # the client reopens elsewhere without avoiding it
     assert node.stop() == 0
     stderr = node.stderr.read_text()
-    assert "Traceback" not in stderr and "CacheClosedError" not in stderr
+    assert "Traceback" not in stderr and "CacheClosedError" not in stderr, stderr[-4000:]
     assert swarm.payer.paid[hop.channel] == owed  # the refused voucher was never counted
