@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.errors import ClientConfigError
+from node.protocol import DEFAULT_SILENCE_TIMEOUT
 
 HIDDEN_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -33,6 +34,8 @@ class ClientConfig:
     ping_ttl: float = 60.0  # seconds a measured round trip is reused
     open_timeout: float = 30.0  # seconds to open a session on a server
     step_timeout: float = 120.0  # seconds a server may take for one step
+    silence_timeout: float = DEFAULT_SILENCE_TIMEOUT  # seconds a server at work on a step may
+    # send nothing before it counts as gone (a live one sends a keepalive every 0.25 s)
     backoff_base: float = 5.0  # seconds a server is avoided after its first failure in a row
     backoff_max: float = 300.0  # seconds a server is avoided at most (doubling per failure)
     max_failovers: int = 8  # server failures one step (or one route) may survive
@@ -66,6 +69,7 @@ class ClientConfig:
             "ping_ttl",
             "open_timeout",
             "step_timeout",
+            "silence_timeout",
             "backoff_base",
             "backoff_max",
             "registry_ttl",

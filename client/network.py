@@ -198,8 +198,9 @@ class Network:
         voucher: Voucher,
         *,
         timeout: float,
+        silence: float,
     ) -> tuple[torch.Tensor, SignedReceipt]:
-        return self.run(session.step(hidden, mask, voucher, timeout=timeout))
+        return self.run(session.step(hidden, mask, voucher, timeout=timeout, silence=silence))
 
     def close_session(self, session: RemoteSpanSession) -> None:
         if not self.runner.loop.is_closed():

@@ -10,7 +10,10 @@ and sign the vouchers. Over a hivemind `P2P` (e.g. `await dht.replicate_p2p()`):
 
 A node's refusal raises `ProtocolError` with its `ErrorCode`; after a non-fatal one
 (`error.fatal is False`) the session is as before and the step may be sent again. A broken
-transport (node gone, stream closed) raises `RemoteUnavailableError`.
+transport (node gone, stream closed) raises `RemoteUnavailableError`, and so does a node that
+sends nothing for `silence` seconds while it should be at work on a step or a forward: a live
+node sends a `working` frame every `KEEPALIVE_INTERVAL` (0.25 s), so a killed one is noticed
+within the silence timeout (1.5 s by default), not at the step timeout.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from hivemind.proto import runtime_pb2
 from ledger.types import Voucher
 from node.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_SILENCE_TIMEOUT,
+    KEEPALIVE_INTERVAL,
     RPC_FORWARD,
     RPC_INFERENCE,
     RPC_INFO,
@@ -46,6 +51,7 @@ from node.protocol import (
     SignedReceipt,
     StepRequest,
     StepResponse,
+    Working,
     decode_frame,
     encode_frame,
     read_frame,
@@ -92,6 +98,46 @@ async def _read(responses: AsyncIterator[Response], max_bytes: int) -> Frame | N
         return await read_frame(responses, max_bytes)
     except (P2PHandlerError, P2PDaemonError, ConnectionError, asyncio.IncompleteReadError) as exc:
         raise RemoteUnavailableError(f"stream to the node broke: {exc}") from exc
+
+
+class _Silent(TimeoutError):
+    """Nothing from the node for the silence timeout."""
+
+
+class _Watched:
+    """A node's reply messages, each due within `silence` seconds of the previous one (or of
+    the request) and all before `deadline` (the event loop's clock): `_Silent` or TimeoutError
+    otherwise."""
+
+    def __init__(self, responses: AsyncIterator[Response], silence: float, deadline: float):
+        self._responses = responses
+        self._silence = silence
+        self._deadline = deadline
+
+    def __aiter__(self) -> _Watched:
+        return self
+
+    async def __anext__(self) -> Response:
+        left = self._deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise TimeoutError
+        if self._silence < left:
+            try:
+                return await asyncio.wait_for(anext(self._responses), self._silence)
+            except TimeoutError:
+                raise _Silent from None
+        return await asyncio.wait_for(anext(self._responses), left)
+
+
+async def _reply(
+    responses: AsyncIterator[Response], max_bytes: int, silence: float, timeout: float
+) -> Frame | None:
+    """The node's next frame other than `working` keepalives; None at the stream's end."""
+    watched = _Watched(responses, silence, asyncio.get_running_loop().time() + timeout)
+    while True:
+        frame = await _read(watched, max_bytes)
+        if frame is None or frame.type != Working.TYPE:
+            return frame
 
 
 class RemoteSpanSession:
@@ -169,17 +215,32 @@ class RemoteSpanSession:
         return cls(request, opened, queue, responses, max_bytes)
 
     async def step(
-        self, hidden: torch.Tensor, mask: torch.Tensor, voucher: Voucher, *, timeout: float = 300.0
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        voucher: Voucher,
+        *,
+        timeout: float = 300.0,
+        silence: float = DEFAULT_SILENCE_TIMEOUT,
     ) -> tuple[torch.Tensor, SignedReceipt]:
         """Send step `next_step`: hidden [batch, tokens, hidden] in the session dtype and mask
-        [batch, past + tokens] int64; returns the output hidden states and the signed receipt."""
+        [batch, past + tokens] int64; returns the output hidden states and the signed receipt.
+        `RemoteUnavailableError` (and the session closed) when the node sends nothing for
+        `silence` seconds or does not answer within `timeout`."""
         if self.closed:
             raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "the session is closed")
         request = StepRequest(self.next_step, voucher)
         for message in encode_frame(Frame(request.to_wire(), [hidden, mask]), Request):
             self._queue.put_nowait(message)
         try:
-            frame = await asyncio.wait_for(_read(self._responses, self._max_bytes), timeout)
+            frame = await _reply(self._responses, self._max_bytes, silence, timeout)
+        except _Silent:
+            await self.close()
+            raise RemoteUnavailableError(
+                f"the node sent nothing for {silence} s during step {self.next_step} (a node at "
+                "work sends a keepalive every "
+                f"{KEEPALIVE_INTERVAL} s): it is gone or cut off"
+            ) from None
         except TimeoutError:
             await self.close()
             raise RemoteUnavailableError(
@@ -220,8 +281,17 @@ class RemoteSpanSession:
 
 
 async def _call_stream(
-    p2p: P2P, peer_id: PeerID | str, name: str, frame: Frame, max_bytes: int, timeout: float
+    p2p: P2P,
+    peer_id: PeerID | str,
+    name: str,
+    frame: Frame,
+    max_bytes: int,
+    timeout: float,
+    silence: float | None = None,
 ) -> Frame:
+    """Send `frame` on a new stream `name` and read the answer (within `timeout`; with
+    `silence`, `working` keepalives are skipped and a node silent that long is gone)."""
+
     async def run() -> Frame | None:
         requests = encode_frame(frame, Request)
         try:
@@ -230,10 +300,16 @@ async def _call_stream(
             )
         except (P2PDaemonError, ConnectionError) as exc:
             raise RemoteUnavailableError(f"cannot reach {peer_id}: {exc}") from exc
-        return await _read(responses, max_bytes)
+        if silence is None:
+            return await _read(responses, max_bytes)
+        return await _reply(responses, max_bytes, silence, timeout)
 
     try:
         result = await asyncio.wait_for(run(), timeout)
+    except _Silent:
+        raise RemoteUnavailableError(
+            f"{peer_id} sent nothing for {silence} s while it should have been at work"
+        ) from None
     except TimeoutError:
         raise RemoteUnavailableError(f"{peer_id} did not answer in {timeout} s") from None
     if result is None:
@@ -255,12 +331,19 @@ async def remote_forward(
     mask: torch.Tensor,
     *,
     timeout: float = 300.0,
+    silence: float = DEFAULT_SILENCE_TIMEOUT,
     max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
 ) -> tuple[torch.Tensor, SignedReceipt]:
     """A stateless forward of hidden [batch, tokens, hidden] (mask [batch, tokens]) through the
     request's span; returns the output and the node's signed receipt (step 0)."""
     frame = await _call_stream(
-        p2p, peer_id, RPC_FORWARD, Frame(request.to_wire(), [hidden, mask]), max_bytes, timeout
+        p2p,
+        peer_id,
+        RPC_FORWARD,
+        Frame(request.to_wire(), [hidden, mask]),
+        max_bytes,
+        timeout,
+        silence,
     )
     if frame.type != StepResponse.TYPE or len(frame.tensors) != 1:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "malformed forward reply from the node")

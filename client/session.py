@@ -357,7 +357,12 @@ class InferenceSession:
         step = hop.remote.next_step
         try:
             out, receipt = client.network.step(
-                hop.remote, x, mask, voucher, timeout=client.config.step_timeout
+                hop.remote,
+                x,
+                mask,
+                voucher,
+                timeout=client.config.step_timeout,
+                silence=client.config.silence_timeout,
             )
         except RemoteError as exc:
             client.registry.forget(hop.peer_id)  # any refusal: re-read its standing on-chain

@@ -11,6 +11,8 @@ Inference (`rpc_inference`, one bidirectional stream = one session):
     -> StepRequest + tensors  <- StepResponse + output      (repeated, steps 0, 1, 2, ...)
 A step's refusal that leaves the session as it was (bad tensor, out of order, payment) is a
 non-fatal `ErrorReply`: the client may send the step again. Anything else ends the stream.
+From a step's first message to its reply the node sends a `Working` frame every
+`KEEPALIVE_INTERVAL` (node.streams), as it does for a stateless forward.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from node.sessions import (
     check_step,
     unpack_step,
 )
+from node.streams import Arrivals, finish, keepalives
 
 logger = logging.getLogger(__name__)
 
@@ -190,13 +193,21 @@ class StakeswarmNode(ServicerBase):
             opened = SessionOpened(session.session_id, self.address, self.idle_timeout)
             for message in _frame(opened.to_wire()):
                 yield message
+            arrivals = Arrivals(requests)
             while True:
                 timeout, expired = _next_frame_limit(session, self.idle_timeout, self.open_timeout)
-                frame = await self._read(requests, timeout=timeout, expired=expired)
-                if frame is None:
-                    return  # the client closed the session
+                arrivals.started.clear()
+                work = asyncio.ensure_future(
+                    self._read_and_step(session, arrivals, timeout, expired)
+                )
                 try:
-                    messages = await self._step(session, frame)
+                    # `working` frames from the step's first message to its reply
+                    async for message in keepalives(work, arrivals.started):
+                        yield message
+                finally:
+                    await finish(work)
+                try:
+                    messages = work.result()
                 except ProtocolError as exc:
                     if exc.code not in _RECOVERABLE or exc.spent:
                         raise
@@ -204,6 +215,8 @@ class StakeswarmNode(ServicerBase):
                     for message in error_messages(exc, fatal=False):
                         yield message
                     continue
+                if messages is None:
+                    return  # the client closed the session
                 for message in messages:
                     yield message
         except ProtocolError as exc:
@@ -226,6 +239,16 @@ class StakeswarmNode(ServicerBase):
                     self.fault.forget(session.session_id)
                 self.metrics.sessions_open.set(len(self.sessions))
                 self.metrics.cache_tokens.set(self.sessions.caches.tokens_in_use)
+
+    async def _read_and_step(
+        self, session: Session, requests: AsyncIterator[Request], timeout: float, expired: str
+    ) -> list[Any] | None:
+        """The reply to the session's next step frame; None when the client closed the
+        stream."""
+        frame = await self._read(requests, timeout=timeout, expired=expired)
+        if frame is None:
+            return None
+        return await self._step(session, frame)
 
     async def _read(
         self,
@@ -367,11 +390,15 @@ class StakeswarmNode(ServicerBase):
     async def rpc_forward(
         self, requests: AsyncIterator[Request], context: P2PContext
     ) -> AsyncIterator[Response]:
+        arrivals = Arrivals(requests)
+        work = asyncio.ensure_future(self._read_and_forward(arrivals))
         try:
-            frame = await self._read(requests, timeout=self.idle_timeout)
-            if frame is None or frame.type != ForwardRequest.TYPE:
-                raise ProtocolError(ErrorCode.BAD_REQUEST, "expected one forward frame")
-            messages = await self._forward(ForwardRequest.from_wire(frame.metadata), frame)
+            try:
+                async for message in keepalives(work, arrivals.started):
+                    yield message
+            finally:
+                await finish(work)
+            messages = work.result()
         except ProtocolError as exc:
             self.metrics.error(exc.code)
             messages = list(error_messages(exc))
@@ -381,6 +408,12 @@ class StakeswarmNode(ServicerBase):
             messages = list(error_messages(ProtocolError(ErrorCode.INTERNAL, "the node failed")))
         for message in messages:
             yield message
+
+    async def _read_and_forward(self, requests: AsyncIterator[Request]) -> list[Any]:
+        frame = await self._read(requests, timeout=self.idle_timeout)
+        if frame is None or frame.type != ForwardRequest.TYPE:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "expected one forward frame")
+        return await self._forward(ForwardRequest.from_wire(frame.metadata), frame)
 
     async def _forward(self, request: ForwardRequest, frame: Frame) -> list[Any]:
         self._refuse_if_closed()

@@ -29,7 +29,15 @@ from node.sketch import SKETCH_TOP_K
 # 2: a leaf carries `issued` (the receipt's issuedAt), and Merkle proofs are positional.
 # 3: a reveal carries each step's hidden states and ONE attention mask (the last step's; the
 #    earlier steps' masks are its prefixes), so its size grows linearly with the session.
-PROTOCOL_VERSION = 3
+# 4: a node at work on a step or a forward sends a `working` frame every KEEPALIVE_INTERVAL,
+#    so a client tells a dead node from a slow one within its silence timeout.
+PROTOCOL_VERSION = 4
+
+# Seconds between a node's `Working` frames while it works on a request (from the request's
+# first message to its reply), and how long a client waits by default for any message from a
+# node at work before it takes the node for gone (a killed process, a dropped connection).
+KEEPALIVE_INTERVAL = 0.25
+DEFAULT_SILENCE_TIMEOUT = 1.5
 
 # A leaf's issuedAt is a uint64 on-chain; the wire takes it only up to 2**63 - 1, what a ledger
 # (SQL BIGINT) can keep as evidence. No clock is anywhere near either bound.
@@ -380,6 +388,18 @@ class StepResponse:
         return cls(
             step=_int(d.get("step"), "step", 0), receipt=SignedReceipt.from_wire(d.get("receipt"))
         )
+
+
+@dataclass(frozen=True)
+class Working:
+    """A keepalive: the node is still at work on the request (docs/protocol.md §5). Sent every
+    `KEEPALIVE_INTERVAL` from the request's first message until its reply; never inside a
+    frame."""
+
+    TYPE = "working"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE}
 
 
 @dataclass(frozen=True)

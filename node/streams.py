@@ -8,6 +8,13 @@ loop, except that such bytes reach the handler as a `ProtocolError(BAD_REQUEST)`
 request iterator: the handler answers it like any other refusal, then the stream closes. A
 message whose length prefix is over `MAX_REQUEST_MESSAGE_BYTES` is refused the same way
 (TOO_LARGE) before any of its bytes are read: hivemind would buffer the whole message first.
+After its last answer a stream `linger`s (reads and drops what the caller still sends, 2 s
+at most) before it closes, so a caller still writing a refused frame reads the refusal
+instead of a reset.
+
+`Arrivals` and `keepalives` let a handler send `Working` frames while it works on a request:
+from the request's first message to the handler's reply, every `KEEPALIVE_INTERVAL`, so a
+client hears from a live node at least that often and takes silence for a dead one.
 """
 
 from __future__ import annotations
@@ -15,14 +22,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import closing
-from typing import Any
+from contextlib import closing, suppress
+from typing import Any, TypeAlias
 
 from hivemind.p2p import P2P, P2PContext
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 from hivemind.proto import runtime_pb2
 
-from node.protocol import MAX_REQUEST_MESSAGE_BYTES, ErrorCode, ProtocolError
+from node.protocol import (
+    KEEPALIVE_INTERVAL,
+    MAX_REQUEST_MESSAGE_BYTES,
+    ErrorCode,
+    Frame,
+    ProtocolError,
+    Working,
+    encode_frame,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +45,61 @@ StreamRpc = Callable[[AsyncIterator[Any], P2PContext], AsyncIterator[Any]]
 
 # Messages read ahead of the handler (hivemind's default)
 _PREFETCH = 5
+# How long, and how many bytes, a stream is read and dropped after its last answer (`linger`)
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024 * 1024
+
+Response: TypeAlias = runtime_pb2.ExpertResponse
+# one message, sent again and again (each send serializes it)
+_WORKING = tuple(encode_frame(Frame(Working().to_wire()), Response))
+
+
+class Arrivals:
+    """A handler's request messages, with an event set when one arrives (`started`): a
+    handler clears it before it waits for a request, and `keepalives` starts once it is set."""
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self._requests = requests
+        self.started = asyncio.Event()
+
+    def __aiter__(self) -> Arrivals:
+        return self
+
+    async def __anext__(self) -> Any:
+        message = await anext(self._requests)
+        self.started.set()
+        return message
+
+
+async def keepalives(
+    work: asyncio.Future[Any], started: asyncio.Event, interval: float = KEEPALIVE_INTERVAL
+) -> AsyncIterator[Any]:
+    """`Working` messages every `interval` seconds while `work` (reading a request and
+    answering it) runs and a message of the request has arrived (`started`); ends when `work`
+    is done. The handler yields them, then `work.result()`: nothing splits a frame."""
+    while not work.done():
+        if not started.is_set():  # waiting for the request: an idle stream stays silent
+            arrival = asyncio.ensure_future(started.wait())
+            try:
+                await asyncio.wait({work, arrival}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrival.cancel()
+            continue
+        await asyncio.wait({work}, timeout=interval)
+        if not work.done():
+            for message in _WORKING:
+                yield message
+
+
+async def finish(work: asyncio.Future[Any]) -> None:
+    """Cancel `work` if it still runs (the caller left or the handler was cancelled) and wait
+    for it to unwind, so what it holds (a session's cache, a step in the ledger) is released in
+    order."""
+    if not work.done():
+        work.cancel()
+    await asyncio.wait({work})
+    if not work.cancelled():
+        work.exception()  # retrieved: an error of abandoned work is not logged as unhandled
 
 
 async def add_readable_stream_handlers(p2p: P2P, handlers: dict[str, StreamRpc]) -> None:
@@ -48,12 +118,17 @@ def _unreadable() -> ProtocolError:
 
 
 async def receive_request(
-    reader: asyncio.StreamReader, max_bytes: int = MAX_REQUEST_MESSAGE_BYTES
+    reader: asyncio.StreamReader,
+    max_bytes: int = MAX_REQUEST_MESSAGE_BYTES,
+    started: asyncio.Event | None = None,
 ) -> runtime_pb2.ExpertRequest:
     """The next request message of a stream (hivemind's framing: a marker byte, an 8-byte
     big-endian length, the protobuf). A message longer than `max_bytes` is refused at its length
-    prefix (TOO_LARGE), before any of it is buffered; a wrong marker is BAD_REQUEST."""
+    prefix (TOO_LARGE), before any of it is buffered; a wrong marker is BAD_REQUEST. `started`
+    is set once the message's first byte is in."""
     marker = await reader.readexactly(1)
+    if started is not None:
+        started.set()
     if marker != P2P.MESSAGE_MARKER:
         raise _unreadable()
     header = await reader.readexactly(P2P.HEADER_LEN)
@@ -67,6 +142,27 @@ async def receive_request(
     request = runtime_pb2.ExpertRequest()
     request.ParseFromString(await reader.readexactly(length))
     return request
+
+
+async def linger(
+    reader: asyncio.StreamReader, seconds: float = LINGER_SECONDS, max_bytes: int = LINGER_BYTES
+) -> None:
+    """Read and drop what the caller still sends after the last answer, until it closes its
+    side, for at most `seconds` and `max_bytes`. Closing at once would reset a stream the caller
+    is still writing to (the rest of a refused frame), and a reset can discard the refusal
+    before the caller reads it. Nothing read here is kept."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    dropped = 0
+    with suppress(Exception):  # a broken stream is as good as a closed one
+        while dropped < max_bytes:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            data = await asyncio.wait_for(reader.read(64 * 1024), left)
+            if not data:
+                return
+            dropped += len(data)
 
 
 def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
@@ -98,10 +194,16 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
             processing = asyncio.create_task(process())
             try:
                 while True:
-                    receiving = asyncio.create_task(receive_request(reader))
+                    incoming = asyncio.Event()
+                    receiving = asyncio.create_task(
+                        receive_request(reader, MAX_REQUEST_MESSAGE_BYTES, incoming)
+                    )
                     await asyncio.wait({processing, receiving}, return_when=asyncio.FIRST_COMPLETED)
                     if processing.done():
                         receiving.cancel()
+                        if incoming.is_set() or not queue.empty():
+                            # answered (a refusal) while the caller was still sending its frame
+                            await linger(reader)
                         return
                     try:
                         request = await receiving
@@ -111,13 +213,20 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
                         logger.info("refused a message on %s from %s: %s", name, info.peer_id, exc)
                         await queue.put(exc)
                         await processing
+                        await linger(reader)
                         return
                     except Exception as exc:  # DecodeError, ...: garbage
                         logger.info("unreadable message on %s from %s: %r", name, info.peer_id, exc)
                         await queue.put(_unreadable())
                         await processing  # the handler answers the refusal, then ends
+                        await linger(reader)
                         return
                     await queue.put(request)
+            except asyncio.CancelledError:
+                # the node is shutting down (hivemind cancels its stream handlers): the stream
+                # closes; ending the handler normally keeps asyncio from logging the
+                # cancellation as an error of the stream's connection
+                pass
             except Exception:
                 logger.warning("stream %s failed", name, exc_info=True)
             finally:

@@ -1,19 +1,21 @@
 """The client end to end: three real node processes serving a tiny Llama on Anvil, a client
 that routes, pays, checks receipts and fails over, from Python and from the CLI.
 
-Nodes: node-0 serves blocks 0:3, node-1 and node-2 both serve 3:6 (one is the spare). The
-module's tests share them, in file order; the last two kill a node mid-generation and then
-stop every node and check what each was paid on-chain. Everything the nodes and clients did
-on-chain is reverted afterwards.
+Nodes: node-0 serves blocks 0:3; node-1, node-2 and node-3 serve 3:6 (spares). The module's
+tests share them, in file order; the last three kill a node in the middle of a step, kill one
+between steps, then stop every node and check what each was paid on-chain. Everything the
+nodes and clients did on-chain is reverted afterwards.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -118,6 +120,7 @@ def swarm(
         NodeSpec("node-0", "0:3", args=NODE_ARGS),
         NodeSpec("node-1", "3:6", args=NODE_ARGS),
         NodeSpec("node-2", "3:6", args=NODE_ARGS),
+        NodeSpec("node-3", "3:6", args=NODE_ARGS),
     ]
     with chain_snapshot(chain), running_nodes(deployment, workdir, model_path, specs) as nodes:
         yield Swarm(deployment, nodes, model_path, workdir)
@@ -439,8 +442,8 @@ def test_a_bad_receipt_is_kept_as_evidence_and_its_server_replaced(
         real_step = network.step
         altered: list[str] = []
 
-        def step(session, hidden, mask, voucher, *, timeout):  # noqa: ANN001, ANN202
-            out, receipt = real_step(session, hidden, mask, voucher, timeout=timeout)
+        def step(session, hidden, mask, voucher, **limits):  # noqa: ANN001, ANN003, ANN202
+            out, receipt = real_step(session, hidden, mask, voucher, **limits)
             if session.request.span_start == 3 and session.next_step == 3 and not altered:
                 altered.append(session.node)
                 out = out + 1e-3  # not what the receipt says was sent
@@ -456,6 +459,51 @@ def test_a_bad_receipt_is_kept_as_evidence_and_its_server_replaced(
     assert [(r.server, r.step, r.problem) for r in evidence] == [(altered[0], 2, "output_hash")]
     assert evidence[0].received_hash != evidence[0].output_hash
     assert evidence[0].sent_hash == evidence[0].input_hash
+
+
+class _KillMidStep:
+    """A streamer that, after `tokens`, freezes the node serving the session's last blocks
+    (SIGSTOP: the next step reaches its P2P daemon but never its process) and SIGKILLs that
+    process half a second later, as `kill -9 PID` would, its P2P daemon left running: a node
+    killed in the middle of a step. It records when each token arrived."""
+
+    def __init__(self, swarm: Swarm, session: Any, tokens: int) -> None:
+        self.swarm, self.session, self.left = swarm, session, tokens + 1  # +1: the prompt
+        self.killed: NodeProcess | None = None
+        self.arrivals: list[float] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        self.arrivals.append(time.monotonic())
+        self.left -= 1
+        if self.left == 0:
+            self.killed = self.swarm.node(self.session.route[-1].peer_id)
+            os.kill(self.killed.pid, signal.SIGSTOP)
+            threading.Timer(0.5, os.kill, (self.killed.pid, signal.SIGKILL)).start()
+
+    def end(self) -> None:
+        pass
+
+
+def test_a_server_killed_in_the_middle_of_a_step_is_replaced_within_seconds(
+    swarm: Swarm, reference
+) -> None:
+    """Before keepalives the client waited for its 120 s step timeout."""
+    local = reference.generate(PROMPT, max_new_tokens=8, do_sample=False)
+    with (
+        swarm.client("mid-step") as model,
+        model.inference_session(max_length=PROMPT.shape[1] + 8) as session,
+    ):
+        killer = _KillMidStep(swarm, session, tokens=3)
+        remote = model.generate(PROMPT, max_new_tokens=8, session=session, streamer=killer)
+        route = session.route
+    assert remote.tolist() == local.tolist()
+    assert killer.killed is not None
+    killer.killed.process.wait(30)
+    assert session.failovers == 1
+    assert route[-1].peer_id != killer.killed.peer_id
+    gaps = [b - a for a, b in itertools.pairwise(killer.arrivals)]
+    # the step after the kill: the silence timeout (1.5 s), a new session and the replay
+    assert max(gaps) < 10, f"a token took {max(gaps):.1f} s"
 
 
 class _KillAfter:
@@ -492,7 +540,7 @@ def test_a_server_killed_mid_generation_is_replaced_and_the_text_is_identical(
     assert remote.tolist() == local.tolist()
     assert killer.killed is not None and not killer.killed.alive()
     assert session.failovers == 1
-    spare = next(n for n in swarm.nodes[1:] if n is not killer.killed)
+    spare = next(n for n in swarm.nodes[1:] if n is not killer.killed and n.alive())
     assert [(h.peer_id, h.start, h.end) for h in route] == [
         (swarm.nodes[0].peer_id, 0, 3),
         (spare.peer_id, 3, 6),

@@ -1,7 +1,8 @@
 """What a node lets in, with one real node process on Anvil: unpaid sessions give their KV
 cache back within the open timeout (docs/protocol.md §6), bytes that are not messages get a
-`bad_request` reply, and a step that arrives while the node shuts down is refused with
-`shutting_down` before it is paid for.
+`bad_request` reply, work that takes longer than a client's silence timeout is answered
+because the node sends keepalives meanwhile, and a step that arrives while the node shuts
+down is refused with `shutting_down` before it is paid for.
 
 The tests share the node, in file order; the last one stops it.
 """
@@ -21,7 +22,7 @@ import torch
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
-from client.remote import RemoteError, RemoteSpanSession
+from client.remote import RemoteError, RemoteSpanSession, remote_forward
 from client.session import NO_BLAME_CODES
 from ledger.deployment import Deployment
 from node.protocol import (
@@ -30,6 +31,7 @@ from node.protocol import (
     RPC_INFERENCE,
     ErrorCode,
     ErrorReply,
+    ForwardRequest,
     Frame,
     decode_frame,
 )
@@ -46,6 +48,7 @@ from tests.integration.nodes import (
 pytestmark = pytest.mark.timeout(600)
 
 OPEN_TIMEOUT = 3  # seconds an unpaid session may hold its cache
+LONG_FORWARD = (64, 2048)  # batch x length of a forward that computes for seconds (32 MiB)
 MAX_LENGTH = 16
 NODE_ARGS = (
     "--open-timeout", str(OPEN_TIMEOUT),
@@ -53,6 +56,7 @@ NODE_ARGS = (
     "--cache-tokens", str(4 * MAX_LENGTH),  # room for four sessions
     "--commit-interval", "3600",
     "--redeem-interval", "3600",
+    "--max-forward-tokens", str(LONG_FORWARD[0] * LONG_FORWARD[1]),
 )  # fmt: skip
 
 
@@ -140,8 +144,7 @@ def test_unpaid_sessions_are_closed_and_their_cache_freed_while_a_paid_one_stays
 
 
 def _send_raw(swarm: PaidSwarm, peer_id: str, name: str, data: bytes) -> list[Frame]:
-    """Write `data` as it is on a new `name` stream; the frames the node answers before it
-    closes the stream."""
+    """Write `data` as it is on a new `name` stream; the frames the node answers."""
 
     async def run() -> list[Frame]:
         _, reader, writer = await swarm.p2p.call_binary_stream_handler(
@@ -151,9 +154,14 @@ def _send_raw(swarm: PaidSwarm, peer_id: str, name: str, data: bytes) -> list[Fr
             writer.write(data)
             await writer.drain()
             messages = []
-            with suppress(asyncio.IncompleteReadError, ConnectionError):
+            # until the node closes the stream, or (it waits for the caller to close after a
+            # refusal, node.streams.linger) half a second after its last answer
+            with suppress(asyncio.IncompleteReadError, ConnectionError, TimeoutError):
                 while True:
-                    message, error = await P2P.receive_protobuf(runtime_pb2.ExpertResponse, reader)
+                    message, error = await asyncio.wait_for(
+                        P2P.receive_protobuf(runtime_pb2.ExpertResponse, reader),
+                        0.5 if messages else 30,
+                    )
                     assert error is None, error
                     messages.append(message)
         return [decode_frame([m]) for m in messages]
@@ -191,6 +199,50 @@ def test_an_oversized_message_is_refused_at_its_length_prefix(swarm: PaidSwarm) 
     route = swarm.session(hop, max_length=MAX_LENGTH)  # the node goes on serving
     route.step(torch.randn(1, 2, 64), torch.ones(1, 2, dtype=torch.long))
     route.close()
+
+
+def test_a_node_at_work_is_heard_from_while_a_long_forward_holds_its_compute(
+    swarm: PaidSwarm,
+) -> None:
+    """A forward that computes for seconds, and a decode step queued behind it, are both
+    answered although each takes longer than the client's silence timeout: the node sends
+    `working` frames while it works, so only a node that sends nothing counts as gone."""
+    (hop,) = swarm.hops
+    silence = 0.75
+    paid = swarm.session(hop, max_length=MAX_LENGTH)
+    paid.step(torch.randn(1, 4, 64), torch.ones(1, 4, dtype=torch.long))
+    (session,) = paid.sessions
+    big = torch.randn(*LONG_FORWARD, 64)
+    tokens = LONG_FORWARD[0] * LONG_FORWARD[1]
+    # a channel of its own: the forward's and the step's vouchers may arrive in either order
+    channel = swarm.payer.open_channel(hop.node.address)
+    forward_voucher = swarm.payer.pay(channel, tokens * hop.price_per_token)
+    step_voucher = swarm.payer.pay(hop.channel, hop.price_per_token)
+
+    async def run() -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        forward = asyncio.ensure_future(
+            remote_forward(
+                swarm.p2p, hop.node.peer_id, ForwardRequest(os.urandom(32), 0, 2, forward_voucher),
+                big, torch.ones(LONG_FORWARD, dtype=torch.long), silence=silence,
+            )
+        )  # fmt: skip
+        await asyncio.sleep(1.0)  # the forward is in and computing (it uploads in a fraction)
+        sent = loop.time()
+        output, _ = await session.step(
+            torch.randn(1, 1, 64), torch.ones(1, 5, dtype=torch.long), step_voucher,
+            silence=silence,
+        )  # fmt: skip
+        step_time = loop.time() - sent
+        forwarded, _ = await forward
+        return loop.time() - started, step_time, output, forwarded
+
+    forward_time, step_time, output, forwarded = swarm.runner.run(run(), timeout=300)
+    assert forwarded.shape == big.shape and output.shape == (1, 1, 64)
+    assert forward_time > 2 * silence, f"the forward took {forward_time:.2f} s: not long enough"
+    assert step_time > silence, f"the step waited {step_time:.2f} s: not long enough"
+    paid.close()
 
 
 def test_a_step_during_shutdown_is_refused_as_shutting_down_before_payment(

@@ -212,6 +212,7 @@ def test_client_config_refuses_what_cannot_work(tmp_path: Path) -> None:
         ({"dtype": "int8"}, "dtype"),
         ({"budget": -1}, "budget"),
         ({"step_timeout": 0}, "step_timeout"),
+        ({"silence_timeout": -1}, "silence_timeout"),
         ({"channel_min_life": 10, "channel_life": 5}, "channel_min_life"),
         ({"backoff_base": 10, "backoff_max": 1}, "backoff_base"),
     ]:
