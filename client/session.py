@@ -59,7 +59,7 @@ PAYMENT_CODES = frozenset(
     }
 )
 # Fatal refusals that are no one's fault: reopen elsewhere without avoiding the server.
-NO_BLAME_CODES = frozenset({ErrorCode.SESSION_EXPIRED, ErrorCode.SHUTTING_DOWN})
+NO_BLAME_CODES = frozenset({ErrorCode.SESSION_EXPIRED, ErrorCode.SHUTTING_DOWN, ErrorCode.BUSY})
 # Non-fatal refusals that mean our request is wrong (a client bug, not a server failure).
 REQUEST_CODES = frozenset({ErrorCode.BAD_TENSOR, ErrorCode.OUT_OF_ORDER, ErrorCode.LENGTH_EXCEEDED})
 

@@ -190,6 +190,13 @@ def serve(
     max_forward_tokens: Annotated[
         int, typer.Option(help="Most tokens (batch x length) one stateless forward may carry.")
     ] = NodeConfig.max_forward_tokens,
+    max_incoming_mb: Annotated[
+        float,
+        typer.Option(
+            help="Tensor MiB that all incoming frames together may hold; beyond it a frame is "
+            "refused as busy."
+        ),
+    ] = NodeConfig.max_incoming_bytes / 2**20,
     threads: ThreadsOpt = None,
     no_commitments: Annotated[
         bool, typer.Option(help="Benchmarks only: no leaves, receipts or commits.", hidden=True)
@@ -247,6 +254,7 @@ def serve(
             faulty=faulty,
             http_port=http_port,
             max_frame_bytes=int(max_frame_mb * 2**20),
+            max_incoming_bytes=int(max_incoming_mb * 2**20),
             max_forward_tokens=max_forward_tokens,
         )
     except ConfigError as exc:

@@ -76,6 +76,9 @@ class NodeConfig:
     # reserves cache for free (30 s: well above the prefill through the hops before this one)
     session_open_timeout: float = 30.0
     max_frame_bytes: int = 64 * 1024 * 1024  # largest frame of tensors accepted from a peer
+    # tensor bytes the frames being received or worked on may hold, all connections together;
+    # a frame that does not fit is refused with `busy` (512 MiB: eight largest frames)
+    max_incoming_bytes: int = 512 * 1024 * 1024
     # most tokens (batch x length) one stateless forward may carry; the compute thread is
     # shared, so this bounds how long one forward holds every inference step back (1,024: a
     # long prompt's prefill, ~1 s of compute where 8,192 tokens took 9 s on CPU)
@@ -138,6 +141,13 @@ class NodeConfig:
             problems.append("cache_tokens must be >= 1")
         if self.max_forward_tokens < 1:
             problems.append("max_forward_tokens must be >= 1")
+        if self.max_frame_bytes < 1:
+            problems.append("max_frame_bytes must be positive")
+        if self.max_incoming_bytes < self.max_frame_bytes:
+            problems.append(
+                "max_incoming_bytes (--max-incoming-mb) must be at least max_frame_bytes "
+                "(--max-frame-mb): a largest frame must fit"
+            )
         if self.commit_max_leaves < 1:
             problems.append("commit_max_leaves must be >= 1")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:

@@ -70,7 +70,7 @@ from node.sessions import (
     check_step,
     unpack_step,
 )
-from node.streams import Arrivals, finish, keepalives
+from node.streams import Arrivals, IncomingBudget, Lease, finish, keepalives
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,7 @@ class StakeswarmNode(ServicerBase):
         max_frame_bytes: int,
         reveal_max_age: float,
         max_forward_tokens: int = NodeConfig.max_forward_tokens,
+        max_incoming_bytes: int = NodeConfig.max_incoming_bytes,
         open_timeout: float = NodeConfig.session_open_timeout,
         on_leaf: Callable[[], None] = lambda: None,
         fault: Fault | None = None,
@@ -168,6 +169,8 @@ class StakeswarmNode(ServicerBase):
         self.max_frame_bytes = max_frame_bytes
         self.reveal_max_age = reveal_max_age
         self.max_forward_tokens = max_forward_tokens  # cap per stateless forward (batch x length)
+        # tensor bytes of the frames being received or worked on, all connections together
+        self.incoming = IncomingBudget(max_incoming_bytes)
         self.open_timeout = open_timeout  # seconds an open session may wait for its first paid step
         self.on_leaf = on_leaf
         self.fault = fault  # a cheat mode (node.faults); None for an honest node
@@ -245,19 +248,27 @@ class StakeswarmNode(ServicerBase):
     ) -> list[Any] | None:
         """The reply to the session's next step frame; None when the client closed the
         stream."""
-        frame = await self._read(requests, timeout=timeout, expired=expired)
-        if frame is None:
-            return None
-        return await self._step(session, frame)
+        lease = self.incoming.lease()  # the frame's tensors count until the step is done
+        try:
+            frame = await self._read(requests, timeout=timeout, expired=expired, lease=lease)
+            if frame is None:
+                return None
+            return await self._step(session, frame)
+        finally:
+            lease.release()
 
     async def _read(
         self,
         requests: AsyncIterator[Request],
         timeout: float | None = None,
         expired: str | None = None,
+        lease: Lease | None = None,
     ) -> Any:
+        reserve = lease.take if lease is not None else None
         try:
-            frame = await asyncio.wait_for(read_frame(requests, self.max_frame_bytes), timeout)
+            frame = await asyncio.wait_for(
+                read_frame(requests, self.max_frame_bytes, reserve=reserve), timeout
+            )
         except TimeoutError:
             raise ProtocolError(
                 ErrorCode.SESSION_EXPIRED,
@@ -410,10 +421,14 @@ class StakeswarmNode(ServicerBase):
             yield message
 
     async def _read_and_forward(self, requests: AsyncIterator[Request]) -> list[Any]:
-        frame = await self._read(requests, timeout=self.idle_timeout)
-        if frame is None or frame.type != ForwardRequest.TYPE:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "expected one forward frame")
-        return await self._forward(ForwardRequest.from_wire(frame.metadata), frame)
+        lease = self.incoming.lease()
+        try:
+            frame = await self._read(requests, timeout=self.idle_timeout, lease=lease)
+            if frame is None or frame.type != ForwardRequest.TYPE:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "expected one forward frame")
+            return await self._forward(ForwardRequest.from_wire(frame.metadata), frame)
+        finally:
+            lease.release()
 
     async def _forward(self, request: ForwardRequest, frame: Frame) -> list[Any]:
         self._refuse_if_closed()

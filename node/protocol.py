@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -107,6 +107,10 @@ class ErrorCode(enum.StrEnum):
     # nothing was charged. Retry on another node; the node did nothing wrong. Added in protocol
     # 1 without a version bump, like NODE_INACTIVE.
     SHUTTING_DOWN = "shutting_down"
+    # The node holds as many incoming tensor bytes as it allows, all connections together
+    # (`--max-incoming-mb`); nothing was charged. Retry shortly or on another node; the node did
+    # nothing wrong. Added in protocol 4.
+    BUSY = "busy"
 
 
 class ProtocolError(Exception):
@@ -746,18 +750,21 @@ async def read_frame(
     *,
     max_metadata_bytes: int = MAX_METADATA_BYTES,
     max_messages: int = MAX_MESSAGES_PER_FRAME,
+    reserve: Callable[[int], None] | None = None,
 ) -> Frame | None:
     """Read one frame from a stream of protobuf messages; None when the stream ended cleanly
     before a new frame. Tensors are built one by one as their chunks arrive, each validated
     (size against `max_bytes`, dtype, shape) before it is built, so the reader holds the frame
     once. A reader that asked for a large answer (a verifier's reveal of a long session) may
-    allow more metadata and more messages than the defaults (`MAX_REVEAL_*`)."""
+    allow more metadata and more messages than the defaults (`MAX_REVEAL_*`). `reserve` is
+    called with each tensor's byte size before its chunks are kept (a node's budget of
+    incoming bytes; it raises to refuse the frame)."""
     try:
         first = await anext(stream)
     except StopAsyncIteration:
         return None
     count, metadata = _parse_header(first.metadata, max_metadata_bytes, max_messages)
-    tensors = _TensorAssembler(max_bytes)
+    tensors = _TensorAssembler(max_bytes, reserve)
     tensors.add(first.tensors)
     for _ in range(count - 1):
         try:
@@ -820,8 +827,9 @@ class _TensorAssembler:
     validated (compression, dtype, its size against the frame's limit) before its other
     chunks are kept, and its bytes against its shape before it is built."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, reserve: Callable[[int], None] | None = None) -> None:
         self.max_bytes = max_bytes
+        self._reserve = reserve  # told each tensor's bytes before its chunks are kept
         self.tensors: list[torch.Tensor] = []
         self._announced = 0  # tensor bytes announced by the heads so far
         self._received = 0  # chunk bytes received so far
@@ -853,9 +861,12 @@ class _TensorAssembler:
             raise ProtocolError(ErrorCode.BAD_TENSOR, "compressed tensors are not accepted")
         if head.dtype not in _ITEMSIZE:
             raise ProtocolError(ErrorCode.BAD_TENSOR, f"dtype {head.dtype!r} not accepted")
-        self._announced += math.prod(head.size) * _ITEMSIZE[head.dtype]
+        nbytes = math.prod(head.size) * _ITEMSIZE[head.dtype]
+        self._announced += nbytes
         if self._announced > self.max_bytes:
             raise ProtocolError(ErrorCode.TOO_LARGE, f"frame exceeds {self.max_bytes} bytes")
+        if self._reserve is not None:
+            self._reserve(nbytes)
         return chunks
 
     def _build(self) -> torch.Tensor:

@@ -547,6 +547,7 @@ class Server:
             open_timeout=config.session_open_timeout,
             max_frame_bytes=config.max_frame_bytes,
             max_forward_tokens=config.max_forward_tokens,
+            max_incoming_bytes=config.max_incoming_bytes,
             reveal_max_age=config.reveal_max_age,
             on_leaf=self._on_leaf,
             fault=self.fault,

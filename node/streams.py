@@ -12,6 +12,12 @@ After its last answer a stream `linger`s (reads and drops what the caller still 
 at most) before it closes, so a caller still writing a refused frame reads the refusal
 instead of a reset.
 
+Memory: what all streams together hold is bounded twice. Request messages read ahead of their
+handlers share `MAX_BUFFERED_BYTES` (a stream whose next message does not fit waits: the
+caller is slowed down, nothing is refused), and the tensors of the frames handlers are reading
+or working on share the node's `IncomingBudget` (`--max-incoming-mb`): a frame whose tensors
+do not fit is refused with `busy` before they are kept.
+
 `Arrivals` and `keepalives` let a handler send `Working` frames while it works on a request:
 from the request's first message to the handler's reply, every `KEEPALIVE_INTERVAL`, so a
 client hears from a live node at least that often and takes silence for a dead one.
@@ -45,11 +51,74 @@ StreamRpc = Callable[[AsyncIterator[Any], P2PContext], AsyncIterator[Any]]
 
 # Messages read ahead of the handler (hivemind's default)
 _PREFETCH = 5
+# Request message bytes all streams together may hold read ahead of their handlers
+MAX_BUFFERED_BYTES = 4 * MAX_REQUEST_MESSAGE_BYTES * _PREFETCH
 # How long, and how many bytes, a stream is read and dropped after its last answer (`linger`)
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 * 1024 * 1024
 
 Response: TypeAlias = runtime_pb2.ExpertResponse
+
+
+class IncomingBudget:
+    """The tensor bytes that the frames a node is receiving or working on may hold, all
+    connections together. Event-loop only (no locking). A frame takes its tensors' bytes as
+    their sizes arrive, through a `Lease`, and gives them back when it is handled."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def lease(self) -> Lease:
+        return Lease(self)
+
+
+class Lease:
+    """One frame's share of an `IncomingBudget`: `take` (a `read_frame` reserve) refuses with
+    BUSY what does not fit; `release` gives everything back (idempotent)."""
+
+    def __init__(self, budget: IncomingBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def take(self, nbytes: int) -> None:
+        budget = self._budget
+        if budget.used + nbytes > budget.limit:
+            raise ProtocolError(
+                ErrorCode.BUSY,
+                f"the node holds {budget.used >> 20} MiB of incoming tensors of its "
+                f"{budget.limit >> 20} MiB (all connections); a tensor of {nbytes >> 20} MiB "
+                "does not fit now: nothing was charged, retry shortly or use another node",
+            )
+        budget.used += nbytes
+        self.held += nbytes
+
+    def release(self) -> None:
+        self._budget.used -= self.held
+        self.held = 0
+
+
+class _Buffered:
+    """Request message bytes read ahead of their handlers, all streams together: a stream
+    waits before reading a message that would not fit (one message always fits)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def take(self, nbytes: int) -> None:
+        while self.used and self.used + nbytes > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += nbytes
+
+    def give(self, nbytes: int) -> None:
+        self.used -= nbytes
+        self._freed.set()
+
+
+_BUFFERED = _Buffered(MAX_BUFFERED_BYTES)
 # one message, sent again and again (each send serializes it)
 _WORKING = tuple(encode_frame(Frame(Working().to_wire()), Response))
 
@@ -121,11 +190,15 @@ async def receive_request(
     reader: asyncio.StreamReader,
     max_bytes: int = MAX_REQUEST_MESSAGE_BYTES,
     started: asyncio.Event | None = None,
-) -> runtime_pb2.ExpertRequest:
+    buffered: _Buffered | None = None,
+) -> tuple[runtime_pb2.ExpertRequest, int]:
     """The next request message of a stream (hivemind's framing: a marker byte, an 8-byte
-    big-endian length, the protobuf). A message longer than `max_bytes` is refused at its length
-    prefix (TOO_LARGE), before any of it is buffered; a wrong marker is BAD_REQUEST. `started`
-    is set once the message's first byte is in."""
+    big-endian length, the protobuf) and its length, taken from `buffered` (the node's shared
+    read-ahead budget by default; the caller gives it back once the message is consumed). A
+    message longer than `max_bytes` is refused at its length prefix (TOO_LARGE), before any of
+    it is buffered; a wrong marker is BAD_REQUEST. `started` is set once the message's first
+    byte is in."""
+    buffered = _BUFFERED if buffered is None else buffered
     marker = await reader.readexactly(1)
     if started is not None:
         started.set()
@@ -139,9 +212,14 @@ async def receive_request(
             f"a message of {length} bytes; a request message holds at most {max_bytes} "
             "(tensors travel in chunks, docs/protocol.md §4)",
         )
-    request = runtime_pb2.ExpertRequest()
-    request.ParseFromString(await reader.readexactly(length))
-    return request
+    await buffered.take(length)  # waits while other streams hold the read-ahead budget
+    try:
+        request = runtime_pb2.ExpertRequest()
+        request.ParseFromString(await reader.readexactly(length))
+    except BaseException:
+        buffered.give(length)
+        raise
+    return request, length
 
 
 async def linger(
@@ -180,7 +258,19 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
                     return
                 if isinstance(item, ProtocolError):
                     raise item
-                yield item
+                request, length = item
+                _BUFFERED.give(length)  # the handler has it now (its frame budget counts it)
+                yield request
+
+        def forget_read_ahead() -> None:
+            """Give back the read-ahead of messages no handler will take."""
+            finished = receiving is not None and receiving.done() and not receiving.cancelled()
+            if finished and receiving.exception() is None:
+                _BUFFERED.give(receiving.result()[1])
+            while not queue.empty():
+                item = queue.get_nowait()
+                if isinstance(item, tuple):
+                    _BUFFERED.give(item[1])
 
         async def process() -> None:
             async for response in rpc(requests(), context):
@@ -190,6 +280,7 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
                     logger.debug("could not send a response on %s", name, exc_info=True)
                     return
 
+        receiving: asyncio.Task[Any] | None = None
         with closing(writer):
             processing = asyncio.create_task(process())
             try:
@@ -201,12 +292,13 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
                     await asyncio.wait({processing, receiving}, return_when=asyncio.FIRST_COMPLETED)
                     if processing.done():
                         receiving.cancel()
+                        await asyncio.wait({receiving})
                         if incoming.is_set() or not queue.empty():
                             # answered (a refusal) while the caller was still sending its frame
                             await linger(reader)
                         return
                     try:
-                        request = await receiving
+                        received = await receiving
                     except (asyncio.IncompleteReadError, ConnectionError):
                         return  # the caller left
                     except ProtocolError as exc:  # refused at its length prefix
@@ -221,7 +313,8 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
                         await processing  # the handler answers the refusal, then ends
                         await linger(reader)
                         return
-                    await queue.put(request)
+                    receiving = None  # its message is the queue's now
+                    await queue.put(received)
             except asyncio.CancelledError:
                 # the node is shutting down (hivemind cancels its stream handlers): the stream
                 # closes; ending the handler normally keeps asyncio from logging the
@@ -231,5 +324,6 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
                 logger.warning("stream %s failed", name, exc_info=True)
             finally:
                 processing.cancel()
+                forget_read_ahead()
 
     return handle

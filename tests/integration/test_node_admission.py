@@ -34,6 +34,7 @@ from node.protocol import (
     ForwardRequest,
     Frame,
     decode_frame,
+    encode_frame,
 )
 from tests.integration.nodes import (
     Hop,
@@ -49,6 +50,7 @@ pytestmark = pytest.mark.timeout(600)
 
 OPEN_TIMEOUT = 3  # seconds an unpaid session may hold its cache
 LONG_FORWARD = (64, 2048)  # batch x length of a forward that computes for seconds (32 MiB)
+MAX_INCOMING_MB = 48  # tensor MiB all incoming frames together may hold
 MAX_LENGTH = 16
 NODE_ARGS = (
     "--open-timeout", str(OPEN_TIMEOUT),
@@ -57,6 +59,8 @@ NODE_ARGS = (
     "--commit-interval", "3600",
     "--redeem-interval", "3600",
     "--max-forward-tokens", str(LONG_FORWARD[0] * LONG_FORWARD[1]),
+    "--max-frame-mb", "40",
+    "--max-incoming-mb", str(MAX_INCOMING_MB),
 )  # fmt: skip
 
 
@@ -199,6 +203,55 @@ def test_an_oversized_message_is_refused_at_its_length_prefix(swarm: PaidSwarm) 
     route = swarm.session(hop, max_length=MAX_LENGTH)  # the node goes on serving
     route.step(torch.randn(1, 2, 64), torch.ones(1, 2, dtype=torch.long))
     route.close()
+
+
+def test_incoming_frames_share_one_memory_budget_across_connections(swarm: PaidSwarm) -> None:
+    """A caller that announces a 40 MiB tensor and sends only its first chunks holds 40 of
+    the node's 48 MiB: a 16 MiB forward on another connection is refused as `busy` (nothing
+    charged, no one's fault) before its tensor is kept, and goes through once that caller
+    leaves."""
+    (hop,) = swarm.hops
+    held = torch.zeros(160, 1024, 64)  # 40 MiB
+    first = next(iter(encode_frame(Frame({"type": "forward"}, [held]), runtime_pb2.ExpertRequest)))
+    data = first.SerializeToString()
+    prefix = bytes(P2P.MESSAGE_MARKER) + len(data).to_bytes(P2P.HEADER_LEN, "big")
+    hidden = torch.randn(64, 1024, 64)  # 16 MiB
+    tokens = hidden.shape[0] * hidden.shape[1]
+
+    def forward(voucher: Any) -> Any:
+        return remote_forward(
+            swarm.p2p, hop.node.peer_id, ForwardRequest(os.urandom(32), 0, 2, voucher),
+            hidden, torch.ones(hidden.shape[:2], dtype=torch.long),
+        )  # fmt: skip
+
+    async def hold_then_forward() -> RemoteError:
+        _, reader, writer = await swarm.p2p.call_binary_stream_handler(
+            PeerID.from_base58(hop.node.peer_id), RPC_FORWARD
+        )
+        with closing(writer):
+            writer.write(prefix + data)  # the frame's first message: the rest never comes
+            await writer.drain()
+            await asyncio.sleep(1.0)  # the node has it
+            paid = swarm.payer.paid[hop.channel]
+            with pytest.raises(RemoteError) as refused:
+                await forward(swarm.payer.sign(hop.channel, paid + tokens * hop.price_per_token))
+            return refused.value
+
+    error = swarm.runner.run(hold_then_forward(), timeout=60)
+    assert error.code is ErrorCode.BUSY and not error.spent, error
+    assert f"of its {MAX_INCOMING_MB} MiB" in error.message
+    assert error.code in NO_BLAME_CODES
+    # the holder left: its share is back as soon as the node read the end of its stream
+    voucher = swarm.payer.pay(hop.channel, tokens * hop.price_per_token)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            output, _ = swarm.runner.run(forward(voucher), timeout=60)
+            break
+        except RemoteError as exc:  # a refused voucher was never counted: send it again
+            assert exc.code is ErrorCode.BUSY and time.monotonic() < deadline, exc
+            time.sleep(0.2)
+    assert output.shape == hidden.shape
 
 
 def test_a_node_at_work_is_heard_from_while_a_long_forward_holds_its_compute(
