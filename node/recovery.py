@@ -11,6 +11,13 @@ a verifier samples one). Two failures are silent unless the node looks for them:
   committed (events since the deployment's first block), `check_new_ledger` refuses to start
   with `LostLedgerError`, listing what can no longer be redeemed or revealed, unless the
   operator said `--new-ledger`; then the same list is logged as a warning and the node starts.
+- Stale: a ledger restored from an older backup holds less than the node did. A ledger that
+  is not new is compared with the same history: `describe_stale` lists the batches the chain
+  shows the node committed whose roots the ledger does not know (their leaves cannot be
+  revealed: a sampled or challenged one is slashed as withheld) and the channels the chain
+  shows redeemed beyond the newest voucher the ledger holds (vouchers signed after the backup
+  are lost; later ones on those channels may be too). The node starts, as an operator who
+  restored a backup wants, and logs that list as a WARNING.
 - Damaged: pages or the WAL overwritten (`ledger.db.engine.check_sqlite_ledger` refuses such a
   file at start), or a disk failing while the node runs. `is_ledger_failure` tells a storage
   failure of the ledger apart from other errors of a job (a chain that does not answer), and
@@ -54,6 +61,7 @@ class LostLedgerError(NodeError):
 class ChainHistory:
     """What the chain says this node did since the deployment's first block."""
 
+    address: str  # the node's
     registered: bool
     stake: int  # base units, active stake
     channels: tuple[Channel, ...]  # every channel ever opened to the node, as it is now
@@ -77,6 +85,7 @@ def read_chain_history(contracts: Contracts, address: str, from_block: int) -> C
     channels = contracts.payment_channels
     opened = channels.events("ChannelOpened", from_block=from_block, server=address)
     return ChainHistory(
+        address=address,
         registered=node.registered,
         stake=int(node.stake),
         channels=tuple(
@@ -153,6 +162,66 @@ def check_new_ledger(
         "docs/operator.md, 'Crashes and backups'). To accept the loss and start anyway, run "
         "again with --new-ledger."
     )
+
+
+def describe_stale(history: ChainHistory, ledger: Ledger, *, decimals: int) -> list[str]:
+    """What the chain shows this node did that `ledger` (not new) does not know: empty when
+    the ledger is as recent as the chain can tell."""
+    with ledger.begin() as db:
+        roots = set(db.scalars(select(Batch.root)))
+        vouchers = {
+            row.channel_id: row.voucher_amount
+            for row in db.scalars(select(ChannelRow).where(ChannelRow.server == history.address))
+        }
+    unknown = [b for b in history.batches if b.root not in roots]
+    behind = [c for c in history.channels if c.redeemed > vouchers.get(c.channel_id, 0)]
+    if not unknown and not behind:
+        return []
+    unit = 10**decimals
+    lines = []
+    if unknown:
+        leaves = sum(b.leaf_count for b in unknown)
+        lines.append(
+            f"{len(unknown)} batch(es) of {leaves} leaves committed by this node are not in the "
+            "ledger; it cannot reveal their inputs or prove their leaves, so a sampled or "
+            "challenged leaf of theirs is slashed as withheld while its challenge window runs:"
+        )
+        lines += [
+            f"  batch {b.batch_id} ({b.leaf_count} leaves) committed in block {b.block_number}"
+            for b in unknown[:LISTED]
+        ]
+        if len(unknown) > LISTED:
+            lines.append(f"  ... and {len(unknown) - LISTED} more")
+    if behind:
+        lines.append(
+            f"{len(behind)} channel(s) were redeemed on-chain beyond the newest voucher the "
+            "ledger holds: the vouchers signed after the backup are lost (what they paid beyond "
+            "the redeemed amount cannot be claimed):"
+        )
+        lines += [
+            f"  channel {c.channel_id} from {c.client}: redeemed {c.redeemed / unit:g}, the "
+            f"ledger's newest voucher {vouchers.get(c.channel_id, 0) / unit:g}"
+            for c in behind[:LISTED]
+        ]
+        if len(behind) > LISTED:
+            lines.append(f"  ... and {len(behind) - LISTED} more")
+    return lines
+
+
+def warn_if_stale(
+    history: ChainHistory, ledger: Ledger, *, ledger_path: Path, decimals: int
+) -> None:
+    """Log, as a WARNING, what the chain shows that the ledger lost (`describe_stale`)."""
+    lines = describe_stale(history, ledger, decimals=decimals)
+    if lines:
+        logger.warning(
+            "STALE LEDGER at %s (restored from an older backup?): the chain shows node %s did "
+            "more than the ledger records:\n%s\nThe node serves on; consider unbonding and "
+            "waiting out the challenge window (docs/operator.md, 'Crashes and backups').",
+            ledger_path,
+            history.address,
+            "\n".join(lines),
+        )
 
 
 def set_aside_damaged(path: Path) -> Path:

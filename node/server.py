@@ -70,7 +70,7 @@ from ledger.identity import load_identity
 from ledger.types import BlockIndex, ModelId, Wei, model_id
 from node.announce import Announcer
 from node.api import HttpApi, NodeMetrics, build_app
-from node.balance import ChainClock, Payments, Redeemer
+from node.balance import ChainClock, IncomingPayments, Redeemer
 from node.blocks import Progress, Span, load_span
 from node.cache import CacheManager
 from node.challenges import ChallengeAnswerer
@@ -96,6 +96,7 @@ from node.recovery import (
     ledger_is_new,
     read_chain_history,
     set_aside_damaged,
+    warn_if_stale,
 )
 from node.sessions import SessionManager, SpanViews
 from node.standing import Standing, read_standing
@@ -236,8 +237,10 @@ class Server:
         sender = self.chain.sender(account, sessions=self.ledger.sessions)
         self.contracts = Contracts.from_deployment(self.chain, deployment, sender)
         decimals = self.contracts.token.decimals()
-        if ledger_is_new(self.ledger):
-            history = read_chain_history(self.contracts, self.address, deployment.deploy_block)
+        history = read_chain_history(self.contracts, self.address, deployment.deploy_block)
+        if not ledger_is_new(self.ledger):
+            warn_if_stale(history, self.ledger, ledger_path=ledger_path, decimals=decimals)
+        else:
             try:
                 check_new_ledger(
                     history,
@@ -482,7 +485,7 @@ class Server:
         self.clock = ChainClock(self.chain.timestamp)
         self.clock.refresh()
         channels = self.contracts.payment_channels
-        self.payments = Payments(
+        self.payments = IncomingPayments(
             channels,
             self.ledger,
             node=self.address,

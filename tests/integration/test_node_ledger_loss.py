@@ -6,7 +6,9 @@ Real `python -m node serve` processes on the session's Anvil:
   with its -wal and -shm: started again it refuses, saying which channels and batches it can no
   longer redeem or reveal; with `--new-ledger` it starts, with that warning;
 - a node's ledger with overwritten middle pages, or with a garbage write-ahead log, stops the
-  start before `ready` with one error line that names the file and what to do.
+  start before `ready` with one error line that names the file and what to do;
+- a node restarted on a backup older than its last commits starts, and warns which committed
+  batches its ledger no longer holds.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
 from ledger.chain import Chain
+from ledger.contracts import Contracts
 from ledger.deployment import Deployment
 from tests.integration.nodes import (
     NodeProcess,
@@ -129,3 +133,46 @@ def test_a_damaged_ledger_stops_the_start_with_one_clear_line(
         with running_nodes(deployment, tmp_path, model_path, [told]) as (node,):
             assert node.status()["ledger"]["ok"] is True
         assert len(list(ledger.parent.glob("ledger.damaged-*.sqlite"))) == 1
+
+
+def test_a_ledger_restored_from_an_older_backup_starts_with_what_it_lost_named(
+    deployment: Deployment, chain: Chain, model_path: Path, tmp_path: Path
+) -> None:
+    """Issue 12: a ledger restored from an old backup started as if nothing had happened,
+    though the chain shows batches it cannot reveal."""
+    spec = NodeSpec("node-2", "0:4", args=NODE_ARGS)
+    backup = tmp_path / "backup.sqlite"
+    with chain_snapshot(chain):
+        with running_nodes(deployment, tmp_path, model_path, [spec]) as (node,):
+            payer = Payer(deployment, chain)
+            with client_p2p(node.maddrs) as (runner, p2p):
+                serve_two_steps(runner, p2p, payer, node)
+                wait_committed(node, 2)
+                # the operator's backup, as docs/operator.md says: SQLite's online backup
+                with sqlite3.connect(_ledger(node)) as live, sqlite3.connect(backup) as copy:
+                    live.backup(copy)
+                serve_two_steps(runner, p2p, payer, node)
+                wait_committed(node, 4)
+            contracts = Contracts.from_deployment(chain, deployment)
+            committed = {
+                b.batch_id
+                for b in contracts.commitments.batches_committed(
+                    from_block=deployment.deploy_block, node=node.address
+                )
+            }
+            os.killpg(node.pid, signal.SIGKILL)
+            node.process.wait(30)
+        ledger = _ledger(node)
+        for suffix in ("-wal", "-shm"):
+            ledger.with_name(ledger.name + suffix).unlink(missing_ok=True)
+        shutil.copy(backup, ledger)
+
+        with running_nodes(deployment, tmp_path, model_path, [spec]) as (again,):
+            log = again.stderr.read_text(errors="replace")
+        assert "STALE LEDGER" in log and "restored from an older backup?" in log, log
+        # the second session's two leaves, committed after the backup
+        assert "batch(es) of 2 leaves committed by this node are not in the ledger" in log
+        lost = re.findall(r"  batch (\d+) \((\d+) leaves\) committed", log)
+        assert lost and {int(n) for n, _ in lost} < committed, (lost, committed)
+        assert sum(int(leaves) for _, leaves in lost) == 2
+        assert "Traceback" not in log
