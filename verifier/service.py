@@ -65,7 +65,7 @@ from ledger.db import (
     finish_audit_task,
     get_cursor,
     is_audited,
-    open_ledger,
+    open_deployment_ledger,
     record_audit,
     retry_audit_task,
     set_cursor,
@@ -195,7 +195,11 @@ class Verifier:
         self.dir = home / "verifier" / account.address
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.chain: Chain = deployment.connect(rpc_url=config.rpc_url)
-        self.ledger = open_ledger(sqlite_url(self.dir / "ledger.sqlite"))
+        # tied to this chain, as a node's and a client's: a ledger of an earlier chain under the
+        # same id (a restarted devnet) is set aside, so its event cursor cannot skip this one's
+        self.ledger = open_deployment_ledger(
+            sqlite_url(self.dir / "ledger.sqlite"), self.chain, deployment
+        )
         sender = self.chain.sender(account, sessions=self.ledger.sessions)
         self.contracts = Contracts.from_deployment(self.chain, deployment, sender)
         self.key = AuditKey.load_or_create(self.dir / "audit.key")
