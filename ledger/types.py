@@ -17,7 +17,6 @@ from eth_utils import keccak
 Address = NewType("Address", str)  # checksummed 0x-address
 Wei = NewType("Wei", int)  # stake-token base units
 ModelId = NewType("ModelId", bytes)  # 32 bytes: keccak256 of the model's name
-SessionId = NewType("SessionId", bytes)  # 32 bytes, chosen by the client, unique per node
 ChannelId = NewType("ChannelId", int)
 BatchId = NewType("BatchId", int)
 BlockIndex = NewType("BlockIndex", int)

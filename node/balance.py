@@ -1,6 +1,6 @@
 """Getting paid: checking each step's voucher before serving it, and redeeming vouchers.
 
-Every step carries the client's cumulative voucher for its channel. `Payments.accept` checks,
+Every step carries the client's cumulative voucher for its channel. `IncomingPayments.accept` checks,
 in this order: the voucher is for the session's channel (WRONG_CHANNEL), its signature
 recovers to the channel's client (BAD_VOUCHER), the channel exists on-chain, is to this node,
 open and not about to expire (WRONG_CHANNEL), the amount is above the last accepted voucher
@@ -115,7 +115,7 @@ class Accepted:
     persisted: asyncio.Future[None]
 
 
-class Payments:
+class IncomingPayments:
     """Checks vouchers for the node's channels and records them (see the module doc)."""
 
     def __init__(

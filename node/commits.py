@@ -1,9 +1,9 @@
 """Commitments: the leaf and signed receipt of every served step, the inputs kept for reveals,
 and the Merkle roots committed on-chain.
 
-Per step (`Receipts.make`, in the compute thread): the leaf of DESIGN.md — session, model id,
-span, step, tokens, keccak of the exact input and output tensors, keccak of the output's
-sketch, and the unix time it is signed at (`issuedAt`: the leaf must be committed by that time
+Per step (`Receipts.make_with_sketch`, in the compute thread): the leaf of DESIGN.md —
+session, model id, span, step, tokens, keccak of the exact input and output tensors, keccak of
+the output's sketch, and the unix time it is signed at (`issuedAt`: the leaf must be committed by that time
 plus the Slasher's commit deadline) — and the node's EIP-712 receipt over it. Each slot
 (session, span, step) is signed once: steps come strictly in order, a session id is never
 served twice, and a retried ledger write stores the receipt already signed, never a new one
@@ -113,28 +113,6 @@ class Receipts:
         self.enabled = enabled
         self.clock = clock  # unix seconds; the receipt's issuedAt
 
-    def make(
-        self,
-        *,
-        session_id: bytes,
-        span: tuple[int, int],
-        step: int,
-        tokens: int,
-        hidden_in: torch.Tensor,
-        hidden_out: torch.Tensor,
-    ) -> SignedReceipt:
-        """The signed leaf of one step; `hidden_in`/`hidden_out` are the exact tensors received
-        and sent. With commitments off: a leaf of zero hashes and a zero signature."""
-        receipt, _ = self.make_with_sketch(
-            session_id=session_id,
-            span=span,
-            step=step,
-            tokens=tokens,
-            hidden_in=hidden_in,
-            hidden_out=hidden_out,
-        )
-        return receipt
-
     def make_with_sketch(
         self,
         *,
@@ -145,8 +123,9 @@ class Receipts:
         hidden_in: torch.Tensor,
         hidden_out: torch.Tensor,
     ) -> tuple[SignedReceipt, bytes]:
-        """`make`, and the encoded sketch whose hash the leaf commits (kept for reveals;
-        empty with commitments off)."""
+        """The signed leaf of one step (`hidden_in`/`hidden_out` are the exact tensors received
+        and sent) and the encoded sketch whose hash the leaf commits, kept for reveals. With
+        commitments off: a leaf of zero hashes, a zero signature and an empty sketch."""
         issued_at = int(self.clock())
         if not self.enabled:
             leaf = Leaf(

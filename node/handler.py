@@ -39,7 +39,7 @@ from ledger.chain import ChainError
 from ledger.contracts import VerifierRegistry
 from ledger.db import Ledger
 from node.api import NodeMetrics
-from node.balance import Accepted, Payments
+from node.balance import Accepted, IncomingPayments
 from node.commits import InputStore, LeafWriter, Receipts, build_reveal
 from node.compute import submit_forward
 from node.config import NodeConfig
@@ -133,7 +133,7 @@ class StakeswarmNode(ServicerBase):
         spans: SpanViews,
         price_per_block: int,
         sessions: SessionManager,
-        payments: Payments,
+        payments: IncomingPayments,
         receipts: Receipts,
         writer: LeafWriter,
         store: InputStore,

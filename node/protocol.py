@@ -618,9 +618,6 @@ class ErrorReply:
         message = _str(d.get("message", ""), "message")[:2000]
         return cls(code, message, fatal is not False, spent)
 
-    def to_exception(self) -> ProtocolError:
-        return ProtocolError(self.code, self.message, spent=self.spent)
-
 
 @dataclass(frozen=True)
 class InfoResponse:

@@ -46,10 +46,6 @@ class SpanViews:
         self.span = span
         self._views: dict[tuple[int, int], Span] = {(span.start, span.end): span}
 
-    @property
-    def dtype_name(self) -> str:
-        return DTYPE_NAMES[self.span.dtype]
-
     def view(self, start: int, end: int) -> Span:
         """The span `[start, end)`; `ProtocolError(SPAN_MISMATCH)` outside what is served."""
         if not self.span.start <= start < end <= self.span.end:

@@ -205,11 +205,6 @@ class SketchDistance:
     def worst_rel_error(self) -> float:
         return float(self.max_rel_error.max())
 
-    @property
-    def worst_mean_rel_error(self) -> float:
-        """The largest per-position mean relative error."""
-        return float(self.mean_rel_error.max())
-
 
 def compare(committed: Sketch, recomputed: torch.Tensor) -> SketchDistance:
     """Measure `recomputed` [batch, tokens, hidden_size] against a `committed` sketch.

@@ -42,7 +42,7 @@ from ledger.deployment import Deployment
 from ledger.eip712 import Domain
 from ledger.types import BatchId, BlockIndex, Wei, model_id
 from node.api import NodeMetrics
-from node.balance import ChainClock, Payments
+from node.balance import ChainClock, IncomingPayments
 from node.blocks import Span, load_span
 from node.cache import CacheManager
 from node.commits import Committer, InputStore, LeafWriter, Receipts
@@ -219,7 +219,7 @@ async def _reveal(
                 spans=SpanViews(span),
                 price_per_block=1,
                 sessions=SessionManager(CacheManager(CACHE_TOKENS), served.ledger),
-                payments=Payments(
+                payments=IncomingPayments(
                     verifier.payment_channels,
                     served.ledger,
                     node=address,

@@ -160,7 +160,7 @@ def test_malformed_open_is_refused(bad: dict) -> None:
 def test_an_error_says_whether_the_steps_voucher_was_spent() -> None:
     spent = ErrorReply(ErrorCode.INTERNAL, "the step failed after payment", True, True)
     assert ErrorReply.from_wire(spent.to_wire()) == spent
-    assert ErrorReply.from_wire(spent.to_wire()).to_exception().spent
+    assert ErrorReply.from_wire(spent.to_wire()).spent is True
     refused = ErrorReply(ErrorCode.PAYMENT_BEHIND, "voucher behind", False)
     assert ErrorReply.from_wire(refused.to_wire()).spent is False
     # absent: not spent; anything but a boolean is a malformed reply
