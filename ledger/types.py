@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import astuple, dataclass
+from decimal import Decimal, InvalidOperation
 from typing import NewType
 
 from eth_abi import encode as abi_encode
@@ -20,6 +21,27 @@ ModelId = NewType("ModelId", bytes)  # 32 bytes: keccak256 of the model's name
 ChannelId = NewType("ChannelId", int)
 BatchId = NewType("BatchId", int)
 BlockIndex = NewType("BlockIndex", int)
+
+
+def parse_token_amount(text: str, what: str = "amount") -> Decimal:
+    """Whole tokens with optional decimals ("100", "0.25") as a finite, non-negative Decimal;
+    ValueError naming `what` otherwise. Each edge (CLI, config) turns it into its own error."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"{what} {text!r} is not a number of tokens") from None
+    if not value.is_finite() or value < 0:
+        raise ValueError(f"{what} must be a non-negative number of tokens, got {text!r}")
+    return value
+
+
+def to_base_units(tokens: Decimal, decimals: int, what: str = "amount") -> Wei:
+    """Whole tokens (with decimals) in base units; ValueError naming `what` when it has more
+    than `decimals` decimals."""
+    scaled = tokens.scaleb(decimals)
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{what} {tokens} has more than {decimals} decimals")
+    return Wei(int(scaled))
 
 
 def model_id(name: str) -> ModelId:

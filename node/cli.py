@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ledger.errors import LedgerError
+from ledger.types import parse_token_amount
 from node.config import DEFAULT_HOST_MADDRS, ConfigError, NodeConfig
 from node.errors import NodeError
 from node.faults import FAULT_MODES
@@ -78,12 +79,9 @@ def parse_tokens(text: str | None, what: str) -> Decimal | None:
     if text is None:
         return None
     try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise typer.BadParameter(f"{what} {text!r} is not a number of tokens") from None
-    if not value.is_finite() or value < 0:
-        raise typer.BadParameter(f"{what} must be a non-negative number of tokens, got {text!r}")
-    return value
+        return parse_token_amount(text, what)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command("serve")

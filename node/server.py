@@ -68,6 +68,7 @@ from ledger.db.engine import check_sqlite_ledger
 from ledger.errors import LedgerDamagedError
 from ledger.identity import load_identity
 from ledger.types import BlockIndex, ModelId, Wei, model_id
+from ledger.types import to_base_units as base_units
 from node.announce import Announcer
 from node.api import HttpApi, NodeMetrics, build_app
 from node.balance import ChainClock, IncomingPayments, Redeemer
@@ -121,11 +122,11 @@ class Ready:
 
 
 def to_base_units(tokens: Decimal, decimals: int, what: str) -> Wei:
-    """Whole tokens (with decimals) to base units; `ConfigError` if it has too many decimals."""
-    scaled = tokens.scaleb(decimals)
-    if scaled != scaled.to_integral_value():
-        raise ConfigError(f"{what} {tokens} has more than {decimals} decimals")
-    return Wei(int(scaled))
+    """`ledger.types.to_base_units`; `ConfigError` if it has too many decimals."""
+    try:
+        return base_units(tokens, decimals, what)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ from ledger.db import (
 from ledger.db.columns import utcnow
 from ledger.identity import load_identity
 from ledger.types import BatchId, Reason, Wei, model_id
+from ledger.types import to_base_units as base_units
 from node.api import HttpApi
 from node.blocks import Span, load_span
 from node.errors import NodeError
@@ -137,10 +138,12 @@ class SpanCache:
 
 
 def to_base_units(tokens: Decimal, decimals: int) -> Wei:
-    scaled = tokens.scaleb(decimals)
-    if scaled != scaled.to_integral_value():
-        raise VerifierConfigError(f"stake {tokens} has more than {decimals} decimals")
-    return Wei(int(scaled))
+    """The stake in base units (`ledger.types.to_base_units`); `VerifierConfigError` if it has
+    too many decimals."""
+    try:
+        return base_units(tokens, decimals, "stake")
+    except ValueError as exc:
+        raise VerifierConfigError(str(exc)) from None
 
 
 class Verifier:

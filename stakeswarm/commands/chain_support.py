@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,7 +31,7 @@ from ledger.contracts import Contracts
 from ledger.deployment import Deployment
 from ledger.errors import LedgerError
 from ledger.identity import keystore_password
-from ledger.types import Address, BlockIndex, Wei
+from ledger.types import Address, BlockIndex, Wei, parse_token_amount, to_base_units
 from ledger.wallet import keystore_address, load_wallet
 from stakeswarm.home import Home
 
@@ -211,15 +211,9 @@ def reporting() -> Iterator[Console]:
 def parse_tokens(text: str, decimals: int, what: str = "amount") -> Wei:
     """Whole tokens with optional decimals ("100", "0.25") to base units."""
     try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise CliInputError(f"{what} {text!r} is not a number of tokens") from None
-    if not value.is_finite() or value < 0:
-        raise CliInputError(f"{what} must be a non-negative number of tokens, got {text!r}")
-    scaled = value.scaleb(decimals)
-    if scaled != scaled.to_integral_value():
-        raise CliInputError(f"{what} {text!r} has more than {decimals} decimals")
-    return Wei(int(scaled))
+        return to_base_units(parse_token_amount(text, what), decimals, what)
+    except ValueError as exc:
+        raise CliInputError(str(exc)) from None
 
 
 def format_tokens(amount: int, decimals: int) -> str:
