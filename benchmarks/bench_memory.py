@@ -37,11 +37,12 @@ from common import (
 from hivemind.p2p import P2P
 from safetensors import safe_open
 
+from client.network import EventLoopThread
 from node.families import load_config
 from stakeswarm.devnet import Devnet, DevnetConfig
+from stakeswarm.direct import Hop, Payer, RouteSession
 from stakeswarm.home import Home
 from stakeswarm.swarm import NodeProcess, NodeSpec, accounts_for
-from tests.integration.nodes import Hop, LoopThread, Payer, RouteSession
 
 SCRIPT = "bench_memory.py"
 MIB = 2**20
@@ -113,7 +114,7 @@ def weights_bytes(model_path: Path, blocks: int) -> int:
 
 
 def serve_one_session(
-    runner: LoopThread, payer: Payer, node: NodeProcess, hidden_size: int, options: Options
+    runner: EventLoopThread, payer: Payer, node: NodeProcess, hidden_size: int, options: Options
 ) -> None:
     """One paid session through `node` alone: a prefill, then decode steps (random hidden
     states: the node's memory does not depend on their values)."""
@@ -147,7 +148,7 @@ def run(options: Options) -> MemoryBenchResult:
         hidden_size = int(load_config(model).hidden_size)
         specs = [NodeSpec(f"node-{i}", f"0:{k}") for i, k in enumerate(sizes)]
         devnet = DevnetConfig(home=Home.resolve(root / "devnet"), accounts=accounts_for(len(specs)))
-        runner = LoopThread()
+        runner = EventLoopThread()
         try:
             with Devnet.start(devnet) as deployment:
                 print(

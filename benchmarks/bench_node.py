@@ -46,13 +46,14 @@ from common import (
 )
 from hivemind.p2p import P2P
 
+from client.network import EventLoopThread
 from node.blocks import ClientHead, Span, load_client_head, load_span
 from node.cache import CacheManager
 from node.families import load_config
 from stakeswarm.devnet import Devnet, DevnetConfig
+from stakeswarm.direct import Hop, Payer, RouteSession
 from stakeswarm.home import Home
 from stakeswarm.swarm import NodeSpec, accounts_for, split_blocks
-from tests.integration.nodes import Hop, LoopThread, Payer, RouteSession
 
 SCRIPT = "bench_node.py"
 WITH_COMMITMENTS = "1 server"
@@ -224,7 +225,7 @@ def run(options: Options) -> NodeBenchResult:
             ]
             every += specs[name]
         devnet = DevnetConfig(home=Home.resolve(root / "devnet"), accounts=accounts_for(len(every)))
-        runner = LoopThread()
+        runner = EventLoopThread()
         pairs: dict[str, list[tuple[Sample, Sample]]] = {name: [] for name in configs}
         try:
             with Devnet.start(devnet) as deployment:

@@ -14,8 +14,8 @@ a figure came from, statistics over rounds, the model to measure, and node proce
 - `nodes_started_together`: node processes started at once, each its own swarm (benchmarks
   that address nodes by peer id need no shared DHT), stopped by PID however the block ends.
 
-Importing this module puts the repository root on `sys.path`, so the benchmarks can use the
-test helpers (`tests.models`, `tests.integration.nodes`).
+Benchmarks import nothing from tests/: random models come from `stakeswarm.tiny_models` and
+the direct payer and route session from `stakeswarm.direct`.
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # the test helpers live in tests/, not in a package
-    sys.path.insert(0, str(PROJECT_ROOT))
 
 if typing.TYPE_CHECKING:
     from ledger.deployment import Deployment
@@ -350,11 +348,11 @@ def resolve_model(choice: str, workdir: Path, report: Any = None) -> Path:
     models/), "tiny" / "random576" (random Llamas built into `workdir`), else a folder with a
     config.json. `BenchmarkError` when it is none of these."""
     if choice == TINY:
-        from tests.models import make_tiny_model
+        from stakeswarm.tiny_models import make_tiny_model
 
         return make_tiny_model(workdir, "llama", 6, with_tokenizer=True)
     if choice == RANDOM576:  # SmolLM2-135M's width and heads, 10 blocks, HF's initialisation
-        from tests.models import make_tiny_model
+        from stakeswarm.tiny_models import make_tiny_model
 
         return make_tiny_model(
             workdir, "llama", 10, hidden_size=576, intermediate_size=1536, num_heads=9,

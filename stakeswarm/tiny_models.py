@@ -1,6 +1,6 @@
 """Tiny random Hugging Face models, built on the fly and saved as local safetensors folders.
 
-Every test that needs a model uses `make_tiny_model`: it builds a seeded, fp32, randomly
+Tests and benchmarks that need a model use `make_tiny_model`: it builds a seeded, fp32, randomly
 initialised causal LM of one of the supported families (transformers 5 classes), saves it as
 `config.json` + `model.safetensors` (or shards + `model.safetensors.index.json`) and, unless
 asked not to, a small byte-level BPE tokenizer trained in code, so a client can tokenize text

@@ -37,8 +37,8 @@ from ledger.contracts import Contracts
 from ledger.deployment import Deployment
 from stakeswarm.devnet import Devnet, DevnetConfig
 from stakeswarm.home import Home
+from stakeswarm.tiny_models import make_tiny_model
 from tests.integration.nodes import NodeProcess, NodeSpec, reverted_nodes
-from tests.models import make_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from stakeswarm.tiny_models import make_tiny_model
 from tests.integration.nodes import REPO_ROOT
-from tests.models import make_tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -48,6 +48,7 @@ from ledger.db import (
 from ledger.deployment import TOKEN, Deployment
 from ledger.types import ChannelId
 from node.balance import ChainClock, Redeemer
+from stakeswarm.tiny_models import load_reference_model, make_tiny_model
 from tests.integration.nodes import (
     REPO_ROOT,
     NodeProcess,
@@ -56,7 +57,6 @@ from tests.integration.nodes import (
     node_home,
     running_nodes,
 )
-from tests.models import load_reference_model, make_tiny_model
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -26,9 +26,9 @@ from transformers import AutoTokenizer
 from ledger.deployment import DeploymentParams
 from ledger.types import Reason
 from stakeswarm.story import StoryConfig, StoryError, StoryResult, run_story
+from stakeswarm.tiny_models import load_reference_model
 from tests.integration.interrupt import sigint_reaches_it
 from tests.integration.nodes import REPO_ROOT
-from tests.models import load_reference_model
 
 pytestmark = pytest.mark.timeout(600)
 

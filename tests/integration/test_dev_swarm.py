@@ -21,9 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from stakeswarm.tiny_models import make_tiny_model
 from tests.integration.interrupt import sigint_reaches_it
 from tests.integration.nodes import REPO_ROOT
-from tests.models import make_tiny_model
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -14,6 +14,7 @@ from hivemind.p2p import P2P
 
 from ledger.deployment import Deployment
 from node.blocks import SPAN_FP32_ATOL, load_client_head
+from stakeswarm.tiny_models import Family, load_reference_model, make_tiny_model
 from tests.integration.nodes import (
     Hop,
     LoopThread,
@@ -24,7 +25,6 @@ from tests.integration.nodes import (
     greedy_generate,
     running_nodes,
 )
-from tests.models import Family, load_reference_model, make_tiny_model
 
 pytestmark = pytest.mark.timeout(600)
 

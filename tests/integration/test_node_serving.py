@@ -39,6 +39,7 @@ from node.protocol import (
     reveal_message,
 )
 from node.tensors import tensor_hash
+from stakeswarm.tiny_models import load_reference_model
 from tests.integration.nodes import (
     NodeProcess,
     NodeSpec,
@@ -50,7 +51,6 @@ from tests.integration.nodes import (
     running_nodes,
     start_node,
 )
-from tests.models import load_reference_model
 
 pytestmark = pytest.mark.timeout(900)
 

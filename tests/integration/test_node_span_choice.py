@@ -9,8 +9,8 @@ import pytest
 
 from ledger.contracts import Contracts
 from ledger.deployment import Deployment
+from stakeswarm.tiny_models import make_tiny_model
 from tests.integration.nodes import NodeSpec, chain_snapshot, running_nodes, start_node
-from tests.models import make_tiny_model
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -18,8 +18,8 @@ from ledger.db import client_channels, open_ledger, receipts_of, sqlite_url
 from ledger.types import ChannelId
 from stakeswarm.devnet import DEV_CHAIN_ID, Devnet, DevnetConfig
 from stakeswarm.home import Home
+from stakeswarm.tiny_models import make_tiny_model
 from tests.integration.nodes import NodeSpec, running_nodes
-from tests.models import make_tiny_model
 
 pytestmark = pytest.mark.timeout(600)
 

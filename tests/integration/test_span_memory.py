@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.models import make_tiny_model
+from stakeswarm.tiny_models import make_tiny_model
 
 HIDDEN = 1024
 LAYERS = 12

@@ -21,8 +21,8 @@ from ledger.contracts import Contracts
 from ledger.db import client_channels, get_channel, open_ledger, receipts_of, sqlite_url
 from ledger.deployment import Deployment
 from ledger.types import ChannelId
+from stakeswarm.tiny_models import make_tiny_model
 from tests.integration.nodes import NodeSpec, chain_snapshot, running_nodes
-from tests.models import make_tiny_model
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -26,8 +26,8 @@ from ledger.db import ReceiptStatus, client_channels, open_ledger, receipts_of, 
 from ledger.deployment import Deployment
 from node.sketch import sketch
 from node.tensors import tensor_hash
+from stakeswarm.tiny_models import load_reference_model, make_tiny_model
 from tests.integration.nodes import NodeSpec, chain_snapshot, running_nodes, start_nodes
-from tests.models import load_reference_model, make_tiny_model
 
 pytestmark = pytest.mark.timeout(600)
 

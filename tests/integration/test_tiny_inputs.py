@@ -25,9 +25,9 @@ from ledger.db import AuditOutcome, audits_of, open_ledger, sqlite_url, verifier
 from ledger.deployment import Deployment
 from node.sketch import FP16_MAX
 from stakeswarm.swarm import running_verifier
+from stakeswarm.tiny_models import make_tiny_model
 from tests.integration.nodes import NodeProcess, NodeSpec, wait_committed
 from tests.integration.verifiers import wait_for_status
-from tests.models import make_tiny_model
 
 pytestmark = pytest.mark.timeout(300)
 

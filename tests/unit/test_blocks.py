@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 
 from node.blocks import SPAN_FP32_ATOL, ClientHead, Span, load_client_head, load_span
 from node.cache import CacheManager
-from tests.models import FAMILIES, load_reference_model, make_tiny_model
+from stakeswarm.tiny_models import FAMILIES, load_reference_model, make_tiny_model
 
 SPLITS = [(0, 2), (2, 4), (4, 6)]
 WINDOW = 6  # mistral/qwen2 windows, shorter than the sequences below so windowing matters

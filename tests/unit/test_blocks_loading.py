@@ -17,7 +17,7 @@ from node.errors import (
     SessionLengthError,
     UnsupportedModelError,
 )
-from tests.models import make_tiny_model
+from stakeswarm.tiny_models import make_tiny_model
 
 
 @pytest.fixture(scope="module")

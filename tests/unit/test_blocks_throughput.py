@@ -20,7 +20,7 @@ from node.throughput import (
     get_throughput,
     should_move,
 )
-from tests.models import make_tiny_model
+from stakeswarm.tiny_models import make_tiny_model
 
 
 def test_block_throughputs_sum_the_spans_holding_each_block() -> None:

@@ -16,7 +16,7 @@ from node.config import ConfigError, NodeConfig
 from node.protocol import ErrorCode, OpenSession, ProtocolError
 from node.server import move_span, plan_registration, to_base_units
 from node.sessions import Session, SpanViews, check_step
-from tests.models import make_tiny_model
+from stakeswarm.tiny_models import make_tiny_model
 
 
 def test_config_refuses_conflicting_or_missing_options(tmp_path: Path) -> None:

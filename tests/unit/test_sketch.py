@@ -13,7 +13,7 @@ from node.blocks import ClientHead, Span, load_client_head, load_span
 from node.cache import CacheManager
 from node.errors import InvalidInputError, SketchFormatError
 from node.sketch import FP16_MAX, SKETCH_TOP_K, Sketch, compare, sketch
-from tests.models import make_tiny_model
+from stakeswarm.tiny_models import make_tiny_model
 
 FP16_ROUNDING = 2.0**-11  # relative rounding error bound of float16
 

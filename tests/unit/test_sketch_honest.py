@@ -26,7 +26,7 @@ from node.cache import CacheManager
 from node.protocol import ErrorCode, ProtocolError
 from node.sessions import check_hidden
 from node.sketch import FP16_MAX, Sketch, compare, sketch
-from tests.models import make_tiny_model
+from stakeswarm.tiny_models import make_tiny_model
 from verifier.audit import judge, recompute
 
 HIDDEN = 64  # the tiny model's hidden size

@@ -17,7 +17,7 @@ from node.faults import FaultMode
 from node.protocol import RevealedStep, RevealResponse
 from node.sketch import sketch
 from node.tensors import tensor_hash
-from tests.models import make_tiny_model
+from stakeswarm.tiny_models import make_tiny_model
 from verifier.audit import (
     RECOMPUTE_SCORE_BYTES,
     Opening,

@@ -29,7 +29,7 @@ from node.faults import (
 from node.protocol import ErrorCode, ProtocolError
 from node.sketch import sketch
 from node.tensors import tensor_hash
-from tests.models import make_tiny_model
+from stakeswarm.tiny_models import make_tiny_model
 
 
 @pytest.fixture(scope="module")

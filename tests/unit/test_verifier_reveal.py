@@ -44,7 +44,7 @@ from node.protocol import (
 )
 from node.sessions import SessionManager
 from node.sketch import SKETCH_TOP_K, sketch
-from tests.models import make_tiny_model
+from stakeswarm.tiny_models import make_tiny_model
 from verifier.audit import Opening
 from verifier.errors import InvalidOpeningError
 from verifier.reveal import (
