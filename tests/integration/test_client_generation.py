@@ -461,24 +461,32 @@ def test_a_bad_receipt_is_kept_as_evidence_and_its_server_replaced(
     assert evidence[0].sent_hash == evidence[0].input_hash
 
 
-class _KillMidStep:
-    """A streamer that, after `tokens`, freezes the node serving the session's last blocks
-    (SIGSTOP: the next step reaches its P2P daemon but never its process) and SIGKILLs that
-    process half a second later, as `kill -9 PID` would, its P2P daemon left running: a node
-    killed in the middle of a step. It records when each token arrived."""
+class _Killer:
+    """A streamer that kills the node serving the session's last blocks after `tokens`, and
+    records when each token arrived. Between steps: SIGKILL its process group at once. In the
+    middle of a step (`mid_step`): freeze it (SIGSTOP: the next step reaches its P2P daemon but
+    never its process) and SIGKILL that process half a second later, as `kill -9 PID` would,
+    its P2P daemon left running."""
 
-    def __init__(self, swarm: Swarm, session: Any, tokens: int) -> None:
+    def __init__(self, swarm: Swarm, session: Any, tokens: int, *, mid_step: bool) -> None:
         self.swarm, self.session, self.left = swarm, session, tokens + 1  # +1: the prompt
+        self.mid_step = mid_step
         self.killed: NodeProcess | None = None
         self.arrivals: list[float] = []
 
     def put(self, value: torch.Tensor) -> None:
         self.arrivals.append(time.monotonic())
         self.left -= 1
-        if self.left == 0:
-            self.killed = self.swarm.node(self.session.route[-1].peer_id)
+        if self.left != 0:
+            return
+        self.killed = self.swarm.node(self.session.route[-1].peer_id)
+        if self.mid_step:
             os.kill(self.killed.pid, signal.SIGSTOP)
             threading.Timer(0.5, os.kill, (self.killed.pid, signal.SIGKILL)).start()
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(self.killed.pid, signal.SIGKILL)
+        self.killed.process.wait(30)
 
     def end(self) -> None:
         pass
@@ -493,7 +501,7 @@ def test_a_server_killed_in_the_middle_of_a_step_is_replaced_within_seconds(
         swarm.client("mid-step") as model,
         model.inference_session(max_length=PROMPT.shape[1] + 8) as session,
     ):
-        killer = _KillMidStep(swarm, session, tokens=3)
+        killer = _Killer(swarm, session, tokens=3, mid_step=True)
         remote = model.generate(PROMPT, max_new_tokens=8, session=session, streamer=killer)
         route = session.route
     assert remote.tolist() == local.tolist()
@@ -506,25 +514,6 @@ def test_a_server_killed_in_the_middle_of_a_step_is_replaced_within_seconds(
     assert max(gaps) < 10, f"a token took {max(gaps):.1f} s"
 
 
-class _KillAfter:
-    """A streamer that SIGKILLs the node serving the session's last blocks after `tokens`."""
-
-    def __init__(self, swarm: Swarm, session: Any, tokens: int) -> None:
-        self.swarm, self.session, self.left = swarm, session, tokens + 1  # +1: the prompt
-        self.killed: NodeProcess | None = None
-
-    def put(self, value: torch.Tensor) -> None:
-        self.left -= 1
-        if self.left == 0:
-            self.killed = self.swarm.node(self.session.route[-1].peer_id)
-            with suppress(ProcessLookupError):
-                os.killpg(self.killed.pid, signal.SIGKILL)
-            self.killed.process.wait(30)
-
-    def end(self) -> None:
-        pass
-
-
 def test_a_server_killed_mid_generation_is_replaced_and_the_text_is_identical(
     swarm: Swarm, reference
 ) -> None:
@@ -533,7 +522,7 @@ def test_a_server_killed_mid_generation_is_replaced_and_the_text_is_identical(
         swarm.client("failover") as model,
         model.inference_session(max_length=PROMPT.shape[1] + 10) as session,
     ):
-        killer = _KillAfter(swarm, session, tokens=4)
+        killer = _Killer(swarm, session, tokens=4, mid_step=False)
         remote = model.generate(PROMPT, max_new_tokens=10, session=session, streamer=killer)
         route = session.route
         served = dict(session.served)
