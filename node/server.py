@@ -36,6 +36,7 @@ them, redeem every outstanding voucher, stop the jobs, the API, the DHT, and ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -176,6 +177,7 @@ class Server:
         self.dht: DHT | None = None
         self.ledger: Ledger | None = None
         self.api: HttpApi | None = None
+        self.scheduler: AsyncIOScheduler | None = None  # the periodic jobs, once serving
         self.metrics = NodeMetrics()
         self._commit_lock = threading.Lock()
         self._redeem_lock = threading.Lock()
@@ -300,23 +302,32 @@ class Server:
         self._stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._loop.add_signal_handler(sig, self._stop.set)
-        # one compute thread, inference steps ahead of queued stateless forwards (node.compute)
-        self._compute = PriorityExecutor("compute")
-        self._db = ThreadPoolExecutor(1, thread_name_prefix="ledger")
-        scheduler: AsyncIOScheduler | None = None
-        p2p: P2P | None = None
-        handler: StakeswarmNode | None = None
-        try:
+        # Every part, once started, registers how it stops; the parts stop in the reverse
+        # order, however the start or the serving ends: stop taking work, announce OFFLINE,
+        # stop the jobs, drain (remove the RPC handlers, close the sessions, store the leaves),
+        # settle (the last commit and redemption), then the HTTP API, P2P, compute and ledger
+        # threads.
+        async with contextlib.AsyncExitStack() as stops:
+            stops.callback(logger.info, "node %s stopped", self.address)
+            self._db = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+            stops.callback(self._db.shutdown, wait=True)
+            # one compute thread, inference steps ahead of queued stateless forwards
+            self._compute = PriorityExecutor("compute")
+            stops.callback(self._compute.shutdown, wait=True)
             assert self.dht is not None
             p2p = await self.dht.replicate_p2p()
+            stops.push_async_callback(p2p.shutdown)
+            stops.push_async_callback(self._stop_api)  # started below, stopped after settling
             self.announcer = Announcer(
                 self.dht, self.model_name, self.peer_id.to_base58(), ttl=self.config.announce_ttl
             )
             await self._load()
             await asyncio.to_thread(self._ensure_registered)
             handler = self._build_handler()
+            stops.push_async_callback(self._settle)
             await self._check_standing()
             await handler.add_p2p_handlers(p2p)
+            stops.push_async_callback(self._drain, handler, p2p)
             # the stream-input RPCs again, so that unreadable bytes get a BAD_REQUEST reply
             await add_readable_stream_handlers(
                 p2p, {RPC_INFERENCE: handler.rpc_inference, RPC_FORWARD: handler.rpc_forward}
@@ -330,7 +341,10 @@ class Server:
                 )
                 self.api = HttpApi(app, self.config.http_host, self.config.http_port)
                 await self.api.start()
+            stops.push_async_callback(self._announce_offline)
             scheduler = self._schedule()
+            stops.callback(scheduler.shutdown, wait=False)
+            stops.callback(self._stop_taking_work, handler)
             self.state = self._serving_state()
             await self.announcer.announce(self.server_info())
             if self.on_ready is not None:
@@ -353,52 +367,47 @@ class Server:
             )
             await self._stop.wait()
             logger.info("shutting down")
-        finally:
-            await self._shutdown(handler, p2p, scheduler)
 
-    async def _shutdown(
-        self, handler: StakeswarmNode | None, p2p: P2P | None, scheduler: AsyncIOScheduler | None
-    ) -> None:
+    # --- stopping, in the order `_serve` registers it (reversed) ----------------------------
+
+    def _stop_taking_work(self, handler: StakeswarmNode) -> None:
         self.state = ServerState.OFFLINE
-        if handler is not None:
-            handler.accepting = False
-        if scheduler is not None:
-            scheduler.shutdown(wait=False)
-        if hasattr(self, "span") and hasattr(self, "announcer"):
-            try:
-                await asyncio.wait_for(self.announcer.announce(self.server_info()), 10)
-            except Exception as exc:  # the swarm may be gone already; records expire anyway
-                logger.warning("could not announce OFFLINE: %s", exc)
-        if handler is not None and p2p is not None:
-            try:
-                await handler.remove_p2p_handlers(p2p)
-            except Exception as exc:
-                logger.warning("could not remove the RPC handlers: %s", exc)
-        if hasattr(self, "sessions"):
-            self.sessions.close_all()
-        if hasattr(self, "writer"):
-            await self.writer.flush()
-        if hasattr(self, "committer") and self.config.commitments and self._active():
+        handler.accepting = False  # what still arrives is refused with shutting_down
+
+    async def _announce_offline(self) -> None:
+        try:
+            await asyncio.wait_for(self.announcer.announce(self.server_info()), 10)
+        except Exception as exc:  # the swarm may be gone already; records expire anyway
+            logger.warning("could not announce OFFLINE: %s", exc)
+
+    async def _drain(self, handler: StakeswarmNode, p2p: P2P) -> None:
+        """No new streams, every session's cache freed, every served leaf stored."""
+        try:
+            await handler.remove_p2p_handlers(p2p)
+        except Exception as exc:
+            logger.warning("could not remove the RPC handlers: %s", exc)
+        self.sessions.close_all()
+        await self.writer.flush()
+
+    async def _settle(self) -> None:
+        """The last commit and redemption: what the node served is committed and paid."""
+        if self.config.commitments and self._active():
             try:
                 await asyncio.to_thread(self._commit)
             except Exception:
                 logger.exception("final commit failed; the leaves stay pending in the ledger")
-        elif hasattr(self, "committer") and self.config.commitments:
+        elif self.config.commitments:
             logger.warning(
                 "not active in the NodeRegistry: pending leaves stay in the ledger uncommitted"
             )
-        if hasattr(self, "redeemer"):
-            try:
-                await asyncio.to_thread(self._redeem, True)
-            except Exception:
-                logger.exception("final redemption failed; the vouchers stay in the ledger")
+        try:
+            await asyncio.to_thread(self._redeem, True)
+        except Exception:
+            logger.exception("final redemption failed; the vouchers stay in the ledger")
+
+    async def _stop_api(self) -> None:
         if self.api is not None:
             await self.api.stop()
-        if p2p is not None:
-            await p2p.shutdown()
-        self._compute.shutdown(wait=True)
-        self._db.shutdown(wait=True)
-        logger.info("node %s stopped", getattr(self, "address", "?"))
 
     # --- span ------------------------------------------------------------------------------
 
@@ -591,7 +600,7 @@ class Server:
             self._commit_soon()
 
     def _commit_soon(self) -> None:
-        job = self.scheduler.get_job("commit") if hasattr(self, "scheduler") else None
+        job = self.scheduler.get_job("commit") if self.scheduler is not None else None
         if job is not None:
             job.modify(next_run_time=datetime.now(job.trigger.timezone))
 
@@ -810,7 +819,7 @@ class Server:
             price_per_token_per_block=self.price_per_block,
             eth_address=self.address,
             dtype=self.config.dtype,
-            cache_tokens_left=self.caches.tokens_left if hasattr(self, "caches") else 0,
+            cache_tokens_left=self.caches.tokens_left,
             credit_window=self.credit,
             http_port=self.api.port if self.api else 0,
         )
