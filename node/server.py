@@ -29,8 +29,10 @@ empty ledger for a node the chain shows registered and serving stops it too, unl
 makes the node unhealthy until restarted: `/health` answers 503 with the reason, it is announced
 OFFLINE, and new sessions, steps and vouchers are refused (`node_inactive`: try another node).
 
-Stop: refuse new sessions, announce OFFLINE, close sessions, store the last leaves, commit
-them, redeem every outstanding voucher, stop the jobs, the API, the DHT, and return.
+Stop: every part `_serve` starts registers how it stops on one exit stack, and they stop in
+the reverse order: refuse new work, announce OFFLINE, stop the periodic jobs, drain (remove the
+RPC handlers, close the sessions, store the last leaves), settle (commit them, redeem every
+outstanding voucher), then the HTTP API, P2P, the compute and ledger threads.
 """
 
 from __future__ import annotations
