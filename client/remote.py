@@ -121,12 +121,14 @@ class _Watched:
         left = self._deadline - asyncio.get_running_loop().time()
         if left <= 0:
             raise TimeoutError
-        if self._silence < left:
-            try:
-                return await asyncio.wait_for(anext(self._responses), self._silence)
-            except TimeoutError:
+        silent = self._silence < left  # the silence timeout comes first
+        try:
+            async with asyncio.timeout(self._silence if silent else left):
+                return await anext(self._responses)
+        except TimeoutError:
+            if silent:
                 raise _Silent from None
-        return await asyncio.wait_for(anext(self._responses), left)
+            raise
 
 
 async def _reply(

@@ -114,27 +114,37 @@ def describe_loss(history: ChainHistory, *, decimals: int) -> list[str]:
         f"{len(open_channels)} channel(s) still hold {escrow / unit:g} tokens for this node; it "
         "cannot redeem the vouchers it was given on them (only its ledger held them):"
     )
-    for c in open_channels[:LISTED]:
-        expiry = datetime.fromtimestamp(c.expiry, UTC).isoformat(timespec="seconds")
-        lines.append(
-            f"  channel {c.channel_id} from {c.client}: deposit {c.deposit / unit:g}, "
-            f"redeemed {c.redeemed / unit:g}, expires {expiry} (then the client reclaims it)"
-        )
-    if len(open_channels) > LISTED:
-        lines.append(f"  ... and {len(open_channels) - LISTED} more")
+    lines += _listed(
+        [
+            f"channel {c.channel_id} from {c.client}: deposit {c.deposit / unit:g}, redeemed "
+            f"{c.redeemed / unit:g}, expires {_iso(c.expiry)} (then the client reclaims it)"
+            for c in open_channels
+        ]
+    )
     leaves = sum(b.leaf_count for b in history.batches)
     lines.append(
         f"{len(history.batches)} batch(es) of {leaves} leaves were committed by this node; it "
         "cannot reveal their inputs or prove their leaves, so a sampled or challenged leaf of "
         "theirs is slashed as withheld while its challenge window runs:"
     )
-    for b in history.batches[:LISTED]:
-        lines.append(
-            f"  batch {b.batch_id} ({b.leaf_count} leaves) committed in block {b.block_number}"
-        )
-    if len(history.batches) > LISTED:
-        lines.append(f"  ... and {len(history.batches) - LISTED} more")
+    lines += _listed([_batch_line(b) for b in history.batches])
     return lines
+
+
+def _listed(items: list[str]) -> list[str]:
+    """`items` indented, the first `LISTED` of them, and a count of the rest."""
+    shown = [f"  {item}" for item in items[:LISTED]]
+    if len(items) > LISTED:
+        shown.append(f"  ... and {len(items) - LISTED} more")
+    return shown
+
+
+def _batch_line(batch: BatchCommitted) -> str:
+    return f"batch {batch.batch_id} ({batch.leaf_count} leaves) committed in block {batch.block_number}"
+
+
+def _iso(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
 def check_new_ledger(
@@ -186,25 +196,20 @@ def describe_stale(history: ChainHistory, ledger: Ledger, *, decimals: int) -> l
             "ledger; it cannot reveal their inputs or prove their leaves, so a sampled or "
             "challenged leaf of theirs is slashed as withheld while its challenge window runs:"
         )
-        lines += [
-            f"  batch {b.batch_id} ({b.leaf_count} leaves) committed in block {b.block_number}"
-            for b in unknown[:LISTED]
-        ]
-        if len(unknown) > LISTED:
-            lines.append(f"  ... and {len(unknown) - LISTED} more")
+        lines += _listed([_batch_line(b) for b in unknown])
     if behind:
         lines.append(
             f"{len(behind)} channel(s) were redeemed on-chain beyond the newest voucher the "
             "ledger holds: the vouchers signed after the backup are lost (what they paid beyond "
             "the redeemed amount cannot be claimed):"
         )
-        lines += [
-            f"  channel {c.channel_id} from {c.client}: redeemed {c.redeemed / unit:g}, the "
-            f"ledger's newest voucher {vouchers.get(c.channel_id, 0) / unit:g}"
-            for c in behind[:LISTED]
-        ]
-        if len(behind) > LISTED:
-            lines.append(f"  ... and {len(behind) - LISTED} more")
+        lines += _listed(
+            [
+                f"channel {c.channel_id} from {c.client}: redeemed {c.redeemed / unit:g}, the "
+                f"ledger's newest voucher {vouchers.get(c.channel_id, 0) / unit:g}"
+                for c in behind
+            ]
+        )
     return lines
 
 

@@ -190,15 +190,13 @@ async def receive_request(
     reader: asyncio.StreamReader,
     max_bytes: int = MAX_REQUEST_MESSAGE_BYTES,
     started: asyncio.Event | None = None,
-    buffered: _Buffered | None = None,
 ) -> tuple[runtime_pb2.ExpertRequest, int]:
     """The next request message of a stream (hivemind's framing: a marker byte, an 8-byte
-    big-endian length, the protobuf) and its length, taken from `buffered` (the node's shared
-    read-ahead budget by default; the caller gives it back once the message is consumed). A
+    big-endian length, the protobuf) and its length, taken from the node's shared read-ahead
+    budget (the caller gives it back once the message is consumed). A
     message longer than `max_bytes` is refused at its length prefix (TOO_LARGE), before any of
     it is buffered; a wrong marker is BAD_REQUEST. `started` is set once the message's first
     byte is in."""
-    buffered = _BUFFERED if buffered is None else buffered
     marker = await reader.readexactly(1)
     if started is not None:
         started.set()
@@ -212,12 +210,12 @@ async def receive_request(
             f"a message of {length} bytes; a request message holds at most {max_bytes} "
             "(tensors travel in chunks, docs/protocol.md §4)",
         )
-    await buffered.take(length)  # waits while other streams hold the read-ahead budget
+    await _BUFFERED.take(length)  # waits while other streams hold the read-ahead budget
     try:
         request = runtime_pb2.ExpertRequest()
         request.ParseFromString(await reader.readexactly(length))
     except BaseException:
-        buffered.give(length)
+        _BUFFERED.give(length)
         raise
     return request, length
 
