@@ -210,7 +210,9 @@ def serve(
     log_level: LogLevelOpt = "INFO",
 ) -> None:
     """Serve blocks of a model: stake for them, announce them, answer inference, get paid."""
-    from node.server import Ready, Server  # heavy imports only when serving
+    from node import faults  # heavy imports only when serving
+    from node.build import HONEST
+    from node.server import Ready, Server
 
     out = Console(soft_wrap=True, highlight=False)
     err = Console(stderr=True, soft_wrap=True)
@@ -287,7 +289,9 @@ def serve(
             out.print(f"  status api  {ready.http_url}")
         out.print("ready", style="bold green")
 
-    server = Server(config, progress=on_progress, on_ready=on_ready)
+    # a cheat mode wraps the honest parts (node.faults); an honest node is built unchanged
+    wrapping = faults.wrapping(config.faulty) if config.faulty else HONEST
+    server = Server(config, wrapping=wrapping, progress=on_progress, on_ready=on_ready)
     try:
         server.run()
     except KeyboardInterrupt:

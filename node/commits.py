@@ -87,8 +87,6 @@ from node.tensors import tensor_hash
 
 logger = logging.getLogger(__name__)
 
-ZERO32 = b"\x00" * 32
-UNSIGNED = b"\x00" * 65  # the receipt signature when commitments are off (benchmarks only)
 # Bytes per element of the dtypes stored hidden states come in (safetensors' names).
 _STORED_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
 # What `LeafWriter` stores per step: the signed receipt, hidden states, mask, encoded sketch.
@@ -104,13 +102,11 @@ class Receipts:
         domain: Domain,
         account: LocalAccount,
         model_id: ModelId,
-        enabled: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.domain = domain
         self.account = account
         self.model_id = model_id
-        self.enabled = enabled
         self.clock = clock  # unix seconds; the receipt's issuedAt
 
     def make_with_sketch(
@@ -124,14 +120,8 @@ class Receipts:
         hidden_out: torch.Tensor,
     ) -> tuple[SignedReceipt, bytes]:
         """The signed leaf of one step (`hidden_in`/`hidden_out` are the exact tensors received
-        and sent) and the encoded sketch whose hash the leaf commits, kept for reveals. With
-        commitments off: a leaf of zero hashes, a zero signature and an empty sketch."""
+        and sent) and the encoded sketch whose hash the leaf commits, kept for reveals."""
         issued_at = int(self.clock())
-        if not self.enabled:
-            leaf = Leaf(
-                session_id, self.model_id, *span, step, tokens, ZERO32, ZERO32, ZERO32, issued_at
-            )
-            return SignedReceipt(leaf, UNSIGNED), b""
         encoded = sketch(hidden_out).encode()
         leaf = Leaf(
             session_id=session_id,

@@ -27,23 +27,32 @@ computes is wrong, which is what a verifier must catch by re-running the span.
                    its voucher was accepted (the output overflows to infinity, as a float16
                    node's can, and cannot be sketched); every later step is served honestly
 
-`make_fault(mode)` gives the `Fault` of a mode (None for none). The server calls
-`fault.prepare(span)` once on the loaded span (weights, blocks) and the handler computes
-every step with `fault.forward(...)`; only `equivocate` changes the step protocol
-(`fault.replays`, `fault.rewind`), only `withhold` the reveal (`fault.check_reveal`,
-called by the handler before it builds a reveal), only `no-commit` the commits (the server
-commits through `fault.committer(committer)`), and only `steer` the receipts (the server signs
-through `fault.receipts(receipts)`, which sketches the honest output `forward` kept aside). `apply_output_fault` is the same output
-rule for in-process calibration (`benchmarks/calibrate.py`, the verifier's tests).
+Every mode is a set of wrappers around the honest parts, and lives in this module alone: the
+code an honest node runs has no branch for cheating. `wrapping(mode)` gives the
+`node.build.Wrapping` the node is built with (`node serve --faulty MODE` passes it):
+
+- the span: `skip-block` and `wrong-weights` serve another span (`skipping_block`,
+  `perturb_weights`);
+- what a step computes: `noise`, `low-precision`, `stale`, `steer` and `fail-after-payment`
+  serve through `FaultyViews`, whose spans compute through a `Cheat`;
+- the handler: `equivocate` and `withhold` are handler subclasses (`EquivocatingNode`,
+  `WithholdingNode`) that change the step and the reveal;
+- `no-commit` wraps the committer, `steer` the receipts (signing the honest output's sketch).
+
+`apply_output_fault` is the same output rule for in-process calibration
+(`benchmarks/calibrate.py`, the verifier's tests).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import enum
 import logging
 import threading
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,10 +60,13 @@ from torch import nn
 
 from ledger.eip712 import sign_receipt
 from node.blocks import Span
+from node.build import Wrapping, unchanged
 from node.cache import SessionCache
-from node.commits import CommitsPending, Committer, Receipts
+from node.commits import LeafWriter, Receipts
 from node.errors import NodeError
-from node.protocol import ErrorCode, ProtocolError, SignedReceipt
+from node.handler import StakeswarmNode
+from node.protocol import ErrorCode, Frame, ProtocolError, RevealRequest, SignedReceipt, StepRequest
+from node.sessions import Session, SpanViews
 from node.tensors import tensor_hash
 
 logger = logging.getLogger(__name__)
@@ -156,82 +168,64 @@ def add_noise(
     return (output.float() + noise.to(output.device)).to(output.dtype)
 
 
-class Fault:
-    """One node's cheat: how it prepares its span and how it computes each step.
+def steer(
+    output: torch.Tensor, direction: torch.Tensor, scale: float = STEER_SCALE
+) -> torch.Tensor:
+    """`output` [batch, tokens, hidden] pushed along the unit `direction` [hidden] by `scale` x
+    its std: what a steering node sends instead of what it computed."""
+    push = direction.float() * scale * float(output.float().std()) * output.shape[-1] ** 0.5
+    return (output.float() + push).to(output.dtype)
 
-    Thread-safety: `forward` runs in the node's single compute thread; the per-session state
-    is guarded anyway, since stateless forwards may run elsewhere.
-    """
+
+Compute = Callable[[torch.Tensor, torch.Tensor | None, SessionCache | None], torch.Tensor]
+
+# the modes that change what a step computes (served through `FaultyViews`)
+_COMPUTE_MODES = frozenset(
+    {
+        FaultMode.NOISE,
+        FaultMode.LOW_PRECISION,
+        FaultMode.STALE,
+        FaultMode.STEER,
+        FaultMode.FAIL_AFTER_PAYMENT,
+    }
+)
+
+
+class Cheat:
+    """What a cheating node computes for one step, from what the honest span computes.
+
+    Thread-safety: steps run in the node's single compute thread; the state is guarded anyway,
+    since stateless forwards may run elsewhere."""
 
     def __init__(self, mode: FaultMode, seed: int | None = None) -> None:
         self.mode = mode
-        seed = int(torch.seed()) if seed is None else seed
-        self._generator = torch.Generator().manual_seed(seed)
-        self._seed = seed
+        self.seed = int(torch.seed()) if seed is None else seed
+        self._generator = torch.Generator().manual_seed(self.seed)
         self._lock = threading.Lock()
-        self._last_output: dict[bytes, torch.Tensor] = {}  # stale: per session
-        self._past: dict[bytes, int] = {}  # equivocate: cache length before the last step
+        # stale: each session's last output, by its cache (dropped with the session's cache)
+        self._last_output: weakref.WeakKeyDictionary[SessionCache, torch.Tensor] = (
+            weakref.WeakKeyDictionary()
+        )
         self._honest: dict[int, torch.Tensor] = {}  # steer: id(sent output) -> honest output
         self._failed = False  # fail-after-payment: the one failure happened
 
-    def prepare(self, span: Span) -> Span:
-        """The span this node will actually serve with."""
-        if self.mode is FaultMode.SKIP_BLOCK:
-            logger.warning("CHEAT MODE skip-block: block %d is never computed", _middle(span))
-            return skipping_block(span)
-        if self.mode is FaultMode.WRONG_WEIGHTS:
-            logger.warning("CHEAT MODE wrong-weights: serving perturbed weights")
-            return perturb_weights(span, seed=self._seed)
-        logger.warning("CHEAT MODE %s", self.mode.value)
-        return span
-
-    def committer(self, committer: Committer) -> CommitsPending:
-        """What the node commits through: `committer` itself, or nothing for `no-commit`."""
-        if self.mode is FaultMode.NO_COMMIT:
-            return _NeverCommits()
-        return committer
-
-    def receipts(self, receipts: Receipts) -> Receipts:
-        """What the node signs receipts with: `receipts` itself, or for `steer` a signer that
-        sketches the honest output while hashing the tensor sent."""
-        if self.mode is FaultMode.STEER:
-            return _SteeringReceipts(receipts, self)
-        return receipts
-
-    def honest_output(self, sent: torch.Tensor) -> torch.Tensor:
-        """`steer`: the honest output `forward` computed for the tensor `sent` (`sent` itself
-        when it was not steered)."""
-        with self._lock:
-            return self._honest.pop(id(sent), sent)
-
-    def check_reveal(self, batch_id: int, leaf_index: int) -> None:
-        """Raise the refusal a withholding node answers every reveal with (`ProtocolError`
-        NOT_FOUND, as if the leaf were lost); nothing for the other modes."""
-        if self.mode is FaultMode.WITHHOLD:
-            logger.warning(
-                "CHEAT MODE withhold: refusing to reveal batch %d leaf %d", batch_id, leaf_index
-            )
-            raise ProtocolError(
-                ErrorCode.NOT_FOUND, f"leaf {leaf_index} of batch {batch_id} is not available"
-            )
-
     def forward(
         self,
+        honest: Compute,
         span: Span,
         hidden: torch.Tensor,
         mask: torch.Tensor | None,
-        cache: SessionCache | None = None,
-        *,
-        session_id: bytes = b"",
+        cache: SessionCache | None,
     ) -> torch.Tensor:
-        """What the node sends (and commits) for one step of `session_id` over `span`."""
-        if cache is not None and self.mode is FaultMode.EQUIVOCATE:
-            with self._lock:
-                self._past[session_id] = cache.length
+        """What the node sends (and commits) for one step, `honest` being the span's own
+        forward over `span` (it runs in every mode, so a session's KV cache stays consistent;
+        `span` only says the device and dtype)."""
         if self.mode is FaultMode.LOW_PRECISION:
-            return low_precision_forward(span, hidden, mask, cache)
+            with torch.autocast(span.device.type, dtype=LOW_PRECISION_DTYPE):
+                output = honest(hidden, mask, cache)
+            return output.to(span.dtype)
         decoding = cache is not None and cache.length > 0  # a step after the prefill
-        output = span.forward(hidden, mask, cache)
+        output = honest(hidden, mask, cache)
         if self.mode is FaultMode.NOISE:
             with self._lock:
                 return add_noise(output, self._generator)
@@ -246,68 +240,148 @@ class Fault:
             if fail:
                 logger.warning("FAULT fail-after-payment: this step's output overflows")
                 return torch.full_like(output, float("inf"))
-        if self.mode is FaultMode.STALE and session_id:
+        if self.mode is FaultMode.STALE and cache is not None:
             with self._lock:
-                previous = self._last_output.get(session_id)
-                self._last_output[session_id] = output
+                previous = self._last_output.get(cache)
+                self._last_output[cache] = output
             if previous is not None and previous.shape == output.shape:
                 return previous
         return output
 
+    def honest_output(self, sent: torch.Tensor) -> torch.Tensor:
+        """`steer`: the honest output computed for the tensor `sent` (`sent` itself when it was
+        not steered)."""
+        with self._lock:
+            return self._honest.pop(id(sent), sent)
+
     def _direction(self, output: torch.Tensor) -> torch.Tensor:
         # one fixed unit direction per node: every steered step pushes the same way
-        generator = torch.Generator().manual_seed(self._seed)
+        generator = torch.Generator().manual_seed(self.seed)
         direction = torch.randn(output.shape[-1], generator=generator)
         return (direction / direction.norm()).to(output.device)
 
-    def replays(self, session_id: bytes, step: int, next_step: int) -> bool:
-        """True when this node serves `step` although the session expects `next_step`: an
-        equivocating node serves the step it just served a second time."""
-        if self.mode is not FaultMode.EQUIVOCATE or step != next_step - 1:
-            return False
-        with self._lock:
-            return session_id in self._past
 
-    def rewind(self, session_id: bytes, cache: SessionCache) -> None:
-        """Drop the last step from `cache` so that it can be computed again. Honest code never
-        does this; the cheat reaches into the cache on purpose."""
-        with self._lock:
-            past = self._past.pop(session_id)
-        cache._length = past  # noqa: SLF001 (the cheat)
+class FaultySpan(Span):
+    """A span over the same layers whose steps compute through a `Cheat`."""
 
-    def forget(self, session_id: bytes) -> None:
-        """The session ended: drop what was kept for it."""
-        with self._lock:
-            self._last_output.pop(session_id, None)
-            self._past.pop(session_id, None)
+    def __init__(self, honest: Span, cheat: Cheat) -> None:
+        super().__init__(
+            honest.config,
+            honest.family,
+            honest.start,
+            honest.end,
+            honest.layers,
+            honest.rotary,
+            honest.dtype,
+            honest.device,
+        )
+        self.cheat = cheat
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: SessionCache | None = None,
+    ) -> torch.Tensor:
+        return self.cheat.forward(super().forward, self, hidden, attention_mask, cache)
 
 
-def steer(
-    output: torch.Tensor, direction: torch.Tensor, scale: float = STEER_SCALE
-) -> torch.Tensor:
-    """`output` [batch, tokens, hidden] pushed along the unit `direction` [hidden] by `scale` x
-    its std: what a steering node sends instead of what it computed."""
-    push = direction.float() * scale * float(output.float().std()) * output.shape[-1] ** 0.5
-    return (output.float() + push).to(output.dtype)
+class FaultyViews(SpanViews):
+    """The node's span views, each computing through the same `Cheat`."""
+
+    def __init__(self, span: Span, cheat: Cheat) -> None:
+        super().__init__(span)
+        self.cheat = cheat
+        self._faulty: dict[tuple[int, int], FaultySpan] = {}
+
+    def view(self, start: int, end: int) -> Span:
+        key = (start, end)
+        if key not in self._faulty:
+            self._faulty[key] = FaultySpan(super().view(start, end), self.cheat)
+        return self._faulty[key]
+
+
+class EquivocatingNode(StakeswarmNode):
+    """`equivocate`: a step the client sends again, the step just served, is served a second
+    time (its cache rewound) and signed with a second, different receipt for the same (session,
+    span, step). Its leaf is not stored: the ledger holds one leaf per slot."""
+
+    def __init__(self, **parts: Any) -> None:
+        super().__init__(**parts)
+        self._past: dict[bytes, int] = {}  # session -> cache length before its last step
+        self._replayed: set[tuple[bytes, int]] = set()  # (session, step) served twice
+        self.writer = _SkipsReplays(self.writer, self._replayed)
+
+    async def _step(self, session: Session, frame: Frame) -> list[Any]:
+        if frame.type == StepRequest.TYPE:
+            step = StepRequest.from_wire(frame.metadata).step
+            past = self._past.get(session.session_id)
+            if past is not None and step == session.next_step - 1:
+                logger.warning("CHEAT MODE equivocate: serving step %d a second time", step)
+                session.cache._length = past  # noqa: SLF001 (the cheat reaches into the cache)
+                session.next_step = step
+                self._replayed.add((session.session_id, step))
+        return await super()._step(session, frame)
+
+    def _compute(
+        self, session: Session, step: int, tokens: int, hidden: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, Any, bytes]:
+        self._past[session.session_id] = session.cache.length
+        return super()._compute(session, step, tokens, hidden, mask)
+
+
+class _SkipsReplays(LeafWriter):
+    """A leaf writer that stores every leaf but the second one of a slot served twice."""
+
+    def __init__(self, writer: LeafWriter, replayed: set[tuple[bytes, int]]) -> None:
+        super().__init__(writer.ledger, writer.store, writer._executor)  # noqa: SLF001
+        self._replayed = replayed
+
+    def submit(
+        self, receipt: SignedReceipt, hidden: torch.Tensor, mask: torch.Tensor, sketch: bytes = b""
+    ) -> asyncio.Future[None]:
+        slot = (receipt.leaf.session_id, receipt.leaf.step)
+        if slot in self._replayed:
+            self._replayed.discard(slot)
+            skipped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            skipped.set_result(None)
+            return skipped
+        return super().submit(receipt, hidden, mask, sketch)
+
+
+class WithholdingNode(StakeswarmNode):
+    """`withhold`: refuses every reveal of an active verifier as if the leaf were lost
+    (`NOT_FOUND`)."""
+
+    async def _authorize(self, reveal: RevealRequest) -> None:
+        await super()._authorize(reveal)
+        logger.warning(
+            "CHEAT MODE withhold: refusing to reveal batch %d leaf %d",
+            reveal.batch_id,
+            reveal.leaf_index,
+        )
+        raise ProtocolError(
+            ErrorCode.NOT_FOUND,
+            f"leaf {reveal.leaf_index} of batch {reveal.batch_id} is not available",
+        )
 
 
 class _SteeringReceipts(Receipts):
     """`steer`'s receipts: the sketch of the honest output, the hash of the tensor sent."""
 
-    def __init__(self, receipts: Receipts, fault: Fault) -> None:
+    def __init__(self, receipts: Receipts, cheat: Cheat) -> None:
         super().__init__(
             domain=receipts.domain,
             account=receipts.account,
             model_id=receipts.model_id,
-            enabled=receipts.enabled,
             clock=receipts.clock,
         )
-        self._fault = fault
+        self._cheat = cheat
 
     def make_with_sketch(
         self, *, hidden_out: torch.Tensor, **step: Any
     ) -> tuple[SignedReceipt, bytes]:
-        honest = self._fault.honest_output(hidden_out)
+        honest = self._cheat.honest_output(hidden_out)
         if honest is hidden_out:
             return super().make_with_sketch(hidden_out=hidden_out, **step)
         logger.warning("CHEAT MODE steer: sending a steered output, signing the honest sketch")
@@ -324,15 +398,43 @@ class _NeverCommits:
         return []
 
 
-def _middle(span: Span) -> int:
-    return span.start + span.num_blocks // 2
+def _prepared(mode: FaultMode, seed: int) -> Callable[[Span], Span]:
+    def prepare(span: Span) -> Span:
+        if mode is FaultMode.SKIP_BLOCK:
+            logger.warning(
+                "CHEAT MODE skip-block: block %d is never computed",
+                span.start + span.num_blocks // 2,
+            )
+            return skipping_block(span)
+        if mode is FaultMode.WRONG_WEIGHTS:
+            logger.warning("CHEAT MODE wrong-weights: serving perturbed weights")
+            return perturb_weights(span, seed=seed)
+        logger.warning("CHEAT MODE %s", mode.value)
+        return span
+
+    return prepare
 
 
-def make_fault(mode: str | None, seed: int | None = None) -> Fault | None:
-    """The `Fault` of cheat mode `mode`, or None for an honest node."""
-    if mode is None:
-        return None
-    return Fault(parse_mode(mode), seed)
+def wrapping(mode: str | FaultMode, seed: int | None = None) -> Wrapping:
+    """How a node cheating in `mode` wraps its honest parts (`FaultConfigError` for a mode
+    that does not exist)."""
+    mode = parse_mode(mode) if isinstance(mode, str) else mode
+    cheat = Cheat(mode, seed)
+    handlers: dict[FaultMode, type[StakeswarmNode]] = {
+        FaultMode.EQUIVOCATE: EquivocatingNode,
+        FaultMode.WITHHOLD: WithholdingNode,
+    }
+    return Wrapping(
+        span=_prepared(mode, cheat.seed),
+        views=(lambda views: FaultyViews(views.span, cheat))
+        if mode in _COMPUTE_MODES
+        else unchanged,
+        receipts=(lambda receipts: _SteeringReceipts(receipts, cheat))
+        if mode is FaultMode.STEER
+        else unchanged,
+        committer=(lambda committer: _NeverCommits()) if mode is FaultMode.NO_COMMIT else unchanged,
+        handler=handlers.get(mode, StakeswarmNode),
+    )
 
 
 def apply_output_fault(

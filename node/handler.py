@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import suppress
+from dataclasses import dataclass
 
 # hivemind's ServicerBase recognises streaming RPCs by the `typing` alias, not collections.abc's
 from typing import Any, AsyncIterator, TypeAlias  # noqa: UP035
@@ -43,7 +44,6 @@ from node.balance import Accepted, IncomingPayments
 from node.commits import InputStore, LeafWriter, Receipts, build_reveal
 from node.compute import submit_forward
 from node.config import NodeConfig
-from node.faults import Fault
 from node.protocol import (
     SERVICE_NAME,
     ErrorCode,
@@ -123,8 +123,32 @@ async def spent_failure(exc: BaseException, accepted: Accepted) -> ProtocolError
     return ProtocolError(ErrorCode.INTERNAL, f"the step failed after payment: {cause}", spent=True)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one caller may ask of the node (each refused with an error code beyond it)."""
+
+    idle_timeout: float  # seconds a session's stream may wait for its next frame
+    open_timeout: float  # seconds an open session may wait for its first paid step
+    max_frame_bytes: int  # tensor bytes in one frame
+    max_forward_tokens: int  # tokens (batch x length) in one stateless forward
+    max_incoming_bytes: int  # tensor bytes of the frames received or worked on, all together
+    reveal_max_age: float  # seconds a reveal request stays valid
+
+    @classmethod
+    def of(cls, config: NodeConfig) -> Limits:
+        return cls(
+            idle_timeout=config.session_idle_timeout,
+            open_timeout=config.session_open_timeout,
+            max_frame_bytes=config.max_frame_bytes,
+            max_forward_tokens=config.max_forward_tokens,
+            max_incoming_bytes=config.max_incoming_bytes,
+            reveal_max_age=config.reveal_max_age,
+        )
+
+
 class StakeswarmNode(ServicerBase):
-    """The RPC servicer of one node (the class name is `node.protocol.SERVICE_NAME`)."""
+    """The RPC servicer of one node (the class name is `node.protocol.SERVICE_NAME`; a cheat
+    mode's handler, `node.faults`, subclasses it)."""
 
     def __init__(
         self,
@@ -142,16 +166,9 @@ class StakeswarmNode(ServicerBase):
         compute: Executor,
         metrics: NodeMetrics,
         info: Callable[[], InfoResponse],
-        idle_timeout: float,
-        max_frame_bytes: int,
-        reveal_max_age: float,
-        max_forward_tokens: int = NodeConfig.max_forward_tokens,
-        max_incoming_bytes: int = NodeConfig.max_incoming_bytes,
-        open_timeout: float = NodeConfig.session_open_timeout,
+        limits: Limits,
         on_leaf: Callable[[], None] = lambda: None,
-        fault: Fault | None = None,
     ) -> None:
-        assert type(self).__name__ == SERVICE_NAME
         self.address = to_checksum_address(address)
         self.spans = spans
         self.price_per_block = price_per_block
@@ -165,16 +182,19 @@ class StakeswarmNode(ServicerBase):
         self.compute = compute
         self.metrics = metrics
         self.info = info
-        self.idle_timeout = idle_timeout
-        self.max_frame_bytes = max_frame_bytes
-        self.reveal_max_age = reveal_max_age
-        self.max_forward_tokens = max_forward_tokens  # cap per stateless forward (batch x length)
+        self.limits = limits
+        self.idle_timeout = limits.idle_timeout
+        self.max_frame_bytes = limits.max_frame_bytes
         # tensor bytes of the frames being received or worked on, all connections together
-        self.incoming = IncomingBudget(max_incoming_bytes)
-        self.open_timeout = open_timeout  # seconds an open session may wait for its first paid step
+        self.incoming = IncomingBudget(limits.max_incoming_bytes)
         self.on_leaf = on_leaf
-        self.fault = fault  # a cheat mode (node.faults); None for an honest node
         self.accepting = True  # False while shutting down or moving the span
+
+    @classmethod
+    def _get_handle_name(cls, namespace: str | None, method_name: str) -> str:
+        # the RPCs' names (node.protocol.RPC_*) are the service's, whatever the subclass
+        name = f"{SERVICE_NAME}.{method_name}"
+        return name if namespace is None else f"{namespace}::{name}"
 
     # --- inference -------------------------------------------------------------------------
 
@@ -198,7 +218,9 @@ class StakeswarmNode(ServicerBase):
                 yield message
             arrivals = Arrivals(requests)
             while True:
-                timeout, expired = _next_frame_limit(session, self.idle_timeout, self.open_timeout)
+                timeout, expired = _next_frame_limit(
+                    session, self.idle_timeout, self.limits.open_timeout
+                )
                 arrivals.started.clear()
                 work = asyncio.ensure_future(
                     self._read_and_step(session, arrivals, timeout, expired)
@@ -238,8 +260,6 @@ class StakeswarmNode(ServicerBase):
                     # the client left mid-step: the compute thread still uses the cache
                     await asyncio.wait([asyncio.wrap_future(computing)])
                 self.sessions.close(session)
-                if self.fault is not None:
-                    self.fault.forget(session.session_id)
                 self.metrics.sessions_open.set(len(self.sessions))
                 self.metrics.cache_tokens.set(self.sessions.caches.tokens_in_use)
 
@@ -312,13 +332,7 @@ class StakeswarmNode(ServicerBase):
         if frame.type != StepRequest.TYPE:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected a step frame, got {frame.type!r}")
         request = StepRequest.from_wire(frame.metadata)
-        replay = self.fault is not None and self.fault.replays(
-            session.session_id, request.step, session.next_step
-        )
-        if replay:
-            assert self.fault is not None
-            self.fault.rewind(session.session_id, session.cache)
-        elif request.step != session.next_step:
+        if request.step != session.next_step:
             raise ProtocolError(
                 ErrorCode.OUT_OF_ORDER,
                 f"step {request.step} sent, the session expects step {session.next_step}",
@@ -342,16 +356,10 @@ class StakeswarmNode(ServicerBase):
             output, receipt, encoded = await asyncio.wrap_future(session.computing)
             computed = time.perf_counter()
             # the leaf (and the step's inputs) is in the ledger before its receipt leaves the
-            # node: a receipt obliges the node to commit the leaf. A replayed step (cheat mode)
-            # signed a second leaf for a slot: it is not stored.
-            stored = (
-                self.writer.submit(receipt, hidden, mask, encoded)
-                if self.receipts.enabled and not replay
-                else None
-            )
+            # node: a receipt obliges the node to commit the leaf
+            stored = self.writer.submit(receipt, hidden, mask, encoded)
             await accepted.persisted
-            if stored is not None:
-                await stored
+            await stored
         except Exception as exc:
             logger.exception("step %d failed after its voucher was accepted", request.step)
             raise await spent_failure(exc, accepted) from None
@@ -366,8 +374,7 @@ class StakeswarmNode(ServicerBase):
             )
         session.next_step = request.step + 1
         session.touch()
-        if stored is not None:
-            self.on_leaf()
+        self.on_leaf()
         self.metrics.served(tokens)
         return list(_frame(StepResponse(request.step, receipt).to_wire(), [output]))
 
@@ -380,12 +387,7 @@ class StakeswarmNode(ServicerBase):
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, Any, bytes]:
         # hidden: [batch, tokens, hidden_size]; mask: [batch, past + tokens]
-        if self.fault is not None:
-            output = self.fault.forward(
-                session.span, hidden, mask, session.cache, session_id=session.session_id
-            )
-        else:
-            output = session.span.forward(hidden, mask, session.cache)
+        output = session.span.forward(hidden, mask, session.cache)
         receipt, encoded = self.receipts.make_with_sketch(
             session_id=session.session_id,
             span=(session.span.start, session.span.end),
@@ -438,7 +440,7 @@ class StakeswarmNode(ServicerBase):
         check_mask(mask, hidden.shape[0], hidden.shape[1])
         tokens = hidden.shape[0] * hidden.shape[1]
         # before any payment: a forward over the cap costs the client nothing
-        check_forward_tokens(tokens, self.max_forward_tokens)
+        check_forward_tokens(tokens, self.limits.max_forward_tokens)
         channel = await self.payments.check_channel(request.voucher.channel_id)
         await self.sessions.claim(request.session_id, channel.channel_id, span.start, span.end)
         accepted = await self.payments.accept(
@@ -449,10 +451,7 @@ class StakeswarmNode(ServicerBase):
         )
 
         def compute() -> tuple[torch.Tensor, Any, bytes]:
-            if self.fault is not None:  # one step, nothing kept per session
-                output = self.fault.forward(span, hidden, mask)
-            else:
-                output = span.forward(hidden, mask)
+            output = span.forward(hidden, mask)
             receipt, encoded = self.receipts.make_with_sketch(
                 session_id=request.session_id,
                 span=(span.start, span.end),
@@ -470,19 +469,13 @@ class StakeswarmNode(ServicerBase):
                 submit_forward(self.compute, compute)
             )
             # as in `_step`: the leaf is stored before its receipt leaves the node
-            stored = (
-                self.writer.submit(receipt, hidden, mask, encoded)
-                if self.receipts.enabled
-                else None
-            )
+            stored = self.writer.submit(receipt, hidden, mask, encoded)
             await accepted.persisted
-            if stored is not None:
-                await stored
+            await stored
         except Exception as exc:
             logger.exception("a forward failed after its voucher was accepted")
             raise await spent_failure(exc, accepted) from None
-        if stored is not None:
-            self.on_leaf()
+        self.on_leaf()
         self.metrics.served(tokens)
         return list(_frame(StepResponse(0, receipt).to_wire(), [output]))
 
@@ -500,8 +493,6 @@ class StakeswarmNode(ServicerBase):
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected a reveal, got {frame.type!r}")
             reveal = RevealRequest.from_wire(frame.metadata)
             await self._authorize(reveal)
-            if self.fault is not None:
-                self.fault.check_reveal(reveal.batch_id, reveal.leaf_index)
             built = await asyncio.to_thread(
                 build_reveal,
                 self.ledger,
@@ -544,11 +535,11 @@ class StakeswarmNode(ServicerBase):
                 ErrorCode.UNAUTHORIZED, f"the reveal is addressed to {reveal.node}, not this node"
             )
         age = time.time() - reveal.issued_at
-        if abs(age) > self.reveal_max_age:
+        if abs(age) > self.limits.reveal_max_age:
             raise ProtocolError(
                 ErrorCode.UNAUTHORIZED,
                 f"the reveal request was issued {age:.0f} s ago; at most "
-                f"{self.reveal_max_age:.0f} s are accepted",
+                f"{self.limits.reveal_max_age:.0f} s are accepted",
             )
         try:
             signer = Account.recover_message(

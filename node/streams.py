@@ -262,9 +262,10 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
 
         def forget_read_ahead() -> None:
             """Give back the read-ahead of messages no handler will take."""
-            finished = receiving is not None and receiving.done() and not receiving.cancelled()
-            if finished and receiving.exception() is None:
-                _BUFFERED.give(receiving.result()[1])
+            done = receiving
+            if done is not None and done.done() and not done.cancelled():
+                if done.exception() is None:
+                    _BUFFERED.give(done.result()[1])
             while not queue.empty():
                 item = queue.get_nowait()
                 if isinstance(item, tuple):

@@ -47,7 +47,7 @@ from node.blocks import Span, load_span
 from node.cache import CacheManager
 from node.commits import Committer, InputStore, LeafWriter, Receipts
 from node.config import NodeConfig
-from node.handler import StakeswarmNode
+from node.handler import Limits, StakeswarmNode
 from node.protocol import InfoResponse, OpenSession, ServerInfo, ServerState
 from node.sessions import SessionManager, SpanViews, check_step
 from tests.integration.nodes import LoopThread
@@ -243,9 +243,7 @@ async def _reveal(
                     6,
                     ServerInfo(ServerState.ONLINE, *SPAN, 1.0, 1, address, "float32", 0),
                 ),
-                idle_timeout=DEFAULTS["session_idle_timeout"],
-                max_frame_bytes=DEFAULTS["max_frame_bytes"],
-                reveal_max_age=DEFAULTS["reveal_max_age"],
+                limits=Limits.of(NodeConfig(model_path=Path("."), devnet=True)),
             )
             await handler.add_p2p_handlers(node_p2p)
             maddrs = [str(m) for m in await node_p2p.get_visible_maddrs()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 from sqlalchemy import text
 
@@ -19,7 +20,7 @@ from ledger import db
 from ledger.chain import ChainError
 from node.commits import InputStore
 from node.protocol import ServerInfo, ServerState
-from node.recovery import LedgerHealth
+from node.config import NodeConfig
 from node.server import Server
 
 PAGE = 4096
@@ -45,23 +46,24 @@ class _Announcer:
 
 
 def _server(ledger: db.Ledger, tmp_path: Path) -> tuple[Server, _Payments, _Announcer]:
-    server = Server.__new__(Server)  # only the parts the jobs use
+    server = Server(NodeConfig(model_path=tmp_path, devnet=True))
     payments, announcer = _Payments(), _Announcer()
-    server.ledger = ledger
-    server.ledger_health = LedgerHealth()
-    server.store = InputStore(tmp_path / "inputs")
-    server.challenge_window = 3600.0
+    address = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    # only the parts the jobs use
+    server.base = SimpleNamespace(  # type: ignore[assignment]
+        ledger=ledger, challenge_window=3600.0, address=address
+    )
+    server.parts = SimpleNamespace(  # type: ignore[assignment]
+        store=InputStore(tmp_path / "inputs"), payments=payments, announcer=announcer
+    )
     server.state = ServerState.ONLINE
-    server.address = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
-    server.payments = payments  # type: ignore[assignment]
-    server.announcer = announcer  # type: ignore[assignment]
     server.server_info = lambda: ServerInfo(  # type: ignore[method-assign]
         state=server.state,
         span_start=0,
         span_end=2,
         throughput=1.0,
         price_per_token_per_block=1,
-        eth_address=server.address,
+        eth_address=address,
         dtype="float32",
         cache_tokens_left=0,
         credit_window=0,

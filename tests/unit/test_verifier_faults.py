@@ -1,6 +1,7 @@
 """The cheat modes of `node.faults`: each one really computes something else than an honest
 node (or, for equivocate, serves a step twice; for withhold, refuses reveals), and an honest
-node is untouched."""
+node is untouched. Equivocation and withholding change the handler: real node processes show
+them (tests/integration/test_verifier_misbehaviour.py, test_verifier_withheld.py)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,22 @@ from eth_account import Account
 from ledger.eip712 import Domain, recover_receipt_signer
 from ledger.types import model_id
 from node.blocks import Span, load_span
+from node.build import HONEST, Wrapping
 from node.cache import CacheManager
 from node.commits import Receipts
 from node.config import ConfigError, NodeConfig
 from node.faults import (
     FAULT_MODES,
     NOISE_SCALE,
-    Fault,
+    EquivocatingNode,
     FaultConfigError,
-    FaultMode,
-    make_fault,
+    WithholdingNode,
     perturb_weights,
     skipping_block,
+    wrapping,
 )
-from node.protocol import ErrorCode, ProtocolError
+from node.handler import StakeswarmNode
+from node.sessions import SpanViews
 from node.sketch import sketch
 from node.tensors import tensor_hash
 from stakeswarm.tiny_models import make_tiny_model
@@ -48,26 +51,46 @@ def test_modes_are_named_and_an_unknown_one_is_refused(tmp_path: Path) -> None:
         "noise", "skip-block", "wrong-weights", "low-precision", "stale", "equivocate",
         "withhold", "no-commit", "steer", "fail-after-payment",
     )  # fmt: skip
-    assert make_fault(None) is None
     with pytest.raises(FaultConfigError, match="unknown cheat mode 'lazy'"):
-        make_fault("lazy")
+        wrapping("lazy")
     with pytest.raises(ConfigError, match="faulty must be one of"):
         NodeConfig(model_path=tmp_path, devnet=True, faulty="lazy")
     assert NodeConfig(model_path=tmp_path, devnet=True, faulty="noise").faulty == "noise"
 
 
-def served(span: Span, mode: str, seed: int) -> tuple[Fault, torch.Tensor, torch.Tensor]:
+def serving(span: Span, mode: str, seed: int = 0) -> tuple[Wrapping, Span]:
+    """A node in `mode`: its wrapping and the whole span it computes with."""
+    wrapped = wrapping(mode, seed=seed)
+    views = wrapped.views(SpanViews(wrapped.span(span)))
+    return wrapped, views.view(span.start, span.end)
+
+
+def served(span: Span, mode: str, seed: int) -> tuple[Wrapping, torch.Tensor, torch.Tensor]:
     """A node in `mode` and, for the same stateless step, its output and the honest one."""
     hidden, mask = inputs()
-    fault = make_fault(mode, seed=seed)
-    assert fault is not None
-    return fault, fault.forward(span, hidden, mask), span.forward(hidden, mask)
+    wrapped, faulty = serving(span, mode, seed)
+    return wrapped, faulty.forward(hidden, mask), span.forward(hidden, mask)
+
+
+def test_an_honest_node_is_built_from_its_parts_unchanged(span: Span) -> None:
+    views = SpanViews(span)
+    assert HONEST.span(span) is span and HONEST.views(views) is views
+    assert HONEST.handler is StakeswarmNode
 
 
 def test_noise_adds_noise_of_the_declared_scale(span: Span) -> None:
     _, noised, honest = served(span, "noise", seed=1)
     ratio = float((noised - honest).std() / honest.std())
     assert NOISE_SCALE * 0.8 < ratio < NOISE_SCALE * 1.2
+
+
+def test_noise_reaches_every_sub_span_a_session_may_use(span: Span) -> None:
+    hidden, mask = inputs()
+    wrapped = wrapping("noise", seed=2)
+    part = wrapped.views(SpanViews(span)).view(1, 3)
+    honest = SpanViews(span).view(1, 3)
+    assert (part.start, part.end) == (1, 3)
+    assert not torch.allclose(part.forward(hidden, mask), honest.forward(hidden, mask))
 
 
 def test_skip_block_is_the_span_without_its_middle_block(span: Span) -> None:
@@ -81,6 +104,8 @@ def test_skip_block_is_the_span_without_its_middle_block(span: Span) -> None:
     )  # fmt: skip
     torch.testing.assert_close(skipped.forward(hidden, mask), three.forward(hidden, mask))
     assert not torch.allclose(skipped.forward(hidden, mask), span.forward(hidden, mask))
+    _, served_skipped = serving(span, "skip-block")
+    torch.testing.assert_close(served_skipped.forward(hidden, mask), three.forward(hidden, mask))
 
 
 def test_wrong_weights_differ_a_little_and_leave_the_honest_span_alone(span: Span) -> None:
@@ -96,9 +121,8 @@ def test_wrong_weights_differ_a_little_and_leave_the_honest_span_alone(span: Spa
 
 def test_low_precision_computes_in_bfloat16_and_answers_in_float32(span: Span) -> None:
     hidden, mask = inputs()
-    fault = make_fault("low-precision")
-    assert fault is not None
-    out = fault.forward(span, hidden, mask)
+    _, faulty = serving(span, "low-precision")
+    out = faulty.forward(hidden, mask)
     assert out.dtype == torch.float32
     honest = span.forward(hidden, mask)
     relative = float((out - honest).abs().mean() / honest.abs().mean())
@@ -106,13 +130,12 @@ def test_low_precision_computes_in_bfloat16_and_answers_in_float32(span: Span) -
 
 
 def test_stale_replays_the_previous_output_of_the_session(span: Span) -> None:
-    fault = make_fault("stale")
-    assert fault is not None
+    _, faulty = serving(span, "stale")
     hidden, mask = inputs(tokens=8)
     with CacheManager(1000).open("s", span.kv_layout, batch=2, max_length=8) as cache:
-        prefill = fault.forward(span, hidden[:, :6], mask[:, :6], cache, session_id=b"s")
-        first = fault.forward(span, hidden[:, 6:7], mask[:, :7], cache, session_id=b"s")
-        second = fault.forward(span, hidden[:, 7:8], mask[:, :8], cache, session_id=b"s")
+        prefill = faulty.forward(hidden[:, :6], mask[:, :6], cache)
+        first = faulty.forward(hidden[:, 6:7], mask[:, :7], cache)
+        second = faulty.forward(hidden[:, 7:8], mask[:, :8], cache)
         assert cache.length == 8  # it still ran the blocks: the session goes on
     honest = span.forward(hidden, mask)
     torch.testing.assert_close(prefill, honest[:, :6], atol=1e-4, rtol=0)
@@ -121,25 +144,14 @@ def test_stale_replays_the_previous_output_of_the_session(span: Span) -> None:
     assert not torch.allclose(second, honest[:, 7:8], atol=1e-3)
 
 
-def test_equivocate_serves_the_last_step_again(span: Span) -> None:
-    fault = make_fault("equivocate")
-    assert fault is not None and fault.mode is FaultMode.EQUIVOCATE
-    honest_fault = make_fault("noise")
-    assert honest_fault is not None and not honest_fault.replays(b"s", 0, 1)
-    hidden, mask = inputs(tokens=8)
-    other = inputs(seed=5, tokens=8)[0]
-    with CacheManager(1000).open("s", span.kv_layout, batch=2, max_length=8) as cache:
-        fault.forward(span, hidden[:, :6], mask[:, :6], cache, session_id=b"s")
-        first = fault.forward(span, hidden[:, 6:7], mask[:, :7], cache, session_id=b"s")
-        assert not fault.replays(b"s", 0, 2)  # only the step just served
-        assert fault.replays(b"s", 1, 2)
-        fault.rewind(b"s", cache)
-        assert cache.length == 6
-        again = fault.forward(span, other[:, 6:7], mask[:, :7], cache, session_id=b"s")
-        assert cache.length == 7
-    assert not torch.allclose(first, again)  # a second, different answer for step 1
-    fault.forget(b"s")
-    assert not fault.replays(b"s", 1, 2)
+def test_equivocate_and_withhold_serve_through_their_own_handlers(span: Span) -> None:
+    hidden, mask = inputs()
+    for mode, handler in (("equivocate", EquivocatingNode), ("withhold", WithholdingNode)):
+        wrapped, faulty = serving(span, mode)
+        assert wrapped.handler is handler and issubclass(handler, StakeswarmNode)
+        # their RPCs keep the service's names: clients and verifiers reach them as any node
+        assert handler._get_handle_name(None, "rpc_reveal") == "StakeswarmNode.rpc_reveal"
+        torch.testing.assert_close(faulty.forward(hidden, mask), span.forward(hidden, mask))
 
 
 def test_no_commit_commits_nothing_and_every_other_mode_commits(span: Span) -> None:
@@ -148,36 +160,18 @@ def test_no_commit_commits_nothing_and_every_other_mode_commits(span: Span) -> N
             return [7]
 
     committer = Committing()
-    assert make_fault("no-commit").committer(committer).commit_pending() == []  # type: ignore[union-attr, arg-type]
-    assert make_fault("withhold").committer(committer) is committer  # type: ignore[union-attr, arg-type]
-
-
-def test_withhold_computes_honestly_but_refuses_every_reveal(span: Span) -> None:
-    fault = make_fault("withhold")
-    assert fault is not None and fault.mode is FaultMode.WITHHOLD
-    hidden, mask = inputs()
-    assert fault.prepare(span) is span
-    torch.testing.assert_close(fault.forward(span, hidden, mask), span.forward(hidden, mask))
-    for batch_id, leaf_index in ((1, 0), (7, 3)):
-        with pytest.raises(ProtocolError) as refused:
-            fault.check_reveal(batch_id, leaf_index)
-        assert refused.value.code is ErrorCode.NOT_FOUND
-        assert f"leaf {leaf_index} of batch {batch_id}" in str(refused.value)
-    for mode in FAULT_MODES:  # every other cheat answers reveals
-        other = make_fault(mode)
-        assert other is not None
-        if other.mode is not FaultMode.WITHHOLD:
-            other.check_reveal(1, 0)
+    assert wrapping("no-commit").committer(committer).commit_pending() == []  # type: ignore[arg-type]
+    assert wrapping("withhold").committer(committer) is committer  # type: ignore[arg-type]
 
 
 def test_steer_sends_another_output_and_signs_the_honest_sketch(span: Span) -> None:
     hidden, _ = inputs()
-    fault, sent, honest = served(span, "steer", seed=3)
+    wrapped, sent, honest = served(span, "steer", seed=3)
     assert not torch.allclose(sent, honest)  # pushed far along one direction
     account = Account.from_key(b"\x05" * 32)
     domain = Domain.slasher(31337, "0x" + "5c" * 20, b"\x5a" * 32)
     plain = Receipts(domain=domain, account=account, model_id=model_id("tiny"))
-    receipts = fault.receipts(plain)
+    receipts = wrapped.receipts(plain)
     step = dict(session_id=b"\x01" * 32, span=(0, 4), step=0, tokens=12, hidden_in=hidden)
     receipt, encoded = receipts.make_with_sketch(hidden_out=sent, **step)
     # outputHash names what was sent, sketchHash the honest output: a verifier recomputing
@@ -187,18 +181,16 @@ def test_steer_sends_another_output_and_signs_the_honest_sketch(span: Span) -> N
     assert encoded == sketch(honest).encode()
     assert recover_receipt_signer(domain, receipt.leaf, receipt.signature) == account.address
     # every other mode signs with the node's own receipts
-    other = make_fault("noise")
-    assert other is not None and other.receipts(plain) is plain
+    assert wrapping("noise").receipts(plain) is plain
 
 
 def test_fail_after_payment_fails_the_first_decode_step_once(span: Span) -> None:
-    fault = make_fault("fail-after-payment")
-    assert fault is not None
+    _, faulty = serving(span, "fail-after-payment")
     hidden, mask = inputs(tokens=8)
     with CacheManager(1000).open("s", span.kv_layout, batch=2, max_length=8) as cache:
-        prefill = fault.forward(span, hidden[:, :6], mask[:, :6], cache)
+        prefill = faulty.forward(hidden[:, :6], mask[:, :6], cache)
         assert torch.isfinite(prefill).all()
-        failed = fault.forward(span, hidden[:, 6:7], mask[:, :7], cache)
+        failed = faulty.forward(hidden[:, 6:7], mask[:, :7], cache)
         assert not torch.isfinite(failed).any()  # cannot be sketched: the step fails
-        again = fault.forward(span, hidden[:, 7:8], mask[:, :8], cache)
+        again = faulty.forward(hidden[:, 7:8], mask[:, :8], cache)
         assert torch.isfinite(again).all()
