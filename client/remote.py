@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeAlias
 
@@ -37,7 +36,6 @@ from node.protocol import (
     RPC_FORWARD,
     RPC_INFERENCE,
     RPC_INFO,
-    RPC_REVEAL,
     ErrorCode,
     ErrorReply,
     ForwardRequest,
@@ -45,8 +43,6 @@ from node.protocol import (
     InfoResponse,
     OpenSession,
     ProtocolError,
-    RevealRequest,
-    RevealResponse,
     SessionOpened,
     SignedReceipt,
     StepRequest,
@@ -363,41 +359,3 @@ async def remote_info(p2p: P2P, peer_id: PeerID | str, *, timeout: float = 30.0)
         raise RemoteUnavailableError(f"cannot reach {peer_id}: {exc}") from exc
     frame = decode_frame([response])
     return InfoResponse.from_wire(_expect(frame, InfoResponse.TYPE).metadata)
-
-
-@dataclass(frozen=True)
-class Revealed:
-    """A node's reveal: the steps 0..k of the session span and each step's inputs."""
-
-    response: RevealResponse
-    # per step: (hidden [batch, tokens, hidden], mask [batch, past + tokens]); the masks are
-    # prefixes (views) of the one mask the reveal carries, step k's
-    inputs: list[tuple[torch.Tensor, torch.Tensor]]
-
-
-async def remote_reveal(
-    p2p: P2P,
-    peer_id: PeerID | str,
-    request: RevealRequest,
-    *,
-    timeout: float = 120.0,
-    max_bytes: int = 1024 * 1024 * 1024,
-) -> Revealed:
-    """Ask a node to reveal the inputs behind a committed leaf (verifiers only)."""
-    frame = await _call_stream(
-        p2p, peer_id, RPC_REVEAL, Frame(request.to_wire()), max_bytes, timeout
-    )
-    response = RevealResponse.from_wire(_expect(frame, RevealResponse.TYPE).metadata)
-    if len(frame.tensors) != response.tensor_count:
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST,
-            f"reveal: expected {response.tensor_count} tensors, got {len(frame.tensors)}",
-        )
-    hiddens, mask = frame.tensors[: len(response.steps)], frame.tensors[len(response.steps)]
-    if mask.ndim != 2:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "reveal: the mask must be [batch, positions]")
-    pairs, past = [], 0
-    for hidden in hiddens:
-        past += hidden.shape[1] if hidden.ndim == 3 else 0
-        pairs.append((hidden, mask[:, :past]))
-    return Revealed(response, pairs)

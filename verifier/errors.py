@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from node.protocol import ErrorCode
     from verifier.audit import ProvenLeaf
 
 
@@ -17,7 +18,12 @@ class VerifierConfigError(VerifierError, ValueError):
 
 
 class RevealUnavailableError(VerifierError):
-    """No reveal came back from the node (unreachable, refused, timed out, malformed)."""
+    """No reveal came back from the node (unreachable, refused, timed out, malformed); `code`
+    is the node's error code when it refused."""
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class InvalidOpeningError(VerifierError):

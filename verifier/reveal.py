@@ -84,6 +84,20 @@ async def request_reveal(
 ) -> Opening:
     """Ask `peer_id` (the node `node`) to reveal leaf `leaf_index` of batch `batch_id`."""
     request = reveal_request(account, node=node, batch_id=batch_id, leaf_index=leaf_index)
+    return await send_reveal(p2p, peer_id, request, timeout=timeout, max_bytes=max_bytes)
+
+
+async def send_reveal(
+    p2p: P2P,
+    peer_id: PeerID,
+    request: RevealRequest,
+    *,
+    timeout: float = 60.0,
+    max_bytes: int = MAX_REVEAL_BYTES,
+) -> Opening:
+    """Send a signed reveal `request` to `peer_id`; what it revealed, or
+    `RevealUnavailableError` (with the node's error `code` when it refused)."""
+    node = request.node
     messages = list(encode_frame(Frame(request.to_wire()), runtime_pb2.ExpertRequest))
 
     async def call() -> Frame | None:
@@ -109,7 +123,9 @@ async def request_reveal(
         raise RevealUnavailableError(f"{node} closed the stream without revealing")
     if frame.type == ErrorReply.TYPE:
         reply = ErrorReply.from_wire(frame.metadata)
-        raise RevealUnavailableError(f"{node} refused: {reply.code.value}: {reply.message}")
+        raise RevealUnavailableError(
+            f"{node} refused: {reply.code.value}: {reply.message}", code=reply.code
+        )
     if frame.type != RevealResponse.TYPE:
         raise RevealUnavailableError(f"{node} answered a {frame.type!r} frame to a reveal")
     try:

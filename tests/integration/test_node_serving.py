@@ -18,7 +18,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from hivemind.proto import runtime_pb2
 
-from client.remote import RemoteError, RemoteSpanSession, remote_forward, remote_info, remote_reveal
+from client.remote import RemoteError, RemoteSpanSession, remote_forward, remote_info
 from ledger.contracts import Contracts
 from ledger.db import commitment_counts, open_ledger, sqlite_url
 from ledger.db.models import SentTransaction
@@ -51,6 +51,8 @@ from tests.integration.nodes import (
     running_nodes,
     start_node,
 )
+from verifier.errors import RevealUnavailableError
+from verifier.reveal import send_reveal
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -435,7 +437,7 @@ def test_leaves_are_committed_on_chain_and_revealed_to_active_verifiers_only(
     for batch in reversed(batches):
         for index in reversed(range(batch.leaf_count)):
             revealed = swarm.runner.run(
-                remote_reveal(swarm.p2p, hop.node.peer_id, request(batch.batch_id, index))
+                send_reveal(swarm.p2p, hop.node.peer_id, request(batch.batch_id, index))
             )
             if revealed.response.steps[-1].leaf == leaf:
                 found = revealed
@@ -445,10 +447,11 @@ def test_leaves_are_committed_on_chain_and_revealed_to_active_verifiers_only(
     assert found is not None, "the route's leaf was not among the node's committed batches"
     steps = found.response.steps
     assert [s.leaf.step for s in steps] == list(range(leaf.step + 1))
-    for step, (hidden, mask), receipts in zip(steps, found.inputs, route.receipts, strict=True):
+    # step k's mask covers every step's positions up to k: the prompt, then one per step
+    assert found.mask.shape[1] == PROMPT.shape[1] + leaf.step
+    for step, hidden, receipts in zip(steps, found.hidden, route.receipts, strict=True):
         assert step.leaf == receipts[1].leaf
         assert tensor_hash(hidden) == step.leaf.input_hash
-        assert mask.shape[1] == PROMPT.shape[1] + step.leaf.step
         batch = contracts.commitments.get_batch(BatchId(step.batch_id))
         assert verify(step.proof, batch.root, step.leaf.hash(), step.leaf_index, batch.leaf_count)
         assert contracts.slasher.verify_leaf(step.leaf, batch, step.leaf_index, step.proof)
@@ -460,8 +463,9 @@ def test_leaves_are_committed_on_chain_and_revealed_to_active_verifiers_only(
         (request(batch_id, 0, at=int(time.time()) - 3600), ErrorCode.UNAUTHORIZED),  # stale
         (request(10**6, 0), ErrorCode.NOT_FOUND),
     ]:
-        error = _refused(swarm, remote_reveal(swarm.p2p, hop.node.peer_id, bad))
-        assert error.code is code
+        with pytest.raises(RevealUnavailableError) as refused:
+            swarm.runner.run(send_reveal(swarm.p2p, hop.node.peer_id, bad))
+        assert refused.value.code is code
 
 
 def test_status_health_and_metrics(swarm: PaidSwarm) -> None:
