@@ -7,7 +7,8 @@ Measured in one run, on `--model` (default: the real SmolLM2-135M-Instruct):
    through payment channels on a local Anvil), against the same blocks run in this process
    with the same code;
 2. the same through 1 node with commitments (leaf, sketch, EIP-712 receipt, ledger, Merkle
-   commits every `--commit-interval` s) against 1 node started with `--no-commitments`.
+   commits every `--commit-interval` s) against 1 node built without commitments
+   (`uncommitted_node.py`: receipts unsigned, nothing stored or committed).
 
 A sample is one session: a prompt of `--prompt` tokens (the prefill, timed), then `--tokens`
 decode steps (each timed: embed, blocks, LM head of the last position; batch 1). Each round
@@ -58,6 +59,8 @@ from stakeswarm.swarm import NodeSpec, accounts_for, split_blocks
 SCRIPT = "bench_node.py"
 WITH_COMMITMENTS = "1 server"
 WITHOUT_COMMITMENTS = "1 server, no commitments"
+# `node serve` with parts that sign, store and commit nothing: the baseline
+UNCOMMITTED_NODE = Path(__file__).resolve().with_name("uncommitted_node.py")
 DEPOSIT = 1000 * 10**18  # per channel: more than any run spends
 
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -219,9 +222,10 @@ def run(options: Options) -> NodeBenchResult:
         specs: dict[str, list[NodeSpec]] = {}
         every: list[NodeSpec] = []
         for name, (spans, commitments) in configs.items():
-            extra = node_args if commitments else (*node_args, "--no-commitments")
+            program = ("-m", "node") if commitments else (str(UNCOMMITTED_NODE),)
             specs[name] = [
-                NodeSpec(f"node-{len(every) + i}", b, args=extra) for i, b in enumerate(spans)
+                NodeSpec(f"node-{len(every) + i}", b, args=node_args, program=program)
+                for i, b in enumerate(spans)
             ]
             every += specs[name]
         devnet = DevnetConfig(home=Home.resolve(root / "devnet"), accounts=accounts_for(len(every)))

@@ -272,9 +272,9 @@ def commitments_section(result: NodeBenchResult) -> str:
             "## Commitment overhead",
             "From the same run as the section above (same command): one node serving every "
             "block with commitments — leaf, sketch, EIP-712 receipt, ledger, Merkle commits "
-            f"every {result.options.commit_interval:g} s — against one started with "
-            "`--no-commitments` (a switch for this comparison only: such a node signs nothing "
-            "and commits nothing). The two run back to back in every round, in alternating "
+            f"every {result.options.commit_interval:g} s — against the same node built without "
+            "them (`benchmarks/uncommitted_node.py`: unsigned receipts, nothing stored or "
+            "committed; only this benchmark runs it). The two run back to back in every round, in alternating "
             "order; a round's overhead is (median decode step with / without) - 1.",
             table(
                 ["", "decode, per token", "prefill, tokens/s"],

@@ -181,6 +181,9 @@ class NodeSpec:
     blocks: str | None = None  # START:END; None: choose `num_blocks` from the swarm
     num_blocks: int | None = None
     args: tuple[str, ...] = ()  # extra `node serve` options, e.g. ("--faulty", "noise")
+    # what runs `node serve` after the Python interpreter: the node's module, or a benchmark's
+    # script that builds the node with other parts (benchmarks/uncommitted_node.py)
+    program: tuple[str, ...] = ("-m", "node")
 
 
 @dataclass
@@ -233,7 +236,7 @@ def start_node(
     """Start one node process in `<workdir>/<account>/` (not waiting for it to be ready)."""
     home = process_home(deployment, workdir / spec.account / "home")
     command = [
-        sys.executable, "-m", "node", "serve",
+        sys.executable, *spec.program, "serve",
         "--model", str(model_path),
         "--devnet", "--home", str(home), "--account", spec.account,
         "--http-port", "0",
