@@ -239,7 +239,7 @@ class Server:
         inputs = self.dir / "inputs"
         if self.ledger.set_aside is not None and inputs.exists():
             inputs.rename(inputs.with_name(f"inputs.{self.ledger.set_aside.stem}"))
-        sender = self.chain.sender(account, sessions=self.ledger.sessions)
+        sender = self.chain.sender(account, journal=self.ledger.tx_journal())
         self.contracts = Contracts.from_deployment(self.chain, deployment, sender)
         decimals = self.contracts.token.decimals()
         history = read_chain_history(self.contracts, self.address, deployment.deploy_block)

@@ -203,7 +203,7 @@ class Verifier:
         self.ledger = open_deployment_ledger(
             sqlite_url(self.dir / "ledger.sqlite"), self.chain, deployment
         )
-        sender = self.chain.sender(account, sessions=self.ledger.sessions)
+        sender = self.chain.sender(account, journal=self.ledger.tx_journal())
         self.contracts = Contracts.from_deployment(self.chain, deployment, sender)
         self.key = AuditKey.load_or_create(self.dir / "audit.key")
         self.model_name = config.name

@@ -141,7 +141,7 @@ def test_sent_transactions_are_recorded_in_the_ledger(
     ledger = open_ledger(sqlite_url(tmp_path / "ledger.sqlite"))
     client = dev_account("client-0")
     token = StakeToken(
-        chain, deployment.contracts.stake_token, chain.sender(client, sessions=ledger.sessions)
+        chain, deployment.contracts.stake_token, chain.sender(client, journal=ledger.tx_journal())
     )
     receiver = dev_account("client-1").address
 
