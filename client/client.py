@@ -80,7 +80,7 @@ class SwarmClient:
             # tied to this chain: a ledger from an earlier chain under the same id (a
             # restarted devnet) is set aside, never continued
             self.ledger = open_deployment_ledger(url, self.chain, deployment)
-            sender = self.chain.sender(account, sessions=self.ledger.sessions)
+            sender = self.chain.sender(account, journal=self.ledger.tx_journal())
             self.contracts = Contracts.from_deployment(self.chain, deployment, sender)
             self.receipt_domain = self.contracts.slasher.domain()
             self.payments = Payments(

@@ -6,8 +6,10 @@ EIP-1559 fees, sign locally, send raw, await the receipt. Reverts are decoded ag
 of every compiled contract (ours and the OpenZeppelin ones they use) and raised as
 `ContractRevert` with the error's name and arguments, never as a hex blob.
 
-After a restart, `Sender.reconcile` tells what became of a transaction the ledger recorded as
-sent but never saw mined (looked up by hash, then by nonce): mined, reverted, still pending, or
+With a `TxJournal` (`ledger.txjournal`), a `Sender` reports every transaction it sends and what
+became of it; the ledger's journal is `Ledger.tx_journal()`. After a restart,
+`Sender.reconcile` tells what became of a transaction the journal recorded as sent but never
+saw mined (looked up by hash, then by nonce): mined, reverted, still pending, or
 dropped (its nonce taken by another transaction, or unknown to the node).
 
 Nonces: one `NonceManager` per (RPC endpoint, address) in the process, shared by every
@@ -29,7 +31,6 @@ import requests
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
-from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import (
@@ -48,8 +49,8 @@ from ledger.abi_codec import (  # re-exported: callers import these from ledger.
     DecodedEvent,
     format_value,
 )
-from ledger.db import record_tx, update_tx
 from ledger.errors import LedgerError
+from ledger.txjournal import SettledStatus, TxJournal
 
 __all__ = [
     "AbiCodec",
@@ -198,11 +199,11 @@ class Chain:
         account: LocalAccount,
         *,
         receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
-        sessions: sessionmaker[Session] | None = None,
+        journal: TxJournal | None = None,
     ) -> Sender:
         """A `Sender` for `account` on this chain (sharing the key's process-wide nonces);
-        with `sessions` (e.g. `open_ledger(url).sessions`) every transaction is recorded."""
-        return Sender(self, account, receipt_timeout=receipt_timeout, sessions=sessions)
+        with a `journal` (e.g. `open_ledger(url).tx_journal()`) every transaction is recorded."""
+        return Sender(self, account, receipt_timeout=receipt_timeout, journal=journal)
 
     def call(
         self, contract: BoundContract, function: str, *args: Any, block: BlockIdentifier = "latest"
@@ -319,10 +320,9 @@ class Chain:
 class Sender:
     """Sends transactions signed by one local key, with that key's shared nonce manager.
 
-    With a ledger session factory (`sessions`), every transaction is recorded in the ledger's
-    sent-transactions table before it is sent (pending, under its hash) and updated with what
-    became of it: mined (gas, block), reverted (the decoded error) or failed (refused by the
-    node, or not mined in time).
+    With a `journal`, every transaction is recorded there before it is sent (pending, under its
+    hash) and updated with what became of it: mined (gas, block), reverted (the decoded error)
+    or failed (refused by the node, or not mined in time).
     """
 
     def __init__(
@@ -332,14 +332,14 @@ class Sender:
         *,
         receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
         gas_margin: float = DEFAULT_GAS_MARGIN,
-        sessions: sessionmaker[Session] | None = None,
+        journal: TxJournal | None = None,
     ) -> None:
         self.chain = chain
         self.account = account
         self.address = to_checksum_address(account.address)
         self.receipt_timeout = receipt_timeout
         self.gas_margin = gas_margin
-        self.sessions = sessions
+        self.journal = journal
         self._nonces = _nonce_manager(chain.rpc_url, self.address)
 
     def transact(
@@ -463,7 +463,7 @@ class Sender:
 
     def reconcile(self, tx_hash: str, nonce: int, *, action: str) -> TxOutcome:
         """What became of `tx_hash` (0x-hex), which this key sent with `nonce` (e.g. before a
-        crash), recorded in the ledger as well when this sender records. Looked up by hash: a
+        crash), recorded in the journal as well when this sender has one. Looked up by hash: a
         receipt says mined or reverted (the revert decoded by replaying it); a transaction the
         node holds without a receipt is pending. One the node does not know is dropped: its
         nonce is either taken by another mined transaction, or free and the transaction gone
@@ -535,24 +535,15 @@ class Sender:
         )
 
     def _record_sent(self, tx_hash: str, to: str | None, action: str, nonce: int) -> None:
-        if self.sessions is None:
+        if self.journal is None:
             return
-        with self.sessions.begin() as session:
-            record_tx(
-                session,
-                tx_hash=HexBytes(tx_hash),
-                sender=self.address,
-                to=to,
-                function=action[:64],
-                nonce=nonce,
-            )
+        self.journal.sent(tx_hash, sender=self.address, to=to, function=action[:64], nonce=nonce)
 
-    def _record_outcome(self, tx_hash: str, status: str, **fields: Any) -> None:
-        if self.sessions is None:
+    def _record_outcome(self, tx_hash: str, status: SettledStatus, **fields: Any) -> None:
+        if self.journal is None:
             return
         try:
-            with self.sessions.begin() as session:
-                update_tx(session, HexBytes(tx_hash), status=status, **fields)
+            self.journal.settled(tx_hash, status, **fields)
         except LedgerError:
             # the chain's answer matters more than its bookkeeping: log, do not mask it
-            logger.exception("cannot record %s of %s in the ledger", status, tx_hash)
+            logger.exception("cannot record %s of %s in the journal", status, tx_hash)

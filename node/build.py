@@ -172,7 +172,7 @@ def connect_node(config: NodeConfig, closing: contextlib.ExitStack) -> NodeBase:
     chain = deployment.connect(rpc_url=config.rpc_url)
     ledger, existed = _open_ledger(config, folder, chain, deployment)
     closing.callback(ledger.close)
-    sender = chain.sender(account, sessions=ledger.sessions)
+    sender = chain.sender(account, journal=ledger.tx_journal())
     contracts = Contracts.from_deployment(chain, deployment, sender)
     decimals = contracts.token.decimals()
     _check_history(

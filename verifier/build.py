@@ -106,7 +106,7 @@ def connect_verifier(config: VerifierConfig, closing: contextlib.ExitStack) -> V
     # same id (a restarted devnet) is set aside, so its event cursor cannot skip this one's
     ledger = open_deployment_ledger(sqlite_url(folder / "ledger.sqlite"), chain, deployment)
     closing.callback(ledger.close)
-    sender = chain.sender(account, sessions=ledger.sessions)
+    sender = chain.sender(account, journal=ledger.tx_journal())
     contracts = Contracts.from_deployment(chain, deployment, sender)
     params = contracts.slasher.params()
     logger.info(

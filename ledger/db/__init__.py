@@ -4,7 +4,8 @@ Open it with `open_ledger(url)`, or, for a component on a chain, `open_deploymen
 which also ties it to the chain its state was recorded on (`binding`); use the repository
 functions inside `with ledger.begin() as session:` (they never commit). Tables are in `models`,
 column types in `columns`, repository functions by role in `channels`, `commitments` and
-`records`; all are re-exported here.
+`records`, and the journal a chain sender records its transactions in (`txjournal`, from
+`ledger.tx_journal()`); all are re-exported here.
 """
 
 from ledger.db.binding import (
@@ -111,6 +112,7 @@ from ledger.db.serving import (
     session_inputs,
     set_owed,
 )
+from ledger.db.txjournal import LedgerTxJournal
 from ledger.db.verifier import (
     VerifierTotals,
     add_audit_task,
@@ -144,6 +146,7 @@ __all__ = [
     "Deployment",
     "Earnings",
     "LeafRecord",
+    "LedgerTxJournal",
     "ReceiptStatus",
     "Ledger",
     "SentTransaction",

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ledger.db.txjournal import LedgerTxJournal
 from ledger.errors import LedgerDamagedError, LedgerDbError
 
 logger = logging.getLogger(__name__)
@@ -233,6 +234,10 @@ class Ledger:
         """A session in a transaction, committed on success and rolled back on error."""
         with self.sessions.begin() as session:
             yield session
+
+    def tx_journal(self) -> LedgerTxJournal:
+        """A journal for `Chain.sender` that records its transactions in this ledger."""
+        return LedgerTxJournal(self.sessions)
 
     def close(self) -> None:
         """Release every pooled connection."""

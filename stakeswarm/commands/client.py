@@ -260,7 +260,7 @@ def _wallet_ledger(
     path = Home.resolve(home).root / "client" / conn.signer.address / "ledger.sqlite"
     ledger = open_deployment_ledger(sqlite_url(path), conn.chain, conn.deployment)
     try:
-        sender = conn.chain.sender(conn.signer, sessions=ledger.sessions)
+        sender = conn.chain.sender(conn.signer, journal=ledger.tx_journal())
         yield conn, ledger, conn.contracts.with_sender(sender)
     finally:
         ledger.close()

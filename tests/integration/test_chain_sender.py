@@ -5,16 +5,43 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
 from sqlalchemy import select
 
-from ledger.chain import Chain, ChainError, ContractRevert, TxResult
+from ledger.chain import Chain, ChainError, ContractRevert, TxFate, TxResult
 from ledger.contracts import Contracts, StakeToken
 from ledger.db import SentTransaction, TxStatus, open_ledger, sqlite_url
 from ledger.deployment import TOKEN, Deployment
+from ledger.errors import LedgerDbError
+from ledger.txjournal import SettledStatus
 from ledger.types import Wei
+
+
+class ListJournal:
+    """A `TxJournal` that keeps the reports in a list, in order; `refuse` makes `sent` fail."""
+
+    def __init__(self, *, refuse: bool = False) -> None:
+        self.reports: list[tuple[Any, ...]] = []
+        self.refuse = refuse
+
+    def sent(self, tx_hash: str, *, sender: str, to: str | None, function: str, nonce: int) -> None:
+        if self.refuse:
+            raise LedgerDbError("the journal is full")
+        self.reports.append(("sent", tx_hash, sender, to, function, nonce))
+
+    def settled(
+        self,
+        tx_hash: str,
+        status: SettledStatus,
+        *,
+        gas_used: int | None = None,
+        block_number: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.reports.append((status, tx_hash, gas_used, block_number, error))
 
 
 def test_concurrent_sends_from_threads_get_distinct_nonces_and_all_mine(
@@ -141,7 +168,7 @@ def test_sent_transactions_are_recorded_in_the_ledger(
     ledger = open_ledger(sqlite_url(tmp_path / "ledger.sqlite"))
     client = dev_account("client-0")
     token = StakeToken(
-        chain, deployment.contracts.stake_token, chain.sender(client, sessions=ledger.sessions)
+        chain, deployment.contracts.stake_token, chain.sender(client, journal=ledger.tx_journal())
     )
     receiver = dev_account("client-1").address
 
@@ -169,3 +196,62 @@ def test_sent_transactions_are_recorded_in_the_ledger(
     )
     assert [r[1] for r in recorded] == [TxStatus.MINED, TxStatus.FAILED]
     assert refused_error is not None and "refused" in refused_error
+
+
+def test_a_sender_reports_each_transaction_to_its_journal_before_and_after_sending(
+    chain: Chain, deployment: Deployment, dev_account: Callable[[str | int], LocalAccount]
+) -> None:
+    client = dev_account("client-0")
+    journal = ListJournal()
+    token_address = deployment.contracts.stake_token
+    token = StakeToken(chain, token_address, chain.sender(client, journal=journal))
+    receiver = dev_account("client-1").address
+    nonce = chain.nonce(client.address)
+
+    mined = token.transfer(receiver, Wei(1))
+    with pytest.raises(ContractRevert):
+        token.transfer(receiver, Wei(10**30))  # caught by the static call: never sent
+    chain.rpc("anvil_setNonce", [client.address, hex(nonce + 6)])  # the key moved on elsewhere
+    with pytest.raises(ChainError, match="refused"):
+        token.transfer(receiver, Wei(2))
+
+    sent_mined, settled_mined, sent_refused, settled_refused = journal.reports
+    action = "StakeToken.transfer"
+    assert sent_mined == ("sent", mined.tx_hash, client.address, token_address, action, nonce)
+    assert settled_mined == ("mined", mined.tx_hash, mined.gas_used, mined.block_number, None)
+    assert sent_refused[:2] == ("sent", settled_refused[1])
+    assert sent_refused[2:] == (client.address, token_address, action, nonce + 1)
+    assert settled_refused[0] == "failed" and "refused" in settled_refused[-1]
+
+
+def test_a_sender_sends_nothing_its_journal_cannot_record(
+    chain: Chain, dev_account: Callable[[str | int], LocalAccount]
+) -> None:
+    client = dev_account("client-2")
+    nonce = chain.nonce(client.address)
+    sender = chain.sender(client, journal=ListJournal(refuse=True))
+
+    with pytest.raises(LedgerDbError):
+        sender.transfer_eth(dev_account("client-1").address, 1)
+
+    assert chain.nonce(client.address, "pending") == nonce
+
+
+def test_a_sender_without_a_journal_sends_and_reconciles(
+    chain: Chain, dev_account: Callable[[str | int], LocalAccount]
+) -> None:
+    client = dev_account("client-2")
+    receiver = dev_account("client-1").address
+    sender = chain.sender(client)
+    before = chain.eth_balance(receiver)
+
+    mined = sender.transfer_eth(receiver, 7)
+    nonce = chain.transaction(mined.tx_hash)["nonce"]
+    chain.rpc("anvil_setNonce", [client.address, hex(nonce + 5)])
+    with pytest.raises(ChainError, match="refused"):
+        sender.transfer_eth(receiver, 8)
+
+    assert chain.eth_balance(receiver) == before + 7
+    outcome = sender.reconcile(mined.tx_hash, nonce, action="transfer ETH")
+    assert outcome.fate is TxFate.MINED and outcome.result is not None
+    assert outcome.result.block_number == mined.block_number

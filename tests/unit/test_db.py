@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +31,7 @@ from ledger.db import (
 )
 from ledger.errors import EquivocationError, LedgerDbError, VoucherError
 from ledger.merkle import MerkleTree, verify
+from ledger.txjournal import TxJournal
 from ledger.types import Leaf, Voucher, model_id
 
 SALT = bytes.fromhex("5a17" * 16)  # a Slasher deployment's EIP-712 domain salt
@@ -437,6 +440,44 @@ def test_sent_transaction_life_cycle(ledger: Ledger) -> None:
         reverted = db.get_tx(session, h2)
         assert reverted is not None and reverted.error == "ChannelsExpired(1, 100)"
         assert db.pending_txs(session) == []
+
+
+def test_ledger_tx_journal_commits_each_report_as_it_comes(ledger: Ledger) -> None:
+    journal: TxJournal = ledger.tx_journal()
+    sent, unknown = keccak(b"1"), keccak(b"2")
+
+    journal.sent("0x" + sent.hex(), sender=SERVER, to=CHANNELS, function="redeem", nonce=7)
+    # committed before the sender goes on: a node that stops now finds it pending on restart
+    with ledger.begin() as session:
+        (pending,) = db.pending_txs(session, SERVER)
+        assert (pending.tx_hash, pending.to, pending.function, pending.nonce) == (
+            sent,
+            CHANNELS,
+            "redeem",
+            7,
+        )
+    with pytest.raises(LedgerDbError, match="already recorded"):
+        journal.sent("0x" + sent.hex(), sender=SERVER, to=None, function="redeem", nonce=7)
+
+    journal.settled("0x" + sent.hex(), "mined", gas_used=51_234, block_number=12)
+    with pytest.raises(LedgerDbError, match="no transaction"):
+        journal.settled("0x" + unknown.hex(), "failed", error="dropped")
+    with ledger.begin() as session:
+        mined = db.get_tx(session, sent)
+        assert mined is not None
+        assert (mined.status, mined.gas_used, mined.block_number) == (TxStatus.MINED, 51_234, 12)
+        assert db.pending_txs(session) == [] and db.get_tx(session, unknown) is None
+
+
+def test_the_chain_transport_does_not_import_the_ledger_database() -> None:
+    probe = (
+        "import sys, ledger.chain\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('ledger.db', 'sqlalchemy'))))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert found == "[]"
 
 
 def test_audits_keep_their_measurements(ledger: Ledger) -> None:
