@@ -40,9 +40,10 @@ from client.payments import ClientChannel
 from client.receipts import ExpectedLeaf, ReceiptProblem, check_receipt
 from client.remote import RemoteError, RemoteSpanSession, RemoteUnavailableError
 from client.routing import RouteHop, route_price
+from node.errors import BadTensorError
 from node.protocol import ErrorCode, ProtocolError, SignedReceipt
 from node.sketch import sketch
-from node.tensors import tensor_hash
+from node.tensors import check_attention_mask, check_hidden_states, tensor_hash
 
 if TYPE_CHECKING:
     from client.client import SwarmClient
@@ -133,16 +134,13 @@ class InferenceSession:
         if self.closed:
             raise SessionStateError("the inference session is closed")
         client = self.client
-        if hidden.ndim != 3 or hidden.shape[-1] != client.hidden_size or min(hidden.shape[:2]) < 1:
-            raise SessionStateError(
-                f"hidden states must be [batch, tokens, {client.hidden_size}], "
-                f"got {list(hidden.shape)}"
-            )
+        try:
+            check_hidden_states(hidden, hidden_size=client.hidden_size, batch=self.batch_size)
+        except BadTensorError as exc:
+            raise SessionStateError(str(exc)) from None
         batch, tokens, _ = hidden.shape
         if self.batch_size is None:
             self.batch_size = batch
-        if batch != self.batch_size:
-            raise SessionStateError(f"the session's batch is {self.batch_size}, got {batch}")
         if self.position + tokens > self.max_length:
             raise SessionStateError(
                 f"this step would reach {self.position + tokens} positions; the session was "
@@ -229,14 +227,11 @@ class InferenceSession:
         past = self.mask if self.mask is not None else torch.ones(batch, 0, dtype=torch.long)
         if mask is None:
             return torch.cat([past, torch.ones(batch, tokens, dtype=torch.long)], dim=1)
-        if mask.shape != (batch, self.position + tokens):
-            raise SessionStateError(
-                f"the attention mask must be [batch, past + tokens] = "
-                f"[{batch}, {self.position + tokens}], got {list(mask.shape)}"
-            )
         mask = mask.to(torch.long)
-        if not ((mask == 0) | (mask == 1)).all():
-            raise SessionStateError("attention mask values must be 0 or 1")
+        try:
+            check_attention_mask(mask, batch=batch, length=self.position + tokens)
+        except BadTensorError as exc:
+            raise SessionStateError(str(exc)) from None
         if not torch.equal(mask[:, : self.position], past):
             raise SessionStateError("the attention mask disagrees with the session's history")
         return mask

@@ -36,6 +36,7 @@ from transformers import PretrainedConfig
 from node.cache import KVLayout, SessionCache
 from node.errors import InvalidInputError, InvalidSpanError, ModelFilesError
 from node.families import MASK_FORMAT, Family, family_of, load_config
+from node.tensors import check_attention_mask, check_hidden_states
 
 logger = logging.getLogger(__name__)
 
@@ -186,11 +187,17 @@ class Span(nn.Module):
         Raises `InvalidInputError` for bad shapes/dtypes/values and `SessionLengthError` when
         the step does not fit the session's max length.
         """
-        self._check_hidden(hidden)
+        check_hidden_states(
+            hidden,
+            hidden_size=self.hidden_size,
+            dtype=self.dtype,
+            batch=None if cache is None else cache.batch,
+            finite=True,
+        )
         batch, tokens, _ = hidden.shape
         past = 0
         if cache is not None:
-            self._check_cache(cache, batch)
+            self._check_cache(cache)
             cache.room_for(tokens)
             past = cache.length
         mask = self._full_mask(attention_mask, cache, batch, past, tokens)
@@ -218,31 +225,10 @@ class Span(nn.Module):
                 cache.commit(mask[:, past:])
         return hidden
 
-    def _check_hidden(self, hidden: torch.Tensor) -> None:
-        if not isinstance(hidden, torch.Tensor):
-            raise InvalidInputError(f"hidden states must be a tensor, got {type(hidden).__name__}")
-        if hidden.ndim != 3 or hidden.shape[-1] != self.hidden_size:
-            raise InvalidInputError(
-                f"hidden states must be [batch, tokens, {self.hidden_size}], "
-                f"got {list(hidden.shape)}"
-            )
-        if hidden.shape[0] < 1 or hidden.shape[1] < 1:
-            raise InvalidInputError(f"hidden states are empty: {list(hidden.shape)}")
-        if hidden.dtype != self.dtype:
-            raise InvalidInputError(
-                f"hidden states are {hidden.dtype}, this span runs in {self.dtype}"
-            )
-        if not torch.isfinite(hidden).all():
-            raise InvalidInputError("hidden states contain NaN or infinity")
-
-    def _check_cache(self, cache: SessionCache, batch: int) -> None:
+    def _check_cache(self, cache: SessionCache) -> None:
         if cache.layout != self.kv_layout:
             raise InvalidInputError(
                 f"the cache was opened for {cache.layout}, not for this span {self.kv_layout}"
-            )
-        if cache.batch != batch:
-            raise InvalidInputError(
-                f"the session's batch is {cache.batch}, the hidden states have batch {batch}"
             )
 
     def _full_mask(
@@ -258,24 +244,7 @@ class Span(nn.Module):
         if attention_mask is None:
             new = torch.ones((batch, tokens), dtype=torch.bool, device=self.device)
             return new if history is None else torch.cat([history, new], dim=1)
-        if not isinstance(attention_mask, torch.Tensor):
-            raise InvalidInputError(
-                f"attention mask must be a tensor, got {type(attention_mask).__name__}"
-            )
-        if attention_mask.shape != (batch, past + tokens):
-            raise InvalidInputError(
-                f"attention mask must be [batch, past + tokens] = [{batch}, {past + tokens}], "
-                f"got {list(attention_mask.shape)}"
-            )
-        if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
-            raise InvalidInputError(
-                f"attention mask must be bool or integer, not {attention_mask.dtype}"
-            )
-        if (
-            attention_mask.dtype != torch.bool
-            and not ((attention_mask == 0) | (attention_mask == 1)).all()
-        ):
-            raise InvalidInputError("attention mask values must be 0 or 1")
+        check_attention_mask(attention_mask, batch=batch, length=past + tokens, any_integer=True)
         mask = attention_mask.to(device=self.device, dtype=torch.bool)
         if history is not None and not torch.equal(mask[:, :past], history):
             raise InvalidInputError("attention mask disagrees with the session's cached positions")

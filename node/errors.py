@@ -7,6 +7,8 @@ on serving. Errors that describe bad input also derive from `ValueError`.
 
 from __future__ import annotations
 
+import enum
+
 
 class NodeError(Exception):
     """Base class of the node's model-code errors."""
@@ -26,6 +28,31 @@ class InvalidSpanError(NodeError, ValueError):
 
 class InvalidInputError(NodeError, ValueError):
     """Hidden states or an attention mask of the wrong shape, dtype or content."""
+
+
+class TensorProblem(enum.StrEnum):
+    """What was wrong with a step's tensors (`BadTensorError.problem`)."""
+
+    NOT_A_TENSOR = "not_a_tensor"
+    SHAPE = "shape"  # hidden states not [batch, tokens, hidden_size]
+    EMPTY = "empty"  # no sequence or no token
+    BATCH = "batch"  # another batch than the session's
+    DTYPE = "dtype"
+    NOT_FINITE = "not_finite"  # NaN or infinity
+    TOO_LARGE = "too_large"  # a value of magnitude over the allowed bound
+    MASK_SHAPE = "mask_shape"  # attention mask not [batch, past + tokens]
+    MASK_DTYPE = "mask_dtype"
+    MASK_VALUES = "mask_values"  # attention mask values other than 0 and 1
+
+
+class BadTensorError(InvalidInputError):
+    """Hidden states or an attention mask that break the step-tensor rules
+    (`node.tensors.check_hidden_states`, `check_attention_mask`); `problem` says which rule.
+    Each caller turns it into its own refusal (a node into `ErrorCode.BAD_TENSOR`)."""
+
+    def __init__(self, problem: TensorProblem, message: str) -> None:
+        super().__init__(message)
+        self.problem = problem
 
 
 class CacheError(NodeError):

@@ -6,17 +6,19 @@ protobufs over libp2p streams. A *frame* is one logical message: msgpack metadat
 more tensors, split over as many protobuf messages as needed to keep each under the ~2 MiB
 payload cap of the transport (tensors are cut into chunks with hivemind's streaming helpers).
 
-All input from the network is untrusted: every `from_wire` validates types and ranges and
-raises `ProtocolError` with an `ErrorCode`; nothing here uses `assert` on peer data.
+All input from the network is untrusted: every `from_wire` validates types and ranges (with
+the checks of `node.fields`) and raises `ProtocolError` with an `ErrorCode`; nothing here uses
+`assert` on peer data.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import msgpack
 import torch
@@ -24,6 +26,8 @@ from hivemind.proto import runtime_pb2
 from hivemind.utils.streaming import split_for_streaming
 
 from ledger.types import Leaf, Voucher
+from node import fields
+from node.fields import FieldError
 from node.sketch import SKETCH_TOP_K
 
 # 2: a leaf carries `issued` (the receipt's issuedAt), and Merkle proofs are positional.
@@ -989,42 +993,31 @@ def longest_revealable(*, hidden_size: int, dtype: str, batch: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation helpers for untrusted values
+# Untrusted values: the checks of node.fields, refused as BAD_REQUEST
 # ---------------------------------------------------------------------------------------------
 
-
-def _require_map(raw: Any, what: str) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be a map")
-    return raw
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
-def _int(raw: Any, what: str, lo: int = 0, hi: int = 2**256 - 1) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not lo <= raw <= hi:
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, f"{what} must be an integer in [{lo}, {hi}], got {raw!r}"[:300]
-        )
-    return raw
+def _bad_request(check: Callable[_P, _T]) -> Callable[_P, _T]:
+    """`check` (a `node.fields` check) raising `ProtocolError(BAD_REQUEST)` for a bad value."""
+
+    @functools.wraps(check)
+    def refusing(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return check(*args, **kwargs)
+        except FieldError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
+
+    return refusing
 
 
-def _str(raw: Any, what: str) -> str:
-    if not isinstance(raw, str) or len(raw) > 10_000:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be a string")
-    return raw
-
-
-def _bytes(raw: Any, what: str, length: int) -> bytes:
-    if not isinstance(raw, bytes) or len(raw) != length:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be {length} bytes")
-    return raw
-
-
-def _address(raw: Any, what: str) -> str:
-    from eth_utils import is_address, to_checksum_address
-
-    if not isinstance(raw, str) or not is_address(raw):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be an address")
-    return to_checksum_address(raw)
+_require_map = _bad_request(fields.mapping)
+_int = _bad_request(fields.integer)
+_str = _bad_request(fields.text)
+_bytes = _bad_request(fields.fixed_bytes)
+_address = _bad_request(fields.address)
 
 
 def _uint_to_wire(value: int) -> int | bytes:

@@ -22,7 +22,7 @@ from ledger.db import Ledger, SessionReusedError, claim_session
 from ledger.errors import LedgerDbError
 from node.blocks import Span
 from node.cache import CacheManager, SessionCache
-from node.errors import CacheFullError, SessionExistsError
+from node.errors import BadTensorError, CacheFullError, SessionExistsError, TensorProblem
 from node.protocol import (
     ErrorCode,
     OpenSession,
@@ -31,7 +31,7 @@ from node.protocol import (
     reveal_limits,
 )
 from node.sketch import FP16_MAX
-from node.tensors import DTYPE_NAMES
+from node.tensors import DTYPE_NAMES, check_attention_mask, check_hidden_states
 
 logger = logging.getLogger(__name__)
 
@@ -220,47 +220,26 @@ def check_hidden(
     audited; a float16 node could not even hold it; SmolLM2-135M's embeddings stay under 2
     and its residual stream under 27.4k). Tiny values, zeros and subnormals are accepted:
     audits measure them soundly (node.sketch)."""
-    if hidden.ndim != 3 or hidden.shape[-1] != hidden_size or min(hidden.shape[:2]) < 1:
-        raise ProtocolError(
-            ErrorCode.BAD_TENSOR,
-            f"hidden states must be [batch, tokens, {hidden_size}], got {list(hidden.shape)}",
+    try:
+        check_hidden_states(
+            hidden, hidden_size=hidden_size, dtype=dtype, batch=batch, max_abs=FP16_MAX
         )
-    if batch is not None and hidden.shape[0] != batch:
-        raise ProtocolError(
-            ErrorCode.BAD_TENSOR,
-            f"the session's batch is {batch}, the hidden states have batch {hidden.shape[0]}",
-        )
-    if hidden.dtype != dtype:
-        raise ProtocolError(
-            ErrorCode.BAD_TENSOR,
-            f"hidden states are {DTYPE_NAMES.get(hidden.dtype, hidden.dtype)}, this node "
-            f"computes in {DTYPE_NAMES[dtype]}",
-        )
-    if not torch.isfinite(hidden).all():
-        raise ProtocolError(ErrorCode.BAD_TENSOR, "hidden states contain NaN or infinity")
-    if (largest := float(hidden.abs().max())) > FP16_MAX:
-        raise ProtocolError(
-            ErrorCode.BAD_TENSOR,
-            f"hidden states hold a value of magnitude {largest:.6g}, over {FP16_MAX:g} "
-            "(float16's largest): outside what a model's residual stream holds and what an "
-            "audit can check",
-        )
+    except BadTensorError as exc:
+        message = str(exc)
+        if exc.problem is TensorProblem.TOO_LARGE:
+            message += (
+                " (float16's largest): outside what a model's residual stream holds and what "
+                "an audit can check"
+            )
+        raise ProtocolError(ErrorCode.BAD_TENSOR, message) from None
 
 
 def check_mask(mask: torch.Tensor, batch: int, length: int) -> None:
     """`ProtocolError(BAD_TENSOR)` unless `mask` is int64 [batch, length] of 0/1."""
-    if mask.dtype != torch.int64:
-        raise ProtocolError(
-            ErrorCode.BAD_TENSOR, f"the attention mask must be int64, got {mask.dtype}"
-        )
-    if tuple(mask.shape) != (batch, length):
-        raise ProtocolError(
-            ErrorCode.BAD_TENSOR,
-            f"the attention mask must be [batch, past + tokens] = [{batch}, {length}], "
-            f"got {list(mask.shape)}",
-        )
-    if not ((mask == 0) | (mask == 1)).all():
-        raise ProtocolError(ErrorCode.BAD_TENSOR, "attention mask values must be 0 or 1")
+    try:
+        check_attention_mask(mask, batch=batch, length=length)
+    except BadTensorError as exc:
+        raise ProtocolError(ErrorCode.BAD_TENSOR, str(exc)) from None
 
 
 def unpack_step(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,17 +9,21 @@ dtype). These are the bytes `node.protocol` and hivemind's uncompressed serializ
 the wire, so a receiver can hash what it deserialized and get the sender's hash.
 
 `tensor_from_bytes` inverts `tensor_bytes` (for a node's stored session inputs, reveals).
+
+`check_hidden_states` and `check_attention_mask` are the one statement of what a step's
+tensors must be; the node, its blocks, the client and the verifier each call them with the
+rules they enforce and turn `BadTensorError` into their own refusal.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from eth_utils import keccak
 
-from node.errors import InvalidInputError
+from node.errors import BadTensorError, InvalidInputError, TensorProblem
 
 # Wire names of the dtypes hidden states travel in.
 DTYPES: dict[str, torch.dtype] = {
@@ -81,3 +85,85 @@ def tensor_from_bytes(data: bytes, dtype: str | torch.dtype, shape: Sequence[int
         return torch.empty(tuple(shape), dtype=torch_dtype)
     raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return raw.view(torch_dtype).reshape(tuple(shape))
+
+
+def check_hidden_states(
+    hidden: torch.Tensor,
+    *,
+    hidden_size: int,
+    dtype: torch.dtype | Collection[torch.dtype] | None = None,
+    batch: int | None = None,
+    finite: bool = False,
+    max_abs: float | None = None,
+) -> None:
+    """`BadTensorError` unless `hidden` is a tensor [batch, tokens, hidden_size] with at least
+    one sequence and one token, and, where given: exactly `batch` sequences; in `dtype` (or in
+    one of them); without NaN or infinity (`finite`); finite with no |value| over `max_abs`.
+    The rules are checked in that order and the error names the first one broken."""
+    if not isinstance(hidden, torch.Tensor):
+        raise BadTensorError(
+            TensorProblem.NOT_A_TENSOR,
+            f"hidden states must be a tensor, got {type(hidden).__name__}",
+        )
+    # hidden: [batch, tokens, hidden_size]
+    if hidden.ndim != 3 or hidden.shape[-1] != hidden_size:
+        raise BadTensorError(
+            TensorProblem.SHAPE,
+            f"hidden states must be [batch, tokens, {hidden_size}], got {list(hidden.shape)}",
+        )
+    if min(hidden.shape[:2]) < 1:
+        raise BadTensorError(TensorProblem.EMPTY, f"hidden states are empty: {list(hidden.shape)}")
+    if batch is not None and hidden.shape[0] != batch:
+        raise BadTensorError(
+            TensorProblem.BATCH,
+            f"the session's batch is {batch}, the hidden states have batch {hidden.shape[0]}",
+        )
+    if dtype is not None:
+        allowed = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)
+        if hidden.dtype not in allowed:
+            raise BadTensorError(
+                TensorProblem.DTYPE,
+                f"hidden states are {_dtype_name(hidden.dtype)}, expected "
+                + " or ".join(_dtype_name(d) for d in allowed),
+            )
+    if (finite or max_abs is not None) and not torch.isfinite(hidden).all():
+        raise BadTensorError(TensorProblem.NOT_FINITE, "hidden states contain NaN or infinity")
+    if max_abs is not None and (largest := float(hidden.abs().max())) > max_abs:
+        raise BadTensorError(
+            TensorProblem.TOO_LARGE,
+            f"hidden states hold a value of magnitude {largest:.6g}, over {max_abs:g}",
+        )
+
+
+def check_attention_mask(
+    mask: torch.Tensor, *, batch: int, length: int, any_integer: bool = False
+) -> None:
+    """`BadTensorError` unless `mask` is a tensor [batch, length] of 0/1 in int64 (the wire's
+    mask dtype) or, with `any_integer`, in bool or any integer dtype."""
+    if not isinstance(mask, torch.Tensor):
+        raise BadTensorError(
+            TensorProblem.NOT_A_TENSOR,
+            f"the attention mask must be a tensor, got {type(mask).__name__}",
+        )
+    # mask: [batch, past + tokens]
+    if tuple(mask.shape) != (batch, length):
+        raise BadTensorError(
+            TensorProblem.MASK_SHAPE,
+            f"the attention mask must be [batch, past + tokens] = [{batch}, {length}], "
+            f"got {list(mask.shape)}",
+        )
+    if any_integer and (mask.dtype.is_floating_point or mask.dtype.is_complex):
+        raise BadTensorError(
+            TensorProblem.MASK_DTYPE,
+            f"the attention mask must be bool or integer, not {mask.dtype}",
+        )
+    if not any_integer and mask.dtype != torch.int64:
+        raise BadTensorError(
+            TensorProblem.MASK_DTYPE, f"the attention mask must be int64, got {mask.dtype}"
+        )
+    if not ((mask == 0) | (mask == 1)).all():
+        raise BadTensorError(TensorProblem.MASK_VALUES, "attention mask values must be 0 or 1")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return DTYPE_NAMES.get(dtype, str(dtype))

@@ -37,10 +37,10 @@ from ledger.merkle import verify as merkle_verify
 from ledger.types import Leaf
 from node.blocks import Span
 from node.cache import CacheManager
-from node.errors import SketchFormatError
+from node.errors import BadTensorError, SketchFormatError
 from node.protocol import RevealResponse
 from node.sketch import Sketch, SketchDistance, compare
-from node.tensors import DTYPE_NAMES, tensor_hash
+from node.tensors import DTYPE_NAMES, check_attention_mask, check_hidden_states, tensor_hash
 from verifier.errors import InvalidOpeningError
 from verifier.thresholds import Tolerance, tolerance_for
 
@@ -146,7 +146,6 @@ def check_opening(
         raise invalid(f"the reveal has {len(opening.hidden)} inputs for {len(steps)} steps")
     hiddens: list[torch.Tensor] = []
     past = 0
-    dtype: torch.dtype | None = None
     for step, hidden in zip(steps, opening.hidden, strict=True):
         leaf = step.leaf
         if (leaf.session_id, leaf.model_id, leaf.span_start, leaf.span_end) != (
@@ -164,15 +163,16 @@ def check_opening(
                 step.proof, batch.root, leaf.hash(), step.leaf_index, batch.leaf_count
             ):
                 raise invalid(f"step {leaf.step} is not proven under batch {step.batch_id}")
-        if hidden.dtype not in DTYPE_NAMES or hidden.ndim != 3 or hidden.shape[-1] != hidden_size:
-            raise invalid(
-                f"step {leaf.step}: hidden states {hidden.dtype} {list(hidden.shape)} are not "
-                f"[batch, tokens, {hidden_size}] floats"
+        try:
+            # every step in step 0's dtype (one of the hidden-state dtypes) and batch
+            check_hidden_states(
+                hidden,
+                hidden_size=hidden_size,
+                dtype=hiddens[0].dtype if hiddens else DTYPE_NAMES.keys(),
+                batch=hiddens[0].shape[0] if hiddens else None,
             )
-        if dtype is None:
-            dtype = hidden.dtype
-        if hidden.dtype != dtype or (hiddens and hidden.shape[0] != hiddens[0].shape[0]):
-            raise invalid(f"step {leaf.step}: dtype or batch differs from step 0")
+        except BadTensorError as exc:
+            raise invalid(f"step {leaf.step}: {exc}") from None
         if tensor_hash(hidden) != leaf.input_hash:
             raise invalid(f"step {leaf.step}: the hidden states do not hash to its inputHash")
         batch_size, tokens = hidden.shape[0], hidden.shape[1]
@@ -180,15 +180,14 @@ def check_opening(
             raise invalid(f"step {leaf.step}: {leaf.tokens} tokens committed, {tokens} revealed")
         hiddens.append(hidden)
         past += tokens
-    assert dtype is not None  # steps is never empty
     # mask: [batch, past], step k's; step i's mask is its first (positions up to step i) columns
     mask = opening.mask
-    if (
-        mask.dtype != torch.int64
-        or tuple(mask.shape) != (hiddens[0].shape[0], past)
-        or not ((mask == 0) | (mask == 1)).all()
-    ):
-        raise invalid(f"the mask is not 0/1 [batch, {past}] over the revealed positions")
+    try:
+        check_attention_mask(mask, batch=hiddens[0].shape[0], length=past)
+    except BadTensorError as exc:
+        raise invalid(
+            f"the mask is not 0/1 [batch, {past}] over the revealed positions: {exc}"
+        ) from None
     if opening.sketch_indices is None or opening.sketch_values is None:
         raise invalid("the reveal has no committed sketch")
     indices, values = opening.sketch_indices, opening.sketch_values
@@ -207,7 +206,7 @@ def check_opening(
         hidden=torch.cat(hiddens, dim=1),
         mask=mask,
         last_tokens=hiddens[-1].shape[1],
-        dtype=DTYPE_NAMES[dtype],
+        dtype=DTYPE_NAMES[hiddens[0].dtype],
         sketch=committed,
     )
 

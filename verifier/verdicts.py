@@ -38,7 +38,7 @@ from functools import partial
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import is_address, keccak, to_checksum_address
+from eth_utils import keccak, to_checksum_address
 from hivemind import DHT
 from hivemind.dht.node import DHTNode
 from hivemind.utils.timed_storage import get_dht_time
@@ -55,6 +55,8 @@ from ledger.eip712 import (
 from ledger.errors import SignatureError, TypedDataError
 from ledger.merkle import verify as merkle_verify
 from ledger.types import Reason, Verdict, WithheldVerdict
+from node import fields
+from node.fields import FieldError
 from node.protocol import ErrorCode, ProtocolError, leaf_from_wire, leaf_to_wire
 from verifier.audit import ProvenLeaf
 
@@ -159,25 +161,28 @@ class Accusation:
         proof = raw.get("proof")
         if not isinstance(proof, list) or len(proof) > 64:
             raise _bad("the proof must be a list of <= 64 hashes")
-        reason = Reason(_int(raw.get("reason"), "reason", 1, 2))
-        leaf = leaf_from_wire(raw.get("leaf"))
-        node = _address(raw.get("node"), "node")
-        batch_id = _int(raw.get("batch"), "batch", 1, 2**255)
-        proven = ProvenLeaf(
-            node=node,
-            batch_id=batch_id,
-            leaf_index=_int(raw.get("index"), "index", 0, 2**32 - 1),
-            leaf=leaf,
-            proof=[_bytes(p, "proof node", 32) for p in proof],
-        )
-        verdict = Verdict(
-            node=node,
-            batch_id=batch_id,
-            leaf=leaf.hash(),
-            reason=reason,
-            signer=_address(raw.get("signer"), "signer"),
-            signature=_bytes(raw.get("sig"), "signature", 65),
-        )
+        try:
+            reason = Reason(fields.integer(raw.get("reason"), "reason", 1, 2))
+            leaf = leaf_from_wire(raw.get("leaf"))
+            node = fields.address(raw.get("node"), "node")
+            batch_id = fields.integer(raw.get("batch"), "batch", 1, 2**255)
+            proven = ProvenLeaf(
+                node=node,
+                batch_id=batch_id,
+                leaf_index=fields.integer(raw.get("index"), "index", 0, 2**32 - 1),
+                leaf=leaf,
+                proof=[fields.fixed_bytes(p, "proof node", 32) for p in proof],
+            )
+            verdict = Verdict(
+                node=node,
+                batch_id=batch_id,
+                leaf=leaf.hash(),
+                reason=reason,
+                signer=fields.address(raw.get("signer"), "signer"),
+                signature=fields.fixed_bytes(raw.get("sig"), "signature", 65),
+            )
+        except FieldError as exc:
+            raise _bad(str(exc)) from None
         return cls(verdict, proven)
 
     def check(self, domain: Domain, root: bytes, batch_node: str, leaf_count: int) -> bool:
@@ -232,15 +237,17 @@ class WithheldAccusation:
         `check` does that)."""
         if not isinstance(raw, dict) or raw.get("kind") != cls.KIND:
             raise _bad("not a withheld finding")
-        return cls(
-            WithheldVerdict(
-                node=_address(raw.get("node"), "node"),
-                batch_id=_int(raw.get("batch"), "batch", 1, 2**255),
-                leaf_index=_int(raw.get("index"), "index", 0, 2**32 - 1),
-                signer=_address(raw.get("signer"), "signer"),
-                signature=_bytes(raw.get("sig"), "signature", 65),
+        try:
+            verdict = WithheldVerdict(
+                node=fields.address(raw.get("node"), "node"),
+                batch_id=fields.integer(raw.get("batch"), "batch", 1, 2**255),
+                leaf_index=fields.integer(raw.get("index"), "index", 0, 2**32 - 1),
+                signer=fields.address(raw.get("signer"), "signer"),
+                signature=fields.fixed_bytes(raw.get("sig"), "signature", 65),
             )
-        )
+        except FieldError as exc:
+            raise _bad(str(exc)) from None
+        return cls(verdict)
 
     def check(self, domain: Domain, batch: Batch) -> bool:
         """True when the signature recovers to the named signer, `batch` (the on-chain batch
@@ -260,24 +267,6 @@ class WithheldAccusation:
 
 def _bad(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.BAD_REQUEST, f"shared verdict: {message}")
-
-
-def _int(raw: Any, what: str, low: int, high: int) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not low <= raw <= high:
-        raise _bad(f"{what} must be an integer in [{low}, {high}]")
-    return raw
-
-
-def _bytes(raw: Any, what: str, length: int) -> bytes:
-    if not isinstance(raw, bytes) or len(raw) != length:
-        raise _bad(f"{what} must be {length} bytes")
-    return raw
-
-
-def _address(raw: Any, what: str) -> str:
-    if not isinstance(raw, str) or not is_address(raw):
-        raise _bad(f"{what} must be an address")
-    return to_checksum_address(raw)
 
 
 async def _store(

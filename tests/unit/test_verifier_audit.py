@@ -203,6 +203,9 @@ def test_a_reveal_that_does_not_show_the_sampled_leaf_proves_nothing(
     "tamper, message",
     [
         ("hidden", "do not hash to its inputHash"),
+        ("hidden dtype", "step 1: hidden states are float16, expected float32"),
+        ("hidden batch", "step 2: the session's batch is 2, the hidden states have batch 1"),
+        ("hidden shape", r"step 0: hidden states must be \[batch, tokens, 64\]"),
         ("mask", "the mask is not 0/1 \\[batch, 9\\]"),
         ("mask values", "the mask is not 0/1 \\[batch, 9\\]"),
         ("sketch", "does not hash to the leaf's sketchHash"),
@@ -220,6 +223,15 @@ def test_a_proven_leaf_with_bad_inputs_is_withheld_and_provable(
     inputs = list(opening.hidden)
     if tamper == "hidden":
         inputs[1] = inputs[1] + 1e-3
+        opening = dataclasses.replace(opening, hidden=inputs)
+    elif tamper == "hidden dtype":
+        inputs[1] = inputs[1].half()
+        opening = dataclasses.replace(opening, hidden=inputs)
+    elif tamper == "hidden batch":
+        inputs[2] = inputs[2][:1]
+        opening = dataclasses.replace(opening, hidden=inputs)
+    elif tamper == "hidden shape":
+        inputs[0] = inputs[0][0]
         opening = dataclasses.replace(opening, hidden=inputs)
     elif tamper == "mask":  # step 2's mask: it does not cover step 3's position
         opening = dataclasses.replace(opening, mask=opening.mask[:, :-1])
