@@ -26,6 +26,8 @@ processed is sent.
 from __future__ import annotations
 
 import logging
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,16 @@ from node.families import load_config
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class _SessionIds:
+    """The token ids the model layer keeps for one inference session."""
+
+    processed: torch.Tensor | None = None  # [batch, position]: the ids the servers processed
+    # what the last `generate` in the session returned, and its attention mask: both
+    # [batch, length], prepended to the inputs of the next `generate` in the session
+    generated: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
     """A causal LM with local ends and remote blocks (see the module doc)."""
 
@@ -71,6 +83,10 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         self.client = client
         self.tokenizer = tokenizer
         self._session: InferenceSession | None = None  # the session `forward` steps
+        # the ids of each session this model stepped; weak, so a session ends as usual
+        self._ids: weakref.WeakKeyDictionary[InferenceSession, _SessionIds] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
@@ -154,9 +170,8 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         # input_ids: [batch, length]; the session processed the first `position` of them
         done = session.position
-        if session.processed_ids is not None and not torch.equal(
-            input_ids[:, :done], session.processed_ids
-        ):
+        ids = self._ids_of(session)
+        if ids.processed is not None and not torch.equal(input_ids[:, :done], ids.processed):
             raise SessionStateError(
                 "these input ids disagree with what the inference session already processed"
             )
@@ -171,7 +186,7 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
             )
         hidden = self.head.embed(new_ids)  # [batch, new, hidden_size]
         out = session.step(hidden, mask)
-        session.processed_ids = input_ids.clone()
+        ids.processed = input_ids.clone()
         logits = self.head.logits(out).float()  # [batch, new, vocab]
         return CausalLMOutputWithPast(logits=logits)
 
@@ -197,9 +212,9 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         if (kwargs.get("num_beams") or base.num_beams or 1) != 1:
             raise ClientConfigError("beam search is not supported over the swarm; use num_beams=1")
         attention_mask = kwargs.pop("attention_mask", None)
-        if session is not None and session.output_ids is not None:
-            prefix, prefix_mask = session.output_ids, session.output_mask
-            assert prefix_mask is not None
+        generated = None if session is None else self._ids_of(session).generated
+        if generated is not None:
+            prefix, prefix_mask = generated
             if inputs is None:
                 inputs = prefix.new_zeros(prefix.shape[0], 0)
             new_mask = torch.ones_like(inputs) if attention_mask is None else attention_mask
@@ -249,12 +264,16 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         finally:
             self._session = previous
         ids = result if isinstance(result, torch.Tensor) else result.sequences
-        session.output_ids = ids
         new = ids.shape[1] - attention_mask.shape[1]
-        session.output_mask = torch.cat(
-            [attention_mask, attention_mask.new_ones(ids.shape[0], new)], dim=1
-        )
+        mask = torch.cat([attention_mask, attention_mask.new_ones(ids.shape[0], new)], dim=1)
+        self._ids_of(session).generated = (ids, mask)
         return result
+
+    def _ids_of(self, session: InferenceSession) -> _SessionIds:
+        ids = self._ids.get(session)
+        if ids is None:
+            ids = self._ids[session] = _SessionIds()
+        return ids
 
     def close(self) -> None:
         """Leave the swarm and close the client's ledger."""

@@ -9,7 +9,7 @@ voucher for the step's tokens at the hop's price, sends the hidden states and th
 mask, and checks the signed receipt (`client.receipts.check_receipt`): signer, leaf, input
 and output hashes, the hash of the sketch of the output it received (recomputed here, so that
 what the node committed is what it sent), and the chain of custody from the previous hop. Every receipt is kept in the
-ledger (invalid ones as evidence).
+ledger (invalid ones as evidence; `client.keeper.ReceiptKeeper`).
 
 Each hop keeps its history: every input it was sent, in order. When a hop fails (gone,
 refusing, a bad receipt, an expired session), the client avoids that server for a while,
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -40,13 +41,19 @@ from client.payments import ClientChannel
 from client.receipts import ExpectedLeaf, ReceiptProblem, check_receipt
 from client.remote import RemoteError, RemoteSpanSession, RemoteUnavailableError
 from client.routing import RouteHop, route_price
+from ledger.types import ModelId
 from node.errors import BadTensorError
 from node.protocol import ErrorCode, ProtocolError, SignedReceipt
 from node.sketch import sketch
-from node.tensors import check_attention_mask, check_hidden_states, tensor_hash
+from node.tensors import check_attention_mask, check_hidden_states, dtype_from_name, tensor_hash
 
 if TYPE_CHECKING:
-    from client.client import SwarmClient
+    from client.keeper import ReceiptKeeper
+    from client.network import Network
+    from client.payments import Payments
+    from client.registry import ServerRegistry
+    from client.router import Router
+    from ledger.eip712 import Domain
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +70,32 @@ PAYMENT_CODES = frozenset(
 NO_BLAME_CODES = frozenset({ErrorCode.SESSION_EXPIRED, ErrorCode.SHUTTING_DOWN, ErrorCode.BUSY})
 # Non-fatal refusals that mean our request is wrong (a client bug, not a server failure).
 REQUEST_CODES = frozenset({ErrorCode.BAD_TENSOR, ErrorCode.OUT_OF_ORDER, ErrorCode.LENGTH_EXCEEDED})
+
+
+@dataclass(frozen=True)
+class SessionParts:
+    """What an inference session works with: the parts of its client it calls and the few
+    settings it reads (`client.client.SwarmClient` gives one to all its sessions)."""
+
+    router: Router  # routes blocks to servers; told which servers failed or served
+    network: Network  # opens, steps and closes server sessions
+    registry: ServerRegistry  # forgets a server's on-chain standing when it refuses
+    payments: Payments  # channels, vouchers, the budget and the chain's clock
+    receipts: ReceiptKeeper  # keeps every receipt (invalid ones as evidence)
+    step_lock: threading.RLock  # shared by the client's sessions: one step at a time
+    receipt_domain: Domain  # the EIP-712 domain nodes sign receipts in
+    model_id: ModelId  # the model's on-chain id, stated in every receipt
+    total_blocks: int  # the model's blocks: a route covers [0, total_blocks)
+    hidden_size: int  # the last dimension of the hidden states
+    dtype: str  # the hidden states' dtype on the wire (`ClientConfig.dtype`)
+    max_failovers: int  # server failures one step (or one route) may survive
+    open_timeout: float  # seconds to open a session on a server
+    step_timeout: float  # seconds a server may take for one step
+    silence_timeout: float  # seconds a server at work on a step may send nothing
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return dtype_from_name(self.dtype)
 
 
 @dataclass
@@ -98,21 +131,17 @@ class InferenceSession:
     not for use from several threads at once."""
 
     def __init__(
-        self, client: SwarmClient, *, max_length: int, batch_size: int | None = None
+        self, parts: SessionParts, *, max_length: int, batch_size: int | None = None
     ) -> None:
         if max_length < 1:
             raise SessionStateError(f"max_length must be >= 1, got {max_length}")
         if batch_size is not None and batch_size < 1:
             raise SessionStateError(f"batch_size must be >= 1, got {batch_size}")
-        self.client = client
+        self._parts = parts
         self.max_length = max_length
         self.batch_size = batch_size
         self.position = 0  # positions every server has processed
         self.mask: torch.Tensor | None = None  # [batch, position] int64 of what was processed
-        # token ids the model layer keeps: what was processed, and what `generate` returned
-        self.processed_ids: torch.Tensor | None = None  # [batch, position]
-        self.output_ids: torch.Tensor | None = None  # [batch, positions generated so far]
-        self.output_mask: torch.Tensor | None = None
         self.hops: list[Hop] = []
         self.served: dict[str, Served] = {}
         self.failovers = 0  # servers replaced during this session
@@ -133,9 +162,9 @@ class InferenceSession:
         block's output [batch, tokens, hidden_size] in float32 (before the final norm)."""
         if self.closed:
             raise SessionStateError("the inference session is closed")
-        client = self.client
+        parts = self._parts
         try:
-            check_hidden_states(hidden, hidden_size=client.hidden_size, batch=self.batch_size)
+            check_hidden_states(hidden, hidden_size=parts.hidden_size, batch=self.batch_size)
         except BadTensorError as exc:
             raise SessionStateError(str(exc)) from None
         batch, tokens, _ = hidden.shape
@@ -147,15 +176,15 @@ class InferenceSession:
                 f"opened with max_length={self.max_length}"
             )
         mask = self._full_mask(attention_mask, batch, tokens)
-        with client.step_lock:
+        with parts.step_lock:
             if not self.hops:
                 self.hops = self._open_range(
-                    0, client.total_blocks, history=None, step_tokens=batch * tokens
+                    0, parts.total_blocks, history=None, step_tokens=batch * tokens
                 )
-            client.payments.budget.check(
+            parts.payments.budget.check(
                 batch * tokens * route_price(self.route), f"a step of {batch * tokens} tokens"
             )
-            x = self._through_route(hidden.to(client.torch_dtype), mask)
+            x = self._through_route(hidden.to(parts.torch_dtype), mask)
             self.position += tokens
             self.mask = mask
         return x.float()
@@ -164,7 +193,6 @@ class InferenceSession:
         """One step through every hop, replacing failed ones. Histories grow only once the
         whole step went through; if it does not, the hops that ran it are closed (their caches
         are ahead of this session now) and reopened with a replay on the next step."""
-        client = self.client
         batch, tokens, _ = x.shape
         done: list[tuple[Hop, torch.Tensor]] = []
         previous: bytes | None = None
@@ -178,7 +206,7 @@ class InferenceSession:
                 except ServerFailure as failure:
                     failures += 1
                     self._discard(hop, failure)
-                    if failures > client.config.max_failovers:
+                    if failures > self._parts.max_failovers:
                         raise NoRouteError(
                             f"{failures} servers failed during one step; last: {failure}"
                         ) from failure
@@ -208,7 +236,7 @@ class InferenceSession:
         self.closed = True
         for hop in self.hops:
             self._close_remote(hop.remote)
-        self.client.flush_receipts()
+        self._parts.receipts.flush()
 
     def __enter__(self) -> InferenceSession:
         return self
@@ -243,16 +271,16 @@ class InferenceSession:
         block `start` so far) replayed through them; retried around failing servers. The
         budget must cover the replay and a step of `step_tokens` through the route before any
         channel is opened."""
-        client = self.client
+        parts = self._parts
         assert self.batch_size is not None
         replayed = 0 if history is None else history.shape[0] * history.shape[1]
         failures = 0
         while True:
-            route = client.router.route(start, end)
+            route = parts.router.route(start, end)
             what = f"a step of {step_tokens} tokens through blocks [{start}, {end})"
             if replayed:
                 what = f"replaying {replayed} tokens and {what}"
-            client.payments.budget.check((replayed + step_tokens) * route_price(route), what)
+            parts.payments.budget.check((replayed + step_tokens) * route_price(route), what)
             hops: list[Hop] = []
             try:
                 for planned in route:
@@ -265,36 +293,36 @@ class InferenceSession:
                 for hop in hops:
                     self._discard(hop, failure if hop.peer_id == failure.peer_id else None)
                 if failure.peer_id not in {h.peer_id for h in hops}:
-                    client.router.failed(failure.peer_id, str(failure))
-                if failures > client.config.max_failovers:
+                    parts.router.failed(failure.peer_id, str(failure))
+                if failures > parts.max_failovers:
                     raise NoRouteError(
                         f"no working route through blocks [{start}, {end}) after {failures} "
                         f"failures; last: {failure}"
                     ) from failure
 
     def _open_hop(self, planned: RouteHop) -> Hop:
-        client = self.client
+        parts = self._parts
         assert self.batch_size is not None
         session_tokens = self.batch_size * self.max_length
-        channel = client.payments.channel(
+        channel = parts.payments.channel(
             planned.address, price_per_token=planned.price_per_token, session_tokens=session_tokens
         )
-        client.payments.ensure_room(
+        parts.payments.ensure_room(
             channel, 0, price_per_token=planned.price_per_token, session_tokens=session_tokens
         )
         try:
-            remote = client.network.open_session(
+            remote = parts.network.open_session(
                 planned.peer_id,
                 session_id=os.urandom(32),
                 span=(planned.start, planned.end),
                 max_length=self.max_length,
                 batch_size=self.batch_size,
                 channel_id=channel.channel_id,
-                dtype=client.config.dtype,
-                timeout=client.config.open_timeout,
+                dtype=parts.dtype,
+                timeout=parts.open_timeout,
             )
         except RemoteError as exc:
-            client.registry.forget(planned.peer_id)  # any refusal: re-read its standing
+            parts.registry.forget(planned.peer_id)  # any refusal: re-read its standing
             if exc.code in PAYMENT_CODES:
                 raise PaymentRefusedError(
                     f"server {planned.address} refused channel {channel.channel_id}: "
@@ -335,7 +363,7 @@ class InferenceSession:
         """One step on one hop: pay, send, check the receipt, keep it. Returns the output and
         its hash. `ServerFailure` when the server fails; `PaymentRefusedError` when it refuses
         the payment."""
-        client = self.client
+        parts = self._parts
         if hop.remote.closed:  # dropped after an unfinished step: reopen it, no one's fault
             raise ServerFailure(
                 f"the session on {hop.peer_id} was closed", peer_id=hop.peer_id, ban=False
@@ -344,27 +372,27 @@ class InferenceSession:
         price = hop.route.price_per_token
         cost = batch * tokens * price
         session_tokens = batch * self.max_length
-        client.payments.ensure_room(
+        parts.payments.ensure_room(
             hop.channel, cost, price_per_token=price, session_tokens=session_tokens
         )
         previous_voucher = hop.channel.voucher
-        voucher = client.payments.pay(hop.channel, cost)
+        voucher = parts.payments.pay(hop.channel, cost)
         step = hop.remote.next_step
         try:
-            out, receipt = client.network.step(
+            out, receipt = parts.network.step(
                 hop.remote,
                 x,
                 mask,
                 voucher,
-                timeout=client.config.step_timeout,
-                silence=client.config.silence_timeout,
+                timeout=parts.step_timeout,
+                silence=parts.silence_timeout,
             )
         except RemoteError as exc:
-            client.registry.forget(hop.peer_id)  # any refusal: re-read its standing on-chain
+            parts.registry.forget(hop.peer_id)  # any refusal: re-read its standing on-chain
             if exc.spent:  # the node kept the voucher: paid, nothing received
                 self._paid_for_nothing(hop, cost)
             else:
-                client.payments.refused(hop.channel, voucher, previous_voucher)
+                parts.payments.refused(hop.channel, voucher, previous_voucher)
             if exc.code in PAYMENT_CODES:
                 raise PaymentRefusedError(
                     f"server {hop.address} refused our payment on channel "
@@ -397,7 +425,7 @@ class InferenceSession:
         expected = ExpectedLeaf(
             signer=hop.address,
             session_id=hop.remote.session_id,
-            model_id=client.model_id,
+            model_id=parts.model_id,
             span=(hop.route.start, hop.route.end),
             step=step,
             tokens=batch * tokens,
@@ -405,17 +433,25 @@ class InferenceSession:
             output_hash=received,
             sketch_hash=sketched,
             # the chain's time, as the node's: the receipt's commit deadline counts on-chain
-            received_at=int(client.payments.clock.now()),
+            received_at=int(parts.payments.clock.now()),
             previous_output_hash=previous,
         )
-        problem = check_receipt(client.receipt_domain, receipt, expected)
+        problem = check_receipt(parts.receipt_domain, receipt, expected)
         if problem is not None and problem[0] is ReceiptProblem.ISSUED_AT:
             # our idea of the chain's time may be stale (it is read now and then): read it again
-            client.payments.clock.refresh()
-            expected = replace(expected, received_at=int(client.payments.clock.now()))
-            problem = check_receipt(client.receipt_domain, receipt, expected)
-        client.keep_receipt(
-            hop, receipt, sent=sent, received=received, cost=cost, problem=problem, output=out
+            parts.payments.clock.refresh()
+            expected = replace(expected, received_at=int(parts.payments.clock.now()))
+            problem = check_receipt(parts.receipt_domain, receipt, expected)
+        parts.receipts.keep(
+            receipt,
+            server=hop.address,
+            peer_id=hop.peer_id,
+            channel_id=hop.channel.channel_id,
+            sent=sent,
+            received=received,
+            cost=cost,
+            problem=problem,
+            output=out,
         )
         if problem is not None:
             kind, detail = problem
@@ -424,7 +460,7 @@ class InferenceSession:
                 peer_id=hop.peer_id,
                 problem=kind.value,
             )
-        client.router.succeeded(hop.peer_id)
+        parts.router.succeeded(hop.peer_id)
         served = self.served.setdefault(hop.address, Served(hop.address, hop.peer_id))
         served.tokens += batch * tokens
         served.cost += cost
@@ -438,13 +474,13 @@ class InferenceSession:
     def _discard(self, hop: Hop, failure: ServerFailure | None) -> None:
         self._close_remote(hop.remote)
         if failure is not None and failure.ban:
-            self.client.router.failed(hop.peer_id, str(failure))
+            self._parts.router.failed(hop.peer_id, str(failure))
         elif failure is not None:
             logger.info("reopening blocks [%d, %d): %s", hop.route.start, hop.route.end, failure)
 
     def _close_remote(self, remote: RemoteSpanSession) -> None:
         try:
-            self.client.network.close_session(remote)
+            self._parts.network.close_session(remote)
         except Exception as exc:  # closing a broken stream must not hide the real problem
             logger.debug("closing a session: %s", exc)
 

@@ -263,9 +263,9 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
         def forget_read_ahead() -> None:
             """Give back the read-ahead of messages no handler will take."""
             done = receiving
-            if done is not None and done.done() and not done.cancelled():
-                if done.exception() is None:
-                    _BUFFERED.give(done.result()[1])
+            finished = done is not None and done.done() and not done.cancelled()
+            if done is not None and finished and done.exception() is None:
+                _BUFFERED.give(done.result()[1])
             while not queue.empty():
                 item = queue.get_nowait()
                 if isinstance(item, tuple):
