@@ -11,9 +11,7 @@ the status API's URL; SIGINT/SIGTERM shut it down cleanly (exit status 0).
 
 from __future__ import annotations
 
-import logging
 import re
-import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +26,7 @@ from ledger.types import parse_token_amount
 from node.config import DEFAULT_HOST_MADDRS, ConfigError, NodeConfig
 from node.errors import NodeError
 from node.faults import FAULT_MODES
+from node.logs import setup_logging
 
 app = typer.Typer(
     help="Serve blocks of a model to the swarm.",
@@ -55,15 +54,6 @@ ThreadsOpt = Annotated[
     int | None, typer.Option(help="Torch threads (default: torch's).", show_default=False)
 ]
 LogLevelOpt = Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]
-
-
-def setup_logging(log_level: str) -> None:
-    """Log records at `log_level` and above to stderr, with time, level and logger."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def parse_blocks(text: str) -> tuple[int, int]:
@@ -215,7 +205,6 @@ def serve(
     out = Console(soft_wrap=True, highlight=False)
     err = Console(stderr=True, soft_wrap=True)
     setup_logging(log_level)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         config = NodeConfig(
             model_path=model,

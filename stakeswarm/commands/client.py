@@ -17,8 +17,6 @@ channels' balances.
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ from rich.table import Table
 from client.errors import BudgetExceededError, ClientError
 from ledger.wallet import PasswordSource, create_wallet, keystore_address
 from node.errors import NodeError
+from node.logs import setup_logging
 from stakeswarm.commands.chain_support import (
     AccountOpt,
     ChainOptions,
@@ -91,16 +90,6 @@ def _options(
                 "give --keystore FILE, or use --devnet"
             )
     return ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("hivemind", "httpx", "web3", "urllib3", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 class _Printer:
@@ -180,7 +169,7 @@ def generate(
     from client.config import ClientConfig
     from client.model import DistributedModelForCausalLM
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     if max_new_tokens < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--max-new-tokens")
     if temperature < 0:

@@ -18,7 +18,6 @@ kept receipts (a client's) for two receipts one node signed for the same step, a
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,8 +34,8 @@ from node.cli import (
     ModelNameOpt,
     ThreadsOpt,
     parse_tokens,
-    setup_logging,
 )
+from node.logs import setup_logging
 from stakeswarm.commands.chain_support import (
     AccountOpt,
     ChainOptions,
@@ -126,8 +125,6 @@ def run(
     out = Console(soft_wrap=True, highlight=False)
     err = Console(stderr=True, soft_wrap=True)
     setup_logging(log_level)
-    for noisy in ("hivemind", "httpx", "web3", "urllib3", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         config = VerifierConfig(
             model_path=model,
