@@ -22,7 +22,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ledger.errors import LedgerError
-from ledger.types import parse_token_amount
+from node.cli_options import (
+    ChainOptions,
+    HttpPortOpt,
+    LogLevelOpt,
+    ModelNameOpt,
+    ThreadsOpt,
+    parse_tokens,
+    with_chain_options,
+)
 from node.config import DEFAULT_HOST_MADDRS, ConfigError, NodeConfig
 from node.errors import NodeError
 from node.faults import FAULT_MODES
@@ -40,20 +48,14 @@ def node() -> None:
     """Run a node of the swarm."""  # a callback keeps `serve` a sub-command
 
 
-# --- options `stakeswarm verifier run` takes too, the same way --------------------------------
-
-ModelNameOpt = Annotated[
+NodeAccountOpt = Annotated[
     str | None,
     typer.Option(
-        help="The swarm's name of the model (default: the folder's name).", show_default=False
+        "--account",
+        help="With --devnet: dev account name, role or index (default: node).",
+        show_default=False,
     ),
 ]
-HomeDirOpt = Annotated[Path, typer.Option(help="State directory.")]
-HttpPortOpt = Annotated[int, typer.Option(help="Status API port (0: any free port).")]
-ThreadsOpt = Annotated[
-    int | None, typer.Option(help="Torch threads (default: torch's).", show_default=False)
-]
-LogLevelOpt = Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]
 
 
 def parse_blocks(text: str) -> tuple[int, int]:
@@ -64,17 +66,8 @@ def parse_blocks(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def parse_tokens(text: str | None, what: str) -> Decimal | None:
-    """Whole tokens, decimals allowed ("100", "0.001"); None stays None."""
-    if text is None:
-        return None
-    try:
-        return parse_token_amount(text, what)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
-
 @app.command("serve")
+@with_chain_options(account=NodeAccountOpt)
 def serve(
     model: Annotated[
         Path,
@@ -94,32 +87,6 @@ def serve(
         ),
     ] = None,
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
-    devnet: Annotated[bool, typer.Option(help="Use the running devnet and a dev key.")] = False,
-    account: Annotated[
-        str | None,
-        typer.Option(
-            help="With --devnet: dev account name, role or index (default: node).",
-            show_default=False,
-        ),
-    ] = None,
-    home: HomeDirOpt = Path("~/.stakeswarm"),
-    rpc: Annotated[
-        str | None,
-        typer.Option(help="JSON-RPC URL (default: the deployment's).", show_default=False),
-    ] = None,
-    deployment: Annotated[
-        Path | None, typer.Option(help="Deployment JSON (without --devnet).", show_default=False)
-    ] = None,
-    keystore: Annotated[
-        Path | None,
-        typer.Option(help="The node's keystore (without --devnet).", show_default=False),
-    ] = None,
-    password_env: Annotated[
-        str | None,
-        typer.Option(
-            help="Variable holding the keystore password (else prompted).", show_default=False
-        ),
-    ] = None,
     new_ledger: Annotated[
         bool,
         typer.Option(
@@ -198,6 +165,8 @@ def serve(
         ),
     ] = None,
     log_level: LogLevelOpt = "INFO",
+    *,
+    options: ChainOptions,
 ) -> None:
     """Serve blocks of a model: stake for them, announce them, answer inference, get paid."""
     from node.server import Ready, Server  # heavy imports only when serving
@@ -213,13 +182,7 @@ def serve(
             num_blocks=num_blocks,
             dtype=dtype,
             torch_threads=threads,
-            home=home,
-            devnet=devnet,
-            account=account,
-            deployment_file=deployment,
-            rpc_url=rpc,
-            keystore=keystore,
-            password_env=password_env,
+            **options.identity(),
             new_ledger=new_ledger,
             initial_peers=tuple(initial_peers or ()),
             host_maddrs=tuple(host_maddrs or DEFAULT_HOST_MADDRS),

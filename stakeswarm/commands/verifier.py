@@ -27,25 +27,24 @@ from rich.console import Console
 from rich.markup import escape
 
 from ledger.errors import LedgerError
-from node.cli import (
-    HomeDirOpt,
-    HttpPortOpt,
-    LogLevelOpt,
-    ModelNameOpt,
-    ThreadsOpt,
-    parse_tokens,
-)
-from node.logs import setup_logging
-from stakeswarm.commands.chain_support import (
+from node.cli_options import (
     AccountOpt,
     ChainOptions,
-    CliInputError,
     DeploymentOpt,
     DevnetOpt,
     HomeOpt,
+    HttpPortOpt,
     KeystoreOpt,
-    PasswordEnvOpt,
+    LogLevelOpt,
+    ModelNameOpt,
     RpcOpt,
+    ThreadsOpt,
+    parse_tokens,
+    with_chain_options,
+)
+from node.logs import setup_logging
+from stakeswarm.commands.chain_support import (
+    CliInputError,
     connect,
     format_tokens,
     print_tx,
@@ -66,6 +65,7 @@ app = typer.Typer(
 
 
 @app.command("run")
+@with_chain_options
 def run(
     model: Annotated[
         Path,
@@ -75,13 +75,6 @@ def run(
         float, typer.Option(help="Probability that any one committed leaf is audited.")
     ] = 0.05,
     model_name: ModelNameOpt = None,
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeDirOpt = Path("~/.stakeswarm"),
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
     stake: Annotated[
         str | None,
         typer.Option(
@@ -116,6 +109,8 @@ def run(
     ] = None,
     threads: ThreadsOpt = None,
     log_level: LogLevelOpt = "INFO",
+    *,
+    options: ChainOptions,
 ) -> None:
     """Follow commits, audit sampled leaves, slash cheaters (until SIGINT/SIGTERM)."""
     from verifier.config import VerifierConfig
@@ -134,13 +129,7 @@ def run(
             reveal_deadline=reveal_deadline,
             retry_interval=retry_interval,
             torch_threads=threads,
-            home=home,
-            devnet=devnet,
-            account=account,
-            deployment_file=deployment,
-            rpc_url=rpc,
-            keystore=keystore,
-            password_env=password_env,
+            **options.identity(),
             stake=parse_tokens(stake, "--stake"),
             poll_interval=poll_interval,
             from_block=from_block,
@@ -251,20 +240,16 @@ def status(
 
 
 @app.command("report-equivocation")
+@with_chain_options
 def report_equivocation(
     ledger_file: Annotated[
         Path, typer.Option("--ledger", help="A ledger that kept receipts (a client's).")
     ],
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
     submit: Annotated[
         bool, typer.Option(help="Slash every equivocating node found (earns the bounty).")
     ] = False,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Find two receipts one node signed for the same step, and slash it with them."""
     from ledger.chain import ContractRevert
@@ -274,7 +259,6 @@ def report_equivocation(
     with reporting() as console:
         if not ledger_file.is_file():
             raise CliInputError(f"no ledger at {ledger_file}")
-        options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
         conn = connect(options, role="client", sign=submit)
         ledger = open_ledger(sqlite_url(ledger_file))
         try:
