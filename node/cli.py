@@ -86,7 +86,7 @@ def serve(
             help="Serve this many blocks where the swarm needs them most.", show_default=False
         ),
     ] = None,
-    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = NodeConfig.dtype,
     new_ledger: Annotated[
         bool,
         typer.Option(
@@ -113,35 +113,47 @@ def serve(
         list[str] | None,
         typer.Option(help="Public multiaddrs to announce (repeat).", show_default=False),
     ] = None,
-    price: Annotated[str, typer.Option(help="Tokens per token per block.")] = "0.000001",
+    price: Annotated[str, typer.Option(help="Tokens per token per block.")] = str(NodeConfig.price),
     stake: Annotated[
         str | None,
         typer.Option(
             help="Tokens to keep staked (default: the registry's minimum).", show_default=False
         ),
     ] = None,
-    credit: Annotated[str, typer.Option(help="Tokens a client may owe beyond its vouchers.")] = "0",
-    http_port: HttpPortOpt = 0,
-    cache_tokens: Annotated[int, typer.Option(help="KV cache budget in tokens.")] = 16384,
+    credit: Annotated[str, typer.Option(help="Tokens a client may owe beyond its vouchers.")] = str(
+        NodeConfig.credit
+    ),
+    http_port: HttpPortOpt = NodeConfig.http_port,
+    cache_tokens: Annotated[
+        int, typer.Option(help="KV cache budget in tokens.")
+    ] = NodeConfig.cache_tokens,
     idle_timeout: Annotated[
         float, typer.Option(help="Seconds before an idle session ends.")
-    ] = 300.0,
+    ] = NodeConfig.session_idle_timeout,
     open_timeout: Annotated[
         float, typer.Option(help="Seconds an open session may go without a paid step.")
     ] = NodeConfig.session_open_timeout,
-    commit_interval: Annotated[float, typer.Option(help="Seconds between commits.")] = 600.0,
-    commit_leaves: Annotated[int, typer.Option(help="Commit once this many leaves wait.")] = 4096,
-    redeem_interval: Annotated[float, typer.Option(help="Seconds between redemptions.")] = 600.0,
-    announce_interval: Annotated[float, typer.Option(help="Seconds between DHT refreshes.")] = 30.0,
+    commit_interval: Annotated[
+        float, typer.Option(help="Seconds between commits.")
+    ] = NodeConfig.commit_interval,
+    commit_leaves: Annotated[
+        int, typer.Option(help="Commit once this many leaves wait.")
+    ] = NodeConfig.commit_max_leaves,
+    redeem_interval: Annotated[
+        float, typer.Option(help="Seconds between redemptions.")
+    ] = NodeConfig.redeem_interval,
+    announce_interval: Annotated[
+        float, typer.Option(help="Seconds between DHT refreshes.")
+    ] = NodeConfig.announce_interval,
     challenge_interval: Annotated[
         float, typer.Option(help="Seconds between looks for receipt challenges to answer.")
-    ] = 60.0,
+    ] = NodeConfig.challenge_poll_interval,
     rebalance_interval: Annotated[
         float, typer.Option(help="Seconds between checks whether to move the span.")
-    ] = 120.0,
+    ] = NodeConfig.rebalance_interval,
     max_frame_mb: Annotated[
         float, typer.Option(help="Largest tensor payload accepted per message frame, in MiB.")
-    ] = 64.0,
+    ] = NodeConfig.max_frame_bytes / 2**20,
     max_forward_tokens: Annotated[
         int, typer.Option(help="Most tokens (batch x length) one stateless forward may carry.")
     ] = NodeConfig.max_forward_tokens,

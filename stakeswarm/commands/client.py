@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from client.config import ClientConfig
 from client.errors import BudgetExceededError, ClientError
 from ledger.wallet import PasswordSource, create_wallet, keystore_address
 from node.cli_options import (
@@ -153,7 +154,7 @@ def generate(
     seed: Annotated[
         int | None, typer.Option(help="Random seed for sampling.", show_default=False)
     ] = None,
-    dtype: Annotated[str, typer.Option(help="Hidden states on the wire.")] = "float32",
+    dtype: Annotated[str, typer.Option(help="Hidden states on the wire.")] = ClientConfig.dtype,
     log_level: LogLevelOpt = "WARNING",
     *,
     options: ChainOptions,
@@ -161,7 +162,6 @@ def generate(
     """Generate text through the swarm, streaming it, and pay every server per token."""
     import torch
 
-    from client.config import ClientConfig
     from client.model import DistributedModelForCausalLM
 
     setup_logging(log_level)

@@ -51,11 +51,7 @@ from stakeswarm.commands.chain_support import (
     reporting,
 )
 from stakeswarm.home import Home
-from verifier.config import (
-    DEFAULT_RETRY_INTERVAL,
-    DEFAULT_REVEAL_DEADLINE,
-    DEFAULT_REVEAL_TIMEOUT,
-)
+from verifier.config import VerifierConfig
 
 app = typer.Typer(
     help="Audit the swarm and slash cheating nodes; the verifier's status.",
@@ -73,7 +69,7 @@ def run(
     ],
     sample_rate: Annotated[
         float, typer.Option(help="Probability that any one committed leaf is audited.")
-    ] = 0.05,
+    ] = VerifierConfig.sample_rate,
     model_name: ModelNameOpt = None,
     stake: Annotated[
         str | None,
@@ -86,23 +82,23 @@ def run(
         list[str] | None,
         typer.Option(help="Multiaddr of a swarm member (repeat).", show_default=False),
     ] = None,
-    http_port: HttpPortOpt = 0,
+    http_port: HttpPortOpt = VerifierConfig.http_port,
     reveal_timeout: Annotated[
         float, typer.Option(help="Seconds one reveal may take.")
-    ] = DEFAULT_REVEAL_TIMEOUT,
+    ] = VerifierConfig.reveal_timeout,
     reveal_deadline: Annotated[
         float,
         typer.Option(
             help="Seconds a node has to reveal a sampled leaf; after it, a withheld verdict "
             "and a slash (cut to fit the batch's challenge window)."
         ),
-    ] = DEFAULT_REVEAL_DEADLINE,
+    ] = VerifierConfig.reveal_deadline,
     retry_interval: Annotated[
         float, typer.Option(help="Seconds between reveal attempts of one leaf.")
-    ] = DEFAULT_RETRY_INTERVAL,
+    ] = VerifierConfig.retry_interval,
     poll_interval: Annotated[
         float, typer.Option(help="Seconds between reads of new commits and slashes.")
-    ] = 2.0,
+    ] = VerifierConfig.poll_interval,
     from_block: Annotated[
         int | None,
         typer.Option(help="First block to sample (default: resume).", show_default=False),
@@ -113,7 +109,6 @@ def run(
     options: ChainOptions,
 ) -> None:
     """Follow commits, audit sampled leaves, slash cheaters (until SIGINT/SIGTERM)."""
-    from verifier.config import VerifierConfig
     from verifier.errors import VerifierError
     from verifier.service import Ready, Verifier  # heavy imports only when running
 
