@@ -165,9 +165,6 @@ def serve(
         ),
     ] = NodeConfig.max_incoming_bytes / 2**20,
     threads: ThreadsOpt = None,
-    no_commitments: Annotated[
-        bool, typer.Option(help="Benchmarks only: no leaves, receipts or commits.", hidden=True)
-    ] = False,
     faulty: Annotated[
         str | None,
         typer.Option(
@@ -212,7 +209,6 @@ def serve(
             commit_max_leaves=commit_leaves,
             redeem_interval=redeem_interval,
             challenge_poll_interval=challenge_interval,
-            commitments=not no_commitments,
             faulty=faulty,
             http_port=http_port,
             max_frame_bytes=int(max_frame_mb * 2**20),
