@@ -12,7 +12,6 @@ the status API's URL; SIGINT/SIGTERM shut it down cleanly (exit status 0).
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -199,9 +198,9 @@ def serve(
             announce_interval=announce_interval,
             announce_ttl=max(3 * announce_interval, announce_interval + 10),
             rebalance_interval=rebalance_interval,
-            price=parse_tokens(price, "--price") or Decimal(0),
-            stake=parse_tokens(stake, "--stake"),
-            credit=parse_tokens(credit, "--credit") or Decimal(0),
+            price=parse_tokens(price, "--price"),
+            stake=None if stake is None else parse_tokens(stake, "--stake"),
+            credit=parse_tokens(credit, "--credit"),
             cache_tokens=cache_tokens,
             session_idle_timeout=idle_timeout,
             session_open_timeout=open_timeout,

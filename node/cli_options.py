@@ -163,10 +163,10 @@ ThreadsOpt = Annotated[
 LogLevelOpt = Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]
 
 
-def parse_tokens(text: str | None, what: str) -> Decimal | None:
-    """Whole tokens, decimals allowed ("100", "0.001"); None stays None."""
-    if text is None:
-        return None
+def parse_tokens(text: str, what: str) -> Decimal:
+    """Whole tokens, decimals allowed ("100", "0.001"), for a config that keeps them whole
+    (`NodeConfig`, `VerifierConfig`); the `chain` and `client` commands, which know the
+    token's decimals, convert to base units with `chain_support.parse_tokens`."""
     try:
         return parse_token_amount(text, what)
     except ValueError as exc:

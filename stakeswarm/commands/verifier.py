@@ -125,7 +125,7 @@ def run(
             retry_interval=retry_interval,
             torch_threads=threads,
             **options.identity(),
-            stake=parse_tokens(stake, "--stake"),
+            stake=None if stake is None else parse_tokens(stake, "--stake"),
             poll_interval=poll_interval,
             from_block=from_block,
             initial_peers=tuple(initial_peers or ()),
