@@ -11,10 +11,7 @@ the status API's URL; SIGINT/SIGTERM shut it down cleanly (exit status 0).
 
 from __future__ import annotations
 
-import logging
 import re
-import sys
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -24,10 +21,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ledger.errors import LedgerError
-from ledger.types import parse_token_amount
+from node.cli_options import (
+    ChainOptions,
+    HttpPortOpt,
+    LogLevelOpt,
+    ModelNameOpt,
+    ThreadsOpt,
+    parse_tokens,
+    with_chain_options,
+)
 from node.config import DEFAULT_HOST_MADDRS, ConfigError, NodeConfig
 from node.errors import NodeError
 from node.faults import FAULT_MODES
+from node.logs import setup_logging
 
 app = typer.Typer(
     help="Serve blocks of a model to the swarm.",
@@ -41,29 +47,14 @@ def node() -> None:
     """Run a node of the swarm."""  # a callback keeps `serve` a sub-command
 
 
-# --- options `stakeswarm verifier run` takes too, the same way --------------------------------
-
-ModelNameOpt = Annotated[
+NodeAccountOpt = Annotated[
     str | None,
     typer.Option(
-        help="The swarm's name of the model (default: the folder's name).", show_default=False
+        "--account",
+        help="With --devnet: dev account name, role or index (default: node).",
+        show_default=False,
     ),
 ]
-HomeDirOpt = Annotated[Path, typer.Option(help="State directory.")]
-HttpPortOpt = Annotated[int, typer.Option(help="Status API port (0: any free port).")]
-ThreadsOpt = Annotated[
-    int | None, typer.Option(help="Torch threads (default: torch's).", show_default=False)
-]
-LogLevelOpt = Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]
-
-
-def setup_logging(log_level: str) -> None:
-    """Log records at `log_level` and above to stderr, with time, level and logger."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def parse_blocks(text: str) -> tuple[int, int]:
@@ -74,17 +65,8 @@ def parse_blocks(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def parse_tokens(text: str | None, what: str) -> Decimal | None:
-    """Whole tokens, decimals allowed ("100", "0.001"); None stays None."""
-    if text is None:
-        return None
-    try:
-        return parse_token_amount(text, what)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
-
 @app.command("serve")
+@with_chain_options(account=NodeAccountOpt)
 def serve(
     model: Annotated[
         Path,
@@ -103,33 +85,7 @@ def serve(
             help="Serve this many blocks where the swarm needs them most.", show_default=False
         ),
     ] = None,
-    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
-    devnet: Annotated[bool, typer.Option(help="Use the running devnet and a dev key.")] = False,
-    account: Annotated[
-        str | None,
-        typer.Option(
-            help="With --devnet: dev account name, role or index (default: node).",
-            show_default=False,
-        ),
-    ] = None,
-    home: HomeDirOpt = Path("~/.stakeswarm"),
-    rpc: Annotated[
-        str | None,
-        typer.Option(help="JSON-RPC URL (default: the deployment's).", show_default=False),
-    ] = None,
-    deployment: Annotated[
-        Path | None, typer.Option(help="Deployment JSON (without --devnet).", show_default=False)
-    ] = None,
-    keystore: Annotated[
-        Path | None,
-        typer.Option(help="The node's keystore (without --devnet).", show_default=False),
-    ] = None,
-    password_env: Annotated[
-        str | None,
-        typer.Option(
-            help="Variable holding the keystore password (else prompted).", show_default=False
-        ),
-    ] = None,
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = NodeConfig.dtype,
     new_ledger: Annotated[
         bool,
         typer.Option(
@@ -156,35 +112,47 @@ def serve(
         list[str] | None,
         typer.Option(help="Public multiaddrs to announce (repeat).", show_default=False),
     ] = None,
-    price: Annotated[str, typer.Option(help="Tokens per token per block.")] = "0.000001",
+    price: Annotated[str, typer.Option(help="Tokens per token per block.")] = str(NodeConfig.price),
     stake: Annotated[
         str | None,
         typer.Option(
             help="Tokens to keep staked (default: the registry's minimum).", show_default=False
         ),
     ] = None,
-    credit: Annotated[str, typer.Option(help="Tokens a client may owe beyond its vouchers.")] = "0",
-    http_port: HttpPortOpt = 0,
-    cache_tokens: Annotated[int, typer.Option(help="KV cache budget in tokens.")] = 16384,
+    credit: Annotated[str, typer.Option(help="Tokens a client may owe beyond its vouchers.")] = str(
+        NodeConfig.credit
+    ),
+    http_port: HttpPortOpt = NodeConfig.http_port,
+    cache_tokens: Annotated[
+        int, typer.Option(help="KV cache budget in tokens.")
+    ] = NodeConfig.cache_tokens,
     idle_timeout: Annotated[
         float, typer.Option(help="Seconds before an idle session ends.")
-    ] = 300.0,
+    ] = NodeConfig.session_idle_timeout,
     open_timeout: Annotated[
         float, typer.Option(help="Seconds an open session may go without a paid step.")
     ] = NodeConfig.session_open_timeout,
-    commit_interval: Annotated[float, typer.Option(help="Seconds between commits.")] = 600.0,
-    commit_leaves: Annotated[int, typer.Option(help="Commit once this many leaves wait.")] = 4096,
-    redeem_interval: Annotated[float, typer.Option(help="Seconds between redemptions.")] = 600.0,
-    announce_interval: Annotated[float, typer.Option(help="Seconds between DHT refreshes.")] = 30.0,
+    commit_interval: Annotated[
+        float, typer.Option(help="Seconds between commits.")
+    ] = NodeConfig.commit_interval,
+    commit_leaves: Annotated[
+        int, typer.Option(help="Commit once this many leaves wait.")
+    ] = NodeConfig.commit_max_leaves,
+    redeem_interval: Annotated[
+        float, typer.Option(help="Seconds between redemptions.")
+    ] = NodeConfig.redeem_interval,
+    announce_interval: Annotated[
+        float, typer.Option(help="Seconds between DHT refreshes.")
+    ] = NodeConfig.announce_interval,
     challenge_interval: Annotated[
         float, typer.Option(help="Seconds between looks for receipt challenges to answer.")
-    ] = 60.0,
+    ] = NodeConfig.challenge_poll_interval,
     rebalance_interval: Annotated[
         float, typer.Option(help="Seconds between checks whether to move the span.")
-    ] = 120.0,
+    ] = NodeConfig.rebalance_interval,
     max_frame_mb: Annotated[
         float, typer.Option(help="Largest tensor payload accepted per message frame, in MiB.")
-    ] = 64.0,
+    ] = NodeConfig.max_frame_bytes / 2**20,
     max_forward_tokens: Annotated[
         int, typer.Option(help="Most tokens (batch x length) one stateless forward may carry.")
     ] = NodeConfig.max_forward_tokens,
@@ -196,9 +164,6 @@ def serve(
         ),
     ] = NodeConfig.max_incoming_bytes / 2**20,
     threads: ThreadsOpt = None,
-    no_commitments: Annotated[
-        bool, typer.Option(help="Benchmarks only: no leaves, receipts or commits.", hidden=True)
-    ] = False,
     faulty: Annotated[
         str | None,
         typer.Option(
@@ -208,6 +173,8 @@ def serve(
         ),
     ] = None,
     log_level: LogLevelOpt = "INFO",
+    *,
+    options: ChainOptions,
 ) -> None:
     """Serve blocks of a model: stake for them, announce them, answer inference, get paid."""
     from node import faults  # heavy imports only when serving
@@ -217,7 +184,6 @@ def serve(
     out = Console(soft_wrap=True, highlight=False)
     err = Console(stderr=True, soft_wrap=True)
     setup_logging(log_level)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         config = NodeConfig(
             model_path=model,
@@ -226,13 +192,7 @@ def serve(
             num_blocks=num_blocks,
             dtype=dtype,
             torch_threads=threads,
-            home=home,
-            devnet=devnet,
-            account=account,
-            deployment_file=deployment,
-            rpc_url=rpc,
-            keystore=keystore,
-            password_env=password_env,
+            **options.identity(),
             new_ledger=new_ledger,
             initial_peers=tuple(initial_peers or ()),
             host_maddrs=tuple(host_maddrs or DEFAULT_HOST_MADDRS),
@@ -240,9 +200,9 @@ def serve(
             announce_interval=announce_interval,
             announce_ttl=max(3 * announce_interval, announce_interval + 10),
             rebalance_interval=rebalance_interval,
-            price=parse_tokens(price, "--price") or Decimal(0),
-            stake=parse_tokens(stake, "--stake"),
-            credit=parse_tokens(credit, "--credit") or Decimal(0),
+            price=parse_tokens(price, "--price"),
+            stake=None if stake is None else parse_tokens(stake, "--stake"),
+            credit=parse_tokens(credit, "--credit"),
             cache_tokens=cache_tokens,
             session_idle_timeout=idle_timeout,
             session_open_timeout=open_timeout,
@@ -250,7 +210,6 @@ def serve(
             commit_max_leaves=commit_leaves,
             redeem_interval=redeem_interval,
             challenge_poll_interval=challenge_interval,
-            commitments=not no_commitments,
             faulty=faulty,
             http_port=http_port,
             max_frame_bytes=int(max_frame_mb * 2**20),

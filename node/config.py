@@ -88,7 +88,6 @@ class NodeConfig:
     faulty: str | None = None  # a cheat mode of node.faults (tests and demos only); None: honest
 
     # --- commitments -------------------------------------------------------------------------
-    commitments: bool = True  # build, sign, store and commit leaves (off: benchmarks only)
     # seconds between commits of pending leaves (600 s: ~34k gas per 1,000 tokens at 10 tokens/s
     # through 3 servers, and a leaf waits at most 10 minutes of its 24-hour challenge window)
     commit_interval: float = 600.0

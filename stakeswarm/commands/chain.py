@@ -24,9 +24,9 @@ from rich.console import Console
 
 from ledger.contracts import NodeInfo, VerifierInfo
 from ledger.types import ChannelId, model_id
+from node.cli_options import ChainOptions, with_chain_options
 from stakeswarm.commands.chain_deploy import deploy
 from stakeswarm.commands.chain_support import (
-    ChainOptions,
     CliInputError,
     Connected,
     acting_address,
@@ -40,7 +40,6 @@ from stakeswarm.commands.chain_support import (
     print_tx,
     reporting,
     when,
-    with_chain_options,
 )
 
 app = typer.Typer(

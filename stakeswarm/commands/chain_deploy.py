@@ -32,10 +32,9 @@ from ledger.deployment import (
 from ledger.identity import keystore_password
 from ledger.types import Address, Wei
 from ledger.wallet import load_wallet
+from node.cli_options import HomeOpt, PasswordEnvOpt
 from stakeswarm.commands.chain_support import (
     CliInputError,
-    HomeOpt,
-    PasswordEnvOpt,
     format_duration,
     format_tokens,
     parse_address,

@@ -1,5 +1,6 @@
-"""What every `stakeswarm chain` command shares: the common options, connecting to a
-deployment as some account, parsing amounts and ids from the command line, and printing.
+"""What every `stakeswarm chain` command shares: connecting to a deployment as some account
+(as the chain options of `node.cli_options` say), parsing amounts and ids from the command line,
+and printing.
 
 Amounts are whole stake tokens with optional decimals (`100`, `0.25`), converted with the
 token's on-chain `decimals()`; errors a user can fix print without a traceback.
@@ -7,16 +8,12 @@ token's on-chain `decimals()`; errors a user can fix print without a traceback.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
-from typing import Annotated, Any
 
 import base58
 import typer
@@ -33,97 +30,12 @@ from ledger.errors import LedgerError
 from ledger.identity import keystore_password
 from ledger.types import Address, BlockIndex, Wei, parse_token_amount, to_base_units
 from ledger.wallet import keystore_address, load_wallet
+from node.cli_options import ChainOptions
 from stakeswarm.home import Home
-
-# --- the options every command shares -------------------------------------------------------
-
-DevnetOpt = Annotated[
-    bool, typer.Option("--devnet", help="Use the running devnet's deployment and a dev key.")
-]
-AccountOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--account",
-        help="With --devnet: a dev account by name (node-1), role (its first: client) or index.",
-        show_default=False,
-    ),
-]
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="State directory (default ~/.stakeswarm).", show_default=False),
-]
-RpcOpt = Annotated[
-    str | None,
-    typer.Option("--rpc", help="JSON-RPC URL (default: the deployment's).", show_default=False),
-]
-DeploymentOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--deployment", help="Deployment JSON file (without --devnet).", show_default=False
-    ),
-]
-KeystoreOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--keystore", help="Keystore of the signing key (without --devnet).", show_default=False
-    ),
-]
-PasswordEnvOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--password-env",
-        help="Name of an environment variable holding the keystore password (else prompted).",
-        show_default=False,
-    ),
-]
-
-
-_COMMON_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
-    ("devnet", DevnetOpt, False),
-    ("account", AccountOpt, None),
-    ("home", HomeOpt, None),
-    ("rpc", RpcOpt, None),
-    ("deployment", DeploymentOpt, None),
-    ("keystore", KeystoreOpt, None),
-    ("password_env", PasswordEnvOpt, None),
-)
-
-
-def with_chain_options(command: Callable[..., None]) -> Callable[..., None]:
-    """A command whose function takes `options: ChainOptions` gets the options every command
-    shares instead (--devnet, --account, --home, --rpc, --deployment, --keystore,
-    --password-env), after its own; apply it below `@app.command(...)`."""
-    own = inspect.signature(command, eval_str=True)
-    params = [p for name, p in own.parameters.items() if name != "options"]
-    params += [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=hint, default=default)
-        for name, hint, default in _COMMON_OPTIONS
-    ]
-
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> None:
-        options = ChainOptions(*(kwargs.pop(name) for name, _, _ in _COMMON_OPTIONS))
-        command(*args, options=options, **kwargs)
-
-    run.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
-    return run
 
 
 class CliInputError(Exception):
     """A command-line value is malformed (shown without a traceback, exit status 2)."""
-
-
-@dataclass(frozen=True)
-class ChainOptions:
-    """Where to act and as whom, as the common options say."""
-
-    devnet: bool
-    account: str | None
-    home: Path | None
-    rpc: str | None
-    deployment: Path | None
-    keystore: Path | None
-    password_env: str | None
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,10 @@ channels' balances.
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,19 +29,25 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from client.config import ClientConfig
 from client.errors import BudgetExceededError, ClientError
 from ledger.wallet import PasswordSource, create_wallet, keystore_address
-from node.errors import NodeError
-from stakeswarm.commands.chain_support import (
+from node.cli_options import (
     AccountOpt,
     ChainOptions,
-    CliInputError,
-    Connected,
     DeploymentOpt,
     DevnetOpt,
     HomeOpt,
+    LogLevelOpt,
     PasswordEnvOpt,
     RpcOpt,
+    with_chain_options,
+)
+from node.errors import NodeError
+from node.logs import setup_logging
+from stakeswarm.commands.chain_support import (
+    CliInputError,
+    Connected,
     connect,
     format_tokens,
     reporting,
@@ -74,33 +79,17 @@ def default_keystore(home: Path | None) -> Path:
     return Home.resolve(home).root / "client" / KEYSTORE_NAME
 
 
-def _options(
-    devnet: bool,
-    account: str | None,
-    home: Path | None,
-    rpc: str | None,
-    deployment: Path | None,
-    keystore: Path | None,
-    password_env: str | None,
-) -> ChainOptions:
-    if not devnet and keystore is None:
-        keystore = default_keystore(home)
-        if not keystore.is_file():
-            raise CliInputError(
-                f"no keystore at {keystore}: create one with `stakeswarm client wallet create`, "
-                "give --keystore FILE, or use --devnet"
-            )
-    return ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("hivemind", "httpx", "web3", "urllib3", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+def _with_keystore(options: ChainOptions) -> ChainOptions:
+    """`options`, without --devnet and --keystore: with the default keystore."""
+    if options.devnet or options.keystore is not None:
+        return options
+    keystore = default_keystore(options.home)
+    if not keystore.is_file():
+        raise CliInputError(
+            f"no keystore at {keystore}: create one with `stakeswarm client wallet create`, "
+            "give --keystore FILE, or use --devnet"
+        )
+    return replace(options, keystore=keystore)
 
 
 class _Printer:
@@ -129,6 +118,7 @@ def _prompt_ids(tokenizer: Any, prompt: str, chat: bool) -> Any:
 
 
 @app.command("generate")
+@with_chain_options(keystore=KeystoreOpt)
 def generate(
     prompt: Annotated[str, typer.Argument(help="The text to continue (or the chat message).")],
     model: Annotated[
@@ -164,42 +154,32 @@ def generate(
     seed: Annotated[
         int | None, typer.Option(help="Random seed for sampling.", show_default=False)
     ] = None,
-    dtype: Annotated[str, typer.Option(help="Hidden states on the wire.")] = "float32",
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
+    dtype: Annotated[str, typer.Option(help="Hidden states on the wire.")] = ClientConfig.dtype,
+    log_level: LogLevelOpt = "WARNING",
+    *,
+    options: ChainOptions,
 ) -> None:
     """Generate text through the swarm, streaming it, and pay every server per token."""
     import torch
 
-    from client.config import ClientConfig
     from client.model import DistributedModelForCausalLM
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     if max_new_tokens < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--max-new-tokens")
     if temperature < 0:
         raise typer.BadParameter("must be >= 0", param_hint="--temperature")
     errors = Console(stderr=True, soft_wrap=True)
     with reporting() as console:
-        conn = connect(
-            _options(devnet, account, home, rpc, deployment, keystore, password_env),
-            role="client",
-            sign=True,
-        )
+        conn = connect(_with_keystore(options), role="client", sign=True)
         assert conn.signer is not None
         config = ClientConfig(
             model_path=model,
             model_name=model_name,
             dtype=dtype,
             initial_peers=tuple(initial_peers),
-            rpc_url=rpc,
-            home=Home.resolve(home).root,
+            rpc_url=options.rpc,
+            home=Home.resolve(options.home).root,
             max_price=None if max_price is None else conn.tokens(max_price, "--max-price"),
             budget=None if budget is None else conn.tokens(budget, "--budget"),
         )
@@ -248,16 +228,14 @@ def generate(
 
 
 @contextmanager
-def _wallet_ledger(
-    options: ChainOptions, home: Path | None
-) -> Iterator[tuple[Connected, Any, Any]]:
+def _wallet_ledger(options: ChainOptions) -> Iterator[tuple[Connected, Any, Any]]:
     """The signing connection, the wallet's client ledger (opened for this deployment) and the
     contracts writing as the wallet through that ledger; the ledger is closed on exit."""
     from ledger.db import open_deployment_ledger, sqlite_url
 
     conn = connect(options, role="client", sign=True)
     assert conn.signer is not None
-    path = Home.resolve(home).root / "client" / conn.signer.address / "ledger.sqlite"
+    path = Home.resolve(options.home).root / "client" / conn.signer.address / "ledger.sqlite"
     ledger = open_deployment_ledger(sqlite_url(path), conn.chain, conn.deployment)
     try:
         sender = conn.chain.sender(conn.signer, journal=ledger.tx_journal())
@@ -323,25 +301,21 @@ def _channels_table(console: Console, conn: Connected, channels: list[Any], *, t
 
 
 @app.command("channels")
+@with_chain_options(keystore=KeystoreOpt)
 def channels(
     reclaim: Annotated[
         bool, typer.Option(help="Reclaim what is left in every expired channel.")
     ] = False,
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """List the wallet's payment channels (deposit, paid, redeemed, expiry); reclaim expired."""
     from client.payments import Budget, Payments
     from ledger.db import ChannelStatus, client_channels
 
     with reporting() as console:
-        options = _options(devnet, account, home, rpc, deployment, keystore, password_env)
-        with _wallet_ledger(options, home) as (conn, ledger, contracts):
+        options = _with_keystore(options)
+        with _wallet_ledger(options) as (conn, ledger, contracts):
             assert conn.signer is not None
             payments = Payments(
                 contracts=contracts,
@@ -389,18 +363,14 @@ def channels(
 
 
 @app.command("check-receipts")
+@with_chain_options(keystore=KeystoreOpt)
 def check_receipts(
     rate: Annotated[
         float,
         typer.Option(help="Share of the receipts to challenge on-chain (0 to 1)."),
     ] = 0.01,
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Hold servers to their receipts: challenge a sample of the receipts past their commit
     deadline (each costs the Slasher's challenge bond, which an honest server earns by
@@ -410,8 +380,8 @@ def check_receipts(
     with reporting() as console:
         if not 0.0 <= rate <= 1.0:
             raise CliInputError(f"--rate must be between 0 and 1, got {rate}")
-        options = _options(devnet, account, home, rpc, deployment, keystore, password_env)
-        with _wallet_ledger(options, home) as (conn, ledger, contracts):
+        options = _with_keystore(options)
+        with _wallet_ledger(options) as (conn, ledger, contracts):
             assert conn.signer is not None
             auditor = ReceiptAuditor(
                 ledger, contracts, conn.signer, rate=rate, from_block=conn.deployment.deploy_block
@@ -468,7 +438,7 @@ def wallet_show(
             console.print(f"keystore {escape(str(path))}")
             return
         conn = connect(
-            _options(devnet, account, home, rpc, deployment, keystore, None),
+            _with_keystore(ChainOptions(devnet, account, home, rpc, deployment, keystore, None)),
             role="client",
             sign=False,
         )

@@ -16,10 +16,8 @@ cleared at the next run. Ctrl-C (or SIGTERM) stops every process it started.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +34,7 @@ from rich.table import Table
 
 from ledger.deployment import TOKEN
 from ledger.errors import LedgerError
+from node.logs import setup_logging
 from stakeswarm.commands.chain_support import format_tokens
 from stakeswarm.devnet import Devnet, DevnetConfig, running_devnet
 from stakeswarm.home import Home
@@ -91,11 +90,7 @@ def demo(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
 ) -> None:
     """The whole story: a staked, paid, verified swarm serves a model; a cheat is slashed."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(log_level)
     if ledger_only:
         _ledger_story(home)
         return

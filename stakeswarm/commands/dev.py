@@ -30,6 +30,7 @@ from rich.markup import escape
 
 from ledger.deployment import TOKEN, Deployment
 from ledger.errors import LedgerError
+from node.cli_options import HomeOpt
 from stakeswarm.devnet import Devnet, DevnetConfig, stop_devnet
 from stakeswarm.home import Home
 from stakeswarm.swarm import LocalSwarm, SwarmConfig, SwarmError, resolve_model
@@ -45,10 +46,9 @@ class ChainChoice(enum.StrEnum):
     hardhat = "hardhat"
 
 
-HomeOption = Annotated[
-    Path | None,
-    typer.Option("--home", help="State directory (default ~/.stakeswarm).", show_default=False),
-]
+# the configs' default chains, as choices
+_UP_CHAIN = ChainChoice(DevnetConfig.chain)
+_SWARM_CHAIN = ChainChoice(SwarmConfig.chain)
 
 
 class _Stop(Exception):
@@ -61,14 +61,14 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 @app.command()
 def up(
-    chain: Annotated[
-        ChainChoice, typer.Option(help="Which local chain to run.")
-    ] = ChainChoice.anvil,
+    chain: Annotated[ChainChoice, typer.Option(help="Which local chain to run.")] = _UP_CHAIN,
     accounts: Annotated[
         int, typer.Option(help="Dev accounts: a deployer, then nodes, clients and verifiers.")
-    ] = 10,
-    port: Annotated[int, typer.Option(help="RPC port on 127.0.0.1 (0: any free port).")] = 0,
-    home: HomeOption = None,
+    ] = DevnetConfig.accounts,
+    port: Annotated[
+        int, typer.Option(help="RPC port on 127.0.0.1 (0: any free port).")
+    ] = DevnetConfig.port,
+    home: HomeOpt = None,
 ) -> None:
     """Start a local chain, deploy every contract, fund the dev accounts, and run until Ctrl-C."""
     console = Console(soft_wrap=True)
@@ -114,7 +114,9 @@ def swarm(
             show_default=False,
         ),
     ],
-    nodes: Annotated[int, typer.Option(help="Nodes splitting the model's blocks evenly.")] = 3,
+    nodes: Annotated[
+        int, typer.Option(help="Nodes splitting the model's blocks evenly.")
+    ] = SwarmConfig.nodes,
     faulty: Annotated[
         list[str] | None,
         typer.Option(
@@ -123,11 +125,9 @@ def swarm(
             show_default=False,
         ),
     ] = None,
-    chain: Annotated[
-        ChainChoice, typer.Option(help="Which local chain to run.")
-    ] = ChainChoice.anvil,
-    threads: Annotated[int, typer.Option(help="Torch threads per node.")] = 1,
-    home: HomeOption = None,
+    chain: Annotated[ChainChoice, typer.Option(help="Which local chain to run.")] = _SWARM_CHAIN,
+    threads: Annotated[int, typer.Option(help="Torch threads per node.")] = SwarmConfig.threads,
+    home: HomeOpt = None,
 ) -> None:
     """Start a local chain and a swarm of nodes serving a model, and run until Ctrl-C."""
     console = Console(soft_wrap=True, highlight=False)
@@ -226,7 +226,7 @@ def _print_swarm(console: Console, running: LocalSwarm, config: SwarmConfig, hom
 
 
 @app.command()
-def down(home: HomeOption = None) -> None:
+def down(home: HomeOpt = None) -> None:
     """Stop the devnet running in this home (started by `stakeswarm dev up`)."""
     console = Console(soft_wrap=True)
     resolved = Home.resolve(home)

@@ -18,7 +18,6 @@ kept receipts (a client's) for two receipts one node signed for the same step, a
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,36 +27,31 @@ from rich.console import Console
 from rich.markup import escape
 
 from ledger.errors import LedgerError
-from node.cli import (
-    HomeDirOpt,
-    HttpPortOpt,
-    LogLevelOpt,
-    ModelNameOpt,
-    ThreadsOpt,
-    parse_tokens,
-    setup_logging,
-)
-from stakeswarm.commands.chain_support import (
+from node.cli_options import (
     AccountOpt,
     ChainOptions,
-    CliInputError,
     DeploymentOpt,
     DevnetOpt,
     HomeOpt,
+    HttpPortOpt,
     KeystoreOpt,
-    PasswordEnvOpt,
+    LogLevelOpt,
+    ModelNameOpt,
     RpcOpt,
+    ThreadsOpt,
+    parse_tokens,
+    with_chain_options,
+)
+from node.logs import setup_logging
+from stakeswarm.commands.chain_support import (
+    CliInputError,
     connect,
     format_tokens,
     print_tx,
     reporting,
 )
 from stakeswarm.home import Home
-from verifier.config import (
-    DEFAULT_RETRY_INTERVAL,
-    DEFAULT_REVEAL_DEADLINE,
-    DEFAULT_REVEAL_TIMEOUT,
-)
+from verifier.config import VerifierConfig
 
 app = typer.Typer(
     help="Audit the swarm and slash cheating nodes; the verifier's status.",
@@ -67,6 +61,7 @@ app = typer.Typer(
 
 
 @app.command("run")
+@with_chain_options
 def run(
     model: Annotated[
         Path,
@@ -74,15 +69,8 @@ def run(
     ],
     sample_rate: Annotated[
         float, typer.Option(help="Probability that any one committed leaf is audited.")
-    ] = 0.05,
+    ] = VerifierConfig.sample_rate,
     model_name: ModelNameOpt = None,
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeDirOpt = Path("~/.stakeswarm"),
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
     stake: Annotated[
         str | None,
         typer.Option(
@@ -94,40 +82,39 @@ def run(
         list[str] | None,
         typer.Option(help="Multiaddr of a swarm member (repeat).", show_default=False),
     ] = None,
-    http_port: HttpPortOpt = 0,
+    http_port: HttpPortOpt = VerifierConfig.http_port,
     reveal_timeout: Annotated[
         float, typer.Option(help="Seconds one reveal may take.")
-    ] = DEFAULT_REVEAL_TIMEOUT,
+    ] = VerifierConfig.reveal_timeout,
     reveal_deadline: Annotated[
         float,
         typer.Option(
             help="Seconds a node has to reveal a sampled leaf; after it, a withheld verdict "
             "and a slash (cut to fit the batch's challenge window)."
         ),
-    ] = DEFAULT_REVEAL_DEADLINE,
+    ] = VerifierConfig.reveal_deadline,
     retry_interval: Annotated[
         float, typer.Option(help="Seconds between reveal attempts of one leaf.")
-    ] = DEFAULT_RETRY_INTERVAL,
+    ] = VerifierConfig.retry_interval,
     poll_interval: Annotated[
         float, typer.Option(help="Seconds between reads of new commits and slashes.")
-    ] = 2.0,
+    ] = VerifierConfig.poll_interval,
     from_block: Annotated[
         int | None,
         typer.Option(help="First block to sample (default: resume).", show_default=False),
     ] = None,
     threads: ThreadsOpt = None,
     log_level: LogLevelOpt = "INFO",
+    *,
+    options: ChainOptions,
 ) -> None:
     """Follow commits, audit sampled leaves, slash cheaters (until SIGINT/SIGTERM)."""
-    from verifier.config import VerifierConfig
     from verifier.errors import VerifierError
     from verifier.service import Ready, Verifier  # heavy imports only when running
 
     out = Console(soft_wrap=True, highlight=False)
     err = Console(stderr=True, soft_wrap=True)
     setup_logging(log_level)
-    for noisy in ("hivemind", "httpx", "web3", "urllib3", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         config = VerifierConfig(
             model_path=model,
@@ -137,14 +124,8 @@ def run(
             reveal_deadline=reveal_deadline,
             retry_interval=retry_interval,
             torch_threads=threads,
-            home=home,
-            devnet=devnet,
-            account=account,
-            deployment_file=deployment,
-            rpc_url=rpc,
-            keystore=keystore,
-            password_env=password_env,
-            stake=parse_tokens(stake, "--stake"),
+            **options.identity(),
+            stake=None if stake is None else parse_tokens(stake, "--stake"),
             poll_interval=poll_interval,
             from_block=from_block,
             initial_peers=tuple(initial_peers or ()),
@@ -254,20 +235,16 @@ def status(
 
 
 @app.command("report-equivocation")
+@with_chain_options
 def report_equivocation(
     ledger_file: Annotated[
         Path, typer.Option("--ledger", help="A ledger that kept receipts (a client's).")
     ],
-    devnet: DevnetOpt = False,
-    account: AccountOpt = None,
-    home: HomeOpt = None,
-    rpc: RpcOpt = None,
-    deployment: DeploymentOpt = None,
-    keystore: KeystoreOpt = None,
-    password_env: PasswordEnvOpt = None,
     submit: Annotated[
         bool, typer.Option(help="Slash every equivocating node found (earns the bounty).")
     ] = False,
+    *,
+    options: ChainOptions,
 ) -> None:
     """Find two receipts one node signed for the same step, and slash it with them."""
     from ledger.chain import ContractRevert
@@ -277,7 +254,6 @@ def report_equivocation(
     with reporting() as console:
         if not ledger_file.is_file():
             raise CliInputError(f"no ledger at {ledger_file}")
-        options = ChainOptions(devnet, account, home, rpc, deployment, keystore, password_env)
         conn = connect(options, role="client", sign=submit)
         ledger = open_ledger(sqlite_url(ledger_file))
         try:
