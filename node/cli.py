@@ -68,6 +68,7 @@ def parse_blocks(text: str) -> tuple[int, int]:
 @app.command("serve")
 @with_chain_options(account=NodeAccountOpt)
 def serve(
+    ctx: typer.Context,
     model: Annotated[
         Path,
         typer.Option(help="Local model folder (config.json + safetensors).", show_default=False),
@@ -178,7 +179,7 @@ def serve(
 ) -> None:
     """Serve blocks of a model: stake for them, announce them, answer inference, get paid."""
     from node import faults  # heavy imports only when serving
-    from node.build import HONEST
+    from node.build import HONEST, Wrapping
     from node.server import Ready, Server
 
     out = Console(soft_wrap=True, highlight=False)
@@ -249,7 +250,10 @@ def serve(
         out.print("ready", style="bold green")
 
     # a cheat mode wraps the honest parts (node.faults); an honest node is built unchanged
-    wrapping = faults.wrapping(config.faulty) if config.faulty else HONEST
+    # a program that runs this command with other parts passes them as the context's object
+    # (benchmarks/uncommitted_node.py); `node serve` itself builds an honest node
+    built = ctx.obj if isinstance(ctx.obj, Wrapping) else HONEST
+    wrapping = faults.wrapping(config.faulty) if config.faulty else built
     server = Server(config, wrapping=wrapping, progress=on_progress, on_ready=on_ready)
     try:
         server.run()
