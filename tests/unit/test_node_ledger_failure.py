@@ -19,8 +19,8 @@ from sqlalchemy import text
 from ledger import db
 from ledger.chain import ChainError
 from node.commits import InputStore
-from node.protocol import ServerInfo, ServerState
 from node.config import NodeConfig
+from node.protocol import ServerInfo, ServerState
 from node.server import Server
 
 PAGE = 4096
