@@ -364,3 +364,34 @@ def load_client_head(
     head_weight = tensors[family.embed_key] if tied else tensors[family.lm_head_key]
     _materialize(lm_head, {"weight": head_weight}, "the LM head")
     return ClientHead(embed, norm, lm_head)
+
+
+def move_span(
+    model_path: Path, old: Span, start: int, end: int, progress: Progress | None = None
+) -> Span:
+    """The span `[start, end)` of the same model, reusing the layers `old` already holds and
+    loading only the others from disk."""
+    keep = {i: old.layers[i - old.start] for i in range(max(start, old.start), min(end, old.end))}
+    layers: list[torch.nn.Module] = []
+    i = start
+    while i < end:
+        if i in keep:
+            layers.append(keep[i])
+            i += 1
+            continue
+        j = i
+        while j < end and j not in keep:
+            j += 1
+        part = load_span(model_path, i, j, old.dtype, progress, device=old.device)
+        layers.extend(part.layers)
+        i = j
+    return Span(
+        old.config,
+        old.family,
+        start,
+        end,
+        torch.nn.ModuleList(layers),
+        old.rotary,
+        old.dtype,
+        old.device,
+    )

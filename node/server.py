@@ -38,17 +38,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import torch
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ledger.chain import ChainError
 from ledger.db import BatchStatus, batches_with_status, commitment_counts, server_earnings
-from ledger.types import BlockIndex, Wei
 from node.api import build_app
-from node.blocks import Progress, Span, load_span
+from node.blocks import Progress, move_span
 from node.build import (
     HONEST,
     Callbacks,
@@ -65,6 +62,7 @@ from node.config import NodeConfig
 from node.host import HostConfig, PeriodicJob, ServiceHost
 from node.protocol import ErrorCode, InfoResponse, ServerInfo, ServerState
 from node.recovery import LedgerHealth, is_ledger_failure
+from node.registration import ensure_registered
 from node.standing import Standing, read_standing
 from node.throughput import choose_span, should_move
 
@@ -82,34 +80,6 @@ class Ready:
     span: tuple[int, int]
     throughput: float
     http_url: str | None
-
-
-@dataclass(frozen=True)
-class RegistrationPlan:
-    """The transactions that make the node's registration match what it serves."""
-
-    register: bool  # first registration (with `add` = the whole stake)
-    update_service: bool  # model, span, price or peer id changed
-    add_stake: int  # Wei to add (before update_service when the new span needs it)
-
-
-def plan_registration(
-    *,
-    registered: bool,
-    current: tuple[bytes, int, int, int, bytes],  # model id, start, end, price, peer id
-    wanted: tuple[bytes, int, int, int, bytes],
-    stake: int,
-    target_stake: int,
-) -> RegistrationPlan:
-    """Pure decision: what to send so that the registry shows `wanted` with at least
-    `target_stake` staked. Nothing when it already does (a restart sends no transaction)."""
-    if not registered:
-        return RegistrationPlan(register=True, update_service=False, add_stake=target_stake)
-    return RegistrationPlan(
-        register=False,
-        update_service=current != wanted,
-        add_stake=max(0, target_stake - stake),
-    )
 
 
 class Server:
@@ -267,50 +237,16 @@ class Server:
     # --- registration --------------------------------------------------------------------
 
     def _ensure_registered(self) -> None:
-        registry = self.base.contracts.node_registry
-        start, end = self.parts.span.start, self.parts.span.end
-        node = registry.get_node(self.base.address)
-        required = registry.required_stake(start, end)
-        target = max(required, self.base.stake_wanted or 0)
-        peer = self.peer_id.to_bytes()
-        wanted = (self.base.model_id, start, end, self.base.price_per_block, peer)
-        current = (
-            node.model_id,
-            node.span_start,
-            node.span_end,
-            node.price_per_token_per_block,
-            node.peer_id,
+        span = self.parts.span
+        ensure_registered(
+            self.base.contracts.node_registry,
+            address=self.base.address,
+            model_id=self.base.model_id,
+            span=(span.start, span.end),
+            price_per_block=self.base.price_per_block,
+            peer=self.peer_id.to_bytes(),
+            stake_wanted=self.base.stake_wanted,
         )
-        plan = plan_registration(
-            registered=node.registered,
-            current=current,
-            wanted=wanted,
-            stake=node.stake,
-            target_stake=target,
-        )
-        if plan.register:
-            registry.register_with_approve(
-                self.base.model_id,
-                BlockIndex(start),
-                BlockIndex(end),
-                self.base.price_per_block,
-                peer,
-                Wei(target),
-            )
-            logger.info("registered for blocks [%d, %d) with stake %d", start, end, target)
-            return
-        if plan.add_stake:
-            registry.add_stake_with_approve(Wei(plan.add_stake))
-            logger.info("added %d to the stake", plan.add_stake)
-        if plan.update_service:
-            registry.update_service(
-                self.base.model_id,
-                BlockIndex(start),
-                BlockIndex(end),
-                self.base.price_per_block,
-                peer,
-            )
-            logger.info("updated the registration to blocks [%d, %d)", start, end)
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -624,38 +560,3 @@ class Server:
             },
             "time": time.time(),
         }
-
-
-def move_span(
-    model_path: Path, old: Span, start: int, end: int, progress: Progress | None = None
-) -> Span:
-    """The span `[start, end)` of the same model, reusing the layers `old` already holds and
-    loading only the others from disk."""
-    keep = {i: old.layers[i - old.start] for i in range(max(start, old.start), min(end, old.end))}
-    layers: list[torch.nn.Module] = []
-    i = start
-    while i < end:
-        if i in keep:
-            layers.append(keep[i])
-            i += 1
-            continue
-        j = i
-        while j < end and j not in keep:
-            j += 1
-        part = load_span(model_path, i, j, old.dtype, progress, device=old.device)
-        layers.extend(part.layers)
-        i = j
-    return Span(
-        old.config,
-        old.family,
-        start,
-        end,
-        torch.nn.ModuleList(layers),
-        old.rotary,
-        old.dtype,
-        old.device,
-    )
-
-
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt

@@ -10,12 +10,12 @@ import pytest
 import torch
 from eth_utils import to_checksum_address
 
-from node.blocks import SPAN_FP32_ATOL, load_span
+from node.blocks import SPAN_FP32_ATOL, load_span, move_span
 from node.build import base_units as to_base_units
 from node.cache import CacheManager
 from node.config import ConfigError, NodeConfig
 from node.protocol import ErrorCode, OpenSession, ProtocolError
-from node.server import move_span, plan_registration
+from node.registration import plan_registration
 from node.sessions import Session, SpanViews, check_step
 from stakeswarm.tiny_models import make_tiny_model
 

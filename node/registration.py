@@ -1,0 +1,88 @@
+"""The node's registration in the NodeRegistry: what it serves, at what price, with what stake.
+
+`plan_registration` decides (a pure function) which transactions make the registry show what
+the node serves; `ensure_registered` reads the registry and sends them. A restart that changes
+nothing sends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ledger.contracts import NodeRegistry
+from ledger.types import BlockIndex, ModelId, Wei
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegistrationPlan:
+    """The transactions that make the node's registration match what it serves."""
+
+    register: bool  # first registration (with `add` = the whole stake)
+    update_service: bool  # model, span, price or peer id changed
+    add_stake: int  # Wei to add (before update_service when the new span needs it)
+
+
+def plan_registration(
+    *,
+    registered: bool,
+    current: tuple[bytes, int, int, int, bytes],  # model id, start, end, price, peer id
+    wanted: tuple[bytes, int, int, int, bytes],
+    stake: int,
+    target_stake: int,
+) -> RegistrationPlan:
+    """Pure decision: what to send so that the registry shows `wanted` with at least
+    `target_stake` staked. Nothing when it already does (a restart sends no transaction)."""
+    if not registered:
+        return RegistrationPlan(register=True, update_service=False, add_stake=target_stake)
+    return RegistrationPlan(
+        register=False,
+        update_service=current != wanted,
+        add_stake=max(0, target_stake - stake),
+    )
+
+
+def ensure_registered(
+    registry: NodeRegistry,
+    *,
+    address: str,
+    model_id: ModelId,
+    span: tuple[int, int],
+    price_per_block: Wei,
+    peer: bytes,
+    stake_wanted: int | None,
+) -> None:
+    """Make the registry show `address` serving `span` of `model_id` at `price_per_block` as
+    libp2p `peer`, staked with what the span requires or `stake_wanted` if more."""
+    start, end = span
+    node = registry.get_node(address)
+    target = max(registry.required_stake(start, end), stake_wanted or 0)
+    wanted = (model_id, start, end, price_per_block, peer)
+    current = (
+        node.model_id,
+        node.span_start,
+        node.span_end,
+        node.price_per_token_per_block,
+        node.peer_id,
+    )
+    plan = plan_registration(
+        registered=node.registered,
+        current=current,
+        wanted=wanted,
+        stake=node.stake,
+        target_stake=target,
+    )
+    if plan.register:
+        registry.register_with_approve(
+            model_id, BlockIndex(start), BlockIndex(end), price_per_block, peer, Wei(target)
+        )
+        logger.info("registered for blocks [%d, %d) with stake %d", start, end, target)
+        return
+    if plan.add_stake:
+        registry.add_stake_with_approve(Wei(plan.add_stake))
+        logger.info("added %d to the stake", plan.add_stake)
+    if plan.update_service:
+        registry.update_service(model_id, BlockIndex(start), BlockIndex(end), price_per_block, peer)
+        logger.info("updated the registration to blocks [%d, %d)", start, end)
