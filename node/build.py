@@ -21,18 +21,19 @@ honest node; `node.faults.wrapping(mode)` for a cheat mode (tests, demos), a ben
 node without commitments. The honest code has no branch for either.
 
 The node's life (`node.server.Server.start`) registers how each started part stops on the
-host's exit stack, so they stop in the reverse order of starting, however the start or the
-serving ends:
+host's exit stack right after it started, so they stop in the reverse order of starting,
+however the start or the serving ends:
 
-    started                                  stopped (reverse)
-    ledger thread, compute thread            last: after every part below
-    (registration in the NodeRegistry)
-    settle                                   the last commit and redemption
-    RPC handlers                             drain: handlers removed, sessions closed, leaves stored
-    status API (the host's)                  after the libp2p daemon's parts, before the DHT
-    announce OFFLINE                         announced OFFLINE
-    periodic jobs (the host's)               jobs stopped
-    taking work                              first: what still arrives is refused (shutting_down)
+    started, in this order                   stopped, in this order
+    1. ledger thread, compute thread         6. the threads (after every part below)
+    2. registration in the NodeRegistry         (nothing to stop)
+    3. settling                              5. the last commit and redemption
+    4. RPC handlers                          4. drain: handlers removed, sessions closed,
+                                                leaves stored
+    5. status API (the host's)                  (stopped by the host, after 6)
+    6. the ONLINE announcement               3. announced OFFLINE
+    7. periodic jobs (the host's)            2. jobs stopped, a running one cancelled
+    8. taking work                           1. what still arrives is refused (shutting_down)
 
 then the host stops the status API, the libp2p daemon and the DHT, and `Server.run` closes the
 ledger.
