@@ -16,6 +16,7 @@ import pytest
 import torch
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from hivemind.p2p import PeerID
 from hivemind.proto import runtime_pb2
 
 from client.remote import RemoteError, RemoteSpanSession, remote_forward, remote_info
@@ -437,7 +438,9 @@ def test_leaves_are_committed_on_chain_and_revealed_to_active_verifiers_only(
     for batch in reversed(batches):
         for index in reversed(range(batch.leaf_count)):
             revealed = swarm.runner.run(
-                send_reveal(swarm.p2p, hop.node.peer_id, request(batch.batch_id, index))
+                send_reveal(
+                    swarm.p2p, PeerID.from_base58(hop.node.peer_id), request(batch.batch_id, index)
+                )
             )
             if revealed.response.steps[-1].leaf == leaf:
                 found = revealed
@@ -464,7 +467,7 @@ def test_leaves_are_committed_on_chain_and_revealed_to_active_verifiers_only(
         (request(10**6, 0), ErrorCode.NOT_FOUND),
     ]:
         with pytest.raises(RevealUnavailableError) as refused:
-            swarm.runner.run(send_reveal(swarm.p2p, hop.node.peer_id, bad))
+            swarm.runner.run(send_reveal(swarm.p2p, PeerID.from_base58(hop.node.peer_id), bad))
         assert refused.value.code is code
 
 
