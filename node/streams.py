@@ -8,9 +8,11 @@ loop, except that such bytes reach the handler as a `ProtocolError(BAD_REQUEST)`
 request iterator: the handler answers it like any other refusal, then the stream closes. A
 message whose length prefix is over `MAX_REQUEST_MESSAGE_BYTES` is refused the same way
 (TOO_LARGE) before any of its bytes are read: hivemind would buffer the whole message first.
-After its last answer a stream `linger`s (reads and drops what the caller still sends, 2 s
-at most) before it closes, so a caller still writing a refused frame reads the refusal
-instead of a reset.
+The caller's end of stream (hivemind's `END_OF_STREAM`) ends the handler's requests. After
+its last answer a stream waits for that end of stream, and `linger`s (reads and drops what the
+caller still sends) when something else comes first, 2 s at most, before it closes: closing
+while the caller still writes resets the stream, and a reset can discard the answer before the
+caller reads it.
 
 Memory: what all streams together hold is bounded twice. Request messages read ahead of their
 handlers share `MAX_BUFFERED_BYTES` (a stream whose next message does not fit waits: the
@@ -56,6 +58,8 @@ MAX_BUFFERED_BYTES = 4 * MAX_REQUEST_MESSAGE_BYTES * _PREFETCH
 # How long, and how many bytes, a stream is read and dropped after its last answer (`linger`)
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 * 1024 * 1024
+# The most bytes the caller's end-of-stream message may carry (hivemind sends none)
+_END_OF_STREAM_BYTES = 64 * 1024
 
 Response: TypeAlias = runtime_pb2.ExpertResponse
 
@@ -190,14 +194,21 @@ async def receive_request(
     reader: asyncio.StreamReader,
     max_bytes: int = MAX_REQUEST_MESSAGE_BYTES,
     started: asyncio.Event | None = None,
-) -> tuple[runtime_pb2.ExpertRequest, int]:
+) -> tuple[runtime_pb2.ExpertRequest, int] | None:
     """The next request message of a stream (hivemind's framing: a marker byte, an 8-byte
     big-endian length, the protobuf) and its length, taken from the node's shared read-ahead
-    budget (the caller gives it back once the message is consumed). A
+    budget (the caller gives it back once the message is consumed); None for the caller's end
+    of stream (hivemind's `END_OF_STREAM`: an error marker and an empty `RPCError`). A
     message longer than `max_bytes` is refused at its length prefix (TOO_LARGE), before any of
-    it is buffered; a wrong marker is BAD_REQUEST. `started` is set once the message's first
-    byte is in."""
+    it is buffered; a wrong marker is BAD_REQUEST. `started` is set once a request message's
+    first byte is in."""
     marker = await reader.readexactly(1)
+    if marker == P2P.ERROR_MARKER:
+        length = int.from_bytes(await reader.readexactly(P2P.HEADER_LEN), P2P.BYTEORDER)
+        if length > _END_OF_STREAM_BYTES:
+            raise _unreadable()
+        await reader.readexactly(length)  # the caller's error, if any: it ends its stream
+        return None
     if started is not None:
         started.set()
     if marker != P2P.MESSAGE_MARKER:
@@ -241,6 +252,13 @@ async def linger(
             dropped += len(data)
 
 
+def _ended(receiving: asyncio.Task[Any]) -> bool:
+    """Whether a finished read got the caller's end of stream."""
+    return (
+        not receiving.cancelled() and receiving.exception() is None and receiving.result() is None
+    )
+
+
 def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
     async def handle(
         info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -265,7 +283,9 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
             done = receiving
             finished = done is not None and done.done() and not done.cancelled()
             if done is not None and finished and done.exception() is None:
-                _BUFFERED.give(done.result()[1])
+                item = done.result()
+                if item is not None:
+                    _BUFFERED.give(item[1])
             while not queue.empty():
                 item = queue.get_nowait()
                 if isinstance(item, tuple):
@@ -290,10 +310,17 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
                     )
                     await asyncio.wait({processing, receiving}, return_when=asyncio.FIRST_COMPLETED)
                     if processing.done():
-                        receiving.cancel()
-                        await asyncio.wait({receiving})
-                        if incoming.is_set() or not queue.empty():
-                            # answered (a refusal) while the caller was still sending its frame
+                        # the answer is out. Closing now would reset a stream the caller still
+                        # writes to (its end of stream, or the rest of a refused frame), and a
+                        # reset can discard the answer before the caller reads it: wait for
+                        # the caller's end of stream (`LINGER_SECONDS` at most), and drop what
+                        # it still sends before it
+                        with suppress(Exception):
+                            await asyncio.wait_for(asyncio.shield(receiving), LINGER_SECONDS)
+                        if not receiving.done():
+                            receiving.cancel()
+                            await asyncio.wait({receiving})
+                        elif not _ended(receiving):  # a message or junk: the caller still sends
                             await linger(reader)
                         return
                     try:
@@ -311,6 +338,10 @@ def _stream_handler(p2p: P2P, name: str, rpc: StreamRpc) -> Any:
                         await queue.put(_unreadable())
                         await processing  # the handler answers the refusal, then ends
                         await linger(reader)
+                        return
+                    if received is None:  # the caller's end of stream: it sends no more
+                        await queue.put(None)
+                        await processing
                         return
                     receiving = None  # its message is the queue's now
                     await queue.put(received)
