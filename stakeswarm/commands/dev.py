@@ -18,7 +18,9 @@ from __future__ import annotations
 import enum
 import json
 import shlex
+import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from types import FrameType
@@ -31,6 +33,7 @@ from rich.markup import escape
 from ledger.deployment import TOKEN, Deployment
 from ledger.errors import LedgerError
 from node.cli_options import HomeOpt
+from node.fault_modes import FAULT_MODES
 from stakeswarm.devnet import Devnet, DevnetConfig, stop_devnet
 from stakeswarm.home import Home
 from stakeswarm.swarm import LocalSwarm, SwarmConfig, SwarmError, resolve_model
@@ -120,8 +123,7 @@ def swarm(
     faulty: Annotated[
         list[str] | None,
         typer.Option(
-            help="INDEX:MODE: node INDEX cheats (noise, skip-block, wrong-weights, "
-            "low-precision, stale, equivocate); repeat for more.",
+            help=f"INDEX:MODE: node INDEX cheats ({', '.join(FAULT_MODES)}); repeat for more.",
             show_default=False,
         ),
     ] = None,
@@ -196,6 +198,32 @@ def _has_chat_template(model_path: Path) -> bool:
         return False
 
 
+def runnable_cli(
+    executable: Path | None = None, cwd: Path | None = None, on_path: str | None = None
+) -> list[str]:
+    """The words that run this `stakeswarm` in another terminal, as printed: a bare `stakeswarm`
+    only when the one on PATH is this environment's (the venv is active); else the console
+    script beside this interpreter (`.venv/bin/stakeswarm` when it is under the working
+    directory, else its absolute path); else this interpreter with `-m stakeswarm`.
+    The defaults are this process's interpreter, directory and PATH."""
+    executable = Path(sys.executable) if executable is None else executable
+    cwd = Path.cwd() if cwd is None else cwd
+    script = executable.parent / "stakeswarm"  # not resolved: a venv's python is a symlink
+    if on_path is None:
+        on_path = shutil.which("stakeswarm")
+    if not script.is_file():
+        return [_shown(executable, cwd), "-m", "stakeswarm"]
+    if on_path is not None and Path(on_path).absolute() == script.absolute():
+        return ["stakeswarm"]
+    return [_shown(script, cwd)]
+
+
+def _shown(path: Path, cwd: Path) -> str:
+    """`path` relative to `cwd` when it lies under it (`.venv/bin/stakeswarm`), else absolute."""
+    path = path.absolute()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
+
+
 def _print_swarm(console: Console, running: LocalSwarm, config: SwarmConfig, home: Home) -> None:
     """What a user needs to try their own client: the peers, the deployment, a command."""
     deployment, model_path = running.deployment, config.model_path
@@ -215,13 +243,15 @@ def _print_swarm(console: Console, running: LocalSwarm, config: SwarmConfig, hom
     for maddr in running.initial_peers:
         console.print(f"  {maddr}")
     console.print(f"deployment file: {home.devnet_deployment}")
-    command = ["stakeswarm", "client", "generate", "Hello! Tell me about swarms.",
+    command = [*runnable_cli(), "client", "generate", "Hello! Tell me about swarms.",
                "--model", str(model_path), "--max-new-tokens", "32"]  # fmt: skip
     if _has_chat_template(model_path):
         command.append("--chat")
     command += ["--devnet", "--home", str(home.root), "--account", "client-0"]
     command += ["--initial-peers", running.initial_peers[0]]
-    console.print("[bold]try it[/] (dev accounts client-0..client-2 are funded):")
+    relative = "/" in command[0] and not Path(command[0]).is_absolute()
+    where = " from this directory" if relative else ""
+    console.print(f"[bold]try it[/]{where} (dev accounts client-0..client-2 are funded):")
     console.print(f"  {escape(shlex.join(command))}")
 
 
