@@ -22,6 +22,7 @@ import base58
 import typer
 from rich.console import Console
 
+from ledger.chain import ContractRevert
 from ledger.contracts import NodeInfo, VerifierInfo
 from ledger.types import ChannelId, model_id
 from node.cli_options import ChainOptions, with_chain_options
@@ -36,6 +37,7 @@ from stakeswarm.commands.chain_support import (
     parse_peer_id,
     parse_signature,
     parse_span,
+    parse_tokens,
     print_fields,
     print_tx,
     reporting,
@@ -337,9 +339,29 @@ def verifier_unbond(
         conn = connect(options, role="verifier", sign=True)
         value = conn.tokens(amount, "--amount")
         registry = conn.contracts.verifier_registry
-        print_tx(console, f"unbonding {conn.show(value)}", registry.unbond(value))
         assert conn.address is not None
+        try:
+            result = registry.unbond(value)
+        except ContractRevert as exc:
+            if exc.name == "StakeInsufficient":  # it would keep less than the minimum
+                _explain_verifier_minimum(conn, registry.get_verifier(conn.address))
+            raise
+        print_tx(console, f"unbonding {conn.show(value)}", result)
         _print_verifier(console, conn, registry.get_verifier(conn.address))
+
+
+def _explain_verifier_minimum(conn: Connected, info: VerifierInfo) -> None:
+    """What a verifier may unbond: down to the registry's minimum, or everything to leave."""
+    minimum = conn.contracts.verifier_registry.min_stake()
+    everything = f"--amount {format_tokens(info.stake, conn.decimals)} to leave"
+    allowed = everything
+    if info.stake > minimum:
+        allowed = f"--amount {format_tokens(info.stake - minimum, conn.decimals)} at most, or "
+        allowed += everything
+    Console(stderr=True, soft_wrap=True).print(
+        f"a verifier keeps at least {conn.show(minimum)} staked, or unbonds all of it to leave "
+        f"the registry: with {conn.show(info.stake)} staked, {allowed}"
+    )
 
 
 @verifier_app.command("withdraw")
@@ -392,3 +414,34 @@ def balance(
         tokens = conn.contracts.token.balance_of(who)
         native = conn.chain.eth_balance(who)
         console.print(f"{who}: {conn.show(tokens)}, {format_tokens(native, 18)} ETH")
+
+
+@app.command("transfer")
+@with_chain_options
+def transfer(
+    to: Annotated[str, typer.Argument(help="Address to send to.")],
+    tokens: Annotated[
+        str, typer.Option(help="Stake tokens to send (e.g. 250, 0.5; 0: none).")
+    ] = "0",
+    eth: Annotated[str, typer.Option(help="ETH (native currency) to send (0: none).")] = "0",
+    *,
+    options: ChainOptions,
+) -> None:
+    """Send stake tokens and/or ETH from your account to an address."""
+    with reporting() as console:
+        recipient = parse_address(to, "TO")
+        eth_wei = parse_tokens(eth, 18, "--eth")
+        conn = connect(options, role="deployer", sign=True)
+        amount = conn.tokens(tokens, "--tokens")
+        if not amount and not eth_wei:
+            raise CliInputError("nothing to send: give --tokens N and/or --eth N")
+        assert conn.signer is not None and conn.address is not None  # sign=True
+        if amount:
+            sent = conn.contracts.token.transfer(recipient, amount)
+            print_tx(console, f"sent {conn.show(amount)} to {recipient}", sent)
+        if eth_wei:
+            paid = conn.chain.sender(conn.signer).transfer_eth(recipient, eth_wei)
+            print_tx(console, f"sent {format_tokens(eth_wei, 18)} ETH to {recipient}", paid)
+        for who in (conn.address, recipient):
+            native = format_tokens(conn.chain.eth_balance(who), 18)
+            console.print(f"{who}: {conn.show(conn.contracts.token.balance_of(who))}, {native} ETH")

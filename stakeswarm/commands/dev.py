@@ -4,6 +4,8 @@ of nodes on it.
     stakeswarm dev up [--chain anvil|hardhat] [--accounts N] [--port P] [--home DIR]
     stakeswarm dev swarm --model PATH|smollm2 [--nodes N] [--faulty INDEX:MODE] [--home DIR]
     stakeswarm dev down [--home DIR]
+    stakeswarm dev fund ADDRESS [--tokens N] [--eth N] [--home DIR]
+    stakeswarm dev advance-time DURATION [--home DIR]
 
 `dev up` and `dev swarm` stay in the foreground until Ctrl-C (or `dev down` from another
 terminal), then stop everything they started. The deployment file they write,
@@ -11,6 +13,11 @@ terminal), then stop everything they started. The deployment file they write,
 N nodes (dev accounts node-0, node-1, ...) splitting the model's blocks evenly, each with its
 home and logs in `<home>/swarm/<account>/` (cleared at every start: the chain is new), and
 prints the multiaddrs to join with and a `stakeswarm client generate` command to try.
+
+`dev fund` and `dev advance-time` act on the devnet running in the home and refuse anything
+else (`stakeswarm.devchain`): `fund` sends stake tokens from the deployer and adds ETH for gas
+(e.g. to a keystore from `stakeswarm client wallet create`), `advance-time` moves the chain's
+clock (e.g. "2d" to the end of an unbonding delay) and mines a block.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from __future__ import annotations
 import enum
 import json
 import shlex
+import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from types import FrameType
@@ -31,6 +40,19 @@ from rich.markup import escape
 from ledger.deployment import TOKEN, Deployment
 from ledger.errors import LedgerError
 from node.cli_options import HomeOpt
+from node.fault_modes import FAULT_MODES
+from stakeswarm.commands.chain_support import (
+    CliInputError,
+    format_duration,
+    format_tokens,
+    parse_address,
+    parse_duration,
+    parse_tokens,
+    print_tx,
+    reporting,
+    when,
+)
+from stakeswarm.devchain import DevChain
 from stakeswarm.devnet import Devnet, DevnetConfig, stop_devnet
 from stakeswarm.home import Home
 from stakeswarm.swarm import LocalSwarm, SwarmConfig, SwarmError, resolve_model
@@ -120,8 +142,7 @@ def swarm(
     faulty: Annotated[
         list[str] | None,
         typer.Option(
-            help="INDEX:MODE: node INDEX cheats (noise, skip-block, wrong-weights, "
-            "low-precision, stale, equivocate); repeat for more.",
+            help=f"INDEX:MODE: node INDEX cheats ({', '.join(FAULT_MODES)}); repeat for more.",
             show_default=False,
         ),
     ] = None,
@@ -196,6 +217,32 @@ def _has_chat_template(model_path: Path) -> bool:
         return False
 
 
+def runnable_cli(
+    executable: Path | None = None, cwd: Path | None = None, on_path: str | None = None
+) -> list[str]:
+    """The words that run this `stakeswarm` in another terminal, as printed: a bare `stakeswarm`
+    only when the one on PATH is this environment's (the venv is active); else the console
+    script beside this interpreter (`.venv/bin/stakeswarm` when it is under the working
+    directory, else its absolute path); else this interpreter with `-m stakeswarm`.
+    The defaults are this process's interpreter, directory and PATH."""
+    executable = Path(sys.executable) if executable is None else executable
+    cwd = Path.cwd() if cwd is None else cwd
+    script = executable.parent / "stakeswarm"  # not resolved: a venv's python is a symlink
+    if on_path is None:
+        on_path = shutil.which("stakeswarm")
+    if not script.is_file():
+        return [_shown(executable, cwd), "-m", "stakeswarm"]
+    if on_path is not None and Path(on_path).absolute() == script.absolute():
+        return ["stakeswarm"]
+    return [_shown(script, cwd)]
+
+
+def _shown(path: Path, cwd: Path) -> str:
+    """`path` relative to `cwd` when it lies under it (`.venv/bin/stakeswarm`), else absolute."""
+    path = path.absolute()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
+
+
 def _print_swarm(console: Console, running: LocalSwarm, config: SwarmConfig, home: Home) -> None:
     """What a user needs to try their own client: the peers, the deployment, a command."""
     deployment, model_path = running.deployment, config.model_path
@@ -215,13 +262,15 @@ def _print_swarm(console: Console, running: LocalSwarm, config: SwarmConfig, hom
     for maddr in running.initial_peers:
         console.print(f"  {maddr}")
     console.print(f"deployment file: {home.devnet_deployment}")
-    command = ["stakeswarm", "client", "generate", "Hello! Tell me about swarms.",
+    command = [*runnable_cli(), "client", "generate", "Hello! Tell me about swarms.",
                "--model", str(model_path), "--max-new-tokens", "32"]  # fmt: skip
     if _has_chat_template(model_path):
         command.append("--chat")
     command += ["--devnet", "--home", str(home.root), "--account", "client-0"]
     command += ["--initial-peers", running.initial_peers[0]]
-    console.print("[bold]try it[/] (dev accounts client-0..client-2 are funded):")
+    relative = "/" in command[0] and not Path(command[0]).is_absolute()
+    where = " from this directory" if relative else ""
+    console.print(f"[bold]try it[/]{where} (dev accounts client-0..client-2 are funded):")
     console.print(f"  {escape(shlex.join(command))}")
 
 
@@ -239,6 +288,60 @@ def down(home: HomeOpt = None) -> None:
         console.print(f"no devnet running in {resolved.root}")
     else:
         console.print(f"stopped the {stopped.chain} devnet at {stopped.rpc_url}")
+
+
+@app.command()
+def fund(
+    address: Annotated[str, typer.Argument(help="Address to fund (e.g. a `wallet create` one).")],
+    tokens: Annotated[
+        str, typer.Option(help="Stake tokens to send from the deployer (0: none).")
+    ] = "1000",
+    eth: Annotated[str, typer.Option(help="ETH (gas) to add to its balance (0: none).")] = "10",
+    home: HomeOpt = None,
+) -> None:
+    """On a devnet only: give an address stake tokens (from the deployer) and ETH for gas."""
+    with reporting() as console:
+        to = parse_address(address, "ADDRESS")
+        eth_wei = parse_tokens(eth, 18, "--eth")
+        devnet = DevChain.open(Home.resolve(home))
+        token = devnet.token()
+        decimals, symbol = token.decimals(), token.symbol()
+        amount = parse_tokens(tokens, decimals, "--tokens")
+        if amount:
+            sent = devnet.send_tokens(to, amount)
+            shown = f"{format_tokens(amount, decimals)} {symbol}"
+            print_tx(console, f"sent {shown} from the deployer", sent)
+        if eth_wei:
+            devnet.add_eth(to, eth_wei)
+            console.print(
+                f"[green]✓[/] added {format_tokens(eth_wei, 18)} ETH "
+                f"({devnet.state.chain}_setBalance, no transaction)"
+            )
+        console.print(
+            f"{to}: {format_tokens(token.balance_of(to), decimals)} {symbol}, "
+            f"{format_tokens(devnet.chain.eth_balance(to), 18)} ETH"
+        )
+
+
+@app.command("advance-time")
+def advance_time(
+    duration: Annotated[
+        str, typer.Argument(help="How far: seconds, or a number with s, m, h or d (2d, 3h, 90s).")
+    ],
+    home: HomeOpt = None,
+) -> None:
+    """On a devnet only: move the chain's clock forward and mine a block (e.g. to end unbonding)."""
+    with reporting() as console:
+        seconds = parse_duration(duration, "DURATION")
+        if seconds <= 0:
+            raise CliInputError("DURATION must be more than 0 seconds")
+        devnet = DevChain.open(Home.resolve(home))
+        before = devnet.chain.timestamp()
+        now = devnet.advance_time(seconds)
+        console.print(
+            f"[green]✓[/] chain time {when(now)} (was {when(before)}; "
+            f"+{format_duration(seconds)}), block {devnet.chain.block_number()}"
+        )
 
 
 def _print_summary(console: Console, deployment: Deployment, home: Home) -> None:

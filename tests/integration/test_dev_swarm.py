@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from stakeswarm.commands.dev import runnable_cli
 from stakeswarm.tiny_models import make_tiny_model
 from tests.integration.interrupt import sigint_reaches_it
 from tests.integration.nodes import REPO_ROOT
@@ -132,15 +133,16 @@ def test_a_client_generates_through_the_swarm_and_ctrl_c_stops_it(
         assert sum("node serve" in command for command in children.values()) == 3
         pids = set(children)
 
-        # the suggested command, as printed
+        # the suggested command, as printed (no venv activated: no bare `stakeswarm` unless
+        # PATH finds this environment's)
         suggested = next(line.strip() for line in text.splitlines() if "client generate" in line)
         argv = shlex.split(suggested)
-        assert argv[:3] == ["stakeswarm", "client", "generate"]
+        assert argv[argv.index("client") + 1] == "generate"
+        assert argv[: argv.index("client")] == runnable_cli(cwd=REPO_ROOT)
         argv[argv.index("--max-new-tokens") + 1] = "4"
         client = subprocess.run(
-            [sys.executable, "-m", *argv], cwd=REPO_ROOT, env=ENV,
-            capture_output=True, text=True, timeout=240,
-        )  # fmt: skip
+            argv, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=240
+        )
         assert client.returncode == 0, client.stdout + client.stderr
         assert "4 tokens in" in client.stdout
         for _, address, _, _ in nodes:
