@@ -27,8 +27,8 @@ class _Parts:
 
     def install(self, monkeypatch: pytest.MonkeyPatch, *, router_fails: bool) -> None:
         stopped = self.stopped
-        chain = SimpleNamespace(chain_id=31337, sender=lambda account, sessions: "sender")
-        ledger = SimpleNamespace(sessions=None, close=lambda: stopped.append("ledger"))
+        chain = SimpleNamespace(chain_id=31337, sender=lambda account, journal: "sender")
+        ledger = SimpleNamespace(tx_journal=lambda: None, close=lambda: stopped.append("ledger"))
         network = SimpleNamespace(shutdown=lambda: stopped.append("network"))
         contracts = SimpleNamespace(node_registry=None, slasher=SimpleNamespace(domain=lambda: 0))
 
