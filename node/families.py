@@ -43,7 +43,7 @@ window rule (or reuse one), a converter if its checkpoints name a layer's tensor
 than the layer's `state_dict`, and the head's extras if any (`embed_scale_of`,
 `logit_softcap_of`); add the `Family` to `FAMILIES`; add the family to
 `stakeswarm.tiny_models` so the unit tests (spans vs the whole model, cached decode) and the
-integration test (two node processes) run it.
+integration test (two node processes) run it. docs/models.md has the steps in full.
 """
 
 from __future__ import annotations
