@@ -310,7 +310,8 @@ def load_span(
         prefix = family.layer_prefix(index)
         keys = weights.keys_with_prefix(prefix)
         tensors = weights.read(keys, dtype, device)
-        _materialize(layer, {key[len(prefix) :]: t for key, t in tensors.items()}, f"block {index}")
+        state = family.layer_state(config, {key[len(prefix) :]: t for key, t in tensors.items()})
+        _materialize(layer, state, f"block {index}")
         layers.append(layer)
         if progress is not None:
             progress(index - start + 1, end - start)
@@ -320,23 +321,42 @@ def load_span(
 
 
 class ClientHead(nn.Module):
-    """The ends of a model a client runs itself: token embeddings, final norm, LM head."""
+    """The ends of a model a client runs itself: token embeddings, final norm, LM head, and
+    what a family adds around them (Gemma 2: embeddings scaled by sqrt(hidden_size), final
+    logits soft-capped)."""
 
-    def __init__(self, embed_tokens: nn.Embedding, norm: nn.Module, lm_head: nn.Linear) -> None:
+    def __init__(
+        self,
+        embed_tokens: nn.Embedding,
+        norm: nn.Module,
+        lm_head: nn.Linear,
+        *,
+        embed_scale: float | None = None,
+        logit_softcap: float | None = None,
+    ) -> None:
         super().__init__()
         self.embed_tokens = embed_tokens
         self.norm = norm
         self.lm_head = lm_head
+        self.embed_scale = embed_scale  # factor on the embeddings, None: none
+        self.logit_softcap = logit_softcap  # logits -> cap * tanh(logits / cap), None: none
 
     @torch.inference_mode()
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [batch, tokens] -> hidden states [batch, tokens, hidden_size]."""
-        return self.embed_tokens(input_ids)
+        hidden = self.embed_tokens(input_ids)
+        if self.embed_scale is not None:
+            # as transformers does: the factor as a float32 tensor, cast to the weights' dtype
+            hidden = hidden * torch.tensor(self.embed_scale).to(hidden.dtype)
+        return hidden
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Last span's output [batch, tokens, hidden_size] -> logits [batch, tokens, vocab]."""
-        return self.lm_head(self.norm(hidden))
+        logits = self.lm_head(self.norm(hidden))
+        if self.logit_softcap is not None:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
 
 
 def load_client_head(
@@ -346,7 +366,8 @@ def load_client_head(
     device: str | torch.device = "cpu",
 ) -> ClientHead:
     """Load only the embeddings, final norm and LM head (tied to the embeddings when the
-    config says so) of the model in `model_path`."""
+    config says so) of the model in `model_path`, with the family's embedding scale and
+    logit soft-cap."""
     _check_dtype(dtype)
     device = torch.device(device)
     config = load_config(model_path)
@@ -363,7 +384,13 @@ def load_client_head(
     _materialize(norm, {"weight": tensors[family.norm_key]}, "the final norm")
     head_weight = tensors[family.embed_key] if tied else tensors[family.lm_head_key]
     _materialize(lm_head, {"weight": head_weight}, "the LM head")
-    return ClientHead(embed, norm, lm_head)
+    return ClientHead(
+        embed,
+        norm,
+        lm_head,
+        embed_scale=family.embed_scale(config),
+        logit_softcap=family.logit_softcap(config),
+    )
 
 
 def move_span(

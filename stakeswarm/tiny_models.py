@@ -13,15 +13,21 @@ offline. Nothing is downloaded.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -29,8 +35,13 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-Family = Literal["llama", "mistral", "qwen2"]
-FAMILIES: tuple[Family, ...] = ("llama", "mistral", "qwen2")
+Family = Literal["llama", "mistral", "qwen2", "mixtral", "gemma2", "phi3"]
+FAMILIES: tuple[Family, ...] = ("llama", "mistral", "qwen2", "mixtral", "gemma2", "phi3")
+
+# Tiny Gemma 2 soft-caps: low enough that capping changes attention and logits of a random
+# model (the real ones, 50 and 30, would leave these small logits untouched and untested).
+GEMMA2_ATTN_SOFTCAP = 1.0
+GEMMA2_FINAL_SOFTCAP = 2.0
 
 PAD_TOKEN = "<|pad|>"
 BOS_TOKEN = "<|bos|>"
@@ -63,7 +74,7 @@ def _config(
     sliding_window: int | None,
     initializer_range: float,
 ) -> PretrainedConfig:
-    common = dict(
+    common: dict[str, Any] = dict(
         initializer_range=initializer_range,
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -91,6 +102,27 @@ def _config(
             max_window_layers=num_layers // 2,
             **common,
         )
+    if family == "mixtral":
+        # 4 experts, 2 per token: every token mixes two experts its router picked.
+        return MixtralConfig(
+            sliding_window=sliding_window, num_local_experts=4, num_experts_per_tok=2, **common
+        )
+    if family == "gemma2":
+        # Gemma 2 alternates windowed (even) and global (odd) layers; without a window every
+        # layer is global. head_dim and the query scale are spelled out (defaults: 256).
+        head_dim = hidden_size // num_heads
+        return Gemma2Config(
+            sliding_window=sliding_window,
+            head_dim=head_dim,
+            query_pre_attn_scalar=head_dim,
+            attn_logit_softcapping=GEMMA2_ATTN_SOFTCAP,
+            final_logit_softcapping=GEMMA2_FINAL_SOFTCAP,
+            **common,
+        )
+    if family == "phi3":
+        # Half the head dimensions rotate (Phi-4-mini style), so partial rotary is exercised.
+        rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+        return Phi3Config(sliding_window=sliding_window, rope_parameters=rope, **common)
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
 
 
@@ -98,6 +130,9 @@ _MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "llama": LlamaForCausalLM,
     "mistral": MistralForCausalLM,
     "qwen2": Qwen2ForCausalLM,
+    "mixtral": MixtralForCausalLM,
+    "gemma2": Gemma2ForCausalLM,
+    "phi3": Phi3ForCausalLM,
 }
 
 
@@ -147,7 +182,9 @@ def make_tiny_model(
     Returns the model folder (`tmp_path / name`, default `tiny-{family}`) holding
     `config.json`, the weights as one `model.safetensors` (`shards=1`) or about `shards` files
     with `model.safetensors.index.json`, and the tokenizer files when `with_tokenizer`.
-    `sliding_window` (mistral, qwen2) turns the model's windowed attention on with that width.
+    `sliding_window` (every family but llama) turns the model's windowed attention on with
+    that width: on every layer (mistral, mixtral, phi3), on the upper half (qwen2), on every
+    other layer (gemma2).
     The default `initializer_range` of 0.1 (transformers: 0.02) gives hidden states of O(1)
     magnitude and peaked attention, like a trained model's, so wrong masks or positions show.
     """
@@ -171,7 +208,7 @@ def make_tiny_model(
         initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
-    model = _MODEL_CLASSES[family](config).to(torch.float32).eval()
+    model = _MODEL_CLASSES[family](config).float().eval()
 
     path = tmp_path / (name or f"tiny-{family}")
     path.mkdir(parents=True, exist_ok=True)

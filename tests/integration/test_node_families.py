@@ -1,6 +1,8 @@
-"""Mistral- and Qwen2-style models through two real node processes (Llama: test_node_serving).
+"""Every family but Llama (test_node_serving) through two real node processes: Mistral,
+Qwen2, Mixtral (mixture of experts), Gemma 2 (soft-capped, alternating windows, scaled
+embeddings) and Phi-3 (fused projections, partial rotary).
 
-Both with sliding-window attention narrower than the sequence, so a span that looked its
+All with sliding-window attention narrower than the sequence, so a span that looked its
 windows up by local instead of global layer index, or lost them across a node boundary, shows.
 """
 
@@ -14,7 +16,7 @@ from hivemind.p2p import P2P
 
 from ledger.deployment import Deployment
 from node.blocks import SPAN_FP32_ATOL, load_client_head
-from stakeswarm.tiny_models import Family, load_reference_model, make_tiny_model
+from stakeswarm.tiny_models import FAMILIES, Family, load_reference_model, make_tiny_model
 from tests.integration.nodes import (
     Hop,
     LoopThread,
@@ -33,7 +35,7 @@ NEW_TOKENS = 6
 WINDOW = 4  # narrower than prompt + generated tokens
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "llama"])
 def test_two_servers_give_the_local_models_hidden_states_and_greedy_tokens(
     family: Family, deployment: Deployment, tmp_path: Path
 ) -> None:

@@ -4,17 +4,25 @@ and driving greedy generation — for every supported family, with left-padded b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from node.blocks import SPAN_FP32_ATOL, ClientHead, Span, load_client_head, load_span
 from node.cache import CacheManager
-from stakeswarm.tiny_models import FAMILIES, load_reference_model, make_tiny_model
+from node.errors import ModelFilesError
+from stakeswarm.tiny_models import (
+    FAMILIES,
+    GEMMA2_FINAL_SOFTCAP,
+    load_reference_model,
+    make_tiny_model,
+)
 
 SPLITS = [(0, 2), (2, 4), (4, 6)]
-WINDOW = 6  # mistral/qwen2 windows, shorter than the sequences below so windowing matters
+WINDOW = 6  # windows (all but llama), shorter than the sequences below so windowing matters
 PROMPT = 11
 NEW_TOKENS = 8
 
@@ -33,12 +41,14 @@ class Model:
 def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Model:
     family = request.param
     window = None if family == "llama" else WINDOW
-    # qwen2 is sharded to exercise the index path; its upper half of layers is windowed.
+    # qwen2 and mixtral are sharded to exercise the index path (a Mixtral layer's experts,
+    # converted on load, may lie in two shards); qwen2 windows its upper half of layers,
+    # gemma2 every other layer, the others every layer.
     path = make_tiny_model(
         tmp_path_factory.mktemp(family),
         family,
         sliding_window=window,
-        shards=3 if family == "qwen2" else 1,
+        shards=3 if family in ("qwen2", "mixtral") else 1,
     )
     return Model(path)
 
@@ -175,6 +185,44 @@ def test_layers_use_global_indices_for_windows_and_cache(tmp_path: Path) -> None
     assert span.windows == (None, WINDOW, WINDOW)
     assert [layer.self_attn.layer_idx for layer in span.layers] == [2, 3, 4]
     assert (span.kv_layout.start, span.kv_layout.end) == (2, 5)
+
+
+def test_gemma2_alternates_windowed_and_global_layers_by_global_index(tmp_path: Path) -> None:
+    path = make_tiny_model(tmp_path, "gemma2", sliding_window=WINDOW)
+    span = load_span(path, 1, 4)
+    assert span.windows == (None, WINDOW, None)
+    assert span.config._attn_implementation == "eager"  # sdpa cannot soft-cap attention
+
+
+def test_gemma2_head_scales_embeddings_and_caps_logits(tmp_path: Path) -> None:
+    path = make_tiny_model(tmp_path, "gemma2")
+    head = load_client_head(path)
+    ids = torch.tensor([[5, 6, 7]])
+    scale = head.embed_tokens.embedding_dim**0.5
+    torch.testing.assert_close(head.embed(ids), head.embed_tokens(ids) * scale)
+    cap = GEMMA2_FINAL_SOFTCAP
+    logits = head.logits(torch.randn(1, 3, head.embed_tokens.embedding_dim) * 10)
+    assert logits.abs().max() < cap
+    assert logits.abs().max() > cap / 2  # capped, not merely small
+
+
+def test_mixtral_experts_are_fused_from_per_expert_weights(tmp_path: Path) -> None:
+    path = make_tiny_model(tmp_path, "mixtral", 2)
+    reference: Any = load_reference_model(path).model.layers[1].mlp
+    mlp: Any = load_span(path, 1, 2).layers[0].mlp
+    torch.testing.assert_close(mlp.experts.gate_up_proj, reference.experts.gate_up_proj)
+    torch.testing.assert_close(mlp.experts.down_proj, reference.experts.down_proj)
+    torch.testing.assert_close(mlp.gate.weight, reference.gate.weight)
+
+
+def test_mixtral_with_an_expert_missing_is_refused(tmp_path: Path) -> None:
+    path = make_tiny_model(tmp_path, "mixtral", 2)
+    weights = load_file(path / "model.safetensors")
+    del weights["model.layers.1.block_sparse_moe.experts.3.w2.weight"]
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    load_span(path, 0, 1)  # the other layer is whole
+    with pytest.raises(ModelFilesError, match=r"experts\.3\.w2"):
+        load_span(path, 1, 2)
 
 
 def test_bfloat16_span_stays_close_to_float32(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from node.faults import FaultMode
 from node.protocol import RevealedStep, RevealResponse
 from node.sketch import sketch
 from node.tensors import tensor_hash
-from stakeswarm.tiny_models import make_tiny_model
+from stakeswarm.tiny_models import FAMILIES, Family, make_tiny_model
 from verifier.audit import (
     RECOMPUTE_SCORE_BYTES,
     Opening,
@@ -153,6 +153,18 @@ def test_an_honest_reveal_is_proven_checked_and_passes(tiny: tuple[Span, ClientH
 def test_a_cheat_is_caught_by_the_same_audit(tiny: tuple[Span, ClientHead]) -> None:
     span, head = tiny
     assert not audit(span, serve(span, head, fault=FaultMode.NOISE))
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "llama"])
+def test_other_families_are_audited_by_the_same_recompute(
+    family: Family, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    path = make_tiny_model(tmp_path_factory.mktemp(family), family, 4, sliding_window=4)
+    span, head = load_span(path, 0, 3), load_client_head(path)
+    assert audit(span, serve(span, head))
+    assert not audit(span, serve(span, head, fault=FaultMode.SKIP_BLOCK))
+    bfloat16 = next(v for v in HONEST if v.declared == "bfloat16" and v.fault is None)
+    assert run_variation(span, head, bfloat16, sessions=2, seed=9).failed == 0
 
 
 def test_a_long_session_is_recomputed_in_chunks_as_in_one_pass(
