@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ledger.identity import identity_problems
 from node.errors import NodeError
+from node.fault_modes import FAULT_MODES
 
 DEFAULT_HOST_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
 
@@ -153,13 +154,8 @@ class NodeConfig:
             problems.append(f"http_port must be in [0, 65535], got {self.http_port}")
         if self.torch_threads is not None and self.torch_threads < 1:
             problems.append("torch_threads must be >= 1")
-        if self.faulty is not None:
-            from node.faults import FAULT_MODES  # torch: only for a node that cheats
-
-            if self.faulty not in FAULT_MODES:
-                problems.append(
-                    f"faulty must be one of {', '.join(FAULT_MODES)}, got {self.faulty!r}"
-                )
+        if self.faulty is not None and self.faulty not in FAULT_MODES:
+            problems.append(f"faulty must be one of {', '.join(FAULT_MODES)}, got {self.faulty!r}")
         if problems:
             raise ConfigError("invalid node configuration: " + "; ".join(problems))
 

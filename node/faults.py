@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import enum
 import logging
 import threading
 import weakref
@@ -64,6 +63,7 @@ from node.build import Wrapping, unchanged
 from node.cache import SessionCache
 from node.commits import LeafWriter, Receipts
 from node.errors import NodeError
+from node.fault_modes import FAULT_MODES, FaultMode
 from node.handler import StakeswarmNode
 from node.protocol import ErrorCode, Frame, ProtocolError, RevealRequest, SignedReceipt, StepRequest
 from node.sessions import Session, SpanViews
@@ -75,24 +75,6 @@ NOISE_SCALE = 0.01  # noise std as a fraction of the output's std (per step)
 WEIGHT_NOISE_SCALE = 0.01  # weight perturbation std as a fraction of each tensor's std
 LOW_PRECISION_DTYPE = torch.bfloat16  # what `low-precision` computes in
 STEER_SCALE = 20.0  # `steer`'s push along its direction, in multiples of the output's std
-
-
-class FaultMode(enum.StrEnum):
-    """The cheat modes (`--faulty` values)."""
-
-    NOISE = "noise"
-    SKIP_BLOCK = "skip-block"
-    WRONG_WEIGHTS = "wrong-weights"
-    LOW_PRECISION = "low-precision"
-    STALE = "stale"
-    EQUIVOCATE = "equivocate"
-    WITHHOLD = "withhold"
-    NO_COMMIT = "no-commit"
-    STEER = "steer"
-    FAIL_AFTER_PAYMENT = "fail-after-payment"
-
-
-FAULT_MODES: tuple[str, ...] = tuple(mode.value for mode in FaultMode)
 
 
 class FaultConfigError(NodeError, ValueError):

@@ -42,6 +42,7 @@ import httpx
 
 from ledger.compile import PROJECT_ROOT
 from ledger.deployment import Deployment
+from node.fault_modes import FAULT_MODES
 from stakeswarm.devnet import ChainKind, Devnet, DevnetConfig, dev_roles
 from stakeswarm.home import Home
 
@@ -450,8 +451,6 @@ class SwarmConfig:
     def __post_init__(self) -> None:
         if self.nodes < 1:
             raise SwarmError(f"need at least one node, got {self.nodes}")
-        from node.faults import FAULT_MODES
-
         for index, mode in self.faulty.items():
             if not 0 <= index < self.nodes:
                 raise SwarmError(f"faulty node {index} is not one of nodes 0..{self.nodes - 1}")
