@@ -7,7 +7,10 @@ they surface only as `NoRouteError` when no server is left for some blocks.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ClientError(Exception):

@@ -32,7 +32,7 @@ from node.cli_options import (
 )
 from node.config import DEFAULT_HOST_MADDRS, ConfigError, NodeConfig
 from node.errors import NodeError
-from node.faults import FAULT_MODES
+from node.fault_modes import FAULT_MODES
 from node.logs import setup_logging
 
 app = typer.Typer(
