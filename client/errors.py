@@ -21,6 +21,10 @@ class ClientConfigError(ClientError, ValueError):
     """A client configuration or argument that cannot work."""
 
 
+class SwarmJoinError(ClientError, ConnectionError):
+    """None of the initial peers could be reached: the swarm cannot be joined."""
+
+
 class NoRouteError(ClientError):
     """No chain of usable servers covers the blocks (none announced, all failing, too dear)."""
 

@@ -25,6 +25,7 @@ import torch
 from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P
 
+from client.errors import SwarmJoinError
 from client.remote import RemoteSpanSession, remote_info
 from ledger.types import Voucher
 from node.protocol import (
@@ -121,8 +122,8 @@ class Network:
 
     @classmethod
     def start(cls, initial_peers: Sequence[str], *, timeout: float = 60.0) -> Network:
-        """Join the swarm through `initial_peers` (multiaddrs); raises `ConnectionError` when
-        none can be reached."""
+        """Join the swarm through `initial_peers` (multiaddrs); raises `SwarmJoinError` (a
+        `ConnectionError`) when none can be reached."""
         if not initial_peers:
             raise ValueError("give at least one initial peer (a multiaddr of a swarm member)")
         runner = EventLoopThread()
@@ -142,8 +143,9 @@ class Network:
             p2p, dht = runner.run(start(), timeout)
         except Exception as exc:
             runner.close()
-            raise ConnectionError(
-                f"cannot join the swarm through {list(initial_peers)}: {exc}"
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SwarmJoinError(
+                f"cannot join the swarm: no answer from {', '.join(initial_peers)} ({cause})"
             ) from exc
         logger.info("joined the swarm as %s", p2p.peer_id)
         return cls(runner, p2p, dht)
