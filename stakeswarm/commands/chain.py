@@ -16,13 +16,12 @@ and exits with status 1.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import base58
 import typer
 from rich.console import Console
 
-from ledger.contracts import NodeInfo, VerifierInfo
 from ledger.types import ChannelId, model_id
 from node.cli_options import ChainOptions, with_chain_options
 from stakeswarm.commands.chain_deploy import deploy
@@ -41,6 +40,9 @@ from stakeswarm.commands.chain_support import (
     reporting,
     when,
 )
+
+if TYPE_CHECKING:  # web3 loads in the commands that reach a chain, not with `chain --help`
+    from ledger.contracts import NodeInfo, VerifierInfo
 
 app = typer.Typer(
     help="On-chain actions: stake as a node or verifier, pay through channels, balances.",

@@ -21,7 +21,7 @@ from stakeswarm.tiny_models import make_tiny_model
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PEER_ID = "QmWtA8FbXdUdnHcxV1N1TTtsxyTbFzZHm8G63Z4sqGGmEd"  # well formed; nobody listens
 GOOD_PEER = f"/ip4/127.0.0.1/tcp/1/p2p/{PEER_ID}"
-HEAVY = ("torch", "transformers", "hivemind")
+HEAVY = ("torch", "transformers", "hivemind", "web3", "eth_account")
 
 
 def _stakeswarm(*args: str) -> subprocess.CompletedProcess[str]:
