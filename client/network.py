@@ -58,7 +58,7 @@ class EventLoopThread:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout)
-        except TimeoutError:
+        except (TimeoutError, KeyboardInterrupt):  # given up on (Ctrl-C too): stop it there
             future.cancel()
             raise
 
