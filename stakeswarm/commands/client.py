@@ -12,7 +12,9 @@ Without --devnet, commands read the deployment file given and sign with the keys
 by default `<home>/client/keystore.json`. Amounts (--max-price per token through the whole
 route, --budget for the whole run) are whole stake tokens with decimals. `generate` streams
 the text as it arrives, then prints the route, the speed, what each server was paid and the
-channels' balances.
+channels' balances; Ctrl-C stops it with a newline, `interrupted` and what was paid on stderr,
+then the same summary (exit status 130). Peer addresses, the model folder and --chat are
+checked before any chain, ledger or network work.
 """
 
 from __future__ import annotations

@@ -43,29 +43,46 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("model"), "llama", 2)
 
 
-@pytest.mark.parametrize(
-    ("peer", "problem"),
-    [
-        ("127.0.0.1:40113", "not a multiaddr (Must begin with /)"),
-        ("/ip4/127.0.0.1/tcp/40113", "no peer id (/p2p/PEER_ID)"),
-        ("/ip4/127.0.0.1/tcp/40113/p2p/Qm...", "not a multiaddr"),
-    ],
-)
-@pytest.mark.parametrize(
-    "command", [("client", "generate", "hi"), ("node", "serve"), ("verifier", "run")]
-)
-def test_a_malformed_initial_peer_is_refused_before_anything_else(
-    tmp_path: Path, tiny: Path, command: tuple[str, ...], peer: str, problem: str
+BAD_PEERS = [
+    ("127.0.0.1:40113", "not a multiaddr (Must begin with /)"),
+    ("/ip4/127.0.0.1/tcp/40113", "no peer id (/p2p/PEER_ID)"),
+    ("/ip4/127.0.0.1/tcp/40113/p2p/Qm...", "not a multiaddr"),
+]
+
+
+def _refuses_the_peer(
+    home: Path, result: subprocess.CompletedProcess[str], peer: str, problem: str
 ) -> None:
-    home = tmp_path / "home"
-    result = _stakeswarm(
-        *command, "--model", str(tiny), "--initial-peers", peer, "--devnet", "--home", str(home)
-    )
     assert result.returncode == 2
     line = _one_error_line(result)
     assert f"--initial-peers {peer!r}: {problem}" in line
     assert "expected /ip4/HOST/tcp/PORT/p2p/PEER_ID" in line
     assert not home.exists()  # no ledger, no identity, nothing written
+
+
+@pytest.mark.parametrize(("peer", "problem"), BAD_PEERS)
+def test_client_generate_refuses_a_malformed_initial_peer_before_anything_else(
+    tmp_path: Path, tiny: Path, peer: str, problem: str
+) -> None:
+    home = tmp_path / "home"
+    result = _stakeswarm(
+        "client", "generate", "hi", "--model", str(tiny), "--initial-peers", peer,
+        "--devnet", "--home", str(home),
+    )  # fmt: skip
+    _refuses_the_peer(home, result, peer, problem)
+
+
+@pytest.mark.parametrize("command", [("node", "serve"), ("verifier", "run")])
+def test_servers_refuse_a_malformed_initial_peer_before_anything_else(
+    tmp_path: Path, tiny: Path, command: tuple[str, ...]
+) -> None:
+    home = tmp_path / "home"
+    peer, problem = BAD_PEERS[0]
+    result = _stakeswarm(
+        *command, "--model", str(tiny), "--initial-peers", GOOD_PEER, "--initial-peers", peer,
+        "--devnet", "--home", str(home),
+    )  # fmt: skip
+    _refuses_the_peer(home, result, peer, problem)
 
 
 @pytest.mark.parametrize("folder", ["missing", "empty"])
