@@ -21,6 +21,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
+import psutil
 import torch
 from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P
@@ -112,6 +113,25 @@ def _span(info: ServerInfo) -> tuple[int, int]:
     return info.span_start, info.span_end
 
 
+async def _daemons_reaped(timeout: float = 2.0) -> None:
+    """Wait (at most `timeout` s) until asyncio's child watcher has reaped our exited children.
+
+    A p2pd that failed to start (no bootstrap peer answered) is left to the watcher; reaped
+    after this loop closed, the watcher would warn that the loop "that handles pid ... is
+    closed", a second line under the one error a user should see."""
+    me = psutil.Process()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            exited = [c for c in me.children() if c.status() == psutil.STATUS_ZOMBIE]
+        except psutil.Error:
+            break
+        if not exited:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0)  # the watcher's callback runs on this loop
+
+
 class Network:
     """A P2P daemon and a client-mode DHT node on a private loop thread (see the module doc)."""
 
@@ -129,7 +149,11 @@ class Network:
         runner = EventLoopThread()
 
         async def start() -> tuple[P2P, DHTNode]:
-            p2p = await P2P.create(initial_peers=list(initial_peers))
+            try:
+                p2p = await P2P.create(initial_peers=list(initial_peers))
+            except BaseException:
+                await _daemons_reaped()
+                raise
             try:
                 dht = await DHTNode.create(
                     p2p=p2p, initial_peers=list(initial_peers), client_mode=True
