@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.errors import ClientConfigError
-from node.protocol import DEFAULT_SILENCE_TIMEOUT
+from node.keepalive import DEFAULT_SILENCE_TIMEOUT
 
 HIDDEN_DTYPES = ("float32", "float16", "bfloat16")
 

@@ -7,7 +7,10 @@ they surface only as `NoRouteError` when no server is left for some blocks.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ClientError(Exception):
@@ -16,6 +19,10 @@ class ClientError(Exception):
 
 class ClientConfigError(ClientError, ValueError):
     """A client configuration or argument that cannot work."""
+
+
+class SwarmJoinError(ClientError, ConnectionError):
+    """None of the initial peers could be reached: the swarm cannot be joined."""
 
 
 class NoRouteError(ClientError):

@@ -117,7 +117,7 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
             deployment = Deployment.load(Path(deployment))
         model_config = load_config(path)
         head = load_client_head(path, torch.float32)
-        tokenizer = _load_tokenizer(path)
+        tokenizer = load_tokenizer(path)
         client = SwarmClient(config, account=wallet, deployment=deployment)
         try:
             model = cls(model_config, head, client, tokenizer)
@@ -311,7 +311,8 @@ class _Collector:
         return torch.cat([inputs, *self.tokens], dim=1) if self.tokens else inputs.clone()
 
 
-def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase | None:
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase | None:
+    """The tokenizer of the model folder `path`, None when it has no tokenizer files."""
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         return None
     return AutoTokenizer.from_pretrained(path)

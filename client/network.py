@@ -21,10 +21,12 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
+import psutil
 import torch
 from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P
 
+from client.errors import SwarmJoinError
 from client.remote import RemoteSpanSession, remote_info
 from ledger.types import Voucher
 from node.protocol import (
@@ -57,7 +59,7 @@ class EventLoopThread:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout)
-        except TimeoutError:
+        except (TimeoutError, KeyboardInterrupt):  # given up on (Ctrl-C too): stop it there
             future.cancel()
             raise
 
@@ -111,6 +113,25 @@ def _span(info: ServerInfo) -> tuple[int, int]:
     return info.span_start, info.span_end
 
 
+async def _daemons_reaped(timeout: float = 2.0) -> None:
+    """Wait (at most `timeout` s) until asyncio's child watcher has reaped our exited children.
+
+    A p2pd that failed to start (no bootstrap peer answered) is left to the watcher; reaped
+    after this loop closed, the watcher would warn that the loop "that handles pid ... is
+    closed", a second line under the one error a user should see."""
+    me = psutil.Process()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            exited = [c for c in me.children() if c.status() == psutil.STATUS_ZOMBIE]
+        except psutil.Error:
+            break
+        if not exited:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0)  # the watcher's callback runs on this loop
+
+
 class Network:
     """A P2P daemon and a client-mode DHT node on a private loop thread (see the module doc)."""
 
@@ -121,14 +142,18 @@ class Network:
 
     @classmethod
     def start(cls, initial_peers: Sequence[str], *, timeout: float = 60.0) -> Network:
-        """Join the swarm through `initial_peers` (multiaddrs); raises `ConnectionError` when
-        none can be reached."""
+        """Join the swarm through `initial_peers` (multiaddrs); raises `SwarmJoinError` (a
+        `ConnectionError`) when none can be reached."""
         if not initial_peers:
             raise ValueError("give at least one initial peer (a multiaddr of a swarm member)")
         runner = EventLoopThread()
 
         async def start() -> tuple[P2P, DHTNode]:
-            p2p = await P2P.create(initial_peers=list(initial_peers))
+            try:
+                p2p = await P2P.create(initial_peers=list(initial_peers))
+            except BaseException:
+                await _daemons_reaped()
+                raise
             try:
                 dht = await DHTNode.create(
                     p2p=p2p, initial_peers=list(initial_peers), client_mode=True
@@ -142,8 +167,9 @@ class Network:
             p2p, dht = runner.run(start(), timeout)
         except Exception as exc:
             runner.close()
-            raise ConnectionError(
-                f"cannot join the swarm through {list(initial_peers)}: {exc}"
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SwarmJoinError(
+                f"cannot join the swarm: no answer from {', '.join(initial_peers)} ({cause})"
             ) from exc
         logger.info("joined the swarm as %s", p2p.peer_id)
         return cls(runner, p2p, dht)

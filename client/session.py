@@ -407,6 +407,10 @@ class InferenceSession:
                 peer_id=hop.peer_id,
                 ban=exc.code not in NO_BLAME_CODES,
             ) from exc
+        except KeyboardInterrupt:
+            # interrupted while waiting (Ctrl-C): the node may hold the voucher, so it counts
+            self._paid_for_nothing(hop, cost)
+            raise
         except (RemoteUnavailableError, ProtocolError, TimeoutError) as exc:
             # no answer: the node may hold the voucher, so it counts as spent
             self._paid_for_nothing(hop, cost)

@@ -24,9 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import solcx
-from solcx.exceptions import SolcError
-
 from ledger.errors import LedgerError
 
 logger = logging.getLogger(__name__)
@@ -172,6 +169,9 @@ def load_abis(abi_dir: Path) -> dict[str, list[dict[str, Any]]]:
 def find_compiler(version: str) -> Path:
     """A `solc` executable of `version`: a native `solc` on PATH if its version matches,
     else the solc-js wrapper. Raises `CompileError` when neither has that version."""
+    import solcx  # py-solc-x loads only where a compiler runs, not with every command
+    from solcx.exceptions import SolcError
+
     native = shutil.which("solc")
     if native is not None:
         try:
@@ -244,6 +244,9 @@ def _compile(
         "settings": settings,
     }
     logger.info("compiling %d Solidity sources with %s", len(sources), compiler)
+    import solcx
+    from solcx.exceptions import SolcError
+
     try:
         output = solcx.compile_standard(
             standard_input,

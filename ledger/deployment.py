@@ -19,18 +19,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_abi.exceptions import DecodingError
 from eth_utils import is_address, to_checksum_address
-from web3.exceptions import Web3Exception
-from web3.types import Nonce
-from web3.utils.address import get_create_address
 
-from ledger.chain import Chain, ChainError, Sender
-from ledger.compile import Artifacts, load_abis
+from ledger.compile import load_abis
 from ledger.errors import LedgerError
 from ledger.types import Address, Wei
+
+if TYPE_CHECKING:  # web3 loads where a chain is used, not with every command that reads a file
+    from ledger.chain import Chain, Sender
+    from ledger.compile import Artifacts
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +288,8 @@ class Deployment:
     def connect(self, *, rpc_url: str | None = None, request_timeout: float = 30.0) -> Chain:
         """A `Chain` on this deployment's RPC (or `rpc_url`), checked to be the same chain:
         the chain id matches and the stake token has code. `DeploymentError` otherwise."""
+        from ledger.chain import Chain
+
         url = rpc_url or self.rpc_url
         try:
             abis = load_abis(self.abi_dir)
@@ -338,6 +340,11 @@ def deploy_all(
     are not used) and no StakeToken is deployed. Returns once the last deployment has
     `confirmations` confirmations and every contract still has its code. `DeploymentError` if a
     contract cannot be deployed or did not land where predicted."""
+    from web3.types import Nonce
+    from web3.utils.address import get_create_address
+
+    from ledger.chain import ChainError
+
     me = deployer.address
     recipient = params.reward_recipient or me
     start_block = chain.block_number()
@@ -426,6 +433,10 @@ def deploy_all(
 def check_stake_token(chain: Chain, address: Address) -> None:
     """`DeploymentError` unless `address` looks like an ERC-20 that can be staked: it has code,
     and `decimals()`, `symbol()`, `totalSupply()` answer (the supply is not zero)."""
+    from web3.exceptions import Web3Exception
+
+    from ledger.chain import ChainError
+
     if len(chain.w3.eth.get_code(to_checksum_address(address))) == 0:
         raise DeploymentError(
             f"no contract at {address} on chain {chain.chain_id}: not an ERC-20 stake token"
@@ -470,6 +481,8 @@ def await_confirmations(
 
 
 def _mines_on_demand(chain: Chain) -> bool:
+    from ledger.chain import ChainError
+
     try:
         version = str(chain.rpc("web3_clientVersion")).lower()
     except ChainError:

@@ -24,16 +24,15 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from eth_keyfile.exceptions import EthKeyfileException
-from eth_keys.exceptions import ValidationError as KeysValidationError
 from eth_utils import is_address, to_checksum_address
 
 from ledger.errors import WalletError
 from ledger.types import Address
+
+if TYPE_CHECKING:  # eth-account loads where a key is made or unlocked, not to read an address
+    from eth_account.signers.local import LocalAccount
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +147,9 @@ def _password(source: PasswordLike) -> str:
 
 
 def _account_from_key(private_key: bytes | str) -> LocalAccount:
+    from eth_account import Account
+    from eth_keys.exceptions import ValidationError as KeysValidationError
+
     try:
         return Account.from_key(private_key)
     except (ValueError, TypeError, KeysValidationError):
@@ -155,6 +157,8 @@ def _account_from_key(private_key: bytes | str) -> LocalAccount:
 
 
 def _write_keystore(path: Path, account: LocalAccount, password: str, kdf: KeystoreKdf) -> None:
+    from eth_account import Account
+
     if not password:
         raise WalletError("refusing to encrypt a keystore with an empty password")
     if path.exists():
@@ -187,6 +191,8 @@ def create_wallet(
 ) -> LocalAccount:
     """Make a new random key, write it encrypted to `path` (mode 0600; never overwrites) and
     return the unlocked account."""
+    from eth_account import Account
+
     account: LocalAccount = Account.create()
     _write_keystore(Path(path), account, _password(password), kdf)
     logger.info("created keystore %s for %s", path, account.address)
@@ -235,6 +241,9 @@ def keystore_address(path: str | os.PathLike[str]) -> Address:
 def load_wallet(path: str | os.PathLike[str], password: PasswordLike) -> LocalAccount:
     """Unlock the keystore at `path`. `WalletError` if it is missing, not a keystore, or the
     password is wrong."""
+    from eth_account import Account
+    from eth_keyfile.exceptions import EthKeyfileException
+
     path = Path(path)
     keystore = _read_keystore(path)
     mode = path.stat().st_mode

@@ -27,12 +27,14 @@ from node.cli_options import (
     LogLevelOpt,
     ModelNameOpt,
     ThreadsOpt,
+    check_initial_peers,
+    check_model_folder,
     parse_tokens,
     with_chain_options,
 )
 from node.config import DEFAULT_HOST_MADDRS, ConfigError, NodeConfig
 from node.errors import NodeError
-from node.faults import FAULT_MODES
+from node.fault_modes import FAULT_MODES
 from node.logs import setup_logging
 
 app = typer.Typer(
@@ -178,8 +180,12 @@ def serve(
     options: ChainOptions,
 ) -> None:
     """Serve blocks of a model: stake for them, announce them, answer inference, get paid."""
+    # local inputs first: a typo ends here, before any chain, ledger or network work
+    peers = check_initial_peers(initial_peers)
+    check_model_folder(model)
     from node import faults  # heavy imports only when serving
     from node.build import HONEST, Wrapping
+    from node.families import load_config
     from node.server import Ready, Server
 
     out = Console(soft_wrap=True, highlight=False)
@@ -195,7 +201,7 @@ def serve(
             torch_threads=threads,
             **options.identity(),
             new_ledger=new_ledger,
-            initial_peers=tuple(initial_peers or ()),
+            initial_peers=peers,
             host_maddrs=tuple(host_maddrs or DEFAULT_HOST_MADDRS),
             announce_maddrs=tuple(announce_maddrs or ()),
             announce_interval=announce_interval,
@@ -218,6 +224,11 @@ def serve(
             max_forward_tokens=max_forward_tokens,
         )
     except ConfigError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    try:
+        load_config(model)  # config.json and a supported architecture, before the ledger opens
+    except NodeError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
 

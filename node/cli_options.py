@@ -1,7 +1,8 @@
 """The command-line options several `stakeswarm` commands share, declared once: where to act and
 as whom (`with_chain_options`: --devnet, --account, --home, --rpc, --deployment, --keystore,
---password-env), and what every long-running server takes (--model-name, --http-port,
---threads, --log-level).
+--password-env), what every long-running server takes (--model-name, --http-port,
+--threads, --log-level), and the checks of local inputs (--initial-peers, --model) that run
+before any chain, ledger or network work.
 
 They live here, under `node`, because `node serve` (`node.cli`) takes them and imports flow
 `ledger` <- `node` <- `client`, `verifier` <- `stakeswarm`; the `chain`, `client` and
@@ -12,13 +13,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, overload
+from typing import Annotated, Any, NoReturn, overload
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
 from ledger.types import parse_token_amount
 
@@ -171,3 +174,52 @@ def parse_tokens(text: str, what: str) -> Decimal:
         return parse_token_amount(text, what)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+# --- local inputs, checked before any chain, ledger or network work ---------------------------
+
+PEER_ADDRESS_FORM = "/ip4/HOST/tcp/PORT/p2p/PEER_ID"  # what a node prints after "join with"
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with one `error:` line on stderr (exit status `code`)."""
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def peer_address_problem(text: str) -> str | None:
+    """What is wrong with `text` as the multiaddr of a swarm member (None: nothing): it must
+    parse and end in the member's peer id (`/p2p/...`), as the libp2p daemon needs it."""
+    # hivemind (and with it torch) loads here, only in commands that join a swarm
+    from hivemind.utils.multiaddr import Multiaddr
+    from hivemind.utils.multiaddr.exceptions import Error as MultiaddrError
+
+    try:
+        address = Multiaddr(text)
+    except (MultiaddrError, ValueError, TypeError) as exc:
+        reason = str(exc).removeprefix(f"Invalid MultiAddr {text!r}").lstrip(" :")
+        return f"not a multiaddr ({reason or exc})"
+    if "p2p" not in {protocol.name for protocol in address.protocols()}:
+        return "no peer id (/p2p/PEER_ID)"
+    return None
+
+
+def check_initial_peers(values: Sequence[str] | None) -> tuple[str, ...]:
+    """--initial-peers as given, every one checked (`peer_address_problem`); a malformed one
+    ends the command with one `error:` line naming it and the form expected."""
+    peers = tuple(values or ())
+    for peer in peers:
+        problem = peer_address_problem(peer)
+        if problem is not None:
+            fail(
+                f"--initial-peers {peer!r}: {problem}; expected {PEER_ADDRESS_FORM}, "
+                "as a node prints after `join with`"
+            )
+    return peers
+
+
+def check_model_folder(path: Path) -> Path:
+    """--model as given, checked to be a folder (what it holds is the loader's to check)."""
+    if not path.is_dir():
+        fail(f"--model {str(path)!r}: no such folder (give a local Hugging Face model folder)")
+    return path

@@ -28,6 +28,8 @@ from hivemind.utils.streaming import split_for_streaming
 from ledger.types import Leaf, Voucher
 from node import fields
 from node.fields import FieldError
+from node.keepalive import DEFAULT_SILENCE_TIMEOUT as DEFAULT_SILENCE_TIMEOUT  # re-exported
+from node.keepalive import KEEPALIVE_INTERVAL as KEEPALIVE_INTERVAL  # re-exported
 from node.sketch import SKETCH_TOP_K
 
 # 2: a leaf carries `issued` (the receipt's issuedAt), and Merkle proofs are positional.
@@ -37,11 +39,6 @@ from node.sketch import SKETCH_TOP_K
 #    so a client tells a dead node from a slow one within its silence timeout.
 PROTOCOL_VERSION = 4
 
-# Seconds between a node's `Working` frames while it works on a request (from the request's
-# first message to its reply), and how long a client waits by default for any message from a
-# node at work before it takes the node for gone (a killed process, a dropped connection).
-KEEPALIVE_INTERVAL = 0.25
-DEFAULT_SILENCE_TIMEOUT = 1.5
 
 # A leaf's issuedAt is a uint64 on-chain; the wire takes it only up to 2**63 - 1, what a ledger
 # (SQL BIGINT) can keep as evidence. No clock is anywhere near either bound.

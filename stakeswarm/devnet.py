@@ -22,19 +22,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import psutil
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 
-from ledger.chain import Chain
 from ledger.compile import PROJECT_ROOT, Artifacts, compile_contracts
-from ledger.contracts import StakeToken
 from ledger.deployment import TOKEN, Deployment, DeploymentParams, DevAccount, deploy_all
 from ledger.errors import LedgerError
 from ledger.types import Address, Wei
 from stakeswarm.home import Home
+
+if TYPE_CHECKING:  # web3 and eth_account load where a devnet starts, not with `dev --help`
+    from eth_account.signers.local import LocalAccount
+
+    from ledger.chain import Chain
 
 logger = logging.getLogger(__name__)
 
@@ -278,6 +279,8 @@ def dev_roles(count: int) -> list[tuple[str, str]]:
 
 def dev_keys(count: int) -> list[LocalAccount]:
     """The first `count` keys of the dev mnemonic (m/44'/60'/0'/0/i), as Anvil and Hardhat fund them."""
+    from eth_account import Account
+
     Account.enable_unaudited_hdwallet_features()
     return [
         Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}")
@@ -315,6 +318,8 @@ class Devnet:
                 f"{existing.rpc_url}, pid {existing.owner_pid}); stop it with "
                 f"`stakeswarm dev down --home {home.root}`"
             )
+        from ledger.chain import Chain
+
         home.ensure(home.devnet_dir)
         artifacts = compile_contracts(config.project_root)
         local = LocalChain.start(
@@ -358,6 +363,8 @@ def _remove_files(home: Home) -> None:
 
 
 def _deploy_and_fund(chain: Chain, config: DevnetConfig, artifacts: Artifacts) -> Deployment:
+    from ledger.contracts import StakeToken
+
     roles = dev_roles(config.accounts)
     keys = dev_keys(config.accounts)
     for key in keys:

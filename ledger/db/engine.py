@@ -199,14 +199,37 @@ def create_ledger_engine(url: str | URL, *, echo: bool = False) -> Engine:
     return engine
 
 
+class _AtDebug(logging.Filter):
+    """Logs Alembic's INFO lines ("Running upgrade ...", "setup plugin ...") at DEBUG: every
+    ledger opens through the migrations, and a user opening one has no use for them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_AT_DEBUG = _AtDebug()
+# the loggers Alembic reports a programmatic migration on
+ALEMBIC_LOGGERS = ("alembic.runtime.migration", "alembic.runtime.plugins")
+
+
+def _migration_logs_at_debug() -> None:
+    for name in ALEMBIC_LOGGERS:
+        logging.getLogger(name).addFilter(_AT_DEBUG)  # once: a logger keeps a filter once
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate the database behind `engine` to `revision`."""
+    """Migrate the database behind `engine` to `revision` (its logs at DEBUG)."""
+    _migration_logs_at_debug()
     with engine.begin() as connection:
         command.upgrade(alembic_config(connection), revision)
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
     """Migrate the database behind `engine` down to `revision` (`base`: drop everything)."""
+    _migration_logs_at_debug()
     with engine.begin() as connection:
         command.downgrade(alembic_config(connection), revision)
 

@@ -16,14 +16,12 @@ and exits with status 1.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import base58
 import typer
 from rich.console import Console
 
-from ledger.chain import ContractRevert
-from ledger.contracts import NodeInfo, VerifierInfo
 from ledger.types import ChannelId, model_id
 from node.cli_options import ChainOptions, with_chain_options
 from stakeswarm.commands.chain_deploy import deploy
@@ -43,6 +41,9 @@ from stakeswarm.commands.chain_support import (
     reporting,
     when,
 )
+
+if TYPE_CHECKING:  # web3 loads in the commands that reach a chain, not with `chain --help`
+    from ledger.contracts import NodeInfo, VerifierInfo
 
 app = typer.Typer(
     help="On-chain actions: stake as a node or verifier, pay through channels, balances.",
@@ -335,6 +336,8 @@ def verifier_unbond(
     options: ChainOptions,
 ) -> None:
     """Start unbonding verifier stake; what stays must be the minimum or nothing (you leave)."""
+    from ledger.chain import ContractRevert  # web3: only in commands that reach a chain
+
     with reporting() as console:
         conn = connect(options, role="verifier", sign=True)
         value = conn.tokens(amount, "--amount")

@@ -14,13 +14,12 @@ no keys: every other command reads it with `--deployment FILE`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledger.chain import Chain, ChainError
 from ledger.compile import PROJECT_ROOT, compile_contracts
 from ledger.deployment import (
     CONTRACT_NAMES,
@@ -43,6 +42,9 @@ from stakeswarm.commands.chain_support import (
     reporting,
 )
 from stakeswarm.home import Home
+
+if TYPE_CHECKING:  # web3 loads when deploying, not with `chain --help`
+    from ledger.chain import Chain
 
 NEW_TOKEN_DECIMALS = 18  # a new StakeToken's decimals (OpenZeppelin's ERC20 default)
 _DEFAULTS = DeploymentParams()
@@ -141,6 +143,8 @@ def deploy(
     home: HomeOpt = None,
 ) -> None:
     """Deploy the contracts to an EVM chain and write the deployment file other commands read."""
+    from ledger.chain import Chain
+
     with reporting() as console:
         path = (out if out is not None else Home.resolve(home).deployment).expanduser().resolve()
         if path.exists() and not force:
@@ -226,6 +230,8 @@ def deploy(
 
 def _token_facts(chain: Chain, address: Address) -> tuple[int, str, str, Wei]:
     """An existing token's decimals, name (its symbol if it has none), symbol and supply."""
+    from ledger.chain import ChainError
+
     contract = chain.contract(address, "StakeToken")
     symbol = str(chain.call(contract, "symbol"))
     try:

@@ -14,24 +14,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import base58
 import typer
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from eth_utils import is_address, to_checksum_address
 from rich.console import Console
 from rich.markup import escape
 
-from ledger.chain import Chain, ContractRevert, TxResult
-from ledger.contracts import Contracts
-from ledger.deployment import Deployment
 from ledger.errors import LedgerError
-from ledger.identity import keystore_password
 from ledger.types import Address, BlockIndex, Wei, parse_token_amount, to_base_units
-from ledger.wallet import keystore_address, load_wallet
 from node.cli_options import ChainOptions
 from stakeswarm.home import Home
+
+if TYPE_CHECKING:  # web3 and eth_account load in `connect`, not with every command's --help
+    from eth_account.signers.local import LocalAccount
+
+    from ledger.chain import Chain, TxResult
+    from ledger.contracts import Contracts
+    from ledger.deployment import Deployment
 
 
 class CliInputError(Exception):
@@ -60,6 +61,13 @@ class Connected:
 def connect(options: ChainOptions, *, role: str, sign: bool) -> Connected:
     """Load the deployment, connect, and (when `sign`) unlock the key of the acting account;
     `role` is the dev account used on a devnet when --account is not given."""
+    from eth_account import Account
+
+    from ledger.contracts import Contracts
+    from ledger.deployment import Deployment
+    from ledger.identity import keystore_password
+    from ledger.wallet import keystore_address, load_wallet
+
     if options.devnet:
         if options.deployment is not None or options.keystore is not None:
             raise CliInputError(
@@ -106,14 +114,18 @@ def reporting() -> Iterator[Console]:
     errors = Console(stderr=True, soft_wrap=True)
     try:
         yield Console(soft_wrap=True)
-    except ContractRevert as exc:
-        errors.print(f"[bold red]reverted[/] {escape(exc.action or '')}: {escape(exc.signature)}")
-        raise typer.Exit(1) from None
     except CliInputError as exc:
         errors.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except LedgerError as exc:
-        errors.print(f"[red]error:[/] {escape(str(exc))}")
+        from ledger.abi_codec import ContractRevert  # loaded already by whatever reverted
+
+        if isinstance(exc, ContractRevert):
+            errors.print(
+                f"[bold red]reverted[/] {escape(exc.action or '')}: {escape(exc.signature)}"
+            )
+        else:
+            errors.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 

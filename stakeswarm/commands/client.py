@@ -12,7 +12,9 @@ Without --devnet, commands read the deployment file given and sign with the keys
 by default `<home>/client/keystore.json`. Amounts (--max-price per token through the whole
 route, --budget for the whole run) are whole stake tokens with decimals. `generate` streams
 the text as it arrives, then prints the route, the speed, what each server was paid and the
-channels' balances.
+channels' balances; Ctrl-C stops it with a newline, `interrupted` and what was paid on stderr,
+then the same summary (exit status 130). Peer addresses, the model folder and --chat are
+checked before any chain, ledger or network work.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from node.cli_options import (
     LogLevelOpt,
     PasswordEnvOpt,
     RpcOpt,
+    check_initial_peers,
+    check_model_folder,
     with_chain_options,
 )
 from node.errors import NodeError
@@ -93,12 +97,21 @@ def _with_keystore(options: ChainOptions) -> ChainOptions:
 
 
 class _Printer:
-    """A transformers streamer that prints the new text as tokens arrive (batch of one)."""
+    """A transformers streamer that prints the new text as tokens arrive (batch of one) and
+    counts the new tokens (what an interrupted run generated)."""
 
     def __init__(self, tokenizer: Any, console: Console) -> None:
         from transformers import TextStreamer
 
+        printer = self
+        self.tokens = 0
+
         class _Streamer(TextStreamer):
+            def put(self, value: Any) -> None:
+                if not self.next_tokens_are_prompt:
+                    printer.tokens += int(value.shape[-1]) if value.dim() else 1
+                super().put(value)
+
             def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
                 console.file.write(text + ("\n" if stream_end else ""))
                 console.file.flush()
@@ -160,24 +173,36 @@ def generate(
     options: ChainOptions,
 ) -> None:
     """Generate text through the swarm, streaming it, and pay every server per token."""
-    import torch
-
-    from client.model import DistributedModelForCausalLM
-
-    setup_logging(log_level)
+    # local inputs first: a typo ends here, before any chain, ledger or network work
+    peers = check_initial_peers(initial_peers)
+    check_model_folder(model)
     if max_new_tokens < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--max-new-tokens")
     if temperature < 0:
         raise typer.BadParameter("must be >= 0", param_hint="--temperature")
+    import torch
+
+    from client.model import DistributedModelForCausalLM, load_tokenizer
+    from node.families import load_config
+
+    setup_logging(log_level)
     errors = Console(stderr=True, soft_wrap=True)
     with reporting() as console:
+        try:
+            load_config(model)
+        except NodeError as exc:
+            raise CliInputError(str(exc)) from None
+        tokenizer = load_tokenizer(model)
+        if tokenizer is None:
+            raise CliInputError(f"{model} has no tokenizer files")
+        ids = _prompt_ids(tokenizer, prompt, chat)
         conn = connect(_with_keystore(options), role="client", sign=True)
         assert conn.signer is not None
         config = ClientConfig(
             model_path=model,
             model_name=model_name,
             dtype=dtype,
-            initial_peers=tuple(initial_peers),
+            initial_peers=peers,
             rpc_url=options.rpc,
             home=Home.resolve(options.home).root,
             max_price=None if max_price is None else conn.tokens(max_price, "--max-price"),
@@ -185,16 +210,13 @@ def generate(
         )
         try:
             llm = DistributedModelForCausalLM.from_pretrained(
-                model, initial_peers=initial_peers, wallet=conn.signer,
+                model, initial_peers=peers, wallet=conn.signer,
                 deployment=conn.deployment, config=config,
             )  # fmt: skip
         except (ClientError, NodeError) as exc:
             errors.print(f"[red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
         try:
-            if llm.tokenizer is None:
-                raise CliInputError(f"{model} has no tokenizer files")
-            ids = _prompt_ids(llm.tokenizer, prompt, chat)
             sampling: dict[str, Any] = {"do_sample": temperature > 0}
             if temperature > 0:
                 sampling.update(temperature=temperature, top_p=top_p, top_k=top_k)
@@ -202,6 +224,7 @@ def generate(
                     torch.manual_seed(seed)
             printer = _Printer(llm.tokenizer, console)
             stopped: str | None = None
+            interrupted = False
             began = time.perf_counter()
             with llm.inference_session(max_length=ids.shape[1] + max_new_tokens) as session:
                 try:
@@ -209,20 +232,33 @@ def generate(
                         ids, session=session, max_new_tokens=max_new_tokens,
                         streamer=printer.streamer, **sampling,
                     )  # fmt: skip
+                    new_tokens = int(out.shape[1] - ids.shape[1])
                 except BudgetExceededError as exc:
                     stopped = str(exc)
                     out = exc.partial if exc.partial is not None else ids
+                    new_tokens = int(out.shape[1] - ids.shape[1])
+                except KeyboardInterrupt:  # Ctrl-C: say so, and what it cost
+                    interrupted = True
+                    new_tokens = printer.tokens
                 elapsed = time.perf_counter() - began
-                new_tokens = int(out.shape[1] - ids.shape[1])
                 console.file.write("\n")
+                console.file.flush()
                 if stopped:
                     errors.print(f"[yellow]stopped:[/] {escape(stopped)}")
+                if interrupted:
+                    paid = sum(served.cost for served in session.served.values())
+                    errors.print(
+                        f"[yellow]interrupted[/] after {new_tokens} tokens; paid "
+                        f"{conn.show(paid)} this run"
+                    )
                 _summary(console, conn, llm, session, new_tokens, elapsed)
         except ClientError as exc:
             errors.print(f"[red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
         finally:
             llm.close()
+        if interrupted:
+            raise typer.Exit(130)
         if stopped:
             raise typer.Exit(1)
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -38,7 +38,9 @@ from node.logs import setup_logging
 from stakeswarm.commands.chain_support import format_tokens
 from stakeswarm.devnet import Devnet, DevnetConfig, running_devnet
 from stakeswarm.home import Home
-from stakeswarm.ledger_story import Snapshot, StoryLog, run_ledger_story
+
+if TYPE_CHECKING:
+    from stakeswarm.ledger_story import Snapshot
 
 console = Console(soft_wrap=True, highlight=False)
 
@@ -273,6 +275,8 @@ def _balances_table(before: Snapshot, after: Snapshot) -> Table:
 
 def _ledger_story(home: Path | None) -> None:
     """Start a local chain, play every money flow (stake, pay, commit, redeem, slash), stop."""
+    from stakeswarm.ledger_story import StoryLog, run_ledger_story  # web3: only when it plays
+
     with tempfile.TemporaryDirectory(prefix="stakeswarm-demo-") as scratch:
         config = DevnetConfig(home=Home.resolve(home or scratch))
         try:

@@ -52,7 +52,6 @@ from stakeswarm.commands.chain_support import (
     reporting,
     when,
 )
-from stakeswarm.devchain import DevChain
 from stakeswarm.devnet import Devnet, DevnetConfig, stop_devnet
 from stakeswarm.home import Home
 from stakeswarm.swarm import LocalSwarm, SwarmConfig, SwarmError, resolve_model
@@ -303,6 +302,8 @@ def fund(
     with reporting() as console:
         to = parse_address(address, "ADDRESS")
         eth_wei = parse_tokens(eth, 18, "--eth")
+        from stakeswarm.devchain import DevChain  # web3: only in commands that reach a chain
+
         devnet = DevChain.open(Home.resolve(home))
         token = devnet.token()
         decimals, symbol = token.decimals(), token.symbol()
@@ -335,6 +336,8 @@ def advance_time(
         seconds = parse_duration(duration, "DURATION")
         if seconds <= 0:
             raise CliInputError("DURATION must be more than 0 seconds")
+        from stakeswarm.devchain import DevChain  # web3: only in commands that reach a chain
+
         devnet = DevChain.open(Home.resolve(home))
         before = devnet.chain.timestamp()
         now = devnet.advance_time(seconds)

@@ -39,6 +39,8 @@ from node.cli_options import (
     ModelNameOpt,
     RpcOpt,
     ThreadsOpt,
+    check_initial_peers,
+    check_model_folder,
     parse_tokens,
     with_chain_options,
 )
@@ -109,6 +111,11 @@ def run(
     options: ChainOptions,
 ) -> None:
     """Follow commits, audit sampled leaves, slash cheaters (until SIGINT/SIGTERM)."""
+    # local inputs first: a typo ends here, before any chain, ledger or network work
+    peers = check_initial_peers(initial_peers)
+    check_model_folder(model)
+    from node.errors import NodeError
+    from node.families import load_config
     from verifier.errors import VerifierError
     from verifier.service import Ready, Verifier  # heavy imports only when running
 
@@ -128,10 +135,15 @@ def run(
             stake=None if stake is None else parse_tokens(stake, "--stake"),
             poll_interval=poll_interval,
             from_block=from_block,
-            initial_peers=tuple(initial_peers or ()),
+            initial_peers=peers,
             http_port=http_port,
         )
     except VerifierError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    try:
+        load_config(model)  # config.json and a supported architecture, before the ledger opens
+    except NodeError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
 

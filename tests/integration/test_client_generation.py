@@ -49,6 +49,7 @@ from ledger.deployment import TOKEN, Deployment
 from ledger.types import ChannelId
 from node.balance import ChainClock, Redeemer
 from stakeswarm.tiny_models import load_reference_model, make_tiny_model
+from tests.integration.interrupt import sigint_reaches_it
 from tests.integration.nodes import (
     REPO_ROOT,
     NodeProcess,
@@ -431,6 +432,49 @@ def test_the_cli_pays_from_a_keystore_and_stops_at_the_budget(swarm: Swarm) -> N
     total = re.search(r"total\W+([0-9.]+) SWARM", paid.stdout)
     assert total and Decimal(total.group(1)) == budget, paid.stdout
     swarm.ledgers.append(home / "client" / wallet / "ledger.sqlite")
+
+
+def test_ctrl_c_in_the_cli_says_interrupted_and_what_was_paid(swarm: Swarm) -> None:
+    home = node_home(swarm.deployment, swarm.workdir / "interrupted-home")
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable, "-m", "stakeswarm", "client", "generate", "I ate dosa today",
+        "--model", str(swarm.model_path), "--max-new-tokens", "400",
+        *[arg for m in swarm.peers for arg in ("--initial-peers", m)],
+        "--devnet", "--account", "client-2", "--home", str(home),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=sigint_reaches_it,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        begun = process.stdout.read(1)  # the text has begun: steps were paid for
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert begun, err
+    assert process.returncode == 130, err
+    paid = re.search(r"interrupted after (\d+) tokens; paid ([0-9.]+) SWARM this run", err)
+    assert paid and Decimal(paid.group(2)) > 0, err
+    assert "Traceback" not in err, err
+    assert "Paid this run" in out, out
+
+
+def test_a_swarm_that_cannot_be_joined_is_one_error_line(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    home = node_home(deployment, tmp_path / "home")
+    nobody = "/ip4/127.0.0.1/tcp/1/p2p/QmWtA8FbXdUdnHcxV1N1TTtsxyTbFzZHm8G63Z4sqGGmEd"
+    model = make_tiny_model(tmp_path / "model", "llama", 2)
+    result = _cli(home, "generate", "hi", "--model", str(model), "--initial-peers", nobody)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: cannot join the swarm: no answer from " + nobody)
 
 
 def test_a_bad_receipt_is_kept_as_evidence_and_its_server_replaced(

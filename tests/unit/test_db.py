@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import subprocess
 import sys
@@ -617,3 +618,15 @@ def test_data_survives_reopening_the_ledger(tmp_path: Path) -> None:
     with second.begin() as session:
         assert db.latest_voucher(session, CHAIN, CHANNELS, 1) == voucher(1, BIG)
     second.close()
+
+
+def test_migrations_log_at_debug(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Opening a ledger says nothing at INFO about its migrations; at DEBUG it lists them."""
+    caplog.set_level(logging.INFO)
+    db.open_ledger(db.sqlite_url(tmp_path / "quiet.sqlite")).close()
+    assert not [r for r in caplog.records if r.name.startswith("alembic")]
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    db.open_ledger(db.sqlite_url(tmp_path / "told.sqlite")).close()
+    upgrades = [r for r in caplog.records if "Running upgrade" in r.getMessage()]
+    assert upgrades and all(r.levelno == logging.DEBUG for r in upgrades)
