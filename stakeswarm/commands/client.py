@@ -20,7 +20,7 @@ checked before any chain, ledger or network work.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from client.config import ClientConfig
@@ -285,6 +286,32 @@ def _column(name: str) -> dict[str, Any]:
     return {"min_width": 42, "no_wrap": True} if name == "server" else {}
 
 
+def print_rows(
+    console: Console, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]
+) -> None:
+    """`rows` under `title`: a table where it fits the console's width, else one block of
+    `column  value` lines per row, so that no figure is ever cut short (a pipe is 80 columns
+    wide). Nothing at all for no rows."""
+    if not rows:
+        return
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, **_column(column))
+    for row in rows:
+        table.add_row(*row)
+    unbounded = console.options.update(max_width=2**16)  # the width it needs to cut nothing
+    if Measurement.get(console, unbounded, table).maximum <= console.width:
+        console.print(table)
+        return
+    console.print(f"[italic]{title}[/]")
+    width = max(len(column) for column in columns)
+    for index, row in enumerate(rows):
+        if index:
+            console.print()
+        for column, value in zip(columns, row, strict=True):
+            console.print(f"  {column:<{width}}  {value}", soft_wrap=True)
+
+
 def _short(peer_id: str) -> str:
     return f"…{peer_id[-10:]}"
 
@@ -292,40 +319,29 @@ def _short(peer_id: str) -> str:
 def _summary(
     console: Console, conn: Connected, llm: Any, session: Any, new_tokens: int, elapsed: float
 ) -> None:
-    route = Table(title="Route", title_justify="left")
-    for column in ("blocks", "server", "peer", "price per token"):
-        route.add_column(column, **_column(column))
-    for hop in session.route:
-        route.add_row(
-            f"{hop.start}:{hop.end}",
-            hop.address,
-            _short(hop.peer_id),
-            conn.show(hop.price_per_token),
-        )
-    console.print(route)
+    route = [
+        (f"{hop.start}:{hop.end}", hop.address, _short(hop.peer_id), conn.show(hop.price_per_token))
+        for hop in session.route
+    ]
+    print_rows(console, "Route", ("blocks", "server", "peer", "price per token"), route)
     rate = new_tokens / elapsed if elapsed > 0 else 0.0
     console.print(
         f"{new_tokens} tokens in {elapsed:.2f} s: [bold]{rate:.2f} tokens/s[/]"
         + (f"  ({session.failovers} failover(s))" if session.failovers else "")
     )
-    paid = Table(title="Paid this run", title_justify="left")
-    for column in ("server", "tokens", "paid"):
-        paid.add_column(column, **_column(column))
-    total = 0
-    for served in session.served.values():
-        paid.add_row(served.address, str(served.tokens), conn.show(served.cost))
-        total += served.cost
-    paid.add_row("[bold]total[/]", "", f"[bold]{conn.show(total)}[/]")
-    console.print(paid)
+    served = list(session.served.values())
+    if not served:
+        console.print("nothing paid this run")
+        return
+    paid = [(s.address, str(s.tokens), conn.show(s.cost)) for s in served]
+    paid.append(("total", "", conn.show(sum(s.cost for s in served))))
+    print_rows(console, "Paid this run", ("server", "tokens", "paid"), paid)
     _channels_table(console, conn, llm.client.payments.known_channels(), title="Channels")
 
 
 def _channels_table(console: Console, conn: Connected, channels: list[Any], *, title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    for column in ("channel", "server", "deposit", "paid", "left", "expiry"):
-        table.add_column(column, **_column(column))
-    for channel in channels:
-        table.add_row(
+    rows = [
+        (
             str(channel.channel_id),
             channel.server,
             conn.show(channel.deposit),
@@ -333,7 +349,10 @@ def _channels_table(console: Console, conn: Connected, channels: list[Any], *, t
             conn.show(channel.deposit - channel.signed),
             when(channel.expiry),
         )
-    console.print(table)
+        for channel in channels
+    ]
+    columns = ("channel", "server", "deposit", "paid", "left", "expiry")
+    print_rows(console, title, columns, rows)
 
 
 @app.command("channels")
@@ -379,23 +398,26 @@ def channels(
                 rows = client_channels(
                     db, conn.chain.chain_id, payments.contract, conn.signer.address
                 )
-            table = Table(title=f"Channels of {conn.signer.address}", title_justify="left")
-            for column in ("channel", "server", "deposit", "paid", "redeemed", "expiry", "status"):
-                table.add_column(column, **_column(column))
+            listed = []
             for row in rows:
                 status = row.status.value
                 if row.status is ChannelStatus.OPEN and row.expiry <= now:
                     status = "expired (reclaim with --reclaim)"
-                table.add_row(
-                    str(row.channel_id),
-                    row.server,
-                    conn.show(row.deposit),
-                    conn.show(row.voucher_amount),
-                    conn.show(row.redeemed),
-                    when(row.expiry),
-                    status,
+                listed.append(
+                    (
+                        str(row.channel_id),
+                        row.server,
+                        conn.show(row.deposit),
+                        conn.show(row.voucher_amount),
+                        conn.show(row.redeemed),
+                        when(row.expiry),
+                        status,
+                    )
                 )
-            console.print(table if rows else "no channels yet")
+            columns = ("channel", "server", "deposit", "paid", "redeemed", "expiry", "status")
+            print_rows(console, f"Channels of {conn.signer.address}", columns, listed)
+            if not rows:
+                console.print("no channels yet")
 
 
 @app.command("check-receipts")

@@ -420,6 +420,9 @@ def test_the_cli_pays_from_a_keystore_and_stops_at_the_budget(swarm: Swarm) -> N
                    env=env)  # fmt: skip
     assert stopped.returncode == 1
     assert "stopped before overspending" in stopped.stderr, stopped.stderr
+    # nothing was paid: said in a line, no empty Paid and Channels tables
+    assert "nothing paid this run" in stopped.stdout, stopped.stdout
+    assert "Paid this run" not in stopped.stdout and "Channels" not in stopped.stdout
     listed = _cli(home, "channels", *common[:4], devnet=False, env=env)
     assert listed.returncode == 0 and "no channels yet" in listed.stdout, listed.stderr
 
