@@ -23,7 +23,7 @@ import logging
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,11 +59,6 @@ class PeriodicJob:
     seconds: float
     id: str | None = None
     now: bool = False
-
-
-@dataclass
-class _Running:
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 class ServiceHost:
@@ -130,7 +125,7 @@ class ServiceHost:
         scheduler = AsyncIOScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
-        running = _Running()
+        running: set[asyncio.Task[Any]] = set()  # the runs in progress
         for job in jobs:
             extra: dict[str, Any] = {}
             if job.now:
@@ -194,29 +189,29 @@ class ServiceHost:
             await self._api.stop()
 
 
-def _tracked(job: Job, running: _Running) -> Job:
+def _tracked(job: Job, running: set[asyncio.Task[Any]]) -> Job:
     async def run() -> None:
         task = asyncio.current_task()
         if task is not None:
-            running.tasks.add(task)
+            running.add(task)
         try:
             await job()
         except Exception:  # a failed run is logged; the job runs again at its next time
             logger.exception("%s failed", name)
         finally:
             if task is not None:
-                running.tasks.discard(task)
+                running.discard(task)
 
     name = getattr(job, "__name__", "a job")
     run.__name__ = name
     return run
 
 
-async def _stop_jobs(scheduler: AsyncIOScheduler, running: _Running) -> None:
+async def _stop_jobs(scheduler: AsyncIOScheduler, running: set[asyncio.Task[Any]]) -> None:
     scheduler.shutdown(wait=False)
-    for task in list(running.tasks):
+    for task in list(running):
         task.cancel()
-    await asyncio.gather(*running.tasks, return_exceptions=True)
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -183,7 +183,7 @@ class Verifier:
             )
         logger.info("verifying %s at sample rate %g", base.model_name, config.sample_rate)
 
-    def _host_running(self) -> ServiceHost:
+    def _serving_host(self) -> ServiceHost:
         if self._host is None:
             raise RuntimeError("the verifier is not running")
         return self._host
@@ -321,7 +321,7 @@ class Verifier:
                 return tasks
 
         for task in await asyncio.to_thread(due):
-            if self._host_running().stopping:
+            if self._serving_host().stopping:
                 return
             try:
                 await self._audit(task)
@@ -336,7 +336,7 @@ class Verifier:
         try:
             peer = await asyncio.to_thread(self._peer_of, task.node)
             opening = await request_reveal(
-                self._host_running().p2p,
+                self._serving_host().p2p,
                 peer,
                 self.base.account,
                 node=task.node,
@@ -531,7 +531,7 @@ class Verifier:
         return {
             "state": self.state,
             "address": self.base.address,
-            "peer_id": self._host_running().peer_id.to_base58(),
+            "peer_id": self._serving_host().peer_id.to_base58(),
             "model": self.base.model_name,
             "model_id": "0x" + self.base.model_id.hex(),
             "sample_rate": self.config.sample_rate,
