@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import base58
@@ -24,6 +23,7 @@ from rich.markup import escape
 
 from ledger.errors import LedgerError
 from ledger.types import Address, BlockIndex, Wei, parse_token_amount, to_base_units
+from ledger.units import format_tokens
 from node.cli_options import ChainOptions
 from stakeswarm.home import Home
 
@@ -138,12 +138,6 @@ def parse_tokens(text: str, decimals: int, what: str = "amount") -> Wei:
         return to_base_units(parse_token_amount(text, what), decimals, what)
     except ValueError as exc:
         raise CliInputError(str(exc)) from None
-
-
-def format_tokens(amount: int, decimals: int) -> str:
-    """Base units as whole tokens, without trailing zeros ("100", "0.25")."""
-    text = format(Decimal(amount).scaleb(-decimals), "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3_600, "d": 86_400}
