@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +101,7 @@ class Plan:
 
 
 def normalized(command: Command) -> tuple[str, ...]:
+    """The command's words, `.venv/bin/stakeswarm` as `stakeswarm`."""
     argv = command.argv
     if argv[0] == ".venv/bin/stakeswarm":
         return ("stakeswarm", *argv[1:])
@@ -127,7 +130,7 @@ class DocRun:
     model: Path  # the demo-named tiny model in the home
     variables: dict[str, str] = field(default_factory=dict)
     last_output: str = ""
-    started: dict[str, ChildProcess] = field(default_factory=dict)  # by command prefix
+    started: list[tuple[Command, ChildProcess]] = field(default_factory=list)
     swarm: NodeProcess | None = None
     log: list[str] = field(default_factory=list)  # "page:line  command  -> outcome"
 
@@ -161,11 +164,22 @@ class DocRun:
         self.swarm.wait_ready()
         return self.swarm.maddrs[0]
 
-    def process(self, prefix: str) -> ChildProcess:
-        """The started process of a `background` command, once ready."""
-        process = self.started[prefix]
-        process.wait_ready()
+    def node(self, prefix: str) -> NodeProcess:
+        """The node the last `node serve` command starting with `prefix` started."""
+        process = self._started(prefix)
+        assert isinstance(process, NodeProcess), prefix
         return process
+
+    def verifier(self, prefix: str) -> VerifierProcess:
+        """The verifier the last `verifier run` command starting with `prefix` started."""
+        process = self._started(prefix)
+        assert isinstance(process, VerifierProcess), prefix
+        return process
+
+    def _started(self, prefix: str) -> ChildProcess:
+        found = [p for c, p in self.started if _starts_with(normalized(c), prefix)]
+        assert found, f"{self.page}: no command `{prefix}` was started before this one"
+        return found[-1]
 
     # --- running -----------------------------------------------------------------------------
 
@@ -193,8 +207,8 @@ class DocRun:
         argv = tuple(shlex.split(self._substituted(command.text)))
         argv = ("stakeswarm", *argv[1:]) if argv[0] == ".venv/bin/stakeswarm" else argv
         if action == "background":
-            prefix = next(p for p in self.plan.background if _starts_with(normalized(command), p))
-            process = self.started[prefix] = self._spawn(command, argv)
+            process = self._spawn(command, argv)
+            self.started.append((command, process))
             try:
                 process.wait_ready()  # as a reader waits for `ready` before the next command
             except SwarmError as exc:
@@ -208,20 +222,18 @@ class DocRun:
             self._invoke(command, argv)
 
     def finish(self) -> None:
-        """Every background process must have come up; then the page's own check."""
-        for process in self.started.values():
-            process.wait_ready()
+        """Every background process still runs; then the page's own check."""
+        for _, process in self.started:
+            assert process.alive(), f"{process.name} exited\n{process.logs()}"
         if self.plan.check:
             self.plan.check(self)
 
     def stop(self) -> dict[str, int]:
-        processes = list(self.started.values()) + ([self.swarm] if self.swarm else [])
+        processes = [process for _, process in self.started] + ([self.swarm] if self.swarm else [])
         return stop_all(processes)
 
     def _assign(self, command: Command, assignment: str) -> None:
         """`WALLET=0x...  # the address it printed`."""
-        import re
-
         name = assignment.split("=", 1)[0]
         printed = re.search(_ADDRESS, self.last_output)
         assert printed, f"{command.where}: {command.text}: no address printed before it"
@@ -251,8 +263,6 @@ class DocRun:
             getpass.getpass = saved
         output = result.output
         if result.exception is not None and not isinstance(result.exception, SystemExit):
-            import traceback
-
             output += "".join(traceback.format_exception(result.exception))
         self._outcome(command, argv, result.exit_code, output)
 

@@ -59,15 +59,15 @@ def _readme_check(run: DocRun) -> None:
 
 def _operator_check(run: DocRun) -> None:
     """The node the page starts serves its span; the one staked by hand keeps 30 SWARM."""
-    node = run.process("stakeswarm node serve --model ./my-llama --blocks 0:3 --devnet")
-    assert node.status()["span"] == [0, 3]  # type: ignore[attr-defined]
+    node = run.node("stakeswarm node serve --model ./my-llama --blocks 0:3 --devnet")
+    assert node.status()["span"] == [0, 3]
     contracts = Contracts.from_deployment(run.deployment.connect(), run.deployment)
     by_hand = contracts.node_registry.get_node(run.address("node-1"))
     assert (by_hand.stake, by_hand.unbonding) == (30 * TOKEN, 0)  # 30 + 20, less 20 withdrawn
 
 
 def _verifier_http(run: DocRun) -> str:
-    return run.process("stakeswarm verifier run").http_url  # type: ignore[attr-defined]
+    return run.verifier("stakeswarm verifier run").http_url
 
 
 PLANS: dict[str, Plan] = {
