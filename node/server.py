@@ -9,7 +9,8 @@ follows its standing in the registry and the health of its ledger, and tells oth
 serves (`server_info`, `/status`).
 
 Jobs (the host's scheduler, in the event loop; blocking work goes to threads): refresh the DHT
-records, commit pending leaves (every `commit_interval` s, or at once when `commit_max_leaves`
+records, rank the node as a client would route (`node.rank`: in `/status`, and in the log when
+it changes or when no route chose the node for a while), commit pending leaves (every `commit_interval` s, or at once when `commit_max_leaves`
 wait), redeem vouchers, answer receipt challenges, prune inputs past the challenge window, and
 (chosen spans only) move when the swarm's bottleneck would clearly gain and no session is open.
 
@@ -94,6 +95,7 @@ class Server:
     """A node: see the module doc."""
 
     base: NodeBase  # connected in `run`, before the host starts
+    units: TokenUnits  # the stake token's symbol and decimals, read in `run` with `base`
     parts: NodeParts  # built in `start`; replaced, never changed, when the span moves
 
     def __init__(
