@@ -7,7 +7,7 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 
 import {IStakeRegistry} from "./interfaces/IStakeRegistry.sol";
 
-/// @title StakeRegistry: register, add stake, unbond, withdraw; shared by nodes and verifiers.
+/// @title StakeRegistry: register, add stake, unbond, rebond, withdraw; shared by nodes and verifiers.
 /// @notice Holds every account's stake: the token balance of this contract always equals
 /// `totalStaked`. A registry says how much stake an account needs (`_requiredStake`) and may hold
 /// withdrawals longer (`_withdrawableAt`), in the style of OpenZeppelin's hooks.
@@ -63,6 +63,29 @@ abstract contract StakeRegistry is IStakeRegistry, ReentrancyGuardTransient {
         s.unbonding = totalUnbonding;
         s.unbondingReleaseAt = releaseAt;
         emit UnbondingStarted(msg.sender, amount, totalUnbonding, releaseAt);
+    }
+
+    /// @inheritdoc IStakeRegistry
+    /// @dev No token moves: `totalStaked` counts active and unbonding stake alike. The stake stays
+    /// slashable throughout (it only changes side), so no challenge window is shortened.
+    function rebond(uint256 amount) external {
+        Stake storage s = _registered(msg.sender);
+        if (amount == 0) revert StakeZeroAmount();
+        uint256 unbonding = s.unbonding;
+        if (amount > unbonding) revert StakeRebondExceedsUnbonding(msg.sender, amount, unbonding);
+        uint256 newStake = s.stake + amount;
+        uint256 needed = _requiredStake(msg.sender);
+        if (newStake < needed) revert StakeInsufficient(msg.sender, newStake, needed);
+
+        // amount <= unbonding was checked just above.
+        uint256 remaining;
+        unchecked {
+            remaining = unbonding - amount;
+        }
+        s.stake = newStake;
+        s.unbonding = remaining;
+        if (remaining == 0) s.unbondingReleaseAt = 0;
+        emit StakeRebonded(msg.sender, amount, newStake, remaining);
     }
 
     /// @inheritdoc IStakeRegistry

@@ -2,8 +2,9 @@
 
     GET /health   200 {"status": "ok"} while the node serves; 503 {"status": "unavailable",
                   "reason": ...} while starting, stopping, or after a ledger failure
-    GET /status   state, standing in the registry, span, throughput, sessions, cache use,
-                  earnings, commitments (JSON)
+    GET /status   state, standing in the registry, span, throughput, prices, stake, sessions,
+                  cache use, earnings, routing rank and routes, commitments (JSON; amounts
+                  as tokens beside exact `..._base_units`)
     GET /metrics  Prometheus text: steps, tokens, errors by code, cache tokens, commits, redeems,
                   whether the registry counts the node as active
 

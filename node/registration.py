@@ -2,7 +2,8 @@
 
 `plan_registration` decides (a pure function) which transactions make the registry show what
 the node serves; `ensure_registered` reads the registry and sends them. A restart that changes
-nothing sends nothing.
+nothing sends nothing. A node that unbonded and serves again rebonds its unbonding stake
+(`StakeRegistry.rebond`, no token moves) before it pulls fresh tokens from its balance.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from ledger.contracts import NodeRegistry
 from ledger.types import BlockIndex, ModelId, Wei
+from ledger.units import TokenUnits
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +24,8 @@ class RegistrationPlan:
 
     register: bool  # first registration (with `add` = the whole stake)
     update_service: bool  # model, span, price or peer id changed
-    add_stake: int  # Wei to add (before update_service when the new span needs it)
+    add_stake: int  # Wei of fresh tokens to add (sent first)
+    rebond: int = 0  # Wei of unbonding stake to move back (after add_stake, before update_service)
 
 
 def plan_registration(
@@ -32,15 +35,28 @@ def plan_registration(
     wanted: tuple[bytes, int, int, int, bytes],
     stake: int,
     target_stake: int,
+    unbonding: int = 0,
+    current_required: int = 0,
 ) -> RegistrationPlan:
     """Pure decision: what to send so that the registry shows `wanted` with at least
-    `target_stake` staked. Nothing when it already does (a restart sends no transaction)."""
+    `target_stake` staked. Nothing when it already does (a restart sends no transaction).
+
+    Stake that is missing comes from `unbonding` first (a rebond moves no tokens), then from
+    fresh tokens. The registry accepts a rebond only if the active stake after it covers the
+    `current_required` stake of the span registered now, so the rebond also covers that (a node
+    moving to a shorter span after unbonding) when `unbonding` allows; when it does not, the
+    node rebonds nothing and adds fresh tokens, as a node without unbonding stake does."""
     if not registered:
         return RegistrationPlan(register=True, update_service=False, add_stake=target_stake)
+    rebond = min(unbonding, max(0, max(target_stake, current_required) - stake))
+    add = max(0, target_stake - stake - rebond)
+    if rebond and stake + add + rebond < current_required:
+        rebond, add = 0, max(0, target_stake - stake)
     return RegistrationPlan(
         register=False,
         update_service=current != wanted,
-        add_stake=max(0, target_stake - stake),
+        add_stake=add,
+        rebond=rebond,
     )
 
 
@@ -67,22 +83,38 @@ def ensure_registered(
         node.price_per_token_per_block,
         node.peer_id,
     )
+    current_required = 0
+    if node.registered and node.span_start < node.span_end:
+        current_required = registry.required_stake(node.span_start, node.span_end)
     plan = plan_registration(
         registered=node.registered,
         current=current,
         wanted=wanted,
         stake=node.stake,
         target_stake=target,
+        unbonding=node.unbonding,
+        current_required=current_required,
     )
+    if not (plan.register or plan.add_stake or plan.rebond or plan.update_service):
+        return
+    units = TokenUnits.of(registry.stake_token())
     if plan.register:
         registry.register_with_approve(
             model_id, BlockIndex(start), BlockIndex(end), price_per_block, peer, Wei(target)
         )
-        logger.info("registered for blocks [%d, %d) with stake %d", start, end, target)
+        logger.info("registered for blocks [%d, %d) with stake %s", start, end, units.exact(target))
         return
     if plan.add_stake:
         registry.add_stake_with_approve(Wei(plan.add_stake))
-        logger.info("added %d to the stake", plan.add_stake)
+        logger.info("added %s of fresh tokens to the stake", units.exact(plan.add_stake))
+    if plan.rebond:
+        registry.rebond(Wei(plan.rebond))
+        logger.info(
+            "rebonded %s of this node's unbonding stake into its active stake (no fresh tokens "
+            "pulled; %s stays unbonding)",
+            units.exact(plan.rebond),
+            units.show(node.unbonding - plan.rebond),
+        )
     if plan.update_service:
         registry.update_service(model_id, BlockIndex(start), BlockIndex(end), price_per_block, peer)
         logger.info("updated the registration to blocks [%d, %d)", start, end)

@@ -9,7 +9,8 @@ follows its standing in the registry and the health of its ledger, and tells oth
 serves (`server_info`, `/status`).
 
 Jobs (the host's scheduler, in the event loop; blocking work goes to threads): refresh the DHT
-records, commit pending leaves (every `commit_interval` s, or at once when `commit_max_leaves`
+records, rank the node as a client would route (`node.rank`: in `/status`, and in the log when
+it changes or when no route chose the node for a while), commit pending leaves (every `commit_interval` s, or at once when `commit_max_leaves`
 wait), redeem vouchers, answer receipt challenges, prune inputs past the challenge window, and
 (chosen spans only) move when the swarm's bottleneck would clearly gain and no session is open.
 
@@ -37,13 +38,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ledger.chain import ChainError
 from ledger.db import BatchStatus, batches_with_status, commitment_counts, server_earnings
+from ledger.units import TokenUnits
 from node.api import build_app
 from node.blocks import Progress, move_span
 from node.build import (
@@ -61,12 +63,19 @@ from node.commits import prune_inputs
 from node.config import NodeConfig
 from node.host import HostConfig, PeriodicJob, ServiceHost
 from node.protocol import ErrorCode, InfoResponse, ServerInfo, ServerState
+from node.rank import RankLog, RouteCounts, RouteRank, rank_node, route_counts
 from node.recovery import LedgerHealth, is_ledger_failure
 from node.registration import ensure_registered
 from node.standing import Standing, read_standing
 from node.throughput import choose_span, should_move
 
 logger = logging.getLogger(__name__)
+
+ROUTES_WINDOW = timedelta(hours=1)  # `/status` counts the routes of the last hour
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,7 @@ class Server:
     """A node: see the module doc."""
 
     base: NodeBase  # connected in `run`, before the host starts
+    units: TokenUnits  # the stake token's symbol and decimals, read in `run` with `base`
     parts: NodeParts  # built in `start`; replaced, never changed, when the span moves
 
     def __init__(
@@ -107,6 +117,8 @@ class Server:
         self._redeem_lock = threading.Lock()
         self._leaves_since_commit = 0
         self.standing: Standing | None = None  # the registry's view, as last read
+        self.rank: RouteRank | None = None  # how clients rank this node, as last worked out
+        self._rank_log: RankLog | None = None  # set once serving
         self.ledger_health = LedgerHealth()  # the first ledger failure a job met
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -116,6 +128,7 @@ class Server:
         stopping what was started)."""
         with contextlib.ExitStack() as closing:
             self.base = connect_node(self.config, closing)
+            self.units = TokenUnits.of(self.base.contracts.token)
             config = self.config
             self._host = ServiceHost(
                 HostConfig(
@@ -158,6 +171,7 @@ class Server:
             )
             api = await host.serve_api(app, config.http_host, config.http_port)
         host.stops.push_async_callback(self._announce_offline)
+        self._rank_log = RankLog(started_at=datetime.now(UTC))
         self._jobs = host.start_jobs(self._periodic_jobs())
         host.stops.callback(self._stop_taking_work)
         self.state = self._serving_state()
@@ -183,6 +197,7 @@ class Server:
         config = self.config
         jobs = [
             PeriodicJob(self._announce_job, config.announce_interval),
+            PeriodicJob(self._rank_job, config.announce_interval),
             PeriodicJob(self._redeem_job, config.redeem_interval),
             PeriodicJob(self._commit_job, config.commit_interval, id="commit"),
             PeriodicJob(self._prune_job, config.prune_interval),
@@ -267,6 +282,34 @@ class Server:
             await self.parts.announcer.announce(self.server_info())
         except Exception as exc:
             logger.warning("DHT refresh failed: %s", exc)
+
+    async def _rank_job(self) -> None:
+        """Work out how a client ranks this node among the servers of its blocks
+        (`node.rank`); log it when it changes, and why when no route chose the node for a while."""
+        if self.state != ServerState.ONLINE or self._rank_log is None:
+            return
+        try:
+            swarm = await self.parts.announcer.swarm(self.base.total_blocks)
+        except Exception as exc:
+            logger.warning("cannot read the swarm to rank this node: %s", exc)
+            return
+        self.rank = rank = rank_node(
+            self.peer_id.to_base58(),
+            self.server_info(),
+            [(server.peer_id, server.info) for server in swarm],
+            self.base.total_blocks,
+        )
+        try:
+            counts = await asyncio.to_thread(self._route_counts)
+        except Exception as exc:
+            await self._job_failed("rank", exc)
+            return
+        for line in self._rank_log.messages(rank.describe(self.units), counts, _utcnow()):
+            logger.info("%s", line)
+
+    def _route_counts(self) -> RouteCounts:
+        with self.base.ledger.begin() as db:
+            return route_counts(db, since=_utcnow() - ROUTES_WINDOW)
 
     # --- standing in the registry ----------------------------------------------------------
 
@@ -506,13 +549,16 @@ class Server:
 
     def status(self) -> dict[str, Any]:
         """The `/status` document (reads the ledger: call from a worker thread). Amounts are
-        decimal strings of token base units."""
+        readable text (`"0.25 SWARM"`) beside their exact token base units in fields named
+        `..._base_units`; the older top-level `price_per_token_per_block`, `price_per_token` and
+        `credit_window` stay base units (decimal strings), for scripts that read them."""
         try:
             with self.base.ledger.begin() as db:
                 earnings = server_earnings(
                     db, self.base.chain.chain_id, self.base.contracts.payment_channels.address
                 )
                 counts = commitment_counts(db)
+                routes = route_counts(db, since=_utcnow() - ROUTES_WINDOW)
         except Exception as exc:
             if not is_ledger_failure(exc):
                 raise
@@ -523,6 +569,10 @@ class Server:
                 "ledger": {"ok": False, "failure": self.ledger_health.failure or str(exc)},
                 "time": time.time(),
             }
+        units = self.units
+        span_length = self.parts.span.end - self.parts.span.start
+        price_per_token = self.base.price_per_block * span_length
+        standing = self.standing
         return {
             "state": self.state.name.lower(),
             "ledger": {"ok": self.ledger_health.ok, "failure": self.ledger_health.failure},
@@ -537,10 +587,26 @@ class Server:
             "dtype": self.config.dtype,
             "throughput": self.parts.throughput,
             "price_per_token_per_block": str(self.base.price_per_block),
-            "price_per_token": str(
-                self.base.price_per_block * (self.parts.span.end - self.parts.span.start)
-            ),
+            "price_per_token": str(price_per_token),
             "credit_window": str(self.base.credit),
+            "price": {
+                "per_block": units.show(self.base.price_per_block),
+                "per_block_base_units": str(self.base.price_per_block),
+                "per_token": units.show(price_per_token),
+                "per_token_base_units": str(price_per_token),
+            },
+            "credit": {
+                "window": units.show(self.base.credit),
+                "window_base_units": str(self.base.credit),
+            },
+            "stake": None
+            if standing is None
+            else {
+                "active": units.show(standing.stake),
+                "active_base_units": str(standing.stake),
+                "required": units.show(standing.required),
+                "required_base_units": str(standing.required),
+            },
             "sessions": len(self.parts.sessions),
             "cache": {
                 "tokens_total": self.parts.caches.max_tokens,
@@ -548,9 +614,17 @@ class Server:
                 "tokens_left": self.parts.caches.tokens_left,
             },
             "earnings": {
-                "redeemed": str(earnings.redeemed),
-                "unredeemed": str(earnings.unredeemed),
+                "redeemed": units.show(earnings.redeemed),
+                "redeemed_base_units": str(earnings.redeemed),
+                "unredeemed": units.show(earnings.unredeemed),
+                "unredeemed_base_units": str(earnings.unredeemed),
                 "channels": earnings.channels,
+            },
+            "routing": {
+                "rank": None if self.rank is None else self.rank.to_json(units),
+                "routes_last_hour": routes.since,
+                "routes_total": routes.total,
+                "last_route_at": None if routes.last_at is None else routes.last_at.isoformat(),
             },
             "commitments": {
                 "pending_leaves": counts.pending_leaves + self.parts.writer.queued,

@@ -5,7 +5,8 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 
 /// @title Stake registry: the one stake lifecycle of nodes and verifiers.
 /// @notice An account registers with a stake, may add to it, unbonds part or all of it and
-/// withdraws what it unbonded once `withdrawableAt` has passed. What stays active must cover the
+/// withdraws what it unbonded once `withdrawableAt` has passed, or rebonds it (back into active
+/// stake, no token moved) to serve again. What stays active must cover the
 /// account's required stake (each registry has its own rule), or be zero (the account leaves).
 /// Unbonding stake is still slashable where the registry slashes.
 interface IStakeRegistry {
@@ -21,6 +22,8 @@ interface IStakeRegistry {
     event StakeAdded(address indexed account, uint256 amount, uint256 newStake);
     /// @notice `account` moved `amount` from active stake to unbonding.
     event UnbondingStarted(address indexed account, uint256 amount, uint256 totalUnbonding, uint64 releaseAt);
+    /// @notice `account` moved `amount` of its unbonding stake back into active stake.
+    event StakeRebonded(address indexed account, uint256 amount, uint256 newStake, uint256 remainingUnbonding);
     /// @notice `account` withdrew its unbonded stake.
     event StakeWithdrawn(address indexed account, uint256 amount);
 
@@ -29,6 +32,8 @@ interface IStakeRegistry {
     error StakeZeroAmount();
     error StakeInsufficient(address account, uint256 stake, uint256 needed);
     error StakeUnbondExceedsStake(address account, uint256 amount, uint256 stake);
+    /// @notice `rebond`: `account` asked to rebond more than it has unbonding.
+    error StakeRebondExceedsUnbonding(address account, uint256 amount, uint256 unbonding);
     /// @notice Nothing may be withdrawn before `until` (the unbonding release, or the end of the
     /// challenge window of the account's last commit, whichever is later).
     error StakeUnbondingLocked(address account, uint64 until);
@@ -40,6 +45,13 @@ interface IStakeRegistry {
     /// @notice Move `amount` of active stake to unbonding; the release time restarts at
     /// `now + unbondingDelay`. What stays active must cover the required stake, or be zero.
     function unbond(uint256 amount) external;
+
+    /// @notice Move `amount` of the caller's unbonding stake back into its active stake, without
+    /// moving any token (a node that serves again reuses the stake it unbonded). The active stake
+    /// afterwards must cover the required stake. What stays unbonding keeps its release time
+    /// (rebonding part of it never makes the rest wait longer); when nothing stays, the release
+    /// time is cleared to 0.
+    function rebond(uint256 amount) external;
 
     /// @notice Send the caller's unbonded stake back, strictly after `withdrawableAt(caller)`.
     function withdraw() external returns (uint256 amount);

@@ -343,6 +343,122 @@ contract NodeRegistryTest is TestBase {
         assertEq(registry.isActive(NODE), remaining != 0, "active iff something stays");
     }
 
+    // ---- rebond ------------------------------------------------------------------------------
+
+    function test_rebond_movesUnbondingBackWithoutTokens() public {
+        _register(1_000e18);
+        vm.prank(NODE);
+        registry.unbond(1_000e18);
+        uint256 before = token.balanceOf(NODE);
+        vm.expectEmit(address(registry));
+        emit IStakeRegistry.StakeRebonded(NODE, 1_000e18, 1_000e18, 0);
+        vm.prank(NODE);
+        registry.rebond(1_000e18);
+
+        INodeRegistry.Node memory n = registry.getNode(NODE);
+        assertEq(n.stake, 1_000e18, "stake");
+        assertEq(n.unbonding, 0, "unbonding");
+        assertEq(uint256(n.unbondingReleaseAt), 0, "release cleared");
+        assertTrue(registry.isActive(NODE), "active again");
+        assertEq(token.balanceOf(NODE), before, "no token moved");
+        assertEq(registry.totalStaked(), 1_000e18, "totalStaked");
+    }
+
+    function test_rebond_partKeepsTheRestsRelease() public {
+        _register(1_000e18);
+        vm.prank(NODE);
+        registry.unbond(200e18);
+        uint64 releaseAt = uint64(block.timestamp) + DELAY;
+        vm.warp(block.timestamp + 2 days);
+        vm.prank(NODE);
+        registry.rebond(50e18);
+
+        INodeRegistry.Node memory n = registry.getNode(NODE);
+        assertEq(n.stake, 850e18, "stake");
+        assertEq(n.unbonding, 150e18, "unbonding");
+        assertEq(uint256(n.unbondingReleaseAt), releaseAt, "release unchanged");
+        vm.warp(releaseAt + 1);
+        vm.prank(NODE);
+        assertEq(registry.withdraw(), 150e18, "the rest withdraws on time");
+    }
+
+    function test_rebond_revertsWhenExceedingUnbonding() public {
+        _register(1_000e18);
+        vm.prank(NODE);
+        registry.unbond(200e18);
+        vm.expectRevert(
+            abi.encodeWithSelector(IStakeRegistry.StakeRebondExceedsUnbonding.selector, NODE, 200e18 + 1, 200e18)
+        );
+        vm.prank(NODE);
+        registry.rebond(200e18 + 1);
+    }
+
+    function test_rebond_revertsWithNothingUnbonding() public {
+        _register(1_000e18);
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeRebondExceedsUnbonding.selector, NODE, 1, 0));
+        vm.prank(NODE);
+        registry.rebond(1);
+    }
+
+    function test_rebond_revertsWhenNotRegistered() public {
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeNotRegistered.selector, NODE));
+        vm.prank(NODE);
+        registry.rebond(1);
+    }
+
+    function test_rebond_revertsOnZero() public {
+        _register(1_000e18);
+        vm.prank(NODE);
+        registry.unbond(200e18);
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeZeroAmount.selector));
+        vm.prank(NODE);
+        registry.rebond(0);
+    }
+
+    function test_rebond_revertsWhenStakeWouldNotCoverTheSpan() public {
+        _register(800e18);
+        vm.prank(NODE);
+        registry.unbond(800e18);
+        vm.expectRevert(abi.encodeWithSelector(IStakeRegistry.StakeInsufficient.selector, NODE, 799e18, 800e18));
+        vm.prank(NODE);
+        registry.rebond(799e18);
+    }
+
+    function test_rebond_keepsUnbondingSlashable() public {
+        _register(1_000e18);
+        vm.prank(NODE);
+        registry.unbond(1_000e18);
+        vm.prank(NODE);
+        registry.rebond(800e18);
+        assertEq(registry.slashableStake(NODE), 1_000e18, "all of it still slashable");
+    }
+
+    function testFuzz_rebond_keepsTotals(uint256 stake, uint256 unbonded, uint256 amount) public {
+        stake = bound(stake, 800e18, 100_000e18);
+        unbonded = bound(unbonded, 1, stake);
+        _register(stake);
+        if (stake - unbonded != 0 && stake - unbonded < 800e18) unbonded = stake;
+        vm.prank(NODE);
+        registry.unbond(unbonded);
+        amount = bound(amount, 1, unbonded);
+        uint256 newStake = stake - unbonded + amount;
+        if (newStake < 800e18) {
+            vm.expectRevert(
+                abi.encodeWithSelector(IStakeRegistry.StakeInsufficient.selector, NODE, newStake, 800e18)
+            );
+            vm.prank(NODE);
+            registry.rebond(amount);
+            return;
+        }
+        vm.prank(NODE);
+        registry.rebond(amount);
+        INodeRegistry.Node memory n = registry.getNode(NODE);
+        assertEq(n.stake, newStake, "stake");
+        assertEq(n.stake + n.unbonding, stake, "stake + unbonding");
+        assertEq(registry.totalStaked(), stake, "totalStaked");
+        assertEq(token.balanceOf(address(registry)), stake, "registry balance");
+    }
+
     // ---- withdraw ----------------------------------------------------------------------------
 
     function test_withdraw_paysUnbondedAfterRelease() public {

@@ -193,6 +193,44 @@ contract VerifierRegistryTest is TestBase {
         verifiers.unbond(501e18);
     }
 
+    // ---- rebond ------------------------------------------------------------------------------
+
+    function test_rebond_reactivatesAfterFullExit() public {
+        _register(MIN_STAKE);
+        vm.prank(VERIFIER);
+        verifiers.unbond(MIN_STAKE);
+        uint256 before = token.balanceOf(VERIFIER);
+        vm.expectEmit(address(verifiers));
+        emit IStakeRegistry.StakeRebonded(VERIFIER, MIN_STAKE, MIN_STAKE, 0);
+        vm.prank(VERIFIER);
+        verifiers.rebond(MIN_STAKE);
+        assertTrue(verifiers.isActive(VERIFIER), "active again");
+        assertEq(token.balanceOf(VERIFIER), before, "no token moved");
+        assertEq(uint256(verifiers.getStake(VERIFIER).unbondingReleaseAt), 0, "release cleared");
+    }
+
+    function test_rebond_revertsWhenExceedingUnbonding() public {
+        _register(3_000e18);
+        vm.prank(VERIFIER);
+        verifiers.unbond(500e18);
+        vm.expectRevert(
+            abi.encodeWithSelector(IStakeRegistry.StakeRebondExceedsUnbonding.selector, VERIFIER, 501e18, 500e18)
+        );
+        vm.prank(VERIFIER);
+        verifiers.rebond(501e18);
+    }
+
+    function test_rebond_revertsBelowMinimum() public {
+        _register(MIN_STAKE);
+        vm.prank(VERIFIER);
+        verifiers.unbond(MIN_STAKE);
+        vm.expectRevert(
+            abi.encodeWithSelector(IStakeRegistry.StakeInsufficient.selector, VERIFIER, 999e18, MIN_STAKE)
+        );
+        vm.prank(VERIFIER);
+        verifiers.rebond(999e18);
+    }
+
     // ---- withdraw ----------------------------------------------------------------------------
 
     function test_withdraw_paysAfterRelease() public {

@@ -53,6 +53,17 @@ class PaymentChannels(ContractWrapper):
             closed=bool(raw[5]),
         )
 
+    def channels_of_server(
+        self, server: str, *, from_block: int = 0, block: BlockIdentifier = "latest"
+    ) -> list[Channel]:
+        """Every channel opened to `server` (from its `ChannelOpened` events since
+        `from_block`), as the chain holds it at `block`, in id order."""
+        opened = self.events(
+            "ChannelOpened", from_block=from_block, server=to_checksum_address(server)
+        )
+        ids = sorted({ChannelId(int(event.args["channelId"])) for event in opened})
+        return [self.get_channel(channel_id, block=block) for channel_id in ids]
+
     def channel_count(self, *, block: BlockIdentifier = "latest") -> int:
         return int(self._call("channelCount", block=block))
 

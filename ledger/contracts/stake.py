@@ -26,7 +26,7 @@ class StakeInfo:
 
 
 class StakeRegistry(ContractWrapper):
-    """Add stake, unbond and withdraw as the sender; read any account's stake. Registration is
+    """Add stake, unbond, rebond and withdraw as the sender; read any account's stake. Registration is
     each registry's own (`NodeRegistry.register`, `VerifierRegistry.register`)."""
 
     def get_stake(self, account: str, *, block: BlockIdentifier = "latest") -> StakeInfo:
@@ -69,6 +69,11 @@ class StakeRegistry(ContractWrapper):
 
     def unbond(self, amount: Wei) -> TxResult:
         return self._transact("unbond", amount)
+
+    def rebond(self, amount: Wei) -> TxResult:
+        """Move `amount` of the sender's unbonding stake back into its active stake (no token
+        moves); what stays unbonding keeps its release time."""
+        return self._transact("rebond", amount)
 
     def withdraw(self) -> TxResult:
         return self._transact("withdraw")

@@ -22,7 +22,7 @@ import base58
 import typer
 from rich.console import Console
 
-from ledger.types import ChannelId, model_id
+from ledger.types import ChannelId, Wei, model_id
 from node.cli_options import ChainOptions, with_chain_options
 from stakeswarm.commands.chain_deploy import deploy
 from stakeswarm.commands.chain_support import (
@@ -41,20 +41,25 @@ from stakeswarm.commands.chain_support import (
     reporting,
     when,
 )
+from stakeswarm.home import Home
 
 if TYPE_CHECKING:  # web3 loads in the commands that reach a chain, not with `chain --help`
     from ledger.contracts import NodeInfo, VerifierInfo
+    from node.earnings import EarningsReport
 
 app = typer.Typer(
     help="On-chain actions: stake as a node or verifier, pay through channels, balances.",
     no_args_is_help=True,
 )
-node_app = typer.Typer(help="Register, stake, unbond and inspect nodes.", no_args_is_help=True)
+node_app = typer.Typer(
+    help="Register, stake, unbond, rebond and inspect nodes; what a node earned.",
+    no_args_is_help=True,
+)
 channel_app = typer.Typer(
     help="Open, inspect, redeem and reclaim payment channels.", no_args_is_help=True
 )
 verifier_app = typer.Typer(
-    help="Register, unbond, withdraw and inspect verifiers.", no_args_is_help=True
+    help="Register, unbond, rebond, withdraw and inspect verifiers.", no_args_is_help=True
 )
 app.command("deploy")(deploy)
 app.add_typer(node_app, name="node")
@@ -171,6 +176,110 @@ def node_unbond(
         print_tx(console, f"unbonding {conn.show(value)}", registry.unbond(value))
         assert conn.address is not None
         _print_node(console, conn, registry.get_node(conn.address))
+
+
+@node_app.command("rebond")
+@with_chain_options
+def node_rebond(
+    amount: Annotated[
+        str | None,
+        typer.Option(help="Tokens to move back from unbonding to stake (default: all of it)."),
+    ] = None,
+    *,
+    options: ChainOptions,
+) -> None:
+    """Move unbonding stake back into your node's active stake (no tokens move)."""
+    # what stays unbonding keeps its release time; `node serve` rebonds by itself when it
+    # needs stake (node.registration)
+    with reporting() as console:
+        conn = connect(options, role="node", sign=True)
+        registry = conn.contracts.node_registry
+        assert conn.address is not None
+        info = registry.get_node(conn.address)
+        value = _rebond_amount(conn, amount, info.unbonding)
+        print_tx(console, f"rebonded {conn.show(value)}", registry.rebond(value))
+        _print_node(console, conn, registry.get_node(conn.address))
+
+
+def _rebond_amount(conn: Connected, amount: str | None, unbonding: int) -> Wei:
+    """`--amount` in base units, or all of `unbonding` without it; refused when nothing is
+    unbonding (the registry would revert)."""
+    if not unbonding:
+        raise CliInputError(
+            f"nothing to rebond: {conn.address} has no unbonding stake (see `unbond`)"
+        )
+    return Wei(unbonding) if amount is None else conn.tokens(amount, "--amount")
+
+
+@node_app.command("earnings")
+@with_chain_options
+def node_earnings(
+    address: Annotated[str | None, typer.Argument(help="Node address (default: yours).")] = None,
+    *,
+    options: ChainOptions,
+) -> None:
+    """What your node earned per channel: deposit, redeemed, owed (--home's ledger), expiry."""
+    # owed: the node's latest voucher minus what the chain shows redeemed; it needs the node's
+    # ledger in --home, without which only the chain's side is shown
+    from ledger.db import open_deployment_ledger, sqlite_url  # SQLAlchemy: only here
+    from ledger.errors import LedgerDbError
+    from node.earnings import held_vouchers
+    from node.earnings import node_earnings as report_of
+
+    with reporting() as console:
+        conn = connect(options, role="node", sign=False)
+        node = acting_address(conn, address)
+        contract = conn.contracts.payment_channels
+        channels = contract.channels_of_server(node, from_block=conn.deployment.deploy_block)
+        path = Home.resolve(options.home).root / "node" / node / "ledger.sqlite"
+        vouchers: dict[int, int] | None = None
+        why_unknown = f"no node ledger at {path} (give the node's --home)"
+        if path.exists():
+            try:
+                ledger = open_deployment_ledger(sqlite_url(path), conn.chain, conn.deployment)
+                try:
+                    with ledger.begin() as db:
+                        vouchers = held_vouchers(db, conn.chain.chain_id, contract.address)
+                finally:
+                    ledger.close()
+            except LedgerDbError as exc:
+                why_unknown = f"the node ledger at {path} cannot be read: {exc}"
+        report = report_of(channels, vouchers, conn.chain.timestamp())
+        _print_earnings(console, conn, node, report, None if vouchers is not None else why_unknown)
+
+
+def _print_earnings(
+    console: Console, conn: Connected, node: str, report: EarningsReport, why_unknown: str | None
+) -> None:
+    def owed(amount: int | None) -> str:
+        return "unknown" if amount is None else conn.show(amount)
+
+    if not report.channels:
+        console.print(f"no payment channel was opened to {node}")
+        return
+    for row in report.channels:
+        channel = row.channel
+        rows = [
+            ("client", channel.client),
+            ("deposit", conn.show(channel.deposit)),
+            ("redeemed", conn.show(channel.redeemed)),
+            ("owed", owed(row.owed)),
+            ("expiry", when(channel.expiry)),
+        ]
+        if row.lost:
+            rows.append(("lost", f"{conn.show(row.lost)} (signed, not redeemed before expiry)"))
+        print_fields(console, f"Channel {channel.channel_id} ({row.state})", rows)
+    totals = [
+        ("channels", str(len(report.channels))),
+        ("deposit", conn.show(report.deposit)),
+        ("redeemed", conn.show(report.redeemed)),
+        ("owed", owed(report.owed)),
+    ]
+    if report.lost:
+        totals.append(("lost", conn.show(report.lost)))
+    print_fields(console, f"Earnings of node {node}", totals)
+    if why_unknown is not None:
+        console.print(f"owed is unknown: {why_unknown}; the chain shows only what was redeemed")
 
 
 @node_app.command("withdraw")
@@ -365,6 +474,26 @@ def _explain_verifier_minimum(conn: Connected, info: VerifierInfo) -> None:
         f"a verifier keeps at least {conn.show(minimum)} staked, or unbonds all of it to leave "
         f"the registry: with {conn.show(info.stake)} staked, {allowed}"
     )
+
+
+@verifier_app.command("rebond")
+@with_chain_options
+def verifier_rebond(
+    amount: Annotated[
+        str | None,
+        typer.Option(help="Tokens to move back from unbonding to stake (default: all of it)."),
+    ] = None,
+    *,
+    options: ChainOptions,
+) -> None:
+    """Move unbonding verifier stake back into active stake (no tokens move)."""
+    with reporting() as console:
+        conn = connect(options, role="verifier", sign=True)
+        registry = conn.contracts.verifier_registry
+        assert conn.address is not None
+        value = _rebond_amount(conn, amount, registry.get_verifier(conn.address).unbonding)
+        print_tx(console, f"rebonded {conn.show(value)}", registry.rebond(value))
+        _print_verifier(console, conn, registry.get_verifier(conn.address))
 
 
 @verifier_app.command("withdraw")

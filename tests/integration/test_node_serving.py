@@ -180,7 +180,7 @@ def test_stateless_forward_and_info(swarm: PaidSwarm, reference) -> None:
 
 def test_a_forward_over_the_token_cap_is_refused_before_payment(swarm: PaidSwarm) -> None:
     hop = swarm.hops[1]
-    unredeemed = hop.node.status()["earnings"]["unredeemed"]
+    unredeemed = hop.node.status()["earnings"]["unredeemed_base_units"]
     hidden = torch.randn(2, MAX_FORWARD_TOKENS // 2 + 1, 64)  # 18 tokens: 2 over the cap
     tokens = hidden.shape[0] * hidden.shape[1]
     paid = swarm.payer.paid[hop.channel]
@@ -195,7 +195,7 @@ def test_a_forward_over_the_token_cap_is_refused_before_payment(swarm: PaidSwarm
     assert error.code is ErrorCode.LENGTH_EXCEEDED
     assert f"{tokens} tokens" in error.message and f"cap of {MAX_FORWARD_TOKENS}" in error.message
     assert not error.spent
-    assert hop.node.status()["earnings"]["unredeemed"] == unredeemed  # nothing was owed
+    assert hop.node.status()["earnings"]["unredeemed_base_units"] == unredeemed  # nothing was owed
     # the refused voucher was not recorded: a smaller cumulative amount is still accepted
     small = torch.randn(1, MAX_FORWARD_TOKENS, 64)
     output, _ = swarm.runner.run(
@@ -478,8 +478,10 @@ def test_status_health_and_metrics(swarm: PaidSwarm) -> None:
     assert status["span"] == [0, 2] and status["state"] == "online"
     assert status["address"] == node.address and status["peer_id"] == node.peer_id
     assert status["sessions"] == 0 and status["cache"]["tokens_used"] == 0
-    assert int(status["earnings"]["unredeemed"]) == swarm.payer.paid[swarm.hops[0].channel]
-    assert status["earnings"]["redeemed"] == "0"
+    assert (
+        int(status["earnings"]["unredeemed_base_units"]) == swarm.payer.paid[swarm.hops[0].channel]
+    )
+    assert status["earnings"]["redeemed_base_units"] == "0"
     assert status["commitments"]["committed_batches"] >= 1
     metrics = node.metrics()
     for series in ("stakeswarm_steps_total", "stakeswarm_tokens_total", "stakeswarm_commits_total"):

@@ -52,7 +52,7 @@ def scaled(hidden: torch.Tensor, largest: float) -> torch.Tensor:
 
 def unredeemed(node: NodeProcess) -> int:
     """What the node's accepted vouchers owe it (nothing is redeemed in this test)."""
-    return int(node.status()["earnings"]["unredeemed"])
+    return int(node.status()["earnings"]["unredeemed_base_units"])
 
 
 def test_tiny_inputs_pass_their_audits_and_huge_ones_are_refused_before_payment(

@@ -64,6 +64,32 @@ def test_registration_plan_sends_nothing_when_the_registry_already_matches() -> 
     assert (moved.register, moved.update_service, moved.add_stake) == (False, True, 20)
 
 
+def test_registration_plan_rebonds_unbonding_stake_before_pulling_fresh_tokens() -> None:
+    wanted = (b"m" * 32, 0, 2, 10, b"peer")
+    plan = dict(registered=True, current=wanted, wanted=wanted, current_required=20)
+    # everything unbonded: all of it comes back, no fresh tokens
+    back = plan_registration(**plan, stake=0, unbonding=20, target_stake=20)
+    assert (back.rebond, back.add_stake, back.update_service) == (20, 0, False)
+    # part of it unbonding: the rest of the target is fresh tokens
+    part = plan_registration(**plan, stake=0, unbonding=25, target_stake=30)
+    assert (part.rebond, part.add_stake) == (25, 5)
+    # more unbonding than needed: only what is needed comes back
+    some = plan_registration(**plan, stake=20, unbonding=50, target_stake=30)
+    assert (some.rebond, some.add_stake) == (10, 0)
+
+
+def test_registration_plan_rebonds_only_what_the_registered_span_accepts() -> None:
+    registered = (b"m" * 32, 0, 6, 10, b"peer")  # 6 blocks need 60
+    shorter = (b"m" * 32, 0, 2, 10, b"peer")  # 2 blocks need 20
+    plan = dict(registered=True, current=registered, wanted=shorter, current_required=60)
+    # the rebond must leave the stake covering the registered span until the update
+    enough = plan_registration(**plan, stake=0, unbonding=60, target_stake=20)
+    assert (enough.rebond, enough.add_stake, enough.update_service) == (60, 0, True)
+    # too little unbonding to cover the registered span: fresh tokens, as without unbonding
+    short = plan_registration(**plan, stake=0, unbonding=30, target_stake=20)
+    assert (short.rebond, short.add_stake) == (0, 20)
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("m"), "llama", 4, with_tokenizer=False)
