@@ -340,6 +340,7 @@ def _summary(
 
 
 def _channels_table(console: Console, conn: Connected, channels: list[Any], *, title: str) -> None:
+    now = conn.chain.timestamp()
     rows = [
         (
             str(channel.channel_id),
@@ -347,7 +348,7 @@ def _channels_table(console: Console, conn: Connected, channels: list[Any], *, t
             conn.show(channel.deposit),
             conn.show(channel.signed),
             conn.show(channel.deposit - channel.signed),
-            when(channel.expiry),
+            when(channel.expiry, now=now),
         )
         for channel in channels
     ]
@@ -410,7 +411,7 @@ def channels(
                         conn.show(row.deposit),
                         conn.show(row.voucher_amount),
                         conn.show(row.redeemed),
-                        when(row.expiry),
+                        when(row.expiry, now=now),
                         status,
                     )
                 )
