@@ -378,7 +378,8 @@ def channels(
                 ledger=ledger,
                 account=conn.signer,
                 chain_id=conn.chain.chain_id,
-                budget=Budget(None),
+                budget=Budget(None, conn.units),
+                units=conn.units,
             )
             if reclaim:
                 try:
@@ -443,7 +444,12 @@ def check_receipts(
         with _wallet_ledger(options) as (conn, ledger, contracts):
             assert conn.signer is not None
             auditor = ReceiptAuditor(
-                ledger, contracts, conn.signer, rate=rate, from_block=conn.deployment.deploy_block
+                ledger,
+                contracts,
+                conn.signer,
+                conn.units,
+                rate=rate,
+                from_block=conn.deployment.deploy_block,
             )
             try:
                 report = auditor.check()
