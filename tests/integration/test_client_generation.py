@@ -47,7 +47,7 @@ from ledger.db import (
 )
 from ledger.deployment import TOKEN, Deployment
 from ledger.types import ChannelId
-from ledger.units import format_tokens
+from ledger.units import TokenUnits, format_tokens
 from node.balance import ChainClock, Redeemer
 from stakeswarm.tiny_models import load_reference_model, make_tiny_model
 from tests.integration.interrupt import sigint_reaches_it
@@ -617,6 +617,7 @@ def test_each_server_is_paid_exactly_its_tokens_times_its_price(swarm: Swarm) ->
             redeemer = Redeemer(
                 as_node.payment_channels, ledger, chain_id=chain.chain_id, min_amount=0,
                 margin=0, clock=ChainClock(chain.timestamp),
+                units=TokenUnits.of(as_node.token),
             )  # fmt: skip
             assert redeemer.redeem_due(everything=True)
         finally:
