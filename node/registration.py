@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from ledger.chain import ContractRevert
 from ledger.contracts import NodeRegistry
 from ledger.types import BlockIndex, ModelId, Wei
-from ledger.units import TokenUnits
 from node.errors import NodeError
 
 logger = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ def ensure_registered(
     libp2p `peer`, staked with what the span requires or `stake_wanted` if more.
     `RegistrationError` when the registry refuses."""
     start, end = span
-    units = TokenUnits.of(registry.stake_token())
+    units = registry.units
     node = registry.get_node(address)
     target = max(registry.required_stake(start, end), stake_wanted or 0)
     wanted = (model_id, start, end, price_per_block, peer)
