@@ -30,6 +30,7 @@ from ledger.chain import ChainError, ContractRevert
 from ledger.contracts import Contracts
 from ledger.contracts.slasher import ChallengeStatus
 from ledger.db import Ledger, ReceiptStatus, receipts_of
+from ledger.units import TokenUnits
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class ReceiptAuditor:
         ledger: Ledger,
         contracts: Contracts,
         account: LocalAccount,
+        units: TokenUnits,
         *,
         rate: float = DEFAULT_RATE,
         from_block: int = 0,
@@ -71,6 +73,7 @@ class ReceiptAuditor:
         self.ledger = ledger
         self.contracts = contracts  # writing as `account`
         self.account = account
+        self.units = units  # the stake token, for reverts people read
         self.rate = rate
         self.from_block = from_block  # where the client's challenge events are searched from
         self._key = keccak(b"stakeswarm receipt sample" + bytes(account.key))
@@ -102,7 +105,9 @@ class ReceiptAuditor:
                     server, leaf, signature, token=self.contracts.token
                 )
             except ContractRevert as exc:
-                raise ClientError(f"challenging a receipt of {server} failed: {exc}") from exc
+                raise ClientError(
+                    f"challenging a receipt of {server} failed: {exc.describe(self.units)}"
+                ) from exc
             challenge_id = int(result.event("ReceiptChallenged").args["challengeId"])
             logger.info(
                 "challenged %s's receipt of step %d of session 0x%s (challenge %d)",
@@ -124,8 +129,9 @@ class ReceiptAuditor:
                 try:
                     slasher.slash_unanswered(challenge_id)
                 except (ContractRevert, ChainError) as exc:
+                    why = exc.describe(self.units) if isinstance(exc, ContractRevert) else exc
                     raise ClientError(
-                        f"slashing {challenge.node} for challenge {challenge_id} failed: {exc}"
+                        f"slashing {challenge.node} for challenge {challenge_id} failed: {why}"
                     ) from exc
                 logger.warning(
                     "%s did not answer challenge %d: slashed", challenge.node, challenge_id

@@ -46,6 +46,7 @@ from ledger.db import Ledger, open_deployment_ledger, sqlite_url
 from ledger.deployment import Deployment
 from ledger.eip712 import Domain
 from ledger.types import ModelId, model_id
+from ledger.units import TokenUnits
 from node.families import load_config
 
 logger = logging.getLogger(__name__)
@@ -120,12 +121,14 @@ def build_client(
     stops.callback(ledger.close)
     sender = chain.sender(account, journal=ledger.tx_journal())
     contracts = Contracts.from_deployment(chain, deployment, sender)
+    units = TokenUnits.of(contracts.token)  # read once: what people read amounts in
     payments = Payments(
         contracts=contracts,
         ledger=ledger,
         account=account,
         chain_id=chain.chain_id,
-        budget=Budget(config.budget),
+        budget=Budget(config.budget, units),
+        units=units,
         channel_life=config.channel_life,
         min_life=config.channel_min_life,
     )
@@ -151,6 +154,7 @@ def build_client(
         total_blocks=total_blocks,
         dtype=config.dtype,
         max_price=config.max_price,
+        units=units,
         backoff=Backoff(config.backoff_base, config.backoff_max),
         swarm_ttl=config.swarm_ttl,
         ping_timeout=config.ping_timeout,

@@ -41,6 +41,7 @@ from ledger.db import (
 from ledger.eip712 import Domain, sign_voucher
 from ledger.errors import VoucherError
 from ledger.types import ChannelId, Voucher, Wei
+from ledger.units import TokenUnits, format_time
 from node.balance import ChainClock
 
 logger = logging.getLogger(__name__)
@@ -82,8 +83,9 @@ def deposit_for(
 class Budget:
     """What this client may still spend: `limit` (None: no cap) less what it signed."""
 
-    limit: int | None
-    spent: int = 0
+    limit: int | None  # base units
+    units: TokenUnits  # the stake token, to say what a refused step costs
+    spent: int = 0  # base units
 
     @property
     def left(self) -> int | None:
@@ -93,10 +95,11 @@ class Budget:
         """`BudgetExceededError` if spending `cost` more (for `what`) passes the limit."""
         left = self.left
         if left is not None and cost > left:
+            show = self.units.show
             raise BudgetExceededError(
-                f"{what} would cost {cost}, but only {left} of the budget of {self.limit} is "
-                f"left ({self.spent} spent): stopped before overspending; raise the budget to "
-                "go on",
+                f"{what} would cost {show(cost)}, but only {show(left)} of the budget of "
+                f"{show(self.limit or 0)} is left ({show(self.spent)} spent): stopped before "
+                "overspending; raise the budget to go on",
                 needed=cost,
                 left=left,
             )
@@ -137,6 +140,7 @@ class Payments:
     account: LocalAccount
     chain_id: int
     budget: Budget
+    units: TokenUnits  # the stake token, for what people read (logs, errors)
     channel_life: int = 86_400  # seconds a new or extended channel runs
     min_life: int = 1_800  # extend a channel's expiry when less than this is left
     clock: ChainClock = field(init=False)
@@ -208,11 +212,11 @@ class Payments:
             found = self._open(server, deposit)
         self._channels[server] = found
         logger.info(
-            "paying %s through channel %d (deposit %d, signed %d)",
+            "paying %s through channel %d (deposit %s, signed %s)",
             server,
             found.channel_id,
-            found.deposit,
-            found.signed,
+            self.units.show(found.deposit),
+            self.units.show(found.signed),
         )
         return found
 
@@ -243,8 +247,8 @@ class Payments:
         balance = token.balance_of(self.address)
         if balance < amount:
             raise PaymentError(
-                f"{what} needs {amount} stake-token base units, the wallet {self.address} holds "
-                f"{balance}"
+                f"{what} needs {self.units.show(amount)}, the wallet {self.address} holds "
+                f"{self.units.show(balance)}"
             )
         channels = self.contracts.payment_channels.address
         if token.allowance(self.address, channels) < amount:
@@ -272,16 +276,18 @@ class Payments:
             channel_id = channels.opened_channel_id(result)
             onchain = channels.get_channel(channel_id)
         except ContractRevert as exc:
-            raise PaymentError(f"opening a channel to {server} reverted: {exc}") from exc
+            raise PaymentError(
+                f"opening a channel to {server} reverted: {exc.describe(self.units)}"
+            ) from exc
         except (ChainError, OSError) as exc:
             raise PaymentError(f"opening a channel to {server} failed: {exc}") from exc
         self._store(onchain)
         logger.info(
-            "opened channel %d to %s: deposit %d until %d (tx %s)",
+            "opened channel %d to %s: deposit %s until %s (tx %s)",
             channel_id,
             server,
-            deposit,
-            onchain.expiry,
+            self.units.show(deposit),
+            format_time(onchain.expiry),
             result.tx_hash,
         )
         return ClientChannel(
@@ -306,7 +312,9 @@ class Payments:
             )
             onchain = channels.get_channel(ChannelId(channel.channel_id))
         except ContractRevert as exc:
-            raise PaymentError(f"topping up channel {channel.channel_id} reverted: {exc}") from exc
+            raise PaymentError(
+                f"topping up channel {channel.channel_id} reverted: {exc.describe(self.units)}"
+            ) from exc
         except (ChainError, OSError) as exc:
             raise PaymentError(f"topping up channel {channel.channel_id} failed: {exc}") from exc
         self._store(onchain)
@@ -316,11 +324,11 @@ class Payments:
             onchain.expiry,
         )
         logger.info(
-            "topped up channel %d by %d: deposit %d until %d (tx %s)",
+            "topped up channel %d by %s: deposit %s until %s (tx %s)",
             channel.channel_id,
-            amount,
-            onchain.deposit,
-            onchain.expiry,
+            self.units.show(amount),
+            self.units.show(onchain.deposit),
+            format_time(onchain.expiry),
             result.tx_hash,
         )
 
@@ -355,8 +363,8 @@ class Payments:
         amount = channel.signed + cost
         if amount > channel.deposit:
             raise PaymentError(
-                f"channel {channel.channel_id} holds {channel.deposit}, a voucher for {amount} "
-                "would exceed it"
+                f"channel {channel.channel_id} holds {self.units.show(channel.deposit)}, a "
+                f"voucher for {self.units.show(amount)} would exceed it"
             )
         unsigned = Voucher(channel.channel_id, amount)
         voucher = Voucher(
@@ -433,11 +441,13 @@ class Payments:
                 )
             except ContractRevert as exc:
                 raise PaymentError(
-                    f"reclaiming channel {channel.channel_id} reverted: {exc}"
+                    f"reclaiming channel {channel.channel_id} reverted: {exc.describe(self.units)}"
                 ) from exc
             refunded = int(result.event("ChannelReclaimed").args["refunded"])
             self._store(self._read(channel.channel_id))
             self._channels.pop(channel.server, None)
             done.append(Reclaimed(channel.channel_id, channel.server, refunded, result.tx_hash))
-            logger.info("reclaimed channel %d: %d back", channel.channel_id, refunded)
+            logger.info(
+                "reclaimed channel %d: %s back", channel.channel_id, self.units.show(refunded)
+            )
         return done

@@ -20,6 +20,7 @@ from client.network import Network
 from client.registry import ServerRegistry
 from client.remote import RemoteError, RemoteUnavailableError
 from client.routing import Backoff, Candidate, RouteHop, plan_route, route_price
+from ledger.units import TokenUnits
 from node.protocol import PROTOCOL_VERSION, ProtocolError, ServerInfo, ServerState
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Router:
         total_blocks: int,
         dtype: str,
         max_price: int | None,
+        units: TokenUnits,
         backoff: Backoff,
         swarm_ttl: float = 10.0,
         ping_timeout: float = 5.0,
@@ -54,7 +56,8 @@ class Router:
         self.model_name = model_name
         self.total_blocks = total_blocks
         self.dtype = dtype
-        self.max_price = max_price
+        self.max_price = max_price  # base units per token through the whole route
+        self.units = units  # the stake token, for prices people read
         self.backoff = backoff
         self.swarm_ttl = swarm_ttl
         self.ping_timeout = ping_timeout
@@ -85,7 +88,10 @@ class Router:
         if self.backoff.avoided(peer_id, now):
             return f"it failed {self.backoff.failures(peer_id)} time(s) in a row recently"
         if self.max_price is not None and info.price_per_token_per_block > self.max_price:
-            return "its price per block alone exceeds the maximum price"
+            return (
+                f"its price per block alone, {self.units.show(info.price_per_token_per_block)}, "
+                f"exceeds the maximum price {self.units.show(self.max_price)} per token"
+            )
         return self.registry.problem(peer_id, info)
 
     def _rtt(self, peer_id: str, info: ServerInfo, now: float) -> float | None:
@@ -134,11 +140,11 @@ class Router:
         if hops is None:
             raise NoRouteError(self._explain(start, end, candidates, skipped))
         logger.info(
-            "route for blocks [%d, %d): %s (price %d per token)",
+            "route for blocks [%d, %d): %s (price %s per token)",
             start,
             end,
             ", ".join(f"{h.peer_id[-8:]}[{h.start}:{h.end}]" for h in hops),
-            route_price(hops),
+            self.units.show(route_price(hops)),
         )
         return hops
 
@@ -157,7 +163,8 @@ class Router:
             lines.append(f"no usable server holds block(s) {_ranges(missing)}")
         elif self.max_price is not None:
             lines.append(
-                f"every route costs more than the maximum price {self.max_price} per token"
+                "every route costs more than the maximum price "
+                f"{self.units.show(self.max_price)} per token"
             )
         for peer_id, why in sorted(skipped.items()):
             lines.append(f"not using {peer_id}: {why}")

@@ -25,6 +25,7 @@ from web3 import Web3
 from web3.exceptions import Web3Exception
 
 from ledger.errors import LedgerError
+from ledger.units import TokenUnits, format_time
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,41 @@ PANIC_REASONS = {
 }
 
 
+# Which arguments of which errors people read as something other than a plain number: every
+# unsigned argument of the errors our contracts declare (contracts/interfaces/*.sol) and the
+# OpenZeppelin ERC20 errors they raise is either here or a plain number (an id, a count, an
+# index, basis points). tests/unit/test_chain_codec.py holds the ABIs to this.
+# Stake-token amounts, in base units on-chain: shown as "100 SWARM" by `describe`.
+TOKEN_AMOUNT_ARGUMENTS: Mapping[str, frozenset[str]] = {
+    "StakeInsufficient": frozenset({"stake", "needed"}),
+    "StakeUnbondExceedsStake": frozenset({"amount", "stake"}),
+    "ChannelsAmountExceedsDeposit": frozenset({"cumulativeAmount", "deposit"}),
+    "ChannelsVoucherNotNewer": frozenset({"cumulativeAmount", "redeemed"}),
+    "ERC20InsufficientBalance": frozenset({"balance", "needed"}),
+    "ERC20InsufficientAllowance": frozenset({"allowance", "needed"}),
+    "SafeERC20FailedDecreaseAllowance": frozenset({"currentAllowance", "requestedDecrease"}),
+}
+# Chain times, in Unix seconds: shown as UTC dates.
+TIME_ARGUMENTS: Mapping[str, frozenset[str]] = {
+    "StakeUnbondingLocked": frozenset({"until"}),
+    "ChannelsExpired": frozenset({"expiry"}),
+    "ChannelsNotExpired": frozenset({"expiry"}),
+    "ChannelsInvalidExpiry": frozenset({"expiry", "earliest", "latest"}),
+    "SlasherAnswerTooLate": frozenset({"answerBy"}),
+    "SlasherChallengeStillOpen": frozenset({"answerBy"}),
+    "SlasherChallengeTooEarly": frozenset({"opensAt"}),
+    "SlasherChallengeTooLate": frozenset({"closedAt"}),
+    "SlasherChallengeWindowClosed": frozenset({"closedAt"}),
+    "SlasherCommittedTooLate": frozenset({"committedAt", "deadline"}),
+    "ERC2612ExpiredSignature": frozenset({"deadline"}),
+}
+# Durations, in seconds: shown with their unit.
+DURATION_ARGUMENTS: Mapping[str, frozenset[str]] = {
+    "SlasherChallengeWindowTooLong": frozenset({"challengeWindow", "unbondingDelay"}),
+    "SlasherReceiptWindowsTooLong": frozenset({"total", "unbondingDelay"}),
+}
+
+
 class ChainError(LedgerError):
     """The chain cannot be reached or answered something unusable."""
 
@@ -51,7 +87,10 @@ class ChainError(LedgerError):
 class ContractRevert(ChainError):
     """A call reverted; `name` and `arguments` are the decoded Solidity error.
 
-    `str()` reads like the Solidity error: `StakeInsufficient(account=0x.., stake=1, needed=2)`.
+    `str()` and `signature` read like the Solidity error, exact and in base units, for logs and
+    JSON: `StakeInsufficient(account=0x.., stake=10000000000000000000, needed=...)`;
+    `describe(units)` is what a person reads: `StakeInsufficient(account=0x.., stake=10 SWARM,
+    needed=100 SWARM)`, times as UTC dates (see `TOKEN_AMOUNT_ARGUMENTS`, `TIME_ARGUMENTS`).
     `Panic` carries `code` (and a `reason`), `Error(string)` a `message`; a selector no known ABI
     declares comes as `UnknownError(selector=0x..)` with the raw `data`.
     """
@@ -77,6 +116,33 @@ class ContractRevert(ChainError):
         """The error as Solidity would print it: `Name(arg=value, ...)`."""
         inner = ", ".join(f"{key}={format_value(value)}" for key, value in self.arguments.items())
         return f"{self.name}({inner})"
+
+    def describe(self, units: TokenUnits | None) -> str:
+        """The error for people: `Name(arg=value, ...)` with stake-token amounts in `units`
+        ("100 SWARM"; left in base units when `units` is None), times as UTC dates and
+        durations in seconds."""
+        amounts = TOKEN_AMOUNT_ARGUMENTS.get(self.name, frozenset())
+        times = TIME_ARGUMENTS.get(self.name, frozenset())
+        durations = DURATION_ARGUMENTS.get(self.name, frozenset())
+
+        def shown(key: str, value: Any) -> str:
+            if not isinstance(value, int) or isinstance(value, bool):
+                return format_value(value)
+            if key in amounts and units is not None:
+                return units.show(value)
+            if key in times:
+                return format_time(value)
+            if key in durations:
+                return f"{value} s"
+            return format_value(value)
+
+        inner = ", ".join(f"{key}={shown(key, value)}" for key, value in self.arguments.items())
+        return f"{self.name}({inner})"
+
+    def explain(self, units: TokenUnits | None) -> str:
+        """`describe` after what was attempted: `NodeRegistry.register reverted: ...`."""
+        described = self.describe(units)
+        return f"{self.action} reverted: {described}" if self.action else described
 
     def __str__(self) -> str:
         return f"{self.action} reverted: {self.signature}" if self.action else self.signature

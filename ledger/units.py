@@ -36,6 +36,21 @@ def format_time(unix_seconds: int) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+_SPANS = (("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1))
+
+
+def format_time_from(unix_seconds: int, now: int) -> str:
+    """`format_time` with how far the time is from `now` (the chain's time, Unix seconds), in
+    its largest whole unit: "2026-12-07 08:04:02 UTC (in 2 days)", "... (3 hours ago)"."""
+    gap = int(unix_seconds) - int(now)
+    if gap == 0:
+        return f"{format_time(unix_seconds)} (now)"
+    unit, size = next((unit, size) for unit, size in _SPANS if abs(gap) >= size)
+    count = abs(gap) // size
+    span = f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{format_time(unix_seconds)} ({'in ' + span if gap > 0 else span + ' ago'})"
+
+
 class _Token(Protocol):
     def decimals(self) -> int: ...
 

@@ -46,16 +46,24 @@ from ledger.db import (
 from ledger.eip712 import recover_voucher_signer
 from ledger.errors import LedgerError, SignatureError
 from ledger.types import ChannelId, Voucher, Wei
+from ledger.units import TokenUnits
 from node.protocol import ErrorCode, ProtocolError
 
 logger = logging.getLogger(__name__)
 
 
 def judge_amount(
-    amount: int, *, owed_after: int, step_cost: int, last_accepted: int, credit: int
+    amount: int,
+    *,
+    owed_after: int,
+    step_cost: int,
+    last_accepted: int,
+    credit: int,
+    units: TokenUnits,
 ) -> None:
     """The voucher amount rules. `owed_after`: what the channel owes once this step is served;
-    `last_accepted`: the highest voucher amount accepted before (0 if none).
+    `last_accepted`: the highest voucher amount accepted before (0 if none); `units` say the
+    amounts of a refusal in tokens (exactly: `TokenUnits.show` never rounds).
 
     A step that costs something needs a voucher strictly above the last one (else it is a
     replay) and at least `owed_after - credit`. A free step may repeat the last voucher."""
@@ -64,15 +72,16 @@ def judge_amount(
     if amount <= last_accepted:
         raise ProtocolError(
             ErrorCode.REPLAYED_VOUCHER,
-            f"voucher for {amount} is not above the {last_accepted} already accepted on this "
-            "channel; sign a new cumulative voucher",
+            f"voucher for {units.show(amount)} is not above the {units.show(last_accepted)} "
+            "already accepted on this channel; sign a new cumulative voucher",
         )
     needed = max(0, owed_after - credit)
     if amount < needed:
         raise ProtocolError(
             ErrorCode.PAYMENT_BEHIND,
-            f"voucher for {amount} is behind: after this step the channel owes {owed_after}, "
-            f"the node extends {credit} of credit, so at least {needed} is needed",
+            f"voucher for {units.show(amount)} is behind: after this step the channel owes "
+            f"{units.show(owed_after)}, the node extends {units.show(credit)} of credit, so at "
+            f"least {units.show(needed)} is needed",
         )
 
 
@@ -126,6 +135,7 @@ class IncomingPayments:
         node: str,
         chain_id: int,
         credit: int,
+        units: TokenUnits,
         min_life: float,
         cache_ttl: float,
         clock: ChainClock,
@@ -138,6 +148,7 @@ class IncomingPayments:
         self.contract = channels.address
         self.domain = channels.domain()
         self.credit = credit
+        self.units = units  # the stake token, for refusals people read
         self.min_life = min_life
         self.cache_ttl = cache_ttl
         self.clock = clock
@@ -265,20 +276,23 @@ class IncomingPayments:
                 step_cost=step_cost,
                 last_accepted=book.last_amount,
                 credit=self.credit,
+                units=self.units,
             )
             channel = await self._onchain(book, channel_id, voucher.cumulative_amount)
             self._check_usable(channel)
             if voucher.cumulative_amount > channel.deposit:
                 raise ProtocolError(
                     ErrorCode.PAYMENT_BEHIND,
-                    f"voucher for {voucher.cumulative_amount} exceeds channel {channel_id}'s "
-                    f"deposit {channel.deposit}; top the channel up",
+                    f"voucher for {self.units.show(voucher.cumulative_amount)} exceeds channel "
+                    f"{channel_id}'s deposit {self.units.show(channel.deposit)}; top the "
+                    "channel up",
                 )
             if max(0, owed_after - self.credit) > channel.deposit:
                 raise ProtocolError(
                     ErrorCode.PAYMENT_BEHIND,
-                    f"channel {channel_id}'s deposit {channel.deposit} cannot cover the "
-                    f"{owed_after} owed after this step; top the channel up",
+                    f"channel {channel_id}'s deposit {self.units.show(channel.deposit)} cannot "
+                    f"cover the {self.units.show(owed_after)} owed after this step; top the "
+                    "channel up",
                 )
             new_voucher = voucher.cumulative_amount != book.last_amount
             book.owed = owed_after
@@ -358,6 +372,7 @@ class Redeemer:
         min_amount: int,
         margin: float,
         clock: ChainClock,
+        units: TokenUnits,
     ) -> None:
         self.channels = channels
         self.ledger = ledger
@@ -365,6 +380,7 @@ class Redeemer:
         self.min_amount = min_amount
         self.margin = margin
         self.clock = clock
+        self.units = units  # the stake token, for the log
 
     def redeem_due(self, *, everything: bool = False) -> list[Redemption]:
         """Redeem each channel whose held voucher adds at least `min_amount`, or whose expiry is
@@ -397,10 +413,10 @@ class Redeemer:
                 continue
             paid = Wei(after.redeemed - before.redeemed)
             logger.info(
-                "redeemed channel %d: voucher %d, paid %d (tx %s)",
+                "redeemed channel %d: voucher %s, paid %s (tx %s)",
                 channel_id,
-                voucher.cumulative_amount,
-                paid,
+                self.units.show(voucher.cumulative_amount),
+                self.units.exact(paid),
                 result.tx_hash,
             )
             done.append(Redemption(channel_id, voucher.cumulative_amount, paid, result.tx_hash))

@@ -65,6 +65,7 @@ from ledger.deployment import Deployment
 from ledger.errors import LedgerDamagedError
 from ledger.identity import load_identity
 from ledger.types import ModelId, Wei, model_id, to_base_units
+from ledger.units import TokenUnits
 from node.announce import Announcer
 from node.api import NodeMetrics
 from node.balance import ChainClock, IncomingPayments, Redeemer
@@ -131,6 +132,7 @@ class NodeBase:
     chain: Chain
     contracts: Contracts
     ledger: Ledger
+    units: TokenUnits  # the stake token: what people read amounts in
     price_per_block: Wei  # per token per block
     credit: Wei  # how far a client may be behind in paying
     redeem_min: Wei  # the smallest redemption worth a transaction
@@ -175,9 +177,10 @@ def connect_node(config: NodeConfig, closing: contextlib.ExitStack) -> NodeBase:
     closing.callback(ledger.close)
     sender = chain.sender(account, journal=ledger.tx_journal())
     contracts = Contracts.from_deployment(chain, deployment, sender)
-    decimals = contracts.token.decimals()
+    units = TokenUnits.of(contracts.token)
+    decimals = units.decimals
     _check_history(
-        config, folder, ledger, contracts, account.address, deployment, decimals, existed=existed
+        config, folder, ledger, contracts, account.address, deployment, units, existed=existed
     )
     logger.info("node %s on chain %d, ledger in %s", account.address, chain.chain_id, folder)
     return NodeBase(
@@ -189,6 +192,7 @@ def connect_node(config: NodeConfig, closing: contextlib.ExitStack) -> NodeBase:
         chain=chain,
         contracts=contracts,
         ledger=ledger,
+        units=units,
         price_per_block=base_units(config.price, decimals, "price"),
         credit=base_units(config.credit, decimals, "credit"),
         redeem_min=base_units(config.redeem_min, decimals, "redeem_min"),
@@ -232,7 +236,7 @@ def _check_history(
     contracts: Contracts,
     address: str,
     deployment: Deployment,
-    decimals: int,
+    units: TokenUnits,
     *,
     existed: bool,
 ) -> None:
@@ -240,11 +244,11 @@ def _check_history(
     path = folder / "ledger.sqlite"
     history = read_chain_history(contracts, address, deployment.deploy_block)
     if not ledger_is_new(ledger):
-        warn_if_stale(history, ledger, ledger_path=path, decimals=decimals)
+        warn_if_stale(history, ledger, ledger_path=path, units=units)
         return
     try:
         check_new_ledger(
-            history, ledger_path=path, address=address, decimals=decimals, allow=config.new_ledger
+            history, ledger_path=path, address=address, units=units, allow=config.new_ledger
         )
     except LostLedgerError:
         if not existed:  # leave no empty ledger where a backup is to be restored
@@ -328,6 +332,7 @@ async def build_node(
         node=base.address,
         chain_id=base.chain.chain_id,
         credit=base.credit,
+        units=base.units,
         min_life=config.channel_min_life,
         cache_ttl=config.channel_cache_ttl,
         clock=clock,
@@ -368,6 +373,7 @@ async def build_node(
         min_amount=base.redeem_min,
         margin=config.redeem_margin,
         clock=clock,
+        units=base.units,
     )
     metrics = NodeMetrics()
     views = wrapping.views(SpanViews(span))

@@ -20,6 +20,7 @@ from ledger.contracts import Commitments, Slasher
 from ledger.contracts.slasher import ChallengeStatus
 from ledger.db import BatchStatus, Ledger, get_leaf, leaf_proof
 from ledger.types import BatchId
+from ledger.units import format_time
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +79,9 @@ class ChallengeAnswerer:
             return False
         if challenge.answer_by < self.chain.timestamp():
             logger.error(
-                "receipt challenge %d expired unanswered at %d: this node will be slashed",
+                "receipt challenge %d expired unanswered at %s: this node will be slashed",
                 challenge_id,
-                challenge.answer_by,
+                format_time(challenge.answer_by),
             )
             return False
         with self.ledger.begin() as db:

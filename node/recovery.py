@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import exists, select
@@ -45,6 +44,7 @@ from ledger.db.models import Batch, LeafRecord, ServedSession
 from ledger.db.models import Channel as ChannelRow
 from ledger.errors import LedgerDamagedError
 from ledger.types import ChannelId
+from ledger.units import TokenUnits, format_time
 from node.errors import NodeError
 
 logger = logging.getLogger(__name__)
@@ -104,20 +104,20 @@ def ledger_is_new(ledger: Ledger) -> bool:
         )
 
 
-def describe_loss(history: ChainHistory, *, decimals: int) -> list[str]:
+def describe_loss(history: ChainHistory, *, units: TokenUnits) -> list[str]:
     """The lines that say what a node starting on a new ledger loses."""
-    unit = 10**decimals
     lines = []
     open_channels = history.open_channels
     escrow = sum(c.remaining for c in open_channels)
     lines.append(
-        f"{len(open_channels)} channel(s) still hold {escrow / unit:g} tokens for this node; it "
+        f"{len(open_channels)} channel(s) still hold {units.show(escrow)} for this node; it "
         "cannot redeem the vouchers it was given on them (only its ledger held them):"
     )
     lines += _listed(
         [
-            f"channel {c.channel_id} from {c.client}: deposit {c.deposit / unit:g}, redeemed "
-            f"{c.redeemed / unit:g}, expires {_iso(c.expiry)} (then the client reclaims it)"
+            f"channel {c.channel_id} from {c.client}: deposit {units.show(c.deposit)}, redeemed "
+            f"{units.show(c.redeemed)}, expires {format_time(c.expiry)} (then the client "
+            "reclaims it)"
             for c in open_channels
         ]
     )
@@ -143,18 +143,14 @@ def _batch_line(batch: BatchCommitted) -> str:
     return f"batch {batch.batch_id} ({batch.leaf_count} leaves) committed in block {batch.block_number}"
 
 
-def _iso(timestamp: int) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
-
-
 def check_new_ledger(
-    history: ChainHistory, *, ledger_path: Path, address: str, decimals: int, allow: bool
+    history: ChainHistory, *, ledger_path: Path, address: str, units: TokenUnits, allow: bool
 ) -> None:
     """Refuse (`LostLedgerError`) a new ledger for a node whose history the chain shows, unless
     `allow` (`--new-ledger`): then log the loss as a warning."""
     if not history.shows_service:
         return
-    loss = "\n".join(describe_loss(history, decimals=decimals))
+    loss = "\n".join(describe_loss(history, units=units))
     if allow:
         logger.warning(
             "STARTING ON A NEW LEDGER (--new-ledger) at %s although the chain shows node %s "
@@ -174,7 +170,7 @@ def check_new_ledger(
     )
 
 
-def describe_stale(history: ChainHistory, ledger: Ledger, *, decimals: int) -> list[str]:
+def describe_stale(history: ChainHistory, ledger: Ledger, *, units: TokenUnits) -> list[str]:
     """What the chain shows this node did that `ledger` (not new) does not know: empty when
     the ledger is as recent as the chain can tell."""
     with ledger.begin() as db:
@@ -187,7 +183,6 @@ def describe_stale(history: ChainHistory, ledger: Ledger, *, decimals: int) -> l
     behind = [c for c in history.channels if c.redeemed > vouchers.get(c.channel_id, 0)]
     if not unknown and not behind:
         return []
-    unit = 10**decimals
     lines = []
     if unknown:
         leaves = sum(b.leaf_count for b in unknown)
@@ -205,8 +200,8 @@ def describe_stale(history: ChainHistory, ledger: Ledger, *, decimals: int) -> l
         )
         lines += _listed(
             [
-                f"channel {c.channel_id} from {c.client}: redeemed {c.redeemed / unit:g}, the "
-                f"ledger's newest voucher {vouchers.get(c.channel_id, 0) / unit:g}"
+                f"channel {c.channel_id} from {c.client}: redeemed {units.show(c.redeemed)}, "
+                f"the ledger's newest voucher {units.show(vouchers.get(c.channel_id, 0))}"
                 for c in behind
             ]
         )
@@ -214,10 +209,10 @@ def describe_stale(history: ChainHistory, ledger: Ledger, *, decimals: int) -> l
 
 
 def warn_if_stale(
-    history: ChainHistory, ledger: Ledger, *, ledger_path: Path, decimals: int
+    history: ChainHistory, ledger: Ledger, *, ledger_path: Path, units: TokenUnits
 ) -> None:
     """Log, as a WARNING, what the chain shows that the ledger lost (`describe_stale`)."""
-    lines = describe_stale(history, ledger, decimals=decimals)
+    lines = describe_stale(history, ledger, units=units)
     if lines:
         logger.warning(
             "STALE LEDGER at %s (restored from an older backup?): the chain shows node %s did "

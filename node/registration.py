@@ -3,7 +3,9 @@
 `plan_registration` decides (a pure function) which transactions make the registry show what
 the node serves; `ensure_registered` reads the registry and sends them. A restart that changes
 nothing sends nothing. A node that unbonded and serves again rebonds its unbonding stake
-(`StakeRegistry.rebond`, no token moves) before it pulls fresh tokens from its balance.
+(`StakeRegistry.rebond`, no token moves) before it pulls fresh tokens from its balance. A
+transaction the registry refuses (a wallet short of the stake, say) is a `RegistrationError`
+that says so in stake tokens.
 """
 
 from __future__ import annotations
@@ -11,11 +13,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ledger.chain import ContractRevert
 from ledger.contracts import NodeRegistry
 from ledger.types import BlockIndex, ModelId, Wei
-from ledger.units import TokenUnits
+from node.errors import NodeError
 
 logger = logging.getLogger(__name__)
+
+
+class RegistrationError(NodeError):
+    """The registry refused a registration transaction; the message says what, in tokens."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +78,10 @@ def ensure_registered(
     stake_wanted: int | None,
 ) -> None:
     """Make the registry show `address` serving `span` of `model_id` at `price_per_block` as
-    libp2p `peer`, staked with what the span requires or `stake_wanted` if more."""
+    libp2p `peer`, staked with what the span requires or `stake_wanted` if more.
+    `RegistrationError` when the registry refuses."""
     start, end = span
+    units = registry.units
     node = registry.get_node(address)
     target = max(registry.required_stake(start, end), stake_wanted or 0)
     wanted = (model_id, start, end, price_per_block, peer)
@@ -97,24 +106,34 @@ def ensure_registered(
     )
     if not (plan.register or plan.add_stake or plan.rebond or plan.update_service):
         return
-    units = TokenUnits.of(registry.stake_token())
-    if plan.register:
-        registry.register_with_approve(
-            model_id, BlockIndex(start), BlockIndex(end), price_per_block, peer, Wei(target)
-        )
-        logger.info("registered for blocks [%d, %d) with stake %s", start, end, units.exact(target))
-        return
-    if plan.add_stake:
-        registry.add_stake_with_approve(Wei(plan.add_stake))
-        logger.info("added %s of fresh tokens to the stake", units.exact(plan.add_stake))
-    if plan.rebond:
-        registry.rebond(Wei(plan.rebond))
-        logger.info(
-            "rebonded %s of this node's unbonding stake into its active stake (no fresh tokens "
-            "pulled; %s stays unbonding)",
-            units.exact(plan.rebond),
-            units.show(node.unbonding - plan.rebond),
-        )
-    if plan.update_service:
-        registry.update_service(model_id, BlockIndex(start), BlockIndex(end), price_per_block, peer)
-        logger.info("updated the registration to blocks [%d, %d)", start, end)
+    units = registry.units
+    blocks = f"blocks {start}:{end}"
+    try:
+        if plan.register:
+            what = f"registering for {blocks} with {units.show(target)} staked"
+            registry.register_with_approve(
+                model_id, BlockIndex(start), BlockIndex(end), price_per_block, peer, Wei(target)
+            )
+            logger.info("registered for %s with %s staked", blocks, units.exact(target))
+            return
+        if plan.add_stake:
+            what = f"adding {units.show(plan.add_stake)} to the stake for {blocks}"
+            registry.add_stake_with_approve(Wei(plan.add_stake))
+            logger.info("added %s of fresh tokens to the stake", units.exact(plan.add_stake))
+        if plan.rebond:
+            what = f"rebonding {units.show(plan.rebond)} of unbonding stake for {blocks}"
+            registry.rebond(Wei(plan.rebond))
+            logger.info(
+                "rebonded %s of this node's unbonding stake into its active stake (no fresh "
+                "tokens pulled; %s stays unbonding)",
+                units.exact(plan.rebond),
+                units.show(node.unbonding - plan.rebond),
+            )
+        if plan.update_service:
+            what = f"updating the registration to {blocks}"
+            registry.update_service(
+                model_id, BlockIndex(start), BlockIndex(end), price_per_block, peer
+            )
+            logger.info("updated the registration to %s", blocks)
+    except ContractRevert as exc:
+        raise RegistrationError(f"{what}: {exc.explain(units)}") from exc

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from ledger.contracts import NodeRegistry
+from ledger.units import TokenUnits
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Standing:
     stake: int  # active stake, token base units
     required: int  # the stake its registered span needs (0 when not registered)
     span: tuple[int, int]  # the registered span
+    units: TokenUnits  # the stake token, for `problem`
     checked_at: float = field(default_factory=time.time)  # unix seconds of the read
 
     def problem(self) -> str | None:
@@ -34,10 +36,12 @@ class Standing:
         if not self.registered:
             return "this node is not registered in the NodeRegistry"
         start, end = self.span
+        show = self.units.show
         return (
-            f"its stake {self.stake} is below the {self.required} its blocks [{start}, {end}) "
-            f"need (slashed or unbonded?); add at least {self.required - self.stake} with "
-            "`stakeswarm chain node add-stake` to serve again"
+            f"its stake {show(self.stake)} is below the {show(self.required)} its blocks "
+            f"[{start}, {end}) need (slashed or unbonded?); add at least "
+            f"{show(self.required - self.stake)} with `stakeswarm chain node add-stake` to "
+            "serve again"
         )
 
     def to_json(self) -> dict[str, object]:
@@ -63,4 +67,5 @@ def read_standing(registry: NodeRegistry, address: str) -> Standing:
         stake=int(node.stake),
         required=int(required),
         span=(node.span_start, node.span_end),
+        units=registry.units,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from eth_utils import to_checksum_address
 from web3.types import BlockIdentifier
@@ -11,6 +12,7 @@ from ledger.chain import TxResult
 from ledger.contracts.base import ContractWrapper, OnApproval
 from ledger.contracts.token import StakeToken
 from ledger.types import Address, Wei
+from ledger.units import TokenUnits
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ class StakeRegistry(ContractWrapper):
     def stake_token(self) -> StakeToken:
         """The stake token, writing as this wrapper's sender."""
         return StakeToken(self.chain, self._call("stakeToken"), self.sender)
+
+    @cached_property
+    def units(self) -> TokenUnits:
+        """The stake token's decimals and symbol (read once): what people read stakes in."""
+        return TokenUnits.of(self.stake_token())
 
     def add_stake(self, amount: Wei) -> TxResult:
         """Pull `amount` more into the sender's stake (approve first, or `add_stake_with_approve`)."""

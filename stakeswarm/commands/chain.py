@@ -9,9 +9,8 @@ or
 
 Amounts are in whole stake tokens and may have decimals (`--stake 100` is 100 tokens,
 `--price 0.001`); they are converted with the token's on-chain `decimals()` (18).
-A revert prints the decoded contract error, e.g.
-`StakeInsufficient(account=0x…, stake=10, needed=30)` (amounts there are base units),
-and exits with status 1.
+A revert prints the decoded contract error, amounts in tokens and times as dates, e.g.
+`StakeInsufficient(account=0x…, stake=10 SWARM, needed=30 SWARM)`, and exits with status 1.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ from stakeswarm.commands.chain_support import (
     print_fields,
     print_tx,
     reporting,
-    when,
 )
 from stakeswarm.home import Home
 
@@ -80,12 +78,12 @@ def _print_node(console: Console, conn: Connected, info: NodeInfo) -> None:
         rows.append(("peer id", base58.b58encode(info.peer_id).decode()))
     rows.append(("stake", conn.show(info.stake)))
     rows.append(("unbonding", conn.show(info.unbonding)))
-    rows.append(("unbonding release", when(info.unbonding_release_at)))
-    rows.append(("last commit", when(info.last_commit_at)))
+    rows.append(("unbonding release", conn.when(info.unbonding_release_at)))
+    rows.append(("last commit", conn.when(info.last_commit_at)))
     if info.unbonding:
         # the release, or the end of the last commit's challenge window if that is later
         withdrawable = conn.contracts.node_registry.withdrawable_at(info.address)
-        rows.append(("withdrawable after", when(withdrawable)))
+        rows.append(("withdrawable after", conn.when(withdrawable)))
     print_fields(console, f"Node {info.address}", rows)
 
 
@@ -96,7 +94,7 @@ def _print_verifier(console: Console, conn: Connected, info: VerifierInfo) -> No
         ("active", "yes" if active else "no"),
         ("stake", conn.show(info.stake)),
         ("unbonding", conn.show(info.unbonding)),
-        ("unbonding release", when(info.unbonding_release_at)),
+        ("unbonding release", conn.when(info.unbonding_release_at)),
     ]
     print_fields(console, f"Verifier {info.address}", rows)
 
@@ -323,7 +321,7 @@ def _print_channel(console: Console, conn: Connected, channel_id: ChannelId) -> 
         ("deposit", conn.show(channel.deposit)),
         ("redeemed", conn.show(channel.redeemed)),
         ("remaining", conn.show(channel.remaining)),
-        ("expiry", when(channel.expiry)),
+        ("expiry", conn.when(channel.expiry)),
         ("closed", "yes" if channel.closed else "no"),
     ]
     print_fields(console, f"Channel {channel_id}", rows)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import base58
@@ -23,7 +23,8 @@ from rich.markup import escape
 
 from ledger.errors import LedgerError
 from ledger.types import Address, BlockIndex, Wei, parse_token_amount, to_base_units
-from ledger.units import format_tokens
+from ledger.units import TokenUnits, format_time, format_time_from
+from ledger.units import format_tokens as format_tokens  # re-exported to the commands
 from node.cli_options import ChainOptions
 from stakeswarm.home import Home
 
@@ -51,11 +52,24 @@ class Connected:
     decimals: int
     symbol: str
 
+    @property
+    def units(self) -> TokenUnits:
+        return TokenUnits(decimals=self.decimals, symbol=self.symbol)
+
     def tokens(self, text: str, what: str) -> Wei:
         return parse_tokens(text, self.decimals, what)
 
     def show(self, amount: int) -> str:
-        return f"{format_tokens(amount, self.decimals)} {self.symbol}"
+        return self.units.show(amount)
+
+    def when(self, timestamp: int) -> str:
+        """A chain time as a date, and how far it is from the chain's time now."""
+        return when(timestamp, now=self.chain.timestamp())
+
+
+# The stake token of the deployment the running command connected to (`connect` sets it):
+# `reporting` shows a revert's amounts in it ("100 SWARM"), not in base units.
+_command_units: ContextVar[TokenUnits | None] = ContextVar("command_units", default=None)
 
 
 def connect(options: ChainOptions, *, role: str, sign: bool) -> Connected:
@@ -96,7 +110,7 @@ def connect(options: ChainOptions, *, role: str, sign: bool) -> Connected:
     chain = deployment.connect(rpc_url=options.rpc)
     sender = chain.sender(signer) if sign and signer is not None else None
     contracts = Contracts.from_deployment(chain, deployment, sender)
-    return Connected(
+    connected = Connected(
         deployment=deployment,
         chain=chain,
         contracts=contracts,
@@ -105,13 +119,23 @@ def connect(options: ChainOptions, *, role: str, sign: bool) -> Connected:
         decimals=contracts.token.decimals(),
         symbol=contracts.token.symbol(),
     )
+    reporting_in(connected.units)
+    return connected
+
+
+def reporting_in(units: TokenUnits) -> None:
+    """Tell the running `reporting` block the stake token a revert's amounts are in (`connect`
+    does it for the commands that connect through it)."""
+    _command_units.set(units)
 
 
 @contextmanager
 def reporting() -> Iterator[Console]:
     """Run a command body: a revert or a ledger/input error is printed (no traceback) and the
-    command exits non-zero."""
+    command exits non-zero. A revert shows its stake-token amounts in the token of the
+    deployment the body connected to (`connect`), and its times as dates."""
     errors = Console(stderr=True, soft_wrap=True)
+    units = _command_units.set(None)
     try:
         yield Console(soft_wrap=True)
     except CliInputError as exc:
@@ -121,12 +145,13 @@ def reporting() -> Iterator[Console]:
         from ledger.abi_codec import ContractRevert  # loaded already by whatever reverted
 
         if isinstance(exc, ContractRevert):
-            errors.print(
-                f"[bold red]reverted[/] {escape(exc.action or '')}: {escape(exc.signature)}"
-            )
+            described = exc.describe(_command_units.get())
+            errors.print(f"[bold red]reverted[/] {escape(exc.action or '')}: {escape(described)}")
         else:
             errors.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
+    finally:
+        _command_units.reset(units)
 
 
 # --- value parsing and formatting ---------------------------------------------------------
@@ -198,10 +223,12 @@ def parse_signature(text: str) -> bytes:
     return raw
 
 
-def when(timestamp: int) -> str:
+def when(timestamp: int, *, now: int | None = None) -> str:
+    """A chain time as a UTC date ("-" for none), with how far it is from `now` when given
+    ("2026-12-07 08:04:02 UTC (in 2 days)")."""
     if timestamp == 0:
         return "-"
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return format_time(timestamp) if now is None else format_time_from(timestamp, now)
 
 
 def print_tx(console: Console, what: str, result: TxResult | None) -> None:

@@ -340,6 +340,7 @@ def _summary(
 
 
 def _channels_table(console: Console, conn: Connected, channels: list[Any], *, title: str) -> None:
+    now = conn.chain.timestamp()
     rows = [
         (
             str(channel.channel_id),
@@ -347,7 +348,7 @@ def _channels_table(console: Console, conn: Connected, channels: list[Any], *, t
             conn.show(channel.deposit),
             conn.show(channel.signed),
             conn.show(channel.deposit - channel.signed),
-            when(channel.expiry),
+            when(channel.expiry, now=now),
         )
         for channel in channels
     ]
@@ -377,7 +378,8 @@ def channels(
                 ledger=ledger,
                 account=conn.signer,
                 chain_id=conn.chain.chain_id,
-                budget=Budget(None),
+                budget=Budget(None, conn.units),
+                units=conn.units,
             )
             if reclaim:
                 try:
@@ -410,7 +412,7 @@ def channels(
                         conn.show(row.deposit),
                         conn.show(row.voucher_amount),
                         conn.show(row.redeemed),
-                        when(row.expiry),
+                        when(row.expiry, now=now),
                         status,
                     )
                 )
@@ -442,7 +444,12 @@ def check_receipts(
         with _wallet_ledger(options) as (conn, ledger, contracts):
             assert conn.signer is not None
             auditor = ReceiptAuditor(
-                ledger, contracts, conn.signer, rate=rate, from_block=conn.deployment.deploy_block
+                ledger,
+                contracts,
+                conn.signer,
+                conn.units,
+                rate=rate,
+                from_block=conn.deployment.deploy_block,
             )
             try:
                 report = auditor.check()

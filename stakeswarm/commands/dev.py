@@ -39,6 +39,7 @@ from rich.markup import escape
 
 from ledger.deployment import TOKEN, Deployment
 from ledger.errors import LedgerError
+from ledger.units import TokenUnits
 from node.cli_options import HomeOpt
 from node.fault_modes import FAULT_MODES
 from stakeswarm.commands.chain_support import (
@@ -50,6 +51,7 @@ from stakeswarm.commands.chain_support import (
     parse_tokens,
     print_tx,
     reporting,
+    reporting_in,
     when,
 )
 from stakeswarm.devnet import Devnet, DevnetConfig, stop_devnet
@@ -306,12 +308,12 @@ def fund(
 
         devnet = DevChain.open(Home.resolve(home))
         token = devnet.token()
-        decimals, symbol = token.decimals(), token.symbol()
-        amount = parse_tokens(tokens, decimals, "--tokens")
+        units = TokenUnits.of(token)
+        reporting_in(units)
+        amount = parse_tokens(tokens, units.decimals, "--tokens")
         if amount:
             sent = devnet.send_tokens(to, amount)
-            shown = f"{format_tokens(amount, decimals)} {symbol}"
-            print_tx(console, f"sent {shown} from the deployer", sent)
+            print_tx(console, f"sent {units.show(amount)} from the deployer", sent)
         if eth_wei:
             devnet.add_eth(to, eth_wei)
             console.print(
@@ -319,7 +321,7 @@ def fund(
                 f"({devnet.state.chain}_setBalance, no transaction)"
             )
         console.print(
-            f"{to}: {format_tokens(token.balance_of(to), decimals)} {symbol}, "
+            f"{to}: {units.show(token.balance_of(to))}, "
             f"{format_tokens(devnet.chain.eth_balance(to), 18)} ETH"
         )
 

@@ -16,6 +16,7 @@ from ledger.contracts import Contracts
 from ledger.deployment import TOKEN, Deployment
 from ledger.eip712 import sign_voucher
 from ledger.types import ChannelId, Voucher, model_id
+from ledger.units import format_time
 from ledger.wallet import KeystoreKdf, import_wallet
 from stakeswarm.cli import app
 from stakeswarm.home import Home
@@ -77,11 +78,19 @@ def test_revert_prints_the_decoded_error_and_exits_non_zero(
     assert result.exit_code == 1
     assert "approve" not in result.output  # simulated first: nothing was approved in vain
     node = deployment.account("node-1").address
-    assert (
-        f"StakeInsufficient(account={node}, stake={39 * TOKEN}, needed={40 * TOKEN})"
-        in result.output
-    )
+    assert f"StakeInsufficient(account={node}, stake=39 SWARM, needed=40 SWARM)" in result.output
     assert "Traceback" not in result.output
+
+
+def test_too_little_stake_is_told_in_tokens_not_base_units(
+    run: Callable[..., Result], deployment: Deployment
+) -> None:
+    # 10 blocks at 10 tokens a block need 100 tokens
+    result = run(*register_args(stake="10", blocks="0:10"), "--account", "node-1")
+
+    assert result.exit_code == 1
+    assert "stake=10 SWARM" in result.output and "needed=100 SWARM" in result.output
+    assert str(10 * TOKEN) not in result.output
 
 
 def test_node_add_stake_unbond_withdraw_and_show(
@@ -95,6 +104,7 @@ def test_node_add_stake_unbond_withdraw_and_show(
 
     added = run("node", "add-stake", "--amount", "10")
     unbonded = run("node", "unbond", "--amount", "10")
+    release = contracts.node_registry.get_node(address).unbonding_release_at
     locked = run("node", "withdraw")
     advance_time(deployment.params.unbonding_delay + 1)
     withdrawn = run("node", "withdraw")
@@ -102,7 +112,12 @@ def test_node_add_stake_unbond_withdraw_and_show(
 
     assert added.exit_code == unbonded.exit_code == withdrawn.exit_code == 0
     assert "added 10 SWARM to the stake" in added.output
-    assert locked.exit_code == 1 and "StakeUnbondingLocked" in locked.output
+    assert _field(unbonded.output, "unbonding release") == f"{format_time(release)} (in 2 days)"
+    assert locked.exit_code == 1
+    assert f"StakeUnbondingLocked(account={address}, until={format_time(release)})" in (
+        locked.output
+    )
+    assert str(release) not in locked.output  # a date, not Unix seconds
     assert "withdrew 10 SWARM" in withdrawn.output
     assert contracts.node_registry.get_node(address).stake == 40 * TOKEN
     assert shown.exit_code == 0 and "2:6 (4 blocks)" in shown.output and PEER_ID in shown.output
@@ -200,8 +215,8 @@ def test_verifier_unbond_withdraw_and_show(
 
     assert too_much.exit_code == 1
     assert (
-        f"StakeInsufficient(account={verifier}, stake={90 * TOKEN}, "
-        f"needed={100 * TOKEN})" in too_much.output
+        f"StakeInsufficient(account={verifier}, stake=90 SWARM, needed=100 SWARM)"
+        in too_much.output
     )
     assert unbonded.exit_code == 0, unbonded.output
     assert "unbonding 50 SWARM  tx 0x" in unbonded.output

@@ -47,6 +47,7 @@ from ledger.db import (
 )
 from ledger.deployment import TOKEN, Deployment
 from ledger.types import ChannelId
+from ledger.units import TokenUnits, format_tokens
 from node.balance import ChainClock, Redeemer
 from stakeswarm.tiny_models import load_reference_model, make_tiny_model
 from tests.integration.interrupt import sigint_reaches_it
@@ -277,6 +278,9 @@ def test_a_route_above_the_maximum_price_is_refused_clearly(swarm: Swarm) -> Non
             model.generate(PROMPT, max_new_tokens=2)
         assert model.client.payments.known_channels() == []  # nothing was opened
     assert "no route through blocks [0, 6)" in str(refused.value)
+    # the prices told in tokens (the maximum is 10 base units)
+    assert "exceeds the maximum price 0.00000000000000001 SWARM per token" in str(refused.value)
+    assert re.search(r"its price per block alone, [0-9.]+ SWARM, exceeds", str(refused.value))
 
 
 def test_the_budget_stops_generation_before_overspending(swarm: Swarm) -> None:
@@ -293,6 +297,9 @@ def test_the_budget_stops_generation_before_overspending(swarm: Swarm) -> None:
     assert stopped.value.partial is not None
     assert stopped.value.partial.shape[1] == PROMPT.shape[1] + 4  # 4 tokens, 4 forwards paid
     assert stopped.value.left < stopped.value.needed
+    # told in tokens; the error keeps the exact base units in its fields
+    assert f"of the budget of {format_tokens(budget, 18)} SWARM is left" in str(stopped.value)
+    assert str(budget) not in str(stopped.value)
 
 
 def test_a_client_that_stops_paying_is_refused(swarm: Swarm, monkeypatch) -> None:  # noqa: ANN001
@@ -420,6 +427,11 @@ def test_the_cli_pays_from_a_keystore_and_stops_at_the_budget(swarm: Swarm) -> N
                    env=env)  # fmt: skip
     assert stopped.returncode == 1
     assert "stopped before overspending" in stopped.stderr, stopped.stderr
+    # what the prompt would cost, in tokens with the symbol, never in base units
+    cost = format_tokens(price * prompt_tokens, 18)
+    assert f"would cost {cost} SWARM" in stopped.stderr, stopped.stderr
+    assert "of the budget of 0.000001 SWARM is left" in stopped.stderr, stopped.stderr
+    assert str(price * prompt_tokens) not in stopped.stderr
     # nothing was paid: said in a line, no empty Paid and Channels tables
     assert "nothing paid this run" in stopped.stdout, stopped.stdout
     assert "Paid this run" not in stopped.stdout and "Channels" not in stopped.stdout
@@ -605,6 +617,7 @@ def test_each_server_is_paid_exactly_its_tokens_times_its_price(swarm: Swarm) ->
             redeemer = Redeemer(
                 as_node.payment_channels, ledger, chain_id=chain.chain_id, min_amount=0,
                 margin=0, clock=ChainClock(chain.timestamp),
+                units=TokenUnits.of(as_node.token),
             )  # fmt: skip
             assert redeemer.redeem_due(everything=True)
         finally:

@@ -83,8 +83,9 @@ def test_a_node_refuses_to_start_on_a_lost_ledger_unless_told(
         again = _restart(spec, deployment, tmp_path, model_path)
         err = _refused(again)
         assert f"the ledger {ledger} is new, but the chain shows node {node.address}" in err
-        assert "1 channel(s) still hold 10 tokens for this node" in err
-        assert re.search(r"channel \d+ from 0x[0-9a-fA-F]{40}: deposit 10, redeemed 0", err)
+        assert "1 channel(s) still hold 10 SWARM for this node" in err
+        channel = r"channel \d+ from 0x[0-9a-fA-F]{40}: deposit 10 SWARM, redeemed 0 SWARM, "
+        assert re.search(channel + r"expires 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC", err)
         assert "batch(es) of 2 leaves were committed by this node" in err
         assert "--new-ledger" in err and "Traceback" not in err
         assert not ledger.exists()  # no empty ledger left where a backup goes

@@ -41,6 +41,7 @@ from ledger.db import Ledger, open_ledger, session_leaves, sqlite_url
 from ledger.deployment import Deployment
 from ledger.eip712 import Domain
 from ledger.types import BatchId, BlockIndex, Wei, model_id
+from ledger.units import TokenUnits
 from node.api import NodeMetrics
 from node.balance import ChainClock, IncomingPayments
 from node.blocks import Span, load_span
@@ -225,6 +226,7 @@ async def _reveal(
                     node=address,
                     chain_id=chain.chain_id,
                     credit=0,
+                    units=TokenUnits.of(verifier.token),
                     min_life=DEFAULTS["channel_min_life"],
                     cache_ttl=DEFAULTS["channel_cache_ttl"],
                     clock=clock,

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from ledger.units import TokenUnits
 from node.balance import ChainClock, judge_amount
 from node.protocol import ErrorCode, ProtocolError
+
+SWARM = TokenUnits(decimals=18, symbol="SWARM")
 
 
 def _code(**kwargs: int) -> ErrorCode | None:
     try:
-        judge_amount(**kwargs)  # type: ignore[arg-type]
+        judge_amount(**kwargs, units=SWARM)  # type: ignore[arg-type]
     except ProtocolError as exc:
         return exc.code
     return None
@@ -50,9 +53,21 @@ def test_a_free_step_may_repeat_the_last_voucher_but_not_go_below_it() -> None:
     )
 
 
-def test_the_refusal_says_what_is_needed() -> None:
-    with pytest.raises(ProtocolError, match="at least 250 is needed"):
-        judge_amount(260 - 20, owed_after=300, step_cost=100, last_accepted=200, credit=50)
+def test_the_refusal_says_what_is_needed_in_tokens() -> None:
+    milli = 10**15  # 0.001 SWARM
+    with pytest.raises(ProtocolError) as refused:
+        judge_amount(
+            240 * milli,
+            owed_after=300 * milli,
+            step_cost=100 * milli,
+            last_accepted=200 * milli,
+            credit=50 * milli,
+            units=SWARM,
+        )
+    assert refused.value.message == (
+        "voucher for 0.24 SWARM is behind: after this step the channel owes 0.3 SWARM, the node "
+        "extends 0.05 SWARM of credit, so at least 0.25 SWARM is needed"
+    )
 
 
 def test_chain_clock_follows_the_chain_when_it_runs_ahead_of_the_wall_clock() -> None:

@@ -30,7 +30,10 @@ class _Parts:
         chain = SimpleNamespace(chain_id=31337, sender=lambda account, journal: "sender")
         ledger = SimpleNamespace(tx_journal=lambda: None, close=lambda: stopped.append("ledger"))
         network = SimpleNamespace(shutdown=lambda: stopped.append("network"))
-        contracts = SimpleNamespace(node_registry=None, slasher=SimpleNamespace(domain=lambda: 0))
+        token = SimpleNamespace(decimals=lambda: 18, symbol=lambda: "SWARM")
+        contracts = SimpleNamespace(
+            node_registry=None, slasher=SimpleNamespace(domain=lambda: 0), token=token
+        )
 
         class Keeper:
             def __init__(self, *args: Any, **kwargs: Any) -> None:

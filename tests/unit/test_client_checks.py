@@ -17,6 +17,7 @@ from client.receipts import MAX_RECEIPT_CLOCK_SKEW, ExpectedLeaf, ReceiptProblem
 from client.registry import registration_problem
 from ledger.eip712 import Domain, sign_receipt
 from ledger.types import Leaf, model_id
+from ledger.units import TokenUnits
 from node.protocol import SignedReceipt
 from node.sketch import sketch
 from node.tensors import tensor_hash
@@ -190,15 +191,20 @@ def test_the_deposit_covers_several_sessions_within_the_budget() -> None:
 
 
 def test_the_budget_refuses_what_it_cannot_pay_before_anything_is_spent() -> None:
-    budget = Budget(limit=100)
-    budget.check(60, "a step")
-    budget.spend(60)
-    budget.check(40, "a step")
-    with pytest.raises(BudgetExceededError, match="only 40 of the budget of 100") as refused:
-        budget.check(41, "a step")
-    assert (refused.value.needed, refused.value.left) == (41, 40)
-    assert budget.spent == 60
-    unlimited = Budget(limit=None)
+    swarm = TokenUnits(decimals=18, symbol="SWARM")
+    budget = Budget(limit=100 * 10**15, units=swarm)  # 0.1 SWARM
+    budget.check(60 * 10**15, "a step")
+    budget.spend(60 * 10**15)
+    budget.check(40 * 10**15, "a step")
+    with pytest.raises(BudgetExceededError) as refused:
+        budget.check(41 * 10**15, "a step")
+    assert str(refused.value).startswith(
+        "a step would cost 0.041 SWARM, but only 0.04 SWARM of the budget of 0.1 SWARM is left "
+        "(0.06 SWARM spent)"
+    )
+    assert (refused.value.needed, refused.value.left) == (41 * 10**15, 40 * 10**15)  # exact
+    assert budget.spent == 60 * 10**15
+    unlimited = Budget(limit=None, units=swarm)
     unlimited.check(10**30, "anything")
     assert unlimited.left is None
 
