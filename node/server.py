@@ -45,7 +45,6 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ledger.chain import ChainError
 from ledger.db import BatchStatus, batches_with_status, commitment_counts, server_earnings
-from ledger.units import TokenUnits
 from node.api import build_app
 from node.blocks import Progress, move_span
 from node.build import (
@@ -95,7 +94,6 @@ class Server:
     """A node: see the module doc."""
 
     base: NodeBase  # connected in `run`, before the host starts
-    units: TokenUnits  # the stake token's symbol and decimals, read in `run` with `base`
     parts: NodeParts  # built in `start`; replaced, never changed, when the span moves
 
     def __init__(
@@ -128,7 +126,6 @@ class Server:
         stopping what was started)."""
         with contextlib.ExitStack() as closing:
             self.base = connect_node(self.config, closing)
-            self.units = TokenUnits.of(self.base.contracts.token)
             config = self.config
             self._host = ServiceHost(
                 HostConfig(
@@ -304,7 +301,7 @@ class Server:
         except Exception as exc:
             await self._job_failed("rank", exc)
             return
-        for line in self._rank_log.messages(rank.describe(self.units), counts, _utcnow()):
+        for line in self._rank_log.messages(rank.describe(self.base.units), counts, _utcnow()):
             logger.info("%s", line)
 
     def _route_counts(self) -> RouteCounts:
@@ -354,11 +351,11 @@ class Server:
         else:
             if before is not None:
                 logger.info(
-                    "node %s is active in the NodeRegistry again (stake %d covers the %d its "
+                    "node %s is active in the NodeRegistry again (stake %s covers the %s its "
                     "blocks need): serving",
                     self.base.address,
-                    standing.stake,
-                    standing.required,
+                    self.base.units.show(standing.stake),
+                    self.base.units.show(standing.required),
                 )
             if self.ledger_health.ok:  # a failed ledger keeps the node from taking work
                 self.parts.payments.resume()
@@ -569,7 +566,7 @@ class Server:
                 "ledger": {"ok": False, "failure": self.ledger_health.failure or str(exc)},
                 "time": time.time(),
             }
-        units = self.units
+        units = self.base.units
         span_length = self.parts.span.end - self.parts.span.start
         price_per_token = self.base.price_per_block * span_length
         standing = self.standing

@@ -25,6 +25,7 @@ class Standing:
     registered: bool
     stake: int  # active stake, token base units
     required: int  # the stake its registered span needs (0 when not registered)
+    unbonding: int  # stake on its way out, which `rebond` returns without new tokens
     span: tuple[int, int]  # the registered span
     units: TokenUnits  # the stake token, for `problem`
     checked_at: float = field(default_factory=time.time)  # unix seconds of the read
@@ -37,11 +38,17 @@ class Standing:
             return "this node is not registered in the NodeRegistry"
         start, end = self.span
         show = self.units.show
+        missing = self.required - self.stake
+        if self.unbonding >= missing:
+            fix = (
+                f"rebond {show(missing)} of its {show(self.unbonding)} unbonding with "
+                "`stakeswarm chain node rebond` (no new tokens)"
+            )
+        else:
+            fix = f"add at least {show(missing)} with `stakeswarm chain node add-stake`"
         return (
             f"its stake {show(self.stake)} is below the {show(self.required)} its blocks "
-            f"[{start}, {end}) need (slashed or unbonded?); add at least "
-            f"{show(self.required - self.stake)} with `stakeswarm chain node add-stake` to "
-            "serve again"
+            f"[{start}, {end}) need (slashed or unbonded?); {fix} to serve again"
         )
 
     def to_json(self) -> dict[str, object]:
@@ -50,6 +57,7 @@ class Standing:
             "active": self.active,
             "stake": str(self.stake),
             "required_stake": str(self.required),
+            "unbonding_stake": str(self.unbonding),
             "checked_at": self.checked_at,
         }
 
@@ -66,6 +74,7 @@ def read_standing(registry: NodeRegistry, address: str) -> Standing:
         registered=node.registered,
         stake=int(node.stake),
         required=int(required),
+        unbonding=int(node.unbonding),
         span=(node.span_start, node.span_end),
         units=registry.units,
     )
