@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TextIO
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -367,7 +367,7 @@ class Printer:
     follows it: text that may be the beginning of one (or half a character) is held back until
     the next token shows it is not."""
 
-    def __init__(self, tokenizer: Any, out: TextIO, stops: Sequence[str] = ()) -> None:
+    def __init__(self, tokenizer: Any, out: IO[str], stops: Sequence[str] = ()) -> None:
         self.tokenizer = tokenizer
         self.out = out
         self.stops = tuple(stops)
