@@ -23,6 +23,7 @@ the session to new server sessions (`client.session`), which is paid again too.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -185,6 +186,9 @@ class ChatRun:
             return self.finish(130)
         except _Budget:
             return self.finish(1)
+        except ClientError as exc:  # no route, a refused payment: say so, and what was paid
+            self.errors.print(f"[red]error:[/] {escape(str(exc))}")
+            return self.finish(1)
         return self.finish(0)
 
     def reset(self) -> None:
@@ -224,6 +228,7 @@ class ChatRun:
             self.session = self.llm.inference_session(max_length=self.max_length)
             self.sessions += 1
         session = self.session
+        self.turns += 1
         cost_before, position_before = _cost(session), session.position
         printer = Printer(self.llm.tokenizer, self.console.file, self.generation.stop)
         self.console.file.write("assistant: ")
@@ -250,7 +255,6 @@ class ChatRun:
         self._answered(printer.tokens, began)
         answer = out[0, used + ask.ids.shape[1] :]
         self.conversation.answered(ask, answer, int(out.shape[1]))
-        self.turns += 1
         self.console.print(
             f"[dim]turn {self.turns} (session {self.sessions}): {answer.shape[0]} new tokens, "
             f"paid for {session.position - position_before} tokens: "
@@ -310,6 +314,9 @@ def _lines(console: Console, stdin: TextIO) -> Iterator[str]:
     """The user's lines: prompted on a terminal, echoed when piped (so the output reads as
     the conversation)."""
     interactive = stdin.isatty()
+    if interactive:
+        with contextlib.suppress(ImportError):  # not on every platform
+            import readline  # noqa: F401  (line editing and history at the prompt)
     while True:
         if interactive:
             try:
@@ -356,7 +363,7 @@ def chat(
             status = ChatRun(llm, conn, console, errors, generation, limit).run(
                 _lines(console, sys.stdin)
             )
-        except ClientError as exc:
+        except ClientError as exc:  # the summary itself failed (the chain is gone)
             errors.print(f"[red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
         finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections import defaultdict
@@ -21,6 +22,7 @@ from transformers import AutoTokenizer
 from ledger.db import open_ledger, receipts_of, sqlite_url
 from ledger.deployment import Deployment
 from stakeswarm.tiny_models import load_reference_model, make_tiny_model
+from tests.integration.interrupt import sigint_reaches_it
 from tests.integration.nodes import REPO_ROOT, NodeProcess, NodeSpec, node_home
 
 pytestmark = pytest.mark.timeout(900)
@@ -291,3 +293,41 @@ def test_chat_says_when_the_conversation_is_full_and_reset_makes_room(
     assert f"of {max_length} tokens" in out and "type /reset to start over" in out
     assert "turn 1 (session 1)" in out and "turn 2 (session 2)" in out  # "and then?" not run
     assert "chat: 2 turn(s) in 2 session(s)" in out  # the end of input ends the chat
+
+
+def test_ctrl_c_in_a_chat_says_interrupted_and_sums_up_the_chat(
+    deployment: Deployment, nodes: list[NodeProcess], model_path: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    peers = [arg for node in nodes for m in node.maddrs for arg in ("--initial-peers", m)]
+    command = [
+        sys.executable, "-m", "stakeswarm", "client", "chat", "--model", str(model_path),
+        "--max-new-tokens", "400", *peers,
+        "--devnet", "--home", str(node_home(deployment, tmp_path / "home")),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, preexec_fn=sigint_reaches_it,
+    )  # fmt: skip
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write("hello\n")  # and the pipe stays open: the chat waits for more
+        process.stdin.flush()
+        seen = ""
+        while not re.search(r"assistant: .", seen):  # the answer has begun: steps were paid
+            char = process.stdout.read(1)
+            assert char, seen
+            seen += char
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    paid = re.search(r"interrupted after (\d+) tokens; paid ([0-9.]+) SWARM this chat", err)
+    assert paid and Decimal(paid.group(2)) > 0, err
+    assert "Traceback" not in err, err
+    summed = re.search(r"chat: 1 turn\(s\) in 1 session\(s\), paid ([0-9.]+) SWARM", out)
+    assert summed and summed.group(1) == paid.group(2), out
+    assert "Paid this run" in out, out
