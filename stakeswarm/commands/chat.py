@@ -252,6 +252,10 @@ class ChatRun:
                 f"{self.conn.show(self._total())} this chat"
             )
             raise _Interrupted from None
+        except ClientError:  # no route, a refused payment: the chat ends (`run` says why)
+            self.console.file.write("\n")
+            self._answered(printer.tokens, began)
+            raise
         self._answered(printer.tokens, began)
         answer = out[0, used + ask.ids.shape[1] :]
         self.conversation.answered(ask, answer, int(out.shape[1]))
