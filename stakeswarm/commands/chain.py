@@ -262,7 +262,7 @@ def _print_earnings(
             ("deposit", conn.show(channel.deposit)),
             ("redeemed", conn.show(channel.redeemed)),
             ("owed", owed(row.owed)),
-            ("expiry", when(channel.expiry)),
+            ("expiry", conn.when(channel.expiry)),
         ]
         if row.lost:
             rows.append(("lost", f"{conn.show(row.lost)} (signed, not redeemed before expiry)"))

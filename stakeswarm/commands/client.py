@@ -1,9 +1,10 @@
-"""`stakeswarm client`: generate text from the swarm and pay per token; the client's wallet and
-channels.
+"""`stakeswarm client`: generate text from the swarm and pay per token, or chat with it; the
+client's wallet and channels.
 
     stakeswarm client generate "I ate dosa today" --model ./SmolLM2 --max-new-tokens 32 \\
-        --initial-peers /ip4/127.0.0.1/tcp/4242/p2p/Qm... --devnet [--chat] \\
-        [--max-price 0.0001] [--budget 1]
+        --initial-peers /ip4/127.0.0.1/tcp/4242/p2p/Qm... --devnet [--chat] [--system TEXT] \\
+        [--repetition-penalty 1.3] [--stop TEXT ...] [--max-price 0.0001] [--budget 1]
+    stakeswarm client chat --model ./SmolLM2 --initial-peers ... --devnet [--system TEXT]
     stakeswarm client wallet create [--keystore FILE]        # a new key, encrypted
     stakeswarm client wallet show [--keystore FILE | --devnet] # address (and balances)
     stakeswarm client channels [--reclaim] (--devnet | --deployment FILE --keystore FILE)
@@ -13,26 +14,22 @@ by default `<home>/client/keystore.json`. Amounts (--max-price per token through
 route, --budget for the whole run) are whole stake tokens with decimals. `generate` streams
 the text as it arrives, then prints the route, the speed, what each server was paid and the
 channels' balances; Ctrl-C stops it with a newline, `interrupted` and what was paid on stderr,
-then the same summary (exit status 130). Peer addresses, the model folder and --chat are
-checked before any chain, ledger or network work.
+then the same summary (exit status 130). Peer addresses, the model folder, --chat and --system
+are checked before any chain, ledger or network work. `chat` lives in
+`stakeswarm.commands.chat`; what both share in `stakeswarm.commands.client_support`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.measure import Measurement
-from rich.table import Table
 
-from client.config import ClientConfig
 from client.errors import BudgetExceededError, ClientError
 from ledger.wallet import PasswordSource, create_wallet, keystore_address
 from node.cli_options import (
@@ -41,14 +38,10 @@ from node.cli_options import (
     DeploymentOpt,
     DevnetOpt,
     HomeOpt,
-    LogLevelOpt,
     PasswordEnvOpt,
     RpcOpt,
-    check_initial_peers,
-    check_model_folder,
     with_chain_options,
 )
-from node.errors import NodeError
 from node.logs import setup_logging
 from stakeswarm.commands.chain_support import (
     CliInputError,
@@ -58,192 +51,96 @@ from stakeswarm.commands.chain_support import (
     reporting,
     when,
 )
+from stakeswarm.commands.chat import chat
+from stakeswarm.commands.client_support import (
+    GenerationOptions,
+    KeystoreOpt,
+    Printer,
+    check_system,
+    connect_client,
+    default_keystore,
+    encode,
+    load_local_tokenizer,
+    open_model,
+    print_rows,
+    render_chat,
+    summary,
+    with_generation_options,
+    with_keystore,
+)
 from stakeswarm.home import Home
 
+__all__ = ["app", "print_rows"]
+
 app = typer.Typer(
-    help="Generate text from the swarm, paying per token; the client's wallet and channels.",
+    help="Generate text from the swarm (or chat with it), paying per token; the client's "
+    "wallet and channels.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
 wallet_app = typer.Typer(help="The client's wallet: an encrypted keystore.", no_args_is_help=True)
 app.add_typer(wallet_app, name="wallet")
-
-KEYSTORE_NAME = "keystore.json"  # the default keystore: <home>/client/keystore.json
-
-KeystoreOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--keystore",
-        help="The client's keystore (default <home>/client/keystore.json; not with --devnet).",
-        show_default=False,
-    ),
-]
+app.command("chat")(chat)
 
 
-def default_keystore(home: Path | None) -> Path:
-    return Home.resolve(home).root / "client" / KEYSTORE_NAME
-
-
-def _with_keystore(options: ChainOptions) -> ChainOptions:
-    """`options`, without --devnet and --keystore: with the default keystore."""
-    if options.devnet or options.keystore is not None:
-        return options
-    keystore = default_keystore(options.home)
-    if not keystore.is_file():
-        raise CliInputError(
-            f"no keystore at {keystore}: create one with `stakeswarm client wallet create`, "
-            "give --keystore FILE, or use --devnet"
-        )
-    return replace(options, keystore=keystore)
-
-
-class _Printer:
-    """A transformers streamer that prints the new text as tokens arrive (batch of one) and
-    counts the new tokens (what an interrupted run generated)."""
-
-    def __init__(self, tokenizer: Any, console: Console) -> None:
-        from transformers import TextStreamer
-
-        printer = self
-        self.tokens = 0
-
-        class _Streamer(TextStreamer):
-            def put(self, value: Any) -> None:
-                if not self.next_tokens_are_prompt:
-                    printer.tokens += int(value.shape[-1]) if value.dim() else 1
-                super().put(value)
-
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                console.file.write(text + ("\n" if stream_end else ""))
-                console.file.flush()
-
-        self.streamer = _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-
-
-def _prompt_ids(tokenizer: Any, prompt: str, chat: bool) -> Any:
+def _prompt_ids(tokenizer: Any, prompt: str, chat: bool, system: str | None) -> Any:
     if not chat:
         return tokenizer(prompt, return_tensors="pt")["input_ids"]
-    if not getattr(tokenizer, "chat_template", None):
-        raise CliInputError("--chat: this model's tokenizer has no chat template")
-    encoded = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt"
-    )
-    return encoded["input_ids"] if isinstance(encoded, Mapping) else encoded
+    messages = [{"role": "user", "content": prompt}]
+    if system is not None:
+        check_system(tokenizer, system, what="--system")
+        messages.insert(0, {"role": "system", "content": system})
+    text = render_chat(tokenizer, messages, add_generation_prompt=True, what="--chat")
+    return encode(tokenizer, text)
 
 
 @app.command("generate")
 @with_chain_options(keystore=KeystoreOpt)
+@with_generation_options
 def generate(
     prompt: Annotated[str, typer.Argument(help="The text to continue (or the chat message).")],
-    model: Annotated[
-        Path,
-        typer.Option(help="Local model folder (config, tokenizer, embeddings and head)."),
-    ],
-    initial_peers: Annotated[
-        list[str],
-        typer.Option(help="Multiaddr of a swarm member (repeat).", show_default=False),
-    ],
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 32,
     chat: Annotated[bool, typer.Option(help="Apply the tokenizer's chat template.")] = False,
-    model_name: Annotated[
-        str | None,
-        typer.Option(help="The swarm's name of the model (default: the folder's name)."),
-    ] = None,
-    max_price: Annotated[
-        str | None,
-        typer.Option(help="Tokens per generated token, through the whole route, at most."),
-    ] = None,
-    budget: Annotated[
-        str | None, typer.Option(help="Tokens this run may spend at most.", show_default=False)
-    ] = None,
-    temperature: Annotated[
-        float, typer.Option(help="Sampling temperature; 0 decodes greedily.")
-    ] = 0.0,
-    top_p: Annotated[
-        float | None, typer.Option(help="Nucleus sampling mass.", show_default=False)
-    ] = None,
-    top_k: Annotated[
-        int | None, typer.Option(help="Sample among the k likeliest.", show_default=False)
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Random seed for sampling.", show_default=False)
-    ] = None,
-    dtype: Annotated[str, typer.Option(help="Hidden states on the wire.")] = ClientConfig.dtype,
-    log_level: LogLevelOpt = "WARNING",
     *,
+    generation: GenerationOptions,
     options: ChainOptions,
 ) -> None:
     """Generate text through the swarm, streaming it, and pay every server per token."""
     # local inputs first: a typo ends here, before any chain, ledger or network work
-    peers = check_initial_peers(initial_peers)
-    check_model_folder(model)
-    if max_new_tokens < 1:
-        raise typer.BadParameter("must be >= 1", param_hint="--max-new-tokens")
-    if temperature < 0:
-        raise typer.BadParameter("must be >= 0", param_hint="--temperature")
-    import torch
-
-    from client.model import DistributedModelForCausalLM, load_tokenizer
-    from node.families import load_config
-
-    setup_logging(log_level)
+    peers = generation.check()
+    setup_logging(generation.log_level)
     errors = Console(stderr=True, soft_wrap=True)
     with reporting() as console:
+        tokenizer = load_local_tokenizer(generation.model)
+        # a system message only makes sense in a chat: it implies --chat
+        ids = _prompt_ids(tokenizer, prompt, chat or generation.system is not None,
+                          generation.system)  # fmt: skip
+        conn = connect_client(options)
+        llm = open_model(generation, peers, conn, options)
         try:
-            load_config(model)
-        except NodeError as exc:
-            raise CliInputError(str(exc)) from None
-        tokenizer = load_tokenizer(model)
-        if tokenizer is None:
-            raise CliInputError(f"{model} has no tokenizer files")
-        ids = _prompt_ids(tokenizer, prompt, chat)
-        conn = connect(_with_keystore(options), role="client", sign=True)
-        assert conn.signer is not None
-        config = ClientConfig(
-            model_path=model,
-            model_name=model_name,
-            dtype=dtype,
-            initial_peers=peers,
-            rpc_url=options.rpc,
-            home=Home.resolve(options.home).root,
-            max_price=None if max_price is None else conn.tokens(max_price, "--max-price"),
-            budget=None if budget is None else conn.tokens(budget, "--budget"),
-        )
-        try:
-            llm = DistributedModelForCausalLM.from_pretrained(
-                model, initial_peers=peers, wallet=conn.signer,
-                deployment=conn.deployment, config=config,
-            )  # fmt: skip
-        except (ClientError, NodeError) as exc:
-            errors.print(f"[red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(1) from None
-        try:
-            sampling: dict[str, Any] = {"do_sample": temperature > 0}
-            if temperature > 0:
-                sampling.update(temperature=temperature, top_p=top_p, top_k=top_k)
-                if seed is not None:
-                    torch.manual_seed(seed)
-            printer = _Printer(llm.tokenizer, console)
+            decoding = generation.decoding(llm.tokenizer)
+            printer = Printer(llm.tokenizer, console.file, generation.stop)
             stopped: str | None = None
             interrupted = False
+            max_new_tokens = generation.max_new_tokens
             began = time.perf_counter()
             with llm.inference_session(max_length=ids.shape[1] + max_new_tokens) as session:
                 try:
                     out = llm.generate(
                         ids, session=session, max_new_tokens=max_new_tokens,
-                        streamer=printer.streamer, **sampling,
+                        streamer=printer, **decoding,
                     )  # fmt: skip
                     new_tokens = int(out.shape[1] - ids.shape[1])
                 except BudgetExceededError as exc:
                     stopped = str(exc)
                     out = exc.partial if exc.partial is not None else ids
                     new_tokens = int(out.shape[1] - ids.shape[1])
+                    printer.end()
                 except KeyboardInterrupt:  # Ctrl-C: say so, and what it cost
                     interrupted = True
                     new_tokens = printer.tokens
+                    console.file.write("\n")
+                    console.file.flush()
                 elapsed = time.perf_counter() - began
-                console.file.write("\n")
-                console.file.flush()
                 if stopped:
                     errors.print(f"[yellow]stopped:[/] {escape(stopped)}")
                 if interrupted:
@@ -252,7 +149,10 @@ def generate(
                         f"[yellow]interrupted[/] after {new_tokens} tokens; paid "
                         f"{conn.show(paid)} this run"
                     )
-                _summary(console, conn, llm, session, new_tokens, elapsed)
+                summary(
+                    console, conn, llm, route=session.route, served=session.served.values(),
+                    failovers=session.failovers, new_tokens=new_tokens, elapsed=elapsed,
+                )  # fmt: skip
         except ClientError as exc:
             errors.print(f"[red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
@@ -281,81 +181,6 @@ def _wallet_ledger(options: ChainOptions) -> Iterator[tuple[Connected, Any, Any]
         ledger.close()
 
 
-def _column(name: str) -> dict[str, Any]:
-    # addresses are copied from here: never cut them short
-    return {"min_width": 42, "no_wrap": True} if name == "server" else {}
-
-
-def print_rows(
-    console: Console, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]
-) -> None:
-    """`rows` under `title`: a table where it fits the console's width, else one block of
-    `column  value` lines per row, so that no figure is ever cut short (a pipe is 80 columns
-    wide). Nothing at all for no rows."""
-    if not rows:
-        return
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, **_column(column))
-    for row in rows:
-        table.add_row(*row)
-    unbounded = console.options.update(max_width=2**16)  # the width it needs to cut nothing
-    if Measurement.get(console, unbounded, table).maximum <= console.width:
-        console.print(table)
-        return
-    console.print(f"[italic]{title}[/]")
-    width = max(len(column) for column in columns)
-    for index, row in enumerate(rows):
-        if index:
-            console.print()
-        for column, value in zip(columns, row, strict=True):
-            console.print(f"  {column:<{width}}  {value}", soft_wrap=True)
-
-
-def _short(peer_id: str) -> str:
-    return f"…{peer_id[-10:]}"
-
-
-def _summary(
-    console: Console, conn: Connected, llm: Any, session: Any, new_tokens: int, elapsed: float
-) -> None:
-    route = [
-        (f"{hop.start}:{hop.end}", hop.address, _short(hop.peer_id), conn.show(hop.price_per_token))
-        for hop in session.route
-    ]
-    print_rows(console, "Route", ("blocks", "server", "peer", "price per token"), route)
-    rate = new_tokens / elapsed if elapsed > 0 else 0.0
-    console.print(
-        f"{new_tokens} tokens in {elapsed:.2f} s: [bold]{rate:.2f} tokens/s[/]"
-        + (f"  ({session.failovers} failover(s))" if session.failovers else "")
-    )
-    served = list(session.served.values())
-    if not served:
-        console.print("nothing paid this run")
-        return
-    paid = [(s.address, str(s.tokens), conn.show(s.cost)) for s in served]
-    paid.append(("total", "", conn.show(sum(s.cost for s in served))))
-    print_rows(console, "Paid this run", ("server", "tokens", "paid"), paid)
-    _channels_table(console, conn, llm.client.payments.known_channels(), title="Channels")
-
-
-def _channels_table(console: Console, conn: Connected, channels: list[Any], *, title: str) -> None:
-    now = conn.chain.timestamp()
-    rows = [
-        (
-            str(channel.channel_id),
-            channel.server,
-            conn.show(channel.deposit),
-            conn.show(channel.signed),
-            conn.show(channel.deposit - channel.signed),
-            when(channel.expiry, now=now),
-        )
-        for channel in channels
-    ]
-    columns = ("channel", "server", "deposit", "paid", "left", "expiry")
-    print_rows(console, title, columns, rows)
-
-
 @app.command("channels")
 @with_chain_options(keystore=KeystoreOpt)
 def channels(
@@ -370,7 +195,7 @@ def channels(
     from ledger.db import ChannelStatus, client_channels
 
     with reporting() as console:
-        options = _with_keystore(options)
+        options = with_keystore(options)
         with _wallet_ledger(options) as (conn, ledger, contracts):
             assert conn.signer is not None
             payments = Payments(
@@ -440,7 +265,7 @@ def check_receipts(
     with reporting() as console:
         if not 0.0 <= rate <= 1.0:
             raise CliInputError(f"--rate must be between 0 and 1, got {rate}")
-        options = _with_keystore(options)
+        options = with_keystore(options)
         with _wallet_ledger(options) as (conn, ledger, contracts):
             assert conn.signer is not None
             auditor = ReceiptAuditor(
@@ -503,7 +328,7 @@ def wallet_show(
             console.print(f"keystore {escape(str(path))}")
             return
         conn = connect(
-            _with_keystore(ChainOptions(devnet, account, home, rpc, deployment, keystore, None)),
+            with_keystore(ChainOptions(devnet, account, home, rpc, deployment, keystore, None)),
             role="client",
             sign=False,
         )
