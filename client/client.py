@@ -38,7 +38,6 @@ from client.network import Network
 from client.payments import Budget, Payments
 from client.registry import ServerRegistry
 from client.router import Router
-from client.routing import Backoff
 from client.session import InferenceSession, SessionParts
 from ledger.chain import Chain
 from ledger.contracts import Contracts
@@ -48,6 +47,7 @@ from ledger.eip712 import Domain
 from ledger.types import ModelId, model_id
 from ledger.units import TokenUnits
 from node.families import load_config
+from node.routing import Backoff
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from client.errors import ClientConfigError
 from node.keepalive import DEFAULT_SILENCE_TIMEOUT
+from node.routing import DEFAULT_MAX_PRICE
 
 HIDDEN_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -50,7 +51,7 @@ class ClientConfig:
     ledger_url: str | None = None  # SQLAlchemy URL of the client's ledger
 
     # --- money (Wei) -------------------------------------------------------------------------
-    max_price: int | None = None  # per token through the whole route; None: any price
+    max_price: int | None = DEFAULT_MAX_PRICE  # per token through the whole route; None: any price
     budget: int | None = None  # what this client may spend in all; None: no cap
     channel_life: int = 86_400  # seconds a new (or extended) channel runs
     channel_min_life: int = 1_800  # extend a channel when less is left (a node refuses

@@ -4,8 +4,8 @@ It reads the model's records from the DHT (reused for `swarm_ttl` s), keeps the 
 are ONLINE, speak this protocol version, compute in the client's dtype, are not backed off
 after recent failures, and check out on-chain (`client.registry`); it measures each one's
 round trip with an `info` RPC (reused for `ping_ttl` s) and hands them to the pure planner
-`client.routing.plan_route`. Failures reported by the session back a server off
-exponentially (`client.routing.Backoff`).
+`node.routing.plan_route`. Failures reported by the session back a server off
+exponentially (`node.routing.Backoff`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from client.errors import NoRouteError
 from client.network import Network
 from client.registry import ServerRegistry
 from client.remote import RemoteError, RemoteUnavailableError
-from client.routing import Backoff, Candidate, RouteHop, plan_route, route_price
 from ledger.units import TokenUnits
 from node.protocol import PROTOCOL_VERSION, ProtocolError, ServerInfo, ServerState
+from node.routing import Backoff, Candidate, RouteHop, plan_route, route_price
 
 logger = logging.getLogger(__name__)
 

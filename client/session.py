@@ -40,10 +40,10 @@ from client.errors import (
 from client.payments import ClientChannel
 from client.receipts import ExpectedLeaf, ReceiptProblem, check_receipt
 from client.remote import RemoteError, RemoteSpanSession, RemoteUnavailableError
-from client.routing import RouteHop, route_price
 from ledger.types import ModelId
 from node.errors import BadTensorError
 from node.protocol import ErrorCode, ProtocolError, SignedReceipt
+from node.routing import RouteHop, route_price
 from node.sketch import sketch
 from node.tensors import check_attention_mask, check_hidden_states, dtype_from_name, tensor_hash
 

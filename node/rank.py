@@ -1,7 +1,7 @@
 """How this node ranks for routing: where a client would place it among the servers of its
 blocks, and how many routes chose it.
 
-A client routes with `client.routing.plan_route`: the chain of servers of least expected
+A client routes with `node.routing.plan_route`: the chain of servers of least expected
 latency per decode step whose price per token stays within its `--max-price`; price decides
 only between routes of equal latency. A node cannot know a client's round trips, so it ranks
 itself as a client equally near every server would see it (the same round trip to each): a
@@ -19,8 +19,8 @@ server holding it. A client whose `--max-price` is below that skips the node.
 `route_counts` reads how many sessions (one per route a client opened through this node) the
 node's ledger recorded, in total and since a time.
 
-The planner and its cost formula are the client's (`client.routing`): the node imports that one
-pure module so both sides rank by the same rules; nothing else of the client is imported.
+The planner and its cost formula are the ones the client routes with (`node.routing`), so both
+sides rank by the same rules.
 """
 
 from __future__ import annotations
@@ -32,15 +32,14 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from client.config import ClientConfig
-from client.routing import Candidate, RouteHop, plan_route
 from ledger.db.columns import check_time
 from ledger.db.models import ServedSession
 from ledger.units import TokenUnits
 from node.protocol import PROTOCOL_VERSION, ServerInfo, ServerState
+from node.routing import DEFAULT_MAX_PRICE, Candidate, RouteHop, plan_route
 
 # What a client passes as --max-price when it passes nothing (None: any price).
-DEFAULT_CLIENT_MAX_PRICE: int | None = ClientConfig.max_price
+DEFAULT_CLIENT_MAX_PRICE: int | None = DEFAULT_MAX_PRICE
 # The round trip assumed to every server: the same for all, so only compute and price differ.
 ASSUMED_RTT = 0.0
 

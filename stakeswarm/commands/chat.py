@@ -54,8 +54,8 @@ from stakeswarm.commands.client_support import (
 
 if TYPE_CHECKING:
     from client.model import DistributedModelForCausalLM
-    from client.routing import RouteHop
     from client.session import InferenceSession, Served
+    from node.routing import RouteHop
 
 DEFAULT_MAX_LENGTH = 2048  # positions of a session, when the model allows that many
 COMMANDS = "/reset starts over, /exit ends the chat"

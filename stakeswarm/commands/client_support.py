@@ -36,8 +36,8 @@ from stakeswarm.home import Home
 
 if TYPE_CHECKING:
     from client.model import DistributedModelForCausalLM
-    from client.routing import RouteHop
     from client.session import Served
+    from node.routing import RouteHop
 
 # --- the client's keystore ------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.routing import Backoff, Candidate, RouteHop, plan_route, route_price
 from node.protocol import ServerInfo, ServerState
+from node.routing import Backoff, Candidate, RouteHop, plan_route, route_price
 
 ADDRESS = "0x" + "11" * 20
 

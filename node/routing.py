@@ -11,6 +11,9 @@ returns the route of least total latency whose total price per token stays withi
 so it keeps, at every boundary, the routes no other route beats on both (Pareto labels,
 exact: a resource-constrained shortest path on a small DAG).
 
+The client routes with these functions (`client.router`); a node ranks itself with the same
+ones (`node.rank`), so both sides agree on who a client would choose.
+
 `Backoff` avoids a server for `base x 2^(failures - 1)` seconds (capped) after each failure
 in a row, and forgets it on a success.
 """
@@ -19,11 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from node.protocol import ServerInfo
+if TYPE_CHECKING:  # the client's config reads DEFAULT_MAX_PRICE: no torch or hivemind for it
+    from node.protocol import ServerInfo
 
 # Routes kept per boundary at most (the fastest non-dominated ones): bounds the work when many
 # servers of many prices overlap, at the cost of exactness in such a pathological swarm.
+# A client's price bound per token through the whole model when it sets none: any price.
+DEFAULT_MAX_PRICE: int | None = None
 MAX_LABELS = 64
 # Latencies closer than this (seconds) count as equal, so price and hop count decide.
 LATENCY_EPSILON = 1e-6
