@@ -142,8 +142,8 @@ def test_two_of_three_verifiers_slash_together_and_share_the_bounty(
     assert contracts.token.balance_of(third) == third_balance
     # the second verifier audited the shared leaves itself before signing
     assert second_status["audits"]["failed"] == 2 and second_status["verdicts_signed"] == 2
-    assert int(first_status["slashes"]["bounties_earned"]) == bounty
-    assert int(second_status["slashes"]["bounties_earned"]) == bounty
+    assert int(first_status["slashes"]["bounties_earned_base_units"]) == bounty
+    assert int(second_status["slashes"]["bounties_earned_base_units"]) == bounty
     assert first_status["slashes"]["submitted"] + second_status["slashes"]["submitted"] == 2
 
 
@@ -207,6 +207,6 @@ def test_two_of_three_verifiers_slash_a_withholding_node_together(
     assert contracts.token.balance_of(third) == third_balance
     # the second verifier asked the node itself before it signed
     assert second_status["audits"]["withheld"] == 2 and second_status["verdicts_signed"] == 2
-    assert int(first_status["slashes"]["bounties_earned"]) == bounty
-    assert int(second_status["slashes"]["bounties_earned"]) == bounty
+    assert int(first_status["slashes"]["bounties_earned_base_units"]) == bounty
+    assert int(second_status["slashes"]["bounties_earned_base_units"]) == bounty
     assert first_status["slashes"]["submitted"] + second_status["slashes"]["submitted"] == 2

@@ -122,7 +122,7 @@ def test_a_node_that_refuses_every_reveal_is_slashed_for_withholding(
 
     # what the verifier says about it: /status, its ledger, the CLI
     assert status["slashes"]["recorded"] == status["slashes"]["submitted"] == 2
-    assert int(status["slashes"]["bounties_earned"]) == bounties
+    assert int(status["slashes"]["bounties_earned_base_units"]) == bounties
     assert status["audits"]["withheld"] == 2 and status["audits"]["passed"] == 2
     assert status["verdicts_signed"] == 2
     ledger = open_ledger(
