@@ -27,7 +27,7 @@ from verifier.queue import (
 from verifier.worth import Worth
 
 T0 = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
-A, B, C, D = (to_checksum_address(f"0x{i:040x}") for i in (0xA, 0xB, 0xC, 0xD))
+A, B, C, D = (str(to_checksum_address(f"0x{i:040x}")) for i in (0xA, 0xB, 0xC, 0xD))
 
 
 def standing(node: str, stake: int, *, active: bool = True, worth: bool = True) -> NodeStanding:
@@ -41,7 +41,7 @@ def test_nodes_worth_slashing_come_first_active_then_by_stake_then_age() -> None
         NodeQueue(C, 5, 5, T0 + timedelta(seconds=2)),
         NodeQueue(D, 5, 5, T0 + timedelta(seconds=1)),
     ]
-    standings = {
+    standings: dict[str, NodeStanding] = {
         A: standing(A, 17, worth=False),
         B: standing(B, 100, active=False),
         C: standing(C, 40),
