@@ -141,3 +141,23 @@ def slash_worth(
         gas=slash_gas(terms.quorum, withheld=withheld),
         gas_price_wei=gas_price_wei,
     )
+
+
+def equivocation_worth(
+    stake: int,
+    terms: SlashTerms,
+    *,
+    decimals: int,
+    token_price_eth: Decimal,
+    gas_price_wei: int,
+) -> Worth:
+    """Whether reporting an equivocation of a node with `stake` slashable pays the reporter
+    (the whole bounty, no quorum) more than the slash's gas."""
+    return judge_worth(
+        bounty=equivocation_bounty(stake, terms),
+        stake=stake,
+        decimals=decimals,
+        token_price_eth=token_price_eth,
+        gas=EQUIVOCATION_SLASH_GAS,
+        gas_price_wei=gas_price_wei,
+    )

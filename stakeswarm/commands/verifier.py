@@ -285,13 +285,24 @@ def report_equivocation(
     submit: Annotated[
         bool, typer.Option(help="Slash every equivocating node found (earns the bounty).")
     ] = False,
+    token_price_eth: Annotated[
+        str,
+        typer.Option(
+            help="ETH one stake token is worth to you: a node whose slash would pay less than "
+            "its gas is not slashed."
+        ),
+    ] = str(VerifierConfig.token_price_eth),
     *,
     options: ChainOptions,
 ) -> None:
     """Find two receipts one node signed for the same step, and slash it with them."""
     from ledger.chain import ContractRevert
     from ledger.db import open_ledger, sqlite_url
+    from ledger.units import TokenUnits
     from verifier.equivocation import find_equivocations, receipts_in_ledger, submit_equivocation
+    from verifier.worth import SlashTerms, equivocation_worth
+
+    price = parse_tokens(token_price_eth, "--token-price-eth")
 
     with reporting() as console:
         if not ledger_file.is_file():
@@ -312,6 +323,18 @@ def report_equivocation(
                 f"{leaf.span_start}:{leaf.span_end} step {leaf.step}: two different receipts"
             )
             if not submit:
+                continue
+            params = conn.contracts.slasher.params()
+            worth = equivocation_worth(
+                conn.contracts.node_registry.slashable_stake(item.node),
+                SlashTerms(params.slash_bps, params.bounty_bps, params.quorum),
+                decimals=conn.decimals,
+                token_price_eth=price,
+                gas_price_wei=int(conn.chain.w3.eth.gas_price),
+            )
+            if not worth.worth:
+                why = worth.describe(TokenUnits(conn.decimals, conn.symbol))
+                console.print(f"  [yellow]not slashed[/]: not worth its gas: {escape(why)}")
                 continue
             try:
                 outcome = submit_equivocation(conn.contracts.slasher, item)

@@ -4,6 +4,7 @@ price, against its gas at the current gas price (with `GAS_SAFETY`)."""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from ledger.units import TokenUnits
 from verifier.worth import (
@@ -12,6 +13,7 @@ from verifier.worth import (
     WITHHELD_SLASH_GAS,
     SlashTerms,
     bounty_per_verifier,
+    equivocation_worth,
     slash_amount,
     slash_gas,
     slash_worth,
@@ -60,14 +62,14 @@ def test_a_node_is_worth_slashing_exactly_while_the_bounty_beats_the_gas() -> No
 
 def test_the_cheaper_gas_or_a_dearer_token_keeps_a_node_worth_slashing() -> None:
     stake = 2_400_000 * GWEI  # bounty 0.00024 tokens
-    kwargs = {"decimals": 18, "gas_price_wei": GWEI}
+    kwargs: dict[str, Any] = {"decimals": 18, "gas_price_wei": GWEI}
     assert not slash_worth(stake, DEVNET, token_price_eth=Decimal(1), **kwargs).worth
     assert slash_worth(stake, DEVNET, token_price_eth=Decimal(10), **kwargs).worth
     assert slash_gas(1, withheld=True) < slash_gas(1) == SLASH_GAS < slash_gas(3)
 
 
 def test_no_stake_or_no_bounty_is_never_worth_a_slash() -> None:
-    kwargs = {"decimals": 18, "token_price_eth": Decimal(10**9), "gas_price_wei": 0}
+    kwargs: dict[str, Any] = {"decimals": 18, "token_price_eth": Decimal(10**9), "gas_price_wei": 0}
     gone = slash_worth(0, DEVNET, **kwargs)
     assert not gone.worth
     assert gone.describe(UNITS) == "no slashable stake (not registered, or withdrawn)"
@@ -78,3 +80,14 @@ def test_no_stake_or_no_bounty_is_never_worth_a_slash() -> None:
 def test_a_token_with_other_decimals_is_valued_in_its_own_units() -> None:
     assert token_value_wei(1_000_000, 6, Decimal("0.0005")) == 5 * 10**14  # 1 USDC-like token
     assert token_value_wei(1, 18, Decimal("0.5")) == 0  # rounded down
+
+
+def test_an_equivocation_report_pays_the_whole_bounty_to_its_reporter() -> None:
+    quorum3 = SlashTerms(slash_bps=5_000, bounty_bps=2_000, quorum=3)
+    kwargs: dict[str, Any] = {"decimals": 18, "token_price_eth": Decimal(1), "gas_price_wei": GWEI}
+    # 0.006 tokens of stake: a verdict slash pays each of three verifiers 0.0002 (less than
+    # ~0.00044 ETH of gas with the safety), the reporter of an equivocation all 0.0006
+    stake = 6 * 10**15
+    assert not slash_worth(stake, quorum3, **kwargs).worth
+    report = equivocation_worth(stake, quorum3, **kwargs)
+    assert report.worth and report.bounty == 6 * 10**14
