@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import and_, case, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from ledger.db import Audit, AuditTask, AuditTaskStatus
@@ -107,6 +107,7 @@ class QueueReport:
     """The queue as `verifier status` and the progress log show it."""
 
     done: int  # audits recorded, ever
+    dropped: int  # tasks closed without an audit (node not worth a slash, batch slashed)
     pending: int  # tasks not audited yet
     per_node: list[NodeQueue]
     done_recent: int  # audits recorded in the last `window` seconds
@@ -172,6 +173,17 @@ def pending_batches(session: Session) -> set[tuple[str, int]]:
     return {(node, int(batch_id)) for node, batch_id in rows}
 
 
+def dropped_count(session: Session) -> int:
+    """Tasks closed without an audit of their leaf (`drop_tasks`)."""
+    audited = exists().where(
+        and_(Audit.batch_id == AuditTask.batch_id, Audit.leaf_index == AuditTask.leaf_index)
+    )
+    query = select(func.count(AuditTask.id)).where(
+        AuditTask.status == AuditTaskStatus.DONE, ~audited
+    )
+    return int(session.scalar(query) or 0)
+
+
 def recent_audit_times(
     session: Session, *, now: datetime | None = None, window: float = RATE_WINDOW
 ) -> list[datetime]:
@@ -196,6 +208,7 @@ def queue_report(
     rate = audit_rate(times, now, window)
     return QueueReport(
         done=int(session.scalar(select(func.count(Audit.id))) or 0),
+        dropped=dropped_count(session),
         pending=pending,
         per_node=queues,
         done_recent=len(times),
@@ -210,6 +223,7 @@ def queue_document(report: QueueReport) -> dict[str, object]:
     """The `queue` section of `/status` and `verifier status --json`."""
     return {
         "done": report.done,
+        "dropped": report.dropped,
         "pending": report.pending,
         "per_node": [
             {"node": q.node, "pending": q.pending, "due": q.due, "oldest": q.oldest.isoformat()}
@@ -227,7 +241,8 @@ def queue_document(report: QueueReport) -> dict[str, object]:
 def progress_line(report: QueueReport, done: int) -> str:
     """The periodic log line: "audits: 120 done, 756 queued (~6 min at 2.1/s)"."""
     rate = "no rate yet" if report.rate is None else f"{report.rate:.1f}/s"
+    dropped = f", {report.dropped} skipped" if report.dropped else ""
     return (
-        f"audits: {done} done, {report.pending} queued "
+        f"audits: {done} done{dropped}, {report.pending} queued "
         f"({format_duration(report.estimate)} at {rate})"
     )

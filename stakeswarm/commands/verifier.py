@@ -198,6 +198,7 @@ def _print_status(console: Console, status: dict[str, Any]) -> None:
         rate = queue["rate_per_s"]
         rows += [
             ("queued", str(queue["pending"])),
+            ("audits skipped", str(queue.get("dropped", 0))),
             (
                 "audited recently",
                 f"{queue['done_recent']} in the last {queue['window_s'] / 60:g} min",

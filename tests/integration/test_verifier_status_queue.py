@@ -24,7 +24,7 @@ from ledger.deployment import TOKEN, Deployment
 from stakeswarm.cli import app
 from stakeswarm.swarm import process_home
 from tests.integration.verifiers import status_field
-from verifier.queue import format_duration
+from verifier.queue import drop_tasks, format_duration
 
 BUSY, IDLE = Account.create().address, Account.create().address
 
@@ -45,6 +45,10 @@ def test_status_shows_the_queue_per_node_the_rate_and_the_time_to_drain_it(
                                deadline=now + timedelta(hours=1))  # fmt: skip
             add_audit_task(db, node=IDLE, batch_id=2, leaf_index=0,
                            deadline=now + timedelta(hours=1))  # fmt: skip
+            # a leaf of a batch already slashed: dropped, never audited
+            add_audit_task(db, node=BUSY, batch_id=4, leaf_index=1,
+                           deadline=now + timedelta(hours=1))  # fmt: skip
+            drop_tasks(db, BUSY, batch_id=4)
             for index in range(10):
                 record_audit(db, node=IDLE, batch_id=3, leaf_hash=bytes([index + 1]) * 32,
                              leaf_index=index, outcome=AuditOutcome.PASSED, detail="ok")  # fmt: skip
@@ -60,6 +64,7 @@ def test_status_shows_the_queue_per_node_the_rate_and_the_time_to_drain_it(
     assert shown.exit_code == 0, shown.output
     text = shown.output
     assert status_field(text, "queued") == "13"
+    assert status_field(text, "audits skipped") == "1"
     assert status_field(text, "audited recently") == "10 in the last 5 min"
     # ten audits just now: counted over at least 5 s, so at most 2/s, 13 queued in ~7 s or more
     rate = float(status_field(text, "audit rate").removesuffix("/s"))

@@ -111,3 +111,6 @@ def test_the_queue_report_shows_pending_per_node_and_the_time_to_drain(ledger: L
         assert [q.node for q in node_queues(db)] == [B]
         assert drop_tasks(db, B) == 3
         assert node_queues(db) == []
+        report = queue_report(db)
+    assert (report.pending, report.dropped, report.done) == (0, 9, 4)
+    assert progress_line(report, report.done).startswith("audits: 4 done, 9 skipped, 0 queued")
