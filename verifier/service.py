@@ -46,6 +46,7 @@ from decimal import Decimal
 from typing import Any
 
 from hivemind.p2p import PeerID
+from sqlalchemy.orm import Session
 
 from ledger.chain import ChainError, ContractRevert
 from ledger.contracts import Batch
@@ -328,6 +329,9 @@ class Verifier:
         for task in await asyncio.to_thread(self._next_tasks):
             if self._serving_host().stopping:
                 return
+            # a slash earlier in this pass may have made the rest of the pass pointless
+            if await asyncio.to_thread(self._dropped, task):
+                continue
             try:
                 await self._audit(task)
             except asyncio.CancelledError:
@@ -342,13 +346,7 @@ class Verifier:
         slashed = set(self.parts.slashing.slashed_batches)
         with self.base.ledger.begin() as db:
             for node, batch_id in sorted(pending_batches(db) & slashed):
-                dropped = drop_tasks(db, node, batch_id=batch_id)
-                logger.info(
-                    "dropped %d queued audits of %s batch %d: it was slashed for that batch",
-                    dropped,
-                    node,
-                    batch_id,
-                )
+                self._drop_batch(db, node, batch_id)
             queues = node_queues(db)
         standings: dict[str, NodeStanding] = {
             q.node: self.parts.standings.of(q.node) for q in queues
@@ -363,6 +361,30 @@ class Verifier:
                     tasks += due_tasks_of(db, queue.node, limit=limit - len(tasks))
             db.expunge_all()
         return tasks
+
+    def _dropped(self, task: AuditTask) -> bool:
+        """Drop `task` (and its like) if its batch was slashed or its node is no longer worth a
+        slash since the pass began; whether it was."""
+        if (task.node, task.batch_id) in self.parts.slashing.slashed_batches:
+            with self.base.ledger.begin() as db:
+                self._drop_batch(db, task.node, task.batch_id)
+            return True
+        if not self.parts.standings.of(task.node).worth.worth:
+            with self.base.ledger.begin() as db:
+                drop_tasks(db, task.node)  # logged once, when the node's standing changed
+            return True
+        return False
+
+    @staticmethod
+    def _drop_batch(db: Session, node: str, batch_id: int) -> None:
+        dropped = drop_tasks(db, node, batch_id=batch_id)
+        if dropped:
+            logger.info(
+                "dropped %d queued audits of %s batch %d: it was slashed for that batch",
+                dropped,
+                node,
+                batch_id,
+            )
 
     async def _audit(self, task: AuditTask) -> None:
         last_call = utcnow() > task.deadline  # the attempt at (or after) the deadline
