@@ -41,6 +41,7 @@ EQUIVOCATION_SLASH_GAS = 222_000
 GAS_PER_EXTRA_SIGNER = 37_000
 # A slash must pay more than this many times its estimated gas cost to be worth sending.
 GAS_SAFETY = Fraction(2)
+APPROX_DIGITS = 2  # significant digits of the ETH estimates shown to a person
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,17 @@ class Worth:
             return "no slashable stake (not registered, or withdrawn)"
         return (
             f"stake {units.show(self.stake)} pays {units.show(self.bounty)} "
-            f"(~{format_eth(self.bounty_wei)}), a slash costs ~{format_eth(self.gas_cost_wei)}"
+            f"(~{format_eth(rounded(self.bounty_wei))}), "
+            f"a slash costs ~{format_eth(rounded(self.gas_cost_wei))}"
         )
+
+
+def rounded(amount: int, digits: int = APPROX_DIGITS) -> int:
+    """`amount` to `digits` significant digits (half up): estimates are shown as such."""
+    if amount <= 0:
+        return amount
+    scale = 10 ** max(0, len(str(amount)) - digits)
+    return (amount + scale // 2) // scale * scale
 
 
 def token_value_wei(amount: int, decimals: int, token_price_eth: Decimal) -> int:

@@ -14,6 +14,7 @@ from verifier.worth import (
     SlashTerms,
     bounty_per_verifier,
     equivocation_worth,
+    rounded,
     slash_amount,
     slash_gas,
     slash_worth,
@@ -91,3 +92,14 @@ def test_an_equivocation_report_pays_the_whole_bounty_to_its_reporter() -> None:
     assert not slash_worth(stake, quorum3, **kwargs).worth
     report = equivocation_worth(stake, quorum3, **kwargs)
     assert report.worth and report.bounty == 6 * 10**14
+
+
+def test_estimates_in_eth_are_shown_to_two_significant_digits() -> None:
+    assert rounded(348_477_220_806_201) == 350_000_000_000_000
+    assert rounded(457_106_756_920_000) == 460_000_000_000_000
+    assert (rounded(17), rounded(0), rounded(5)) == (17, 0, 5)
+    shown = slash_worth(30 * TOKEN, DEVNET, decimals=18, token_price_eth=Decimal("0.000116159"),
+                        gas_price_wei=914_213_514)  # fmt: skip
+    assert shown.describe(UNITS) == (
+        "stake 30 SWARM pays 3 SWARM (~0.00035 ETH), a slash costs ~0.00046 ETH"
+    )
