@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from ledger.db import Audit, AuditTask, AuditTaskStatus
 from ledger.db.columns import utcnow
+from ledger.units import format_time
 from verifier.worth import Worth
 
 RATE_WINDOW = 300.0  # seconds of recent audits the rate is measured over
@@ -226,7 +227,13 @@ def queue_document(report: QueueReport) -> dict[str, object]:
         "dropped": report.dropped,
         "pending": report.pending,
         "per_node": [
-            {"node": q.node, "pending": q.pending, "due": q.due, "oldest": q.oldest.isoformat()}
+            {
+                "node": q.node,
+                "pending": q.pending,
+                "due": q.due,
+                "oldest": q.oldest.isoformat(),
+                "oldest_utc": format_time(int(q.oldest.timestamp())),
+            }
             for q in report.per_node
         ],
         "skipped": [{"node": node, "reason": why} for node, why in sorted(report.skipped.items())],

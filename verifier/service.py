@@ -66,6 +66,7 @@ from ledger.db import (
 from ledger.db.columns import utcnow
 from ledger.types import BatchId, Reason, Wei
 from ledger.types import to_base_units as base_units
+from ledger.units import format_time
 from node.errors import NodeError
 from node.host import HostConfig, PeriodicJob, ServiceHost
 from verifier.api import build_app, totals_document
@@ -615,4 +616,5 @@ class Verifier:
             **totals_document(totals, self.base.units),
             "queue": queue_document(report),
             "time": time.time(),
+            "time_utc": format_time(int(time.time())),
         }

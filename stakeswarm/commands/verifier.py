@@ -214,7 +214,8 @@ def _print_status(console: Console, status: dict[str, Any]) -> None:
     if queue["per_node"]:
         console.print("  queued per node:")
         for item in queue["per_node"]:
-            console.print(f"    {item['node']}  {item['pending']} ({item['due']} due)")
+            since = f", oldest sampled {item['oldest_utc']}" if "oldest_utc" in item else ""
+            console.print(f"    {item['node']}  {item['pending']} ({item['due']} due{since})")
     if "skipped" in queue and queue["skipped"]:
         console.print("  skipped nodes (not worth a slash):")
         for item in queue["skipped"]:

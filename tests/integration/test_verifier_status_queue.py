@@ -21,6 +21,7 @@ from ledger.db import (
     sqlite_url,
 )
 from ledger.deployment import TOKEN, Deployment
+from ledger.units import format_time
 from stakeswarm.cli import app
 from stakeswarm.swarm import process_home
 from tests.integration.verifiers import status_field
@@ -71,7 +72,8 @@ def test_status_shows_the_queue_per_node_the_rate_and_the_time_to_drain_it(
     assert 0 < rate <= 2
     shown_rates = (rate - 0.005, rate, rate + 0.005)  # the rate is shown rounded
     assert status_field(text, "time to drain") in {format_duration(13 / r) for r in shown_rates}
-    assert f"{BUSY}  12 (12 due)" in text and f"{IDLE}  1 (1 due)" in text
+    assert f"{BUSY}  12 (12 due, oldest sampled {format_time(int(now.timestamp()))[:10]}" in text
+    assert f"{IDLE}  1 (1 due, oldest sampled " in text
     assert status_field(text, "stake slashed") == "20 SWARM"
     assert status_field(text, "bounties earned") == "4 SWARM"
 
