@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from eth_account import Account
+from eth_utils import to_checksum_address
 
 from client.model import DistributedModelForCausalLM
 from ledger.contracts import Contracts
@@ -90,7 +91,9 @@ def test_a_cheat_is_slashed_until_a_slash_no_longer_pays_for_its_gas(
     with running_verifier(
         deployment, tmp_path, model_path, "verifier-0", peers, args=args
     ) as verifier:
-        spent_from = chain.w3.eth.get_balance(verifier.address)  # after registering
+        spent_from = chain.w3.eth.get_balance(
+            to_checksum_address(verifier.address)
+        )  # after registering
         status = wait_for_status(
             verifier,
             "the cheat slashed, then skipped, and nothing left in the queue",
@@ -101,7 +104,7 @@ def test_a_cheat_is_slashed_until_a_slash_no_longer_pays_for_its_gas(
             ),
             timeout=180,
         )
-        spent = spent_from - chain.w3.eth.get_balance(verifier.address)
+        spent = spent_from - chain.w3.eth.get_balance(to_checksum_address(verifier.address))
         logs = verifier.stderr.read_text(errors="replace")
 
     slashes = contracts.slasher.leaves_slashed(from_block=start_block)
