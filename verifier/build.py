@@ -4,10 +4,11 @@
    key and deployment, its chain connection and contracts, its ledger
    (`<home>/verifier/<address>/`, bound to the chain: one left by an earlier chain under the
    same id, a restarted devnet, is set aside, so its event cursor cannot skip this chain's
-   commits), its sampling key, the model's shape and the slasher's parameters. The ledger's
-   close goes on `closing`.
+   commits), its sampling key, the model's shape, the stake token's units and the slasher's
+   parameters. The ledger's close goes on `closing`.
 2. `build_verifier(base, host, ...)` -> `VerifierParts`, inside the `node.host.ServiceHost`'s
-   event loop: the recompute thread, the verdict board in the DHT, and the slashing part.
+   event loop: the recompute thread, the verdict board in the DHT, the nodes' standings (is a
+   node still worth a slash) and the slashing part.
 
 `verifier.service.Verifier.start` then registers (or tops up) the verifier's stake, serves the
 status API and starts the jobs (follow, audit, quorum). They stop in the reverse order: the jobs
@@ -35,13 +36,16 @@ from ledger.deployment import Deployment
 from ledger.eip712 import Domain
 from ledger.identity import load_identity
 from ledger.types import ModelId, model_id
+from ledger.units import TokenUnits
 from node.blocks import Span, load_span
 from node.families import load_config
 from node.host import ServiceHost
 from verifier.config import VerifierConfig
 from verifier.sampling import AuditKey
 from verifier.slashing import Slashing
+from verifier.standing import Standings
 from verifier.verdicts import VerdictBoard
+from verifier.worth import SlashTerms
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +89,8 @@ class VerifierBase:
     quorum: int  # verdicts a slash needs
     challenge_window: int  # seconds a committed batch may be challenged
     domain: Domain  # the slasher's EIP-712 domain
+    units: TokenUnits  # the stake token's decimals and symbol, for every amount shown
+    terms: SlashTerms  # what one slash takes and pays
 
     @property
     def address(self) -> str:
@@ -132,6 +138,10 @@ def connect_verifier(config: VerifierConfig, closing: contextlib.ExitStack) -> V
         quorum=params.quorum,
         challenge_window=params.challenge_window,
         domain=contracts.slasher.domain(),
+        units=TokenUnits.of(contracts.token),
+        terms=SlashTerms(
+            slash_bps=params.slash_bps, bounty_bps=params.bounty_bps, quorum=params.quorum
+        ),
     )
 
 
@@ -142,6 +152,7 @@ class VerifierParts:
     compute: ThreadPoolExecutor  # recomputation, one span at a time
     board: VerdictBoard  # findings shared with other verifiers (DHT)
     slashing: Slashing  # verdicts, their quorum and the slashes
+    standings: Standings  # whether each node is still worth a slash (cached chain reads)
 
 
 def build_verifier(
@@ -156,6 +167,14 @@ def build_verifier(
     compute = ThreadPoolExecutor(1, thread_name_prefix="recompute")
     host.stops.callback(compute.shutdown, wait=True)
     board = VerdictBoard(host.dht, base.contracts.slasher.address, ttl=base.config.verdict_ttl)
+    w3 = base.chain.w3
+    standings = Standings(
+        registry=base.contracts.node_registry,
+        terms=base.terms,
+        units=base.units,
+        token_price_eth=base.config.token_price_eth,
+        gas_price=lambda: int(w3.eth.gas_price),
+    )
     slashing = Slashing(
         ledger=base.ledger,
         contracts=base.contracts,
@@ -164,6 +183,8 @@ def build_verifier(
         quorum=base.quorum,
         is_active=is_active,
         batch_of=batch_of,
+        standings=standings,
+        units=base.units,
         board=board,
     )
-    return VerifierParts(compute=compute, board=board, slashing=slashing)
+    return VerifierParts(compute=compute, board=board, slashing=slashing, standings=standings)

@@ -43,6 +43,9 @@ class VerifierConfig:
     retry_interval: float = DEFAULT_RETRY_INTERVAL  # seconds between reveal attempts of one leaf
     # failed reveal attempts a withheld verdict needs at least (retried past the deadline)
     withheld_min_attempts: int = DEFAULT_WITHHELD_MIN_ATTEMPTS
+    # ETH one stake token is worth to this verifier: a slash whose bounty is worth less than
+    # its gas (times `verifier.worth.GAS_SAFETY`) is not sent, and the node's audits are dropped
+    token_price_eth: Decimal = Decimal(1)
     max_spans: int = 4  # spans kept loaded for recomputation (least recently used dropped)
     torch_threads: int | None = None  # torch intra-op threads; None: torch's default
 
@@ -88,6 +91,8 @@ class VerifierConfig:
             problems.append("reveal_timeout must not exceed reveal_deadline")
         if self.withheld_min_attempts < 1:
             problems.append("withheld_min_attempts must be >= 1")
+        if not self.token_price_eth > 0:
+            problems.append("token_price_eth must be positive")
         if self.max_spans < 1:
             problems.append("max_spans must be >= 1")
         if self.torch_threads is not None and self.torch_threads < 1:

@@ -46,6 +46,7 @@ from decimal import Decimal
 from typing import Any
 
 from hivemind.p2p import PeerID
+from sqlalchemy.orm import Session
 
 from ledger.chain import ChainError, ContractRevert
 from ledger.contracts import Batch
@@ -54,7 +55,6 @@ from ledger.db import (
     AuditOutcome,
     AuditTask,
     add_audit_task,
-    due_audit_tasks,
     finish_audit_task,
     get_cursor,
     is_audited,
@@ -66,6 +66,7 @@ from ledger.db import (
 from ledger.db.columns import utcnow
 from ledger.types import BatchId, Reason, Wei
 from ledger.types import to_base_units as base_units
+from ledger.units import format_time
 from node.errors import NodeError
 from node.host import HostConfig, PeriodicJob, ServiceHost
 from verifier.api import build_app, totals_document
@@ -81,11 +82,23 @@ from verifier.audit import (
 from verifier.build import VerifierBase, VerifierParts, build_verifier, connect_verifier
 from verifier.config import VerifierConfig
 from verifier.errors import InvalidOpeningError, RevealUnavailableError, VerifierConfigError
+from verifier.queue import (
+    NodeStanding,
+    drop_tasks,
+    due_tasks_of,
+    node_queues,
+    order_nodes,
+    pending_batches,
+    progress_line,
+    queue_document,
+    queue_report,
+)
 from verifier.reveal import request_reveal
 
 logger = logging.getLogger(__name__)
 
 AUDIT_BATCH = 8  # due leaves taken per pass of the audit loop
+PROGRESS_INTERVAL = 30.0  # seconds between progress lines in the log while audits are queued
 # Seconds of a batch's challenge window kept free after a reveal deadline, on top of one more
 # reveal attempt: the withheld verdict, the quorum's own attempts and the slash go there.
 SLASH_MARGIN = 120.0
@@ -164,6 +177,7 @@ class Verifier:
         jobs = [
             PeriodicJob(self._follow, config.poll_interval, now=True),
             PeriodicJob(self._audit_due, 1.0, now=True),
+            PeriodicJob(self._progress, PROGRESS_INTERVAL),
         ]
         if base.quorum > 1:
             jobs.append(PeriodicJob(self._quorum, config.quorum_interval, now=True))
@@ -207,10 +221,10 @@ class Verifier:
             wanted = max(minimum, to_base_units(self.config.stake, decimals))
         if not info.registered:
             registry.register_with_approve(Wei(wanted))
-            logger.info("registered as a verifier with stake %d", wanted)
+            logger.info("registered as a verifier with stake %s", self.base.units.show(wanted))
         elif info.stake < wanted:
             registry.add_stake_with_approve(Wei(wanted - info.stake))
-            logger.info("added %d to the verifier stake", wanted - info.stake)
+            logger.info("added %s to the verifier stake", self.base.units.show(wanted - info.stake))
 
     # --- chain reads (worker threads) ------------------------------------------------------
 
@@ -313,16 +327,12 @@ class Verifier:
     # --- audit -----------------------------------------------------------------------------
 
     async def _audit_due(self) -> None:
-
-        def due() -> list[AuditTask]:
-            with self.base.ledger.begin() as db:
-                tasks = due_audit_tasks(db, limit=AUDIT_BATCH)
-                db.expunge_all()
-                return tasks
-
-        for task in await asyncio.to_thread(due):
+        for task in await asyncio.to_thread(self._next_tasks):
             if self._serving_host().stopping:
                 return
+            # a slash earlier in this pass may have made the rest of the pass pointless
+            if await asyncio.to_thread(self._dropped, task):
+                continue
             try:
                 await self._audit(task)
             except asyncio.CancelledError:
@@ -330,6 +340,52 @@ class Verifier:
             except Exception as exc:  # our side failed: try the leaf again later
                 logger.exception("auditing batch %d leaf %d failed", task.batch_id, task.leaf_index)
                 await asyncio.to_thread(self._retry, task, f"audit failed: {exc}")
+
+    def _next_tasks(self, limit: int = AUDIT_BATCH) -> list[AuditTask]:
+        """The next due tasks in queue order (`verifier.queue`), after dropping the tasks of
+        batches their node was already slashed for and of nodes no longer worth a slash."""
+        slashed = set(self.parts.slashing.slashed_batches)
+        with self.base.ledger.begin() as db:
+            for node, batch_id in sorted(pending_batches(db) & slashed):
+                self._drop_batch(db, node, batch_id)
+            queues = node_queues(db)
+        standings: dict[str, NodeStanding] = {
+            q.node: self.parts.standings.of(q.node) for q in queues
+        }
+        tasks: list[AuditTask] = []
+        with self.base.ledger.begin() as db:
+            for queue in order_nodes(queues, standings):
+                if not standings[queue.node].worth.worth:
+                    # the reason was logged once, when the node's standing changed
+                    drop_tasks(db, queue.node)
+                elif queue.due and len(tasks) < limit:
+                    tasks += due_tasks_of(db, queue.node, limit=limit - len(tasks))
+            db.expunge_all()
+        return tasks
+
+    def _dropped(self, task: AuditTask) -> bool:
+        """Drop `task` (and its like) if its batch was slashed or its node is no longer worth a
+        slash since the pass began; whether it was."""
+        if (task.node, task.batch_id) in self.parts.slashing.slashed_batches:
+            with self.base.ledger.begin() as db:
+                self._drop_batch(db, task.node, task.batch_id)
+            return True
+        if not self.parts.standings.of(task.node).worth.worth:
+            with self.base.ledger.begin() as db:
+                drop_tasks(db, task.node)  # logged once, when the node's standing changed
+            return True
+        return False
+
+    @staticmethod
+    def _drop_batch(db: Session, node: str, batch_id: int) -> None:
+        dropped = drop_tasks(db, node, batch_id=batch_id)
+        if dropped:
+            logger.info(
+                "dropped %d queued audits of %s batch %d: it was slashed for that batch",
+                dropped,
+                node,
+                batch_id,
+            )
 
     async def _audit(self, task: AuditTask) -> None:
         last_call = utcnow() > task.deadline  # the attempt at (or after) the deadline
@@ -465,6 +521,11 @@ class Verifier:
             return "the batch's challenge window closed"
         if self.base.contracts.slasher.is_withheld_slashed(BatchId(task.batch_id), task.leaf_index):
             return "already slashed as withheld"
+        if (task.node, task.batch_id) in self.parts.slashing.slashed_batches:
+            return f"the node was already slashed for batch {task.batch_id}"
+        standing = self.parts.standings.of(task.node)
+        if not standing.worth.worth:
+            return f"the node is not worth a slash: {standing.worth.describe(self.base.units)}"
         return None
 
     def _give_up(self, task: AuditTask, error: str) -> None:
@@ -523,11 +584,27 @@ class Verifier:
 
     # --- what the verifier tells others ----------------------------------------------------
 
+    async def _progress(self) -> None:
+        await asyncio.to_thread(self._log_progress)
+
+    def _log_progress(self) -> None:
+        """One line while audits are queued: done, queued, the estimate, the skipped nodes."""
+        skipped = dict(self.parts.standings.skipped)
+        with self.base.ledger.begin() as db:
+            report = queue_report(db, skipped=skipped)
+        if not report.pending:
+            return
+        line = progress_line(report, report.done)
+        for node, why in sorted(skipped.items()):
+            line += f"; skipped node {node}: {why}"
+        logger.info("%s", line)
+
     def status(self) -> dict[str, Any]:
         """The `/status` document (reads the ledger: call from a worker thread). Amounts are
-        decimal strings of token base units."""
+        shown in tokens, with their exact base units in `..._base_units` fields."""
         with self.base.ledger.begin() as db:
             totals = verifier_totals(db, self.base.address)
+            report = queue_report(db, skipped=dict(self.parts.standings.skipped))
         return {
             "state": self.state,
             "address": self.base.address,
@@ -536,6 +613,8 @@ class Verifier:
             "model_id": "0x" + self.base.model_id.hex(),
             "sample_rate": self.config.sample_rate,
             "quorum": self.base.quorum,
-            **totals_document(totals),
+            **totals_document(totals, self.base.units),
+            "queue": queue_document(report),
             "time": time.time(),
+            "time_utc": format_time(int(time.time())),
         }

@@ -17,6 +17,11 @@ One sampled leaf, one slash: `slash` proves the leaf's position and the contract
 `slashWithheld` marks a position, so either refuses a position the other took. We do not sign a
 verdict against a shown leaf whose position was already slashed as withheld (it would revert),
 and a node that shows the leaf is audited, not accused of withholding it.
+
+One slash per batch, and only while it pays: no slash is sent for a batch its node was already
+slashed for (`slashed_batches`, from our slashes and every slash event seen), nor against a node
+whose stake no longer pays a bounty worth the slash's gas (`verifier.worth`, through
+`Standings`, read fresh before each submission).
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ import threading
 from collections.abc import Callable
 
 from eth_account.signers.local import LocalAccount
+from sqlalchemy import select
 
 from ledger.chain import ChainError, ContractRevert
 from ledger.contracts import Batch, Contracts
 from ledger.contracts.slasher import LeafSlashed, LeafWithheldSlashed
 from ledger.db import (
     Ledger,
+    Slash,
     SlashReason,
     is_slash_recorded,
     record_slash,
@@ -41,7 +48,9 @@ from ledger.db import (
 )
 from ledger.eip712 import Domain
 from ledger.types import BatchId, Reason, Verdict
+from ledger.units import TokenUnits
 from verifier.audit import ProvenLeaf
+from verifier.standing import Standings
 from verifier.verdicts import (
     Accusation,
     SharedFindings,
@@ -76,6 +85,8 @@ class Slashing:
         quorum: int,
         is_active: Callable[[str], bool],
         batch_of: Callable[[int], Batch],
+        standings: Standings,
+        units: TokenUnits,
         board: VerdictBoard | None = None,
     ) -> None:
         self.ledger = ledger
@@ -87,6 +98,14 @@ class Slashing:
         self.is_active = is_active  # whether a verifier is active on-chain (cached by the caller)
         self.batch_of = batch_of  # a committed batch's header by id (cached by the caller)
         self.board = board  # where findings are shared; needed only when quorum > 1
+        self.standings = standings  # whether a node is still worth a slash
+        self.units = units  # how amounts are shown
+        # (node, batch id) of every slash seen: one per batch is enough (`verifier.queue`)
+        with ledger.begin() as db:
+            rows = db.execute(select(Slash.node, Slash.batch_id).where(Slash.batch_id.is_not(None)))
+            self.slashed_batches: set[tuple[str, int]] = {
+                (n, int(b)) for n, b in rows if b is not None
+            }
         self._evidence: dict[tuple[bytes, Reason], ProvenLeaf] = {}
         self._lock = threading.Lock()  # one submission at a time
         # submissions the chain failed (not refused): tried again by `retry_failed`
@@ -203,6 +222,11 @@ class Slashing:
                     return False
                 if slashed():
                     return False
+                refusal = self._not_worth(node, batch_id, reason)
+                if refusal is not None:
+                    # the node's skip is logged once (`Standings`); this, per leaf, is detail
+                    logger.debug("not slashing %s for %s: %s", node, what, refusal)
+                    return False
                 outcome = submit(verdicts)
             except ContractRevert as exc:
                 logger.warning("the slash of %s was refused: %s", what, exc)
@@ -226,15 +250,32 @@ class Slashing:
                         bounty=outcome.bounty_per_verifier,
                         tx_hash=tx_hash,
                     )
+            self._slashed(node, batch_id)
         logger.warning(
-            "slashed %s for %s: %d taken, bounty %d per verifier (tx %s)",
+            "slashed %s for %s: %s taken, bounty %s per verifier (tx %s)",
             node,
             what,
-            outcome.amount,
-            outcome.bounty_per_verifier,
+            self.units.exact(outcome.amount),
+            self.units.show(outcome.bounty_per_verifier),
             outcome.tx.tx_hash,
         )
         return True
+
+    def _not_worth(self, node: str, batch_id: int, reason: Reason) -> str | None:
+        """Why a slash of `node` for a leaf of batch `batch_id` must not be sent, or None: the
+        node was already slashed for that batch, or the slash would not pay for its gas (read
+        fresh, `verifier.worth`)."""
+        if (node, batch_id) in self.slashed_batches:
+            return f"it was already slashed for batch {batch_id}"
+        self.standings.forget(node)
+        stake = self.standings.of(node).worth.stake
+        worth = self.standings.worth(stake, withheld=reason is Reason.WITHHELD)
+        return None if worth.worth else worth.describe(self.units)
+
+    def _slashed(self, node: str, batch_id: int) -> None:
+        """A slash of `node` for batch `batch_id` landed: its stake changed."""
+        self.slashed_batches.add((node, batch_id))
+        self.standings.forget(node)
 
     def retry_failed(self) -> int:
         """Try again the submissions the chain failed (not refused); how many went through."""
@@ -313,6 +354,7 @@ class Slashing:
     def _record_event(
         self, *, key: bytes, reason: Reason, event: LeafSlashed | LeafWithheldSlashed, what: str
     ) -> None:
+        self._slashed(event.node, int(event.batch_id))  # anyone's slash: the stake changed
         with self.ledger.begin() as db:
             signers = {v.signer for v in verdicts_for(db, key, reason)}
             tx_hash = bytes.fromhex(event.tx_hash.removeprefix("0x"))
@@ -329,9 +371,9 @@ class Slashing:
                 tx_hash=tx_hash,
             )
         logger.info(
-            "slash of %s for %s recorded: %d taken, bounty %d",
+            "slash of %s for %s recorded: %s taken, bounty %s",
             event.node,
             what,
-            event.amount,
-            event.bounty_per_verifier,
+            self.units.exact(event.amount),
+            self.units.show(event.bounty_per_verifier),
         )

@@ -11,7 +11,9 @@ equivocating nodes.
 `run` registers the key as a verifier if it is not one yet (with --stake tokens, default the
 minimum), prints its address, peer id and status API, and audits until SIGINT/SIGTERM.
 `status` reads the verifier's ledger (`<home>/verifier/<address>/ledger.sqlite`), or asks a
-running verifier's `/status` with --url. `report-equivocation` looks through a ledger that
+running verifier's `/status` with --url: audits and slashes, and the audit queue (pending per
+node, the recent audit rate and the time to drain it; the nodes skipped as no longer worth a
+slash only from a running verifier). `report-equivocation` looks through a ledger that
 kept receipts (a client's) for two receipts one node signed for the same step, and with
 --submit slashes the node with them (the sender earns the bounty).
 """
@@ -48,7 +50,6 @@ from node.logs import setup_logging
 from stakeswarm.commands.chain_support import (
     CliInputError,
     connect,
-    format_tokens,
     print_tx,
     reporting,
 )
@@ -105,6 +106,13 @@ def run(
         int | None,
         typer.Option(help="First block to sample (default: resume).", show_default=False),
     ] = None,
+    token_price_eth: Annotated[
+        str,
+        typer.Option(
+            help="ETH one stake token is worth to you: a slash whose bounty is worth less than "
+            "its gas is not sent, and the node's audits are skipped."
+        ),
+    ] = str(VerifierConfig.token_price_eth),
     threads: ThreadsOpt = None,
     log_level: LogLevelOpt = "INFO",
     *,
@@ -135,6 +143,7 @@ def run(
             stake=None if stake is None else parse_tokens(stake, "--stake"),
             poll_interval=poll_interval,
             from_block=from_block,
+            token_price_eth=parse_tokens(token_price_eth, "--token-price-eth"),
             initial_peers=peers,
             http_port=http_port,
         )
@@ -167,12 +176,8 @@ def run(
     out.print("stopped")
 
 
-def _print_status(console: Console, status: dict[str, Any], decimals: int, symbol: str) -> None:
+def _print_status(console: Console, status: dict[str, Any]) -> None:
     audits, slashes = status["audits"], status["slashes"]
-
-    def tokens(amount: str) -> str:
-        return f"{format_tokens(int(amount), decimals)} {symbol}"
-
     console.print(f"[bold]verifier {escape(status['address'])}[/]")
     rows = [
         ("audits done", str(audits["done"])),
@@ -185,12 +190,36 @@ def _print_status(console: Console, status: dict[str, Any], decimals: int, symbo
         ("slashes", str(slashes["recorded"])),
         ("slashes for withholding", str(slashes.get("withheld", 0))),
         ("slashes submitted", str(slashes["submitted"])),
-        ("stake slashed", tokens(slashes["stake_taken"])),
-        ("bounties earned", tokens(slashes["bounties_earned"])),
+        ("stake slashed", str(slashes["stake_taken"])),
+        ("bounties earned", str(slashes["bounties_earned"])),
     ]
+    queue = status.get("queue")
+    if queue is not None:
+        rate = queue["rate_per_s"]
+        rows += [
+            ("queued", str(queue["pending"])),
+            ("audits skipped", str(queue.get("dropped", 0))),
+            (
+                "audited recently",
+                f"{queue['done_recent']} in the last {queue['window_s'] / 60:g} min",
+            ),
+            ("audit rate", "unknown" if rate is None else f"{rate:.2f}/s"),
+            ("time to drain", str(queue["estimate"])),
+        ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
-        console.print(f"  {name:<{width}}  {value}")
+        console.print(f"  {name:<{width}}  {escape(value)}")
+    if queue is None:
+        return
+    if queue["per_node"]:
+        console.print("  queued per node:")
+        for item in queue["per_node"]:
+            since = f", oldest sampled {item['oldest_utc']}" if "oldest_utc" in item else ""
+            console.print(f"    {item['node']}  {item['pending']} ({item['due']} due{since})")
+    if "skipped" in queue and queue["skipped"]:
+        console.print("  skipped nodes (not worth a slash):")
+        for item in queue["skipped"]:
+            console.print(f"    {item['node']}  {escape(item['reason'])}")
 
 
 @app.command("status")
@@ -209,7 +238,9 @@ def status(
 ) -> None:
     """Audits done, passed and failed; slashes submitted and bounties earned."""
     from ledger.db import open_ledger, sqlite_url, verifier_totals
+    from ledger.units import TokenUnits
     from verifier.api import totals_document
+    from verifier.queue import queue_document, queue_report
 
     with reporting() as console:
         if url is not None:
@@ -231,19 +262,20 @@ def status(
             try:
                 with ledger.begin() as db:
                     totals = verifier_totals(db, conn.address)
+                    queue = queue_document(queue_report(db))
             finally:
                 ledger.close()
+            # the skipped nodes live in a running verifier, not in its ledger
+            queue.pop("skipped")
             document = {
                 "address": conn.address,
-                **totals_document(totals),
+                **totals_document(totals, TokenUnits(conn.decimals, conn.symbol)),
+                "queue": queue,
             }
         if json_output:
             console.print_json(data=document)
             return
-        decimals, symbol = 18, "tokens"
-        if url is None:
-            decimals, symbol = conn.decimals, conn.symbol
-        _print_status(console, document, decimals, symbol)
+        _print_status(console, document)
 
 
 @app.command("report-equivocation")
@@ -255,13 +287,24 @@ def report_equivocation(
     submit: Annotated[
         bool, typer.Option(help="Slash every equivocating node found (earns the bounty).")
     ] = False,
+    token_price_eth: Annotated[
+        str,
+        typer.Option(
+            help="ETH one stake token is worth to you: a node whose slash would pay less than "
+            "its gas is not slashed."
+        ),
+    ] = str(VerifierConfig.token_price_eth),
     *,
     options: ChainOptions,
 ) -> None:
     """Find two receipts one node signed for the same step, and slash it with them."""
     from ledger.chain import ContractRevert
     from ledger.db import open_ledger, sqlite_url
+    from ledger.units import TokenUnits
     from verifier.equivocation import find_equivocations, receipts_in_ledger, submit_equivocation
+    from verifier.worth import SlashTerms, equivocation_worth
+
+    price = parse_tokens(token_price_eth, "--token-price-eth")
 
     with reporting() as console:
         if not ledger_file.is_file():
@@ -282,6 +325,18 @@ def report_equivocation(
                 f"{leaf.span_start}:{leaf.span_end} step {leaf.step}: two different receipts"
             )
             if not submit:
+                continue
+            params = conn.contracts.slasher.params()
+            worth = equivocation_worth(
+                conn.contracts.node_registry.slashable_stake(item.node),
+                SlashTerms(params.slash_bps, params.bounty_bps, params.quorum),
+                decimals=conn.decimals,
+                token_price_eth=price,
+                gas_price_wei=int(conn.chain.w3.eth.gas_price),
+            )
+            if not worth.worth:
+                why = worth.describe(TokenUnits(conn.decimals, conn.symbol))
+                console.print(f"  [yellow]not slashed[/]: not worth its gas: {escape(why)}")
                 continue
             try:
                 outcome = submit_equivocation(conn.contracts.slasher, item)

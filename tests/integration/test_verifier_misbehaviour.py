@@ -7,7 +7,8 @@
 - withholding: a node whose stored inputs no longer match what it committed shows the leaf
   but cannot reveal its inputs: a withheld verdict and a slash of that leaf. A node that is
   gone shows nothing: by the reveal deadline, withheld verdicts about the positions of its
-  leaves, and a `slashWithheld` for each.
+  leaves, and a `slashWithheld`. Either way one slash per batch: the other leaves of a batch
+  already slashed are not slashed again (nor audited, once the slash has landed).
 
 node-0 (blocks 0:3) equivocates, node-1 (3:6) is honest. Everything is reverted afterwards.
 """
@@ -192,6 +193,7 @@ def test_inputs_that_no_longer_match_are_withheld_and_slashed(
         if b.node == cheat.node.address
         for index in range(b.leaf_count)
     )
+    gone_batches = sorted({batch for batch, _ in gone_positions})
     stake = contracts.node_registry.get_node(honest.node.address).stake
     gone_stake = contracts.node_registry.get_node(cheat.node.address).stake
     peers = honest.node.maddrs
@@ -201,25 +203,29 @@ def test_inputs_that_no_longer_match_are_withheld_and_slashed(
     ) as verifier:  # fmt: skip
         status = wait_for_status(
             verifier,
-            "every committed leaf audited, every slash recorded",
+            "every committed leaf audited or skipped, one slash per batch recorded",
             lambda s: (
-                s["audits"]["done"] >= committed
+                s["audits"]["done"] + s["queue"]["dropped"] >= committed
                 and s["audits"]["pending"] == 0
-                and s["slashes"]["recorded"] >= 2 + len(gone_positions)
+                and s["slashes"]["recorded"] >= 1 + len(gone_batches)
             ),
             timeout=180,
         )
     slashes = contracts.slasher.leaves_slashed(from_block=start_block)
-    # both leaves of the rewritten session (each reveal needs step 0's inputs)
-    assert [(s.node, s.reason) for s in slashes] == [(honest.node.address, Reason.WITHHELD)] * 2
+    # the leaves of the rewritten session (each reveal needs step 0's inputs), once per batch
+    assert slashes
+    assert {(s.node, s.reason) for s in slashes} == {(honest.node.address, Reason.WITHHELD)}
+    assert len({s.batch_id for s in slashes}) == len(slashes)
     assert contracts.node_registry.get_node(honest.node.address).stake < stake
-    # every leaf of the node that left, by its position: it never showed one
+    # the node that left, by position (it never showed a leaf), once per batch
     withheld_slashes = contracts.slasher.leaves_withheld_slashed(from_block=start_block)
-    assert sorted((w.batch_id, w.leaf_index) for w in withheld_slashes) == gone_positions
+    assert {(w.batch_id, w.leaf_index) for w in withheld_slashes} <= set(gone_positions)
+    assert sorted(w.batch_id for w in withheld_slashes) == gone_batches
     assert {w.node for w in withheld_slashes} == {cheat.node.address}
     assert contracts.node_registry.get_node(cheat.node.address).stake < gone_stake
     assert status["slashes"]["recorded"] == status["slashes"]["withheld"]
-    assert status["slashes"]["recorded"] == 2 + len(gone_positions)
+    assert 1 + len(gone_batches) <= status["slashes"]["recorded"]
+    assert status["slashes"]["recorded"] <= len(slashes) + len(withheld_slashes)
 
     ledger = open_ledger(
         sqlite_url(verifier.home / "verifier" / verifier.address / "ledger.sqlite")
@@ -230,12 +236,15 @@ def test_inputs_that_no_longer_match_are_withheld_and_slashed(
             served = audits_of(db, honest.node.address)
     finally:
         ledger.close()
-    # the node that left showed nothing: withheld, no leaf, slashed by position
+    # the node that left showed nothing: withheld, no leaf, slashed by position (a leaf of a
+    # batch already slashed is recorded without a verdict, or not audited at all)
     assert gone and all(a.outcome is AuditOutcome.WITHHELD and a.leaf_hash is None for a in gone)
-    assert sorted((a.batch_id, a.leaf_index) for a in gone) == gone_positions
-    assert all("a withheld verdict" in (a.detail or "") for a in gone)
+    assert {(a.batch_id, a.leaf_index) for a in gone} <= set(gone_positions)
+    assert {(w.batch_id, w.leaf_index) for w in withheld_slashes} <= {
+        (a.batch_id, a.leaf_index) for a in gone if "a withheld verdict" in (a.detail or "")
+    }
     withheld = [a for a in served if a.outcome is AuditOutcome.WITHHELD]
-    assert {a.leaf_hash for a in withheld} == {s.leaf for s in slashes}
+    assert {s.leaf for s in slashes} <= {a.leaf_hash for a in withheld}
     assert all("inputHash" in (a.detail or "") for a in withheld)
     # its other sessions (the replay test's) still pass
     assert {a.outcome for a in served} == {AuditOutcome.WITHHELD, AuditOutcome.PASSED}

@@ -10,6 +10,9 @@ running, signs nothing and is paid nothing.
 The same for a node that withholds (`--faulty withhold`, refusing every reveal): the first
 verifier's withheld findings are not enough; the second asks the node itself until its own
 deadline, co-signs, and `slashWithheld` goes through with both signatures.
+
+Either way one slash per batch: once a batch's slash lands, its other leaves are not slashed
+(nor, if not audited yet, audited) again.
 """
 
 from __future__ import annotations
@@ -99,6 +102,10 @@ def test_two_of_three_verifiers_slash_together_and_share_the_bounty(
     contracts, node = swarm.contracts, swarm.node
     assert contracts.slasher.params().quorum == 2
     serve_one_session(swarm)
+    batches = {
+        b.batch_id
+        for b in contracts.commitments.batches_committed(from_block=swarm.deployment.deploy_block)
+    }
     stake = contracts.node_registry.get_node(node.address).stake
     third = swarm.deployment.account(VERIFIERS[2]).address
     third_balance = contracts.token.balance_of(third)
@@ -123,14 +130,19 @@ def test_two_of_three_verifiers_slash_together_and_share_the_bounty(
         ) as second:  # fmt: skip
             second_balance = contracts.token.balance_of(second.address)
             second_status = wait_for_status(
-                second, "both slashes recorded", lambda s: s["slashes"]["recorded"] == 2
+                second,
+                "one slash per batch recorded",
+                lambda s: s["slashes"]["recorded"] == len(batches),
             )
             first_status = wait_for_status(
-                first, "both slashes recorded", lambda s: s["slashes"]["recorded"] == 2
+                first,
+                "one slash per batch recorded",
+                lambda s: s["slashes"]["recorded"] == len(batches),
             )
 
     slashes = contracts.slasher.leaves_slashed(from_block=swarm.deployment.deploy_block)
-    assert len(slashes) == 2 and all(s.node == node.address for s in slashes)
+    assert sorted(s.batch_id for s in slashes) == sorted(batches)
+    assert all(s.node == node.address for s in slashes)
     assert all(s.reason is Reason.MISMATCH for s in slashes)
     assert contracts.node_registry.get_node(node.address).stake < stake
     bounty = sum(s.bounty_per_verifier for s in slashes)
@@ -140,11 +152,14 @@ def test_two_of_three_verifiers_slash_together_and_share_the_bounty(
     assert contracts.token.balance_of(first.address) == first_balance + bounty
     assert contracts.token.balance_of(second.address) == second_balance + bounty
     assert contracts.token.balance_of(third) == third_balance
-    # the second verifier audited the shared leaves itself before signing
-    assert second_status["audits"]["failed"] == 2 and second_status["verdicts_signed"] == 2
-    assert int(first_status["slashes"]["bounties_earned"]) == bounty
-    assert int(second_status["slashes"]["bounties_earned"]) == bounty
-    assert first_status["slashes"]["submitted"] + second_status["slashes"]["submitted"] == 2
+    # the second verifier audited the shared leaves itself before signing (a leaf of a batch
+    # already slashed it may leave unaudited)
+    assert second_status["audits"]["failed"] >= len(batches)
+    assert second_status["verdicts_signed"] >= len(batches)
+    assert int(first_status["slashes"]["bounties_earned_base_units"]) == bounty
+    assert int(second_status["slashes"]["bounties_earned_base_units"]) == bounty
+    submitted = first_status["slashes"]["submitted"] + second_status["slashes"]["submitted"]
+    assert submitted == len(batches)
 
 
 def test_two_of_three_verifiers_slash_a_withholding_node_together(
@@ -156,6 +171,9 @@ def test_two_of_three_verifiers_slash_a_withholding_node_together(
     with running_nodes(swarm.deployment, tmp_path / "nodes", swarm.model_path, [spec]) as nodes:
         node = nodes[0]
         serve_one_session(swarm, node)
+        batches = {
+            b.batch_id for b in contracts.commitments.batches_committed(from_block=start_block)
+        }
         stake = contracts.node_registry.get_node(node.address).stake
         third = swarm.deployment.account(VERIFIERS[2]).address
         third_balance = contracts.token.balance_of(third)
@@ -182,11 +200,13 @@ def test_two_of_three_verifiers_slash_a_withholding_node_together(
                 second_balance = contracts.token.balance_of(second.address)
                 second_status = wait_for_status(
                     second,
-                    "both withheld slashes recorded",
-                    lambda s: s["slashes"]["withheld"] == 2,
+                    "one withheld slash per batch recorded",
+                    lambda s: s["slashes"]["withheld"] == len(batches),
                 )
                 first_status = wait_for_status(
-                    first, "both withheld slashes recorded", lambda s: s["slashes"]["withheld"] == 2
+                    first,
+                    "one withheld slash per batch recorded",
+                    lambda s: s["slashes"]["withheld"] == len(batches),
                 )
 
     slashes = contracts.slasher.leaves_withheld_slashed(from_block=start_block)
@@ -195,8 +215,9 @@ def test_two_of_three_verifiers_slash_a_withholding_node_together(
         for b in contracts.commitments.batches_committed(from_block=start_block)
         for index in range(b.leaf_count)
     )
-    assert sorted((s.batch_id, s.leaf_index) for s in slashes) == positions
-    assert len(slashes) == 2 and {s.node for s in slashes} == {node.address}
+    assert {(s.batch_id, s.leaf_index) for s in slashes} <= set(positions)
+    assert sorted(s.batch_id for s in slashes) == sorted(batches)
+    assert {s.node for s in slashes} == {node.address}
     assert contracts.node_registry.get_node(node.address).stake < stake
     params = contracts.slasher.params()
     for s in slashes:  # the bounty share is split between exactly two signers
@@ -206,7 +227,9 @@ def test_two_of_three_verifiers_slash_a_withholding_node_together(
     assert contracts.token.balance_of(second.address) == second_balance + bounty
     assert contracts.token.balance_of(third) == third_balance
     # the second verifier asked the node itself before it signed
-    assert second_status["audits"]["withheld"] == 2 and second_status["verdicts_signed"] == 2
-    assert int(first_status["slashes"]["bounties_earned"]) == bounty
-    assert int(second_status["slashes"]["bounties_earned"]) == bounty
-    assert first_status["slashes"]["submitted"] + second_status["slashes"]["submitted"] == 2
+    assert second_status["audits"]["withheld"] >= len(batches)
+    assert second_status["verdicts_signed"] >= len(batches)
+    assert int(first_status["slashes"]["bounties_earned_base_units"]) == bounty
+    assert int(second_status["slashes"]["bounties_earned_base_units"]) == bounty
+    submitted = first_status["slashes"]["submitted"] + second_status["slashes"]["submitted"]
+    assert submitted == len(batches)

@@ -1,13 +1,16 @@
 """`verifier.slashing.Slashing` against the devnet's contracts, in-process: our withheld findings
-and the quorum's, their checks, the submission (and its retry when the chain failed it), and
-the one-slash-per-sampled-leaf rule. The DHT is not involved: findings are handed over as the
-`VerdictBoard` would read them.
+and the quorum's, their checks, the submission (and its retry when the chain failed it), the
+one-slash-per-sampled-leaf and one-slash-per-batch rules, and the end of slashing a node whose
+stake no longer pays for a slash's gas. The DHT is not involved: findings are handed over as
+the `VerdictBoard` would read them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -24,14 +27,17 @@ from ledger.db.models import Slash
 from ledger.deployment import TOKEN, DeploymentParams, deploy_all
 from ledger.merkle import MerkleTree
 from ledger.types import BatchId, BlockIndex, Leaf, Reason, Wei, model_id
+from ledger.units import TokenUnits
 from verifier.audit import ProvenLeaf
 from verifier.slashing import Slashing
+from verifier.standing import Standings
 from verifier.verdicts import (
     SharedFindings,
     WithheldAccusation,
     sign_withheld_verdict,
     withheld_key,
 )
+from verifier.worth import SlashTerms, bounty_per_verifier, slash_gas, token_value_wei
 
 MODEL = model_id("tiny-llama")
 PEER = b"\x00\x24\x08\x01\x12\x20" + b"\x07" * 32
@@ -82,8 +88,25 @@ class Devnet:
         registry.register_with_approve(self.deployment.params.min_verifier_stake)
         return account
 
-    def slashing(self, account: LocalAccount, ledger: Ledger) -> Slashing:
+    def slashing(
+        self,
+        account: LocalAccount,
+        ledger: Ledger,
+        *,
+        token_price_eth: Decimal = Decimal(1),
+        gas_price: Callable[[], int] | None = None,
+    ) -> Slashing:
         contracts = self.as_account(account)
+        params = self.deployment.params
+        units = TokenUnits.of(contracts.token)
+        w3 = self.chain.w3
+        standings = Standings(
+            registry=contracts.node_registry,
+            terms=SlashTerms(params.slash_bps, params.bounty_bps, params.quorum),
+            units=units,
+            token_price_eth=token_price_eth,
+            gas_price=gas_price or (lambda: int(w3.eth.gas_price)),
+        )
         return Slashing(
             ledger=ledger,
             contracts=contracts,
@@ -94,7 +117,16 @@ class Devnet:
             batch_of=lambda batch_id: contracts.commitments.get_batch(
                 BatchId(batch_id), from_block=self.deployment.deploy_block
             ),
+            standings=standings,
+            units=units,
         )
+
+    def commit_batch(self, first_step: int) -> Batch:
+        """One more batch of three leaves by the node (steps from `first_step`)."""
+        leaves = [leaf(step) for step in range(first_step, first_step + 3)]
+        tree = MerkleTree([item.hash() for item in leaves])
+        commitments = self.as_account(self.node).commitments
+        return commitments.committed_batch(commitments.commit(MODEL, tree.root, 3))
 
 
 @pytest.fixture
@@ -216,3 +248,56 @@ def test_a_quorum_slashes_a_withheld_leaf_only_with_our_own_finding(
     # reading the same findings again submits nothing more
     slashing.consider(shared, batch_of=lambda b: batches[b], queue_audit=lambda *_: None)
     assert len(slasher.leaves_withheld_slashed(from_block=devnet.deployment.deploy_block)) == 1
+
+
+def test_a_node_is_slashed_once_per_batch_until_a_slash_no_longer_pays_its_gas(
+    chain: Chain,
+    dev_account: Callable[[str | int], LocalAccount],
+    ledger: Ledger,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    devnet = Devnet(chain, dev_account("client-2"), quorum=1)
+    node = devnet.node.address
+    # eight batches, committed while the node is still active (a slash leaves it below its
+    # span's stake, and then it commits nothing more)
+    batches = [devnet.batch] + [devnet.commit_batch(10 * i) for i in range(1, 8)]
+    me = devnet.verifier()
+    params = devnet.deployment.params
+    terms = SlashTerms(params.slash_bps, params.bounty_bps, params.quorum)
+    registry = devnet.as_account(me).node_registry
+    stake = registry.slashable_stake(node)  # 40 tokens: each slash takes half
+    # the gas price the verifier sees, held for the test so its decisions are predictable; and
+    # a token price at which the third slash still pays for its gas and the fourth would not
+    gas_price = max(int(chain.w3.eth.gas_price), 10**9)
+    cost = slash_gas(1, withheld=True) * gas_price * 2  # GAS_SAFETY
+    third, fourth = bounty_per_verifier(stake // 4, terms), bounty_per_verifier(stake // 8, terms)
+    price = Decimal(cost) / (Decimal(third + fourth) / 2)
+    slashing = devnet.slashing(me, ledger, token_price_eth=price, gas_price=lambda: gas_price)
+    slasher = slashing.contracts.slasher
+
+    spent: list[int] = []  # ETH each slash attempt cost the verifier (claim + slash)
+    with caplog.at_level(logging.INFO, logger="verifier"):
+        for batch in batches:
+            before = chain.w3.eth.get_balance(me.address)
+            asyncio.run(slashing.accuse_withheld(node, batch.batch_id, 0))
+            spent.append(before - chain.w3.eth.get_balance(me.address))
+        # a second leaf of a batch already slashed is not slashed again
+        asyncio.run(slashing.accuse_withheld(node, batches[0].batch_id, 1))
+
+    events = slasher.leaves_withheld_slashed(from_block=devnet.deployment.deploy_block)
+    # three slashes, one per batch, then none: the node keeps a stake no slash would pay for
+    assert [(e.batch_id, e.leaf_index) for e in events] == [(b.batch_id, 0) for b in batches[:3]]
+    assert registry.slashable_stake(node) == stake // 8 > 0
+    # every slash sent paid the verifier more than it spent on gas, the last one included
+    for event, paid_gas in zip(events, spent, strict=False):
+        assert token_value_wei(event.bounty_per_verifier, 18, price) > paid_gas > 0
+    assert spent[3:] == [0] * 5  # the skipped slashes cost nothing
+    # the operator is told once, in tokens and ETH, why the node is skipped
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+    assert len(skipped) == 1
+    assert node in skipped[0] and "5 SWARM pays 0.5 SWARM" in skipped[0] and "ETH" in skipped[0]
+    assert "5 SWARM pays 0.5 SWARM" in slashing.standings.skipped[node]
+    # and reads what the slashes took in tokens, the exact base units beside them
+    taken = [r.getMessage() for r in caplog.records if r.getMessage().startswith("slashed")]
+    assert len(taken) == 3
+    assert "20 SWARM (20000000000000000000 base units) taken, bounty 4 SWARM" in taken[0]

@@ -3,9 +3,10 @@
 node-0 (blocks 0:3) runs with `--faulty withhold`: it serves, signs receipts and commits its
 leaves like an honest node, but refuses every reveal. node-1 (3:6) is honest. A client pays one
 short session through each; then a real `stakeswarm verifier run` process audits every leaf.
-It asks node-0 again and again until its reveal deadline, signs `Withheld(node, batch, index)`
-verdicts, and slashes node-0 with `Slasher.slashWithheld`, one slash per withheld leaf; node-1
-reveals, passes, and keeps its stake. Everything is reverted afterwards.
+It asks node-0 again and again until its reveal deadline, signs a `Withheld(node, batch, index)`
+verdict, and slashes node-0 with `Slasher.slashWithheld`, once for the batch its two withheld
+leaves share (a second slash for the same batch is not sent); node-1 reveals, passes, and keeps
+its stake. Everything is reverted afterwards.
 """
 
 from __future__ import annotations
@@ -92,21 +93,23 @@ def test_a_node_that_refuses_every_reveal_is_slashed_for_withholding(
         balance = contracts.token.balance_of(verifier.address)  # after it staked
         status = wait_for_status(
             verifier,
-            "every leaf audited, the withholding node slashed for each of its leaves",
+            "every leaf audited, the withholding node slashed once for its batch",
             lambda s: (
-                s["audits"]["done"] == 4
+                s["audits"]["done"] + s["queue"]["dropped"] == 4
                 and s["audits"]["pending"] == 0
-                and s["slashes"]["withheld"] == 2
+                and s["slashes"]["withheld"] == 1
             ),
             timeout=180,
         )
 
-    # on-chain: one slashWithheld per withheld position, no slash of a shown leaf
+    # on-chain: one slashWithheld for the batch (its first withheld position), no slash of a
+    # shown leaf
+    assert len({batch for batch, _ in positions}) == 1
     events = slasher.leaves_withheld_slashed(from_block=swarm.start_block)
-    assert sorted((e.batch_id, e.leaf_index) for e in events) == positions
+    assert [(e.batch_id, e.leaf_index) for e in events] == positions[:1]
     assert {e.node for e in events} == {withholding.address}
     assert slasher.leaves_slashed(from_block=swarm.start_block) == []
-    assert all(slasher.is_withheld_slashed(batch, index) for batch, index in positions)
+    assert not slasher.is_withheld_slashed(*positions[1])
     # each slash took slash_bps of what was left; the verifier got each bounty
     params = contracts.slasher.params()
     left = stakes[withholding.address]
@@ -121,10 +124,13 @@ def test_a_node_that_refuses_every_reveal_is_slashed_for_withholding(
     assert registry.get_node(honest.address).stake == stakes[honest.address]
 
     # what the verifier says about it: /status, its ledger, the CLI
-    assert status["slashes"]["recorded"] == status["slashes"]["submitted"] == 2
-    assert int(status["slashes"]["bounties_earned"]) == bounties
-    assert status["audits"]["withheld"] == 2 and status["audits"]["passed"] == 2
-    assert status["verdicts_signed"] == 2
+    assert status["slashes"]["recorded"] == status["slashes"]["submitted"] == 1
+    assert int(status["slashes"]["bounties_earned_base_units"]) == bounties
+    # the other leaf of the slashed batch: recorded as withheld without a verdict, or dropped
+    # unaudited once the slash had landed
+    assert status["audits"]["withheld"] + status["queue"]["dropped"] == 2
+    assert status["audits"]["passed"] == 2
+    assert status["verdicts_signed"] == 1  # none for a batch already slashed
     ledger = open_ledger(
         sqlite_url(verifier.home / "verifier" / verifier.address / "ledger.sqlite")
     )
@@ -134,10 +140,11 @@ def test_a_node_that_refuses_every_reveal_is_slashed_for_withholding(
             passed = audits_of(db, honest.address)
     finally:
         ledger.close()
-    assert sorted((a.batch_id, a.leaf_index) for a in withheld) == positions
+    assert [(a.batch_id, a.leaf_index) for a in withheld] == positions[: len(withheld)]
     assert all(a.outcome is AuditOutcome.WITHHELD and a.leaf_hash is None for a in withheld)
     assert all("not available" in (a.detail or "") for a in withheld)  # the node's refusal
+    assert all("already slashed for batch" in (a.detail or "") for a in withheld[1:])
     assert {a.outcome for a in passed} == {AuditOutcome.PASSED}
     shown = status_cli(verifier)
-    assert status_field(shown, "slashes for withholding") == "2"
-    assert status_field(shown, "withheld") == "2"
+    assert status_field(shown, "slashes for withholding") == "1"
+    assert status_field(shown, "withheld") == str(len(withheld))
