@@ -97,7 +97,20 @@ class Plan:
             return "shell", ""
         if argv[0] == "stakeswarm" or "=" in argv[0] and len(argv) == 1:
             return "run", ""
+        if piped(argv) is not None:
+            return "run", ""
         return "unknown", ""
+
+
+def piped(argv: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """`printf '...' | stakeswarm ...` as (the printf, the stakeswarm command), else None."""
+    if argv[0] != "printf" or "|" not in argv:
+        return None
+    bar = argv.index("|")
+    rest = argv[bar + 1 :]
+    if not rest or rest[0] not in ("stakeswarm", ".venv/bin/stakeswarm") or "|" in rest:
+        return None
+    return argv[:bar], ("stakeswarm", *rest[1:])
 
 
 def normalized(command: Command) -> tuple[str, ...]:
@@ -206,6 +219,14 @@ class DocRun:
             return
         argv = tuple(shlex.split(self._substituted(command.text)))
         argv = ("stakeswarm", *argv[1:]) if argv[0] == ".venv/bin/stakeswarm" else argv
+        pipe = piped(argv)
+        if pipe is not None:  # what printf writes is the command's standard input
+            source, argv = pipe
+            typed = subprocess.run(
+                ["bash", "-c", shlex.join(source)], capture_output=True, text=True, check=True
+            )
+            self._invoke(command, argv, stdin=typed.stdout)
+            return
         if action == "background":
             process = self._spawn(command, argv)
             self.started.append((command, process))
@@ -249,7 +270,7 @@ class DocRun:
         text = text.replace("~/.stakeswarm", str(self.home))
         return text.replace("~/", f"{self.cwd}/")
 
-    def _invoke(self, command: Command, argv: tuple[str, ...]) -> None:
+    def _invoke(self, command: Command, argv: tuple[str, ...], stdin: str | None = None) -> None:
         assert argv[0] == "stakeswarm", f"{command.where}: {command.text}"
         env = {"COLUMNS": "200", **self._password_env(argv)}
         saved = getpass.getpass
@@ -257,7 +278,9 @@ class DocRun:
         old_cwd = Path.cwd()
         os.chdir(self.cwd)
         try:
-            result = CliRunner().invoke(app, [*argv[1:], "--home", str(self.home)], env=env)
+            result = CliRunner().invoke(
+                app, [*argv[1:], "--home", str(self.home)], env=env, input=stdin
+            )
         finally:
             os.chdir(old_cwd)
             getpass.getpass = saved
