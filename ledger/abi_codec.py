@@ -53,6 +53,7 @@ PANIC_REASONS = {
 TOKEN_AMOUNT_ARGUMENTS: Mapping[str, frozenset[str]] = {
     "StakeInsufficient": frozenset({"stake", "needed"}),
     "StakeUnbondExceedsStake": frozenset({"amount", "stake"}),
+    "StakeRebondExceedsUnbonding": frozenset({"amount", "unbonding"}),
     "ChannelsAmountExceedsDeposit": frozenset({"cumulativeAmount", "deposit"}),
     "ChannelsVoucherNotNewer": frozenset({"cumulativeAmount", "redeemed"}),
     "ERC20InsufficientBalance": frozenset({"balance", "needed"}),

@@ -621,12 +621,16 @@ def test_data_survives_reopening_the_ledger(tmp_path: Path) -> None:
 
 
 def test_migrations_log_at_debug(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Opening a ledger says nothing at INFO about its migrations; at DEBUG it lists them."""
+    """Opening a ledger says nothing at INFO about its migrations; at DEBUG it lists them.
+    Alembic's own logger is set too: a command run in-process before this test (its
+    `setup_logging`) may have left it at WARNING, which would prove nothing."""
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="alembic")
     db.open_ledger(db.sqlite_url(tmp_path / "quiet.sqlite")).close()
     assert not [r for r in caplog.records if r.name.startswith("alembic")]
     caplog.clear()
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="alembic")
     db.open_ledger(db.sqlite_url(tmp_path / "told.sqlite")).close()
     upgrades = [r for r in caplog.records if "Running upgrade" in r.getMessage()]
     assert upgrades and all(r.levelno == logging.DEBUG for r in upgrades)
