@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.errors import ClientConfigError
+from node.config import check_device_name
 from node.keepalive import DEFAULT_SILENCE_TIMEOUT
 from node.routing import DEFAULT_MAX_PRICE
 
@@ -26,6 +27,9 @@ class ClientConfig:
     # embeddings, final norm and LM head (the blocks' weights are never read)
     model_name: str | None = None  # the swarm's name of the model; None: the folder's name
     dtype: str = "float32"  # hidden states on the wire; only servers computing in it are used
+    # where the local ends (embeddings, final norm, LM head) compute, in float32: auto (the
+    # first CUDA device, else the CPU) | cpu | cuda | cuda:N
+    device: str = "auto"
 
     # --- swarm -------------------------------------------------------------------------------
     initial_peers: tuple[str, ...] = ()  # multiaddrs of swarm members to join through
@@ -61,6 +65,9 @@ class ClientConfig:
         problems: list[str] = []
         if self.dtype not in HIDDEN_DTYPES:
             problems.append(f"dtype must be one of {HIDDEN_DTYPES}, got {self.dtype!r}")
+        device_problem = check_device_name(self.device)
+        if device_problem is not None:
+            problems.append(device_problem)
         if not self.initial_peers:
             problems.append("give at least one initial peer (a multiaddr of a swarm member)")
         for name in (

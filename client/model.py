@@ -49,6 +49,7 @@ from client.errors import BudgetExceededError, ClientConfigError, SessionStateEr
 from client.session import InferenceSession
 from ledger.deployment import Deployment
 from node.blocks import ClientHead, load_client_head
+from node.device import DeviceError, local_device
 from node.families import load_config
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         """Load the local ends of the model in `model_path` and join the swarm through
         `initial_peers`, paying with `wallet` (an unlocked account, see `ledger.wallet`) on
         `deployment` (a `Deployment` or its JSON file). `options` are `ClientConfig` fields
-        (e.g. `budget=`, `max_price=` in Wei, `model_name=`, `home=`); or pass `config`."""
+        (e.g. `budget=`, `max_price=` in Wei, `model_name=`, `home=`, `device=` for the
+        local ends); or pass `config`."""
         path = Path(model_path)
         if config is None:
             try:
@@ -116,7 +118,11 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         if not isinstance(deployment, Deployment):
             deployment = Deployment.load(Path(deployment))
         model_config = load_config(path)
-        head = load_client_head(path, torch.float32)
+        try:
+            device = local_device(config.device)
+        except DeviceError as exc:
+            raise ClientConfigError(str(exc)) from None
+        head = load_client_head(path, torch.float32, device=device)
         tokenizer = load_tokenizer(path)
         client = SwarmClient(config, account=wallet, deployment=deployment)
         try:
@@ -184,10 +190,12 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
                 f"attention mask {list(mask.shape)} does not match input ids "
                 f"{list(input_ids.shape)}"
             )
-        hidden = self.head.embed(new_ids)  # [batch, new, hidden_size]
-        out = session.step(hidden, mask)
+        # the ends compute on the head's device; hidden states travel from the CPU
+        hidden = self.head.embed(new_ids.cpu())  # [batch, new, hidden_size]
+        out = session.step(hidden, mask.cpu())
         ids.processed = input_ids.clone()
-        logits = self.head.logits(out).float()  # [batch, new, vocab]
+        # logits: [batch, new, vocab], where the ids came from (generate keeps them together)
+        logits = self.head.logits(out).float().to(input_ids.device)
         return CausalLMOutputWithPast(logits=logits)
 
     # --- generation ------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
     GET /health   200 {"status": "ok"} while the node serves; 503 {"status": "unavailable",
                   "reason": ...} while starting, stopping, or after a ledger failure
-    GET /status   state, standing in the registry, span, throughput, prices, stake, sessions,
+    GET /status   state, standing in the registry, span, dtype, device and its memory,
+                  throughput, prices, stake, sessions,
                   cache use, earnings, routing rank and routes, commitments (JSON; amounts
                   as tokens beside exact `..._base_units`)
     GET /metrics  Prometheus text: steps, tokens, errors by code, cache tokens, commits, redeems,
-                  whether the registry counts the node as active
+                  whether the registry counts the node as active, the device and dtype served
+                  and the device's memory (total, free, in use, held by this process)
 
 `NodeMetrics` holds the Prometheus series on a registry of its own (never the process-global
 one, so several nodes can live in one test process).
@@ -15,6 +17,7 @@ one, so several nodes can live in one test process).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -31,6 +34,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from node.device import DeviceMemory
 from node.protocol import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -63,6 +67,28 @@ class NodeMetrics:
             registry=r,
         )
 
+    def watch_device(self, device: str, dtype: str, memory: Callable[[], DeviceMemory]) -> None:
+        """Serve the device and dtype the node computes in, and `memory()` read at each
+        scrape, as series labelled with the device."""
+        r = self.registry
+        Gauge(
+            "stakeswarm_serving",
+            "1, labelled with the device the node computes on and the dtype it serves in",
+            ["device", "dtype"],
+            registry=r,
+        ).labels(device=device, dtype=dtype).set(1)
+        readings: dict[str, tuple[str, Callable[[DeviceMemory], int]]] = {
+            "total": ("What the device has", lambda m: m.total),
+            "free": ("What new allocations may still take (CPU: RAM available)", lambda m: m.free),
+            "used": ("In use on the device, by any process", lambda m: m.used),
+            "process": ("Held by this node on the device", lambda m: m.process),
+        }
+        for name, (about, read) in readings.items():
+            gauge = Gauge(
+                f"stakeswarm_device_memory_{name}_bytes", about, ["device"], registry=r
+            ).labels(device=device)
+            gauge.set_function(functools.partial(_reading, read, memory))
+
     def served(self, tokens: int) -> None:
         self.steps.inc()
         self.tokens.inc(tokens)
@@ -72,6 +98,10 @@ class NodeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _reading(read: Callable[[DeviceMemory], int], memory: Callable[[], DeviceMemory]) -> float:
+    return float(read(memory()))
 
 
 def status_app(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,13 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 Progress = Callable[[int, int], None]  # progress(layers_loaded, layers_total)
 
 
+def head_dim(config: PretrainedConfig) -> int:
+    """The size of one attention head's keys and values."""
+    return int(
+        getattr(config, "head_dim", None) or (config.hidden_size // config.num_attention_heads)
+    )
+
+
 class SafetensorsWeights:
     """Where each tensor of a local safetensors model lives, and reads of chosen keys only."""
 
@@ -74,6 +82,23 @@ class SafetensorsWeights:
     def keys_with_prefix(self, prefix: str) -> set[str]:
         return {key for key in self.files if key.startswith(prefix)}
 
+    def numel(self, keys: Iterable[str]) -> int:
+        """How many numbers the tensors `keys` hold, from the files' headers (no tensor is
+        read)."""
+        by_file: dict[Path, list[str]] = {}
+        for key in keys:
+            if key not in self.files:
+                raise ModelFilesError(f"tensor {key!r} is missing from the weights in {self.path}")
+            by_file.setdefault(self.files[key], []).append(key)
+        count = 0
+        for file, file_keys in by_file.items():
+            if not file.is_file():
+                raise ModelFilesError(f"weights shard {file.name} is missing from {self.path}")
+            with safe_open(file, framework="pt") as f:
+                for key in file_keys:
+                    count += math.prod(f.get_slice(key).get_shape())
+        return count
+
     def read(
         self, keys: Iterable[str], dtype: torch.dtype, device: torch.device
     ) -> dict[str, torch.Tensor]:
@@ -87,9 +112,11 @@ class SafetensorsWeights:
         for file, file_keys in by_file.items():
             if not file.is_file():
                 raise ModelFilesError(f"weights shard {file.name} is missing from {self.path}")
-            with safe_open(file, framework="pt", device=str(device)) as f:
+            # read and cast on the CPU, one tensor at a time, then moved: the device only ever
+            # holds the tensors asked for, in `dtype`
+            with safe_open(file, framework="pt") as f:
                 for key in file_keys:
-                    tensors[key] = f.get_tensor(key).to(dtype)
+                    tensors[key] = f.get_tensor(key).to(dtype).to(device)
         return tensors
 
 
@@ -154,14 +181,11 @@ class Span(nn.Module):
         self.windows: tuple[int | None, ...] = tuple(
             family.window(config, index) for index in range(start, end)
         )
-        head_dim = getattr(config, "head_dim", None) or (
-            config.hidden_size // config.num_attention_heads
-        )
         self.kv_layout = KVLayout(
             start=start,
             end=end,
             num_kv_heads=config.num_key_value_heads,
-            head_dim=head_dim,
+            head_dim=head_dim(config),
             dtype=dtype,
             device=device,
         )
@@ -184,6 +208,8 @@ class Span(nn.Module):
         and the new tokens. With `cache`, `past` is `cache.length`, the mask's past part must
         equal what the session saw, and the step's keys/values are appended (all or nothing);
         without, past is 0 and the whole sequence runs statelessly.
+        The inputs may be on any device: they run on the span's, and the output comes back on
+        `hidden`'s (hidden states from the wire go to the GPU and return to the CPU).
         Raises `InvalidInputError` for bad shapes/dtypes/values and `SessionLengthError` when
         the step does not fit the session's max length.
         """
@@ -201,6 +227,7 @@ class Span(nn.Module):
             cache.room_for(tokens)
             past = cache.length
         mask = self._full_mask(attention_mask, cache, batch, past, tokens)
+        arrived_on = hidden.device
         hidden = hidden.to(self.device)
         with torch.inference_mode():
             plan = self._plan(mask, past, tokens)
@@ -223,7 +250,7 @@ class Span(nn.Module):
                 raise
             if cache is not None:
                 cache.commit(mask[:, past:])
-        return hidden
+        return hidden.to(arrived_on)  # the same tensor when it never left its device
 
     def _check_cache(self, cache: SessionCache) -> None:
         if cache.layout != self.kv_layout:
@@ -320,6 +347,23 @@ def load_span(
     return Span(config, family, start, end, layers, rotary, dtype, device)
 
 
+def block_weight_bytes(model_path: str | Path, dtype: torch.dtype) -> tuple[int, ...]:
+    """The bytes each block of the model in `model_path` takes in `dtype` (index: the global
+    block), counted from the safetensors headers: no weight is read."""
+    _check_dtype(dtype)
+    config = load_config(model_path)
+    family = family_of(config)
+    weights = SafetensorsWeights(model_path)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    sizes = []
+    for index in range(config.num_hidden_layers):
+        keys = weights.keys_with_prefix(family.layer_prefix(index))
+        if not keys:
+            raise ModelFilesError(f"no weights of block {index} in {weights.path}")
+        sizes.append(weights.numel(keys) * itemsize)
+    return tuple(sizes)
+
+
 class ClientHead(nn.Module):
     """The ends of a model a client runs itself: token embeddings, final norm, LM head, and
     what a family adds around them (Gemma 2: embeddings scaled by sqrt(hidden_size), final
@@ -341,22 +385,29 @@ class ClientHead(nn.Module):
         self.embed_scale = embed_scale  # factor on the embeddings, None: none
         self.logit_softcap = logit_softcap  # logits -> cap * tanh(logits / cap), None: none
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are and the ends compute."""
+        return self.embed_tokens.weight.device
+
     @torch.inference_mode()
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids [batch, tokens] -> hidden states [batch, tokens, hidden_size]."""
-        hidden = self.embed_tokens(input_ids)
+        """input_ids [batch, tokens] -> hidden states [batch, tokens, hidden_size], computed on
+        the head's device and returned on `input_ids`' device."""
+        hidden = self.embed_tokens(input_ids.to(self.device))
         if self.embed_scale is not None:
             # as transformers does: the factor as a float32 tensor, cast to the weights' dtype
             hidden = hidden * torch.tensor(self.embed_scale).to(hidden.dtype)
-        return hidden
+        return hidden.to(input_ids.device)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Last span's output [batch, tokens, hidden_size] -> logits [batch, tokens, vocab]."""
-        logits = self.lm_head(self.norm(hidden))
+        """Last span's output [batch, tokens, hidden_size] -> logits [batch, tokens, vocab],
+        computed on the head's device and returned on `hidden`'s device."""
+        logits = self.lm_head(self.norm(hidden.to(self.device)))
         if self.logit_softcap is not None:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
-        return logits
+        return logits.to(hidden.device)
 
 
 def load_client_head(

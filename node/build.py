@@ -2,7 +2,12 @@
 
 A node is built in two steps, both from its `NodeConfig`:
 
-1. `connect_node(config, closing)` -> `NodeBase`, before anything runs: the node's key and
+0. `plan_serving(config, model_config)` -> `ServingPlan`, before anything else (the CLI runs
+   it right after reading the model's config): the device and dtype `--device`/`--dtype`
+   name on this machine (`node.device`) and how many blocks fit its free memory with their
+   KV-cache budget (`node.memory`), or a one-line refusal.
+1. `connect_node(config, closing)` -> `NodeBase`, before anything runs: the serving plan, the
+   node's key and
    deployment, its chain connection and contracts, its ledger (`<home>/node/<address>/`, bound
    to the chain: one left by an earlier chain under the same id is set aside; a damaged one, or
    a new one where the chain shows the node's history, stops the start: `node.recovery`), the
@@ -44,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,15 +75,17 @@ from ledger.units import TokenUnits
 from node.announce import Announcer
 from node.api import NodeMetrics
 from node.balance import ChainClock, IncomingPayments, Redeemer
-from node.blocks import Progress, Span, load_span
-from node.cache import CacheManager
+from node.blocks import Progress, Span, block_weight_bytes, head_dim, load_span
+from node.cache import CacheManager, KVLayout
 from node.challenges import ChallengeAnswerer
 from node.commits import CommitsPending, Committer, InputStore, LeafWriter, Receipts
 from node.compute import PriorityExecutor
 from node.config import ConfigError, NodeConfig
+from node.device import device_memory, device_name, local_device, local_dtype
 from node.families import load_config
 from node.handler import Limits, StakeswarmNode
 from node.host import ServiceHost
+from node.memory import MemoryPlan, SpanCost, plan_span
 from node.protocol import RPC_FORWARD, RPC_INFERENCE, InfoResponse
 from node.recovery import (
     LostLedgerError,
@@ -89,7 +97,7 @@ from node.recovery import (
 )
 from node.sessions import SessionManager, SpanViews
 from node.streams import add_readable_stream_handlers
-from node.tensors import dtype_from_name
+from node.tensors import DTYPE_NAMES, dtype_from_name
 from node.throughput import choose_span, get_throughput
 
 logger = logging.getLogger(__name__)
@@ -117,6 +125,53 @@ class Wrapping:
 HONEST = Wrapping()
 
 
+# --- 0. where it computes, and what fits there ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """Where a node computes, in what precision, and how many blocks fit there."""
+
+    device: torch.device  # where the span's weights, cache and compute live
+    dtype: str  # the compute dtype served and announced: float32 | float16 | bfloat16
+    memory: MemoryPlan  # the span's length and what it takes on the device
+
+
+def plan_serving(config: NodeConfig, model_config: PretrainedConfig) -> ServingPlan:
+    """The device and dtype `config` names on this machine, and the blocks that fit its free
+    memory (`node.memory.plan_span`); `ConfigError` (one line) when they do not. Reads only
+    the safetensors headers: no weight is loaded."""
+    total = int(model_config.num_hidden_layers)
+    if config.blocks is not None and config.blocks[1] > total:
+        raise ConfigError(
+            f"blocks {config.blocks[0]}:{config.blocks[1]} exceed the model's {total} blocks"
+        )
+    device = local_device(config.device)
+    dtype = local_dtype(config.dtype, device)
+    torch_dtype = dtype_from_name(dtype)
+    one_block = KVLayout(
+        start=0,
+        end=1,
+        num_kv_heads=int(model_config.num_key_value_heads),
+        head_dim=head_dim(model_config),
+        dtype=torch_dtype,
+        device=device,
+    )
+    cost = SpanCost(
+        block_bytes=block_weight_bytes(config.model_path, torch_dtype),
+        cache_bytes_per_token=one_block.bytes_per_token,
+        cache_tokens=config.cache_tokens,
+    )
+    memory = plan_span(
+        cost,
+        device=device_name(device),
+        free=device_memory(device).free,
+        blocks=config.blocks,
+        num_blocks=config.num_blocks,
+    )
+    return ServingPlan(device=device, dtype=dtype, memory=memory)
+
+
 # --- 1. before the node runs -----------------------------------------------------------------
 
 
@@ -141,6 +196,7 @@ class NodeBase:
     model_id: ModelId
     model_config: PretrainedConfig
     total_blocks: int
+    plan: ServingPlan  # device, dtype and what fits there
     length: int  # blocks to serve
     challenge_window: float  # seconds a committed batch may be challenged
 
@@ -165,9 +221,15 @@ def connect_node(config: NodeConfig, closing: contextlib.ExitStack) -> NodeBase:
         torch.set_num_threads(config.torch_threads)
     model_config = load_config(config.model_path)
     total_blocks = int(model_config.num_hidden_layers)
-    if config.blocks is not None and config.blocks[1] > total_blocks:
-        raise ConfigError(
-            f"blocks {config.blocks[0]}:{config.blocks[1]} exceed the model's {total_blocks} blocks"
+    plan = plan_serving(config, model_config)  # before the ledger: a refusal leaves nothing
+    if config.blocks is None and config.num_blocks is None and plan.memory.length < total_blocks:
+        logger.warning(
+            "only %d of the model's %d blocks fit on %s with a cache of %d tokens: serving %d",
+            plan.memory.length,
+            total_blocks,
+            plan.memory.device,
+            config.cache_tokens,
+            plan.memory.length,
         )
     deployment, account = load_identity(config, role="node")
     folder = home / "node" / account.address
@@ -201,9 +263,8 @@ def connect_node(config: NodeConfig, closing: contextlib.ExitStack) -> NodeBase:
         model_id=model_id(config.name),
         model_config=model_config,
         total_blocks=total_blocks,
-        length=config.blocks[1] - config.blocks[0]
-        if config.blocks
-        else min(config.num_blocks or total_blocks, total_blocks),
+        plan=plan,
+        length=plan.memory.length,
         challenge_window=float(contracts.slasher.params().challenge_window),
     )
 
@@ -313,11 +374,27 @@ async def build_node(
         host.dht, base.model_name, host.peer_id.to_base58(), ttl=config.announce_ttl
     )
     start, end = await _choose_span(base, announcer, host.peer_id.to_base58())
+    plan = base.plan
     span = wrapping.span(
         await asyncio.to_thread(
-            load_span, config.model_path, start, end, dtype_from_name(config.dtype), progress
+            functools.partial(
+                load_span,
+                config.model_path,
+                start,
+                end,
+                dtype_from_name(plan.dtype),
+                progress,
+                device=plan.device,
+            )
         )
     )
+    # the DHT record, /status and every session's dtype check say `plan.dtype`: the span
+    # must compute in it
+    if DTYPE_NAMES[span.dtype] != plan.dtype or span.device != plan.device:
+        raise ConfigError(
+            f"the span loaded in {span.dtype} on {span.device}, not the {plan.dtype} on "
+            f"{device_name(plan.device)} the node declares"
+        )
     measured = await asyncio.to_thread(
         get_throughput, span, base.model_name, base.home / "cache", steps=config.throughput_steps
     )

@@ -88,7 +88,21 @@ def serve(
             help="Serve this many blocks where the swarm needs them most.", show_default=False
         ),
     ] = None,
-    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = NodeConfig.dtype,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where the blocks compute: auto (the first CUDA device, else the CPU), cpu, "
+            "cuda or cuda:N."
+        ),
+    ] = NodeConfig.device,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Precision served: float32, float16, bfloat16, or auto (bfloat16 on a CUDA "
+            "device that has it, else float16; float32 on the CPU). Clients choose servers "
+            "by it (their --dtype)."
+        ),
+    ] = NodeConfig.dtype,
     new_ledger: Annotated[
         bool,
         typer.Option(
@@ -184,7 +198,7 @@ def serve(
     peers = check_initial_peers(initial_peers)
     check_model_folder(model)
     from node import faults  # heavy imports only when serving
-    from node.build import HONEST, Wrapping
+    from node.build import HONEST, Wrapping, plan_serving
     from node.families import load_config
     from node.server import Ready, Server
 
@@ -198,6 +212,7 @@ def serve(
             blocks=parse_blocks(blocks) if blocks else None,
             num_blocks=num_blocks,
             dtype=dtype,
+            device=device,
             torch_threads=threads,
             **options.identity(),
             new_ledger=new_ledger,
@@ -227,7 +242,9 @@ def serve(
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     try:
-        load_config(model)  # config.json and a supported architecture, before the ledger opens
+        # config.json and a supported architecture, then the device, the dtype and whether
+        # the span with its cache fits the device's free memory: all before the ledger opens
+        plan_serving(config, load_config(model))
     except NodeError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -252,6 +269,7 @@ def serve(
     def on_ready(ready: Ready) -> None:
         out.print(f"stakeswarm node {ready.address} serving {ready.model}")
         out.print(f"  blocks      {ready.span[0]}:{ready.span[1]}")
+        out.print(f"  device      {ready.device} ({ready.dtype})")
         out.print(f"  throughput  {ready.throughput:.1f} tokens/s")
         out.print(f"  peer id     {ready.peer_id}")
         for maddr in ready.maddrs:

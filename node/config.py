@@ -8,6 +8,7 @@ decimals from the chain.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +24,25 @@ class ConfigError(NodeError, ValueError):
     """A node configuration that cannot work (conflicting or out-of-range options)."""
 
 
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+
+
+def check_device_name(text: str) -> str | None:
+    """What is wrong with `text` as a `--device` value (None: nothing), machine aside
+    (`node.device.resolve_device` knows the machine)."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is None:
+        return f"device must be {DEVICE_CHOICES}, got {text!r}"
+    return None
+
+
+def check_dtype_name(text: str) -> str | None:
+    """What is wrong with `text` as a `--dtype` value (None: nothing)."""
+    if text not in DTYPE_CHOICES:
+        return f"dtype must be {', '.join(DTYPE_CHOICES)}, got {text!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """How one node serves: its model and span, its chain identity, its swarm, its economics."""
@@ -33,7 +53,11 @@ class NodeConfig:
     # None: the folder's name
     blocks: tuple[int, int] | None = None  # serve exactly [start, end); None: choose a span
     num_blocks: int | None = None  # span length when choosing; None: the whole model
-    dtype: str = "float32"  # compute dtype announced and used: float32 | float16 | bfloat16
+    # compute dtype announced and used: float32 | float16 | bfloat16, or auto (node.device:
+    # bfloat16 on a CUDA device that has it, else float16; float32 on the CPU)
+    dtype: str = "float32"
+    device: str = "auto"  # where the span computes: auto (the first CUDA device, else the
+    # CPU) | cpu | cuda | cuda:N
     torch_threads: int | None = None  # torch intra-op threads; None: torch's default
 
     # --- state and chain ---------------------------------------------------------------------
@@ -113,8 +137,9 @@ class NodeConfig:
                 problems.append("give blocks or num_blocks, not both")
         if self.num_blocks is not None and self.num_blocks < 1:
             problems.append(f"num_blocks must be >= 1, got {self.num_blocks}")
-        if self.dtype not in ("float32", "float16", "bfloat16"):
-            problems.append(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
+        for problem in (check_dtype_name(self.dtype), check_device_name(self.device)):
+            if problem is not None:
+                problems.append(problem)
         problems += identity_problems(self, signs="node signs receipts and transactions")
         for name in ("price", "credit", "redeem_min"):
             if getattr(self, name) < 0:

@@ -60,6 +60,7 @@ from node.build import (
 )
 from node.commits import prune_inputs
 from node.config import NodeConfig
+from node.device import device_memory, device_name
 from node.host import HostConfig, PeriodicJob, ServiceHost
 from node.protocol import ErrorCode, InfoResponse, ServerInfo, ServerState
 from node.rank import RankLog, RouteCounts, RouteRank, rank_node, route_counts
@@ -86,6 +87,8 @@ class Ready:
     maddrs: tuple[str, ...]  # multiaddrs others join the swarm with
     model: str
     span: tuple[int, int]
+    device: str  # where it computes: cpu, cuda:0
+    dtype: str  # the precision it serves in
     throughput: float
     http_url: str | None
 
@@ -159,6 +162,10 @@ class Server:
         await serve_rpcs(host.p2p, self.parts.handler)
         host.stops.push_async_callback(self._drain)
         api = None
+        device = base.plan.device
+        self.parts.metrics.watch_device(
+            device_name(device), base.plan.dtype, lambda: device_memory(device)
+        )
         if config.http_port is not None:
             app = build_app(
                 status=self.status,
@@ -182,6 +189,8 @@ class Server:
                     maddrs=self.maddrs,
                     model=base.model_name,
                     span=(span.start, span.end),
+                    device=device_name(device),
+                    dtype=base.plan.dtype,
                     throughput=self.parts.throughput,
                     http_url=api.url if api else None,
                 )
@@ -523,7 +532,7 @@ class Server:
             throughput=float(self.parts.throughput),
             price_per_token_per_block=self.base.price_per_block,
             eth_address=self.base.address,
-            dtype=self.config.dtype,
+            dtype=self.base.plan.dtype,
             cache_tokens_left=self.parts.caches.tokens_left,
             credit_window=self.base.credit,
             http_port=self._api_port(),
@@ -581,7 +590,15 @@ class Server:
             "model_id": "0x" + self.base.model_id.hex(),
             "total_blocks": self.base.total_blocks,
             "span": [self.parts.span.start, self.parts.span.end],
-            "dtype": self.config.dtype,
+            "dtype": self.base.plan.dtype,
+            "device": {
+                "name": device_name(self.base.plan.device),
+                "memory": device_memory(self.base.plan.device).to_json(),
+                "planned": {
+                    "weights_bytes": self.base.plan.memory.weights,
+                    "cache_bytes": self.base.plan.memory.cache,
+                },
+            },
             "throughput": self.parts.throughput,
             "price_per_token_per_block": str(self.base.price_per_block),
             "price_per_token": str(price_per_token),

@@ -266,7 +266,8 @@ def check_step(session: Session, hidden: torch.Tensor, mask: torch.Tensor) -> in
             f"{session.cache.max_length}",
         )
     check_mask(mask, batch, past + tokens)
-    if past and not torch.equal(mask[:, :past].bool(), session.cache.mask):
+    # the cache lives on the span's device, the step as it arrived on the CPU
+    if past and not torch.equal(mask[:, :past].bool(), session.cache.mask.to(mask.device)):
         raise ProtocolError(
             ErrorCode.BAD_TENSOR, "the attention mask disagrees with the session's cached positions"
         )

@@ -3,7 +3,7 @@
 Measuring: `get_throughput` times decode-like steps (batch 1, one new token per step, with a
 KV cache; the faster of two passes, so one-time costs such as kernel loading do not count)
 through a loaded span and caches the result in `throughput.json` in a directory the
-caller passes, keyed by model name, dtype, torch thread count and block count, so a node
+caller passes, keyed by model name, dtype, torch thread count, block count and device, so a node
 measures once per configuration. `tokens_per_s` is what a server announces: tokens per second
 it can push through its whole span. `block_tokens_per_s` is the same work per block (what one
 block costs), to estimate a span of another length before loading it.
@@ -31,6 +31,7 @@ import torch
 
 from node.blocks import Span
 from node.cache import CacheManager
+from node.device import device_name
 from node.errors import InvalidSpanError
 from node.tensors import DTYPE_NAMES
 
@@ -55,15 +56,18 @@ class Throughput:
     tokens_per_s: float  # decode-like tokens per second through the whole span
     block_tokens_per_s: float  # tokens_per_s * blocks: the rate of one block
     measured_at: float  # unix time
+    device: str = "cpu"  # where it ran: cpu, cuda:0 (entries older than the field: the CPU)
 
     @property
     def key(self) -> str:
-        return cache_key(self.model, self.dtype, self.threads, self.blocks)
+        return cache_key(self.model, self.dtype, self.threads, self.blocks, self.device)
 
 
-def cache_key(model: str, dtype: str, threads: int, blocks: int) -> str:
-    """The cache key of a measurement configuration."""
-    return f"{model}|{dtype}|threads={threads}|blocks={blocks}"
+def cache_key(model: str, dtype: str, threads: int, blocks: int, device: str = "cpu") -> str:
+    """The cache key of a measurement configuration (the CPU's keys name no device, as
+    before measurements on other devices were kept)."""
+    key = f"{model}|{dtype}|threads={threads}|blocks={blocks}"
+    return key if device == "cpu" else f"{key}|device={device}"
 
 
 def measure_throughput(span: Span, model: str, *, steps: int = 16) -> Throughput:
@@ -90,6 +94,7 @@ def measure_throughput(span: Span, model: str, *, steps: int = 16) -> Throughput
         tokens_per_s=tokens_per_s,
         block_tokens_per_s=tokens_per_s * span.num_blocks,
         measured_at=time.time(),
+        device=device_name(span.device),
     )
 
 
@@ -112,7 +117,13 @@ def get_throughput(
     """The cached measurement for this configuration, measured (and cached) if missing or
     `force`. A corrupt cache file is logged and replaced."""
     path = Path(cache_dir) / THROUGHPUT_FILE
-    key = cache_key(model, DTYPE_NAMES[span.dtype], torch.get_num_threads(), span.num_blocks)
+    key = cache_key(
+        model,
+        DTYPE_NAMES[span.dtype],
+        torch.get_num_threads(),
+        span.num_blocks,
+        device_name(span.device),
+    )
     entries = _read_cache(path)
     if not force and key in entries:
         try:

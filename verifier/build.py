@@ -38,9 +38,11 @@ from ledger.identity import load_identity
 from ledger.types import ModelId, model_id
 from ledger.units import TokenUnits
 from node.blocks import Span, load_span
+from node.device import DeviceError, device_name, local_device
 from node.families import load_config
 from node.host import ServiceHost
 from verifier.config import VerifierConfig
+from verifier.errors import VerifierConfigError
 from verifier.sampling import AuditKey
 from verifier.slashing import Slashing
 from verifier.standing import Standings
@@ -51,11 +53,13 @@ logger = logging.getLogger(__name__)
 
 
 class SpanCache:
-    """Float32 spans of the model for recomputation, the `capacity` most recently used kept."""
+    """Float32 spans of the model for recomputation on `device`, the `capacity` most recently
+    used kept."""
 
-    def __init__(self, model_path: Path, capacity: int) -> None:
+    def __init__(self, model_path: Path, capacity: int, device: torch.device | str = "cpu") -> None:
         self.model_path = model_path
         self.capacity = capacity
+        self.device = torch.device(device)
         self._spans: OrderedDict[tuple[int, int], Span] = OrderedDict()
 
     def get(self, start: int, end: int) -> Span:
@@ -63,7 +67,7 @@ class SpanCache:
         if key in self._spans:
             self._spans.move_to_end(key)
             return self._spans[key]
-        span = load_span(self.model_path, start, end, torch.float32)
+        span = load_span(self.model_path, start, end, torch.float32, device=self.device)
         self._spans[key] = span
         while len(self._spans) > self.capacity:
             self._spans.popitem(last=False)
@@ -104,6 +108,11 @@ def connect_verifier(config: VerifierConfig, closing: contextlib.ExitStack) -> V
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     hidden_size = int(load_config(config.model_path).hidden_size)
+    try:  # before the ledger: a machine without the device stops here
+        device = local_device(config.device)
+    except DeviceError as exc:
+        raise VerifierConfigError(str(exc)) from None
+    logger.info("recomputing spans on %s in float32", device_name(device))
     deployment, account = load_identity(config, role="verifier")
     folder = home / "verifier" / account.address
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -134,7 +143,7 @@ def connect_verifier(config: VerifierConfig, closing: contextlib.ExitStack) -> V
         model_name=config.name,
         model_id=model_id(config.name),
         hidden_size=hidden_size,
-        spans=SpanCache(Path(config.model_path), config.max_spans),
+        spans=SpanCache(Path(config.model_path), config.max_spans, device),
         quorum=params.quorum,
         challenge_window=params.challenge_window,
         domain=contracts.slasher.domain(),

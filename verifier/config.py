@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from ledger.identity import identity_problems
-from node.config import DEFAULT_HOST_MADDRS
+from node.config import DEFAULT_HOST_MADDRS, check_device_name
 from verifier.errors import VerifierConfigError
 
 # Seconds a node has to reveal a sampled leaf before the verifier signs a withheld verdict.
@@ -48,6 +48,9 @@ class VerifierConfig:
     token_price_eth: Decimal = Decimal(1)
     max_spans: int = 4  # spans kept loaded for recomputation (least recently used dropped)
     torch_threads: int | None = None  # torch intra-op threads; None: torch's default
+    # where spans are recomputed (always in float32): auto (the first CUDA device, else the
+    # CPU) | cpu | cuda | cuda:N
+    device: str = "auto"
 
     # --- chain -------------------------------------------------------------------------------
     home: Path = Path("~/.stakeswarm")  # state directory; the verifier keeps its files in
@@ -97,6 +100,9 @@ class VerifierConfig:
             problems.append("max_spans must be >= 1")
         if self.torch_threads is not None and self.torch_threads < 1:
             problems.append("torch_threads must be >= 1")
+        device_problem = check_device_name(self.device)
+        if device_problem is not None:
+            problems.append(device_problem)
         problems += identity_problems(self, signs="verifier signs verdicts and transactions")
         if self.stake is not None and self.stake < 0:
             problems.append("stake must not be negative")

@@ -91,6 +91,7 @@ class GenerationOptions:
     stop: tuple[str, ...]  # generation stops once the text ends with one of these
     system: str | None  # a system message (chat template)
     dtype: str  # hidden states on the wire
+    device: str  # where the local ends compute: auto, cpu, cuda, cuda:N
     log_level: str  # logs on stderr
 
     def check(self) -> tuple[str, ...]:
@@ -108,6 +109,12 @@ class GenerationOptions:
             )
         if any(not stop for stop in self.stop):
             raise typer.BadParameter("must not be empty", param_hint="--stop")
+        from node.device import DeviceError, local_device  # torch loads only here
+
+        try:
+            local_device(self.device)
+        except DeviceError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--device") from None
         return tuple(peers)
 
     def decoding(self, tokenizer: Any) -> dict[str, Any]:
@@ -226,6 +233,17 @@ _GENERATION_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
         None,
     ),
     ("dtype", Annotated[str, typer.Option(help="Hidden states on the wire.")], ClientConfig.dtype),
+    (
+        "device",
+        Annotated[
+            str,
+            typer.Option(
+                help="Where the local ends (embeddings, final norm, LM head) compute: auto (the "
+                "first CUDA device, else the CPU), cpu, cuda or cuda:N."
+            ),
+        ],
+        ClientConfig.device,
+    ),
     ("log_level", LogLevelOpt, "WARNING"),
 )
 
@@ -267,6 +285,7 @@ def open_model(
         model_path=generation.model,
         model_name=generation.model_name,
         dtype=generation.dtype,
+        device=generation.device,
         initial_peers=tuple(peers),
         rpc_url=options.rpc,
         home=Home.resolve(options.home).root,

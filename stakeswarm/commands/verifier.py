@@ -114,6 +114,13 @@ def run(
         ),
     ] = str(VerifierConfig.token_price_eth),
     threads: ThreadsOpt = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where spans are recomputed (in float32): auto (the first CUDA device, else "
+            "the CPU), cpu, cuda or cuda:N."
+        ),
+    ] = VerifierConfig.device,
     log_level: LogLevelOpt = "INFO",
     *,
     options: ChainOptions,
@@ -122,6 +129,7 @@ def run(
     # local inputs first: a typo ends here, before any chain, ledger or network work
     peers = check_initial_peers(initial_peers)
     check_model_folder(model)
+    from node.device import local_device
     from node.errors import NodeError
     from node.families import load_config
     from verifier.errors import VerifierError
@@ -139,6 +147,7 @@ def run(
             reveal_deadline=reveal_deadline,
             retry_interval=retry_interval,
             torch_threads=threads,
+            device=device,
             **options.identity(),
             stake=None if stake is None else parse_tokens(stake, "--stake"),
             poll_interval=poll_interval,
@@ -152,6 +161,7 @@ def run(
         raise typer.Exit(2) from None
     try:
         load_config(model)  # config.json and a supported architecture, before the ledger opens
+        local_device(device)  # and a device this machine has
     except NodeError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None

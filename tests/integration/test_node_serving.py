@@ -67,7 +67,13 @@ NODE_ARGS = (
     "--max-frame-mb", "2",
     "--announce-interval", "5",
     "--max-forward-tokens", str(MAX_FORWARD_TOKENS),
+    # what an operator gets by asking for nothing in particular: on this CPU, float32; on a GPU
+    # machine `--dtype auto` would serve 16-bit, which this module's float32 clients do not
+    # route to (tests/integration/test_cuda.py covers that), so there it stays float32
+    "--device", "auto",
+    "--dtype", "float32" if torch.cuda.is_available() else "auto",
 )  # fmt: skip
+EXPECTED_DEVICE = "cuda:0" if torch.cuda.is_available() else "cpu"
 PROMPT = torch.tensor([[1, 17, 42, 99, 7, 256, 3]])
 
 
@@ -478,6 +484,15 @@ def test_status_health_and_metrics(swarm: PaidSwarm) -> None:
     assert status["span"] == [0, 2] and status["state"] == "online"
     assert status["address"] == node.address and status["peer_id"] == node.peer_id
     assert status["sessions"] == 0 and status["cache"]["tokens_used"] == 0
+    # where it computes, in what precision, and what room is left there
+    assert status["dtype"] == "float32"
+    device = status["device"]
+    assert device["name"] == EXPECTED_DEVICE
+    memory = device["memory"]
+    assert 0 < memory["free_bytes"] <= memory["total_bytes"]
+    assert memory["used_bytes"] == memory["total_bytes"] - memory["free_bytes"]
+    assert memory["process_bytes"] > 0
+    assert device["planned"]["weights_bytes"] > 0 and device["planned"]["cache_bytes"] > 0
     assert (
         int(status["earnings"]["unredeemed_base_units"]) == swarm.payer.paid[swarm.hops[0].channel]
     )
@@ -486,6 +501,12 @@ def test_status_health_and_metrics(swarm: PaidSwarm) -> None:
     metrics = node.metrics()
     for series in ("stakeswarm_steps_total", "stakeswarm_tokens_total", "stakeswarm_commits_total"):
         value = next(line for line in metrics.splitlines() if line.startswith(series + " "))
+        assert float(value.split()[1]) > 0
+    lines = metrics.splitlines()
+    assert f'stakeswarm_serving{{device="{EXPECTED_DEVICE}",dtype="float32"}} 1.0' in lines
+    for series in ("total", "free", "used", "process"):
+        name = f'stakeswarm_device_memory_{series}_bytes{{device="{EXPECTED_DEVICE}"}} '
+        value = next(line for line in lines if line.startswith(name))
         assert float(value.split()[1]) > 0
 
 

@@ -107,3 +107,10 @@ def test_throughput_is_measured_once_per_configuration(tmp_path: Path) -> None:
     path.write_text("{not json")
     assert get_throughput(span, "tiny-llama", cache_dir, steps=4).tokens_per_s > 0
     assert first.key in json.loads(path.read_text())
+
+
+def test_a_measurement_on_a_gpu_is_kept_apart_from_the_cpus() -> None:
+    cpu = cache_key("tiny-llama", "float32", 4, 2)
+    assert cpu == "tiny-llama|float32|threads=4|blocks=2"  # the key caches already hold
+    assert cache_key("tiny-llama", "float32", 4, 2, "cpu") == cpu
+    assert cache_key("tiny-llama", "float32", 4, 2, "cuda:0") == f"{cpu}|device=cuda:0"

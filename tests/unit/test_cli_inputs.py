@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from stakeswarm.tiny_models import make_tiny_model
 
@@ -141,3 +142,53 @@ def test_wallet_show_loads_no_model_or_network_library(tmp_path: Path) -> None:
     )
     assert address.lower() in result.stdout.lower(), result.stdout + result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+
+
+@NO_CUDA
+@pytest.mark.parametrize("command", [("node", "serve", "--blocks", "0:1"), ("verifier", "run")])
+def test_servers_on_a_machine_without_cuda_refuse_device_cuda_before_their_ledger(
+    tmp_path: Path, tiny: Path, command: tuple[str, ...]
+) -> None:
+    home = tmp_path / "home"
+    result = _stakeswarm(
+        *command, "--model", str(tiny), "--device", "cuda", "--devnet", "--home", str(home)
+    )
+    assert result.returncode == 2
+    assert _one_error_line(result) == (
+        "error: --device cuda: this machine has no CUDA device (torch sees none); "
+        "use --device cpu or auto"
+    )
+    assert not home.exists()  # no ledger was created, no migration ran
+
+
+@NO_CUDA
+def test_client_generate_without_cuda_refuses_device_cuda_before_joining(
+    tmp_path: Path, tiny: Path
+) -> None:
+    home = tmp_path / "home"
+    result = _stakeswarm(
+        "client", "generate", "hi", "--model", str(tiny), "--initial-peers", GOOD_PEER,
+        "--device", "cuda:1", "--devnet", "--home", str(home),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "this machine has no CUDA device" in result.stderr
+    assert not home.exists()
+
+
+def test_node_serve_refuses_a_span_whose_cache_does_not_fit_before_its_ledger(
+    tmp_path: Path, tiny: Path
+) -> None:
+    home = tmp_path / "home"
+    result = _stakeswarm(
+        "node", "serve", "--model", str(tiny), "--blocks", "0:2", "--device", "cpu",
+        "--cache-tokens", str(10**12), "--devnet", "--home", str(home),
+    )  # fmt: skip
+    assert result.returncode == 2
+    line = _one_error_line(result)
+    assert line.startswith("error: blocks 0:2 need ~")
+    assert "for 1000000000000 tokens) but cpu has" in line
+    assert line.endswith("at most 0 blocks fit; lower --cache-tokens or free memory")
+    assert not home.exists()
