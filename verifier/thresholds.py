@@ -76,6 +76,40 @@ TOLERANCES: Final[dict[str, Tolerance]] = {
 }
 
 
+# Recomputing a 16-bit node in its own dtype and step structure (`verifier.audit.AuditSpans`,
+# the closest of sdpa and eager attention). On one CPU an honest node's threads and batch
+# composition are then reproduced bit for bit; what is left is another kernel's accumulation
+# order (matmuls without oneDNN, sdpa's math backend: the stand-ins for another machine),
+# which ten blocks amplify. SmolLM2 blocks 0-10 (docs/benchmarks.md, 16-bit calibration):
+BFLOAT16_MATCHED_TOLERANCE: Final = Tolerance(
+    min_overlap=0.5,  # honest >= 0.875; no cheat is caught by overlap alone
+    max_rel_error=0.25,  # honest <= 5.5e-2 (other kernels); the float32 way needs 1.0
+    max_mean_rel_error=1.5e-2,  # honest <= 6.5e-3; skip-block >= 3.4e-2, other checkpoint
+    # >= 0.13 (1% noise, 1% weights, int8, float16 compute stay inside: 8e-4 .. 2e-2)
+)
+FLOAT16_MATCHED_TOLERANCE: Final = Tolerance(
+    min_overlap=0.5,  # honest >= 0.875
+    max_rel_error=6e-2,  # float16 keeps 3 more bits than bfloat16: a quarter of its bound
+    max_mean_rel_error=4e-3,  # honest <= 5.7e-4 (tiny, sdpa's math backend); float32 way 1e-2
+)
+
+# declared 16-bit dtype -> its tolerance when the verifier recomputes in that dtype
+MATCHED_TOLERANCES: Final[dict[str, Tolerance]] = {
+    "float16": FLOAT16_MATCHED_TOLERANCE,
+    "bfloat16": BFLOAT16_MATCHED_TOLERANCE,
+}
+
+
+def matched_tolerance_for(dtype: str) -> Tolerance:
+    """The tolerance of a declared 16-bit dtype for a dtype-matched recomputation."""
+    try:
+        return MATCHED_TOLERANCES[dtype]
+    except KeyError:
+        raise KeyError(
+            f"no matched audit tolerance for dtype {dtype!r}; known: {list(MATCHED_TOLERANCES)}"
+        ) from None
+
+
 def tolerance_for(dtype: str) -> Tolerance:
     """The tolerance of a declared dtype; `KeyError` naming the known ones otherwise."""
     try:
