@@ -17,12 +17,21 @@ declare it, and (with --device cuda) another machine's arithmetic.
     .venv/bin/python benchmarks/calibrate.py --model smollm2 --blocks 0:10 --sessions 20
     .venv/bin/python benchmarks/calibrate.py --model PATH --device cuda   # nodes on a GPU
 
+With `--matched` it calibrates the 16-bit audit instead: nodes that declare bfloat16 / float16
+(`--declared`), every honest 16-bit variation and every cheat, each audited both ways (one
+float32 pass; the declared dtype step by step, `verifier.audit.AuditSpans`):
+
+    .venv/bin/python benchmarks/calibrate.py --model smollm2 --blocks 0:10 --matched \\
+        --declared bfloat16 --sessions 25
+
 With `--json PATH` the matrix is also written as data (`benchmarks/run_all.py` collects it).
 
 Nodes on another machine (a GPU machine without the verifier's chain dependencies): serve
 there with `--dump DIR` (saves every variation's sessions, inputs and outputs, in one
 safetensors file, and prints a checksum of the model's weights), then audit here with
-`--from FILE` (the same --model, rebuilt from its seed: the checksums must agree).
+`--from FILE` (the same --model, rebuilt from its seed: the checksums must agree); 16-bit
+sessions are audited both ways, so a GPU run measures what another machine's arithmetic does
+to the matched tolerances.
 
     python3 benchmarks/calibrate.py --model random576 --device cuda --dump out/   # there
     .venv/bin/python benchmarks/calibrate.py --model random576 \\
@@ -117,6 +126,12 @@ class Options:
         "one float32 pass and in the declared dtype step by step (verifier.audit.AuditSpans)",
     )
     declared: tuple[str, ...] = option(MATCHED_DTYPES, "with --matched: the declared dtypes")
+    sketch_k: int = option(0, "with --matched: sketch this many components (0: the node's k)")
+    stem: bool = option(
+        False,
+        "sessions enter the span as a real model's hidden states there: the embeddings run "
+        "through the blocks before it (float32), not the embeddings themselves",
+    )
     dump: str = option("", "serve only, saving the sessions in this folder")
     source: str = option("", "audit the sessions a --dump saved in this file", flag="--from")
 
@@ -300,7 +315,25 @@ def loaded(options: Options) -> Iterator[tuple[Path, int, Span, ClientHead]]:
         start, end = (
             parse_span(options.blocks, layers) if options.blocks else (0, max(1, layers // 2))
         )
-        yield path, layers, load_span(path, start, end), load_client_head(path)
+        head = load_client_head(path)
+        if options.stem and start > 0:
+            head = StemmedHead(head, load_span(path, 0, start))
+        yield path, layers, load_span(path, start, end), head
+
+
+class StemmedHead(ClientHead):
+    """A client head whose `embed` also runs the blocks before the calibrated span (`stem`),
+    so a span that starts deep in the model gets the hidden states it would really see."""
+
+    def __init__(self, head: ClientHead, stem: Span) -> None:
+        super().__init__(head.embed_tokens, head.norm, head.lm_head,
+                         embed_scale=head.embed_scale, logit_softcap=head.logit_softcap)  # fmt: skip
+        self.stem = stem
+
+    @torch.inference_mode()
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [batch, tokens] -> the stem's output [batch, tokens, hidden_size]."""
+        return self.stem.forward(super().embed(input_ids), None)
 
 
 def run(options: Options) -> CalibrationResult:
@@ -380,6 +413,7 @@ def run_matched(options: Options) -> MatchedResult:
                         span, head, named, sessions=options.sessions,
                         seed=options.seed + index, new_tokens=options.new_tokens,
                         device=options.device, matched=matched,
+                        sketch_k=options.sketch_k or None,
                     )  # fmt: skip
                     rows.append(Row.of(rates))
                     print(f"{named.name}: {rates.leaves} leaves", flush=True)
@@ -392,6 +426,7 @@ def run_matched(options: Options) -> MatchedResult:
                     rates = run_variation(
                         span, head, variation, sessions=options.cells, seed=options.seed,
                         new_tokens=options.new_tokens, device=options.device, matched=matched,
+                        sketch_k=options.sketch_k or None,
                     )  # fmt: skip
                     cells.append(rates.detection_rate)
                 noise.append(NoiseRow(f"{declared}, {way}", tuple(cells)))

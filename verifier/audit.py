@@ -21,6 +21,13 @@
    memory stays bounded for sessions of any length; step k's positions are compared.
 4. `judge`: `node.sketch.compare` against the committed sketch, with the tolerance of the
    dtype the node declared (`verifier.thresholds`).
+
+A node that declares float16 or bfloat16 can be recomputed as it computed instead
+(`AuditSpans.audit`): in its dtype, its prefill and then each decode step through a KV cache
+(`recompute_steps`), with copies of the span that run sdpa and eager attention
+(`matched_spans`), judged by the closest under the dtype's matched tolerance (`judge_matched`).
+Both sides then round at the same points. `AuditSpans.audit` runs float32 nodes exactly as
+steps 3-4 say.
 """
 
 from __future__ import annotations

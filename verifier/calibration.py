@@ -8,8 +8,12 @@ session's inputs up to the leaf) and judges it with `verifier.thresholds`.
 
 Honest variations: torch threads on the node (2, or 1) and the verifier's (1), the session's
 rows computed inside a larger batch with other sessions (batch composition), cached steps
-against one pass, and float16 / bfloat16 nodes that declare it. Cheats: every compute cheat
-of `node.faults` (all but equivocate, which is not a computation), declared float32 or bfloat16.
+against one pass, and float16 / bfloat16 nodes that declare it; for 16-bit nodes also eager
+attention against sdpa and other kernels for the same ops (`honest_16bit`). Cheats: every
+compute cheat of `node.faults` (all but equivocate, which is not a computation), and three
+served only here (`SpanCheat`: int8 weights, another checkpoint, float16 compute declared as
+bfloat16). With `matched`, a 16-bit node's leaves are recomputed in its dtype and steps
+(`verifier.audit.recompute_steps` over `matched_spans`, `judge_matched`).
 
 `benchmarks/calibrate.py` prints the rates; `tests/unit/test_verifier_audit.py` asserts zero
 false positives and at least 99% detection per cheated leaf. The serving side imports only
@@ -334,12 +338,16 @@ def leaves_from(
     inputs: list[tuple[torch.Tensor, torch.Tensor]],
     outputs: list[torch.Tensor],
     cheated: list[bool],
+    sketch_k: int | None = None,
 ) -> list[Leaf]:
-    """The leaves committed for one session's steps: what each step received and sent."""
-    from node.sketch import Sketch, sketch
+    """The leaves committed for one session's steps: what each step received and sent, its
+    output sketched with `sketch_k` components per position (None: the node's `SKETCH_TOP_K`;
+    another k measures what a wider sketch would see)."""
+    from node.sketch import SKETCH_TOP_K, Sketch, sketch
 
+    k = sketch_k or SKETCH_TOP_K
     return [
-        Leaf(step, inputs[: step + 1], Sketch.decode(sketch(out).encode()), was_cheated)
+        Leaf(step, inputs[: step + 1], Sketch.decode(sketch(out, k).encode()), was_cheated)
         for step, (out, was_cheated) in enumerate(zip(outputs, cheated, strict=True))
     ]
 
@@ -373,6 +381,7 @@ def run_variation(
     new_tokens: int = 6,
     device: str = "cpu",
     matched: bool = False,
+    sketch_k: int | None = None,
 ) -> Rates:
     """Serve `sessions` random sessions as `variation` (the node on `device`) and audit every
     leaf on the CPU: in one float32 pass, or (`matched`, for a 16-bit declared dtype) step by
@@ -386,6 +395,6 @@ def run_variation(
     rates = Rates(variation)
     for _ in range(sessions):
         hidden, mask, prompt = session_inputs(head, generator, new_tokens=new_tokens)
-        for leaf in leaves_from(*node.serve(hidden, mask, prompt)):
+        for leaf in leaves_from(*node.serve(hidden, mask, prompt), sketch_k=sketch_k):
             rates.add(leaf, audit_leaf(reference, leaf, variation.declared, twins))
     return rates

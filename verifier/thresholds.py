@@ -32,6 +32,16 @@ honest node may differ by depends on the dtype it declared (the dtype its inputs
   skipped blocks); small perturbations hide in its own rounding. docs/security.md says what
   that means for stakes; docs/benchmarks.md has the calibration tables.
 
+A 16-bit node can instead be recomputed in its own dtype and step structure (the prefill, then
+each cached decode step, through the node's block code: `verifier.audit.AuditSpans`), so both
+sides round at the same points. On one CPU that reproduces an honest node's threads and batch
+composition bit for bit, and the closest of an sdpa and an eager copy absorbs the attention
+implementation; what remains is another kernel's accumulation order, amplified through the
+span's blocks (the matched tolerances below). It catches a skipped block and another
+checkpoint on every leaf where one float32 pass missed a third of skipped blocks; small
+perturbations (1% noise or weights, int8 weights, float16 compute declared as bfloat16) stay
+inside that honest spread at the span's end (docs/benchmarks.md, "16-bit audits").
+
 `benchmarks/calibrate.py` reruns the calibration and prints false-positive and detection rates.
 """
 
