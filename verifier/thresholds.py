@@ -87,20 +87,23 @@ TOLERANCES: Final[dict[str, Tolerance]] = {
 
 
 # Recomputing a 16-bit node in its own dtype and step structure (`verifier.audit.AuditSpans`,
-# the closest of sdpa and eager attention). On one CPU an honest node's threads and batch
-# composition are then reproduced bit for bit; what is left is another kernel's accumulation
-# order (matmuls without oneDNN, sdpa's math backend: the stand-ins for another machine),
-# which ten blocks amplify. SmolLM2 blocks 0-10 (docs/benchmarks.md, 16-bit calibration):
+# the closest of sdpa and eager attention). On one CPU that reproduces an honest node's
+# threads and eager attention bit for bit; what is left is another kernel's accumulation order
+# (matmuls without oneDNN, sdpa's math backend, larger batches: stand-ins for another
+# machine), which ten blocks amplify. Measured on SmolLM2 blocks 0-10 (docs/benchmarks.md,
+# "16-bit audits"; honest GPU nodes are not measured yet):
 BFLOAT16_MATCHED_TOLERANCE: Final = Tolerance(
-    min_overlap=0.5,  # honest >= 0.875; no cheat is caught by overlap alone
-    max_rel_error=0.25,  # honest <= 5.5e-2 (other kernels); the float32 way needs 1.0
-    max_mean_rel_error=1.5e-2,  # honest <= 6.5e-3; skip-block >= 3.4e-2, other checkpoint
-    # >= 0.13 (1% noise, 1% weights, int8, float16 compute stay inside: 8e-4 .. 2e-2)
+    min_overlap=0.5,  # honest >= 0.875 (1,050 leaves); no cheat is caught by overlap alone
+    max_rel_error=0.25,  # honest <= 0.109 (sdpa's math backend); the float32 way needs 1.0
+    max_mean_rel_error=1.5e-2,  # honest <= 7.4e-3 (other matmul kernel; batched 5.4e-3);
+    # skip-block >= 2.0e-2, other checkpoint >= 0.10 (1% noise, 1% weights, int8 and float16
+    # compute stay at 2e-3 .. 5e-2 on both sides of it: caught on 0-11% of leaves)
 )
 FLOAT16_MATCHED_TOLERANCE: Final = Tolerance(
-    min_overlap=0.5,  # honest >= 0.875
-    max_rel_error=6e-2,  # float16 keeps 3 more bits than bfloat16: a quarter of its bound
-    max_mean_rel_error=4e-3,  # honest <= 5.7e-4 (tiny, sdpa's math backend); float32 way 1e-2
+    min_overlap=0.5,  # honest 1.0 (210 leaves)
+    max_rel_error=6e-2,  # honest <= 8e-3 (sdpa's math backend; all others bit for bit)
+    max_mean_rel_error=4e-3,  # honest <= 1.2e-3; int8 weights >= 4.6e-3, skip-block >=
+    # 3.2e-2, 1% weights >= 3.4e-3 (97% caught); 1% noise stays inside (1.0e-3 .. 3.7e-3)
 )
 
 # declared 16-bit dtype -> its tolerance when the verifier recomputes in that dtype
