@@ -316,18 +316,17 @@ def recompute_steps(
     step i's input exactly as revealed and `mask` [batch, total] step k's mask. Both sides
     round at the same points, so what differs is only the arithmetic's order, not its
     precision. Memory: the session's cache plus the largest step, which the node ran too."""
-    if any(h.dtype != span.dtype for h in hiddens):
-        raise ValueError(f"the revealed steps are not in the span's dtype {span.dtype}")
+    if not hiddens or any(h.dtype != span.dtype for h in hiddens):
+        raise ValueError(f"recompute_steps takes one or more steps in the span's {span.dtype}")
     batch, total = hiddens[0].shape[0], sum(h.shape[1] for h in hiddens)
     caches = CacheManager(max_tokens=batch * total)
-    output = hiddens[0]
     with caches.open("recompute", span.kv_layout, batch=batch, max_length=total) as cache:
         end = 0
         for hidden in hiddens:
             end += hidden.shape[1]
             # output: [batch, tokens_i, hidden_size], attending to positions [0, end)
             output = span.forward(hidden, mask[:, :end], cache)
-    return output.cpu()
+    return output.cpu()  # step k's: the loop ran at least once
 
 
 @dataclass(frozen=True)

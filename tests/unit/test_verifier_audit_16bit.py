@@ -114,6 +114,8 @@ def test_matched_recompute_reproduces_an_honest_cpu_node_bit_for_bit(
     recomputed = recompute_steps(own, [h for h, _ in inputs], inputs[-1][1])
     assert recomputed.dtype == node.dtype
     assert torch.equal(recomputed, outputs[-1])  # [2, 1, 64]
+    with pytest.raises(ValueError, match="one or more steps"):  # steps not in the node's dtype
+        recompute_steps(own, [h.float() for h, _ in inputs], inputs[-1][1])
 
 
 def test_matched_spans_are_copies_in_the_dtype_with_each_attention(
