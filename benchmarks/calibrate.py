@@ -17,12 +17,21 @@ declare it, and (with --device cuda) another machine's arithmetic.
     .venv/bin/python benchmarks/calibrate.py --model smollm2 --blocks 0:10 --sessions 20
     .venv/bin/python benchmarks/calibrate.py --model PATH --device cuda   # nodes on a GPU
 
+With `--matched` it calibrates the 16-bit audit instead: nodes that declare bfloat16 / float16
+(`--declared`), every honest 16-bit variation and every cheat, each audited both ways (one
+float32 pass; the declared dtype step by step, `verifier.audit.AuditSpans`):
+
+    .venv/bin/python benchmarks/calibrate.py --model smollm2 --blocks 0:10 --matched \\
+        --declared bfloat16 --sessions 25
+
 With `--json PATH` the matrix is also written as data (`benchmarks/run_all.py` collects it).
 
 Nodes on another machine (a GPU machine without the verifier's chain dependencies): serve
 there with `--dump DIR` (saves every variation's sessions, inputs and outputs, in one
 safetensors file, and prints a checksum of the model's weights), then audit here with
-`--from FILE` (the same --model, rebuilt from its seed: the checksums must agree).
+`--from FILE` (the same --model, rebuilt from its seed: the checksums must agree); 16-bit
+sessions are audited both ways, so a GPU run measures what another machine's arithmetic does
+to the matched tolerances.
 
     python3 benchmarks/calibrate.py --model random576 --device cuda --dump out/   # there
     .venv/bin/python benchmarks/calibrate.py --model random576 \\
@@ -58,23 +67,29 @@ from safetensors.torch import load_file, save_file
 
 from node.blocks import ClientHead, Span, load_client_head, load_span
 from node.faults import FaultMode
+from verifier.audit import matched_spans
 from verifier.calibration import (
+    DTYPES,
     HONEST,
     Rates,
     SimulatedNode,
     Variation,
     audit_leaf,
     cheats,
+    honest_16bit,
     leaves_from,
     run_variation,
     session_inputs,
     step_bounds,
 )
-from verifier.thresholds import TOLERANCES
+from verifier.thresholds import MATCHED_TOLERANCES, TOLERANCES
 
 SCRIPT = "calibrate.py"
 NOISE_SCALES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 NOISE_DTYPES = ("float32", "float16", "bfloat16")
+MATCHED_DTYPES = ("bfloat16", "float16")
+FLOAT32_WAY = "float32 recompute"  # how the verifier audited a row (`Row.variation` suffix)
+MATCHED_WAY = "declared-dtype recompute"
 
 
 # What a GPU machine serves in --dump mode: the honest variations that matter across hardware,
@@ -85,8 +100,12 @@ DUMPED: tuple[Variation, ...] = (
     Variation("float32, TF32 matmuls"),
     Variation("float16 declared", declared="float16"),
     Variation("bfloat16 declared", declared="bfloat16"),
+    Variation("bfloat16, batched with 2 other sessions", declared="bfloat16", strangers=2),
+    Variation("bfloat16, eager attention", declared="bfloat16", attention="eager"),
     Variation("noise (float32 declared)", fault=FaultMode.NOISE),
     Variation("low-precision (float32 declared)", fault=FaultMode.LOW_PRECISION),
+    Variation("noise (bfloat16 declared)", declared="bfloat16", fault=FaultMode.NOISE),
+    Variation("skip-block (bfloat16 declared)", declared="bfloat16", fault=FaultMode.SKIP_BLOCK),
 )
 
 
@@ -101,6 +120,18 @@ class Options:
     noise_sessions: int = option(0, "sessions per cell of the noise table (0: sessions / 4, >= 4)")
     device: str = option("cpu", "where the simulated nodes compute")
     seed: int = option(0, "seed of the sessions")
+    matched: bool = option(
+        False,
+        "calibrate the 16-bit audit instead: nodes that declare bfloat16 / float16, audited in "
+        "one float32 pass and in the declared dtype step by step (verifier.audit.AuditSpans)",
+    )
+    declared: tuple[str, ...] = option(MATCHED_DTYPES, "with --matched: the declared dtypes")
+    sketch_k: int = option(0, "with --matched: sketch this many components (0: the node's k)")
+    stem: bool = option(
+        False,
+        "sessions enter the span as a real model's hidden states there: the embeddings run "
+        "through the blocks before it (float32), not the embeddings themselves",
+    )
     dump: str = option("", "serve only, saving the sessions in this folder")
     source: str = option("", "audit the sessions a --dump saved in this file", flag="--from")
 
@@ -110,6 +141,8 @@ class Options:
                 raise BenchmarkError(f"--{name.replace('_', '-')} must be at least 1")
         if self.noise_sessions < 0:
             raise BenchmarkError("--noise-sessions must not be negative")
+        if unknown := set(self.declared) - set(MATCHED_DTYPES):
+            raise BenchmarkError(f"--declared takes {', '.join(MATCHED_DTYPES)}, not {unknown}")
         if self.dump and self.source:
             raise BenchmarkError("give --dump (serve here) or --from (audit here), not both")
 
@@ -231,20 +264,46 @@ def audit_dumped(span: Span, path: Path) -> list[Row]:
     tensors = load_file(str(path))
     rows = []
     for index, (name, declared) in enumerate(json.loads(metadata["variations"])):
-        variation = Variation(f"{name}, on {metadata['device']}", declared=declared)
-        rates = Rates(variation)
-        sessions = sorted({int(k.split(".")[1]) for k in tensors if k.startswith(f"{index}.")})
-        for i in sessions:
-            key = f"{index}.{i}"
-            hidden, mask = tensors[f"{key}.hidden"], tensors[f"{key}.mask"]
-            bounds = step_bounds(int(tensors[f"{key}.prompt"][0]), hidden.shape[1])
-            inputs = [(hidden[:, a:b].contiguous(), mask[:, :b].contiguous()) for a, b in bounds]
-            outputs = [tensors[f"{key}.out{step}"] for step in range(len(bounds))]
-            cheated = [bool(c) for c in tensors[f"{key}.cheated"]]
-            for leaf in leaves_from(inputs, outputs, cheated):
-                rates.add(leaf, audit_leaf(span, leaf, declared))
-        rows.append(Row.of(rates))
+        ways: list[tuple[str, tuple[Span, ...]]] = [("", ())]
+        if declared != "float32":
+            ways = [(f", {FLOAT32_WAY}", ()), (f", {MATCHED_WAY}", twins(span, declared))]
+        for suffix, matched in ways:
+            variation = Variation(f"{name}, on {metadata['device']}{suffix}", declared=declared)
+            rows.append(Row.of(audit_dumped_variation(tensors, index, variation, span, matched)))
     return rows
+
+
+_TWINS: dict[tuple[int, str], tuple[Span, ...]] = {}
+
+
+def twins(span: Span, declared: str) -> tuple[Span, ...]:
+    """`matched_spans` of `span` in `declared`, built once per span and dtype."""
+    key = (id(span), declared)
+    if key not in _TWINS:
+        _TWINS[key] = matched_spans(span, DTYPES[declared])
+    return _TWINS[key]
+
+
+def audit_dumped_variation(
+    tensors: dict[str, torch.Tensor],
+    index: int,
+    variation: Variation,
+    span: Span,
+    matched: tuple[Span, ...],
+) -> Rates:
+    """Audit the sessions a --dump saved for its `index`-th variation."""
+    rates = Rates(variation)
+    sessions = sorted({int(k.split(".")[1]) for k in tensors if k.startswith(f"{index}.")})
+    for i in sessions:
+        key = f"{index}.{i}"
+        hidden, mask = tensors[f"{key}.hidden"], tensors[f"{key}.mask"]
+        bounds = step_bounds(int(tensors[f"{key}.prompt"][0]), hidden.shape[1])
+        inputs = [(hidden[:, a:b].contiguous(), mask[:, :b].contiguous()) for a, b in bounds]
+        outputs = [tensors[f"{key}.out{step}"] for step in range(len(bounds))]
+        cheated = [bool(c) for c in tensors[f"{key}.cheated"]]
+        for leaf in leaves_from(inputs, outputs, cheated):
+            rates.add(leaf, audit_leaf(span, leaf, variation.declared, matched))
+    return rates
 
 
 @contextmanager
@@ -256,7 +315,25 @@ def loaded(options: Options) -> Iterator[tuple[Path, int, Span, ClientHead]]:
         start, end = (
             parse_span(options.blocks, layers) if options.blocks else (0, max(1, layers // 2))
         )
-        yield path, layers, load_span(path, start, end), load_client_head(path)
+        head = load_client_head(path)
+        if options.stem and start > 0:
+            head = StemmedHead(head, load_span(path, 0, start))
+        yield path, layers, load_span(path, start, end), head
+
+
+class StemmedHead(ClientHead):
+    """A client head whose `embed` also runs the blocks before the calibrated span (`stem`),
+    so a span that starts deep in the model gets the hidden states it would really see."""
+
+    def __init__(self, head: ClientHead, stem: Span) -> None:
+        super().__init__(head.embed_tokens, head.norm, head.lm_head,
+                         embed_scale=head.embed_scale, logit_softcap=head.logit_softcap)  # fmt: skip
+        self.stem = stem
+
+    @torch.inference_mode()
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [batch, tokens] -> the stem's output [batch, tokens, hidden_size]."""
+        return self.stem.forward(super().embed(input_ids), None)
 
 
 def run(options: Options) -> CalibrationResult:
@@ -302,6 +379,87 @@ def run(options: Options) -> CalibrationResult:
         )
 
 
+@dataclass(frozen=True)
+class MatchedResult:
+    """The 16-bit audit: every honest variation and cheat of a node that declares bfloat16 or
+    float16, audited both ways (`FLOAT32_WAY`, `MATCHED_WAY`), and the noise each lets through."""
+
+    options: Options
+    model: str
+    span: tuple[int, int]
+    hidden_size: int
+    tolerances: dict[str, str]  # "<dtype>, <way>" -> its thresholds
+    rows: tuple[Row, ...]
+    noise_scales: tuple[float, ...]
+    noise: tuple[NoiseRow, ...]  # declared is "<dtype>, <way>"
+    provenance: Provenance
+
+
+def run_matched(options: Options) -> MatchedResult:
+    """Nodes that declare a 16-bit dtype (`MATCHED_DTYPES`): every honest variation of
+    `honest_16bit` and every cheat, each audited in one float32 pass and in the declared dtype
+    step by step; then the noise either way lets through."""
+    clock = Stopwatch(SCRIPT, options)
+    torch.set_num_threads(2)
+    ways = ((FLOAT32_WAY, False), (MATCHED_WAY, True))
+    with loaded(options) as (path, _, span, head):
+        rows, noise = [], []
+        for declared in options.declared:
+            variations = [*honest_16bit(declared), *cheats(declared)]
+            for index, variation in enumerate(variations):
+                for way, matched in ways:
+                    named = replace(variation, name=f"{variation.name}, {way}")
+                    rates = run_variation(
+                        span, head, named, sessions=options.sessions,
+                        seed=options.seed + index, new_tokens=options.new_tokens,
+                        device=options.device, matched=matched,
+                        sketch_k=options.sketch_k or None,
+                    )  # fmt: skip
+                    rows.append(Row.of(rates))
+                    print(f"{named.name}: {rates.leaves} leaves", flush=True)
+            for way, matched in ways:
+                cells = []
+                for scale in NOISE_SCALES:
+                    variation = Variation(
+                        f"noise {scale:g}", declared, FaultMode.NOISE, noise_scale=scale
+                    )
+                    rates = run_variation(
+                        span, head, variation, sessions=options.cells, seed=options.seed,
+                        new_tokens=options.new_tokens, device=options.device, matched=matched,
+                        sketch_k=options.sketch_k or None,
+                    )  # fmt: skip
+                    cells.append(rates.detection_rate)
+                noise.append(NoiseRow(f"{declared}, {way}", tuple(cells)))
+        tolerances = {f"{d}, {FLOAT32_WAY}": str(TOLERANCES[d]) for d in options.declared}
+        tolerances |= {f"{d}, {MATCHED_WAY}": str(MATCHED_TOLERANCES[d]) for d in options.declared}
+        return MatchedResult(
+            options=options,
+            model=path.name,
+            span=(span.start, span.end),
+            hidden_size=span.hidden_size,
+            tolerances=tolerances,
+            rows=tuple(rows),
+            noise_scales=NOISE_SCALES,
+            noise=tuple(noise),
+            provenance=clock.provenance(),
+        )
+
+
+def matched_tables(result: MatchedResult) -> str:
+    """The 16-bit matrix and noise table as markdown (the rows in `report`'s format)."""
+    from report import calibration_header, calibration_row
+
+    lines = [f"- {way}: `{t}`" for way, t in result.tolerances.items()]
+    lines += ["", calibration_header(), *(calibration_row(r) for r in result.rows), ""]
+    lines.append(
+        "| declared, audit | " + " | ".join(f"noise {s:g}" for s in result.noise_scales) + " |"
+    )
+    lines.append("|---" * (len(result.noise_scales) + 1) + "|")
+    for row in result.noise:
+        lines.append(f"| {row.declared} | " + " | ".join(f"{d:.0%}" for d in row.detection) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     options, json_path = parse_main(Options, __doc__.splitlines()[0], argv)
     logging.basicConfig(level=logging.WARNING)
@@ -318,6 +476,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(calibration_header())
             for row in audit_dumped(span, Path(options.source)):
                 print(calibration_row(row), flush=True)
+        return
+    if options.matched:
+        matched = run_matched(options)
+        print()
+        print(matched_tables(matched))
+        if json_path is not None:
+            save_result(matched, json_path)
         return
     result = run(options)
     print()

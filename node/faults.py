@@ -39,6 +39,9 @@ code an honest node runs has no branch for cheating. `wrapping(mode)` gives the
   `WithholdingNode`) that change the step and the reveal;
 - `no-commit` wraps the committer, `steer` the receipts (signing the honest output's sketch).
 
+`quantized_int8` and `reinitialised_block` are two more served spans, for calibration only
+(`verifier.calibration`: int8 weights or another checkpoint behind a declared 16-bit dtype).
+
 `apply_output_fault` is the same output rule for in-process calibration
 (`benchmarks/calibrate.py`, the verifier's tests).
 """
@@ -126,6 +129,38 @@ def perturb_weights(span: Span, scale: float = WEIGHT_NOISE_SCALE, seed: int = 0
             std = float(parameter.float().std()) if parameter.numel() > 1 else 1.0
             parameter.add_((noise * scale * std).to(parameter.dtype))
     return perturbed
+
+
+def quantized_int8(span: Span) -> Span:
+    """A copy of `span` whose linear weights went through int8 and back: per output channel,
+    symmetric (scale = the row's largest |w| / 127), dequantized to the span's dtype. A node
+    serving an int8 model while declaring a 16-bit dtype (norm weights are kept)."""
+    quantized = copy.deepcopy(span)
+    with torch.no_grad():
+        for parameter in quantized.layers.parameters():
+            if parameter.ndim != 2:
+                continue
+            weight = parameter.float()  # [out_features, in_features]
+            scale = (weight.abs().amax(dim=1, keepdim=True) / 127).clamp_min(1e-12)
+            parameter.copy_(((weight / scale).round().clamp(-127, 127) * scale).to(parameter.dtype))
+    return quantized
+
+
+def reinitialised_block(span: Span, index: int | None = None, seed: int = 0) -> Span:
+    """A copy of `span` whose block `index` (relative; default the middle one) holds other
+    weights of the same shape: every matrix redrawn from a normal of its own std (norm weights
+    kept). A node serving another checkpoint of the same architecture."""
+    other = copy.deepcopy(span)
+    index = span.num_blocks // 2 if index is None else index
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in other.layers[index].parameters():
+            if parameter.ndim != 2:
+                continue
+            std = float(parameter.float().std())
+            drawn = torch.randn(parameter.shape, generator=generator, dtype=torch.float32) * std
+            parameter.copy_(drawn.to(parameter.dtype))
+    return other
 
 
 def low_precision_forward(

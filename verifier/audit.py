@@ -21,10 +21,18 @@
    memory stays bounded for sessions of any length; step k's positions are compared.
 4. `judge`: `node.sketch.compare` against the committed sketch, with the tolerance of the
    dtype the node declared (`verifier.thresholds`).
+
+A node that declares float16 or bfloat16 can be recomputed as it computed instead
+(`AuditSpans.audit`): in its dtype, its prefill and then each decode step through a KV cache
+(`recompute_steps`), with copies of the span that run sdpa and eager attention
+(`matched_spans`), judged by the closest under the dtype's matched tolerance (`judge_matched`).
+Both sides then round at the same points. `AuditSpans.audit` runs float32 nodes exactly as
+steps 3-4 say.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,9 +48,9 @@ from node.cache import CacheManager
 from node.errors import BadTensorError, SketchFormatError
 from node.protocol import RevealResponse
 from node.sketch import Sketch, SketchDistance, compare
-from node.tensors import DTYPE_NAMES, check_attention_mask, check_hidden_states, tensor_hash
+from node.tensors import DTYPE_NAMES, DTYPES, check_attention_mask, check_hidden_states, tensor_hash
 from verifier.errors import InvalidOpeningError
-from verifier.thresholds import Tolerance, tolerance_for
+from verifier.thresholds import Tolerance, matched_tolerance_for, tolerance_for
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class CheckedInputs:
     hidden: torch.Tensor  # [batch, total tokens, hidden_size], steps 0..k concatenated
     mask: torch.Tensor  # [batch, total tokens], the last step's mask
     last_tokens: int  # tokens of step k (its positions are the last ones)
+    step_tokens: tuple[int, ...]  # tokens of each step 0..k, in order (they sum to total)
     dtype: str  # the dtype the node's inputs travelled in: its declared compute dtype
     sketch: Sketch  # step k's committed sketch
 
@@ -206,6 +215,7 @@ def check_opening(
         hidden=torch.cat(hiddens, dim=1),
         mask=mask,
         last_tokens=hiddens[-1].shape[1],
+        step_tokens=tuple(h.shape[1] for h in hiddens),
         dtype=DTYPE_NAMES[hiddens[0].dtype],
         sketch=committed,
     )
@@ -268,6 +278,57 @@ def recompute(
     return torch.cat(kept, dim=1)  # [batch, last_tokens, hidden_size]
 
 
+# Attention implementations an honest node may run (besides its family's own): the verifier
+# recomputes a 16-bit session with each and keeps the closest (`judge_matched`). Eager rounds
+# the attention scores to the declared dtype, sdpa does not; the gap is an honest one.
+MATCHED_ATTENTION: tuple[str, ...] = ("sdpa", "eager")
+
+
+def span_in(span: Span, dtype: torch.dtype, attention: str = "") -> Span:
+    """A copy of `span` with its weights in `dtype` on the same device, and (if given) another
+    `attention` implementation ("sdpa" / "eager"): what the verifier recomputes with for nodes
+    that declare `dtype` (`recompute_steps`)."""
+    if dtype == span.dtype and attention in ("", span.config._attn_implementation):
+        return span
+    config = copy.deepcopy(span.config)
+    if attention:
+        config._attn_implementation = attention
+    # the copied layers refer to `config` (attention reads its implementation from there)
+    layers = copy.deepcopy(span.layers, memo={id(span.config): config}).to(dtype=dtype)
+    return Span(config, span.family, span.start, span.end, layers, span.rotary, dtype, span.device)
+
+
+def matched_spans(span: Span, dtype: torch.dtype) -> tuple[Span, ...]:
+    """The copies of `span` in `dtype` a 16-bit session is recomputed with: its own attention
+    implementation, then every other of `MATCHED_ATTENTION` its family can run (a family that
+    needs eager, to soft-cap attention logits, keeps eager alone)."""
+    own = span.config._attn_implementation
+    others = [a for a in MATCHED_ATTENTION if a != own] if own in MATCHED_ATTENTION else []
+    return (span_in(span, dtype), *(span_in(span, dtype, a) for a in others))
+
+
+def recompute_steps(
+    span: Span, hiddens: Sequence[torch.Tensor], mask: torch.Tensor
+) -> torch.Tensor:
+    """The last step's output [batch, tokens_k, hidden_size] computed the way the node served
+    the session: in the span's dtype (the node's declared one), step 0 (the prefill) and then
+    every later step through one KV cache, `hiddens[i]` [batch, tokens_i, hidden_size] being
+    step i's input exactly as revealed and `mask` [batch, total] step k's mask. Both sides
+    round at the same points, so what differs is only the arithmetic's order, not its
+    precision. Memory: the session's cache plus the largest step, which the node ran too."""
+    if not hiddens or any(h.dtype != span.dtype for h in hiddens):
+        raise ValueError(f"recompute_steps takes one or more steps in the span's {span.dtype}")
+    batch, total = hiddens[0].shape[0], sum(h.shape[1] for h in hiddens)
+    caches = CacheManager(max_tokens=batch * total)
+    with caches.open("recompute", span.kv_layout, batch=batch, max_length=total) as cache:
+        end = 0
+        for hidden in hiddens:
+            end += hidden.shape[1]
+            # output: [batch, tokens_i, hidden_size], attending to positions [0, end)
+            output = span.forward(hidden, mask[:, :end], cache)
+    return output.cpu()  # step k's: the loop ran at least once
+
+
 @dataclass(frozen=True)
 class Judgement:
     """What an audit measured and whether it passed."""
@@ -311,7 +372,47 @@ def judge_distance(
 
 
 def judge(committed: Sketch, recomputed: torch.Tensor, dtype: str) -> Judgement:
-    """Compare `recomputed` [batch, tokens, hidden_size] with the `committed` sketch under the
-    tolerance of the declared `dtype`."""
+    """Compare the float32 `recomputed` [batch, tokens, hidden_size] with the `committed`
+    sketch under the tolerance of the declared `dtype`."""
     measured, failures = judge_distance(compare(committed, recomputed), tolerance_for(dtype))
     return Judgement(not failures, dtype, measured, failures)
+
+
+def judge_matched(committed: Sketch, candidates: Sequence[torch.Tensor], dtype: str) -> Judgement:
+    """Compare recomputations in the declared 16-bit `dtype` (`recompute_steps`, one per span
+    of `matched_spans`, each [batch, tokens, hidden_size]) with the `committed` sketch under
+    the dtype's matched tolerance: the step passes when one of them is within it (each is
+    an honest way to compute it); the judgement reports the closest (least mean error)."""
+    tolerance = matched_tolerance_for(dtype)
+    judged = [judge_distance(compare(committed, c), tolerance) for c in candidates]
+    passing = [j for j in judged if not j[1]]
+    measured, failures = min(passing or judged, key=lambda j: j[0]["mean_rel_error"])
+    return Judgement(not failures, dtype, measured, failures)
+
+
+class AuditSpans:
+    """The spans a verifier recomputes with: its float32 `span`, and for every 16-bit dtype a
+    node declares, `matched_spans` in that dtype (built on first use, then kept: the verifier
+    audits in one compute thread)."""
+
+    def __init__(self, span: Span) -> None:
+        if span.dtype != torch.float32:
+            raise ValueError(f"the verifier holds its span in float32, not {span.dtype}")
+        self.span = span
+        self._matched: dict[str, tuple[Span, ...]] = {}
+
+    def matched(self, dtype: str) -> tuple[Span, ...]:
+        if dtype not in self._matched:
+            self._matched[dtype] = matched_spans(self.span, DTYPES[dtype])
+        return self._matched[dtype]
+
+    def audit(self, checked: CheckedInputs) -> Judgement:
+        """Recompute and judge one checked leaf: a float32 node in one float32 pass
+        (`recompute`, `judge`); a 16-bit node in its dtype and step structure
+        (`recompute_steps` over `matched_spans`, `judge_matched`)."""
+        if checked.dtype == "float32":
+            recomputed = recompute(self.span, checked.hidden, checked.mask, checked.last_tokens)
+            return judge(checked.sketch, recomputed, checked.dtype)
+        steps = list(checked.hidden.split(list(checked.step_tokens), dim=1))
+        candidates = [recompute_steps(s, steps, checked.mask) for s in self.matched(checked.dtype)]
+        return judge_matched(checked.sketch, candidates, checked.dtype)

@@ -8,8 +8,12 @@ session's inputs up to the leaf) and judges it with `verifier.thresholds`.
 
 Honest variations: torch threads on the node (2, or 1) and the verifier's (1), the session's
 rows computed inside a larger batch with other sessions (batch composition), cached steps
-against one pass, and float16 / bfloat16 nodes that declare it. Cheats: every compute cheat
-of `node.faults` (all but equivocate, which is not a computation), declared float32 or bfloat16.
+against one pass, and float16 / bfloat16 nodes that declare it; for 16-bit nodes also eager
+attention against sdpa and other kernels for the same ops (`honest_16bit`). Cheats: every
+compute cheat of `node.faults` (all but equivocate, which is not a computation), and three
+served only here (`SpanCheat`: int8 weights, another checkpoint, float16 compute declared as
+bfloat16). With `matched`, a 16-bit node's leaves are recomputed in its dtype and steps
+(`verifier.audit.recompute_steps` over `matched_spans`, `judge_matched`).
 
 `benchmarks/calibrate.py` prints the rates; `tests/unit/test_verifier_audit.py` asserts zero
 false positives and at least 99% detection per cheated leaf. The serving side imports only
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import enum
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -35,6 +41,8 @@ from node.faults import (
     add_noise,
     low_precision_forward,
     perturb_weights,
+    quantized_int8,
+    reinitialised_block,
     skipping_block,
 )
 
@@ -42,13 +50,29 @@ if TYPE_CHECKING:
     from node.sketch import Sketch
     from verifier.audit import Judgement
 
-COMPUTE_CHEATS: tuple[FaultMode, ...] = (
+
+class SpanCheat(enum.Enum):
+    """Cheats that only calibration serves (no `--faulty` mode): other weights or arithmetic
+    behind a declared 16-bit dtype."""
+
+    INT8_WEIGHTS = "int8-weights"  # linear weights through int8 and back (`quantized_int8`)
+    OTHER_CHECKPOINT = "other-checkpoint"  # one block of other weights (`reinitialised_block`)
+    FLOAT16_COMPUTE = "float16-compute"  # computes in float16, sends bfloat16 (declared bf16)
+
+
+Cheat = FaultMode | SpanCheat
+
+COMPUTE_CHEATS: tuple[Cheat, ...] = (
     FaultMode.NOISE,
     FaultMode.SKIP_BLOCK,
     FaultMode.WRONG_WEIGHTS,
     FaultMode.LOW_PRECISION,
     FaultMode.STALE,
+    SpanCheat.INT8_WEIGHTS,
+    SpanCheat.OTHER_CHECKPOINT,
+    SpanCheat.FLOAT16_COMPUTE,
 )
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -57,10 +81,13 @@ class Variation:
 
     name: str
     declared: str = "float32"  # the dtype it computes in and announces
-    fault: FaultMode | None = None  # None: honest
+    fault: Cheat | None = None  # None: honest
     threads: int = 1  # torch threads while it serves
     strangers: int = 0  # other sessions' rows computed in the same batch
     noise_scale: float = NOISE_SCALE  # with the noise cheat: its std over the output's std
+    attention: str = ""  # the node's attention implementation ("eager"; "": the model's)
+    kernels: str = ""  # other kernels for the same ops: "gemm" (matmuls without oneDNN),
+    # "math-sdpa" (sdpa's reference math backend); "": the defaults
 
 
 HONEST: tuple[Variation, ...] = (
@@ -72,12 +99,26 @@ HONEST: tuple[Variation, ...] = (
 )
 
 
+def honest_16bit(declared: str) -> tuple[Variation, ...]:
+    """The honest variations of a node that declares the 16-bit `declared`: threads, batch
+    composition, eager attention against sdpa (the verifier: 1 thread, sdpa, alone)."""
+    return (
+        Variation(f"{declared}, 1 thread", declared=declared),
+        Variation(f"{declared}, 2 threads", declared=declared, threads=2),
+        Variation(f"{declared}, batched with 2 other sessions", declared=declared, strangers=2),
+        Variation(f"{declared}, eager attention", declared=declared, attention="eager"),
+        Variation(f"{declared}, other matmul kernel", declared=declared, kernels="gemm"),
+        Variation(f"{declared}, sdpa's math backend", declared=declared, kernels="math-sdpa"),
+    )
+
+
 def cheats(declared: str = "float32") -> tuple[Variation, ...]:
     """One variation per compute cheat, for a node that declares `declared`."""
     return tuple(
         Variation(f"{mode.value} ({declared} declared)", declared=declared, fault=mode)
         for mode in COMPUTE_CHEATS
         if not (mode is FaultMode.LOW_PRECISION and declared != "float32")
+        and not (mode is SpanCheat.FLOAT16_COMPUTE and declared != "bfloat16")
     )
 
 
@@ -111,7 +152,7 @@ class Rates:
     def detection_rate(self) -> float:
         return self.failed_cheated / self.cheated if self.cheated else float("nan")
 
-    def add(self, leaf: Leaf, judgement: Judgement) -> None:
+    def add(self, leaf: Leaf, judgement: Judgement, extra: dict[str, float] | None = None) -> None:
         self.leaves += 1
         self.cheated += leaf.cheated
         failed = not judgement.passed
@@ -126,6 +167,10 @@ class Rates:
             ("min_mean_rel_error", m["mean_rel_error"], min),
         ):
             self.worst[name] = pick(self.worst.get(name, value), value)
+        for name, value in (extra or {}).items():
+            for prefix, pick in (("max_", max), ("min_", min)):
+                key = prefix + name
+                self.worst[key] = pick(self.worst.get(key, value), value)
 
 
 @contextlib.contextmanager
@@ -138,6 +183,26 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def other_kernels(kernels: str) -> Iterator[None]:
+    """Run the block under other kernels for the same ops (`Variation.kernels`): what another
+    machine's arithmetic in the same precision looks like (other accumulation orders)."""
+    if kernels == "gemm":
+        with warnings.catch_warnings():  # toggling oneDNN warns about Intel GPUs' TF32
+            warnings.simplefilter("ignore", UserWarning)
+            with torch.backends.mkldnn.flags(enabled=False):
+                yield
+    elif kernels == "math-sdpa":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    elif kernels:
+        raise ValueError(f"unknown kernels {kernels!r}")
+    else:
+        yield
+
+
 class SimulatedNode:
     """A node serving sessions over `span` (float32 weights, on the CPU) as `variation` says,
     on `device` (another device is another machine's arithmetic: an honest variation too)."""
@@ -146,17 +211,26 @@ class SimulatedNode:
         self, span: Span, variation: Variation, *, seed: int = 0, device: str = "cpu"
     ) -> None:
         self.variation = variation
-        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
-            variation.declared
-        ]
-        same = dtype == torch.float32 and torch.device(device) == span.device
-        served = span if same else _moved(span, dtype, torch.device(device))
-        if variation.fault is FaultMode.SKIP_BLOCK:
+        dtype = DTYPES[variation.declared]  # what its inputs and outputs travel in
+        fault = variation.fault
+        compute = torch.float16 if fault is SpanCheat.FLOAT16_COMPUTE else dtype
+        if fault is SpanCheat.INT8_WEIGHTS:  # quantized from the float32 checkpoint
+            span = quantized_int8(span)
+        elif fault is SpanCheat.OTHER_CHECKPOINT:
+            span = reinitialised_block(span, seed=seed)
+        same = (
+            compute == torch.float32
+            and torch.device(device) == span.device
+            and not variation.attention
+        )
+        served = span if same else _moved(span, compute, torch.device(device), variation.attention)
+        if fault is FaultMode.SKIP_BLOCK:
             served = skipping_block(served)
-        elif variation.fault is FaultMode.WRONG_WEIGHTS:
+        elif fault is FaultMode.WRONG_WEIGHTS:
             served = perturb_weights(served, seed=seed)
         self.span = served
         self.dtype = dtype
+        self.compute = compute
         self.generator = torch.Generator().manual_seed(seed)
 
     def serve(
@@ -177,11 +251,12 @@ class SimulatedNode:
         else:
             run_hidden, run_mask = hidden, mask
         device = self.span.device
-        run_hidden, run_mask = run_hidden.to(device), run_mask.to(device)
+        run_hidden, run_mask = run_hidden.to(device=device, dtype=self.compute), run_mask.to(device)
         bounds = step_bounds(prompt, total)
         inputs, outputs, cheated = [], [], []
         with (
             torch_threads(self.variation.threads),
+            other_kernels(self.variation.kernels),
             CacheManager(10**7).open(
                 "s", self.span.kv_layout, batch=run_hidden.shape[0], max_length=total
             ) as cache,
@@ -194,7 +269,7 @@ class SimulatedNode:
                     out = low_precision_forward(self.span, step_hidden, step_mask, cache)
                 else:
                     out = self.span.forward(step_hidden, step_mask, cache)
-                out = out[strangers:].cpu()
+                out = out[strangers:].cpu().to(self.dtype)
                 honest_out, was_cheated = out, False
                 if self.variation.fault is FaultMode.NOISE:
                     out = add_noise(out, self.generator, self.variation.noise_scale)
@@ -211,11 +286,14 @@ class SimulatedNode:
         return inputs, outputs, cheated
 
 
-def _moved(span: Span, dtype: torch.dtype, device: torch.device) -> Span:
-    """A copy of `span` with its weights in `dtype` on `device`."""
-    other = copy.deepcopy(span)
+def _moved(span: Span, dtype: torch.dtype, device: torch.device, attention: str = "") -> Span:
+    """A copy of `span` with its weights in `dtype` on `device` (and, if given, another
+    `attention` implementation: "eager" or "sdpa")."""
+    other = copy.deepcopy(span)  # its layers keep sharing its (copied) config
     other.layers.to(device=device, dtype=dtype)
     other.rotary.to(device)
+    if attention:
+        other.config._attn_implementation = attention
     return Span(
         other.config,
         other.family,
@@ -260,23 +338,35 @@ def leaves_from(
     inputs: list[tuple[torch.Tensor, torch.Tensor]],
     outputs: list[torch.Tensor],
     cheated: list[bool],
+    sketch_k: int | None = None,
 ) -> list[Leaf]:
-    """The leaves committed for one session's steps: what each step received and sent."""
-    from node.sketch import Sketch, sketch
+    """The leaves committed for one session's steps: what each step received and sent, its
+    output sketched with `sketch_k` components per position (None: the node's `SKETCH_TOP_K`;
+    another k measures what a wider sketch would see)."""
+    from node.sketch import SKETCH_TOP_K, Sketch, sketch
 
+    k = sketch_k or SKETCH_TOP_K
     return [
-        Leaf(step, inputs[: step + 1], Sketch.decode(sketch(out).encode()), was_cheated)
+        Leaf(step, inputs[: step + 1], Sketch.decode(sketch(out, k).encode()), was_cheated)
         for step, (out, was_cheated) in enumerate(zip(outputs, cheated, strict=True))
     ]
 
 
-def audit_leaf(reference: Span, leaf: Leaf, declared: str) -> Judgement:
-    """The verifier's judgement of one leaf: one float32 pass, compared under `declared`."""
-    from verifier.audit import judge, recompute
+def audit_leaf(
+    reference: Span, leaf: Leaf, declared: str, matched: tuple[Span, ...] = ()
+) -> Judgement:
+    """The verifier's judgement of one leaf: one float32 pass over `reference`, or, given
+    `matched` (`verifier.audit.matched_spans` in the declared 16-bit dtype), the node's steps
+    recomputed in that dtype (`recompute_steps`, `judge_matched`)."""
+    from verifier.audit import judge, judge_matched, recompute, recompute_steps
 
-    hidden = torch.cat([h for h, _ in leaf.inputs], dim=1)
     mask = leaf.inputs[-1][1]
     with torch_threads(1):
+        if matched:
+            steps = [h for h, _ in leaf.inputs]
+            candidates = [recompute_steps(span, steps, mask) for span in matched]
+            return judge_matched(leaf.committed, candidates, declared)
+        hidden = torch.cat([h for h, _ in leaf.inputs], dim=1)
         recomputed = recompute(reference, hidden, mask, leaf.inputs[-1][0].shape[1])
     return judge(leaf.committed, recomputed, declared)
 
@@ -290,14 +380,21 @@ def run_variation(
     seed: int = 0,
     new_tokens: int = 6,
     device: str = "cpu",
+    matched: bool = False,
+    sketch_k: int | None = None,
 ) -> Rates:
     """Serve `sessions` random sessions as `variation` (the node on `device`) and audit every
-    leaf on the CPU."""
+    leaf on the CPU: in one float32 pass, or (`matched`, for a 16-bit declared dtype) step by
+    step in the declared dtype."""
+    from verifier.audit import matched_spans
+
     generator = torch.Generator().manual_seed(seed)
     node = SimulatedNode(reference, variation, seed=seed, device=device)
+    declared = DTYPES[variation.declared]
+    twins = matched_spans(reference, declared) if matched and declared != torch.float32 else ()
     rates = Rates(variation)
     for _ in range(sessions):
         hidden, mask, prompt = session_inputs(head, generator, new_tokens=new_tokens)
-        for leaf in leaves_from(*node.serve(hidden, mask, prompt)):
-            rates.add(leaf, audit_leaf(reference, leaf, variation.declared))
+        for leaf in leaves_from(*node.serve(hidden, mask, prompt), sketch_k=sketch_k):
+            rates.add(leaf, audit_leaf(reference, leaf, variation.declared, twins))
     return rates

@@ -32,6 +32,16 @@ honest node may differ by depends on the dtype it declared (the dtype its inputs
   skipped blocks); small perturbations hide in its own rounding. docs/security.md says what
   that means for stakes; docs/benchmarks.md has the calibration tables.
 
+A 16-bit node can instead be recomputed in its own dtype and step structure (the prefill, then
+each cached decode step, through the node's block code: `verifier.audit.AuditSpans`), so both
+sides round at the same points. On one CPU that reproduces an honest node's threads and batch
+composition bit for bit, and the closest of an sdpa and an eager copy absorbs the attention
+implementation; what remains is another kernel's accumulation order, amplified through the
+span's blocks (the matched tolerances below). It catches a skipped block and another
+checkpoint on every leaf where one float32 pass missed a third of skipped blocks; small
+perturbations (1% noise or weights, int8 weights, float16 compute declared as bfloat16) stay
+inside that honest spread at the span's end (docs/benchmarks.md, "16-bit audits").
+
 `benchmarks/calibrate.py` reruns the calibration and prints false-positive and detection rates.
 """
 
@@ -74,6 +84,43 @@ TOLERANCES: Final[dict[str, Tolerance]] = {
     "float16": FLOAT16_TOLERANCE,
     "bfloat16": BFLOAT16_TOLERANCE,
 }
+
+
+# Recomputing a 16-bit node in its own dtype and step structure (`verifier.audit.AuditSpans`,
+# the closest of sdpa and eager attention). On one CPU that reproduces an honest node's
+# threads and eager attention bit for bit; what is left is another kernel's accumulation order
+# (matmuls without oneDNN, sdpa's math backend, larger batches: stand-ins for another
+# machine), which ten blocks amplify. Measured on SmolLM2 blocks 0-10 (docs/benchmarks.md,
+# "16-bit audits"; honest GPU nodes are not measured yet):
+BFLOAT16_MATCHED_TOLERANCE: Final = Tolerance(
+    min_overlap=0.5,  # honest >= 0.875 (1,050 leaves); no cheat is caught by overlap alone
+    max_rel_error=0.25,  # honest <= 0.109 (sdpa's math backend); the float32 way needs 1.0
+    max_mean_rel_error=1.5e-2,  # honest <= 7.4e-3 (other matmul kernel; batched 5.4e-3);
+    # skip-block >= 2.0e-2, other checkpoint >= 0.10 (1% noise, 1% weights, int8 and float16
+    # compute stay at 2e-3 .. 5e-2 on both sides of it: caught on 0-11% of leaves)
+)
+FLOAT16_MATCHED_TOLERANCE: Final = Tolerance(
+    min_overlap=0.5,  # honest 1.0 (210 leaves)
+    max_rel_error=6e-2,  # honest <= 8e-3 (sdpa's math backend; all others bit for bit)
+    max_mean_rel_error=4e-3,  # honest <= 1.2e-3; int8 weights >= 4.6e-3, skip-block >=
+    # 3.2e-2, 1% weights >= 3.4e-3 (97% caught); 1% noise stays inside (1.0e-3 .. 3.7e-3)
+)
+
+# declared 16-bit dtype -> its tolerance when the verifier recomputes in that dtype
+MATCHED_TOLERANCES: Final[dict[str, Tolerance]] = {
+    "float16": FLOAT16_MATCHED_TOLERANCE,
+    "bfloat16": BFLOAT16_MATCHED_TOLERANCE,
+}
+
+
+def matched_tolerance_for(dtype: str) -> Tolerance:
+    """The tolerance of a declared 16-bit dtype for a dtype-matched recomputation."""
+    try:
+        return MATCHED_TOLERANCES[dtype]
+    except KeyError:
+        raise KeyError(
+            f"no matched audit tolerance for dtype {dtype!r}; known: {list(MATCHED_TOLERANCES)}"
+        ) from None
 
 
 def tolerance_for(dtype: str) -> Tolerance:
