@@ -67,6 +67,7 @@ from ledger.db.columns import utcnow
 from ledger.types import BatchId, Reason, Wei
 from ledger.types import to_base_units as base_units
 from ledger.units import format_time
+from node.device import device_memory, device_name
 from node.errors import NodeError
 from node.host import HostConfig, PeriodicJob, ServiceHost
 from verifier.api import build_app, totals_document
@@ -613,6 +614,11 @@ class Verifier:
             "model_id": "0x" + self.base.model_id.hex(),
             "sample_rate": self.config.sample_rate,
             "quorum": self.base.quorum,
+            "device": {  # where the recomputations run (always in float32)
+                "name": device_name(self.base.spans.device),
+                "memory": device_memory(self.base.spans.device).to_json(),
+                "recompute_dtype": "float32",
+            },
             **totals_document(totals, self.base.units),
             "queue": queue_document(report),
             "time": time.time(),

@@ -66,11 +66,19 @@ def test_a_cheating_node_is_slashed_and_the_verifier_paid(
             model.close()
         assert generated.shape == (1, PROMPT.shape[1] + NEW_TOKENS)  # the client got its text
 
-        wait_for_status(
+        status = wait_for_status(
             verifier,
             "a slash with its bounty",
             lambda s: s["slashes"]["recorded"] >= 1,
             timeout=180,
+        )
+        # where it recomputes: this machine's CPU, in float32, with its memory figures
+        assert status["device"]["name"] == "cpu"
+        assert status["device"]["recompute_dtype"] == "float32"
+        assert (
+            0
+            < status["device"]["memory"]["free_bytes"]
+            <= status["device"]["memory"]["total_bytes"]
         )
         # at rate 1 every committed leaf is audited (the cheat commits nothing once slashed
         # below its span's stake: the registry no longer takes its commits)
