@@ -13,13 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from ledger.contracts import Channel
-from ledger.db.columns import check_address, check_int
-from ledger.db.models import Channel as ChannelRecord
-from ledger.db.models import ChannelRole
 
 
 @dataclass(frozen=True)
@@ -104,16 +98,3 @@ def node_earnings(
         for channel in sorted(channels, key=lambda c: c.channel_id)
     )
     return EarningsReport(channels=rows, ledger_read=vouchers is not None)
-
-
-def held_vouchers(session: Session, chain_id: int, contract: str) -> dict[int, int]:
-    """The latest voucher amount this node holds per channel of the PaymentChannels `contract`
-    on `chain_id` where it is the server (0: none yet)."""
-    rows = session.execute(
-        select(ChannelRecord.channel_id, ChannelRecord.voucher_amount).where(
-            ChannelRecord.chain_id == check_int(chain_id, "chain id", low=1),
-            ChannelRecord.contract == check_address(contract, "channels contract"),
-            ChannelRecord.role == ChannelRole.SERVER,
-        )
-    )
-    return {int(channel_id): int(amount) for channel_id, amount in rows}

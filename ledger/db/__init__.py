@@ -17,6 +17,7 @@ from ledger.db.binding import (
 )
 from ledger.db.channels import (
     get_channel,
+    held_vouchers,
     latest_voucher,
     open_channel_to,
     record_voucher,
@@ -191,6 +192,7 @@ __all__ = [
     "get_tx",
     "is_audited",
     "is_slash_recorded",
+    "held_vouchers",
     "latest_voucher",
     "leaf_proof",
     "mark_batch_committed",

@@ -148,6 +148,19 @@ def latest_voucher(
     return Voucher(channel.channel_id, channel.voucher_amount, channel.voucher_signature)
 
 
+def held_vouchers(session: Session, chain_id: int, contract: str) -> dict[int, int]:
+    """Server side: the latest voucher amount held per channel of the PaymentChannels
+    `contract` on `chain_id` (0: none yet)."""
+    rows = session.execute(
+        select(Channel.channel_id, Channel.voucher_amount).where(
+            Channel.chain_id == check_int(chain_id, "chain id", low=1),
+            Channel.contract == check_address(contract, "channels contract"),
+            Channel.role == ChannelRole.SERVER,
+        )
+    )
+    return {int(channel_id): int(amount) for channel_id, amount in rows}
+
+
 def open_channel_to(session: Session, chain_id: int, contract: str, server: str) -> Channel | None:
     """Client side: our open channel to `server` that expires last, if any."""
     chain_id = check_int(chain_id, "chain id", low=1)

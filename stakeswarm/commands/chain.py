@@ -219,9 +219,8 @@ def node_earnings(
     """What your node earned per channel: deposit, redeemed, owed (--home's ledger), expiry."""
     # owed: the node's latest voucher minus what the chain shows redeemed; it needs the node's
     # ledger in --home, without which only the chain's side is shown
-    from ledger.db import open_deployment_ledger, sqlite_url  # SQLAlchemy: only here
+    from ledger.db import held_vouchers, open_deployment_ledger, sqlite_url  # SQLAlchemy: here
     from ledger.errors import LedgerDbError
-    from node.earnings import held_vouchers
     from node.earnings import node_earnings as report_of
 
     with reporting() as console:

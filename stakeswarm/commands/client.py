@@ -70,7 +70,7 @@ from stakeswarm.commands.client_support import (
 )
 from stakeswarm.home import Home
 
-__all__ = ["app", "print_rows"]
+__all__ = ["app"]
 
 app = typer.Typer(
     help="Generate text from the swarm (or chat with it), paying per token; the client's "

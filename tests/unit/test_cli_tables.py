@@ -8,7 +8,7 @@ import io
 
 from rich.console import Console
 
-from stakeswarm.commands.client import print_rows
+from stakeswarm.commands.client_support import print_rows
 
 COLUMNS = ("channel", "server", "deposit", "paid", "left", "expiry")
 ROWS = [
