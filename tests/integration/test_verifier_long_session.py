@@ -65,6 +65,7 @@ HIDDEN = 64  # the tiny model's hidden size
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(NodeConfig)}
 CACHE_TOKENS: int = DEFAULTS["cache_tokens"]  # 16384, what `node serve` reserves by default
 PROMPT = 256
+AUDIT_PEAK_MIB = 384  # linear in the session's length; the quadratic pass needs GiBs
 POSITIONS = CACHE_TOKENS  # one sequence, as long as the default cache admits
 PEER = b"\x00\x24\x08\x01\x12\x20" + b"\x07" * 32  # libp2p peer id bytes (unused: dialled directly)
 
@@ -156,8 +157,10 @@ def test_the_longest_session_the_default_cache_admits_is_revealed_and_audited(
     judgement = judge(checked.sketch, recomputed, checked.dtype)
     audit_peak = _peak() - before
     assert judgement.passed, judgement.failures
-    # chunks through a KV cache: never the [positions, positions] attention of one pass
-    assert audit_peak < 256, f"the audit took {audit_peak:.0f} MiB"
+    # chunks through a KV cache: never the [positions, positions] attention of one pass (one
+    # head's float32 scores alone would be 1 GiB). The peak is this whole process's resident
+    # memory, allocator slack included: full suite runs measured up to 279 MiB, hence 384.
+    assert audit_peak < AUDIT_PEAK_MIB, f"the audit took {audit_peak:.0f} MiB"
 
 
 async def _serve(
