@@ -1,6 +1,7 @@
 # stakeswarm: everything a fresh machine needs is installed by these targets.
 #   make demo   SmolLM2 on a staked, paid, verified swarm this command starts and stops itself
-#               (3 nodes, one cheating and slashed; a verifier; a client paying per token)
+#               (3 nodes, one cheating and slashed; a verifier; a client paying per token);
+#               `make demo ARGS="--dtype bfloat16"` runs it in bfloat16 (its cheat: 1% noise)
 #   make test   every test: Solidity (Hardhat), static analysis (Slither) and Python (pytest)
 #   make bench  every benchmark on SmolLM2 (about 15 minutes on 2 cores), written to docs/benchmarks.md
 
@@ -63,7 +64,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 demo: install
-	$(PY) -m stakeswarm demo
+	$(PY) -m stakeswarm demo $(ARGS)
 
 # --quick for a smoke pass; --only NAME,... reruns some; --render rewrites the page from the results
 bench: install

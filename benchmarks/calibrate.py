@@ -2,12 +2,13 @@
 
 Simulated nodes (`verifier.calibration`) serve random sessions — a prefill, then one token
 per step through a KV cache — honestly in several ways, or with each compute cheat of
-`node.faults`; the verifier audits every leaf exactly as `stakeswarm verifier run` does (one
-float32 pass on the CPU over the session's inputs up to the leaf, judged with
-`verifier/thresholds.py` for the dtype the node declared). Printed per variation: leaves
-audited, cheated leaves, the false-positive rate over honest leaves, the detection rate over
-cheated leaves, and the extremes of what was measured; then how much noise each declared dtype
-lets through.
+`node.faults`; the verifier audits every leaf in one float32 pass on the CPU over the session's
+inputs up to the leaf, judged on the committed sketch with `verifier/thresholds.py` for the
+dtype the node declared (as `stakeswarm verifier run` audits a float32 node; it audits a 16-bit
+node block by block, which `--matched` calibrates). Printed per variation: leaves audited,
+cheated leaves, the false-positive rate over honest leaves, the detection rate over cheated
+leaves, and the extremes of what was measured; then how much noise each declared dtype lets
+through.
 
 Honest variations: node threads (2) against the verifier's (1), cached steps against one
 pass, the session computed in a batch with other sessions, float16 / bfloat16 nodes that
@@ -18,20 +19,24 @@ declare it, and (with --device cuda) another machine's arithmetic.
     .venv/bin/python benchmarks/calibrate.py --model PATH --device cuda   # nodes on a GPU
 
 With `--matched` it calibrates the 16-bit audit instead: nodes that declare bfloat16 / float16
-(`--declared`), every honest 16-bit variation and every cheat, each audited both ways (one
-float32 pass; the declared dtype step by step, `verifier.audit.AuditSpans`):
+(`--declared`), every honest 16-bit variation and every cheat; each session is served once and
+each of its leaves audited both ways: one float32 pass judged on the sketch (`FLOAT32_WAY`, for
+comparison), and block by block from the block states the node commits (`BLOCKWISE_WAY`:
+`verifier.blockwise`, as `stakeswarm verifier run` audits 16-bit nodes, under
+`BLOCK_TOLERANCES`). Blockwise rows give the range over leaves of the block error and of the
+precision ratio (a cheat's rows: over its cheated leaves only):
 
     .venv/bin/python benchmarks/calibrate.py --model smollm2 --blocks 0:10 --matched \\
-        --declared bfloat16 --sessions 25
+        --sessions 24
 
 With `--json PATH` the matrix is also written as data (`benchmarks/run_all.py` collects it).
 
 Nodes on another machine (a GPU machine without the verifier's chain dependencies): serve
-there with `--dump DIR` (saves every variation's sessions, inputs and outputs, in one
-safetensors file, and prints a checksum of the model's weights), then audit here with
-`--from FILE` (the same --model, rebuilt from its seed: the checksums must agree); 16-bit
-sessions are audited both ways, so a GPU run measures what another machine's arithmetic does
-to the matched tolerances.
+there with `--dump DIR` (saves every variation's sessions, inputs, outputs and, for 16-bit
+nodes, block states in one safetensors file, and prints a checksum of the model's weights), then
+audit here with `--from FILE` (the same --model, rebuilt from its seed: the checksums must
+agree); 16-bit sessions are audited both ways, so a GPU run measures what another machine's
+arithmetic does to the block tolerances.
 
     python3 benchmarks/calibrate.py --model random576 --device cuda --dump out/   # there
     .venv/bin/python benchmarks/calibrate.py --model random576 \\
@@ -44,10 +49,12 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from common import (
@@ -67,14 +74,17 @@ from safetensors.torch import load_file, save_file
 
 from node.blocks import ClientHead, Span, load_client_head, load_span
 from node.faults import FaultMode
-from verifier.audit import matched_spans
+from node.states import commits_states
 from verifier.calibration import (
     DTYPES,
     HONEST,
     Rates,
+    Served,
     SimulatedNode,
+    SpanCheat,
     Variation,
     audit_leaf,
+    block_audit,
     cheats,
     honest_16bit,
     leaves_from,
@@ -82,14 +92,17 @@ from verifier.calibration import (
     session_inputs,
     step_bounds,
 )
-from verifier.thresholds import MATCHED_TOLERANCES, TOLERANCES
+from verifier.thresholds import BLOCK_TOLERANCES, TOLERANCES
+
+if TYPE_CHECKING:
+    from verifier.blockwise import BlockAudit
 
 SCRIPT = "calibrate.py"
 NOISE_SCALES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 NOISE_DTYPES = ("float32", "float16", "bfloat16")
 MATCHED_DTYPES = ("bfloat16", "float16")
-FLOAT32_WAY = "float32 recompute"  # how the verifier audited a row (`Row.variation` suffix)
-MATCHED_WAY = "declared-dtype recompute"
+FLOAT32_WAY = "float32 recompute"  # how the verifier audited a row (`Row.variation` suffix):
+BLOCKWISE_WAY = "block by block"  # one float32 pass on the sketch, or `verifier.blockwise`
 
 
 # What a GPU machine serves in --dump mode: the honest variations that matter across hardware,
@@ -102,10 +115,20 @@ DUMPED: tuple[Variation, ...] = (
     Variation("bfloat16 declared", declared="bfloat16"),
     Variation("bfloat16, batched with 2 other sessions", declared="bfloat16", strangers=2),
     Variation("bfloat16, eager attention", declared="bfloat16", attention="eager"),
+    Variation("float16, batched with 2 other sessions", declared="float16", strangers=2),
     Variation("noise (float32 declared)", fault=FaultMode.NOISE),
     Variation("low-precision (float32 declared)", fault=FaultMode.LOW_PRECISION),
     Variation("noise (bfloat16 declared)", declared="bfloat16", fault=FaultMode.NOISE),
     Variation("skip-block (bfloat16 declared)", declared="bfloat16", fault=FaultMode.SKIP_BLOCK),
+    Variation(
+        "int8-weights (bfloat16 declared)", declared="bfloat16", fault=SpanCheat.INT8_WEIGHTS
+    ),
+    Variation(
+        "float16-compute (bfloat16 declared)",
+        declared="bfloat16",
+        fault=SpanCheat.FLOAT16_COMPUTE,
+    ),
+    Variation("noise (float16 declared)", declared="float16", fault=FaultMode.NOISE),
 )
 
 
@@ -122,11 +145,13 @@ class Options:
     seed: int = option(0, "seed of the sessions")
     matched: bool = option(
         False,
-        "calibrate the 16-bit audit instead: nodes that declare bfloat16 / float16, audited in "
-        "one float32 pass and in the declared dtype step by step (verifier.audit.AuditSpans)",
+        "calibrate the 16-bit audit instead: nodes that declare bfloat16 / float16, each leaf "
+        "audited in one float32 pass and block by block (verifier.blockwise)",
     )
     declared: tuple[str, ...] = option(MATCHED_DTYPES, "with --matched: the declared dtypes")
-    sketch_k: int = option(0, "with --matched: sketch this many components (0: the node's k)")
+    sketch_k: int = option(
+        0, "with --matched: sketch this many components (0: the node's k; float32 way only)"
+    )
     stem: bool = option(
         False,
         "sessions enter the span as a real model's hidden states there: the embeddings run "
@@ -157,7 +182,10 @@ QUICK = Options(sessions=2, noise_sessions=1)
 
 @dataclass(frozen=True)
 class Row:
-    """One variation's audits."""
+    """One variation's audits, judged on the sketch (float32 pass: the overlap and relative
+    errors) or block by block (`verifier.blockwise`: the block error and precision ratio); the
+    other kind's fields are None. Ranges are over the leaves audited (a cheat's: over its
+    cheated leaves only) and None when there were none."""
 
     variation: str
     declared: str  # the dtype the node declared
@@ -165,13 +193,30 @@ class Row:
     cheated: int  # of which cheated
     false_positive_rate: float  # failed audits of honest leaves / honest leaves
     detection_rate: float | None  # failed audits of cheated leaves / cheated leaves
-    min_overlap: float  # lowest share of top-k positions the recomputation agreed on
-    mean_rel_error: tuple[float, float]  # range over leaves of the mean relative error
-    worst_rel_error: tuple[float, float]  # range over leaves of the worst relative error
+    min_overlap: float | None = None  # lowest share of top-k positions the recomputation kept
+    mean_rel_error: tuple[float, float] | None = None  # range of the mean relative error
+    worst_rel_error: tuple[float, float] | None = None  # range of the worst relative error
+    block_error: tuple[float, float] | None = None  # range of a leaf's largest block error
+    precision_ratio: tuple[float, float] | None = None  # range of a leaf's largest ratio
+
+    @property
+    def blockwise(self) -> bool:
+        """Whether the leaves were audited block by block."""
+        return self.block_error is not None
+
+    @property
+    def honest_failed(self) -> int:
+        """Failed audits of honest leaves."""
+        return round(self.false_positive_rate * (self.leaves - self.cheated))
 
     @classmethod
     def of(cls, rates: Rates) -> Row:
         w = rates.worst
+
+        def span(name: str) -> tuple[float, float] | None:
+            low, high = w.get(f"min_{name}"), w.get(f"max_{name}")
+            return None if low is None or high is None else (low, high)
+
         return cls(
             variation=rates.variation.name,
             declared=rates.variation.declared,
@@ -179,9 +224,11 @@ class Row:
             cheated=rates.cheated,
             false_positive_rate=rates.false_positive_rate,
             detection_rate=rates.detection_rate if rates.cheated else None,
-            min_overlap=w["min_overlap"],
-            mean_rel_error=(w["min_mean_rel_error"], w["max_mean_rel_error"]),
-            worst_rel_error=(w["min_worst_rel_error"], w["max_worst_rel_error"]),
+            min_overlap=w.get("min_min_overlap"),
+            mean_rel_error=span("mean_rel_error"),
+            worst_rel_error=span("worst_rel_error"),
+            block_error=span("block_error"),
+            precision_ratio=span("precision_ratio"),
         )
 
 
@@ -226,7 +273,9 @@ def slug(name: str) -> str:
 
 def dump(span: Span, head: ClientHead, options: Options) -> None:
     """Serve every `DUMPED` variation on --device; save the sessions in one file under --dump
-    (keys `<variation>.<session>.<what>`)."""
+    (keys `<variation>.<session>.<what>`: the session's hidden states, mask, prompt length and
+    cheated steps, each step's output `out<step>` and, for a 16-bit node, its block states
+    `states<step>`, [blocks, batch, tokens, hidden])."""
     out = Path(options.dump)
     out.mkdir(parents=True, exist_ok=True)
     print(f"# weights {checksum(span)}; device {options.device}")
@@ -237,14 +286,16 @@ def dump(span: Span, head: ClientHead, options: Options) -> None:
         node = SimulatedNode(span, variation, seed=options.seed + index, device=options.device)
         for i in range(options.sessions):
             hidden, mask, prompt = session_inputs(head, generator, new_tokens=options.new_tokens)
-            inputs, outputs, cheated = node.serve(hidden, mask, prompt)
+            served = node.serve(hidden, mask, prompt)
             key = f"{index}.{i}"
-            tensors[f"{key}.hidden"] = torch.cat([h for h, _ in inputs], dim=1)
-            tensors[f"{key}.mask"] = inputs[-1][1]
+            tensors[f"{key}.hidden"] = torch.cat([h for h, _ in served.inputs], dim=1)
+            tensors[f"{key}.mask"] = served.inputs[-1][1]
             tensors[f"{key}.prompt"] = torch.tensor([prompt])
-            tensors[f"{key}.cheated"] = torch.tensor(cheated)
-            for step, output in enumerate(outputs):
+            tensors[f"{key}.cheated"] = torch.tensor(served.cheated)
+            for step, output in enumerate(served.outputs):
                 tensors[f"{key}.out{step}"] = output.contiguous()
+            for step, states in enumerate(served.states or []):
+                tensors[f"{key}.states{step}"] = states.contiguous()
         print(f"# served {variation.name}: {options.sessions} sessions", flush=True)
     torch.backends.cuda.matmul.allow_tf32 = False
     metadata = {
@@ -256,7 +307,8 @@ def dump(span: Span, head: ClientHead, options: Options) -> None:
 
 
 def audit_dumped(span: Span, path: Path) -> list[Row]:
-    """Audit the sessions a --dump saved, on this machine's CPU."""
+    """Audit the sessions a --dump saved, on this machine's CPU: a float32 node's in one float32
+    pass, a 16-bit node's both ways (block by block only if the dump holds its block states)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -264,24 +316,17 @@ def audit_dumped(span: Span, path: Path) -> list[Row]:
     tensors = load_file(str(path))
     rows = []
     for index, (name, declared) in enumerate(json.loads(metadata["variations"])):
-        ways: list[tuple[str, tuple[Span, ...]]] = [("", ())]
-        if declared != "float32":
-            ways = [(f", {FLOAT32_WAY}", ()), (f", {MATCHED_WAY}", twins(span, declared))]
-        for suffix, matched in ways:
+        ways: list[tuple[str, BlockAudit | None]] = [("", None)]
+        if commits_states(DTYPES[declared]):
+            ways = [(f", {FLOAT32_WAY}", None)]
+            if any(k.startswith(f"{index}.") and ".states" in k for k in tensors):
+                ways.append((f", {BLOCKWISE_WAY}", block_audit(span, DTYPES[declared])))
+        for suffix, blockwise in ways:
             variation = Variation(f"{name}, on {metadata['device']}{suffix}", declared=declared)
-            rows.append(Row.of(audit_dumped_variation(tensors, index, variation, span, matched)))
+            rates = audit_dumped_variation(tensors, index, variation, span, blockwise)
+            rows.append(Row.of(rates))
+            print(f"{variation.name}: {rates.leaves} leaves", flush=True)
     return rows
-
-
-_TWINS: dict[tuple[int, str], tuple[Span, ...]] = {}
-
-
-def twins(span: Span, declared: str) -> tuple[Span, ...]:
-    """`matched_spans` of `span` in `declared`, built once per span and dtype."""
-    key = (id(span), declared)
-    if key not in _TWINS:
-        _TWINS[key] = matched_spans(span, DTYPES[declared])
-    return _TWINS[key]
 
 
 def audit_dumped_variation(
@@ -289,9 +334,10 @@ def audit_dumped_variation(
     index: int,
     variation: Variation,
     span: Span,
-    matched: tuple[Span, ...],
+    blockwise: BlockAudit | None,
 ) -> Rates:
-    """Audit the sessions a --dump saved for its `index`-th variation."""
+    """Audit the sessions a --dump saved for its `index`-th variation (block by block with
+    `blockwise`, else in one float32 pass)."""
     rates = Rates(variation)
     sessions = sorted({int(k.split(".")[1]) for k in tensors if k.startswith(f"{index}.")})
     for i in sessions:
@@ -301,8 +347,11 @@ def audit_dumped_variation(
         inputs = [(hidden[:, a:b].contiguous(), mask[:, :b].contiguous()) for a, b in bounds]
         outputs = [tensors[f"{key}.out{step}"] for step in range(len(bounds))]
         cheated = [bool(c) for c in tensors[f"{key}.cheated"]]
-        for leaf in leaves_from(inputs, outputs, cheated):
-            rates.add(leaf, audit_leaf(span, leaf, variation.declared, matched))
+        states = None
+        if f"{key}.states0" in tensors:
+            states = [tensors[f"{key}.states{step}"] for step in range(len(bounds))]
+        for leaf in leaves_from(Served(inputs, outputs, cheated, states)):
+            rates.add(leaf, audit_leaf(span, leaf, variation.declared, blockwise))
     return rates
 
 
@@ -382,7 +431,8 @@ def run(options: Options) -> CalibrationResult:
 @dataclass(frozen=True)
 class MatchedResult:
     """The 16-bit audit: every honest variation and cheat of a node that declares bfloat16 or
-    float16, audited both ways (`FLOAT32_WAY`, `MATCHED_WAY`), and the noise each lets through."""
+    float16, each leaf audited both ways (`FLOAT32_WAY`, `BLOCKWISE_WAY`: a row per variation
+    and way, in that order), and the noise each way lets through."""
 
     options: Options
     model: str
@@ -395,43 +445,68 @@ class MatchedResult:
     provenance: Provenance
 
 
+def audit_both_ways(
+    span: Span,
+    head: ClientHead,
+    variation: Variation,
+    options: Options,
+    *,
+    seed: int,
+    sessions: int,
+) -> tuple[Rates, Rates]:
+    """Serve `sessions` random sessions as `variation` (a 16-bit declared dtype) and audit every
+    leaf in one float32 pass on its sketch and block by block: the rates of either way."""
+    generator = torch.Generator().manual_seed(seed)
+    node = SimulatedNode(span, variation, seed=seed, device=options.device)
+    blockwise = block_audit(span, DTYPES[variation.declared])
+    by_float32 = Rates(replace(variation, name=f"{variation.name}, {FLOAT32_WAY}"))
+    by_block = Rates(replace(variation, name=f"{variation.name}, {BLOCKWISE_WAY}"))
+    for _ in range(sessions):
+        hidden, mask, prompt = session_inputs(head, generator, new_tokens=options.new_tokens)
+        served = node.serve(hidden, mask, prompt)
+        for leaf in leaves_from(served, sketch_k=options.sketch_k or None):
+            by_float32.add(leaf, audit_leaf(span, leaf, variation.declared))
+            by_block.add(leaf, audit_leaf(span, leaf, variation.declared, blockwise))
+    return by_float32, by_block
+
+
 def run_matched(options: Options) -> MatchedResult:
-    """Nodes that declare a 16-bit dtype (`MATCHED_DTYPES`): every honest variation of
-    `honest_16bit` and every cheat, each audited in one float32 pass and in the declared dtype
-    step by step; then the noise either way lets through."""
+    """Nodes that declare a 16-bit dtype (`--declared`): every honest variation of
+    `honest_16bit` and every cheat, each leaf audited in one float32 pass and block by block;
+    then the noise either way lets through."""
     clock = Stopwatch(SCRIPT, options)
     torch.set_num_threads(2)
-    ways = ((FLOAT32_WAY, False), (MATCHED_WAY, True))
     with loaded(options) as (path, _, span, head):
         rows, noise = [], []
         for declared in options.declared:
             variations = [*honest_16bit(declared), *cheats(declared)]
             for index, variation in enumerate(variations):
-                for way, matched in ways:
-                    named = replace(variation, name=f"{variation.name}, {way}")
-                    rates = run_variation(
-                        span, head, named, sessions=options.sessions,
-                        seed=options.seed + index, new_tokens=options.new_tokens,
-                        device=options.device, matched=matched,
-                        sketch_k=options.sketch_k or None,
-                    )  # fmt: skip
-                    rows.append(Row.of(rates))
-                    print(f"{named.name}: {rates.leaves} leaves", flush=True)
-            for way, matched in ways:
-                cells = []
-                for scale in NOISE_SCALES:
-                    variation = Variation(
-                        f"noise {scale:g}", declared, FaultMode.NOISE, noise_scale=scale
-                    )
-                    rates = run_variation(
-                        span, head, variation, sessions=options.cells, seed=options.seed,
-                        new_tokens=options.new_tokens, device=options.device, matched=matched,
-                        sketch_k=options.sketch_k or None,
-                    )  # fmt: skip
-                    cells.append(rates.detection_rate)
-                noise.append(NoiseRow(f"{declared}, {way}", tuple(cells)))
+                began = time.perf_counter()
+                both = audit_both_ways(
+                    span, head, variation, options, seed=options.seed + index,
+                    sessions=options.sessions,
+                )  # fmt: skip
+                rows += [Row.of(rates) for rates in both]
+                print(
+                    f"{variation.name}: {both[0].leaves} leaves "
+                    f"({time.perf_counter() - began:.0f} s)",
+                    flush=True,
+                )
+            cells: tuple[list[float], list[float]] = ([], [])
+            for scale in NOISE_SCALES:
+                variation = Variation(
+                    f"noise {scale:g}", declared, FaultMode.NOISE, noise_scale=scale
+                )
+                both = audit_both_ways(
+                    span, head, variation, options, seed=options.seed, sessions=options.cells
+                )
+                for way_cells, rates in zip(cells, both, strict=True):
+                    way_cells.append(rates.detection_rate)
+            for way, way_cells in zip((FLOAT32_WAY, BLOCKWISE_WAY), cells, strict=True):
+                noise.append(NoiseRow(f"{declared}, {way}", tuple(way_cells)))
+            print(f"noise table, {declared} declared", flush=True)
         tolerances = {f"{d}, {FLOAT32_WAY}": str(TOLERANCES[d]) for d in options.declared}
-        tolerances |= {f"{d}, {MATCHED_WAY}": str(MATCHED_TOLERANCES[d]) for d in options.declared}
+        tolerances |= {f"{d}, {BLOCKWISE_WAY}": str(BLOCK_TOLERANCES[d]) for d in options.declared}
         return MatchedResult(
             options=options,
             model=path.name,
@@ -446,11 +521,14 @@ def run_matched(options: Options) -> MatchedResult:
 
 
 def matched_tables(result: MatchedResult) -> str:
-    """The 16-bit matrix and noise table as markdown (the rows in `report`'s format)."""
-    from report import calibration_header, calibration_row
+    """The 16-bit matrix (a line per variation: both ways side by side), its rows in `report`'s
+    format (a table per way) and the noise table, as markdown."""
+    from report import calibration_tables_of, sixteen_bit_table
 
+    pairs = list(zip(result.rows[::2], result.rows[1::2], strict=True))
     lines = [f"- {way}: `{t}`" for way, t in result.tolerances.items()]
-    lines += ["", calibration_header(), *(calibration_row(r) for r in result.rows), ""]
+    lines += ["", sixteen_bit_table(pairs, FLOAT32_WAY, BLOCKWISE_WAY), ""]
+    lines += [calibration_tables_of(result.rows), ""]
     lines.append(
         "| declared, audit | " + " | ".join(f"noise {s:g}" for s in result.noise_scales) + " |"
     )
@@ -468,14 +546,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         with loaded(options) as (_, _, span, head):
             dump(span, head, options)
         return
-    from report import calibration_header, calibration_row, calibration_tables
+    from report import calibration_tables, calibration_tables_of
 
     if options.source:
         with loaded(options) as (_, _, span, _):
             print(f"# weights {checksum(span)}")
-            print(calibration_header())
-            for row in audit_dumped(span, Path(options.source)):
-                print(calibration_row(row), flush=True)
+            rows = audit_dumped(span, Path(options.source))
+            print()
+            print(calibration_tables_of(rows))
         return
     if options.matched:
         matched = run_matched(options)

@@ -741,20 +741,86 @@ def detection_section(result: VerifierBenchResult) -> str:
 # --- calibration --------------------------------------------------------------------------------
 
 
-def calibration_header() -> str:
-    return (
-        "| variation | leaves | cheated | false positives | detection | min overlap | "
-        "mean rel. error | worst rel. error |\n|---|---|---|---|---|---|---|---|"
+def calibration_header(blockwise: bool = False) -> str:
+    """The header of a table of `calibration_row`s: rows judged on the sketch, or (`blockwise`)
+    block by block."""
+    measures = (
+        ["block error", "precision ratio"]
+        if blockwise
+        else ["min overlap", "mean rel. error", "worst rel. error"]
     )
+    return table(["variation", "leaves", "cheated", "false positives", "detection", *measures], [])
+
+
+def value_range(values: tuple[float, float] | None, fmt: str = ".2e") -> str:
+    """ "1.00e-03 .. 2.00e-03", or "-" where nothing was measured."""
+    return "-" if values is None else f"{values[0]:{fmt}} .. {values[1]:{fmt}}"
 
 
 def calibration_row(row: Row) -> str:
+    """One variation's audits: the sketch's overlap and relative errors, or (a row audited
+    block by block) the block error and precision ratio."""
     detection = "-" if row.detection_rate is None else f"{row.detection_rate:.1%}"
-    return (
+    head = (
         f"| {row.variation} | {row.leaves} | {row.cheated} | {row.false_positive_rate:.1%} | "
-        f"{detection} | {row.min_overlap:.3f} | {row.mean_rel_error[0]:.2e} .. "
-        f"{row.mean_rel_error[1]:.2e} | {row.worst_rel_error[0]:.2e} .. "
-        f"{row.worst_rel_error[1]:.2e} |"
+        f"{detection} | "
+    )
+    if row.blockwise:
+        return f"{head}{value_range(row.block_error)} | {value_range(row.precision_ratio, '.3g')} |"
+    overlap = "-" if row.min_overlap is None else f"{row.min_overlap:.3f}"
+    return (
+        f"{head}{overlap} | {value_range(row.mean_rel_error)} | "
+        f"{value_range(row.worst_rel_error)} |"
+    )
+
+
+def calibration_tables_of(rows: Sequence[Row]) -> str:
+    """A table of the rows judged on the sketch, then one of the rows judged block by block
+    (each only if there are any)."""
+    tables = []
+    for blockwise in (False, True):
+        kind = [r for r in rows if r.blockwise == blockwise]
+        if kind:
+            tables.append("\n".join([calibration_header(blockwise), *map(calibration_row, kind)]))
+    return "\n\n".join(tables)
+
+
+def sixteen_bit_table(pairs: Sequence[tuple[Row, Row]], float32_way: str, block_way: str) -> str:
+    """16-bit variations with both ways side by side: each pair is one variation's rows audited
+    in one float32 pass (named "<variation>, <float32_way>") and block by block. "failed" is
+    the number of honest leaves whose audit failed, or the share of cheated leaves that did."""
+
+    def failed(row: Row) -> str:
+        if row.detection_rate is not None:
+            return f"{row.detection_rate:.1%} of cheated"
+        return str(row.honest_failed)
+
+    lines = []
+    for float32, block in pairs:
+        name = float32.variation.removesuffix(f", {float32_way}")
+        leaves = f"{float32.leaves} ({float32.cheated})" if float32.cheated else str(float32.leaves)
+        lines.append(
+            [
+                name,
+                leaves,
+                failed(float32),
+                value_range(float32.mean_rel_error),
+                failed(block),
+                value_range(block.block_error),
+                value_range(block.precision_ratio, ".3g"),
+            ]
+        )
+    return table(
+        [
+            "variation",
+            "leaves (cheated)",
+            f"{float32_way}: failed",
+            "mean rel. error",
+            f"{block_way}: failed",
+            "block error",
+            "precision ratio",
+        ],
+        lines,
     )
 
 
@@ -763,7 +829,7 @@ def calibration_tables(result: CalibrationResult) -> str:
 
 
 def calibration_matrix(result: CalibrationResult) -> str:
-    return "\n".join([calibration_header(), *(calibration_row(r) for r in result.rows)])
+    return calibration_tables_of(result.rows)
 
 
 def noise_table(result: CalibrationResult) -> str:
@@ -778,9 +844,7 @@ def calibration_section(result: CalibrationResult) -> str:
     start, end = result.span
     tolerances = "\n".join(f"- {dtype}: `{t}`" for dtype, t in result.tolerances.items())
     honest = [r for r in result.rows if r.cheated == 0]
-    false_positives = sum(
-        round(r.false_positive_rate * (r.leaves - r.cheated)) for r in result.rows
-    )
+    false_positives = sum(r.honest_failed for r in result.rows)
     missed_f32 = [
         r
         for r in result.rows
@@ -793,12 +857,14 @@ def calibration_section(result: CalibrationResult) -> str:
             f"Simulated nodes serve random sessions on blocks {start}-{end} of {result.model} "
             f"(batch 1-3, prompts of 4-16 tokens with left padding, then {o.new_tokens} decode "
             f"steps through a KV cache, so {o.new_tokens + 1} leaves per session; "
-            f"{o.sessions} sessions per variation); the verifier audits every leaf as "
-            "`stakeswarm verifier run` does (one float32 pass on the CPU over the session's "
-            "inputs up to the leaf, judged with `verifier/thresholds.py` for the declared "
-            'dtype). "false positives" counts failed audits of honest leaves, "detection" '
-            "failed audits of cheated leaves; the last two columns give the range over leaves "
-            "of the mean and of the worst relative error of the committed top-8 components. "
+            f"{o.sessions} sessions per variation); the verifier audits every leaf in one "
+            "float32 pass on the CPU over the session's inputs up to the leaf, judged on the "
+            "committed sketch with `verifier/thresholds.py` for the declared dtype (as "
+            "`stakeswarm verifier run` audits a float32 node; it audits a 16-bit node block by "
+            'block, next section). "false positives" counts failed audits of honest leaves, '
+            '"detection" failed audits of cheated leaves; the last two columns give the range '
+            "over leaves of the mean and of the worst relative error of the committed top-8 "
+            "components. "
             "The thresholds in force:",
             tolerances,
             calibration_matrix(result),
@@ -813,9 +879,9 @@ def calibration_section(result: CalibrationResult) -> str:
                 + "."
             )
             + " A stale node's first two leaves per session are honest: nothing of the same "
-            "shape came before them. A node that declares bfloat16 hides small perturbations "
-            "in its own rounding: only gross cheats fail there (see docs/security.md for what "
-            "that means for stakes).",
+            "shape came before them. Judged on its sketch alone, a node that declares bfloat16 "
+            "hides small perturbations in its own rounding: only gross cheats fail there, which "
+            "is why 16-bit nodes are audited block by block (next section).",
             "Noise the audit lets through, by declared dtype (detection per noised leaf; "
             f"noise std as a fraction of the output's std; {o.cells} session"
             f"{'s' if o.cells != 1 else ''} per cell):",

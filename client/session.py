@@ -424,8 +424,9 @@ class InferenceSession:
                 peer_id=hop.peer_id,
             )
         sent, received = tensor_hash(x), tensor_hash(out)
-        # the sketch of what arrived: the node must have committed this one (client/receipts.py)
-        sketched = sketch(out).hash()
+        # the sketch of what arrived: the node must have committed this one (client/receipts.py),
+        # with the hash of its block states when it serves in 16 bits (node.states)
+        sketched = sketch(out, states_hash=receipt.states_hash).hash()
         expected = ExpectedLeaf(
             signer=hop.address,
             session_id=hop.remote.session_id,

@@ -200,9 +200,12 @@ class Span(nn.Module):
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: SessionCache | None = None,
+        states: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Run the span over `hidden` [batch, tokens, hidden_size] and return the output
-        hidden states of the same shape.
+        hidden states of the same shape. With `states`, every block's output (the last one is
+        the span's) is appended to it, on `hidden`'s device: what a 16-bit node commits to and
+        reveals, so that verifiers recompute one block at a time (`node.states`).
 
         `attention_mask` [batch, past + tokens] (0/1; None: no padding) covers the cached past
         and the new tokens. With `cache`, `past` is `cache.length`, the mask's past part must
@@ -244,6 +247,8 @@ class Span(nn.Module):
                         use_cache=cache is not None,
                         **{self._cache_kwarg: cache},
                     )
+                    if states is not None:
+                        states.append(hidden.to(arrived_on))
             except BaseException:
                 if cache is not None:
                     cache.abort_step()

@@ -83,14 +83,16 @@ from node.protocol import (
     stream_frame,
 )
 from node.sketch import Sketch, sketch
+from node.states import states_hash
 from node.tensors import tensor_hash
 
 logger = logging.getLogger(__name__)
 
 # Bytes per element of the dtypes stored hidden states come in (safetensors' names).
 _STORED_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
-# What `LeafWriter` stores per step: the signed receipt, hidden states, mask, encoded sketch.
-_Step = tuple[SignedReceipt, torch.Tensor, torch.Tensor, bytes]
+# What `LeafWriter` stores per step: the signed receipt, hidden states, mask, encoded sketch
+# and, for a 16-bit node, its block states (`node.states`).
+_Step = tuple[SignedReceipt, torch.Tensor, torch.Tensor, bytes, torch.Tensor | None]
 
 
 class Receipts:
@@ -118,11 +120,14 @@ class Receipts:
         tokens: int,
         hidden_in: torch.Tensor,
         hidden_out: torch.Tensor,
+        states: torch.Tensor | None = None,
     ) -> tuple[SignedReceipt, bytes]:
         """The signed leaf of one step (`hidden_in`/`hidden_out` are the exact tensors received
-        and sent) and the encoded sketch whose hash the leaf commits, kept for reveals."""
+        and sent) and the encoded sketch whose hash the leaf commits, kept for reveals; with a
+        16-bit node's block `states` (`node.states.stack_states`), a sketch that commits them."""
         issued_at = int(self.clock())
-        encoded = sketch(hidden_out).encode()
+        hashed = None if states is None else states_hash(states)
+        encoded = sketch(hidden_out, states_hash=hashed).encode()
         leaf = Leaf(
             session_id=session_id,
             model_id=self.model_id,
@@ -135,15 +140,17 @@ class Receipts:
             sketch_hash=keccak(encoded),
             issued_at=issued_at,
         )
-        return SignedReceipt(leaf, sign_receipt(self.domain, leaf, self.account)), encoded
+        signature = sign_receipt(self.domain, leaf, self.account)
+        return SignedReceipt(leaf, signature, hashed), encoded
 
 
 class InputStore:
     """Step inputs as safetensors files: `<root>/<session hex>/<start>-<end>/<step>.safetensors`
     holding `hidden` [batch, tokens, hidden], `mask` [batch, tokens] (the step's own columns of
     its attention mask: the columns before them are the earlier steps', which the node checked
-    against its cache when it served the step), and `sketch` (uint8, the encoded sketch the
-    step's leaf commits) when one was given. A session's files thus grow linearly with its
+    against its cache when it served the step), `sketch` (uint8, the encoded sketch the
+    step's leaf commits) when one was given, and a 16-bit node's `states` [blocks, batch,
+    tokens, hidden] (`node.states`). A session's files thus grow linearly with its
     length. Files written before protocol 3 hold the whole mask [batch, past + tokens]; `load`
     reads only its last `tokens` columns from them, so both layouts read the same."""
 
@@ -164,10 +171,11 @@ class InputStore:
         hidden: torch.Tensor,
         mask: torch.Tensor,
         sketch: bytes = b"",
+        states: torch.Tensor | None = None,
     ) -> str:
         """Store one step's inputs: `hidden` [batch, tokens, hidden] and its attention mask,
         [batch, past + tokens] as received (only its last `tokens` columns are kept) or
-        [batch, tokens]."""
+        [batch, tokens]; the encoded sketch and block states when given."""
         rel = self.relative(session_id, start, end, step)
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +185,8 @@ class InputStore:
         tensors = {"hidden": hidden.contiguous(), "mask": new_columns}
         if sketch:
             tensors["sketch"] = torch.frombuffer(bytearray(sketch), dtype=torch.uint8)
+        if states is not None:
+            tensors["states"] = states.contiguous()
         save_file(tensors, str(path))
         return rel
 
@@ -203,6 +213,21 @@ class InputStore:
         with safe_open(str(self.root / rel), framework="pt") as f:
             hidden = f.get_slice("hidden")
             return list(hidden.get_shape()), str(hidden.get_dtype())
+
+    def load_states(self, rel: str) -> torch.Tensor | None:
+        """A step's block states [blocks, batch, tokens, hidden], None if none were stored."""
+        with safe_open(str(self.root / rel), framework="pt") as f:
+            if "states" not in f.keys():  # noqa: SIM118 (not a dict)
+                return None
+            return f.get_tensor("states")
+
+    def states_shape(self, rel: str) -> tuple[list[int], str] | None:
+        """The shape and dtype of a step's stored block states, from the header; None if none."""
+        with safe_open(str(self.root / rel), framework="pt") as f:
+            if "states" not in f.keys():  # noqa: SIM118 (not a dict)
+                return None
+            states = f.get_slice("states")
+            return list(states.get_shape()), str(states.get_dtype())
 
     def load_sketch(self, rel: str) -> bytes | None:
         """The encoded sketch stored with a step's inputs, None if none was stored."""
@@ -262,14 +287,19 @@ class LeafWriter:
         self.queued = 0  # leaves submitted and not stored yet
 
     def submit(
-        self, receipt: SignedReceipt, hidden: torch.Tensor, mask: torch.Tensor, sketch: bytes = b""
+        self,
+        receipt: SignedReceipt,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        sketch: bytes = b"",
+        states: torch.Tensor | None = None,
     ) -> asyncio.Future[None]:
-        """Queue one step's leaf, inputs and encoded sketch for the ledger; the future completes
-        once they are stored (or with the error that refused them)."""
+        """Queue one step's leaf, inputs, encoded sketch and block states (16-bit nodes) for the
+        ledger; the future completes once they are stored (or with the error that refused them)."""
         stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # the writer logs a failure; a caller that never awaits the future gets no warning
         stored.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._queue.append(((receipt, hidden, mask, sketch), stored))
+        self._queue.append(((receipt, hidden, mask, sketch, states), stored))
         self.queued += 1
         if self._writing is None:
             self._start()
@@ -315,7 +345,7 @@ class LeafWriter:
         """Store `group` (ledger thread): input files, then every leaf and input row in one
         transaction. Returns each step's error (None: stored)."""
         paths = []
-        for receipt, hidden, mask, encoded in group:
+        for receipt, hidden, mask, encoded, states in group:
             leaf = receipt.leaf
             paths.append(
                 self.store.save(
@@ -326,9 +356,10 @@ class LeafWriter:
                     hidden,
                     mask,
                     encoded,
+                    states,
                 )
             )
-        steps = [(r.leaf, r.signature, rel) for (r, _, _, _), rel in zip(group, paths, strict=True)]
+        steps = [(r.leaf, r.signature, rel) for (r, *_), rel in zip(group, paths, strict=True)]
         try:
             self._insert_unsynced(steps)
         except IntegrityError:
@@ -611,7 +642,8 @@ class Reveal:
     def tensors(self) -> Iterator[torch.Tensor]:
         """The frame's tensors (`RevealResponse`): each step's hidden states, read from disk
         when the frame reaches it, then the mask of step k (the steps' own columns, in order),
-        then the sketch. `ProtocolError(NOT_FOUND)` for a file that became unreadable."""
+        then the sketch, then (`response.states`) each step's block states, read from disk one
+        at a time. `ProtocolError(NOT_FOUND)` for a file that became unreadable."""
         columns: list[torch.Tensor] = []  # per step: [batch, tokens] int64
         for rel in self.paths:
             try:
@@ -626,6 +658,17 @@ class Reveal:
         if self.sketch is not None:
             yield self.sketch.indices
             yield self.sketch.values
+        if self.response.states:
+            for rel in self.paths:
+                try:
+                    states = self.store.load_states(rel)
+                except (OSError, SafetensorError) as exc:
+                    raise ProtocolError(
+                        ErrorCode.NOT_FOUND, f"stored block states unreadable: {exc}"
+                    ) from None
+                if states is None:
+                    raise ProtocolError(ErrorCode.NOT_FOUND, "stored block states are gone")
+                yield states  # [blocks, batch, tokens, hidden]
 
     def messages(self, message_type: type[Msg]) -> Iterator[Msg]:
         """The frame's protobuf messages: the metadata (every step's leaf and proof) first,
@@ -646,7 +689,8 @@ def build_reveal(
     """What a verifier gets for leaf `leaf_index` of on-chain batch `batch_id`: the session's
     steps 0..k over that span (leaf, batch id, position in the batch, Merkle proof each) and
     their inputs (each step's hidden states, then step k's mask: `RevealResponse`); with
-    `full`, also the batch's leaf hashes and step k's committed sketch (indices, values).
+    `full`, also the batch's leaf hashes, step k's committed sketch (indices, values) and,
+    when the node stored them (16-bit spans, `node.states`), every step's block states.
     The ledger is read in one transaction, closed before this returns; the stored inputs are
     only checked here (headers) and read while the frame streams (`Reveal.messages`).
     NOT_FOUND when this node has no such leaf or inputs."""
@@ -726,7 +770,29 @@ def build_reveal(
         if committed is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no sketch was stored for this step")
         sizes += [t.numel() * t.element_size() for t in (committed.indices, committed.values)]
-    return Reveal(RevealResponse(steps, full, batch_leaves), store, paths, sizes, committed)
+    with_states = full and committed is not None and committed.states_hash is not None
+    if with_states:
+        sizes += _states_sizes(store, paths)
+    response = RevealResponse(steps, full, batch_leaves, with_states)
+    return Reveal(response, store, paths, sizes, committed)
+
+
+def _states_sizes(store: InputStore, paths: list[str]) -> list[int]:
+    """The byte size of every step's stored block states (from the files' headers);
+    NOT_FOUND when a step has none or they are unreadable."""
+    sizes = []
+    for step, rel in enumerate(paths):
+        try:
+            found = store.states_shape(rel)
+        except (OSError, SafetensorError) as exc:
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, f"stored block states unreadable: {exc}"
+            ) from None
+        if found is None or found[1] not in _STORED_ITEMSIZE or len(found[0]) != 4:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"step {step} has no stored block states")
+        shape, dtype = found
+        sizes.append(math.prod(shape) * _STORED_ITEMSIZE[dtype])
+    return sizes
 
 
 __all__ = [

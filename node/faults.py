@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import functools
 import logging
 import threading
 import weakref
@@ -299,8 +300,10 @@ class FaultySpan(Span):
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: SessionCache | None = None,
+        states: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        return self.cheat.forward(super().forward, self, hidden, attention_mask, cache)
+        honest = functools.partial(super().forward, states=states)
+        return self.cheat.forward(honest, self, hidden, attention_mask, cache)
 
 
 class FaultyViews(SpanViews):
@@ -342,7 +345,7 @@ class EquivocatingNode(StakeswarmNode):
 
     def _compute(
         self, session: Session, step: int, tokens: int, hidden: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, Any, bytes]:
+    ) -> tuple[torch.Tensor, Any, bytes, torch.Tensor | None]:
         self._past[session.session_id] = session.cache.length
         return super()._compute(session, step, tokens, hidden, mask)
 
@@ -355,7 +358,12 @@ class _SkipsReplays(LeafWriter):
         self._replayed = replayed
 
     def submit(
-        self, receipt: SignedReceipt, hidden: torch.Tensor, mask: torch.Tensor, sketch: bytes = b""
+        self,
+        receipt: SignedReceipt,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        sketch: bytes = b"",
+        states: torch.Tensor | None = None,
     ) -> asyncio.Future[None]:
         slot = (receipt.leaf.session_id, receipt.leaf.step)
         if slot in self._replayed:
@@ -363,7 +371,7 @@ class _SkipsReplays(LeafWriter):
             skipped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             skipped.set_result(None)
             return skipped
-        return super().submit(receipt, hidden, mask, sketch)
+        return super().submit(receipt, hidden, mask, sketch, states)
 
 
 class WithholdingNode(StakeswarmNode):
@@ -404,7 +412,8 @@ class _SteeringReceipts(Receipts):
         logger.warning("CHEAT MODE steer: sending a steered output, signing the honest sketch")
         honest_receipt, encoded = super().make_with_sketch(hidden_out=honest, **step)
         leaf = dataclasses.replace(honest_receipt.leaf, output_hash=tensor_hash(hidden_out))
-        return SignedReceipt(leaf, sign_receipt(self.domain, leaf, self.account)), encoded
+        signature = sign_receipt(self.domain, leaf, self.account)
+        return SignedReceipt(leaf, signature, honest_receipt.states_hash), encoded
 
 
 class _NeverCommits:

@@ -41,6 +41,7 @@ from ledger.contracts import VerifierRegistry
 from ledger.db import Ledger
 from node.api import NodeMetrics
 from node.balance import Accepted, IncomingPayments
+from node.blocks import Span
 from node.commits import InputStore, LeafWriter, Receipts, build_reveal
 from node.compute import submit_forward
 from node.config import NodeConfig
@@ -70,6 +71,7 @@ from node.sessions import (
     check_step,
     unpack_step,
 )
+from node.states import commits_states, stack_states
 from node.streams import Arrivals, IncomingBudget, Lease, finish, keepalives
 
 logger = logging.getLogger(__name__)
@@ -353,11 +355,11 @@ class StakeswarmNode(ServicerBase):
             session.computing = self.compute.submit(
                 self._compute, session, request.step, tokens, hidden, mask
             )
-            output, receipt, encoded = await asyncio.wrap_future(session.computing)
+            output, receipt, encoded, states = await asyncio.wrap_future(session.computing)
             computed = time.perf_counter()
             # the leaf (and the step's inputs) is in the ledger before its receipt leaves the
             # node: a receipt obliges the node to commit the leaf
-            stored = self.writer.submit(receipt, hidden, mask, encoded)
+            stored = self.writer.submit(receipt, hidden, mask, encoded, states)
             await accepted.persisted
             await stored
         except Exception as exc:
@@ -385,18 +387,42 @@ class StakeswarmNode(ServicerBase):
         tokens: int,
         hidden: torch.Tensor,
         mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, Any, bytes]:
+    ) -> tuple[torch.Tensor, Any, bytes, torch.Tensor | None]:
         # hidden: [batch, tokens, hidden_size]; mask: [batch, past + tokens]
-        output = session.span.forward(hidden, mask, session.cache)
+        return self._committed(
+            session.span,
+            session.session_id,
+            step,
+            tokens,
+            hidden,
+            lambda blocks: session.span.forward(hidden, mask, session.cache, blocks),
+        )
+
+    def _committed(
+        self,
+        span: Span,
+        session_id: bytes,
+        step: int,
+        tokens: int,
+        hidden: torch.Tensor,
+        forward: Callable[[list[torch.Tensor] | None], torch.Tensor],
+    ) -> tuple[torch.Tensor, Any, bytes, torch.Tensor | None]:
+        """Run `forward` (collecting every block's output when the span's dtype commits block
+        states, `node.states`) and sign the step's leaf: the output, the signed receipt, the
+        encoded sketch and the block states (None for a float32 span)."""
+        blocks: list[torch.Tensor] | None = [] if commits_states(span.dtype) else None
+        output = forward(blocks)
+        states = None if blocks is None else stack_states(blocks, output)
         receipt, encoded = self.receipts.make_with_sketch(
-            session_id=session.session_id,
-            span=(session.span.start, session.span.end),
+            session_id=session_id,
+            span=(span.start, span.end),
             step=step,
             tokens=tokens,
             hidden_in=hidden,
             hidden_out=output,
+            states=states,
         )
-        return output, receipt, encoded
+        return output, receipt, encoded, states
 
     # --- stateless forward -----------------------------------------------------------------
 
@@ -450,26 +476,24 @@ class StakeswarmNode(ServicerBase):
             client=channel.client,
         )
 
-        def compute() -> tuple[torch.Tensor, Any, bytes]:
-            output = span.forward(hidden, mask)
-            receipt, encoded = self.receipts.make_with_sketch(
-                session_id=request.session_id,
-                span=(span.start, span.end),
-                step=0,
-                tokens=tokens,
-                hidden_in=hidden,
-                hidden_out=output,
+        def compute() -> tuple[torch.Tensor, Any, bytes, torch.Tensor | None]:
+            return self._committed(
+                span,
+                request.session_id,
+                0,
+                tokens,
+                hidden,
+                lambda blocks: span.forward(hidden, mask, states=blocks),
             )
-            return output, receipt, encoded
 
         try:  # the voucher is spent (see `_step`)
             # queued behind inference steps: a long forward never holds a decode step back
             # for more than the one task already running (node.compute)
-            output, receipt, encoded = await asyncio.wrap_future(
+            output, receipt, encoded, states = await asyncio.wrap_future(
                 submit_forward(self.compute, compute)
             )
             # as in `_step`: the leaf is stored before its receipt leaves the node
-            stored = self.writer.submit(receipt, hidden, mask, encoded)
+            stored = self.writer.submit(receipt, hidden, mask, encoded, states)
             await accepted.persisted
             await stored
         except Exception as exc:

@@ -266,20 +266,30 @@ def leaf_from_wire(raw: Any) -> Leaf:
 
 @dataclass(frozen=True)
 class SignedReceipt:
-    """A node's EIP-712 `Receipt` over a leaf: its signed statement of what it computed."""
+    """A node's EIP-712 `Receipt` over a leaf: its signed statement of what it computed.
+
+    A node serving in 16 bits adds `states_hash` (not signed): the hash of its block states that
+    the leaf's sketchHash commits (`node.states`, a version-2 sketch), without which a client
+    could not check that the sketchHash is the sketch of the output it received."""
 
     leaf: Leaf
     signature: bytes  # 65 bytes
+    states_hash: bytes | None = None  # 32 bytes; 16-bit nodes
 
     def to_wire(self) -> dict[str, Any]:
-        return {"leaf": leaf_to_wire(self.leaf), "sig": self.signature}
+        wire = {"leaf": leaf_to_wire(self.leaf), "sig": self.signature}
+        if self.states_hash is not None:
+            wire["states"] = self.states_hash
+        return wire
 
     @classmethod
     def from_wire(cls, raw: Any) -> SignedReceipt:
         d = _require_map(raw, "receipt")
+        states = d.get("states")
         return cls(
             leaf=leaf_from_wire(d.get("leaf")),
             signature=_bytes(d.get("sig"), "receipt signature", 65),
+            states_hash=None if states is None else _bytes(states, "receipt states hash", 32),
         )
 
 
@@ -539,11 +549,16 @@ class RevealResponse:
     A `full` reveal (see `RevealRequest`) adds `batch_leaves`, the leaf hashes of the target
     leaf's batch in order, and two tensors after the mask: the committed sketch of step k,
     its indices (int64) then its values (float16), `[batch, tokens, k]` each (re-encoded with
-    the hidden size, see `node.sketch`, their keccak is the leaf's sketchHash)."""
+    the hidden size, see `node.sketch`, their keccak is the leaf's sketchHash).
+    A full reveal of a node that serves in 16 bits also sets `states` and ends with every
+    step's block states `[blocks, batch, tokens, hidden]` in step order (`node.states`: all
+    but the last block's outputs hash to the states hash in that step's sketch, the last is
+    the output the step's outputHash commits)."""
 
     steps: list[RevealedStep] = field(default_factory=list)
     full: bool = False
     batch_leaves: list[bytes] = field(default_factory=list)  # full only
+    states: bool = False  # full only: every step's block states follow the sketch
 
     TYPE = "revealed"
 
@@ -552,6 +567,8 @@ class RevealResponse:
         if self.full:
             wire["full"] = True
             wire["leaves"] = list(self.batch_leaves)
+            if self.states:
+                wire["states"] = True
         return wire
 
     @classmethod
@@ -569,13 +586,15 @@ class RevealResponse:
                     f"revealed: leaves must be a list of 1 to {MAX_BATCH_LEAVES} hashes",
                 )
             leaves = [_bytes(leaf, "batch leaf", 32) for leaf in raw]
-        return cls([RevealedStep.from_wire(s) for s in steps], full, leaves)
+        states = full and d.get("states", False) is True
+        return cls([RevealedStep.from_wire(s) for s in steps], full, leaves, states)
 
     @property
     def tensor_count(self) -> int:
-        """How many tensors the frame carries: hidden states per step, the mask, and the
-        sketch when full."""
-        return len(self.steps) + 1 + (2 if self.full else 0)
+        """How many tensors the frame carries: hidden states per step, the mask, the sketch
+        when full, and block states per step when `states`."""
+        steps = len(self.steps)
+        return steps + 1 + (2 if self.full else 0) + (steps if self.states else 0)
 
 
 @dataclass(frozen=True)
@@ -915,7 +934,12 @@ _REVEALED_STEP_BYTES = _packed(
 _BATCH_LEAF_BYTES = _packed(_HASH)
 # The frame header and the `revealed` map around its two lists (each list header up to 5 bytes).
 _REVEAL_ENVELOPE_BYTES = (
-    _packed({"n": 2**32 - 1, "m": {"type": "revealed", "steps": [], "full": True, "leaves": []}})
+    _packed(
+        {
+            "n": 2**32 - 1,
+            "m": {"type": "revealed", "steps": [], "full": True, "leaves": [], "states": True},
+        }
+    )
     + 2 * 4
 )
 # Sketch bytes per position: K indices (int64) and K values (float16).
@@ -946,12 +970,16 @@ class RevealSize:
         return not self.excess()
 
 
-def reveal_limits(*, hidden_size: int, dtype: str, batch: int, max_length: int) -> RevealSize:
+def reveal_limits(
+    *, hidden_size: int, dtype: str, batch: int, max_length: int, blocks: int = 0
+) -> RevealSize:
     """The largest full reveal (any leaf) of a session of `batch` sequences of up to
-    `max_length` positions over a span of `hidden_size` in `dtype`:
+    `max_length` positions over a span of `hidden_size` in `dtype`, with the block states of
+    `blocks` blocks per position (a 16-bit node's span, `node.states`; 0: none):
 
-    - tensors: every position's hidden states (`batch * max_length * hidden_size` items),
-      the mask (`batch * max_length` int64) and step k's sketch (at most every position);
+    - tensors: every position's hidden states (`batch * max_length * hidden_size` items, and
+      `blocks` times that for the states), the mask (`batch * max_length` int64) and step k's
+      sketch (at most every position);
     - metadata: `max_length` steps (one token each, the most leaves a session can have), each
       a leaf with a proof in a batch of MAX_BATCH_LEAVES leaves, and that batch's leaf hashes;
     - messages: every tensor (one per step, the mask, the sketch's two) in whole chunks.
@@ -964,9 +992,11 @@ def reveal_limits(*, hidden_size: int, dtype: str, batch: int, max_length: int) 
         raise ValueError("hidden_size, batch and max_length must be >= 1")
     positions = batch * max_length
     tensor_bytes = positions * (
-        hidden_size * _ITEMSIZE[dtype] + _ITEMSIZE[MASK_DTYPE] + _SKETCH_BYTES_PER_POSITION
+        (1 + blocks) * hidden_size * _ITEMSIZE[dtype]
+        + _ITEMSIZE[MASK_DTYPE]
+        + _SKETCH_BYTES_PER_POSITION
     )
-    tensors = max_length + 1 + 2
+    tensors = max_length + 1 + 2 + (max_length if blocks else 0)
     chunks = math.ceil(tensor_bytes / CHUNK_BYTES) + tensors  # a partial last chunk per tensor
     metadata_bytes = (
         _REVEAL_ENVELOPE_BYTES
@@ -976,12 +1006,15 @@ def reveal_limits(*, hidden_size: int, dtype: str, batch: int, max_length: int) 
     return RevealSize(tensor_bytes, metadata_bytes, frame_message_count(chunks))
 
 
-def longest_revealable(*, hidden_size: int, dtype: str, batch: int) -> int:
-    """The largest `max_length` whose sessions of `batch` sequences stay revealable (0: none)."""
+def longest_revealable(*, hidden_size: int, dtype: str, batch: int, blocks: int = 0) -> int:
+    """The largest `max_length` whose sessions of `batch` sequences stay revealable (0: none),
+    with the block states of `blocks` blocks (`reveal_limits`)."""
     low, high = 0, 2**20  # OpenSession's bound on max_length
     while low < high:
         mid = (low + high + 1) // 2
-        size = reveal_limits(hidden_size=hidden_size, dtype=dtype, batch=batch, max_length=mid)
+        size = reveal_limits(
+            hidden_size=hidden_size, dtype=dtype, batch=batch, max_length=mid, blocks=blocks
+        )
         if size.fits:
             low = mid
         else:

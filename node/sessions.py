@@ -31,6 +31,7 @@ from node.protocol import (
     reveal_limits,
 )
 from node.sketch import FP16_MAX
+from node.states import commits_states
 from node.tensors import DTYPE_NAMES, check_attention_mask, check_hidden_states
 
 logger = logging.getLogger(__name__)
@@ -148,15 +149,20 @@ class SessionManager:
             )
         # every leaf must stay revealable (a leaf it cannot reveal gets the node slashed): the
         # session's largest reveal must fit what verifiers read (node.protocol.reveal_limits)
+        blocks = span.num_blocks if commits_states(span.dtype) else 0
         reveal = reveal_limits(
             hidden_size=span.hidden_size,
             dtype=request.dtype,
             batch=request.batch_size,
             max_length=request.max_length,
+            blocks=blocks,
         )
         if not reveal.fits:
             longest = longest_revealable(
-                hidden_size=span.hidden_size, dtype=request.dtype, batch=request.batch_size
+                hidden_size=span.hidden_size,
+                dtype=request.dtype,
+                batch=request.batch_size,
+                blocks=blocks,
             )
             raise ProtocolError(
                 ErrorCode.LENGTH_EXCEEDED,

@@ -48,6 +48,12 @@ Canonical encoding (all little-endian), the bytes whose keccak256 is the sketchH
                             equal magnitudes by ascending index
     15+4Pk  2*P*k f16       values at those indices, same order
     (P = batch * tokens)
+
+Version 2 (nodes that serve in 16 bits, `node.states`) appends one field, so that the leaf's
+sketchHash also commits every block's output of the step but the last:
+
+    15+6Pk  32              states hash: keccak256 of those outputs' bytes
+                            (`node.states.states_hash`)
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ from node.errors import InvalidInputError, SketchFormatError
 
 SKETCH_TOP_K = 8  # components kept per token position
 SKETCH_VERSION = 1
+STATES_SKETCH_VERSION = 2  # version 1 plus the hash of the block states
 FP16_MAX = 65504.0  # largest finite float16; sketch values saturate here
 _HEADER = struct.Struct("<BHIII")  # version, k, batch, tokens, hidden_size
 # Below float16's smallest normal value a sketch value is stored to a fixed absolute step of
@@ -89,6 +96,7 @@ class Sketch:
     hidden_size: int
     indices: torch.Tensor  # [batch, tokens, k] int64, rank order
     values: torch.Tensor  # [batch, tokens, k] float16, the components at `indices`
+    states_hash: bytes | None = None  # version 2: keccak256 of the step's block states
 
     @property
     def k(self) -> int:
@@ -102,10 +110,11 @@ class Sketch:
     def encode(self) -> bytes:
         """The canonical bytes (module doc)."""
         batch, tokens = self.shape
-        header = _HEADER.pack(SKETCH_VERSION, self.k, batch, tokens, self.hidden_size)
+        version = SKETCH_VERSION if self.states_hash is None else STATES_SKETCH_VERSION
+        header = _HEADER.pack(version, self.k, batch, tokens, self.hidden_size)
         indices = self.indices.numpy().astype("<u4").tobytes()
         values = self.values.numpy().astype("<f2").tobytes()
-        return header + indices + values
+        return header + indices + values + (self.states_hash or b"")
 
     def hash(self) -> bytes:
         """keccak256 of the encoding: the leaf's sketchHash."""
@@ -118,12 +127,15 @@ class Sketch:
         if len(data) < _HEADER.size:
             raise SketchFormatError(f"sketch of {len(data)} bytes is shorter than its header")
         version, k, batch, tokens, hidden_size = _HEADER.unpack_from(data)
-        if version != SKETCH_VERSION:
-            raise SketchFormatError(f"sketch version {version}, expected {SKETCH_VERSION}")
+        if version not in (SKETCH_VERSION, STATES_SKETCH_VERSION):
+            raise SketchFormatError(
+                f"sketch version {version}, expected {SKETCH_VERSION} or {STATES_SKETCH_VERSION}"
+            )
+        trailer = 32 if version == STATES_SKETCH_VERSION else 0
         if not 1 <= k <= hidden_size:
             raise SketchFormatError(f"sketch k={k} outside [1, hidden_size={hidden_size}]")
         count = batch * tokens * k
-        expected = _HEADER.size + 6 * count
+        expected = _HEADER.size + 6 * count + trailer
         if len(data) != expected:
             raise SketchFormatError(
                 f"sketch of {len(data)} bytes, expected {expected} for "
@@ -131,7 +143,8 @@ class Sketch:
             )
         body = memoryview(data)[_HEADER.size :]
         indices = np.frombuffer(body[: 4 * count], dtype="<u4").astype(np.int64)
-        values = np.frombuffer(body[4 * count :], dtype="<f2").astype(np.float16)
+        values = np.frombuffer(body[4 * count : 6 * count], dtype="<f2").astype(np.float16)
+        states_hash = bytes(body[6 * count :]) if trailer else None
         indices_t = torch.from_numpy(indices.reshape(batch, tokens, k))
         values_t = torch.from_numpy(values.reshape(batch, tokens, k).copy())
         if count and int(indices_t.max()) >= hidden_size:
@@ -140,7 +153,7 @@ class Sketch:
             raise SketchFormatError("sketch repeats an index within one position")
         if not torch.isfinite(values_t).all():
             raise SketchFormatError("sketch values must be finite")
-        return cls(hidden_size=hidden_size, indices=indices_t, values=values_t)
+        return cls(hidden_size, indices_t, values_t, states_hash)
 
 
 def _top_k_indices(hidden: torch.Tensor, k: int) -> torch.Tensor:
@@ -160,15 +173,18 @@ def _check_hidden(hidden: torch.Tensor) -> None:
         raise InvalidInputError("cannot sketch hidden states with NaN or infinity")
 
 
-def sketch(hidden: torch.Tensor, k: int = SKETCH_TOP_K) -> Sketch:
-    """The sketch of `hidden` [batch, tokens, hidden_size] (any float dtype)."""
+def sketch(hidden: torch.Tensor, k: int = SKETCH_TOP_K, states_hash: bytes | None = None) -> Sketch:
+    """The sketch of `hidden` [batch, tokens, hidden_size] (any float dtype); with
+    `states_hash` (32 bytes, `node.states.states_hash`), a version-2 sketch carrying it."""
+    if states_hash is not None and len(states_hash) != 32:
+        raise InvalidInputError(f"a states hash has 32 bytes, got {len(states_hash)}")
     _check_hidden(hidden)
     if not 1 <= k <= hidden.shape[-1]:
         raise InvalidInputError(f"k={k} outside [1, hidden_size={hidden.shape[-1]}]")
     hidden = hidden.detach().cpu()
     indices = _top_k_indices(hidden, k)
     values = hidden.float().gather(-1, indices).clamp(-FP16_MAX, FP16_MAX).half()
-    return Sketch(hidden_size=hidden.shape[-1], indices=indices, values=values)
+    return Sketch(hidden.shape[-1], indices, values, states_hash)
 
 
 @dataclass(frozen=True)

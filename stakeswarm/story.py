@@ -63,6 +63,16 @@ logger = logging.getLogger(__name__)
 DEMO_PROMPT = "I ate dosa today. What should I cook for dinner?"
 DEMO_FAULT = "low-precision"  # bfloat16 compute declared as float32: the answer stays readable,
 # the sketches drift past the float32 tolerance, so audits fail
+DEMO_FAULT_16BIT = "noise"  # with --dtype bfloat16/float16: 1% output noise, which only the
+# blockwise audit of 16-bit nodes sees (verifier.blockwise); the answer stays readable
+DEMO_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def default_fault(dtype: str) -> str:
+    """The demo's cheat for a swarm serving in `dtype`."""
+    return DEMO_FAULT if dtype == "float32" else DEMO_FAULT_16BIT
+
+
 CLIENT = "client-0"
 VERIFIER = "verifier-0"
 
@@ -83,7 +93,8 @@ class StoryConfig:
     max_new_tokens: int = 96  # tokens generated at most (EOS may stop it earlier)
     nodes: int = 3  # node processes splitting the blocks evenly
     faulty_node: int = 1  # which node cheats (index into the nodes)
-    fault: str = DEMO_FAULT  # its cheat mode (`node serve --faulty`)
+    fault: str = DEMO_FAULT  # its cheat mode (`node serve --faulty`; `default_fault(dtype)`)
+    dtype: str = "float32"  # what every node computes in and the client sends (`--dtype`)
     sample_rate: float = 0.5  # share of committed leaves the verifier audits
     commit_interval: float = 2.0  # seconds between a node's commits (short: quick audits)
     price: str = "0.001"  # tokens per token per block each node charges
@@ -106,6 +117,13 @@ class StoryConfig:
                 problems.append(f"{name} must be positive")
         if not self.prompt.strip():
             problems.append("the prompt is empty")
+        if self.dtype not in DEMO_DTYPES:
+            problems.append(f"dtype must be one of {', '.join(DEMO_DTYPES)}, got {self.dtype!r}")
+        elif self.fault == "low-precision" and self.dtype != "float32":
+            problems.append(
+                "the low-precision cheat computes in bfloat16 while declaring float32; a "
+                f"{self.dtype} swarm's cheat is one of noise, skip-block, wrong-weights, stale"
+            )
         if not problems:
             try:
                 self.swarm()
@@ -129,6 +147,8 @@ class StoryConfig:
                 "3600",
                 "--announce-interval",
                 "5",
+                "--dtype",
+                self.dtype,
             ),  # fmt: skip
             threads=self.threads,
             chain=self.chain,
@@ -290,8 +310,8 @@ def _play(
             start, end = node.span
             role = f"[CHEATS: --faulty {cheat_of[node.name]}]" if cheat_of[node.name] else "honest"
             narrator.say(
-                f"{node.name} {node.address} serves blocks {start}:{end}, staked "
-                f"{_show(stake_before[node.name], decimals, symbol)}, {role}"
+                f"{node.name} {node.address} serves blocks {start}:{end} in {config.dtype}, "
+                f"staked {_show(stake_before[node.name], decimals, symbol)}, {role}"
             )
         cheat = nodes[config.faulty_node]
         narrator.say(
@@ -390,7 +410,7 @@ def _generate(
     with narrator.stage(f"{CLIENT} loads the model's ends and joins the swarm"):
         llm = DistributedModelForCausalLM.from_pretrained(
             config.model_path, initial_peers=peers, wallet=wallet, deployment=deployment,
-            home=workdir / CLIENT,
+            home=workdir / CLIENT, dtype=config.dtype,
         )  # fmt: skip
     try:
         if llm.tokenizer is None:
@@ -488,13 +508,16 @@ def _show(amount: int, decimals: int, symbol: str) -> str:
 
 
 __all__ = [
+    "DEMO_DTYPES",
     "DEMO_FAULT",
+    "DEMO_FAULT_16BIT",
     "DEMO_PROMPT",
     "LogNarrator",
     "Narrator",
     "NodeOutcome",
     "StoryConfig",
     "StoryError",
+    "default_fault",
     "StoryResult",
     "prompt_ids",
     "run_story",

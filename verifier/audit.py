@@ -22,17 +22,15 @@
 4. `judge`: `node.sketch.compare` against the committed sketch, with the tolerance of the
    dtype the node declared (`verifier.thresholds`).
 
-A node that declares float16 or bfloat16 can be recomputed as it computed instead
-(`AuditSpans.audit`): in its dtype, its prefill and then each decode step through a KV cache
-(`recompute_steps`), with copies of the span that run sdpa and eager attention
-(`matched_spans`), judged by the closest under the dtype's matched tolerance (`judge_matched`).
-Both sides then round at the same points. `AuditSpans.audit` runs float32 nodes exactly as
-steps 3-4 say.
+A node that declares float16 or bfloat16 also reveals every step's block states
+(`node.states`); `check_opening` checks each against its step's leaf (the last block's output
+hashes to its outputHash; the sketch of that output, with the hash of the other blocks'
+outputs, hashes to its sketchHash) and `AuditSpans.audit` judges such a step one block at a
+time in its dtype (`verifier.blockwise`) instead of steps 3-4.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,10 +45,13 @@ from node.blocks import Span
 from node.cache import CacheManager
 from node.errors import BadTensorError, SketchFormatError
 from node.protocol import RevealResponse
-from node.sketch import Sketch, SketchDistance, compare
+from node.sketch import Sketch, SketchDistance, compare, sketch
+from node.states import commits_states
+from node.states import states_hash as node_states_hash
 from node.tensors import DTYPE_NAMES, DTYPES, check_attention_mask, check_hidden_states, tensor_hash
+from verifier.blockwise import BlockAudit, judge_blocks
 from verifier.errors import InvalidOpeningError
-from verifier.thresholds import Tolerance, matched_tolerance_for, tolerance_for
+from verifier.thresholds import Tolerance, tolerance_for
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Opening:
     mask: torch.Tensor  # [batch, positions] int64: step k's mask over every step's positions
     sketch_indices: torch.Tensor | None  # [batch, tokens, k] int64, step k's committed sketch
     sketch_values: torch.Tensor | None  # [batch, tokens, k] float16
+    states: list[torch.Tensor] | None = None  # per step: [blocks, batch, tokens, hidden]
 
     @classmethod
     def from_frame(cls, response: RevealResponse, tensors: Sequence[torch.Tensor]) -> Opening:
@@ -75,7 +77,8 @@ class Opening:
         steps = len(response.steps)
         hidden, mask = list(tensors[:steps]), tensors[steps]
         if response.full:
-            return cls(response, hidden, mask, tensors[steps + 1], tensors[steps + 2])
+            states = list(tensors[steps + 3 :]) if response.states else None
+            return cls(response, hidden, mask, tensors[steps + 1], tensors[steps + 2], states)
         return cls(response, hidden, mask, None, None)
 
 
@@ -104,6 +107,8 @@ class CheckedInputs:
     step_tokens: tuple[int, ...]  # tokens of each step 0..k, in order (they sum to total)
     dtype: str  # the dtype the node's inputs travelled in: its declared compute dtype
     sketch: Sketch  # step k's committed sketch
+    states: tuple[torch.Tensor, ...] = ()  # 16-bit: per step [blocks, batch, tokens, hidden]
+    hiddens: tuple[torch.Tensor, ...] = ()  # each step's input, as revealed
 
 
 def prove_leaf(opening: Opening, *, batch: Batch, leaf_index: int) -> ProvenLeaf:
@@ -202,9 +207,12 @@ def check_opening(
     indices, values = opening.sketch_indices, opening.sketch_values
     if indices.ndim != 3 or indices.shape != values.shape or indices.dtype != torch.int64:
         raise invalid("the revealed sketch is not [batch, tokens, k] int64 indices and values")
+    states = _check_states(opening, hiddens, proven, invalid)
+    states_hash = None if not states else node_states_hash(states[-1])
     try:
         # re-encode canonically, then parse: the format's own checks (ranges, repeats)
-        committed = Sketch.decode(Sketch(hidden_size, indices, values.half()).encode())
+        encoded = Sketch(hidden_size, indices, values.half(), states_hash).encode()
+        committed = Sketch.decode(encoded)
     except (SketchFormatError, RuntimeError, TypeError, ValueError) as exc:
         raise invalid(f"the revealed sketch is malformed: {exc}") from None
     if committed.hash() != target.sketch_hash:
@@ -218,7 +226,50 @@ def check_opening(
         step_tokens=tuple(h.shape[1] for h in hiddens),
         dtype=DTYPE_NAMES[hiddens[0].dtype],
         sketch=committed,
+        states=tuple(states),
+        hiddens=tuple(hiddens),
     )
+
+
+def _check_states(
+    opening: Opening,
+    hiddens: list[torch.Tensor],
+    proven: ProvenLeaf,
+    invalid: Callable[[str], InvalidOpeningError],
+) -> list[torch.Tensor]:
+    """A 16-bit node's revealed block states, each checked against its step's leaf (its last
+    block's output hashes to the outputHash; the sketch of that output, carrying the hash of
+    the other blocks' outputs, hashes to the sketchHash); [] for a float32 node, which has
+    none. A 16-bit node that reveals none withholds what its audit needs."""
+    dtype = hiddens[0].dtype
+    if not commits_states(dtype):
+        if opening.states:
+            raise invalid(f"a {DTYPE_NAMES[dtype]} node has no block states to reveal")
+        return []
+    if opening.states is None or len(opening.states) != len(hiddens):
+        raise invalid(f"a {DTYPE_NAMES[dtype]} node must reveal every step's block states")
+    target = proven.leaf
+    blocks = target.span_end - target.span_start
+    k = opening.sketch_indices.shape[-1] if opening.sketch_indices is not None else 0
+    for step, hidden, states in zip(opening.response.steps, hiddens, opening.states, strict=True):
+        leaf = step.leaf
+        if states.dtype != dtype or list(states.shape) != [blocks, *hidden.shape]:
+            raise invalid(
+                f"step {leaf.step}: block states of {list(states.shape)} {states.dtype}, "
+                f"expected {[blocks, *hidden.shape]} {dtype}"
+            )
+        if not torch.isfinite(states).all():
+            raise invalid(f"step {leaf.step}: block states must be finite")
+        if tensor_hash(states[-1]) != leaf.output_hash:
+            raise invalid(
+                f"step {leaf.step}: the last block's output does not hash to its outputHash"
+            )
+        if not 1 <= k <= hidden.shape[-1]:
+            raise invalid("the revealed sketch has no components")
+        own = sketch(states[-1], k, node_states_hash(states))
+        if own.hash() != leaf.sketch_hash:
+            raise invalid(f"step {leaf.step}: the block states do not hash to its sketchHash")
+    return list(opening.states)
 
 
 def _batch(
@@ -278,57 +329,6 @@ def recompute(
     return torch.cat(kept, dim=1)  # [batch, last_tokens, hidden_size]
 
 
-# Attention implementations an honest node may run (besides its family's own): the verifier
-# recomputes a 16-bit session with each and keeps the closest (`judge_matched`). Eager rounds
-# the attention scores to the declared dtype, sdpa does not; the gap is an honest one.
-MATCHED_ATTENTION: tuple[str, ...] = ("sdpa", "eager")
-
-
-def span_in(span: Span, dtype: torch.dtype, attention: str = "") -> Span:
-    """A copy of `span` with its weights in `dtype` on the same device, and (if given) another
-    `attention` implementation ("sdpa" / "eager"): what the verifier recomputes with for nodes
-    that declare `dtype` (`recompute_steps`)."""
-    if dtype == span.dtype and attention in ("", span.config._attn_implementation):
-        return span
-    config = copy.deepcopy(span.config)
-    if attention:
-        config._attn_implementation = attention
-    # the copied layers refer to `config` (attention reads its implementation from there)
-    layers = copy.deepcopy(span.layers, memo={id(span.config): config}).to(dtype=dtype)
-    return Span(config, span.family, span.start, span.end, layers, span.rotary, dtype, span.device)
-
-
-def matched_spans(span: Span, dtype: torch.dtype) -> tuple[Span, ...]:
-    """The copies of `span` in `dtype` a 16-bit session is recomputed with: its own attention
-    implementation, then every other of `MATCHED_ATTENTION` its family can run (a family that
-    needs eager, to soft-cap attention logits, keeps eager alone)."""
-    own = span.config._attn_implementation
-    others = [a for a in MATCHED_ATTENTION if a != own] if own in MATCHED_ATTENTION else []
-    return (span_in(span, dtype), *(span_in(span, dtype, a) for a in others))
-
-
-def recompute_steps(
-    span: Span, hiddens: Sequence[torch.Tensor], mask: torch.Tensor
-) -> torch.Tensor:
-    """The last step's output [batch, tokens_k, hidden_size] computed the way the node served
-    the session: in the span's dtype (the node's declared one), step 0 (the prefill) and then
-    every later step through one KV cache, `hiddens[i]` [batch, tokens_i, hidden_size] being
-    step i's input exactly as revealed and `mask` [batch, total] step k's mask. Both sides
-    round at the same points, so what differs is only the arithmetic's order, not its
-    precision. Memory: the session's cache plus the largest step, which the node ran too."""
-    if not hiddens or any(h.dtype != span.dtype for h in hiddens):
-        raise ValueError(f"recompute_steps takes one or more steps in the span's {span.dtype}")
-    batch, total = hiddens[0].shape[0], sum(h.shape[1] for h in hiddens)
-    caches = CacheManager(max_tokens=batch * total)
-    with caches.open("recompute", span.kv_layout, batch=batch, max_length=total) as cache:
-        end = 0
-        for hidden in hiddens:
-            end += hidden.shape[1]
-            # output: [batch, tokens_i, hidden_size], attending to positions [0, end)
-            output = span.forward(hidden, mask[:, :end], cache)
-    return output.cpu()  # step k's: the loop ran at least once
-
-
 @dataclass(frozen=True)
 class Judgement:
     """What an audit measured and whether it passed."""
@@ -378,41 +378,31 @@ def judge(committed: Sketch, recomputed: torch.Tensor, dtype: str) -> Judgement:
     return Judgement(not failures, dtype, measured, failures)
 
 
-def judge_matched(committed: Sketch, candidates: Sequence[torch.Tensor], dtype: str) -> Judgement:
-    """Compare recomputations in the declared 16-bit `dtype` (`recompute_steps`, one per span
-    of `matched_spans`, each [batch, tokens, hidden_size]) with the `committed` sketch under
-    the dtype's matched tolerance: the step passes when one of them is within it (each is
-    an honest way to compute it); the judgement reports the closest (least mean error)."""
-    tolerance = matched_tolerance_for(dtype)
-    judged = [judge_distance(compare(committed, c), tolerance) for c in candidates]
-    passing = [j for j in judged if not j[1]]
-    measured, failures = min(passing or judged, key=lambda j: j[0]["mean_rel_error"])
-    return Judgement(not failures, dtype, measured, failures)
-
-
 class AuditSpans:
-    """The spans a verifier recomputes with: its float32 `span`, and for every 16-bit dtype a
-    node declares, `matched_spans` in that dtype (built on first use, then kept: the verifier
+    """What a verifier recomputes a span with: its float32 `span`, and for every 16-bit dtype a
+    node declares, a `BlockAudit` in that dtype (built on first use, then kept: the verifier
     audits in one compute thread)."""
 
     def __init__(self, span: Span) -> None:
         if span.dtype != torch.float32:
             raise ValueError(f"the verifier holds its span in float32, not {span.dtype}")
         self.span = span
-        self._matched: dict[str, tuple[Span, ...]] = {}
+        self._blockwise: dict[str, BlockAudit] = {}
 
-    def matched(self, dtype: str) -> tuple[Span, ...]:
-        if dtype not in self._matched:
-            self._matched[dtype] = matched_spans(self.span, DTYPES[dtype])
-        return self._matched[dtype]
+    def blockwise(self, dtype: str) -> BlockAudit:
+        if dtype not in self._blockwise:
+            self._blockwise[dtype] = BlockAudit(self.span, DTYPES[dtype])
+        return self._blockwise[dtype]
 
     def audit(self, checked: CheckedInputs) -> Judgement:
         """Recompute and judge one checked leaf: a float32 node in one float32 pass
-        (`recompute`, `judge`); a 16-bit node in its dtype and step structure
-        (`recompute_steps` over `matched_spans`, `judge_matched`)."""
-        if checked.dtype == "float32":
+        (`recompute`, `judge`); a 16-bit node block by block from its states
+        (`verifier.blockwise`)."""
+        if not checked.states:
             recomputed = recompute(self.span, checked.hidden, checked.mask, checked.last_tokens)
             return judge(checked.sketch, recomputed, checked.dtype)
-        steps = list(checked.hidden.split(list(checked.step_tokens), dim=1))
-        candidates = [recompute_steps(s, steps, checked.mask) for s in self.matched(checked.dtype)]
-        return judge_matched(checked.sketch, candidates, checked.dtype)
+        measures = self.blockwise(checked.dtype).measure(
+            checked.hiddens, checked.states, checked.mask
+        )
+        measured, failures = judge_blocks(measures, checked.dtype)
+        return Judgement(not failures, checked.dtype, measured, failures)

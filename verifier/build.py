@@ -37,10 +37,11 @@ from ledger.eip712 import Domain
 from ledger.identity import load_identity
 from ledger.types import ModelId, model_id
 from ledger.units import TokenUnits
-from node.blocks import Span, load_span
+from node.blocks import load_span
 from node.device import DeviceError, device_name, local_device
 from node.families import load_config
 from node.host import ServiceHost
+from verifier.audit import AuditSpans
 from verifier.config import VerifierConfig
 from verifier.errors import VerifierConfigError
 from verifier.sampling import AuditKey
@@ -53,25 +54,26 @@ logger = logging.getLogger(__name__)
 
 
 class SpanCache:
-    """Float32 spans of the model for recomputation on `device`, the `capacity` most recently
-    used kept."""
+    """Float32 spans of the model for recomputation on `device` (each with the 16-bit copies its
+    blockwise audits build, `verifier.audit.AuditSpans`), the `capacity` most recently used
+    kept."""
 
     def __init__(self, model_path: Path, capacity: int, device: torch.device | str = "cpu") -> None:
         self.model_path = model_path
         self.capacity = capacity
         self.device = torch.device(device)
-        self._spans: OrderedDict[tuple[int, int], Span] = OrderedDict()
+        self._spans: OrderedDict[tuple[int, int], AuditSpans] = OrderedDict()
 
-    def get(self, start: int, end: int) -> Span:
+    def get(self, start: int, end: int) -> AuditSpans:
         key = (start, end)
         if key in self._spans:
             self._spans.move_to_end(key)
             return self._spans[key]
         span = load_span(self.model_path, start, end, torch.float32, device=self.device)
-        self._spans[key] = span
+        self._spans[key] = AuditSpans(span)
         while len(self._spans) > self.capacity:
             self._spans.popitem(last=False)
-        return span
+        return self._spans[key]
 
 
 @dataclass(frozen=True)

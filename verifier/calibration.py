@@ -12,8 +12,8 @@ against one pass, and float16 / bfloat16 nodes that declare it; for 16-bit nodes
 attention against sdpa and other kernels for the same ops (`honest_16bit`). Cheats: every
 compute cheat of `node.faults` (all but equivocate, which is not a computation), and three
 served only here (`SpanCheat`: int8 weights, another checkpoint, float16 compute declared as
-bfloat16). With `matched`, a 16-bit node's leaves are recomputed in its dtype and steps
-(`verifier.audit.recompute_steps` over `matched_spans`, `judge_matched`).
+bfloat16). With `matched`, a 16-bit node's leaves are audited as `verifier run` audits them:
+block by block from the block states it commits (`node.states`, `verifier.blockwise`).
 
 `benchmarks/calibrate.py` prints the rates; `tests/unit/test_verifier_audit.py` asserts zero
 false positives and at least 99% detection per cheated leaf. The serving side imports only
@@ -45,10 +45,12 @@ from node.faults import (
     reinitialised_block,
     skipping_block,
 )
+from node.states import commits_states, stack_states
 
 if TYPE_CHECKING:
     from node.sketch import Sketch
     from verifier.audit import Judgement
+    from verifier.blockwise import BlockAudit
 
 
 class SpanCheat(enum.Enum):
@@ -130,6 +132,7 @@ class Leaf:
     inputs: list[tuple[torch.Tensor, torch.Tensor]]  # steps 0..step: (hidden, mask)
     committed: Sketch  # the sketch of what the node sent at `step`
     cheated: bool  # the step's output is not what an honest node would send
+    states: list[torch.Tensor] | None = None  # 16-bit: steps 0..step's block states
 
 
 @dataclass
@@ -142,6 +145,10 @@ class Rates:
     failed: int = 0  # audits that failed
     failed_cheated: int = 0  # failed audits of cheated leaves
     worst: dict[str, float] = field(default_factory=dict)  # extreme measurements
+
+    @property
+    def cheated_variation(self) -> bool:
+        return self.variation.fault is not None
 
     @property
     def false_positive_rate(self) -> float:
@@ -158,16 +165,9 @@ class Rates:
         failed = not judgement.passed
         self.failed += failed
         self.failed_cheated += failed and leaf.cheated
-        m = judgement.measured
-        for name, value, pick in (
-            ("min_overlap", m["min_overlap"], min),
-            ("max_worst_rel_error", m["worst_rel_error"], max),
-            ("max_mean_rel_error", m["mean_rel_error"], max),
-            ("min_worst_rel_error", m["worst_rel_error"], min),
-            ("min_mean_rel_error", m["mean_rel_error"], min),
-        ):
-            self.worst[name] = pick(self.worst.get(name, value), value)
-        for name, value in (extra or {}).items():
+        if not leaf.cheated and self.cheated_variation:
+            return  # a cheat's honest steps (stale's prefill) say nothing of it
+        for name, value in {**judgement.measured, **(extra or {})}.items():
             for prefix, pick in (("max_", max), ("min_", min)):
                 key = prefix + name
                 self.worst[key] = pick(self.worst.get(key, value), value)
@@ -233,12 +233,11 @@ class SimulatedNode:
         self.compute = compute
         self.generator = torch.Generator().manual_seed(seed)
 
-    def serve(
-        self, hidden: torch.Tensor, mask: torch.Tensor, prompt: int
-    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor], list[bool]]:
+    def serve(self, hidden: torch.Tensor, mask: torch.Tensor, prompt: int) -> Served:
         """Serve a session whose whole input is `hidden` [batch, total, hidden_size] with `mask`
         [batch, total]: a prefill of `prompt` tokens, then one token per step. Returns each
-        step's (input, mask) as sent to it, what it sent back, and whether that was cheated."""
+        step's (input, mask) as sent to it, what it sent back, whether that was cheated and,
+        for a 16-bit node, its block states (`node.states`: what it commits to)."""
         hidden = hidden.to(self.dtype)
         batch, total, _ = hidden.shape
         strangers = self.variation.strangers
@@ -254,6 +253,7 @@ class SimulatedNode:
         run_hidden, run_mask = run_hidden.to(device=device, dtype=self.compute), run_mask.to(device)
         bounds = step_bounds(prompt, total)
         inputs, outputs, cheated = [], [], []
+        states: list[torch.Tensor] | None = [] if commits_states(self.dtype) else None
         with (
             torch_threads(self.variation.threads),
             other_kernels(self.variation.kernels),
@@ -265,10 +265,11 @@ class SimulatedNode:
             for start, end in bounds:
                 step_hidden = run_hidden[:, start:end]
                 step_mask = run_mask[:, :end]
+                blocks: list[torch.Tensor] = []
                 if self.variation.fault is FaultMode.LOW_PRECISION:
                     out = low_precision_forward(self.span, step_hidden, step_mask, cache)
                 else:
-                    out = self.span.forward(step_hidden, step_mask, cache)
+                    out = self.span.forward(step_hidden, step_mask, cache, blocks)
                 out = out[strangers:].cpu().to(self.dtype)
                 honest_out, was_cheated = out, False
                 if self.variation.fault is FaultMode.NOISE:
@@ -283,7 +284,19 @@ class SimulatedNode:
                 inputs.append((hidden[:, start:end].contiguous(), mask[:, :end].contiguous()))
                 outputs.append(out)
                 cheated.append(was_cheated)
-        return inputs, outputs, cheated
+                if states is not None:
+                    states.append(stack_states([b[strangers:] for b in blocks], out))
+        return Served(inputs, outputs, cheated, states)
+
+
+@dataclass(frozen=True)
+class Served:
+    """One session as a simulated node served it, step by step."""
+
+    inputs: list[tuple[torch.Tensor, torch.Tensor]]  # (hidden, mask) as sent to each step
+    outputs: list[torch.Tensor]  # what the node sent back
+    cheated: list[bool]  # whether that was cheated
+    states: list[torch.Tensor] | None  # 16-bit: each step's block states (`node.states`)
 
 
 def _moved(span: Span, dtype: torch.dtype, device: torch.device, attention: str = "") -> Span:
@@ -334,38 +347,42 @@ def step_bounds(prompt: int, total: int) -> list[tuple[int, int]]:
     return [(0, prompt)] + [(t, t + 1) for t in range(prompt, total)]
 
 
-def leaves_from(
-    inputs: list[tuple[torch.Tensor, torch.Tensor]],
-    outputs: list[torch.Tensor],
-    cheated: list[bool],
-    sketch_k: int | None = None,
-) -> list[Leaf]:
+def leaves_from(served: Served, sketch_k: int | None = None) -> list[Leaf]:
     """The leaves committed for one session's steps: what each step received and sent, its
     output sketched with `sketch_k` components per position (None: the node's `SKETCH_TOP_K`;
-    another k measures what a wider sketch would see)."""
+    another k measures what a wider sketch would see), and a 16-bit node's block states."""
     from node.sketch import SKETCH_TOP_K, Sketch, sketch
 
     k = sketch_k or SKETCH_TOP_K
     return [
-        Leaf(step, inputs[: step + 1], Sketch.decode(sketch(out, k).encode()), was_cheated)
-        for step, (out, was_cheated) in enumerate(zip(outputs, cheated, strict=True))
+        Leaf(
+            step,
+            served.inputs[: step + 1],
+            Sketch.decode(sketch(out, k).encode()),
+            was_cheated,
+            None if served.states is None else served.states[: step + 1],
+        )
+        for step, (out, was_cheated) in enumerate(zip(served.outputs, served.cheated, strict=True))
     ]
 
 
 def audit_leaf(
-    reference: Span, leaf: Leaf, declared: str, matched: tuple[Span, ...] = ()
+    reference: Span, leaf: Leaf, declared: str, blockwise: BlockAudit | None = None
 ) -> Judgement:
-    """The verifier's judgement of one leaf: one float32 pass over `reference`, or, given
-    `matched` (`verifier.audit.matched_spans` in the declared 16-bit dtype), the node's steps
-    recomputed in that dtype (`recompute_steps`, `judge_matched`)."""
-    from verifier.audit import judge, judge_matched, recompute, recompute_steps
+    """The verifier's judgement of one leaf: one float32 pass over `reference` judged on the
+    sketch, or, given `blockwise` (in the declared 16-bit dtype), block by block from the
+    leaf's block states (`verifier.blockwise`), as `verifier run` audits 16-bit nodes."""
+    from verifier.audit import Judgement, judge, recompute
+    from verifier.blockwise import judge_blocks
 
     mask = leaf.inputs[-1][1]
     with torch_threads(1):
-        if matched:
-            steps = [h for h, _ in leaf.inputs]
-            candidates = [recompute_steps(span, steps, mask) for span in matched]
-            return judge_matched(leaf.committed, candidates, declared)
+        if blockwise is not None and leaf.states is not None:
+            hiddens = [h for h, _ in leaf.inputs]
+            measured, failures = judge_blocks(
+                blockwise.measure(hiddens, leaf.states, mask), declared
+            )
+            return Judgement(not failures, declared, measured, failures)
         hidden = torch.cat([h for h, _ in leaf.inputs], dim=1)
         recomputed = recompute(reference, hidden, mask, leaf.inputs[-1][0].shape[1])
     return judge(leaf.committed, recomputed, declared)
@@ -386,15 +403,26 @@ def run_variation(
     """Serve `sessions` random sessions as `variation` (the node on `device`) and audit every
     leaf on the CPU: in one float32 pass, or (`matched`, for a 16-bit declared dtype) step by
     step in the declared dtype."""
-    from verifier.audit import matched_spans
-
     generator = torch.Generator().manual_seed(seed)
     node = SimulatedNode(reference, variation, seed=seed, device=device)
     declared = DTYPES[variation.declared]
-    twins = matched_spans(reference, declared) if matched and declared != torch.float32 else ()
+    blockwise = block_audit(reference, declared) if matched and commits_states(declared) else None
     rates = Rates(variation)
     for _ in range(sessions):
         hidden, mask, prompt = session_inputs(head, generator, new_tokens=new_tokens)
-        for leaf in leaves_from(*node.serve(hidden, mask, prompt), sketch_k=sketch_k):
-            rates.add(leaf, audit_leaf(reference, leaf, variation.declared, twins))
+        for leaf in leaves_from(node.serve(hidden, mask, prompt), sketch_k=sketch_k):
+            rates.add(leaf, audit_leaf(reference, leaf, variation.declared, blockwise))
     return rates
+
+
+_BLOCK_AUDITS: dict[tuple[int, torch.dtype], BlockAudit] = {}
+
+
+def block_audit(reference: Span, dtype: torch.dtype) -> BlockAudit:
+    """The `BlockAudit` of `reference` in `dtype`, built once per span and dtype."""
+    from verifier.blockwise import BlockAudit
+
+    key = (id(reference), dtype)
+    if key not in _BLOCK_AUDITS:
+        _BLOCK_AUDITS[key] = BlockAudit(reference, dtype)
+    return _BLOCK_AUDITS[key]

@@ -14,7 +14,8 @@ API, then run three loops until stopped:
   took part in (ours or a peer's submission), with our bounty;
 - audit: for each due leaf, ask its node (peer id from the NodeRegistry) for a full reveal,
   prove the leaf under the on-chain root, check the inputs and the sketch against the leaf,
-  re-run the span in one float32 pass and judge (`verifier.audit`); record the audit. Guilty
+  re-run the span (one float32 pass, or block by block for a 16-bit node) and judge
+  (`verifier.audit`); record the audit. Guilty
   (mismatch, or a proven leaf whose inputs did not hold up: withheld): sign a verdict, share
   it, slash once the quorum holds (`verifier.slashing`);
 - withheld: a node that reveals nothing usable (no answer, a refusal, or answers that do not
@@ -76,9 +77,7 @@ from verifier.audit import (
     Opening,
     ProvenLeaf,
     check_opening,
-    judge,
     prove_leaf,
-    recompute,
 )
 from verifier.build import VerifierBase, VerifierParts, build_verifier, connect_verifier
 from verifier.config import VerifierConfig
@@ -99,6 +98,12 @@ from verifier.reveal import request_reveal
 logger = logging.getLogger(__name__)
 
 AUDIT_BATCH = 8  # due leaves taken per pass of the audit loop
+# How a node's leaves are recomputed, by the dtype it declared (/status): `verifier.audit`.
+RECOMPUTE_WAYS = {
+    "float32": "one float32 pass, judged on the sketch",
+    "float16": "block by block in float16, from its block states",
+    "bfloat16": "block by block in bfloat16, from its block states",
+}
 PROGRESS_INTERVAL = 30.0  # seconds between progress lines in the log while audits are queued
 # Seconds of a batch's challenge window kept free after a reveal deadline, on top of one more
 # reveal attempt: the withheld verdict, the quorum's own attempts and the slash go there.
@@ -436,13 +441,12 @@ class Verifier:
             return AuditOutcome.WITHHELD, Reason.WITHHELD, f"invalid reveal: {exc}", None
         leaf = proven.leaf
         try:
-            span = self.base.spans.get(leaf.span_start, leaf.span_end)
+            spans = self.base.spans.get(leaf.span_start, leaf.span_end)
         except Exception as exc:  # our model files, not the node's fault
             logger.exception("cannot load blocks [%d, %d)", leaf.span_start, leaf.span_end)
             return AuditOutcome.ERROR, None, f"cannot load the span: {exc}", None
         try:
-            recomputed = recompute(span, checked.hidden, checked.mask, checked.last_tokens)
-            judgement = judge(checked.sketch, recomputed, checked.dtype)
+            judgement = spans.audit(checked)
         except (NodeError, ValueError, RuntimeError) as exc:
             # committed inputs no honest node would have served (a NaN, say): no verdict
             # rests on a recomputation that did not run
@@ -614,10 +618,10 @@ class Verifier:
             "model_id": "0x" + self.base.model_id.hex(),
             "sample_rate": self.config.sample_rate,
             "quorum": self.base.quorum,
-            "device": {  # where the recomputations run (always in float32)
+            "device": {  # where the recomputations run, and how per declared dtype
                 "name": device_name(self.base.spans.device),
                 "memory": device_memory(self.base.spans.device).to_json(),
-                "recompute_dtype": "float32",
+                "recompute": RECOMPUTE_WAYS,
             },
             **totals_document(totals, self.base.units),
             "queue": queue_document(report),

@@ -1,6 +1,7 @@
 """`stakeswarm demo`: the story of stakeswarm on one machine, in one command.
 
     stakeswarm demo                       # SmolLM2-135M-Instruct, 3 nodes, one cheating
+    stakeswarm demo --dtype bfloat16      # the same swarm in bfloat16, its cheat 1% noise
     stakeswarm demo --model ./tiny --no-chat --prompt "Hello" --max-new-tokens 8
     stakeswarm demo --ledger-only         # the money flows alone, scripted, no model
 
@@ -66,9 +67,20 @@ def demo(
     nodes: Annotated[int, typer.Option(help="Nodes splitting the model's blocks.")] = 3,
     faulty_node: Annotated[int, typer.Option(help="Which node cheats (0-based).")] = 1,
     fault: Annotated[
+        str | None,
+        typer.Option(
+            help="Its cheat: noise, skip-block, wrong-weights, low-precision (float32 only), "
+            "stale. Default: low-precision in float32, noise in 16 bits.",
+            show_default=False,
+        ),
+    ] = None,
+    dtype: Annotated[
         str,
-        typer.Option(help="Its cheat: noise, skip-block, wrong-weights, low-precision, stale."),
-    ] = "low-precision",
+        typer.Option(
+            help="What every node computes in and the client sends: float32, bfloat16 or "
+            "float16 (16-bit nodes are audited block by block)."
+        ),
+    ] = "float32",
     sample_rate: Annotated[
         float, typer.Option(help="Share of committed leaves the verifier audits.")
     ] = 0.5,
@@ -100,8 +112,8 @@ def demo(
     try:
         _swarm_story(
             model=model, prompt=prompt, chat=chat, max_new_tokens=max_new_tokens,
-            nodes=nodes, faulty_node=faulty_node, fault=fault, sample_rate=sample_rate,
-            slash_timeout=slash_timeout, home=Home.resolve(home),
+            nodes=nodes, faulty_node=faulty_node, fault=fault, dtype=dtype,
+            sample_rate=sample_rate, slash_timeout=slash_timeout, home=Home.resolve(home),
         )  # fmt: skip
     except (KeyboardInterrupt, _Terminated):
         console.print("[yellow]interrupted[/]: every process the demo started was stopped")
@@ -159,14 +171,15 @@ def _swarm_story(
     max_new_tokens: int,
     nodes: int,
     faulty_node: int,
-    fault: str,
+    fault: str | None,
+    dtype: str,
     sample_rate: float,
     slash_timeout: float,
     home: Home,
 ) -> None:
     from client.errors import ClientError
     from node.errors import NodeError
-    from stakeswarm.story import DEMO_PROMPT, StoryConfig, StoryError, run_story
+    from stakeswarm.story import DEMO_PROMPT, StoryConfig, StoryError, default_fault, run_story
     from stakeswarm.swarm import SwarmError, resolve_model
 
     began = time.monotonic()
@@ -181,8 +194,9 @@ def _swarm_story(
         )
         config = StoryConfig(
             model_path=path, workdir=workdir, prompt=prompt or DEMO_PROMPT, chat=chat,
-            max_new_tokens=max_new_tokens, nodes=nodes, faulty_node=faulty_node, fault=fault,
-            sample_rate=sample_rate, slash_timeout=slash_timeout,
+            max_new_tokens=max_new_tokens, nodes=nodes, faulty_node=faulty_node,
+            fault=fault or default_fault(dtype), dtype=dtype, sample_rate=sample_rate,
+            slash_timeout=slash_timeout,
         )  # fmt: skip
         if running_devnet(Home(workdir)) is not None:
             raise StoryError(f"another demo is running in {workdir}")

@@ -72,9 +72,9 @@ def test_a_cheating_node_is_slashed_and_the_verifier_paid(
             lambda s: s["slashes"]["recorded"] >= 1,
             timeout=180,
         )
-        # where it recomputes: this machine's CPU, in float32, with its memory figures
+        # where it recomputes: this machine's CPU, a float32 node in float32, with its memory
         assert status["device"]["name"] == "cpu"
-        assert status["device"]["recompute_dtype"] == "float32"
+        assert status["device"]["recompute"]["float32"].startswith("one float32 pass")
         assert (
             0
             < status["device"]["memory"]["free_bytes"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from eth_account import Account
+from eth_utils import keccak
 
 from ledger.db import (
     Ledger,
@@ -30,6 +31,8 @@ from ledger.merkle import MerkleTree, verify
 from ledger.types import model_id
 from node.commits import InputStore, LeafWriter, Receipts, build_reveal, prune_inputs
 from node.protocol import ErrorCode, ProtocolError
+from node.sketch import Sketch
+from node.states import stack_states, states_hash
 
 SALT = bytes.fromhex("5a17" * 16)  # a Slasher deployment's EIP-712 domain salt
 
@@ -175,3 +178,52 @@ def test_a_receipt_is_stamped_with_its_time_signed_over_it_and_stored_once(
         assert [row.to_leaf() for row in stored] == [receipt.leaf]
         assert stored[0].issued_at == 1_767_225_600
         assert stored[0].receipt_signature == receipt.signature
+
+
+def test_a_16bit_node_stores_and_reveals_every_steps_block_states(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """What a blockwise audit needs (node.states): each step's block outputs, stored with its
+    inputs, committed through its sketch and revealed after the sketch, one per step."""
+    node = Account.create().address
+    store = InputStore(tmp_path / "inputs")
+    receipts = Receipts(
+        domain=Domain.slasher(31337, SLASHER, SALT),
+        account=Account.create(),
+        model_id=model_id("t"),
+    )
+    session = b"\x04" * 32
+    served = []
+
+    async def run() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            writer = LeafWriter(ledger, store, executor)
+            for step in range(STEPS):
+                tokens = 4 if step == 0 else 1
+                hidden = torch.randn(1, tokens, 16).bfloat16()
+                output = hidden * 3
+                states = stack_states([hidden * 2, hidden * 2.5, output], output)  # 3 blocks
+                receipt, encoded = receipts.make_with_sketch(
+                    session_id=session, span=(0, 3), step=step, tokens=tokens,
+                    hidden_in=hidden, hidden_out=output, states=states,
+                )  # fmt: skip
+                assert Sketch.decode(encoded).states_hash == states_hash(states)
+                assert receipt.leaf.sketch_hash == keccak(encoded)
+                served.append(states)
+                writer.submit(receipt, hidden, torch.ones(1, 3 + step + 1), encoded, states)
+            await writer.flush()
+
+    asyncio.run(run())
+    with ledger.begin() as db:
+        batch = seal_batch(db, pending_leaves(db), node=node)
+        mark_batch_committed(db, batch, chain_batch_id=1, tx_hash=b"\x01" * 32)
+    reveal = build_reveal(ledger, store, node=node, batch_id=1, leaf_index=2, full=True)
+    assert reveal.response.states and reveal.response.tensor_count == 2 * STEPS + 3
+    tensors = list(reveal.tensors())
+    assert len(tensors) == reveal.response.tensor_count
+    assert [t.numel() * t.element_size() for t in tensors] == reveal.sizes
+    for stored, revealed in zip(served, tensors[STEPS + 3 :], strict=True):
+        assert revealed.dtype == torch.bfloat16 and torch.equal(stored, revealed)
+    # a plain reveal (no sketch) carries no states
+    plain = build_reveal(ledger, store, node=node, batch_id=1, leaf_index=2)
+    assert not plain.response.states and len(list(plain.tensors())) == STEPS + 1

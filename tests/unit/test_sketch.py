@@ -51,6 +51,22 @@ def test_encoding_layout_and_round_trip() -> None:
     assert torch.equal(again.values, committed.values)
 
 
+def test_a_version_2_sketch_carries_the_states_hash() -> None:
+    hidden = torch.zeros(1, 2, 10)
+    hidden[0, 0, [7, 2, 5]] = torch.tensor([3.0, -5.0, 1.0])
+    plain = sketch(hidden, k=3)
+    states = keccak(b"block states")
+    with_states = sketch(hidden, k=3, states_hash=states)
+    data = with_states.encode()
+    assert data == struct.pack("<BHIII", 2, 3, 1, 2, 10) + plain.encode()[15:] + states
+    assert with_states.hash() != plain.hash()  # the leaf commits the states through it
+    again = Sketch.decode(data)
+    assert again.states_hash == states and again.encode() == data
+    assert Sketch.decode(plain.encode()).states_hash is None
+    with pytest.raises(InvalidInputError, match="32 bytes"):
+        sketch(hidden, k=3, states_hash=b"short")
+
+
 def test_bfloat16_values_are_kept_exactly(tiny: tuple[Span, ClientHead]) -> None:
     span, head = tiny
     hidden = span.forward(*batch_input(head)).bfloat16()
@@ -64,7 +80,8 @@ def test_bfloat16_values_are_kept_exactly(tiny: tuple[Span, ClientHead]) -> None
     "data, message",
     [
         (b"\x01\x08", "shorter than its header"),
-        (struct.pack("<BHIII", 2, 1, 1, 1, 4) + bytes(6), "version 2"),
+        (struct.pack("<BHIII", 3, 1, 1, 1, 4) + bytes(6), "version 3"),
+        (struct.pack("<BHIII", 2, 1, 1, 1, 4) + bytes(6), "21 bytes, expected 53"),
         (struct.pack("<BHIII", 1, 5, 1, 1, 4) + bytes(30), "k=5"),
         (struct.pack("<BHIII", 1, 1, 1, 2, 4) + bytes(6), "expected 27"),
         (struct.pack("<BHIII", 1, 1, 1, 1, 4) + struct.pack("<I", 4) + bytes(2), "out of range"),

@@ -100,7 +100,8 @@ def serve(span: Span, head: ClientHead, *, fault: FaultMode | None = None) -> Se
     ids = torch.randint(3, 500, (2, 9), generator=generator)
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[0, :2] = 0
-    inputs, outputs, _ = node.serve(head.embed(ids), mask, prompt=6)
+    served = node.serve(head.embed(ids), mask, prompt=6)
+    inputs, outputs = served.inputs, served.outputs
     session = os.urandom(32)
     leaves = [
         Leaf(session, MODEL, 0, 3, step, hidden.shape[0] * hidden.shape[1], tensor_hash(hidden),

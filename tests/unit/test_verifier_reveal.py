@@ -103,6 +103,46 @@ def test_a_full_response_carries_the_batch_leaves_and_two_sketch_tensors() -> No
     assert refused.value.code is ErrorCode.BAD_REQUEST
 
 
+def test_a_16bit_nodes_full_response_ends_with_every_steps_block_states() -> None:
+    steps = [
+        RevealedStep.from_wire({"leaf": LEAF, "batch": 7, "index": i, "proof": [b"p" * 32]})
+        for i in range(2)
+    ]
+    response = RevealResponse(steps, full=True, batch_leaves=[b"a" * 32] * 2, states=True)
+    assert response.tensor_count == 2 + 1 + 2 + 2
+    committed = sketch(torch.randn(1, 1, 16))
+    hiddens = [torch.randn(1, 3, 16).bfloat16(), torch.randn(1, 1, 16).bfloat16()]
+    states = [torch.randn(4, 1, 3, 16).bfloat16(), torch.randn(4, 1, 1, 16).bfloat16()]
+    tensors = [*hiddens, torch.ones(1, 4, dtype=torch.long), committed.indices, committed.values]
+    frame = decode_frame(
+        list(encode_frame(Frame(response.to_wire(), tensors + states), _response()))
+    )
+    parsed = RevealResponse.from_wire(frame.metadata)
+    assert parsed == response and parsed.to_wire()["states"] is True
+    opening = Opening.from_frame(parsed, frame.tensors)
+    assert opening.states is not None and len(opening.states) == 2
+    assert all(torch.equal(a, b) for a, b in zip(opening.states, states, strict=True))
+    # without `full`, `states` means nothing: no states are read
+    assert not RevealResponse.from_wire({**response.to_wire(), "full": False}).states
+    # a full reveal of a float32 node has none
+    assert Opening.from_frame(
+        RevealResponse(steps[:1], full=True, batch_leaves=[b"a" * 32]),
+        [hiddens[0].float(), torch.ones(1, 3, dtype=torch.long), committed.indices,
+         committed.values],
+    ).states is None  # fmt: skip
+
+
+def test_block_states_multiply_a_16bit_sessions_largest_reveal() -> None:
+    plain = reveal_limits(hidden_size=576, dtype="bfloat16", batch=1, max_length=4096)
+    states = reveal_limits(hidden_size=576, dtype="bfloat16", batch=1, max_length=4096, blocks=10)
+    hidden_bytes = 4096 * 576 * 2
+    assert states.tensor_bytes - plain.tensor_bytes == 10 * hidden_bytes
+    assert states.messages > plain.messages
+    longest = longest_revealable(hidden_size=8192, dtype="bfloat16", batch=1)
+    with_states = longest_revealable(hidden_size=8192, dtype="bfloat16", batch=1, blocks=8)
+    assert 0 < with_states < longest / 4  # 7,277 positions of a 70B-wide span of 8 blocks
+
+
 def test_the_reveal_of_a_long_session_is_read_whole() -> None:
     """2100 decode steps with 12-hash proofs and a 4096-leaf batch: more metadata and more
     messages than any other frame may have. The verifier reads it (else an honest node with a
