@@ -52,7 +52,7 @@ from node.cache import CacheManager
 from node.commits import Receipts
 from node.faults import FaultMode
 from node.protocol import RevealedStep, RevealResponse
-from node.sketch import sketch
+from node.sketch import Sketch, mask_hash, sketch
 from node.tensors import tensor_hash
 from verifier.audit import Opening, check_opening, judge, prove_leaf, recompute
 from verifier.calibration import Variation, run_variation
@@ -155,12 +155,14 @@ def cost_at(span: Span, receipts: Receipts, context: int, repeats: int) -> Cost:
     prompt = context // 2
     bounds = [(0, prompt)] + [(t, t + 1) for t in range(prompt, context)]
     session = os.urandom(32)
-    inputs, leaves = [], []
+    inputs, leaves, sketches = [], [], []
     with CacheManager(10 * context).open("s", span.kv_layout, batch=1, max_length=context) as c:
         for step, (a, b) in enumerate(bounds[:-1]):
             out = span.forward(hidden[:, a:b], mask[:, :b], c)
             inputs.append((hidden[:, a:b].contiguous(), mask[:, :b].contiguous()))
-            leaves.append(_leaf(session, step, hidden[:, a:b], out))
+            leaf, committed = _leaf(session, step, hidden[:, a:b], out, mask[:, :b])
+            leaves.append(leaf)
+            sketches.append(committed)
         a, b = bounds[-1]
         last_in, last_mask = hidden[:, a:b].contiguous(), mask[:, :b].contiguous()
         length = c.length
@@ -170,18 +172,19 @@ def cost_at(span: Span, receipts: Receipts, context: int, repeats: int) -> Cost:
             out = span.forward(last_in, last_mask, c)
             receipts.make_with_sketch(
                 session_id=session, span=(span.start, span.end), step=len(bounds) - 1,
-                tokens=1, hidden_in=last_in, hidden_out=out,
+                tokens=1, hidden_in=last_in, hidden_out=out, mask=last_mask,
             )  # fmt: skip
             return out
 
         node_ms = times_ms(serve, repeats)
         out = serve()
     inputs.append((last_in, last_mask))
-    leaves.append(_leaf(session, len(bounds) - 1, last_in, out))
+    leaf, committed = _leaf(session, len(bounds) - 1, last_in, out, last_mask)
+    leaves.append(leaf)
+    sketches.append(committed)
     hashes = [leaf.hash() for leaf in leaves]
     tree = MerkleTree(hashes)
     batch = Batch(BatchId(1), NODE, MODEL, tree.root, len(hashes), 0)
-    committed = sketch(out)
     opening = Opening(
         RevealResponse(
             [RevealedStep(leaf, 1, i, tree.proof(i)) for i, leaf in enumerate(leaves)],
@@ -190,8 +193,8 @@ def cost_at(span: Span, receipts: Receipts, context: int, repeats: int) -> Cost:
         ),
         [step_hidden for step_hidden, _ in inputs],
         last_mask,
-        committed.indices,
-        committed.values,
+        torch.cat([s.indices for s in sketches], dim=1),  # every step's, as nodes reveal them
+        torch.cat([s.values for s in sketches], dim=1),
     )
 
     def audit() -> bool:
@@ -205,12 +208,17 @@ def cost_at(span: Span, receipts: Receipts, context: int, repeats: int) -> Cost:
     return Cost(context, node_ms, times_ms(audit, max(3, repeats // 4)))
 
 
-def _leaf(session: bytes, step: int, hidden: torch.Tensor, out: torch.Tensor) -> Leaf:
+def _leaf(
+    session: bytes, step: int, hidden: torch.Tensor, out: torch.Tensor, mask: torch.Tensor
+) -> tuple[Leaf, Sketch]:
+    """A step's leaf as a node commits it, and its sketch (with the step's mask columns)."""
     tokens = hidden.shape[0] * hidden.shape[1]
-    return Leaf(
+    committed = sketch(out, mask_hash=mask_hash(mask, hidden.shape[1]))
+    leaf = Leaf(
         session, MODEL, 0, 1, step, tokens, tensor_hash(hidden), tensor_hash(out),
-        sketch(out).hash(), int(time.time()),
+        committed.hash(), int(time.time()),
     )  # fmt: skip
+    return leaf, committed
 
 
 def detection(per_leaf: list[bool], rate: float, leaves: int, trials: int, seed: int) -> float:

@@ -23,8 +23,10 @@ With `--matched` it calibrates the 16-bit audit instead: nodes that declare bflo
 each of its leaves audited both ways: one float32 pass judged on the sketch (`FLOAT32_WAY`, for
 comparison), and block by block from the block states the node commits (`BLOCKWISE_WAY`:
 `verifier.blockwise`, as `stakeswarm verifier run` audits 16-bit nodes, under
-`BLOCK_TOLERANCES`). Blockwise rows give the range over leaves of the block error and of the
-precision ratio (a cheat's rows: over its cheated leaves only):
+`BLOCK_TOLERANCES`). Blockwise rows give the range over leaves of each measure of
+`verifier.blockwise` (the largest share of components off by more than one unit in the last
+place, block error and error of one position over the blocks; the step's precision ratio; a
+cheat's rows: over its cheated leaves only):
 
     .venv/bin/python benchmarks/calibrate.py --model smollm2 --blocks 0:10 --matched \\
         --sessions 24
@@ -196,13 +198,17 @@ class Row:
     min_overlap: float | None = None  # lowest share of top-k positions the recomputation kept
     mean_rel_error: tuple[float, float] | None = None  # range of the mean relative error
     worst_rel_error: tuple[float, float] | None = None  # range of the worst relative error
+    ulp_share: tuple[float, float] | None = None  # range of a leaf's largest share of a row's
+    # components more than one unit in the last place off (blockwise)
     block_error: tuple[float, float] | None = None  # range of a leaf's largest block error
-    precision_ratio: tuple[float, float] | None = None  # range of a leaf's largest ratio
+    position_error: tuple[float, float] | None = None  # range of a leaf's largest error of one
+    # position (in any block)
+    precision_ratio: tuple[float, float] | None = None  # range of a leaf's precision ratio
 
     @property
     def blockwise(self) -> bool:
         """Whether the leaves were audited block by block."""
-        return self.block_error is not None
+        return self.block_error is not None or self.ulp_share is not None
 
     @property
     def honest_failed(self) -> int:
@@ -227,7 +233,9 @@ class Row:
             min_overlap=w.get("min_min_overlap"),
             mean_rel_error=span("mean_rel_error"),
             worst_rel_error=span("worst_rel_error"),
+            ulp_share=span("ulp_share"),
             block_error=span("block_error"),
+            position_error=span("position_error"),
             precision_ratio=span("precision_ratio"),
         )
 

@@ -46,6 +46,8 @@ class UnsignedReceipts(Receipts):
         tokens: int,
         hidden_in: torch.Tensor,
         hidden_out: torch.Tensor,
+        mask: torch.Tensor,
+        states: torch.Tensor | None = None,
     ) -> tuple[SignedReceipt, bytes]:
         leaf = Leaf(
             session_id,

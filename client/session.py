@@ -44,7 +44,7 @@ from ledger.types import ModelId
 from node.errors import BadTensorError
 from node.protocol import ErrorCode, ProtocolError, SignedReceipt
 from node.routing import RouteHop, route_price
-from node.sketch import sketch
+from node.sketch import mask_hash, sketch
 from node.tensors import check_attention_mask, check_hidden_states, dtype_from_name, tensor_hash
 
 if TYPE_CHECKING:
@@ -425,8 +425,11 @@ class InferenceSession:
             )
         sent, received = tensor_hash(x), tensor_hash(out)
         # the sketch of what arrived: the node must have committed this one (client/receipts.py),
-        # with the hash of its block states when it serves in 16 bits (node.states)
-        sketched = sketch(out, states_hash=receipt.states_hash).hash()
+        # with the mask sent (its own columns) and, when the node serves in 16 bits, the hash
+        # of its block states (node.states)
+        sketched = sketch(
+            out, mask_hash=mask_hash(mask, tokens), states_hash=receipt.states_hash
+        ).hash()
         expected = ExpectedLeaf(
             signer=hop.address,
             session_id=hop.remote.session_id,

@@ -3,7 +3,8 @@ and the Merkle roots committed on-chain.
 
 Per step (`Receipts.make_with_sketch`, in the compute thread): the leaf of DESIGN.md —
 session, model id, span, step, tokens, keccak of the exact input and output tensors, keccak of
-the output's sketch, and the unix time it is signed at (`issuedAt`: the leaf must be committed by that time
+the output's sketch (which also commits the step's attention mask and a 16-bit node's block
+states), and the unix time it is signed at (`issuedAt`: the leaf must be committed by that time
 plus the Slasher's commit deadline) — and the node's EIP-712 receipt over it. Each slot
 (session, span, step) is signed once: steps come strictly in order, a session id is never
 served twice, and a retried ledger write stores the receipt already signed, never a new one
@@ -82,7 +83,7 @@ from node.protocol import (
     SignedReceipt,
     stream_frame,
 )
-from node.sketch import Sketch, sketch
+from node.sketch import Sketch, mask_hash, sketch
 from node.states import states_hash
 from node.tensors import tensor_hash
 
@@ -120,14 +121,17 @@ class Receipts:
         tokens: int,
         hidden_in: torch.Tensor,
         hidden_out: torch.Tensor,
+        mask: torch.Tensor,
         states: torch.Tensor | None = None,
     ) -> tuple[SignedReceipt, bytes]:
         """The signed leaf of one step (`hidden_in`/`hidden_out` are the exact tensors received
-        and sent) and the encoded sketch whose hash the leaf commits, kept for reveals; with a
-        16-bit node's block `states` (`node.states.stack_states`), a sketch that commits them."""
+        and sent) and the encoded sketch whose hash the leaf commits, kept for reveals: it also
+        commits the step's own columns of `mask` ([batch, past + tokens], as the step was
+        computed with) and a 16-bit node's block `states` (`node.states.stack_states`)."""
         issued_at = int(self.clock())
         hashed = None if states is None else states_hash(states)
-        encoded = sketch(hidden_out, states_hash=hashed).encode()
+        masked = mask_hash(mask, hidden_in.shape[1])
+        encoded = sketch(hidden_out, mask_hash=masked, states_hash=hashed).encode()
         leaf = Leaf(
             session_id=session_id,
             model_id=self.model_id,
@@ -637,13 +641,13 @@ class Reveal:
     store: InputStore
     paths: list[str]  # steps 0..k's stored inputs, in order
     sizes: list[int]  # byte size of each tensor of the frame, in order
-    sketch: Sketch | None  # full: step k's committed sketch
+    sketches: list[Sketch]  # full: every step's committed sketch, in order
 
     def tensors(self) -> Iterator[torch.Tensor]:
         """The frame's tensors (`RevealResponse`): each step's hidden states, read from disk
         when the frame reaches it, then the mask of step k (the steps' own columns, in order),
-        then the sketch, then (`response.states`) each step's block states, read from disk one
-        at a time. `ProtocolError(NOT_FOUND)` for a file that became unreadable."""
+        then (full) every step's sketch, then (`response.states`) each step's block states, read
+        from disk one at a time. `ProtocolError(NOT_FOUND)` for a file that became unreadable."""
         columns: list[torch.Tensor] = []  # per step: [batch, tokens] int64
         for rel in self.paths:
             try:
@@ -655,9 +659,9 @@ class Reveal:
             columns.append(mask.to(torch.int64))
             yield hidden  # [batch, tokens, hidden]
         yield torch.cat(columns, dim=1)  # mask: [batch, positions]
-        if self.sketch is not None:
-            yield self.sketch.indices
-            yield self.sketch.values
+        if self.sketches:  # every step's, concatenated along the tokens axis
+            yield torch.cat([c.indices for c in self.sketches], dim=1)
+            yield torch.cat([c.values for c in self.sketches], dim=1)
         if self.response.states:
             for rel in self.paths:
                 try:
@@ -689,7 +693,8 @@ def build_reveal(
     """What a verifier gets for leaf `leaf_index` of on-chain batch `batch_id`: the session's
     steps 0..k over that span (leaf, batch id, position in the batch, Merkle proof each) and
     their inputs (each step's hidden states, then step k's mask: `RevealResponse`); with
-    `full`, also the batch's leaf hashes, step k's committed sketch (indices, values) and,
+    `full`, also the batch's leaf hashes, every step's committed sketch (indices, values, each
+    concatenated along the tokens axis) and,
     when the node stored them (16-bit spans, `node.states`), every step's block states.
     The ledger is read in one transaction, closed before this returns; the stored inputs are
     only checked here (headers) and read while the frame streams (`Reveal.messages`).
@@ -760,21 +765,31 @@ def build_reveal(
         sizes.append(math.prod(shape) * _STORED_ITEMSIZE[dtype])
     assert batch_size is not None  # a session has step 0
     sizes.append(batch_size * positions * torch.int64.itemsize)  # the mask
-    committed: Sketch | None = None
+    sketches: list[Sketch] = []
     if full:
-        try:
-            encoded = store.load_sketch(paths[-1])
-            committed = Sketch.decode(encoded) if encoded is not None else None
-        except (OSError, SafetensorError, SketchFormatError) as exc:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"stored sketch unreadable: {exc}") from None
-        if committed is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, "no sketch was stored for this step")
-        sizes += [t.numel() * t.element_size() for t in (committed.indices, committed.values)]
-    with_states = full and committed is not None and committed.states_hash is not None
+        for step, rel in enumerate(paths):
+            try:
+                encoded = store.load_sketch(rel)
+                committed = Sketch.decode(encoded) if encoded is not None else None
+            except (OSError, SafetensorError, SketchFormatError) as exc:
+                raise ProtocolError(
+                    ErrorCode.NOT_FOUND, f"stored sketch of step {step} unreadable: {exc}"
+                ) from None
+            if committed is None:
+                raise ProtocolError(ErrorCode.NOT_FOUND, f"no sketch was stored for step {step}")
+            sketches.append(committed)
+        if len({(c.indices.shape[0], c.k) for c in sketches}) > 1:
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, "the session's stored sketches differ in shape"
+            )
+        indices = sum(c.indices.numel() * c.indices.element_size() for c in sketches)
+        values = sum(c.values.numel() * c.values.element_size() for c in sketches)
+        sizes += [indices, values]
+    with_states = bool(sketches) and sketches[-1].states_hash is not None
     if with_states:
         sizes += _states_sizes(store, paths)
     response = RevealResponse(steps, full, batch_leaves, with_states)
-    return Reveal(response, store, paths, sizes, committed)
+    return Reveal(response, store, paths, sizes, sketches)
 
 
 def _states_sizes(store: InputStore, paths: list[str]) -> list[int]:

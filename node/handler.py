@@ -395,6 +395,7 @@ class StakeswarmNode(ServicerBase):
             step,
             tokens,
             hidden,
+            mask,
             lambda blocks: session.span.forward(hidden, mask, session.cache, blocks),
         )
 
@@ -405,6 +406,7 @@ class StakeswarmNode(ServicerBase):
         step: int,
         tokens: int,
         hidden: torch.Tensor,
+        mask: torch.Tensor,
         forward: Callable[[list[torch.Tensor] | None], torch.Tensor],
     ) -> tuple[torch.Tensor, Any, bytes, torch.Tensor | None]:
         """Run `forward` (collecting every block's output when the span's dtype commits block
@@ -420,6 +422,7 @@ class StakeswarmNode(ServicerBase):
             tokens=tokens,
             hidden_in=hidden,
             hidden_out=output,
+            mask=mask,
             states=states,
         )
         return output, receipt, encoded, states
@@ -483,6 +486,7 @@ class StakeswarmNode(ServicerBase):
                 0,
                 tokens,
                 hidden,
+                mask,
                 lambda blocks: span.forward(hidden, mask, states=blocks),
             )
 

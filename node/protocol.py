@@ -37,7 +37,7 @@ from node.sketch import SKETCH_TOP_K
 #    earlier steps' masks are its prefixes), so its size grows linearly with the session.
 # 4: a node at work on a step or a forward sends a `working` frame every KEEPALIVE_INTERVAL,
 #    so a client tells a dead node from a slow one within its silence timeout.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 # A leaf's issuedAt is a uint64 on-chain; the wire takes it only up to 2**63 - 1, what a ledger
@@ -547,9 +547,11 @@ class RevealResponse:
     step i's own mask is its first `past + tokens` columns, as the node checked when it served
     step i): a reveal grows linearly with the session (`reveal_limits` bounds it).
     A `full` reveal (see `RevealRequest`) adds `batch_leaves`, the leaf hashes of the target
-    leaf's batch in order, and two tensors after the mask: the committed sketch of step k,
-    its indices (int64) then its values (float16), `[batch, tokens, k]` each (re-encoded with
-    the hidden size, see `node.sketch`, their keccak is the leaf's sketchHash).
+    leaf's batch in order, and two tensors after the mask: every step's committed sketch
+    concatenated along the tokens axis in step order, the indices (int64) then the values
+    (float16), `[batch, positions, k]` each (a step's positions, re-encoded with the hidden
+    size, the hash of the step's mask columns and of its block states, see `node.sketch`,
+    hash to the step's sketchHash).
     A full reveal of a node that serves in 16 bits also sets `states` and ends with every
     step's block states `[blocks, batch, tokens, hidden]` in step order (`node.states`: all
     but the last block's outputs hash to the states hash in that step's sketch, the last is
@@ -591,8 +593,8 @@ class RevealResponse:
 
     @property
     def tensor_count(self) -> int:
-        """How many tensors the frame carries: hidden states per step, the mask, the sketch
-        when full, and block states per step when `states`."""
+        """How many tensors the frame carries: hidden states per step, the mask, the steps'
+        sketches (two tensors) when full, and block states per step when `states`."""
         steps = len(self.steps)
         return steps + 1 + (2 if self.full else 0) + (steps if self.states else 0)
 
@@ -978,11 +980,12 @@ def reveal_limits(
     `blocks` blocks per position (a 16-bit node's span, `node.states`; 0: none):
 
     - tensors: every position's hidden states (`batch * max_length * hidden_size` items, and
-      `blocks` times that for the states), the mask (`batch * max_length` int64) and step k's
-      sketch (at most every position);
+      `blocks` times that for the states), the mask (`batch * max_length` int64) and every
+      step's sketch;
     - metadata: `max_length` steps (one token each, the most leaves a session can have), each
       a leaf with a proof in a batch of MAX_BATCH_LEAVES leaves, and that batch's leaf hashes;
-    - messages: every tensor (one per step, the mask, the sketch's two) in whole chunks.
+    - messages: every tensor (per step its hidden states and block states, the mask, the
+      sketches' two) in whole chunks.
 
     A node opens no session whose bound exceeds the caps (`RevealSize.fits`), and a verifier
     reads reveals up to the caps: an honest node can always reveal what it served."""

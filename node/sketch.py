@@ -49,11 +49,14 @@ Canonical encoding (all little-endian), the bytes whose keccak256 is the sketchH
     15+4Pk  2*P*k f16       values at those indices, same order
     (P = batch * tokens)
 
-Version 2 (nodes that serve in 16 bits, `node.states`) appends one field, so that the leaf's
-sketchHash also commits every block's output of the step but the last:
+Version 2, what nodes commit, appends two fields, so that the leaf's sketchHash also commits
+the attention mask the step was computed with and, for a node serving in 16 bits, every block's
+output of the step but the last (`node.states`):
 
-    15+6Pk  32              states hash: keccak256 of those outputs' bytes
-                            (`node.states.states_hash`)
+    15+6Pk  32              mask hash: keccak256 of the step's own mask columns, [batch,
+                            tokens] as bytes 0/1, row-major (`mask_hash`)
+    47+6Pk  32              states hash: keccak256 of those outputs' bytes
+                            (`node.states.states_hash`), or 32 zero bytes (a float32 node)
 """
 
 from __future__ import annotations
@@ -69,7 +72,8 @@ from node.errors import InvalidInputError, SketchFormatError
 
 SKETCH_TOP_K = 8  # components kept per token position
 SKETCH_VERSION = 1
-STATES_SKETCH_VERSION = 2  # version 1 plus the hash of the block states
+COMMITTED_SKETCH_VERSION = 2  # version 1 plus the mask's and the block states' hashes
+_NO_STATES = bytes(32)  # a version-2 sketch of a node that commits no block states
 FP16_MAX = 65504.0  # largest finite float16; sketch values saturate here
 _HEADER = struct.Struct("<BHIII")  # version, k, batch, tokens, hidden_size
 # Below float16's smallest normal value a sketch value is stored to a fixed absolute step of
@@ -96,6 +100,7 @@ class Sketch:
     hidden_size: int
     indices: torch.Tensor  # [batch, tokens, k] int64, rank order
     values: torch.Tensor  # [batch, tokens, k] float16, the components at `indices`
+    mask_hash: bytes | None = None  # version 2: `mask_hash` of the step's mask columns
     states_hash: bytes | None = None  # version 2: keccak256 of the step's block states
 
     @property
@@ -110,11 +115,16 @@ class Sketch:
     def encode(self) -> bytes:
         """The canonical bytes (module doc)."""
         batch, tokens = self.shape
-        version = SKETCH_VERSION if self.states_hash is None else STATES_SKETCH_VERSION
+        if self.mask_hash is None and self.states_hash is not None:
+            raise SketchFormatError("a sketch that commits block states commits its mask too")
+        version = SKETCH_VERSION if self.mask_hash is None else COMMITTED_SKETCH_VERSION
         header = _HEADER.pack(version, self.k, batch, tokens, self.hidden_size)
         indices = self.indices.numpy().astype("<u4").tobytes()
         values = self.values.numpy().astype("<f2").tobytes()
-        return header + indices + values + (self.states_hash or b"")
+        trailer = (
+            b"" if self.mask_hash is None else self.mask_hash + (self.states_hash or _NO_STATES)
+        )
+        return header + indices + values + trailer
 
     def hash(self) -> bytes:
         """keccak256 of the encoding: the leaf's sketchHash."""
@@ -127,11 +137,11 @@ class Sketch:
         if len(data) < _HEADER.size:
             raise SketchFormatError(f"sketch of {len(data)} bytes is shorter than its header")
         version, k, batch, tokens, hidden_size = _HEADER.unpack_from(data)
-        if version not in (SKETCH_VERSION, STATES_SKETCH_VERSION):
+        if version not in (SKETCH_VERSION, COMMITTED_SKETCH_VERSION):
             raise SketchFormatError(
-                f"sketch version {version}, expected {SKETCH_VERSION} or {STATES_SKETCH_VERSION}"
+                f"sketch version {version}, expected {SKETCH_VERSION} or {COMMITTED_SKETCH_VERSION}"
             )
-        trailer = 32 if version == STATES_SKETCH_VERSION else 0
+        trailer = 64 if version == COMMITTED_SKETCH_VERSION else 0
         if not 1 <= k <= hidden_size:
             raise SketchFormatError(f"sketch k={k} outside [1, hidden_size={hidden_size}]")
         count = batch * tokens * k
@@ -144,7 +154,10 @@ class Sketch:
         body = memoryview(data)[_HEADER.size :]
         indices = np.frombuffer(body[: 4 * count], dtype="<u4").astype(np.int64)
         values = np.frombuffer(body[4 * count : 6 * count], dtype="<f2").astype(np.float16)
-        states_hash = bytes(body[6 * count :]) if trailer else None
+        mask_hash = bytes(body[6 * count : 6 * count + 32]) if trailer else None
+        states_hash = bytes(body[6 * count + 32 :]) if trailer else None
+        if states_hash == _NO_STATES:
+            states_hash = None
         indices_t = torch.from_numpy(indices.reshape(batch, tokens, k))
         values_t = torch.from_numpy(values.reshape(batch, tokens, k).copy())
         if count and int(indices_t.max()) >= hidden_size:
@@ -153,7 +166,7 @@ class Sketch:
             raise SketchFormatError("sketch repeats an index within one position")
         if not torch.isfinite(values_t).all():
             raise SketchFormatError("sketch values must be finite")
-        return cls(hidden_size, indices_t, values_t, states_hash)
+        return cls(hidden_size, indices_t, values_t, mask_hash, states_hash)
 
 
 def _top_k_indices(hidden: torch.Tensor, k: int) -> torch.Tensor:
@@ -173,18 +186,40 @@ def _check_hidden(hidden: torch.Tensor) -> None:
         raise InvalidInputError("cannot sketch hidden states with NaN or infinity")
 
 
-def sketch(hidden: torch.Tensor, k: int = SKETCH_TOP_K, states_hash: bytes | None = None) -> Sketch:
-    """The sketch of `hidden` [batch, tokens, hidden_size] (any float dtype); with
-    `states_hash` (32 bytes, `node.states.states_hash`), a version-2 sketch carrying it."""
-    if states_hash is not None and len(states_hash) != 32:
-        raise InvalidInputError(f"a states hash has 32 bytes, got {len(states_hash)}")
+def sketch(
+    hidden: torch.Tensor,
+    k: int = SKETCH_TOP_K,
+    *,
+    mask_hash: bytes | None = None,
+    states_hash: bytes | None = None,
+) -> Sketch:
+    """The sketch of `hidden` [batch, tokens, hidden_size] (any float dtype); with `mask_hash`
+    (and a 16-bit node's `states_hash`, `node.states.states_hash`), the version-2 sketch a
+    node commits."""
+    for name, value in (("mask", mask_hash), ("states", states_hash)):
+        if value is not None and len(value) != 32:
+            raise InvalidInputError(f"a {name} hash has 32 bytes, got {len(value)}")
+    if states_hash is not None and mask_hash is None:
+        raise InvalidInputError("a sketch that commits block states commits its mask too")
     _check_hidden(hidden)
     if not 1 <= k <= hidden.shape[-1]:
         raise InvalidInputError(f"k={k} outside [1, hidden_size={hidden.shape[-1]}]")
     hidden = hidden.detach().cpu()
     indices = _top_k_indices(hidden, k)
     values = hidden.float().gather(-1, indices).clamp(-FP16_MAX, FP16_MAX).half()
-    return Sketch(hidden.shape[-1], indices, values, states_hash)
+    return Sketch(hidden.shape[-1], indices, values, mask_hash, states_hash)
+
+
+def mask_hash(mask: torch.Tensor, tokens: int) -> bytes:
+    """keccak256 of a step's own attention-mask columns: the last `tokens` columns of `mask`
+    ([batch, past + tokens], 0/1 of any integer or bool dtype) as bytes 0/1, row-major. What
+    a version-2 sketch commits, so that a node cannot reveal another mask than it served."""
+    if mask.ndim != 2 or not 0 < tokens <= mask.shape[1]:
+        raise InvalidInputError(
+            f"a mask [batch, past + tokens] with at least {tokens} columns, got {list(mask.shape)}"
+        )
+    columns = (mask[:, mask.shape[1] - tokens :] != 0).to(torch.uint8).contiguous().cpu()
+    return keccak(columns.numpy().tobytes())
 
 
 @dataclass(frozen=True)

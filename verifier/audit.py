@@ -12,9 +12,10 @@
    each proven at its stated position under the root of its own batch (which the same node
    committed, with its on-chain leaf count); every step's hidden states must hash to its
    leaf's inputHash, the one mask (step k's: every earlier step's mask is a prefix of it) must
-   be 0/1 over all the steps' positions, and the revealed sketch must hash to the leaf's
-   sketchHash. Anything else is a failure to reveal (withheld), provable on-chain because the
-   leaf itself is proven.
+   be 0/1 over all the steps' positions, and every step's revealed sketch, encoded with the
+   hash of that step's columns of the mask, must hash to its leaf's sketchHash (so the mask is
+   the one the node computed with and committed). Anything else is a failure to reveal
+   (withheld), provable on-chain because the leaf itself is proven.
 3. `recompute`: the span in float32 over the steps' inputs concatenated along the tokens axis
    with step k's mask, run the way the node ran it: in chunks of positions through a KV cache
    (node.blocks' conventions make this equal the node's cached steps up to float rounding), so
@@ -45,7 +46,7 @@ from node.blocks import Span
 from node.cache import CacheManager
 from node.errors import BadTensorError, SketchFormatError
 from node.protocol import RevealResponse
-from node.sketch import Sketch, SketchDistance, compare, sketch
+from node.sketch import Sketch, SketchDistance, compare, mask_hash, sketch
 from node.states import commits_states
 from node.states import states_hash as node_states_hash
 from node.tensors import DTYPE_NAMES, DTYPES, check_attention_mask, check_hidden_states, tensor_hash
@@ -61,8 +62,9 @@ class Opening:
     response: RevealResponse
     hidden: list[torch.Tensor]  # per step: its input hidden states [batch, tokens, hidden_size]
     mask: torch.Tensor  # [batch, positions] int64: step k's mask over every step's positions
-    sketch_indices: torch.Tensor | None  # [batch, tokens, k] int64, step k's committed sketch
-    sketch_values: torch.Tensor | None  # [batch, tokens, k] float16
+    # full: every step's committed sketch, concatenated along the tokens axis in step order
+    sketch_indices: torch.Tensor | None  # [batch, positions, k] int64
+    sketch_values: torch.Tensor | None  # [batch, positions, k] float16
     states: list[torch.Tensor] | None = None  # per step: [blocks, batch, tokens, hidden]
 
     @classmethod
@@ -203,22 +205,9 @@ def check_opening(
             f"the mask is not 0/1 [batch, {past}] over the revealed positions: {exc}"
         ) from None
     if opening.sketch_indices is None or opening.sketch_values is None:
-        raise invalid("the reveal has no committed sketch")
-    indices, values = opening.sketch_indices, opening.sketch_values
-    if indices.ndim != 3 or indices.shape != values.shape or indices.dtype != torch.int64:
-        raise invalid("the revealed sketch is not [batch, tokens, k] int64 indices and values")
+        raise invalid("the reveal has no committed sketches")
     states = _check_states(opening, hiddens, proven, invalid)
-    states_hash = None if not states else node_states_hash(states[-1])
-    try:
-        # re-encode canonically, then parse: the format's own checks (ranges, repeats)
-        encoded = Sketch(hidden_size, indices, values.half(), states_hash).encode()
-        committed = Sketch.decode(encoded)
-    except (SketchFormatError, RuntimeError, TypeError, ValueError) as exc:
-        raise invalid(f"the revealed sketch is malformed: {exc}") from None
-    if committed.hash() != target.sketch_hash:
-        raise invalid("the revealed sketch does not hash to the leaf's sketchHash")
-    if committed.shape != (hiddens[-1].shape[0], hiddens[-1].shape[1]):
-        raise invalid("the revealed sketch does not cover the last step's positions")
+    committed = _check_sketches(opening, hiddens, states, hidden_size, invalid)
     return CheckedInputs(
         hidden=torch.cat(hiddens, dim=1),
         mask=mask,
@@ -237,10 +226,10 @@ def _check_states(
     proven: ProvenLeaf,
     invalid: Callable[[str], InvalidOpeningError],
 ) -> list[torch.Tensor]:
-    """A 16-bit node's revealed block states, each checked against its step's leaf (its last
-    block's output hashes to the outputHash; the sketch of that output, carrying the hash of
-    the other blocks' outputs, hashes to the sketchHash); [] for a float32 node, which has
-    none. A 16-bit node that reveals none withholds what its audit needs."""
+    """A 16-bit node's revealed block states, each of its step's shape and dtype, finite, its
+    last block's output hashing to the step's outputHash (`_check_sketches` checks the rest
+    against the sketchHash); [] for a float32 node, which has none. A 16-bit node that reveals
+    none withholds what its audit needs."""
     dtype = hiddens[0].dtype
     if not commits_states(dtype):
         if opening.states:
@@ -250,7 +239,6 @@ def _check_states(
         raise invalid(f"a {DTYPE_NAMES[dtype]} node must reveal every step's block states")
     target = proven.leaf
     blocks = target.span_end - target.span_start
-    k = opening.sketch_indices.shape[-1] if opening.sketch_indices is not None else 0
     for step, hidden, states in zip(opening.response.steps, hiddens, opening.states, strict=True):
         leaf = step.leaf
         if states.dtype != dtype or list(states.shape) != [blocks, *hidden.shape]:
@@ -264,12 +252,67 @@ def _check_states(
             raise invalid(
                 f"step {leaf.step}: the last block's output does not hash to its outputHash"
             )
-        if not 1 <= k <= hidden.shape[-1]:
-            raise invalid("the revealed sketch has no components")
-        own = sketch(states[-1], k, node_states_hash(states))
-        if own.hash() != leaf.sketch_hash:
-            raise invalid(f"step {leaf.step}: the block states do not hash to its sketchHash")
     return list(opening.states)
+
+
+def _check_sketches(
+    opening: Opening,
+    hiddens: list[torch.Tensor],
+    states: list[torch.Tensor],
+    hidden_size: int,
+    invalid: Callable[[str], InvalidOpeningError],
+) -> Sketch:
+    """Every step's revealed sketch, re-encoded with the hash of that step's columns of the
+    revealed mask (and of its block states), must hash to its leaf's sketchHash: so the mask is
+    the one the node committed when it served the step, and (16-bit) the states are; a 16-bit
+    step's sketch must also be the sketch of its last block's output. Returns step k's."""
+    indices, values = opening.sketch_indices, opening.sketch_values
+    assert indices is not None and values is not None  # checked by the caller
+    positions = sum(h.shape[1] for h in hiddens)
+    if (
+        indices.ndim != 3
+        or indices.shape != values.shape
+        or indices.dtype != torch.int64
+        or tuple(indices.shape[:2]) != (hiddens[0].shape[0], positions)
+    ):
+        raise invalid(
+            f"the revealed sketches are not [batch, {positions}, k] int64 indices and values"
+        )
+    end = 0
+    committed: Sketch | None = None
+    for i, (step, hidden) in enumerate(zip(opening.response.steps, hiddens, strict=True)):
+        leaf, tokens = step.leaf, hidden.shape[1]
+        start, end = end, end + tokens
+        masked = mask_hash(opening.mask[:, :end], tokens)
+        hashed = node_states_hash(states[i]) if states else None
+        try:
+            # re-encode canonically, then parse: the format's own checks (ranges, repeats)
+            encoded = Sketch(
+                hidden_size,
+                indices[:, start:end].contiguous(),
+                values[:, start:end].half().contiguous(),
+                masked,
+                hashed,
+            ).encode()
+            committed = Sketch.decode(encoded)
+        except (SketchFormatError, RuntimeError, TypeError, ValueError) as exc:
+            raise invalid(f"step {leaf.step}: the revealed sketch is malformed: {exc}") from None
+        if committed.hash() != leaf.sketch_hash:
+            what = "mask or block states" if states else "mask"
+            raise invalid(
+                f"step {leaf.step}: the revealed sketch, with the step's {what}, does not hash "
+                "to its sketchHash"
+            )
+        if committed.shape != (hidden.shape[0], tokens):
+            raise invalid(f"step {leaf.step}: the revealed sketch does not cover its positions")
+        if states:
+            own = sketch(states[i][-1], committed.k, mask_hash=masked, states_hash=hashed)
+            if own.hash() != leaf.sketch_hash:
+                raise invalid(
+                    f"step {leaf.step}: the sketch is not the sketch of its last block's output"
+                )
+    assert committed is not None  # a reveal has step 0
+    return committed
 
 
 def _batch(

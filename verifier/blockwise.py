@@ -15,17 +15,20 @@ input and a large update carries their rounding, so errors are measured against 
 - `block_error`: the root mean square of e over the step's positions, against the closest of
   the honest ways to compute the block in the declared dtype (`BlockAudit.ways`: sdpa, eager
   attention and sdpa's math backend: on this CPU an honest node matches one of them bit for
-  bit whatever its threads or batch composition); another machine's kernels move a few
-  positions, a cheat moves them all;
-- `position_error`: the largest e of one position (a cheat on some rows or positions only);
+  bit whatever its threads or batch composition);
+- `ulp_share`: against that way, the largest share over the batch's rows of a row's components
+  more than one unit in the last place of the declared dtype apart (at max(|value|, 2^-8 of
+  its position's scale)). Another machine's kernels round some components the other way (one
+  unit); a cheat of 1% moves most components by several: the sharpest measure of the three;
+- `position_error`: the largest e of one position (a gross cheat on some positions only);
 - `precision_ratio` (of the step): the blocks' errors, summed, over their errors against the
   blocks computed in float32, summed. An honest node computes in its dtype: another machine's
   kernels move a few of its blocks a little from the verifier's dtype computation; a node
   computing in more precision than it declared (float16 behind bfloat16) moves every block by
   about the declared dtype's rounding and sits near float32.
 
-A step fails when a block's `block_error`, or the step's `precision_ratio`, exceeds the
-declared dtype's `BlockTolerance` (`verifier.thresholds`, calibrated by
+A step fails when a block's `ulp_share` or `position_error`, or the step's `precision_ratio`,
+exceeds the declared dtype's `BlockTolerance` (`verifier.thresholds`, calibrated by
 `benchmarks/calibrate.py`). Only the audited step's positions are judged; the earlier steps'
 states are committed too (each step's sketch carries their hash), so the context a block
 attends to is the one the node served with.
@@ -49,6 +52,11 @@ from verifier.thresholds import BlockTolerance, block_tolerance_for
 # attention scores to the declared dtype, sdpa does not; both are honest.
 MATCHED_ATTENTION: tuple[str, ...] = ("sdpa", "eager")
 ERROR_FLOOR = 2.0**-14  # rms below which a position's scale is not measured
+# Components smaller than this share of their position's scale are compared at the unit in the
+# last place of that floor: a component that is the small difference of large terms carries
+# their rounding (and a client could make some cancel), not a rounding of its own size.
+ULP_FLOOR_SHARE = 2.0**-8
+MANTISSA_BITS = {torch.bfloat16: 7, torch.float16: 10}  # explicit bits of each 16-bit dtype
 
 
 def span_in(span: Span, dtype: torch.dtype, attention: str = "") -> Span:
@@ -122,13 +130,29 @@ def block_error(
     """The module doc's `block_error` and `position_error` of `node` against `recomputed`
     (both [batch, tokens, hidden]) for a block whose input was `block_input`."""
     node, recomputed = node.float(), recomputed.float()
-
-    def rms(t: torch.Tensor) -> torch.Tensor:
-        return t.pow(2).mean(-1).sqrt()
-
-    scale = torch.maximum(rms(recomputed), rms(block_input.float())).clamp_min(ERROR_FLOOR)
-    errors = rms(node - recomputed) / scale  # [batch, tokens]
+    scale = torch.maximum(_rms(recomputed), _rms(block_input.float())).clamp_min(ERROR_FLOOR)
+    errors = _rms(node - recomputed)[..., 0] / scale[..., 0]  # [batch, tokens]
     return float(errors.pow(2).mean().sqrt()), float(errors.max())
+
+
+def ulp_share(
+    node: torch.Tensor, recomputed: torch.Tensor, block_input: torch.Tensor, dtype: torch.dtype
+) -> float:
+    """The module doc's `ulp_share`: the largest share, over the batch's rows, of a row's
+    components (all its positions) where `node` and `recomputed` ([batch, tokens, hidden],
+    values of `dtype`) differ by more than one unit in the last place of `dtype` at
+    max(|recomputed|, 2^-8 of its position's scale)."""
+    node, recomputed = node.float(), recomputed.float()
+    scale = torch.maximum(_rms(recomputed), _rms(block_input.float()))  # [batch, tokens, 1]
+    magnitude = torch.maximum(recomputed.abs(), scale * ULP_FLOOR_SHARE)
+    magnitude = magnitude.clamp_min(torch.finfo(dtype).smallest_normal)
+    unit = torch.exp2(torch.floor(torch.log2(magnitude)) - MANTISSA_BITS[dtype])
+    off = (node - recomputed).abs() > unit
+    return float(off.flatten(1).float().mean(1).max())
+
+
+def _rms(t: torch.Tensor) -> torch.Tensor:
+    return t.pow(2).mean(-1, keepdim=True).sqrt()
 
 
 @dataclass(frozen=True)
@@ -138,6 +162,8 @@ class BlockMeasure:
     block: int  # global index
     error: float  # `block_error` against the closest honest way
     position_error: float  # the largest error of one position against that way
+    ulp_share: float  # against that way: the largest share of a row's components off by
+    # more than one unit in the last place
     way: str  # which way was closest
     float32_error: float  # against float32 (0: not measured, every block was bit for bit)
 
@@ -191,27 +217,30 @@ class BlockAudit:
             [h if j == 0 else s[j - 1] for h, s in zip(hiddens, states, strict=True)]
             for j in blocks
         ]
-        closest: list[tuple[tuple[float, float], str]] = []
+        closest: list[tuple[tuple[float, float, float], str]] = []
         for j in blocks:
-            best: tuple[tuple[float, float], str] | None = None
+            best: tuple[tuple[float, float, float], str] | None = None
             for w, way in enumerate(self.ways):
                 with way.context():
                     recomputed = run_steps(self._block(w, j), inputs[j], mask)
                 errors = block_error(states[-1][j], recomputed, inputs[j][-1])
-                if best is None or errors < best[0]:
-                    best = (errors, way.name)
+                if best is None or errors < best[0][:2]:
+                    share = ulp_share(states[-1][j], recomputed, inputs[j][-1], self.dtype)
+                    best = ((*errors, share), way.name)
                 if errors[0] == 0.0:
                     break
             assert best is not None  # at least one way
             closest.append(best)
         exact = all(errors[0] == 0.0 for errors, _ in closest)
         measures = []
-        for j, ((error, worst), name) in zip(blocks, closest, strict=True):
+        for j, ((error, worst, share), name) in zip(blocks, closest, strict=True):
             float32_error = 0.0
             if not exact:
                 reference = run_steps(self._block(-1, j), inputs[j], mask)
                 float32_error = block_error(states[-1][j], reference, inputs[j][-1])[0]
-            measures.append(BlockMeasure(self.span.start + j, error, worst, name, float32_error))
+            measures.append(
+                BlockMeasure(self.span.start + j, error, worst, share, name, float32_error)
+            )
         return measures
 
 
@@ -221,20 +250,21 @@ def judge_blocks(
     """The measurements a judgement rests on and the bounds of the dtype's `BlockTolerance`
     that the step breaks, in words."""
     tolerance: BlockTolerance = block_tolerance_for(dtype)
-    worst = max(measures, key=lambda m: m.error)
+    worst = max(measures, key=lambda m: (m.ulp_share, m.error))
     ratio = precision_ratio(measures)
     measured = {
-        "block_error": worst.error,
+        "ulp_share": worst.ulp_share,
         "worst_block": float(worst.block),
+        "block_error": max(m.error for m in measures),
         "position_error": max(m.position_error for m in measures),
         "precision_ratio": ratio,
     }
     failures = []
     for m in measures:
-        if m.error > tolerance.max_block_error:
+        if m.ulp_share > tolerance.max_ulp_share:
             failures.append(
-                f"block {m.block}: error {m.error:.3g} > {tolerance.max_block_error} "
-                f"(closest: {m.way})"
+                f"block {m.block}: {m.ulp_share:.1%} of a row's components more than one unit "
+                f"in the last place off (> {tolerance.max_ulp_share:.0%}; closest: {m.way})"
             )
         elif m.position_error > tolerance.max_position_error:
             failures.append(

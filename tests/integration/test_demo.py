@@ -25,7 +25,7 @@ from transformers import AutoTokenizer
 
 from ledger.deployment import DeploymentParams
 from ledger.types import Reason
-from stakeswarm.story import StoryConfig, StoryError, StoryResult, run_story
+from stakeswarm.story import StoryConfig, StoryError, StoryResult, default_fault, run_story
 from stakeswarm.tiny_models import load_reference_model
 from tests.integration.interrupt import sigint_reaches_it
 from tests.integration.nodes import REPO_ROOT
@@ -178,6 +178,30 @@ def test_a_bad_story_is_refused_before_anything_starts(model_path: Path, tmp_pat
         StoryConfig(model_path=model_path, workdir=tmp_path, fault="lazy")
     with pytest.raises(StoryError, match="faulty_node must be one of the nodes 0..2"):
         StoryConfig(model_path=model_path, workdir=tmp_path, faulty_node=3)
+    with pytest.raises(StoryError, match="dtype must be one of float32, bfloat16, float16"):
+        StoryConfig(model_path=model_path, workdir=tmp_path, dtype="int8")
+    with pytest.raises(StoryError, match="a bfloat16 swarm's cheat is one of noise"):
+        StoryConfig(model_path=model_path, workdir=tmp_path, dtype="bfloat16")  # low-precision
+
+
+def test_a_bfloat16_story_slashes_the_node_adding_1_percent_noise(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """`stakeswarm demo --dtype bfloat16`: the swarm serves in bfloat16, the cheat is the noise
+    a float32 pass over a bfloat16 node cannot see, and the blockwise audit slashes it."""
+    recorder = Recorder()
+    config = StoryConfig(
+        model_path=model_path, workdir=tmp_path / "story", prompt=PROMPT, chat=False,
+        max_new_tokens=NEW_TOKENS, sample_rate=1.0, commit_interval=1.0, price=PRICE,
+        dtype="bfloat16", fault=default_fault("bfloat16"),
+    )  # fmt: skip
+    result = run_story(config, recorder)
+    assert [n.cheat for n in result.nodes] == [None, "noise", None]
+    assert result.slashes and {s.node for s in result.slashes} == {result.nodes[1].address}
+    assert {s.reason for s in result.slashes} == {Reason.MISMATCH}
+    for node in (result.nodes[0], result.nodes[2]):
+        assert node.stake_after == node.stake_before and node.slashed == 0
+    assert sum(line.count("in bfloat16") for line in recorder.lines) == 3  # one per node
 
 
 def test_demo_command_stops_everything_on_ctrl_c(model_path: Path, tmp_path: Path) -> None:

@@ -106,8 +106,9 @@ def test_a_bfloat16_node_adding_1_percent_noise_is_slashed(
         for audit in audits[honest.address]:
             assert audit.outcome is AuditOutcome.PASSED
             measured = audit.distances or {}
-            assert measured["dtype"] == "bfloat16" and measured["block_error"] == 0.0
+            assert measured["dtype"] == "bfloat16"
+            assert measured["block_error"] == measured["ulp_share"] == 0.0
     for audit in audits[cheat.address]:  # the noise is added after its span's last block
         measured = audit.distances or {}
         assert measured["worst_block"] == 3
-        assert measured["block_error"] > BFLOAT16_BLOCK_TOLERANCE.max_block_error
+        assert measured["ulp_share"] > BFLOAT16_BLOCK_TOLERANCE.max_ulp_share

@@ -51,6 +51,7 @@ from node.config import NodeConfig
 from node.handler import Limits, StakeswarmNode
 from node.protocol import InfoResponse, OpenSession, ServerInfo, ServerState
 from node.sessions import SessionManager, SpanViews, check_step
+from node.sketch import SKETCH_TOP_K
 from tests.integration.nodes import LoopThread
 from verifier.audit import Opening, check_opening, judge, prove_leaf, recompute
 from verifier.config import DEFAULT_REVEAL_TIMEOUT
@@ -135,10 +136,10 @@ def test_the_longest_session_the_default_cache_admits_is_revealed_and_audited(
 
     revealed = [*opening.hidden, opening.mask, opening.sketch_indices, opening.sketch_values]
     revealed_bytes = sum(t.numel() * t.element_size() for t in revealed if t is not None)
-    # linear: each position's hidden states and mask column once (and the last step's sketch)
+    # linear: each position's hidden states, mask column and committed sketch once
     assert sum(hidden.shape[1] for hidden in opening.hidden) == POSITIONS
-    assert revealed_bytes <= POSITIONS * (HIDDEN * 4 + 8) + 1024
-    assert revealed_bytes < MAX_REVEAL_BYTES // 200  # it was ~1.08 GB, over the 1 GiB read
+    assert revealed_bytes <= POSITIONS * (HIDDEN * 4 + 8 + SKETCH_TOP_K * (8 + 2))
+    assert revealed_bytes < MAX_REVEAL_BYTES // 100  # it was ~1.08 GB, over the 1 GiB read
     # the node streamed one stored step at a time and the verifier assembled tensor by tensor:
     # the peak is the reveal and its metadata (16k leaves and proofs) once, not ~3 GB
     assert reveal_peak < 256, f"building and reading the reveal took {reveal_peak:.0f} MiB"
@@ -188,7 +189,7 @@ async def _serve(
             output = span.forward(hidden, mask, session.cache)
             receipt, encoded = receipts.make_with_sketch(
                 session_id=session_id, span=SPAN, step=step, tokens=tokens, hidden_in=hidden,
-                hidden_out=output,
+                hidden_out=output, mask=mask,
             )  # fmt: skip
             writer.submit(receipt, hidden, mask, encoded)
             if step % 64 == 0:

@@ -31,7 +31,7 @@ from ledger.merkle import MerkleTree, verify
 from ledger.types import model_id
 from node.commits import InputStore, LeafWriter, Receipts, build_reveal, prune_inputs
 from node.protocol import ErrorCode, ProtocolError
-from node.sketch import Sketch
+from node.sketch import Sketch, mask_hash
 from node.states import stack_states, states_hash
 
 SALT = bytes.fromhex("5a17" * 16)  # a Slasher deployment's EIP-712 domain salt
@@ -70,6 +70,7 @@ def _serve(ledger: Ledger, store: InputStore, sessions: list[bytes]) -> None:
                         tokens=1,
                         hidden_in=hidden,
                         hidden_out=hidden * 2,
+                        mask=mask,
                     )
                     writer.submit(receipt, hidden, mask, encoded)
             await writer.flush()
@@ -109,7 +110,8 @@ def test_inputs_are_revealed_in_the_window_and_deleted_after_it(
     reveal = build_reveal(ledger, store, node=node, batch_id=1, leaf_index=2, full=True)
     response, tensors = reveal.response, list(reveal.tensors())
     assert [s.leaf.step for s in response.steps] == [0, 1, 2]
-    assert len(tensors) == STEPS + 3  # hidden states per step, one mask, then the sketch
+    assert len(tensors) == STEPS + 3  # hidden states per step, one mask, the steps' sketches
+    assert tensors[STEPS + 1].shape == (1, STEPS, 8)  # every step's sketch indices
     assert tensors[STEPS].shape == (1, STEPS)  # the mask covers every step's position
     # each step names its position in its batch (of STEPS leaves), and its proof holds there
     root = MerkleTree(response.batch_leaves).root
@@ -151,7 +153,7 @@ def test_a_receipt_is_stamped_with_its_time_signed_over_it_and_stored_once(
     def make() -> tuple:
         return receipts.make_with_sketch(
             session_id=b"\x04" * 32, span=SPAN, step=0, tokens=1, hidden_in=hidden,
-            hidden_out=hidden * 2,
+            hidden_out=hidden * 2, mask=mask,
         )  # fmt: skip
 
     receipt, encoded = make()
@@ -203,14 +205,18 @@ def test_a_16bit_node_stores_and_reveals_every_steps_block_states(
                 hidden = torch.randn(1, tokens, 16).bfloat16()
                 output = hidden * 3
                 states = stack_states([hidden * 2, hidden * 2.5, output], output)  # 3 blocks
+                mask = torch.ones(1, 3 + step + 1, dtype=torch.long)
                 receipt, encoded = receipts.make_with_sketch(
                     session_id=session, span=(0, 3), step=step, tokens=tokens,
-                    hidden_in=hidden, hidden_out=output, states=states,
+                    hidden_in=hidden, hidden_out=output, mask=mask, states=states,
                 )  # fmt: skip
-                assert Sketch.decode(encoded).states_hash == states_hash(states)
+                committed = Sketch.decode(encoded)
+                assert committed.states_hash == states_hash(states)
+                assert committed.mask_hash == mask_hash(mask, tokens)
                 assert receipt.leaf.sketch_hash == keccak(encoded)
+                assert receipt.states_hash == states_hash(states)  # disclosed to the client
                 served.append(states)
-                writer.submit(receipt, hidden, torch.ones(1, 3 + step + 1), encoded, states)
+                writer.submit(receipt, hidden, mask, encoded, states)
             await writer.flush()
 
     asyncio.run(run())

@@ -12,7 +12,7 @@ from eth_utils import keccak
 from node.blocks import ClientHead, Span, load_client_head, load_span
 from node.cache import CacheManager
 from node.errors import InvalidInputError, SketchFormatError
-from node.sketch import FP16_MAX, SKETCH_TOP_K, Sketch, compare, sketch
+from node.sketch import FP16_MAX, SKETCH_TOP_K, Sketch, compare, mask_hash, sketch
 from stakeswarm.tiny_models import make_tiny_model
 
 FP16_ROUNDING = 2.0**-11  # relative rounding error bound of float16
@@ -51,20 +51,37 @@ def test_encoding_layout_and_round_trip() -> None:
     assert torch.equal(again.values, committed.values)
 
 
-def test_a_version_2_sketch_carries_the_states_hash() -> None:
+def test_a_version_2_sketch_commits_the_mask_and_the_block_states() -> None:
     hidden = torch.zeros(1, 2, 10)
     hidden[0, 0, [7, 2, 5]] = torch.tensor([3.0, -5.0, 1.0])
     plain = sketch(hidden, k=3)
+    mask = torch.tensor([[0, 1, 1, 1]])  # [batch, past + tokens]: the step's own are the last 2
+    masked = mask_hash(mask, 2)
+    assert masked == keccak(bytes([1, 1])) == mask_hash(mask.bool(), 2)
+    assert mask_hash(mask, 4) == keccak(bytes([0, 1, 1, 1])) != masked
     states = keccak(b"block states")
-    with_states = sketch(hidden, k=3, states_hash=states)
-    data = with_states.encode()
-    assert data == struct.pack("<BHIII", 2, 3, 1, 2, 10) + plain.encode()[15:] + states
-    assert with_states.hash() != plain.hash()  # the leaf commits the states through it
-    again = Sketch.decode(data)
-    assert again.states_hash == states and again.encode() == data
-    assert Sketch.decode(plain.encode()).states_hash is None
+    float32_node = sketch(hidden, k=3, mask_hash=masked)
+    sixteen_bit_node = sketch(hidden, k=3, mask_hash=masked, states_hash=states)
+    body = plain.encode()[15:]
+    assert float32_node.encode() == (
+        struct.pack("<BHIII", 2, 3, 1, 2, 10) + body + masked + bytes(32)
+    )
+    assert sixteen_bit_node.encode() == (
+        struct.pack("<BHIII", 2, 3, 1, 2, 10) + body + masked + states
+    )
+    # the leaf's sketchHash commits each of them
+    assert len({plain.hash(), float32_node.hash(), sixteen_bit_node.hash()}) == 3
+    padded = torch.tensor([[1, 1, 0, 1]])  # the same step with one position padded
+    assert float32_node.hash() != sketch(hidden, k=3, mask_hash=mask_hash(padded, 2)).hash()
+    for committed in (float32_node, sixteen_bit_node):
+        again = Sketch.decode(committed.encode())
+        assert again.encode() == committed.encode()
+        assert (again.mask_hash, again.states_hash) == (committed.mask_hash, committed.states_hash)
+    assert Sketch.decode(plain.encode()).mask_hash is None
     with pytest.raises(InvalidInputError, match="32 bytes"):
-        sketch(hidden, k=3, states_hash=b"short")
+        sketch(hidden, k=3, mask_hash=b"short")
+    with pytest.raises(InvalidInputError, match="commits its mask too"):
+        sketch(hidden, k=3, states_hash=states)
 
 
 def test_bfloat16_values_are_kept_exactly(tiny: tuple[Span, ClientHead]) -> None:
@@ -81,7 +98,7 @@ def test_bfloat16_values_are_kept_exactly(tiny: tuple[Span, ClientHead]) -> None
     [
         (b"\x01\x08", "shorter than its header"),
         (struct.pack("<BHIII", 3, 1, 1, 1, 4) + bytes(6), "version 3"),
-        (struct.pack("<BHIII", 2, 1, 1, 1, 4) + bytes(6), "21 bytes, expected 53"),
+        (struct.pack("<BHIII", 2, 1, 1, 1, 4) + bytes(6), "21 bytes, expected 85"),
         (struct.pack("<BHIII", 1, 5, 1, 1, 4) + bytes(30), "k=5"),
         (struct.pack("<BHIII", 1, 1, 1, 2, 4) + bytes(6), "expected 27"),
         (struct.pack("<BHIII", 1, 1, 1, 1, 4) + struct.pack("<I", 4) + bytes(2), "out of range"),

@@ -15,7 +15,7 @@ from ledger.types import Address, BatchId, Leaf, ModelId, model_id
 from node.blocks import SPAN_FP32_ATOL, ClientHead, Span, load_client_head, load_span
 from node.faults import FaultMode
 from node.protocol import RevealedStep, RevealResponse
-from node.sketch import sketch
+from node.sketch import mask_hash, sketch
 from node.tensors import tensor_hash
 from stakeswarm.tiny_models import FAMILIES, Family, make_tiny_model
 from verifier.audit import (
@@ -103,23 +103,28 @@ def serve(span: Span, head: ClientHead, *, fault: FaultMode | None = None) -> Se
     served = node.serve(head.embed(ids), mask, prompt=6)
     inputs, outputs = served.inputs, served.outputs
     session = os.urandom(32)
+    # as a node commits them: each sketch with the hash of its step's own mask columns
+    sketches = [
+        sketch(out, mask_hash=mask_hash(step_mask, hidden.shape[1]))
+        for (hidden, step_mask), out in zip(inputs, outputs, strict=True)
+    ]
     leaves = [
         Leaf(session, MODEL, 0, 3, step, hidden.shape[0] * hidden.shape[1], tensor_hash(hidden),
-             tensor_hash(out), sketch(out).hash(), 1_767_225_600 + step)
-        for step, ((hidden, _), out) in enumerate(zip(inputs, outputs, strict=True))
+             tensor_hash(out), committed.hash(), 1_767_225_600 + step)
+        for step, ((hidden, _), out, committed) in enumerate(
+            zip(inputs, outputs, sketches, strict=True))
     ]  # fmt: skip
     strangers = [os.urandom(32) for _ in range(3)]
     hashes = [strangers[0], *(leaf.hash() for leaf in leaves), *strangers[1:]]
     tree = MerkleTree(hashes)
     batch = Batch(BatchId(5), NODE, ModelId(MODEL), tree.root, len(hashes), 1_000)
     steps = [RevealedStep(leaf, 5, i + 1, tree.proof(i + 1)) for i, leaf in enumerate(leaves)]
-    committed = sketch(outputs[-1])
     opening = Opening(
         RevealResponse(steps, full=True, batch_leaves=hashes),
         [hidden for hidden, _ in inputs],
         inputs[-1][1],  # the last step's mask: every earlier step's is a prefix of it
-        committed.indices,
-        committed.values,
+        torch.cat([committed.indices for committed in sketches], dim=1),
+        torch.cat([committed.values for committed in sketches], dim=1),
     )
     return Served(opening, batch, 4, leaves)
 
@@ -221,7 +226,11 @@ def test_a_reveal_that_does_not_show_the_sampled_leaf_proves_nothing(
         ("hidden shape", r"step 0: hidden states must be \[batch, tokens, 64\]"),
         ("mask", "the mask is not 0/1 \\[batch, 9\\]"),
         ("mask values", "the mask is not 0/1 \\[batch, 9\\]"),
-        ("sketch", "does not hash to the leaf's sketchHash"),
+        ("sketch", "step 3: the revealed sketch, with the step's mask, does not hash"),
+        # the client padded row 0's first two positions; a node that computed without that
+        # padding (or reveals another mask) cannot show the mask its sketches committed
+        ("padding", "step 0: the revealed sketch, with the step's mask, does not hash"),
+        ("sketches", r"the revealed sketches are not \[batch, 9, k\]"),
         ("steps", "does not hold steps 0..3"),
         ("proof", "is not proven under batch 5"),
         ("index", "is not proven under batch 5"),
@@ -252,10 +261,18 @@ def test_a_proven_leaf_with_bad_inputs_is_withheld_and_provable(
         mask = opening.mask.clone()
         mask[1, 0] = 2
         opening = dataclasses.replace(opening, mask=mask)
-    elif tamper == "sketch":
+    elif tamper == "sketch":  # step 3's (the last position's)
         other = sketch(torch.randn(2, 1, 64))
+        indices, values = opening.sketch_indices.clone(), opening.sketch_values.clone()
+        indices[:, -1:], values[:, -1:] = other.indices, other.values
+        opening = dataclasses.replace(opening, sketch_indices=indices, sketch_values=values)
+    elif tamper == "padding":
+        opening = dataclasses.replace(opening, mask=torch.ones_like(opening.mask))
+    elif tamper == "sketches":  # step k's sketch alone
         opening = dataclasses.replace(
-            opening, sketch_indices=other.indices, sketch_values=other.values
+            opening,
+            sketch_indices=opening.sketch_indices[:, -1:],
+            sketch_values=opening.sketch_values[:, -1:],
         )
     elif tamper == "steps":
         steps = [response.steps[0], *response.steps[2:]]

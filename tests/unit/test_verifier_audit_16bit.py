@@ -17,7 +17,7 @@ from ledger.types import Address, BatchId, Leaf, ModelId, model_id
 from node.blocks import ClientHead, Span, load_client_head, load_span
 from node.faults import FaultMode, quantized_int8, reinitialised_block
 from node.protocol import RevealedStep, RevealResponse
-from node.sketch import sketch
+from node.sketch import mask_hash, sketch
 from node.states import states_hash
 from node.tensors import tensor_hash
 from stakeswarm.tiny_models import make_tiny_model
@@ -115,10 +115,10 @@ def test_a_block_recomputed_from_the_nodes_states_is_bit_for_bit(
     measures = BlockAudit(span, node.dtype).measure(
         [h for h, _ in served.inputs], served.states, served.inputs[-1][1]
     )
-    assert [(m.block, m.error, m.position_error) for m in measures] == [
-        (0, 0.0, 0.0),
-        (1, 0.0, 0.0),
-        (2, 0.0, 0.0),
+    assert [(m.block, m.error, m.position_error, m.ulp_share) for m in measures] == [
+        (0, 0.0, 0.0, 0.0),
+        (1, 0.0, 0.0, 0.0),
+        (2, 0.0, 0.0, 0.0),
     ]
     assert precision_ratio(measures) == 0.0
 
@@ -170,25 +170,29 @@ def _served_opening(
     )
     assert served.states is not None
     session = os.urandom(32)
+    sketches = [
+        sketch(out, mask_hash=mask_hash(step_mask, hidden.shape[1]),
+               states_hash=states_hash(states))
+        for (hidden, step_mask), out, states in zip(
+            served.inputs, served.outputs, served.states, strict=True)
+    ]  # fmt: skip
     leaves = [
         Leaf(session, MODEL, 0, 3, step, hidden.shape[0] * hidden.shape[1], tensor_hash(hidden),
-             tensor_hash(out), sketch(out, states_hash=states_hash(states)).hash(),
-             1_767_225_600 + step)
-        for step, ((hidden, _), out, states) in enumerate(
-            zip(served.inputs, served.outputs, served.states, strict=True))
+             tensor_hash(out), committed.hash(), 1_767_225_600 + step)
+        for step, ((hidden, _), out, committed) in enumerate(
+            zip(served.inputs, served.outputs, sketches, strict=True))
     ]  # fmt: skip
     hashes = [leaf.hash() for leaf in leaves]
     tree = MerkleTree(hashes)
     batch = Batch(BatchId(5), NODE, ModelId(MODEL), tree.root, len(hashes), 1_000)
     steps = [RevealedStep(leaf, 5, i, tree.proof(i)) for i, leaf in enumerate(leaves)]
-    committed = sketch(served.outputs[-1])
     states = [s.clone() for s in served.states]
     opening = Opening(
         RevealResponse(steps, full=True, batch_leaves=hashes, states=reveal_states),
         [hidden for hidden, _ in served.inputs],
         served.inputs[-1][1],
-        committed.indices,
-        committed.values,
+        torch.cat([committed.indices for committed in sketches], dim=1),
+        torch.cat([committed.values for committed in sketches], dim=1),
         states if reveal_states else None,
     )
     return opening, batch, states
@@ -219,13 +223,15 @@ def test_a_16bit_reveal_is_audited_block_by_block(
     judgement = AuditSpans(span).audit(checked)
     assert judgement.passed is passes, judgement.as_json()
     assert set(judgement.measured) == {
-        "block_error",
+        "ulp_share",
         "worst_block",
+        "block_error",
         "position_error",
         "precision_ratio",
     }
     if passes and variation.attention == "":
         assert judgement.measured["block_error"] == 0  # the same CPU: bit for bit
+        assert judgement.measured["ulp_share"] == 0
     if not passes:
         assert any(f.startswith("block ") for f in judgement.failures), judgement.failures
 
@@ -252,7 +258,7 @@ def test_16bit_states_other_than_the_committed_ones_are_withheld(
     proven = prove_leaf(opening, batch=batch, leaf_index=3)
     original = states[step].clone()
     states[step][0, 0, 0, 0] += 1  # block 0's output, one component
-    with pytest.raises(InvalidOpeningError, match=f"step {step}: the block states do not hash"):
+    with pytest.raises(InvalidOpeningError, match=f"step {step}: the revealed sketch, with the"):
         check_opening(opening, proven, batches=lambda _: batch, hidden_size=64)
     states[step] = original.clone()
     states[step][-1, 0, 0, 0] += 1  # the output sent

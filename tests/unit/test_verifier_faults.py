@@ -30,7 +30,7 @@ from node.faults import (
 )
 from node.handler import StakeswarmNode
 from node.sessions import SpanViews
-from node.sketch import sketch
+from node.sketch import mask_hash, sketch
 from node.tensors import tensor_hash
 from stakeswarm.tiny_models import make_tiny_model
 
@@ -172,13 +172,18 @@ def test_steer_sends_another_output_and_signs_the_honest_sketch(span: Span) -> N
     domain = Domain.slasher(31337, "0x" + "5c" * 20, b"\x5a" * 32)
     plain = Receipts(domain=domain, account=account, model_id=model_id("tiny"))
     receipts = wrapped.receipts(plain)
-    step = dict(session_id=b"\x01" * 32, span=(0, 4), step=0, tokens=12, hidden_in=hidden)
+    mask = torch.ones(hidden.shape[:2], dtype=torch.long)
+    step = dict(
+        session_id=b"\x01" * 32, span=(0, 4), step=0, tokens=12, hidden_in=hidden, mask=mask
+    )
     receipt, encoded = receipts.make_with_sketch(hidden_out=sent, **step)
     # outputHash names what was sent, sketchHash the honest output: a verifier recomputing
     # the span passes it, the client holding `sent` does not
+    masked = mask_hash(mask, hidden.shape[1])
     assert receipt.leaf.output_hash == tensor_hash(sent)
-    assert receipt.leaf.sketch_hash == sketch(honest).hash() != sketch(sent).hash()
-    assert encoded == sketch(honest).encode()
+    assert receipt.leaf.sketch_hash == sketch(honest, mask_hash=masked).hash()
+    assert receipt.leaf.sketch_hash != sketch(sent, mask_hash=masked).hash()
+    assert encoded == sketch(honest, mask_hash=masked).encode()
     assert recover_receipt_signer(domain, receipt.leaf, receipt.signature) == account.address
     # every other mode signs with the node's own receipts
     assert wrapping("noise").receipts(plain) is plain

@@ -79,7 +79,7 @@ def test_a_verifier_signs_a_full_request_the_node_can_check() -> None:
         RevealRequest.from_wire({**wire, "full": "yes"})
 
 
-def test_a_full_response_carries_the_batch_leaves_and_two_sketch_tensors() -> None:
+def test_a_full_response_carries_the_batch_leaves_and_each_steps_sketch() -> None:
     step = RevealedStep.from_wire({"leaf": LEAF, "batch": 7, "index": 1, "proof": [b"p" * 32]})
     assert step.leaf_index == 1 and step.leaf.issued_at == 1_767_225_600
     response = RevealResponse([step], full=True, batch_leaves=[b"a" * 32, b"b" * 32])
@@ -110,8 +110,8 @@ def test_a_16bit_nodes_full_response_ends_with_every_steps_block_states() -> Non
     ]
     response = RevealResponse(steps, full=True, batch_leaves=[b"a" * 32] * 2, states=True)
     assert response.tensor_count == 2 + 1 + 2 + 2
-    committed = sketch(torch.randn(1, 1, 16))
     hiddens = [torch.randn(1, 3, 16).bfloat16(), torch.randn(1, 1, 16).bfloat16()]
+    committed = sketch(torch.cat(hiddens, dim=1))  # both steps' sketches, concatenated
     states = [torch.randn(4, 1, 3, 16).bfloat16(), torch.randn(4, 1, 1, 16).bfloat16()]
     tensors = [*hiddens, torch.ones(1, 4, dtype=torch.long), committed.indices, committed.values]
     frame = decode_frame(
@@ -120,6 +120,7 @@ def test_a_16bit_nodes_full_response_ends_with_every_steps_block_states() -> Non
     parsed = RevealResponse.from_wire(frame.metadata)
     assert parsed == response and parsed.to_wire()["states"] is True
     opening = Opening.from_frame(parsed, frame.tensors)
+    assert torch.equal(opening.sketch_indices, committed.indices)
     assert opening.states is not None and len(opening.states) == 2
     assert all(torch.equal(a, b) for a, b in zip(opening.states, states, strict=True))
     # without `full`, `states` means nothing: no states are read
@@ -127,8 +128,8 @@ def test_a_16bit_nodes_full_response_ends_with_every_steps_block_states() -> Non
     # a full reveal of a float32 node has none
     assert Opening.from_frame(
         RevealResponse(steps[:1], full=True, batch_leaves=[b"a" * 32]),
-        [hiddens[0].float(), torch.ones(1, 3, dtype=torch.long), committed.indices,
-         committed.values],
+        [hiddens[0].float(), torch.ones(1, 3, dtype=torch.long), committed.indices[:, :3],
+         committed.values[:, :3]],
     ).states is None  # fmt: skip
 
 
@@ -155,8 +156,8 @@ def test_the_reveal_of_a_long_session_is_read_whole() -> None:
     ]
     response = RevealResponse(steps, full=True, batch_leaves=[b"a" * 32] * 4096)
     tensors = [torch.randn(1, 1, 16) for _ in steps] + [torch.ones(1, 2100, dtype=torch.long)]
-    committed = sketch(torch.randn(1, 1, 16))
-    tensors += [committed.indices, committed.values]
+    every = sketch(torch.randn(1, len(steps), 16))  # every step's sketch, concatenated
+    tensors += [every.indices, every.values]
     messages = list(encode_frame(Frame(response.to_wire(), tensors), _response()))
     assert len(messages) > MAX_MESSAGES_PER_FRAME
     assert len(messages[0].metadata) > MAX_METADATA_BYTES
@@ -173,8 +174,9 @@ def test_the_reveal_of_a_long_session_is_read_whole() -> None:
     )
     assert frame is not None
     opening = Opening.from_frame(RevealResponse.from_wire(frame.metadata), frame.tensors)
-    assert len(opening.hidden) == 2100 and torch.equal(opening.hidden[-1], tensors[-4])
-    assert torch.equal(opening.mask, tensors[-3])
+    assert len(opening.hidden) == 2100 and torch.equal(opening.hidden[-1], tensors[2099])
+    assert torch.equal(opening.mask, tensors[2100])
+    assert opening.sketch_indices is not None and opening.sketch_indices.shape[1] == 2100
     with pytest.raises(ProtocolError) as refused:
         asyncio.run(read())
     assert refused.value.code is ErrorCode.TOO_LARGE
@@ -278,7 +280,9 @@ def test_the_reveal_limits_bound_the_largest_reveal_of_a_session() -> None:
     response = RevealResponse(steps, full=True, batch_leaves=[b"a" * 32] * MAX_BATCH_LEAVES)
     committed = sketch(torch.randn(1, 1, hidden_size))
     tensors = [torch.randn(1, 1, hidden_size) for _ in steps]
-    tensors += [torch.ones(1, steps_count, dtype=torch.long), committed.indices, committed.values]
+    tensors += [torch.ones(1, steps_count, dtype=torch.long)]
+    every = sketch(torch.randn(1, steps_count, hidden_size))  # every step's, concatenated
+    tensors += [every.indices, every.values]
     messages = list(encode_frame(Frame(response.to_wire(), tensors), _response()))
     bound = reveal_limits(hidden_size=hidden_size, dtype="float32", batch=1, max_length=300)
     assert len(messages[0].metadata) <= bound.metadata_bytes
