@@ -958,15 +958,12 @@ middle block's matrices redrawn at their own std) and float16 compute sent as bf
 .venv/bin/python benchmarks/calibrate.py --model smollm2 --blocks 0:10 --sessions 24 --matched
 ```
 
-Ran 2026-12-05 12:31:50 UTC for 1319 s; torch threads 2. The bounds (`verifier/thresholds.py`;
-the run itself judged with a ulp-share bound of 0.4, raised to 0.45 after it to balance the
-margins: every honest leaf stayed at or below 0.330 and every cheated leaf at or above 0.637,
-or above the precision-ratio bound, so every rate below is the same under either):
+Ran 2026-12-05 12:31:50 UTC for 1319 s; torch threads 2. The bounds in force:
 
 - bfloat16, float32 recompute: `Tolerance(min_overlap=0.25, max_rel_error=1.0, max_mean_rel_error=0.05)`
 - float16, float32 recompute: `Tolerance(min_overlap=0.5, max_rel_error=0.15, max_mean_rel_error=0.01)`
-- bfloat16, block by block: `BlockTolerance(max_ulp_share=0.45, max_position_error=0.02, max_precision_ratio=0.5)`
-- float16, block by block: `BlockTolerance(max_ulp_share=0.45, max_position_error=0.02, max_precision_ratio=inf)`
+- bfloat16, block by block: `BlockTolerance(max_ulp_share=0.4, max_position_error=0.02, max_precision_ratio=0.5)`
+- float16, block by block: `BlockTolerance(max_ulp_share=0.4, max_position_error=0.02, max_precision_ratio=inf)`
 
 "failed" counts failed audits of honest leaves, or the share of cheated leaves whose audit
 failed; the ranges are over the leaves audited (a cheat's: over its cheated leaves only):
@@ -1016,7 +1013,7 @@ What this shows:
   whatever its threads, attention implementation or sdpa backend; batching moved a few
   bfloat16 components (ulp share <= 0.002) and 2 threads a few float16 ones (<= 0.057). The
   only honest variation far from exact is the other matmul kernel in bfloat16: ulp share up to
-  0.330 (bound 0.45), one position's error up to 5.2e-3 (bound 2e-2), precision ratio up to
+  0.330 (bound 0.4), one position's error up to 5.2e-3 (bound 2e-2), precision ratio up to
   0.148 (bound 0.5).
 - Detection: every cheat fails on every cheated leaf in both dtypes (100%), against 0% to
   59.5% with the float32 pass for the small ones. The cheats' ulp shares start at 0.637
@@ -1041,7 +1038,7 @@ Not measured here:
 ```
 
 - Until then the "other matmul kernel" variation (oneDNN disabled) is the stand-in for another
-  machine's kernels, and the bfloat16 ulp-share bound (0.45 against its 0.330) rests on it. For
+  machine's kernels, and the bfloat16 ulp-share bound (0.4 against its 0.330) rests on it. For
   float16 this CPU's matmuls do not go through oneDNN, so that stand-in changed nothing there
   (bit for bit): the float16 bounds have no measurement of other kernels behind them."""
 
