@@ -76,6 +76,7 @@ from safetensors.torch import load_file, save_file
 
 from node.blocks import ClientHead, Span, load_client_head, load_span
 from node.faults import FaultMode
+from node.precisions import QUANTIZATIONS, precision_name
 from node.states import commits_states
 from verifier.calibration import (
     DTYPES,
@@ -103,6 +104,11 @@ SCRIPT = "calibrate.py"
 NOISE_SCALES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 NOISE_DTYPES = ("float32", "float16", "bfloat16")
 MATCHED_DTYPES = ("bfloat16", "float16")
+# 16-bit precisions `--matched --declared` takes: the dtypes, and each with quantized weights
+MATCHED_PRECISIONS = (
+    *MATCHED_DTYPES,
+    *(precision_name(d, q) for d in MATCHED_DTYPES for q in QUANTIZATIONS),
+)
 FLOAT32_WAY = "float32 recompute"  # how the verifier audited a row (`Row.variation` suffix):
 BLOCKWISE_WAY = "block by block"  # one float32 pass on the sketch, or `verifier.blockwise`
 
@@ -168,8 +174,8 @@ class Options:
                 raise BenchmarkError(f"--{name.replace('_', '-')} must be at least 1")
         if self.noise_sessions < 0:
             raise BenchmarkError("--noise-sessions must not be negative")
-        if unknown := set(self.declared) - set(MATCHED_DTYPES):
-            raise BenchmarkError(f"--declared takes {', '.join(MATCHED_DTYPES)}, not {unknown}")
+        if unknown := set(self.declared) - set(MATCHED_PRECISIONS):
+            raise BenchmarkError(f"--declared takes {', '.join(MATCHED_PRECISIONS)}, not {unknown}")
         if self.dump and self.source:
             raise BenchmarkError("give --dump (serve here) or --from (audit here), not both")
 
@@ -225,7 +231,7 @@ class Row:
 
         return cls(
             variation=rates.variation.name,
-            declared=rates.variation.declared,
+            declared=rates.variation.precision,
             leaves=rates.leaves,
             cheated=rates.cheated,
             false_positive_rate=rates.false_positive_rate,
@@ -466,7 +472,7 @@ def audit_both_ways(
     leaf in one float32 pass on its sketch and block by block: the rates of either way."""
     generator = torch.Generator().manual_seed(seed)
     node = SimulatedNode(span, variation, seed=seed, device=options.device)
-    blockwise = block_audit(span, DTYPES[variation.declared])
+    blockwise = block_audit(span, DTYPES[variation.declared], variation.quantization)
     by_float32 = Rates(replace(variation, name=f"{variation.name}, {FLOAT32_WAY}"))
     by_block = Rates(replace(variation, name=f"{variation.name}, {BLOCKWISE_WAY}"))
     for _ in range(sessions):
@@ -486,8 +492,10 @@ def run_matched(options: Options) -> MatchedResult:
     torch.set_num_threads(2)
     with loaded(options) as (path, _, span, head):
         rows, noise = [], []
-        for declared in options.declared:
-            variations = [*honest_16bit(declared), *cheats(declared)]
+        for precision in options.declared:
+            declared, _, quantized = precision.partition("+")
+            quantization = quantized or None
+            variations = [*honest_16bit(declared, quantization), *cheats(declared, quantization)]
             for index, variation in enumerate(variations):
                 began = time.perf_counter()
                 both = audit_both_ways(
@@ -503,7 +511,11 @@ def run_matched(options: Options) -> MatchedResult:
             cells: tuple[list[float], list[float]] = ([], [])
             for scale in NOISE_SCALES:
                 variation = Variation(
-                    f"noise {scale:g}", declared, FaultMode.NOISE, noise_scale=scale
+                    f"noise {scale:g}",
+                    declared,
+                    FaultMode.NOISE,
+                    noise_scale=scale,
+                    quantization=quantization,
                 )
                 both = audit_both_ways(
                     span, head, variation, options, seed=options.seed, sessions=options.cells
@@ -511,9 +523,10 @@ def run_matched(options: Options) -> MatchedResult:
                 for way_cells, rates in zip(cells, both, strict=True):
                     way_cells.append(rates.detection_rate)
             for way, way_cells in zip((FLOAT32_WAY, BLOCKWISE_WAY), cells, strict=True):
-                noise.append(NoiseRow(f"{declared}, {way}", tuple(way_cells)))
-            print(f"noise table, {declared} declared", flush=True)
-        tolerances = {f"{d}, {FLOAT32_WAY}": str(TOLERANCES[d]) for d in options.declared}
+                noise.append(NoiseRow(f"{precision}, {way}", tuple(way_cells)))
+            print(f"noise table, {precision} declared", flush=True)
+        dtypes = {d.partition("+")[0]: d for d in options.declared}
+        tolerances = {f"{p}, {FLOAT32_WAY}": str(TOLERANCES[d]) for d, p in dtypes.items()}
         tolerances |= {f"{d}, {BLOCKWISE_WAY}": str(BLOCK_TOLERANCES[d]) for d in options.declared}
         return MatchedResult(
             options=options,

@@ -153,6 +153,7 @@ def build_client(
         model_name=config.name,
         total_blocks=total_blocks,
         dtype=config.dtype,
+        weights=config.weights,
         max_price=config.max_price,
         units=units,
         backoff=Backoff(config.backoff_base, config.backoff_max),

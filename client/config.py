@@ -13,9 +13,12 @@ from pathlib import Path
 from client.errors import ClientConfigError
 from node.config import check_device_name
 from node.keepalive import DEFAULT_SILENCE_TIMEOUT
+from node.precisions import QUANTIZATIONS
 from node.routing import DEFAULT_MAX_PRICE
 
 HIDDEN_DTYPES = ("float32", "float16", "bfloat16")
+# which servers' weights a client uses: full weights only, one quantization, or any of them
+WEIGHT_CHOICES = ("full", *QUANTIZATIONS, "any")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class ClientConfig:
     # embeddings, final norm and LM head (the blocks' weights are never read)
     model_name: str | None = None  # the swarm's name of the model; None: the folder's name
     dtype: str = "float32"  # hidden states on the wire; only servers computing in it are used
+    weights: str = "full"  # only servers with these weights are used: full | int8 | nf4 (their
+    # quantized precisions, node.quantize; with a 16-bit dtype) | any
     # where the local ends (embeddings, final norm, LM head) compute, in float32: auto (the
     # first CUDA device, else the CPU) | cpu | cuda | cuda:N
     device: str = "auto"
@@ -65,6 +70,12 @@ class ClientConfig:
         problems: list[str] = []
         if self.dtype not in HIDDEN_DTYPES:
             problems.append(f"dtype must be one of {HIDDEN_DTYPES}, got {self.dtype!r}")
+        if self.weights not in WEIGHT_CHOICES:
+            problems.append(f"weights must be one of {WEIGHT_CHOICES}, got {self.weights!r}")
+        elif self.weights in QUANTIZATIONS and self.dtype == "float32":
+            problems.append(
+                f"{self.weights} servers compute in bfloat16 or float16: give that dtype"
+            )
         device_problem = check_device_name(self.device)
         if device_problem is not None:
             problems.append(device_problem)

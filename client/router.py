@@ -1,7 +1,8 @@
 """`Router`: routes over the servers the swarm announces, as usable right now.
 
 It reads the model's records from the DHT (reused for `swarm_ttl` s), keeps the servers that
-are ONLINE, speak this protocol version, compute in the client's dtype, are not backed off
+are ONLINE, speak this protocol version, compute in the client's dtype with the weights it
+accepts (full, a quantization, or any: `ClientConfig.weights`), are not backed off
 after recent failures, and check out on-chain (`client.registry`); it measures each one's
 round trip with an `info` RPC (reused for `ping_ttl` s) and hands them to the pure planner
 `node.routing.plan_route`. Failures reported by the session back a server off
@@ -44,6 +45,7 @@ class Router:
         total_blocks: int,
         dtype: str,
         max_price: int | None,
+        weights: str = "full",
         units: TokenUnits,
         backoff: Backoff,
         swarm_ttl: float = 10.0,
@@ -56,6 +58,7 @@ class Router:
         self.model_name = model_name
         self.total_blocks = total_blocks
         self.dtype = dtype
+        self.weights = weights  # ClientConfig.weights: full | int8 | nf4 | any
         self.max_price = max_price  # base units per token through the whole route
         self.units = units  # the stake token, for prices people read
         self.backoff = backoff
@@ -85,6 +88,9 @@ class Router:
             return f"it speaks protocol {info.version}, this client {PROTOCOL_VERSION}"
         if info.dtype != self.dtype:
             return f"it computes in {info.dtype}, this client sends {self.dtype}"
+        served = info.quantization or "full"
+        if self.weights not in ("any", served):
+            return f"it serves {info.precision}, this client uses {self.weights} weights"
         if self.backoff.avoided(peer_id, now):
             return f"it failed {self.backoff.failures(peer_id)} time(s) in a row recently"
         if self.max_price is not None and info.price_per_token_per_block > self.max_price:

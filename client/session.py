@@ -423,12 +423,23 @@ class InferenceSession:
                 f"{x.dtype}",
                 peer_id=hop.peer_id,
             )
+        quantization = hop.route.info.quantization  # what the node declared in its record
+        if quantization is not None and receipt.states_hash is None:
+            raise ServerFailure(
+                f"{hop.peer_id} serves {quantization} weights but its receipt of step {step} "
+                "discloses no block states hash",
+                peer_id=hop.peer_id,
+            )
         sent, received = tensor_hash(x), tensor_hash(out)
         # the sketch of what arrived: the node must have committed this one (client/receipts.py),
         # with the mask sent (its own columns) and, when the node serves in 16 bits, the hash
         # of its block states (node.states)
         sketched = sketch(
-            out, mask_hash=mask_hash(mask, tokens), states_hash=receipt.states_hash
+            out,
+            mask_hash=mask_hash(mask, tokens),
+            states_hash=receipt.states_hash,
+            # the precision the node declared: a leaf committing another is refused
+            quantization=quantization,
         ).hash()
         expected = ExpectedLeaf(
             signer=hop.address,

@@ -68,8 +68,9 @@ class NodeMetrics:
         )
 
     def watch_device(self, device: str, dtype: str, memory: Callable[[], DeviceMemory]) -> None:
-        """Serve the device and dtype the node computes in, and `memory()` read at each
-        scrape, as series labelled with the device."""
+        """Serve the device the node computes on and the precision it serves in (`dtype`:
+        bfloat16, bfloat16+int8), and `memory()` read at each scrape, as series labelled with
+        the device."""
         r = self.registry
         Gauge(
             "stakeswarm_serving",

@@ -37,6 +37,8 @@ from transformers import PretrainedConfig
 from node.cache import KVLayout, SessionCache
 from node.errors import InvalidInputError, InvalidSpanError, ModelFilesError
 from node.families import MASK_FORMAT, Family, family_of, load_config
+from node.precisions import precision_name
+from node.quantize import check_quantization, quantize_layers, weight_bytes
 from node.tensors import check_attention_mask, check_hidden_states
 
 logger = logging.getLogger(__name__)
@@ -98,6 +100,13 @@ class SafetensorsWeights:
                 for key in file_keys:
                     count += math.prod(f.get_slice(key).get_shape())
         return count
+
+    def ndim(self, key: str) -> int:
+        """How many dimensions the tensor `key` has, from its file's header."""
+        if key not in self.files:
+            raise ModelFilesError(f"tensor {key!r} is missing from the weights in {self.path}")
+        with safe_open(self.files[key], framework="pt") as f:
+            return len(f.get_slice(key).get_shape())
 
     def read(
         self, keys: Iterable[str], dtype: torch.dtype, device: torch.device
@@ -167,6 +176,7 @@ class Span(nn.Module):
         rotary: nn.Module,
         dtype: torch.dtype,
         device: torch.device,
+        quantization: str | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -175,8 +185,9 @@ class Span(nn.Module):
         self.end = end
         self.layers = layers
         self.rotary = rotary
-        self.dtype = dtype
+        self.dtype = dtype  # what it computes in, and hidden states travel in
         self.device = device
+        self.quantization = quantization  # its linear weights' (node.quantize), None: full
         self.hidden_size: int = config.hidden_size
         self.windows: tuple[int | None, ...] = tuple(
             family.window(config, index) for index in range(start, end)
@@ -306,7 +317,11 @@ class Span(nn.Module):
         return additive.masked_fill(~allowed, torch.finfo(self.dtype).min)
 
     def extra_repr(self) -> str:
-        return f"{self.family.model_type} blocks [{self.start}, {self.end}), dtype={self.dtype}"
+        weights = "" if self.quantization is None else f", weights={self.quantization}"
+        return (
+            f"{self.family.model_type} blocks [{self.start}, {self.end}), dtype={self.dtype}"
+            f"{weights}"
+        )
 
 
 def load_span(
@@ -317,15 +332,19 @@ def load_span(
     progress: Progress | None = None,
     *,
     device: str | torch.device = "cpu",
+    quantization: str | None = None,
 ) -> Span:
     """Load decoder layers `[start, end)` of the model in `model_path` (a local folder with
-    `config.json` and safetensors weights), reading only those layers' tensors.
+    `config.json` and safetensors weights), reading only those layers' tensors; with a
+    `quantization` (`node.quantize`: int8, nf4; a 16-bit `dtype`), their linear weights are
+    quantized as each layer loads.
 
     `progress(done, total)` is called after each layer. Raises `InvalidSpanError` for a range
     outside the model, `UnsupportedModelError` for other architectures, `ModelFilesError` for
-    missing or mismatched weights.
+    missing or mismatched weights, `InvalidInputError` for a quantization it cannot serve.
     """
     _check_dtype(dtype)
+    check_quantization(quantization, dtype)
     device = torch.device(device)
     config = load_config(model_path)
     family = family_of(config)
@@ -344,18 +363,31 @@ def load_span(
         tensors = weights.read(keys, dtype, device)
         state = family.layer_state(config, {key[len(prefix) :]: t for key, t in tensors.items()})
         _materialize(layer, state, f"block {index}")
+        if quantization is not None:
+            # one layer at a time: the full weights of one block are the most ever held
+            quantize_layers(nn.ModuleList([layer]), quantization, dtype)
         layers.append(layer)
         if progress is not None:
             progress(index - start + 1, end - start)
     rotary = family.rotary_class(config=config).to(device)
-    logger.info("loaded %s blocks [%d, %d) in %s", family.model_type, start, end, dtype)
-    return Span(config, family, start, end, layers, rotary, dtype, device)
+    logger.info(
+        "loaded %s blocks [%d, %d) in %s",
+        family.model_type,
+        start,
+        end,
+        precision_name(str(dtype).removeprefix("torch."), quantization),
+    )
+    return Span(config, family, start, end, layers, rotary, dtype, device, quantization)
 
 
-def block_weight_bytes(model_path: str | Path, dtype: torch.dtype) -> tuple[int, ...]:
+def block_weight_bytes(
+    model_path: str | Path, dtype: torch.dtype, quantization: str | None = None
+) -> tuple[int, ...]:
     """The bytes each block of the model in `model_path` takes in `dtype` (index: the global
-    block), counted from the safetensors headers: no weight is read."""
+    block), with its linear weights (its 2-D tensors) `quantization`'s size when given,
+    counted from the safetensors headers: no weight is read."""
     _check_dtype(dtype)
+    check_quantization(quantization, dtype)
     config = load_config(model_path)
     family = family_of(config)
     weights = SafetensorsWeights(model_path)
@@ -365,7 +397,10 @@ def block_weight_bytes(model_path: str | Path, dtype: torch.dtype) -> tuple[int,
         keys = weights.keys_with_prefix(family.layer_prefix(index))
         if not keys:
             raise ModelFilesError(f"no weights of block {index} in {weights.path}")
-        sizes.append(weights.numel(keys) * itemsize)
+        linear = {key for key in keys if weights.ndim(key) == 2}
+        sizes.append(
+            weight_bytes(weights.numel(keys), weights.numel(linear), quantization, itemsize)
+        )
     return tuple(sizes)
 
 
@@ -465,7 +500,9 @@ def move_span(
         j = i
         while j < end and j not in keep:
             j += 1
-        part = load_span(model_path, i, j, old.dtype, progress, device=old.device)
+        part = load_span(
+            model_path, i, j, old.dtype, progress, device=old.device, quantization=old.quantization
+        )
         layers.extend(part.layers)
         i = j
     return Span(
@@ -477,4 +514,5 @@ def move_span(
         old.rotary,
         old.dtype,
         old.device,
+        old.quantization,
     )

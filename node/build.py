@@ -86,6 +86,7 @@ from node.families import load_config
 from node.handler import Limits, StakeswarmNode
 from node.host import ServiceHost
 from node.memory import MemoryPlan, SpanCost, plan_span
+from node.precisions import QUANTIZED_DTYPE_NAMES, precision_name
 from node.protocol import RPC_FORWARD, RPC_INFERENCE, InfoResponse
 from node.recovery import (
     LostLedgerError,
@@ -134,6 +135,7 @@ class ServingPlan:
 
     device: torch.device  # where the span's weights, cache and compute live
     dtype: str  # the compute dtype served and announced: float32 | float16 | bfloat16
+    quantization: str | None  # the linear weights' (node.quantize), None: full
     memory: MemoryPlan  # the span's length and what it takes on the device
 
 
@@ -147,8 +149,13 @@ def plan_serving(config: NodeConfig, model_config: PretrainedConfig) -> ServingP
             f"blocks {config.blocks[0]}:{config.blocks[1]} exceed the model's {total} blocks"
         )
     device = local_device(config.device)
-    dtype = local_dtype(config.dtype, device)
+    dtype = local_dtype(config.dtype, device, quantized=config.quantize is not None)
     torch_dtype = dtype_from_name(dtype)
+    if config.quantize is not None and dtype not in QUANTIZED_DTYPE_NAMES:
+        raise ConfigError(
+            f"{config.quantize} weights compute in bfloat16 or float16, not {dtype}: "
+            "give --dtype bfloat16 or float16"
+        )
     one_block = KVLayout(
         start=0,
         end=1,
@@ -158,7 +165,7 @@ def plan_serving(config: NodeConfig, model_config: PretrainedConfig) -> ServingP
         device=device,
     )
     cost = SpanCost(
-        block_bytes=block_weight_bytes(config.model_path, torch_dtype),
+        block_bytes=block_weight_bytes(config.model_path, torch_dtype, config.quantize),
         cache_bytes_per_token=one_block.bytes_per_token,
         cache_tokens=config.cache_tokens,
     )
@@ -169,7 +176,7 @@ def plan_serving(config: NodeConfig, model_config: PretrainedConfig) -> ServingP
         blocks=config.blocks,
         num_blocks=config.num_blocks,
     )
-    return ServingPlan(device=device, dtype=dtype, memory=memory)
+    return ServingPlan(device=device, dtype=dtype, quantization=config.quantize, memory=memory)
 
 
 # --- 1. before the node runs -----------------------------------------------------------------
@@ -385,14 +392,20 @@ async def build_node(
                 dtype_from_name(plan.dtype),
                 progress,
                 device=plan.device,
+                quantization=plan.quantization,
             )
         )
     )
     # the DHT record, /status and every session's dtype check say `plan.dtype`: the span
     # must compute in it
-    if DTYPE_NAMES[span.dtype] != plan.dtype or span.device != plan.device:
+    if (
+        DTYPE_NAMES[span.dtype] != plan.dtype
+        or span.device != plan.device
+        or span.quantization != plan.quantization
+    ):
         raise ConfigError(
-            f"the span loaded in {span.dtype} on {span.device}, not the {plan.dtype} on "
+            f"the span loaded in {span.dtype} ({span.quantization or 'full'} weights) on "
+            f"{span.device}, not the {precision_name(plan.dtype, plan.quantization)} on "
             f"{device_name(plan.device)} the node declares"
         )
     measured = await asyncio.to_thread(

@@ -103,6 +103,15 @@ def serve(
             "by it (their --dtype)."
         ),
     ] = NodeConfig.dtype,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="Quantize the blocks' linear weights: int8 or nf4 (bitsandbytes), computed in "
+            "bfloat16 or float16 (auto: bfloat16 on the CPU). A precision of its own: clients "
+            "choose servers by it (their --weights), verifiers audit it as such.",
+            show_default=False,
+        ),
+    ] = None,
     new_ledger: Annotated[
         bool,
         typer.Option(
@@ -212,6 +221,7 @@ def serve(
             blocks=parse_blocks(blocks) if blocks else None,
             num_blocks=num_blocks,
             dtype=dtype,
+            quantize=quantize,
             device=device,
             torch_threads=threads,
             **options.identity(),

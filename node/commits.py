@@ -123,15 +123,19 @@ class Receipts:
         hidden_out: torch.Tensor,
         mask: torch.Tensor,
         states: torch.Tensor | None = None,
+        quantization: str | None = None,
     ) -> tuple[SignedReceipt, bytes]:
         """The signed leaf of one step (`hidden_in`/`hidden_out` are the exact tensors received
         and sent) and the encoded sketch whose hash the leaf commits, kept for reveals: it also
         commits the step's own columns of `mask` ([batch, past + tokens], as the step was
-        computed with) and a 16-bit node's block `states` (`node.states.stack_states`)."""
+        computed with), a 16-bit node's block `states` (`node.states.stack_states`) and its
+        weights' `quantization` (`node.quantize`)."""
         issued_at = int(self.clock())
         hashed = None if states is None else states_hash(states)
         masked = mask_hash(mask, hidden_in.shape[1])
-        encoded = sketch(hidden_out, mask_hash=masked, states_hash=hashed).encode()
+        encoded = sketch(
+            hidden_out, mask_hash=masked, states_hash=hashed, quantization=quantization
+        ).encode()
         leaf = Leaf(
             session_id=session_id,
             model_id=self.model_id,
@@ -788,7 +792,8 @@ def build_reveal(
     with_states = bool(sketches) and sketches[-1].states_hash is not None
     if with_states:
         sizes += _states_sizes(store, paths)
-    response = RevealResponse(steps, full, batch_leaves, with_states)
+    quantization = sketches[-1].quantization if sketches else None
+    response = RevealResponse(steps, full, batch_leaves, with_states, quantization)
     return Reveal(response, store, paths, sizes, sketches)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from ledger.identity import identity_problems
 from node.errors import NodeError
 from node.fault_modes import FAULT_MODES
+from node.precisions import QUANTIZATIONS
 
 DEFAULT_HOST_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
 
@@ -56,6 +57,8 @@ class NodeConfig:
     # compute dtype announced and used: float32 | float16 | bfloat16, or auto (node.device:
     # bfloat16 on a CUDA device that has it, else float16; float32 on the CPU)
     dtype: str = "float32"
+    quantize: str | None = None  # the span's linear weights in int8 or nf4 (node.quantize), a
+    # precision of its own (bfloat16+int8...); None: full weights
     device: str = "auto"  # where the span computes: auto (the first CUDA device, else the
     # CPU) | cpu | cuda | cuda:N
     torch_threads: int | None = None  # torch intra-op threads; None: torch's default
@@ -140,6 +143,16 @@ class NodeConfig:
         for problem in (check_dtype_name(self.dtype), check_device_name(self.device)):
             if problem is not None:
                 problems.append(problem)
+        if self.quantize is not None:
+            if self.quantize not in QUANTIZATIONS:
+                problems.append(
+                    f"quantize must be {', '.join(QUANTIZATIONS)}, got {self.quantize!r}"
+                )
+            if self.dtype == "float32":
+                problems.append(
+                    f"{self.quantize} weights compute in bfloat16 or float16, not float32: "
+                    "give --dtype bfloat16, float16 or auto"
+                )
         problems += identity_problems(self, signs="node signs receipts and transactions")
         for name in ("price", "credit", "redeem_min"):
             if getattr(self, name) < 0:

@@ -2,7 +2,8 @@
 
 `--device` takes `auto`, `cpu`, `cuda` or `cuda:N`; `auto` is the first CUDA device when there
 is one, else the CPU. `--dtype` takes `float32`, `float16`, `bfloat16` or `auto`; `auto` is
-bfloat16 on a CUDA device that supports it, float16 on one that does not, float32 on the CPU.
+bfloat16 on a CUDA device that supports it, float16 on one that does not, float32 on the CPU
+(bfloat16 there when the weights are quantized, `--quantize`: they compute in 16 bits).
 A CPU may still be told float16 or bfloat16 (slow, but it works and tests use it).
 
 The rules are pure functions over what the machine has (`resolve_device`, `resolve_dtype`);
@@ -53,16 +54,19 @@ def resolve_device(text: str, cuda_devices: int) -> torch.device:
     return torch.device("cuda", index)
 
 
-def resolve_dtype(text: str, device: torch.device, *, bf16_supported: bool) -> str:
+def resolve_dtype(
+    text: str, device: torch.device, *, bf16_supported: bool, quantized: bool = False
+) -> str:
     """The compute dtype `text` names on `device` (see the module doc); `bf16_supported`:
-    whether the device computes in bfloat16."""
+    whether the device computes in bfloat16; `quantized`: whether the weights are (they
+    compute in 16 bits: auto is bfloat16 on the CPU then)."""
     problem = check_dtype_name(text)
     if problem is not None:
         raise DeviceError(problem)
     if text != "auto":
         return text
     if device.type == "cpu":
-        return "float32"
+        return "bfloat16" if quantized else "float32"
     return "bfloat16" if bf16_supported else "float16"
 
 
@@ -71,14 +75,14 @@ def local_device(text: str) -> torch.device:
     return resolve_device(text, torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
-def local_dtype(text: str, device: torch.device) -> str:
+def local_dtype(text: str, device: torch.device, *, quantized: bool = False) -> str:
     """`resolve_dtype` on this machine's `device`."""
     supported = False
     if device.type == "cuda" and text == "auto":
         with torch.cuda.device(device):
             # native bfloat16 only: emulated, it is slower than float16
             supported = bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    return resolve_dtype(text, device, bf16_supported=supported)
+    return resolve_dtype(text, device, bf16_supported=supported, quantized=quantized)
 
 
 def device_name(device: torch.device) -> str:

@@ -117,6 +117,7 @@ def skipping_block(span: Span, index: int | None = None) -> Span:
         span.rotary,
         span.dtype,
         span.device,
+        span.quantization,
     )
 
 
@@ -292,6 +293,7 @@ class FaultySpan(Span):
             honest.rotary,
             honest.dtype,
             honest.device,
+            honest.quantization,
         )
         self.cheat = cheat
 

@@ -424,6 +424,7 @@ class StakeswarmNode(ServicerBase):
             hidden_out=output,
             mask=mask,
             states=states,
+            quantization=span.quantization,
         )
         return output, receipt, encoded, states
 

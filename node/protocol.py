@@ -30,6 +30,7 @@ from node import fields
 from node.fields import FieldError
 from node.keepalive import DEFAULT_SILENCE_TIMEOUT as DEFAULT_SILENCE_TIMEOUT  # re-exported
 from node.keepalive import KEEPALIVE_INTERVAL as KEEPALIVE_INTERVAL  # re-exported
+from node.precisions import QUANTIZATIONS, QUANTIZED_DTYPE_NAMES, precision_name
 from node.sketch import SKETCH_TOP_K
 
 # 2: a leaf carries `issued` (the receipt's issuedAt), and Merkle proofs are positional.
@@ -37,7 +38,11 @@ from node.sketch import SKETCH_TOP_K
 #    earlier steps' masks are its prefixes), so its size grows linearly with the session.
 # 4: a node at work on a step or a forward sends a `working` frame every KEEPALIVE_INTERVAL,
 #    so a client tells a dead node from a slow one within its silence timeout.
-PROTOCOL_VERSION = 5
+# 5: a step's sketch commits its attention mask and a 16-bit node's block states; receipts
+#    disclose the states hash; full reveals carry every step's sketch and block states.
+# 6: a node may serve quantized weights (int8, nf4): its record says `quant`, its sketches
+#    (version 3) and full reveals say which.
+PROTOCOL_VERSION = 6
 
 
 # A leaf's issuedAt is a uint64 on-chain; the wire takes it only up to 2**63 - 1, what a ledger
@@ -155,6 +160,12 @@ class ServerInfo:
     credit_window: int = 0  # Wei the node serves ahead of payment per channel
     version: int = PROTOCOL_VERSION
     http_port: int = 0  # the node's status API on its host, 0 if none
+    quantization: str | None = None  # declared quantized weights: int8 | nf4; None: full
+
+    @property
+    def precision(self) -> str:
+        """What it serves, as people read it: `bfloat16`, `bfloat16+int8`."""
+        return precision_name(self.dtype, self.quantization)
 
     @property
     def price_per_token(self) -> int:
@@ -173,7 +184,7 @@ class ServerInfo:
             "credit": self.credit_window,
             "version": self.version,
             "http_port": self.http_port,
-        }
+        } | ({} if self.quantization is None else {"quant": self.quantization})
 
     @classmethod
     def from_wire(cls, raw: Any) -> ServerInfo:
@@ -191,6 +202,15 @@ class ServerInfo:
         dtype = _str(d.get("dtype"), "dtype")
         if dtype not in HIDDEN_DTYPES:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"server info: unknown dtype {dtype!r}")
+        quantization = d.get("quant")
+        if quantization is not None and (
+            quantization not in QUANTIZATIONS or dtype not in QUANTIZED_DTYPE_NAMES
+        ):
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"server info: quantization {quantization!r} in {dtype} is not a precision "
+                f"(one of {', '.join(QUANTIZATIONS)}, in {', '.join(QUANTIZED_DTYPE_NAMES)})",
+            )
         throughput = d.get("throughput")
         if not isinstance(throughput, int | float) or not throughput >= 0:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "server info: throughput must be >= 0")
@@ -206,6 +226,7 @@ class ServerInfo:
             credit_window=_int(d.get("credit", 0), "credit", 0),
             version=_int(d.get("version"), "version", 0),
             http_port=_int(d.get("http_port", 0), "http_port", 0),
+            quantization=quantization,
         )
 
 
@@ -555,12 +576,14 @@ class RevealResponse:
     A full reveal of a node that serves in 16 bits also sets `states` and ends with every
     step's block states `[blocks, batch, tokens, hidden]` in step order (`node.states`: all
     but the last block's outputs hash to the states hash in that step's sketch, the last is
-    the output the step's outputHash commits)."""
+    the output the step's outputHash commits). A node serving quantized weights says which in
+    `quantization` (its sketches, version 3, commit it)."""
 
     steps: list[RevealedStep] = field(default_factory=list)
     full: bool = False
     batch_leaves: list[bytes] = field(default_factory=list)  # full only
     states: bool = False  # full only: every step's block states follow the sketch
+    quantization: str | None = None  # full only: the weights the sketches commit (version 3)
 
     TYPE = "revealed"
 
@@ -571,6 +594,8 @@ class RevealResponse:
             wire["leaves"] = list(self.batch_leaves)
             if self.states:
                 wire["states"] = True
+            if self.quantization is not None:
+                wire["quant"] = self.quantization
         return wire
 
     @classmethod
@@ -589,7 +614,12 @@ class RevealResponse:
                 )
             leaves = [_bytes(leaf, "batch leaf", 32) for leaf in raw]
         states = full and d.get("states", False) is True
-        return cls([RevealedStep.from_wire(s) for s in steps], full, leaves, states)
+        quantization = d.get("quant") if full else None
+        if quantization is not None and quantization not in QUANTIZATIONS:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"revealed: unknown quantization {quantization!r}"
+            )
+        return cls([RevealedStep.from_wire(s) for s in steps], full, leaves, states, quantization)
 
     @property
     def tensor_count(self) -> int:

@@ -62,6 +62,7 @@ from node.commits import prune_inputs
 from node.config import NodeConfig
 from node.device import device_memory, device_name
 from node.host import HostConfig, PeriodicJob, ServiceHost
+from node.precisions import precision_name
 from node.protocol import ErrorCode, InfoResponse, ServerInfo, ServerState
 from node.rank import RankLog, RouteCounts, RouteRank, rank_node, route_counts
 from node.recovery import LedgerHealth, is_ledger_failure
@@ -88,7 +89,7 @@ class Ready:
     model: str
     span: tuple[int, int]
     device: str  # where it computes: cpu, cuda:0
-    dtype: str  # the precision it serves in
+    dtype: str  # the precision it serves in: bfloat16, bfloat16+int8
     throughput: float
     http_url: str | None
 
@@ -164,7 +165,9 @@ class Server:
         api = None
         device = base.plan.device
         self.parts.metrics.watch_device(
-            device_name(device), base.plan.dtype, lambda: device_memory(device)
+            device_name(device),
+            precision_name(base.plan.dtype, base.plan.quantization),
+            lambda: device_memory(device),
         )
         if config.http_port is not None:
             app = build_app(
@@ -190,7 +193,7 @@ class Server:
                     model=base.model_name,
                     span=(span.start, span.end),
                     device=device_name(device),
-                    dtype=base.plan.dtype,
+                    dtype=precision_name(base.plan.dtype, base.plan.quantization),
                     throughput=self.parts.throughput,
                     http_url=api.url if api else None,
                 )
@@ -533,6 +536,7 @@ class Server:
             price_per_token_per_block=self.base.price_per_block,
             eth_address=self.base.address,
             dtype=self.base.plan.dtype,
+            quantization=self.base.plan.quantization,
             cache_tokens_left=self.parts.caches.tokens_left,
             credit_window=self.base.credit,
             http_port=self._api_port(),
@@ -591,6 +595,8 @@ class Server:
             "total_blocks": self.base.total_blocks,
             "span": [self.parts.span.start, self.parts.span.end],
             "dtype": self.base.plan.dtype,
+            "quantization": self.base.plan.quantization,
+            "precision": precision_name(self.base.plan.dtype, self.base.plan.quantization),
             "device": {
                 "name": device_name(self.base.plan.device),
                 "memory": device_memory(self.base.plan.device).to_json(),

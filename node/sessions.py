@@ -70,6 +70,7 @@ class SpanViews:
                 full.rotary,
                 full.dtype,
                 full.device,
+                full.quantization,
             )
         return self._views[key]
 

@@ -57,6 +57,11 @@ output of the step but the last (`node.states`):
                             tokens] as bytes 0/1, row-major (`mask_hash`)
     47+6Pk  32              states hash: keccak256 of those outputs' bytes
                             (`node.states.states_hash`), or 32 zero bytes (a float32 node)
+
+Version 3, what a node serving quantized weights commits (`node.quantize`), appends one more
+byte, so that every leaf says which precision it was served in:
+
+    79+6Pk  1   u8          quantization: 1 int8, 2 nf4 (`QUANTIZATION_CODES`)
 """
 
 from __future__ import annotations
@@ -69,10 +74,13 @@ import torch
 from eth_utils import keccak
 
 from node.errors import InvalidInputError, SketchFormatError
+from node.precisions import QUANTIZATION_CODES
 
 SKETCH_TOP_K = 8  # components kept per token position
 SKETCH_VERSION = 1
 COMMITTED_SKETCH_VERSION = 2  # version 1 plus the mask's and the block states' hashes
+QUANTIZED_SKETCH_VERSION = 3  # version 2 plus the quantization's code
+_QUANTIZATIONS = {code: name for name, code in QUANTIZATION_CODES.items()}
 _NO_STATES = bytes(32)  # a version-2 sketch of a node that commits no block states
 FP16_MAX = 65504.0  # largest finite float16; sketch values saturate here
 _HEADER = struct.Struct("<BHIII")  # version, k, batch, tokens, hidden_size
@@ -102,6 +110,7 @@ class Sketch:
     values: torch.Tensor  # [batch, tokens, k] float16, the components at `indices`
     mask_hash: bytes | None = None  # version 2: `mask_hash` of the step's mask columns
     states_hash: bytes | None = None  # version 2: keccak256 of the step's block states
+    quantization: str | None = None  # version 3: the node's quantized weights (node.quantize)
 
     @property
     def k(self) -> int:
@@ -117,13 +126,19 @@ class Sketch:
         batch, tokens = self.shape
         if self.mask_hash is None and self.states_hash is not None:
             raise SketchFormatError("a sketch that commits block states commits its mask too")
-        version = SKETCH_VERSION if self.mask_hash is None else COMMITTED_SKETCH_VERSION
+        if self.quantization is not None and self.states_hash is None:
+            raise SketchFormatError("a sketch of quantized weights commits block states too")
+        if self.mask_hash is None:
+            version, trailer = SKETCH_VERSION, b""
+        else:
+            version = COMMITTED_SKETCH_VERSION
+            trailer = self.mask_hash + (self.states_hash or _NO_STATES)
+        if self.quantization is not None:
+            version = QUANTIZED_SKETCH_VERSION
+            trailer += bytes([QUANTIZATION_CODES[self.quantization]])
         header = _HEADER.pack(version, self.k, batch, tokens, self.hidden_size)
         indices = self.indices.numpy().astype("<u4").tobytes()
         values = self.values.numpy().astype("<f2").tobytes()
-        trailer = (
-            b"" if self.mask_hash is None else self.mask_hash + (self.states_hash or _NO_STATES)
-        )
         return header + indices + values + trailer
 
     def hash(self) -> bytes:
@@ -137,15 +152,16 @@ class Sketch:
         if len(data) < _HEADER.size:
             raise SketchFormatError(f"sketch of {len(data)} bytes is shorter than its header")
         version, k, batch, tokens, hidden_size = _HEADER.unpack_from(data)
-        if version not in (SKETCH_VERSION, COMMITTED_SKETCH_VERSION):
+        trailer = {SKETCH_VERSION: 0, COMMITTED_SKETCH_VERSION: 64, QUANTIZED_SKETCH_VERSION: 65}
+        if version not in trailer:
             raise SketchFormatError(
-                f"sketch version {version}, expected {SKETCH_VERSION} or {COMMITTED_SKETCH_VERSION}"
+                f"sketch version {version}, expected one of {', '.join(map(str, trailer))}"
             )
-        trailer = 64 if version == COMMITTED_SKETCH_VERSION else 0
+        trailer_size = trailer[version]
         if not 1 <= k <= hidden_size:
             raise SketchFormatError(f"sketch k={k} outside [1, hidden_size={hidden_size}]")
         count = batch * tokens * k
-        expected = _HEADER.size + 6 * count + trailer
+        expected = _HEADER.size + 6 * count + trailer_size
         if len(data) != expected:
             raise SketchFormatError(
                 f"sketch of {len(data)} bytes, expected {expected} for "
@@ -154,10 +170,18 @@ class Sketch:
         body = memoryview(data)[_HEADER.size :]
         indices = np.frombuffer(body[: 4 * count], dtype="<u4").astype(np.int64)
         values = np.frombuffer(body[4 * count : 6 * count], dtype="<f2").astype(np.float16)
-        mask_hash = bytes(body[6 * count : 6 * count + 32]) if trailer else None
-        states_hash = bytes(body[6 * count + 32 :]) if trailer else None
+        mask_hash = bytes(body[6 * count : 6 * count + 32]) if trailer_size else None
+        states_hash = bytes(body[6 * count + 32 : 6 * count + 64]) if trailer_size else None
         if states_hash == _NO_STATES:
             states_hash = None
+        quantization = None
+        if version == QUANTIZED_SKETCH_VERSION:
+            quantization = _QUANTIZATIONS.get(body[6 * count + 64])
+            if quantization is None or states_hash is None:
+                raise SketchFormatError(
+                    f"a version-{version} sketch needs block states and a quantization code "
+                    f"({', '.join(map(str, _QUANTIZATIONS))}), got code {body[6 * count + 64]}"
+                )
         indices_t = torch.from_numpy(indices.reshape(batch, tokens, k))
         values_t = torch.from_numpy(values.reshape(batch, tokens, k).copy())
         if count and int(indices_t.max()) >= hidden_size:
@@ -166,7 +190,7 @@ class Sketch:
             raise SketchFormatError("sketch repeats an index within one position")
         if not torch.isfinite(values_t).all():
             raise SketchFormatError("sketch values must be finite")
-        return cls(hidden_size, indices_t, values_t, mask_hash, states_hash)
+        return cls(hidden_size, indices_t, values_t, mask_hash, states_hash, quantization)
 
 
 def _top_k_indices(hidden: torch.Tensor, k: int) -> torch.Tensor:
@@ -192,22 +216,28 @@ def sketch(
     *,
     mask_hash: bytes | None = None,
     states_hash: bytes | None = None,
+    quantization: str | None = None,
 ) -> Sketch:
     """The sketch of `hidden` [batch, tokens, hidden_size] (any float dtype); with `mask_hash`
     (and a 16-bit node's `states_hash`, `node.states.states_hash`), the version-2 sketch a
-    node commits."""
+    node commits; with a `quantization` too, a quantized node's version 3."""
     for name, value in (("mask", mask_hash), ("states", states_hash)):
         if value is not None and len(value) != 32:
             raise InvalidInputError(f"a {name} hash has 32 bytes, got {len(value)}")
     if states_hash is not None and mask_hash is None:
         raise InvalidInputError("a sketch that commits block states commits its mask too")
+    if quantization is not None and (states_hash is None or quantization not in QUANTIZATION_CODES):
+        raise InvalidInputError(
+            f"a sketch of {quantization!r} weights needs block states and one of "
+            f"{', '.join(QUANTIZATION_CODES)}"
+        )
     _check_hidden(hidden)
     if not 1 <= k <= hidden.shape[-1]:
         raise InvalidInputError(f"k={k} outside [1, hidden_size={hidden.shape[-1]}]")
     hidden = hidden.detach().cpu()
     indices = _top_k_indices(hidden, k)
     values = hidden.float().gather(-1, indices).clamp(-FP16_MAX, FP16_MAX).half()
-    return Sketch(hidden.shape[-1], indices, values, mask_hash, states_hash)
+    return Sketch(hidden.shape[-1], indices, values, mask_hash, states_hash, quantization)
 
 
 def mask_hash(mask: torch.Tensor, tokens: int) -> bytes:

@@ -45,6 +45,7 @@ from ledger.types import Leaf
 from node.blocks import Span
 from node.cache import CacheManager
 from node.errors import BadTensorError, SketchFormatError
+from node.precisions import precision_name
 from node.protocol import RevealResponse
 from node.sketch import Sketch, SketchDistance, compare, mask_hash, sketch
 from node.states import commits_states
@@ -110,6 +111,7 @@ class CheckedInputs:
     dtype: str  # the dtype the node's inputs travelled in: its declared compute dtype
     sketch: Sketch  # step k's committed sketch
     states: tuple[torch.Tensor, ...] = ()  # 16-bit: per step [blocks, batch, tokens, hidden]
+    quantization: str | None = None  # the weights every step's sketch commits (node.quantize)
     hiddens: tuple[torch.Tensor, ...] = ()  # each step's input, as revealed
 
 
@@ -217,6 +219,7 @@ def check_opening(
         sketch=committed,
         states=tuple(states),
         hiddens=tuple(hiddens),
+        quantization=opening.response.quantization,
     )
 
 
@@ -268,6 +271,9 @@ def _check_sketches(
     step's sketch must also be the sketch of its last block's output. Returns step k's."""
     indices, values = opening.sketch_indices, opening.sketch_values
     assert indices is not None and values is not None  # checked by the caller
+    quantization = opening.response.quantization  # bound: the sketches commit it (version 3)
+    if quantization is not None and not states:
+        raise invalid(f"{quantization} weights compute in 16 bits: the node has block states")
     positions = sum(h.shape[1] for h in hiddens)
     if (
         indices.ndim != 3
@@ -293,12 +299,15 @@ def _check_sketches(
                 values[:, start:end].half().contiguous(),
                 masked,
                 hashed,
+                quantization,
             ).encode()
             committed = Sketch.decode(encoded)
         except (SketchFormatError, RuntimeError, TypeError, ValueError) as exc:
             raise invalid(f"step {leaf.step}: the revealed sketch is malformed: {exc}") from None
         if committed.hash() != leaf.sketch_hash:
             what = "mask or block states" if states else "mask"
+            if quantization is not None:
+                what += f" and {quantization} weights"
             raise invalid(
                 f"step {leaf.step}: the revealed sketch, with the step's {what}, does not hash "
                 "to its sketchHash"
@@ -306,7 +315,13 @@ def _check_sketches(
         if committed.shape != (hidden.shape[0], tokens):
             raise invalid(f"step {leaf.step}: the revealed sketch does not cover its positions")
         if states:
-            own = sketch(states[i][-1], committed.k, mask_hash=masked, states_hash=hashed)
+            own = sketch(
+                states[i][-1],
+                committed.k,
+                mask_hash=masked,
+                states_hash=hashed,
+                quantization=quantization,
+            )
             if own.hash() != leaf.sketch_hash:
                 raise invalid(
                     f"step {leaf.step}: the sketch is not the sketch of its last block's output"
@@ -422,20 +437,21 @@ def judge(committed: Sketch, recomputed: torch.Tensor, dtype: str) -> Judgement:
 
 
 class AuditSpans:
-    """What a verifier recomputes a span with: its float32 `span`, and for every 16-bit dtype a
-    node declares, a `BlockAudit` in that dtype (built on first use, then kept: the verifier
-    audits in one compute thread)."""
+    """What a verifier recomputes a span with: its float32 `span`, and for every 16-bit
+    precision a node declares (a dtype, maybe with quantized weights), a `BlockAudit` in that
+    precision (built on first use, then kept: the verifier audits in one compute thread)."""
 
     def __init__(self, span: Span) -> None:
         if span.dtype != torch.float32:
             raise ValueError(f"the verifier holds its span in float32, not {span.dtype}")
         self.span = span
-        self._blockwise: dict[str, BlockAudit] = {}
+        self._blockwise: dict[tuple[str, str | None], BlockAudit] = {}
 
-    def blockwise(self, dtype: str) -> BlockAudit:
-        if dtype not in self._blockwise:
-            self._blockwise[dtype] = BlockAudit(self.span, DTYPES[dtype])
-        return self._blockwise[dtype]
+    def blockwise(self, dtype: str, quantization: str | None = None) -> BlockAudit:
+        key = (dtype, quantization)
+        if key not in self._blockwise:
+            self._blockwise[key] = BlockAudit(self.span, DTYPES[dtype], quantization)
+        return self._blockwise[key]
 
     def audit(self, checked: CheckedInputs) -> Judgement:
         """Recompute and judge one checked leaf: a float32 node in one float32 pass
@@ -444,8 +460,9 @@ class AuditSpans:
         if not checked.states:
             recomputed = recompute(self.span, checked.hidden, checked.mask, checked.last_tokens)
             return judge(checked.sketch, recomputed, checked.dtype)
-        measures = self.blockwise(checked.dtype).measure(
+        measures = self.blockwise(checked.dtype, checked.quantization).measure(
             checked.hiddens, checked.states, checked.mask
         )
-        measured, failures = judge_blocks(measures, checked.dtype)
-        return Judgement(not failures, checked.dtype, measured, failures)
+        precision = precision_name(checked.dtype, checked.quantization)
+        measured, failures = judge_blocks(measures, precision)
+        return Judgement(not failures, precision, measured, failures)

@@ -46,6 +46,7 @@ from torch import nn
 
 from node.blocks import Span
 from node.cache import CacheManager
+from node.quantize import check_quantization, dequantized, quantize_layers
 from verifier.thresholds import BlockTolerance, block_tolerance_for
 
 # Attention implementations an honest node may run (besides its family's own): eager rounds the
@@ -81,12 +82,39 @@ def matched_spans(span: Span, dtype: torch.dtype) -> tuple[Span, ...]:
     return (span_in(span, dtype), *(span_in(span, dtype, a) for a in others))
 
 
+def quantized(span: Span, quantization: str | None) -> Span:
+    """`span` (a 16-bit copy the caller owns) with its linear weights quantized in place as a
+    node quantizes them (`node.quantize`); `span` itself without a quantization."""
+    if quantization is None:
+        return span
+    quantize_layers(span.layers, quantization, span.dtype)
+    span.quantization = quantization
+    return span
+
+
+def with_layers(span: Span, dtype: torch.dtype) -> Span:
+    """A copy of quantized `span` whose weights are the quantized ones multiplied back out,
+    in `dtype`, multiplied by ordinary matmuls (`node.quantize.dequantized`)."""
+    layers = dequantized(span.layers, dtype)
+    return Span(
+        span.config, span.family, span.start, span.end, layers, span.rotary, dtype, span.device
+    )
+
+
 def block_of(span: Span, index: int) -> Span:
     """Block `index` (relative) of `span` as a span of its own (the same module, shared)."""
     layers = nn.ModuleList([span.layers[index]])
     start = span.start + index
     return Span(
-        span.config, span.family, start, start + 1, layers, span.rotary, span.dtype, span.device
+        span.config,
+        span.family,
+        start,
+        start + 1,
+        layers,
+        span.rotary,
+        span.dtype,
+        span.device,
+        span.quantization,
     )
 
 
@@ -184,14 +212,22 @@ class BlockAudit:
     """The spans one dtype's blockwise audits recompute with, built once from the verifier's
     float32 `span` and kept (audits run in one compute thread)."""
 
-    def __init__(self, span: Span, dtype: torch.dtype) -> None:
+    def __init__(self, span: Span, dtype: torch.dtype, quantization: str | None = None) -> None:
         if span.dtype != torch.float32:
             raise ValueError(f"the verifier holds its span in float32, not {span.dtype}")
-        self.span = span
+        check_quantization(quantization, dtype)
         self.dtype = dtype
-        spans = matched_spans(span, dtype)
+        self.quantization = quantization
+        spans = [quantized(s, quantization) for s in matched_spans(span, dtype)]
         ways = [Way(s.config._attn_implementation, s) for s in spans]
         ways += [Way("sdpa, math backend", w.span, True) for w in ways if w.name == "sdpa"]
+        # the precision's numbers in float32: the reference `precision_ratio` measures against
+        self.span = span if quantization is None else with_layers(spans[0], torch.float32)
+        if quantization == "nf4":
+            # nf4 weights multiplied back out, then an ordinary matmul: what bitsandbytes does
+            # for prefills on a GPU and on CPUs without its fused kernel (int8 has no such way:
+            # LLM.int8 quantizes the inputs too, and multiplies integers, exactly, everywhere)
+            ways.append(Way("nf4 dequantized", with_layers(spans[0], dtype)))
         self.ways: tuple[Way, ...] = tuple(ways)
         self._blocks: dict[tuple[int, int], Span] = {}
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import enum
 import warnings
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ from node.faults import (
     reinitialised_block,
     skipping_block,
 )
+from node.precisions import precision_name
 from node.states import commits_states, stack_states
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ class SpanCheat(enum.Enum):
     INT8_WEIGHTS = "int8-weights"  # linear weights through int8 and back (`quantized_int8`)
     OTHER_CHECKPOINT = "other-checkpoint"  # one block of other weights (`reinitialised_block`)
     FLOAT16_COMPUTE = "float16-compute"  # computes in float16, sends bfloat16 (declared bf16)
+    NF4_WEIGHTS = "nf4-weights"  # serves nf4 weights behind a declared int8 (node.quantize)
 
 
 Cheat = FaultMode | SpanCheat
@@ -89,7 +92,14 @@ class Variation:
     noise_scale: float = NOISE_SCALE  # with the noise cheat: its std over the output's std
     attention: str = ""  # the node's attention implementation ("eager"; "": the model's)
     kernels: str = ""  # other kernels for the same ops: "gemm" (matmuls without oneDNN),
-    # "math-sdpa" (sdpa's reference math backend); "": the defaults
+    # "math-sdpa" (sdpa's reference math backend), "dequantized" (nf4 weights multiplied back
+    # out, then ordinary matmuls); "": the defaults
+    quantization: str | None = None  # the quantized weights it declares (node.quantize)
+
+    @property
+    def precision(self) -> str:
+        """What it declares: `bfloat16`, `bfloat16+int8`."""
+        return precision_name(self.declared, self.quantization)
 
 
 HONEST: tuple[Variation, ...] = (
@@ -101,26 +111,42 @@ HONEST: tuple[Variation, ...] = (
 )
 
 
-def honest_16bit(declared: str) -> tuple[Variation, ...]:
-    """The honest variations of a node that declares the 16-bit `declared`: threads, batch
-    composition, eager attention against sdpa (the verifier: 1 thread, sdpa, alone)."""
-    return (
-        Variation(f"{declared}, 1 thread", declared=declared),
-        Variation(f"{declared}, 2 threads", declared=declared, threads=2),
-        Variation(f"{declared}, batched with 2 other sessions", declared=declared, strangers=2),
-        Variation(f"{declared}, eager attention", declared=declared, attention="eager"),
-        Variation(f"{declared}, other matmul kernel", declared=declared, kernels="gemm"),
-        Variation(f"{declared}, sdpa's math backend", declared=declared, kernels="math-sdpa"),
+def honest_16bit(declared: str, quantization: str | None = None) -> tuple[Variation, ...]:
+    """The honest variations of a node that declares the 16-bit `declared` (with quantized
+    weights, `quantization`): threads, batch composition, eager attention against sdpa, other
+    kernels (the verifier: 1 thread, sdpa, alone)."""
+    name = precision_name(declared, quantization)
+    kinds: tuple[Variation, ...] = (
+        Variation(f"{name}, 1 thread"),
+        Variation(f"{name}, 2 threads", threads=2),
+        Variation(f"{name}, batched with 2 other sessions", strangers=2),
+        Variation(f"{name}, eager attention", attention="eager"),
+        Variation(f"{name}, other matmul kernel", kernels="gemm"),
+        Variation(f"{name}, sdpa's math backend", kernels="math-sdpa"),
+    )
+    if quantization == "nf4":
+        kinds += (Variation(f"{name}, dequantized weights", kernels="dequantized"),)
+    return tuple(
+        dataclasses.replace(v, declared=declared, quantization=quantization) for v in kinds
     )
 
 
-def cheats(declared: str = "float32") -> tuple[Variation, ...]:
-    """One variation per compute cheat, for a node that declares `declared`."""
+def cheats(declared: str = "float32", quantization: str | None = None) -> tuple[Variation, ...]:
+    """One variation per compute cheat, for a node that declares `declared` (and
+    `quantization`)."""
+    name = precision_name(declared, quantization)
     return tuple(
-        Variation(f"{mode.value} ({declared} declared)", declared=declared, fault=mode)
-        for mode in COMPUTE_CHEATS
+        Variation(
+            f"{mode.value} ({name} declared)",
+            declared=declared,
+            fault=mode,
+            quantization=quantization,
+        )
+        for mode in (*COMPUTE_CHEATS, SpanCheat.NF4_WEIGHTS)
         if not (mode is FaultMode.LOW_PRECISION and declared != "float32")
         and not (mode is SpanCheat.FLOAT16_COMPUTE and declared != "bfloat16")
+        and not (mode is SpanCheat.INT8_WEIGHTS and quantization is not None)
+        and not (mode is SpanCheat.NF4_WEIGHTS and quantization != "int8")
     )
 
 
@@ -197,7 +223,7 @@ def other_kernels(kernels: str) -> Iterator[None]:
 
         with sdpa_kernel(SDPBackend.MATH):
             yield
-    elif kernels:
+    elif kernels and kernels != "dequantized":  # that one is in the weights (SimulatedNode)
         raise ValueError(f"unknown kernels {kernels!r}")
     else:
         yield
@@ -214,19 +240,33 @@ class SimulatedNode:
         dtype = DTYPES[variation.declared]  # what its inputs and outputs travel in
         fault = variation.fault
         compute = torch.float16 if fault is SpanCheat.FLOAT16_COMPUTE else dtype
+        quantization = variation.quantization  # what it serves with: declared, or a cheat's
+        if fault is SpanCheat.NF4_WEIGHTS:
+            quantization = "nf4"
         if fault is SpanCheat.INT8_WEIGHTS:  # quantized from the float32 checkpoint
             span = quantized_int8(span)
         elif fault is SpanCheat.OTHER_CHECKPOINT:
             span = reinitialised_block(span, seed=seed)
+        elif fault is FaultMode.WRONG_WEIGHTS and quantization is not None:
+            span = perturb_weights(span, seed=seed)  # another checkpoint, quantized
         same = (
             compute == torch.float32
             and torch.device(device) == span.device
             and not variation.attention
         )
         served = span if same else _moved(span, compute, torch.device(device), variation.attention)
+        if quantization is not None:
+            from node.quantize import quantize_layers
+
+            quantize_layers(served.layers, quantization, compute)
+            served.quantization = quantization
+            if variation.kernels == "dequantized":
+                from verifier.blockwise import with_layers
+
+                served = with_layers(served, compute)
         if fault is FaultMode.SKIP_BLOCK:
             served = skipping_block(served)
-        elif fault is FaultMode.WRONG_WEIGHTS:
+        elif fault is FaultMode.WRONG_WEIGHTS and quantization is None:
             served = perturb_weights(served, seed=seed)
         self.span = served
         self.dtype = dtype
@@ -379,10 +419,11 @@ def audit_leaf(
     with torch_threads(1):
         if blockwise is not None and leaf.states is not None:
             hiddens = [h for h, _ in leaf.inputs]
+            precision = precision_name(declared, blockwise.quantization)
             measured, failures = judge_blocks(
-                blockwise.measure(hiddens, leaf.states, mask), declared
+                blockwise.measure(hiddens, leaf.states, mask), precision
             )
-            return Judgement(not failures, declared, measured, failures)
+            return Judgement(not failures, precision, measured, failures)
         hidden = torch.cat([h for h, _ in leaf.inputs], dim=1)
         recomputed = recompute(reference, hidden, mask, leaf.inputs[-1][0].shape[1])
     return judge(leaf.committed, recomputed, declared)
@@ -406,7 +447,11 @@ def run_variation(
     generator = torch.Generator().manual_seed(seed)
     node = SimulatedNode(reference, variation, seed=seed, device=device)
     declared = DTYPES[variation.declared]
-    blockwise = block_audit(reference, declared) if matched and commits_states(declared) else None
+    blockwise = (
+        block_audit(reference, declared, variation.quantization)
+        if matched and commits_states(declared)
+        else None
+    )
     rates = Rates(variation)
     for _ in range(sessions):
         hidden, mask, prompt = session_inputs(head, generator, new_tokens=new_tokens)
@@ -415,14 +460,15 @@ def run_variation(
     return rates
 
 
-_BLOCK_AUDITS: dict[tuple[int, torch.dtype], BlockAudit] = {}
+_BLOCK_AUDITS: dict[tuple[int, torch.dtype, str | None], BlockAudit] = {}
 
 
-def block_audit(reference: Span, dtype: torch.dtype) -> BlockAudit:
-    """The `BlockAudit` of `reference` in `dtype`, built once per span and dtype."""
+def block_audit(reference: Span, dtype: torch.dtype, quantization: str | None = None) -> BlockAudit:
+    """The `BlockAudit` of `reference` in `dtype` (and `quantization`), built once per span
+    and precision."""
     from verifier.blockwise import BlockAudit
 
-    key = (id(reference), dtype)
+    key = (id(reference), dtype, quantization)
     if key not in _BLOCK_AUDITS:
-        _BLOCK_AUDITS[key] = BlockAudit(reference, dtype)
+        _BLOCK_AUDITS[key] = BlockAudit(reference, dtype, quantization)
     return _BLOCK_AUDITS[key]

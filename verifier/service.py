@@ -94,15 +94,18 @@ from verifier.queue import (
     queue_report,
 )
 from verifier.reveal import request_reveal
+from verifier.thresholds import BLOCK_TOLERANCES
 
 logger = logging.getLogger(__name__)
 
 AUDIT_BATCH = 8  # due leaves taken per pass of the audit loop
-# How a node's leaves are recomputed, by the dtype it declared (/status): `verifier.audit`.
+# How a node's leaves are recomputed, by the precision it declared (/status): `verifier.audit`.
 RECOMPUTE_WAYS = {
     "float32": "one float32 pass, judged on the sketch",
-    "float16": "block by block in float16, from its block states",
-    "bfloat16": "block by block in bfloat16, from its block states",
+    **{
+        precision: f"block by block in {precision}, from its block states"
+        for precision in BLOCK_TOLERANCES
+    },
 }
 PROGRESS_INTERVAL = 30.0  # seconds between progress lines in the log while audits are queued
 # Seconds of a batch's challenge window kept free after a reveal deadline, on top of one more

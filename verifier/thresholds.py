@@ -45,6 +45,8 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
+from node.precisions import QUANTIZATIONS, precision_name
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -109,20 +111,33 @@ FLOAT16_BLOCK_TOLERANCE: Final = BlockTolerance(
     max_precision_ratio=math.inf,  # computing float16 in float32 costs more: no cheat
 )
 
-# declared 16-bit dtype -> the tolerance of its blocks
+# Quantized weights (node.quantize) in a 16-bit dtype: the verifier quantizes the same
+# checkpoint to the same integers, so what is left between honest machines is the dtype's own
+# rounding in other kernels, as for full weights: the dtype's bounds hold, measured on SmolLM2
+# blocks 0-10 (docs/benchmarks.md, "Quantized precisions").
+# declared 16-bit precision -> the tolerance of its blocks
 BLOCK_TOLERANCES: Final[dict[str, BlockTolerance]] = {
     "float16": FLOAT16_BLOCK_TOLERANCE,
     "bfloat16": BFLOAT16_BLOCK_TOLERANCE,
+    **{
+        precision_name(dtype, quantization): tolerance
+        for dtype, tolerance in (
+            ("float16", FLOAT16_BLOCK_TOLERANCE),
+            ("bfloat16", BFLOAT16_BLOCK_TOLERANCE),
+        )
+        for quantization in QUANTIZATIONS
+    },
 }
 
 
-def block_tolerance_for(dtype: str) -> BlockTolerance:
-    """The block tolerance of a declared 16-bit dtype; `KeyError` naming the known ones."""
+def block_tolerance_for(precision: str) -> BlockTolerance:
+    """The block tolerance of a declared 16-bit precision (`bfloat16`, `bfloat16+int8`);
+    `KeyError` naming the known ones."""
     try:
-        return BLOCK_TOLERANCES[dtype]
+        return BLOCK_TOLERANCES[precision]
     except KeyError:
         raise KeyError(
-            f"no block tolerance for dtype {dtype!r}; known: {list(BLOCK_TOLERANCES)}"
+            f"no block tolerance for {precision!r}; known: {list(BLOCK_TOLERANCES)}"
         ) from None
 
 

@@ -91,6 +91,7 @@ class GenerationOptions:
     stop: tuple[str, ...]  # generation stops once the text ends with one of these
     system: str | None  # a system message (chat template)
     dtype: str  # hidden states on the wire
+    weights: str  # whose weights: full, int8, nf4 or any
     device: str  # where the local ends compute: auto, cpu, cuda, cuda:N
     log_level: str  # logs on stderr
 
@@ -234,6 +235,17 @@ _GENERATION_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ),
     ("dtype", Annotated[str, typer.Option(help="Hidden states on the wire.")], ClientConfig.dtype),
     (
+        "weights",
+        Annotated[
+            str,
+            typer.Option(
+                help="Use servers with these weights only: full, int8, nf4 (quantized, with a "
+                "16-bit --dtype) or any."
+            ),
+        ],
+        ClientConfig.weights,
+    ),
+    (
         "device",
         Annotated[
             str,
@@ -285,6 +297,7 @@ def open_model(
         model_path=generation.model,
         model_name=generation.model_name,
         dtype=generation.dtype,
+        weights=generation.weights,
         device=generation.device,
         initial_peers=tuple(peers),
         rpc_url=options.rpc,

@@ -97,7 +97,9 @@ def test_bfloat16_values_are_kept_exactly(tiny: tuple[Span, ClientHead]) -> None
     "data, message",
     [
         (b"\x01\x08", "shorter than its header"),
-        (struct.pack("<BHIII", 3, 1, 1, 1, 4) + bytes(6), "version 3"),
+        (struct.pack("<BHIII", 4, 1, 1, 1, 4) + bytes(6), "version 4"),
+        (struct.pack("<BHIII", 3, 1, 1, 1, 4) + bytes(6 + 64) + b"\x09", "got code 9"),
+        (struct.pack("<BHIII", 3, 1, 1, 1, 4) + bytes(6 + 64) + b"\x01", "needs block states"),
         (struct.pack("<BHIII", 2, 1, 1, 1, 4) + bytes(6), "21 bytes, expected 85"),
         (struct.pack("<BHIII", 1, 5, 1, 1, 4) + bytes(30), "k=5"),
         (struct.pack("<BHIII", 1, 1, 1, 2, 4) + bytes(6), "expected 27"),

@@ -89,7 +89,7 @@ def test_the_float32_way_misses_small_16bit_cheats(tiny: tuple[Span, ClientHead]
     noise = Variation("noise", "bfloat16", FaultMode.NOISE)
     assert run_variation(span, head, noise, sessions=3).detection_rate < 0.5
     assert run_variation(span, head, noise, sessions=3, matched=True).detection_rate == 1.0
-    assert set(BLOCK_TOLERANCES) == set(SIXTEEN_BIT) < set(TOLERANCES)
+    assert {p.partition("+")[0] for p in BLOCK_TOLERANCES} == set(SIXTEEN_BIT) < set(TOLERANCES)
 
 
 @pytest.mark.parametrize("declared", SIXTEEN_BIT)
@@ -151,16 +151,26 @@ def test_calibration_cheats_change_what_is_served(tiny: tuple[Span, ClientHead])
     changed = [not torch.equal(a.mlp.down_proj.weight, b.mlp.down_proj.weight)
                for a, b in zip(span.layers, other.layers, strict=True)]  # fmt: skip
     assert changed == [False, True, False]
-    assert {v.fault for v in cheats("bfloat16")} >= set(SpanCheat)
+    assert {v.fault for v in cheats("bfloat16")} >= set(SpanCheat) - {SpanCheat.NF4_WEIGHTS}
     assert SpanCheat.FLOAT16_COMPUTE not in {v.fault for v in cheats("float16")}
+    # behind quantized weights: no int8-behind-bfloat16 cheat, nf4 behind a declared int8
+    int8_cheats = {v.fault for v in cheats("bfloat16", "int8")}
+    assert SpanCheat.NF4_WEIGHTS in int8_cheats and SpanCheat.INT8_WEIGHTS not in int8_cheats
+    assert SpanCheat.NF4_WEIGHTS not in {v.fault for v in cheats("bfloat16", "nf4")}
 
 
 def _served_opening(
-    span: Span, head: ClientHead, variation: Variation, *, reveal_states: bool = True
+    span: Span,
+    head: ClientHead,
+    variation: Variation,
+    *,
+    reveal_states: bool = True,
+    revealed_quantization: str | None = "declared",
 ) -> tuple[Opening, Batch, list[torch.Tensor]]:
-    """A node serves one session (prefill + 3 decode steps) in its declared dtype and commits
-    its leaves (with block states, as `node.commits` does) in one batch; the full reveal of
-    step 3, and the states it carries."""
+    """A node serves one session (prefill + 3 decode steps) in its declared precision and
+    commits its leaves (with block states and its quantization, as `node.commits` does) in one
+    batch; the full reveal of step 3 (saying `revealed_quantization`: by default the declared
+    one), and the states it carries."""
     node = SimulatedNode(span, variation, seed=3)
     generator = torch.Generator().manual_seed(3)
     mask = torch.ones(2, 9, dtype=torch.long)
@@ -172,7 +182,7 @@ def _served_opening(
     session = os.urandom(32)
     sketches = [
         sketch(out, mask_hash=mask_hash(step_mask, hidden.shape[1]),
-               states_hash=states_hash(states))
+               states_hash=states_hash(states), quantization=variation.quantization)
         for (hidden, step_mask), out, states in zip(
             served.inputs, served.outputs, served.states, strict=True)
     ]  # fmt: skip
@@ -187,8 +197,16 @@ def _served_opening(
     batch = Batch(BatchId(5), NODE, ModelId(MODEL), tree.root, len(hashes), 1_000)
     steps = [RevealedStep(leaf, 5, i, tree.proof(i)) for i, leaf in enumerate(leaves)]
     states = [s.clone() for s in served.states]
+    if revealed_quantization == "declared":
+        revealed_quantization = variation.quantization
     opening = Opening(
-        RevealResponse(steps, full=True, batch_leaves=hashes, states=reveal_states),
+        RevealResponse(
+            steps,
+            full=True,
+            batch_leaves=hashes,
+            states=reveal_states,
+            quantization=revealed_quantization,
+        ),
         [hidden for hidden, _ in served.inputs],
         served.inputs[-1][1],
         torch.cat([committed.indices for committed in sketches], dim=1),
@@ -208,6 +226,12 @@ def _served_opening(
         (Variation("int8 weights", "bfloat16", SpanCheat.INT8_WEIGHTS), False),
         (Variation("float16 compute", "bfloat16", SpanCheat.FLOAT16_COMPUTE), False),
         (Variation("skip-block", "float16", FaultMode.SKIP_BLOCK), False),
+        (Variation("honest", "bfloat16", threads=2, quantization="int8"), True),
+        (Variation("honest", "bfloat16", strangers=2, quantization="nf4"), True),
+        (Variation("honest", "float16", attention="eager", quantization="int8"), True),
+        (Variation("noise", "bfloat16", FaultMode.NOISE, quantization="int8"), False),
+        (Variation("nf4 weights", "bfloat16", SpanCheat.NF4_WEIGHTS, quantization="int8"), False),
+        (Variation("skip-block", "float16", FaultMode.SKIP_BLOCK, quantization="nf4"), False),
     ],
     ids=lambda v: v.name if isinstance(v, Variation) else str(v),
 )
@@ -219,9 +243,11 @@ def test_a_16bit_reveal_is_audited_block_by_block(
     proven = prove_leaf(opening, batch=batch, leaf_index=3)
     checked = check_opening(opening, proven, batches=lambda _: batch, hidden_size=64)
     assert checked.dtype == variation.declared and checked.step_tokens == (6, 1, 1, 1)
+    assert checked.quantization == variation.quantization
     assert [list(s.shape) for s in checked.states] == [[3, 2, 6, 64]] + [[3, 2, 1, 64]] * 3
     judgement = AuditSpans(span).audit(checked)
     assert judgement.passed is passes, judgement.as_json()
+    assert judgement.dtype == variation.precision  # bfloat16, bfloat16+int8
     assert set(judgement.measured) == {
         "ulp_share",
         "worst_block",
@@ -266,4 +292,53 @@ def test_16bit_states_other_than_the_committed_ones_are_withheld(
         check_opening(opening, proven, batches=lambda _: batch, hidden_size=64)
     states[step] = original[:2]  # a block short
     with pytest.raises(InvalidOpeningError, match=f"step {step}: block states of"):
+        check_opening(opening, proven, batches=lambda _: batch, hidden_size=64)
+
+
+QUANTIZED = [("bfloat16", "int8"), ("bfloat16", "nf4"), ("float16", "int8"), ("float16", "nf4")]
+
+
+@pytest.mark.parametrize("declared, quantization", QUANTIZED)
+def test_honest_quantized_nodes_never_fail_a_blockwise_audit(
+    tiny: tuple[Span, ClientHead], declared: str, quantization: str
+) -> None:
+    """The verifier quantizes the same checkpoint to the same integers: threads, batch
+    composition, eager attention, other kernels and (nf4) dequantized weights all pass."""
+    span, head = tiny
+    audited = 0
+    for seed, variation in enumerate(honest_16bit(declared, quantization)):
+        rates = run_variation(span, head, variation, sessions=3, seed=300 + seed, matched=True)
+        assert rates.failed == 0, (variation.name, rates.worst)
+        audited += rates.leaves
+    assert audited >= 100
+
+
+@pytest.mark.parametrize(
+    "variation",
+    [v for d, q in QUANTIZED[:2] for v in cheats(d, q)],
+    ids=lambda v: v.name,
+)
+def test_every_cheat_behind_quantized_weights_fails_a_blockwise_audit(
+    tiny: tuple[Span, ClientHead], variation: Variation
+) -> None:
+    """1% noise, 1% weights quantized, a skipped block, another checkpoint, a stale output,
+    float16 compute, nf4 weights behind a declared int8."""
+    span, head = tiny
+    rates = run_variation(span, head, variation, sessions=8, seed=17, matched=True)
+    assert rates.cheated >= 30
+    assert rates.detection_rate >= 0.99, rates.worst
+    assert rates.false_positive_rate == 0
+
+
+@pytest.mark.parametrize("revealed", [None, "nf4"])
+def test_a_reveal_that_misstates_its_quantization_is_withheld(
+    tiny: tuple[Span, ClientHead], revealed: str | None
+) -> None:
+    """The leaves of an int8 node commit int8 (sketch version 3): a reveal that says full
+    weights, or nf4, to be audited by another precision's rules, does not hash to them."""
+    span, head = tiny
+    variation = Variation("honest", "bfloat16", quantization="int8")
+    opening, batch, _ = _served_opening(span, head, variation, revealed_quantization=revealed)
+    proven = prove_leaf(opening, batch=batch, leaf_index=3)
+    with pytest.raises(InvalidOpeningError, match="step 0: the revealed sketch, with the"):
         check_opening(opening, proven, batches=lambda _: batch, hidden_size=64)
