@@ -137,6 +137,21 @@ DUMPED: tuple[Variation, ...] = (
         fault=SpanCheat.FLOAT16_COMPUTE,
     ),
     Variation("noise (float16 declared)", declared="float16", fault=FaultMode.NOISE),
+    # quantized weights: on a GPU, bitsandbytes' CUDA kernels against the verifier's CPU ones
+    Variation("bfloat16+int8 declared", declared="bfloat16", quantization="int8"),
+    Variation("bfloat16+nf4 declared", declared="bfloat16", quantization="nf4"),
+    Variation(
+        "bfloat16+nf4, batched with 2 other sessions",
+        declared="bfloat16",
+        quantization="nf4",
+        strangers=2,
+    ),
+    Variation(
+        "noise (bfloat16+int8 declared)",
+        declared="bfloat16",
+        quantization="int8",
+        fault=FaultMode.NOISE,
+    ),
 )
 
 
@@ -314,7 +329,7 @@ def dump(span: Span, head: ClientHead, options: Options) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     metadata = {
         "device": options.device,
-        "variations": json.dumps([[v.name, v.declared] for v in DUMPED]),
+        "variations": json.dumps([[v.name, v.declared, v.quantization] for v in DUMPED]),
     }
     label = slug(Path(options.model).name)
     save_file(tensors, str(out / f"sessions-{label}.safetensors"), metadata)
@@ -329,14 +344,20 @@ def audit_dumped(span: Span, path: Path) -> list[Row]:
         metadata = f.metadata()
     tensors = load_file(str(path))
     rows = []
-    for index, (name, declared) in enumerate(json.loads(metadata["variations"])):
+    for index, (name, declared, *quantized) in enumerate(json.loads(metadata["variations"])):
+        quantization = quantized[0] if quantized else None  # dumps before protocol 6 lack it
         ways: list[tuple[str, BlockAudit | None]] = [("", None)]
         if commits_states(DTYPES[declared]):
             ways = [(f", {FLOAT32_WAY}", None)]
             if any(k.startswith(f"{index}.") and ".states" in k for k in tensors):
-                ways.append((f", {BLOCKWISE_WAY}", block_audit(span, DTYPES[declared])))
+                audit = block_audit(span, DTYPES[declared], quantization)
+                ways.append((f", {BLOCKWISE_WAY}", audit))
         for suffix, blockwise in ways:
-            variation = Variation(f"{name}, on {metadata['device']}{suffix}", declared=declared)
+            variation = Variation(
+                f"{name}, on {metadata['device']}{suffix}",
+                declared=declared,
+                quantization=quantization,
+            )
             rates = audit_dumped_variation(tensors, index, variation, span, blockwise)
             rows.append(Row.of(rates))
             print(f"{variation.name}: {rates.leaves} leaves", flush=True)
@@ -525,8 +546,9 @@ def run_matched(options: Options) -> MatchedResult:
             for way, way_cells in zip((FLOAT32_WAY, BLOCKWISE_WAY), cells, strict=True):
                 noise.append(NoiseRow(f"{precision}, {way}", tuple(way_cells)))
             print(f"noise table, {precision} declared", flush=True)
-        dtypes = {d.partition("+")[0]: d for d in options.declared}
-        tolerances = {f"{p}, {FLOAT32_WAY}": str(TOLERANCES[d]) for d, p in dtypes.items()}
+        tolerances = {
+            f"{p}, {FLOAT32_WAY}": str(TOLERANCES[p.partition("+")[0]]) for p in options.declared
+        }
         tolerances |= {f"{d}, {BLOCKWISE_WAY}": str(BLOCK_TOLERANCES[d]) for d in options.declared}
         return MatchedResult(
             options=options,

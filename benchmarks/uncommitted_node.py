@@ -48,6 +48,7 @@ class UnsignedReceipts(Receipts):
         hidden_out: torch.Tensor,
         mask: torch.Tensor,
         states: torch.Tensor | None = None,
+        quantization: str | None = None,
     ) -> tuple[SignedReceipt, bytes]:
         leaf = Leaf(
             session_id,

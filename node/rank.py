@@ -8,7 +8,8 @@ itself as a client equally near every server would see it (the same round trip t
 server's latency is then the compute of its blocks at its announced throughput.
 
 `rank_node` asks the client's planner for a route over this node's span `[start, end)` among the
-usable servers that hold any of those blocks (online, this node's protocol version and dtype).
+usable servers that hold any of those blocks (online, this node's protocol version and
+precision: dtype and weights).
 If this node is not on it, the servers on that route are set aside and the planner asked
 again: the round in which this node is chosen is its position (1: a client's first choice).
 It also counts the servers that charge less per block, and works out the least `--max-price`
@@ -113,11 +114,11 @@ def ordinal(n: int) -> str:
 
 def _usable(info: ServerInfo, mine: ServerInfo) -> bool:
     """Whether a client that can use this node could use `info` too (the router's checks that
-    do not depend on the client: state, protocol version, dtype)."""
+    do not depend on the client: state, protocol version, precision: its dtype and weights)."""
     return (
         info.state == ServerState.ONLINE
         and info.version == mine.version == PROTOCOL_VERSION
-        and info.dtype == mine.dtype
+        and info.precision == mine.precision
     )
 
 

@@ -3,10 +3,11 @@
 Measuring: `get_throughput` times decode-like steps (batch 1, one new token per step, with a
 KV cache; the faster of two passes, so one-time costs such as kernel loading do not count)
 through a loaded span and caches the result in `throughput.json` in a directory the
-caller passes, keyed by model name, dtype, torch thread count, block count and device, so a node
-measures once per configuration. `tokens_per_s` is what a server announces: tokens per second
-it can push through its whole span. `block_tokens_per_s` is the same work per block (what one
-block costs), to estimate a span of another length before loading it.
+caller passes, keyed by model name, precision (dtype and weights), torch thread count, block
+count and device, so a node measures once per configuration. `tokens_per_s` is what a server
+announces: tokens per second it can push through its whole span. `block_tokens_per_s` is the
+same work per block (what one block costs), to estimate a span of another length before
+loading it.
 
 Choosing (Petals `block_selection` idea): the swarm is a list of `(start, end, throughput)`
 spans; a block's throughput is the sum of the throughputs of the spans that hold it. A new
@@ -33,6 +34,7 @@ from node.blocks import Span
 from node.cache import CacheManager
 from node.device import device_name
 from node.errors import InvalidSpanError
+from node.precisions import precision_name
 from node.tensors import DTYPE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ class Throughput:
     """One measurement of a span on this machine."""
 
     model: str  # model name as the operator calls it
-    dtype: str  # "float32" | "float16" | "bfloat16"
+    dtype: str  # the precision: "float32" | "float16" | "bfloat16", "bfloat16+int8"...
     threads: int  # torch.get_num_threads() while measuring
     blocks: int  # blocks in the measured span
     tokens_per_s: float  # decode-like tokens per second through the whole span
@@ -88,7 +90,7 @@ def measure_throughput(span: Span, model: str, *, steps: int = 16) -> Throughput
     tokens_per_s = steps / elapsed
     return Throughput(
         model=model,
-        dtype=DTYPE_NAMES[span.dtype],
+        dtype=precision_name(DTYPE_NAMES[span.dtype], span.quantization),
         threads=torch.get_num_threads(),
         blocks=span.num_blocks,
         tokens_per_s=tokens_per_s,
@@ -119,7 +121,7 @@ def get_throughput(
     path = Path(cache_dir) / THROUGHPUT_FILE
     key = cache_key(
         model,
-        DTYPE_NAMES[span.dtype],
+        precision_name(DTYPE_NAMES[span.dtype], span.quantization),
         torch.get_num_threads(),
         span.num_blocks,
         device_name(span.device),

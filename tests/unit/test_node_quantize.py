@@ -18,6 +18,7 @@ from node.errors import InvalidInputError
 from node.protocol import ProtocolError, ServerInfo, ServerState
 from node.quantize import dequantized
 from node.sketch import Sketch, mask_hash, sketch
+from node.throughput import get_throughput
 from stakeswarm.tiny_models import make_tiny_model
 
 ADDRESS = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
@@ -96,3 +97,13 @@ def test_a_version_3_sketch_commits_the_quantization() -> None:
     assert Sketch.decode(full.encode()).quantization is None
     with pytest.raises(InvalidInputError, match="needs block states"):
         sketch(hidden, k=3, mask_hash=masked, quantization="int8")
+
+
+def test_a_quantized_span_measures_its_own_throughput(llama: Path, tmp_path: Path) -> None:
+    """The throughput cache holds one measurement per precision: a node switching to int8
+    weights measures again instead of announcing its bfloat16 speed."""
+    full = get_throughput(load_span(llama, 0, 2, torch.bfloat16), "tiny", tmp_path, steps=2)
+    quantized = load_span(llama, 0, 2, torch.bfloat16, quantization="int8")
+    measured = get_throughput(quantized, "tiny", tmp_path, steps=2)
+    assert (full.dtype, measured.dtype) == ("bfloat16", "bfloat16+int8")
+    assert measured.key != full.key and measured.measured_at >= full.measured_at

@@ -24,6 +24,7 @@ def info(
     throughput: float = 100.0,
     state: ServerState = ServerState.ONLINE,
     dtype: str = "float32",
+    quantization: str | None = None,
 ) -> ServerInfo:
     return ServerInfo(
         state=state,
@@ -34,6 +35,7 @@ def info(
         eth_address="0x" + "11" * 20,
         dtype=dtype,
         cache_tokens_left=1000,
+        quantization=quantization,
     )
 
 
@@ -79,6 +81,11 @@ def test_servers_a_client_cannot_use_do_not_count() -> None:
     ]
     rank = rank_node("me", mine, swarm, 4)
     assert (rank.position, rank.servers, rank.cheaper) == (1, 1, 0)
+    # a client of bfloat16 weights does not use int8 ones (their precision is their own)
+    full = info(0, 4, 2 * MILLI, dtype="bfloat16")
+    int8 = info(0, 4, MILLI, dtype="bfloat16", quantization="int8")
+    assert rank_node("me", full, [("int8", int8)], 4).servers == 1
+    assert rank_node("me", int8, [("full", full)], 4).servers == 1
 
 
 def test_an_unheld_block_means_no_client_routes_the_model() -> None:
