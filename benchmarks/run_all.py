@@ -35,6 +35,7 @@ from typing import Any
 import bench_client
 import bench_memory
 import bench_node
+import bench_route
 import bench_verifier
 import calibrate
 from common import (
@@ -77,6 +78,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               bench_node.NodeBenchResult),
     Benchmark("client", "bench_client.py", bench_client.Options, bench_client.QUICK,
               bench_client.ClientBenchResult),
+    Benchmark("route", "bench_route.py", bench_route.Options, bench_route.QUICK,
+              bench_route.RouteBenchResult),
     Benchmark("memory", "bench_memory.py", bench_memory.Options, bench_memory.QUICK,
               bench_memory.MemoryBenchResult),
     Benchmark("verifier", "bench_verifier.py", bench_verifier.Options, bench_verifier.QUICK,
@@ -101,6 +104,7 @@ class Results:
     load_before: tuple[float, float, float]  # load averages (1, 5, 15 min) before the run
     node: bench_node.NodeBenchResult | None = None
     client: bench_client.ClientBenchResult | None = None
+    route: bench_route.RouteBenchResult | None = None
     memory: bench_memory.MemoryBenchResult | None = None
     verifier: bench_verifier.VerifierBenchResult | None = None
     calibration: calibrate.CalibrationResult | None = None

@@ -27,6 +27,7 @@ SECTIONS = {
     "Commitment overhead": None,
     "Client: generate through the swarm against local Hugging Face generate": "bench_client.py",
     "Gas per 1,000 generated tokens": None,
+    "Generate through 1, 2 and 3 servers, near and far apart": "bench_route.py",
     "Resident memory per node against blocks served": "bench_memory.py",
     "Verifier: audit cost against serving cost": "bench_verifier.py",
     "Detection against sample rate": None,
@@ -117,7 +118,7 @@ def test_quick_run_writes_every_section_with_figures_and_renders_again(tmp_path:
 
     data = json.loads(results_file.read_text())
     assert data["quick"] is True
-    assert {"node", "client", "memory", "verifier", "calibration"} <= set(data)
+    assert {"node", "client", "route", "memory", "verifier", "calibration"} <= set(data)
 
     again = tmp_path / "again.md"
     rendered = run_all("--render", "--output", str(again), "--results", str(results_file))
