@@ -9,7 +9,9 @@ in this process pays every step. Each round samples, in rotating order:
 - local: the whole model loaded with transformers;
 - near: the swarm with the proxies forwarding at once (loopback);
 - far: the swarm with `--delay-ms` added to each direction of every link (a client-mediated
-  route crosses 2k links per token, a pipelined one k + 1).
+  route crosses 2k links per token, a pipelined one k + 1);
+- then, near, the same number of tokens generated one per `generate` call inside one
+  inference session (a long `generate` should cost no more per token than that).
 
 A sample is what the issue measures: (time of a generate of `--tokens` + 1 new tokens - time
 of a generate of 1 new token) / `--tokens`, greedy, after the same 8-token prompt: the cost of
@@ -95,6 +97,8 @@ class RouteRow:
     ratio: dict[str, Spread]  # near / far -> per-token time over local's, per round
     prefill_ratio: dict[str, Spread]  # near / far -> prefill time over local's, per round
     same_tokens: bool  # every swarm generate produced the local tokens
+    per_call_ms: Spread | None = None  # near: ms per token generating one token per call
+    # inside an inference session (what a long generate should not cost more than)
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,17 @@ def sample(
     return (many - one) / tokens, prefill, out
 
 
+def per_call_ms(model: DistributedModelForCausalLM, prompt: torch.Tensor, tokens: int) -> float:
+    """Milliseconds per token of `tokens` one-token generate calls continuing one inference
+    session (after an untimed first call with the prompt)."""
+    with model.inference_session(max_length=prompt.shape[1] + tokens + 1) as session:
+        model.generate(prompt, max_new_tokens=1, do_sample=False, session=session)
+        began = time.perf_counter()
+        for _ in range(tokens):
+            model.generate(None, max_new_tokens=1, do_sample=False, session=session)
+        return (time.perf_counter() - began) * 1e3 / tokens
+
+
 def run_route(
     options: Options,
     servers: int,
@@ -147,6 +162,7 @@ def run_route(
     prompt, long = prompt_ids(vocab, PROMPT_TOKENS), prompt_ids(vocab, options.prefill, seed=1)
     per_token: dict[str, list[float]] = {side: [] for side in SIDES}
     prefill: dict[str, list[float]] = {side: [] for side in SIDES}
+    per_call: list[float] = []
     same = True
     with DelayProxy() as proxy:
         specs = []
@@ -201,6 +217,7 @@ def run_route(
                         prefill[side].append(first)
                     proxy.delay = 0.0
                     same = same and outputs["near"] == outputs["local"] == outputs["far"]
+                    per_call.append(per_call_ms(remote, prompt, options.tokens))
             finally:
                 proxy.delay = 0.0
                 remote.close()
@@ -218,6 +235,7 @@ def run_route(
         ratio=ratios(per_token),
         prefill_ratio=ratios(prefill),
         same_tokens=same,
+        per_call_ms=Spread.of(per_call),
     )
 
 

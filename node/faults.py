@@ -122,11 +122,14 @@ def skipping_block(span: Span, index: int | None = None) -> Span:
 
 
 def perturb_weights(span: Span, scale: float = WEIGHT_NOISE_SCALE, seed: int = 0) -> Span:
-    """A copy of `span` whose every weight tensor got Gaussian noise of `scale` x its std."""
+    """A copy of `span` whose every weight tensor got Gaussian noise of `scale` x its std
+    (the floating-point ones: a quantized span's integer weights are kept, its norms are not)."""
     perturbed = copy.deepcopy(span)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in perturbed.layers.parameters():
+            if not parameter.dtype.is_floating_point:
+                continue
             noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
             std = float(parameter.float().std()) if parameter.numel() > 1 else 1.0
             parameter.add_((noise * scale * std).to(parameter.dtype))
