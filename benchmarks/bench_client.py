@@ -45,6 +45,7 @@ from common import (
     option,
     prompt_ids,
     resolve_model,
+    timed_generate,
 )
 from eth_account import Account
 from sqlalchemy import select
@@ -137,15 +138,8 @@ def timed(
     generate: Callable[..., torch.Tensor], prompt: torch.Tensor, tokens: int
 ) -> tuple[float, list[int]]:
     """Tokens/s of one greedy `generate` of exactly `tokens` new tokens, and its tokens."""
-    began = time.perf_counter()
-    out = generate(
-        prompt,
-        attention_mask=torch.ones_like(prompt),
-        max_new_tokens=tokens,
-        min_new_tokens=tokens,
-        do_sample=False,
-    )
-    return tokens / (time.perf_counter() - began), out[0].tolist()
+    seconds, out = timed_generate(generate, prompt, tokens)
+    return tokens / seconds, out
 
 
 def sketch_check_ms(hidden_size: int, threads: int) -> Spread:

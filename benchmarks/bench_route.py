@@ -45,6 +45,7 @@ from common import (
     option,
     prompt_ids,
     resolve_model,
+    timed_generate,
 )
 from delay_proxy import DelayProxy, free_port
 from eth_account import Account
@@ -113,18 +114,11 @@ class RouteBenchResult:
 
 
 def generate_ms(
-    generate: Callable[..., torch.Tensor], prompt: torch.Tensor, new: int
+    generate: Callable[..., Any], prompt: torch.Tensor, new: int
 ) -> tuple[float, list[int]]:
     """Milliseconds of one greedy generate of exactly `new` tokens, and its tokens."""
-    began = time.perf_counter()
-    out = generate(
-        prompt,
-        attention_mask=torch.ones_like(prompt),
-        max_new_tokens=new,
-        min_new_tokens=new,
-        do_sample=False,
-    )
-    return (time.perf_counter() - began) * 1e3, out[0].tolist()
+    seconds, out = timed_generate(generate, prompt, new)
+    return seconds * 1e3, out
 
 
 def sample(

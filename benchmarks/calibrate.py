@@ -76,7 +76,7 @@ from safetensors.torch import load_file, save_file
 
 from node.blocks import ClientHead, Span, load_client_head, load_span
 from node.faults import FaultMode
-from node.precisions import QUANTIZATIONS, precision_name
+from node.precisions import QUANTIZATIONS, precision_name, split_precision
 from node.states import commits_states
 from verifier.calibration import (
     DTYPES,
@@ -514,8 +514,7 @@ def run_matched(options: Options) -> MatchedResult:
     with loaded(options) as (path, _, span, head):
         rows, noise = [], []
         for precision in options.declared:
-            declared, _, quantized = precision.partition("+")
-            quantization = quantized or None
+            declared, quantization = split_precision(precision)
             variations = [*honest_16bit(declared, quantization), *cheats(declared, quantization)]
             for index, variation in enumerate(variations):
                 began = time.perf_counter()
@@ -547,7 +546,7 @@ def run_matched(options: Options) -> MatchedResult:
                 noise.append(NoiseRow(f"{precision}, {way}", tuple(way_cells)))
             print(f"noise table, {precision} declared", flush=True)
         tolerances = {
-            f"{p}, {FLOAT32_WAY}": str(TOLERANCES[p.partition("+")[0]]) for p in options.declared
+            f"{p}, {FLOAT32_WAY}": str(TOLERANCES[split_precision(p)[0]]) for p in options.declared
         }
         tolerances |= {f"{d}, {BLOCKWISE_WAY}": str(BLOCK_TOLERANCES[d]) for d in options.declared}
         return MatchedResult(

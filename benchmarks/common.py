@@ -392,6 +392,24 @@ def parse_span(text: str, layers: int) -> tuple[int, int]:
     return start, end
 
 
+def timed_generate(
+    generate: Callable[..., Any], prompt: Any, tokens: int
+) -> tuple[float, list[int]]:
+    """Seconds of one greedy `generate` of exactly `tokens` new tokens after `prompt`
+    [1, length] (local transformers or the swarm's), and the ids it returned."""
+    import torch
+
+    began = time.perf_counter()
+    out = generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        do_sample=False,
+    )
+    return time.perf_counter() - began, out[0].tolist()
+
+
 def prompt_ids(vocab_size: int, length: int, seed: int = 0) -> Any:
     """A fixed pseudo-random prompt [1, length] of token ids below `vocab_size` (the cost of
     a forward pass does not depend on which tokens it sees)."""

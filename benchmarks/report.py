@@ -1238,16 +1238,17 @@ def targets_table(results: Results) -> str:
     )
 
 
+def status(value: float, bound: float) -> str:
+    """A target's status: met when `value` is at most `bound`."""
+    return "met" if value <= bound else "**missed**"
+
+
 def route_target_rows(result: RouteBenchResult) -> list[list[object]]:
     """The pipeline issue's targets the route benchmark measures (medians against bounds)."""
     rows: list[list[object]] = []
     delay = result.options.delay_ms
     for row in result.rows:
         k = row.servers
-
-        def status(value: float, bound: float) -> str:
-            return "met" if value <= bound else "**missed**"
-
         if k in GENERATE_TARGETS:
             bound = GENERATE_TARGETS[k]
             rows.append(

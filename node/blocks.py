@@ -84,29 +84,22 @@ class SafetensorsWeights:
     def keys_with_prefix(self, prefix: str) -> set[str]:
         return {key for key in self.files if key.startswith(prefix)}
 
-    def numel(self, keys: Iterable[str]) -> int:
-        """How many numbers the tensors `keys` hold, from the files' headers (no tensor is
-        read)."""
+    def shapes(self, keys: Iterable[str]) -> dict[str, list[int]]:
+        """The shape of each tensor of `keys`, from the files' headers (no tensor is read;
+        each file is opened once)."""
         by_file: dict[Path, list[str]] = {}
         for key in keys:
             if key not in self.files:
                 raise ModelFilesError(f"tensor {key!r} is missing from the weights in {self.path}")
             by_file.setdefault(self.files[key], []).append(key)
-        count = 0
+        shapes: dict[str, list[int]] = {}
         for file, file_keys in by_file.items():
             if not file.is_file():
                 raise ModelFilesError(f"weights shard {file.name} is missing from {self.path}")
             with safe_open(file, framework="pt") as f:
                 for key in file_keys:
-                    count += math.prod(f.get_slice(key).get_shape())
-        return count
-
-    def ndim(self, key: str) -> int:
-        """How many dimensions the tensor `key` has, from its file's header."""
-        if key not in self.files:
-            raise ModelFilesError(f"tensor {key!r} is missing from the weights in {self.path}")
-        with safe_open(self.files[key], framework="pt") as f:
-            return len(f.get_slice(key).get_shape())
+                    shapes[key] = list(f.get_slice(key).get_shape())
+        return shapes
 
     def read(
         self, keys: Iterable[str], dtype: torch.dtype, device: torch.device
@@ -397,10 +390,10 @@ def block_weight_bytes(
         keys = weights.keys_with_prefix(family.layer_prefix(index))
         if not keys:
             raise ModelFilesError(f"no weights of block {index} in {weights.path}")
-        linear = {key for key in keys if weights.ndim(key) == 2}
-        sizes.append(
-            weight_bytes(weights.numel(keys), weights.numel(linear), quantization, itemsize)
-        )
+        shapes = weights.shapes(keys)
+        numel = sum(math.prod(shape) for shape in shapes.values())
+        linear = sum(math.prod(shape) for shape in shapes.values() if len(shape) == 2)
+        sizes.append(weight_bytes(numel, linear, quantization, itemsize))
     return tuple(sizes)
 
 

@@ -15,3 +15,9 @@ QUANTIZED_DTYPE_NAMES = ("bfloat16", "float16")  # quantized nodes compute in th
 def precision_name(dtype: str, quantization: str | None) -> str:
     """What a node serves, as people read it: `bfloat16`, `bfloat16+int8`."""
     return dtype if quantization is None else f"{dtype}+{quantization}"
+
+
+def split_precision(precision: str) -> tuple[str, str | None]:
+    """`precision_name`'s parts back: `bfloat16+int8` -> ("bfloat16", "int8")."""
+    dtype, _, quantization = precision.partition("+")
+    return dtype, quantization or None

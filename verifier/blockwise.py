@@ -92,7 +92,7 @@ def quantized(span: Span, quantization: str | None) -> Span:
     return span
 
 
-def with_layers(span: Span, dtype: torch.dtype) -> Span:
+def dequantized_span(span: Span, dtype: torch.dtype) -> Span:
     """A copy of quantized `span` whose weights are the quantized ones multiplied back out,
     in `dtype`, multiplied by ordinary matmuls (`node.quantize.dequantized`)."""
     layers = dequantized(span.layers, dtype)
@@ -222,12 +222,12 @@ class BlockAudit:
         ways = [Way(s.config._attn_implementation, s) for s in spans]
         ways += [Way("sdpa, math backend", w.span, True) for w in ways if w.name == "sdpa"]
         # the precision's numbers in float32: the reference `precision_ratio` measures against
-        self.span = span if quantization is None else with_layers(spans[0], torch.float32)
+        self.span = span if quantization is None else dequantized_span(spans[0], torch.float32)
         if quantization == "nf4":
             # nf4 weights multiplied back out, then an ordinary matmul: what bitsandbytes does
             # for prefills on a GPU and on CPUs without its fused kernel (int8 has no such way:
             # LLM.int8 quantizes the inputs too, and multiplies integers, exactly, everywhere)
-            ways.append(Way("nf4 dequantized", with_layers(spans[0], dtype)))
+            ways.append(Way("nf4 dequantized", dequantized_span(spans[0], dtype)))
         self.ways: tuple[Way, ...] = tuple(ways)
         self._blocks: dict[tuple[int, int], Span] = {}
 

@@ -255,15 +255,12 @@ class SimulatedNode:
             and not variation.attention
         )
         served = span if same else _moved(span, compute, torch.device(device), variation.attention)
-        if quantization is not None:
-            from node.quantize import quantize_layers
+        if quantization is not None:  # as a node quantizes (a verifier's way, so shared)
+            from verifier.blockwise import dequantized_span, quantized
 
-            quantize_layers(served.layers, quantization, compute)
-            served.quantization = quantization
+            served = quantized(served, quantization)
             if variation.kernels == "dequantized":
-                from verifier.blockwise import with_layers
-
-                served = with_layers(served, compute)
+                served = dequantized_span(served, compute)
         if fault is FaultMode.SKIP_BLOCK:
             served = skipping_block(served)
         elif fault is FaultMode.WRONG_WEIGHTS and quantization is None:
