@@ -39,6 +39,7 @@ from node.cli_options import ChainOptions, with_chain_options
 from node.logs import setup_logging
 from stakeswarm.commands.chain_support import Connected, reporting
 from stakeswarm.commands.client_support import (
+    CtrlC,
     GenerationOptions,
     KeystoreOpt,
     Printer,
@@ -160,11 +161,21 @@ class ChatRun:
         self.failovers = 0  # of the sessions closed
         self.route: list[RouteHop] = []  # the last route used
         self.paid: dict[str, Served] = {}  # per server, over the sessions closed
+        self.ctrl_c = CtrlC()  # Ctrl-C during the chat, even one Python dropped
 
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self, lines: Iterator[str]) -> int:
         """Answer every line until /exit or the end of input; the exit status."""
+        try:
+            with self.ctrl_c:
+                status = self._answer_lines(lines)
+        except KeyboardInterrupt:  # Ctrl-C while waiting for a line
+            self.console.file.write("\n")
+            status = 130
+        return self.finish(status)
+
+    def _answer_lines(self, lines: Iterator[str]) -> int:
         try:
             for line in lines:
                 message = line.strip()
@@ -179,17 +190,14 @@ class ChatRun:
                     self.console.print(f"unknown command {escape(message)}: {COMMANDS}")
                     continue
                 self.turn(message)
-        except KeyboardInterrupt:  # Ctrl-C while waiting for a line
-            self.console.file.write("\n")
-            return self.finish(130)
         except _Interrupted:
-            return self.finish(130)
+            return 130
         except _Budget:
-            return self.finish(1)
+            return 1
         except ClientError as exc:  # no route, a refused payment: say so, and what was paid
             self.errors.print(f"[red]error:[/] {escape(str(exc))}")
-            return self.finish(1)
-        return self.finish(0)
+            return 1
+        return 0
 
     def reset(self) -> None:
         self._close_session()
@@ -230,7 +238,7 @@ class ChatRun:
         session = self.session
         self.turns += 1
         cost_before, position_before = _cost(session), session.position
-        printer = Printer(self.llm.tokenizer, self.console.file, self.generation.stop)
+        printer = Printer(self.llm.tokenizer, self.console.file, self.generation.stop, self.ctrl_c)
         self.console.file.write("assistant: ")
         self.console.file.flush()
         began = time.perf_counter()

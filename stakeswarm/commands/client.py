@@ -53,6 +53,7 @@ from stakeswarm.commands.chain_support import (
 )
 from stakeswarm.commands.chat import chat
 from stakeswarm.commands.client_support import (
+    CtrlC,
     GenerationOptions,
     KeystoreOpt,
     Printer,
@@ -118,12 +119,13 @@ def generate(
         llm = open_model(generation, peers, conn, options)
         try:
             decoding = generation.decoding(llm.tokenizer)
-            printer = Printer(llm.tokenizer, console.file, generation.stop)
+            ctrl_c = CtrlC()
+            printer = Printer(llm.tokenizer, console.file, generation.stop, ctrl_c)
             stopped: str | None = None
             interrupted = False
             max_new_tokens = generation.max_new_tokens
             began = time.perf_counter()
-            with llm.inference_session(max_length=ids.shape[1] + max_new_tokens) as session:
+            with ctrl_c, llm.inference_session(max_length=ids.shape[1] + max_new_tokens) as session:
                 try:
                     out = llm.generate(
                         ids, session=session, max_new_tokens=max_new_tokens,
@@ -140,6 +142,9 @@ def generate(
                     new_tokens = printer.tokens
                     console.file.write("\n")
                     console.file.flush()
+                if ctrl_c.pressed and not interrupted:  # pressed after the last token
+                    interrupted = True
+                    new_tokens = printer.tokens
                 elapsed = time.perf_counter() - began
                 if stopped:
                     errors.print(f"[yellow]stopped:[/] {escape(stopped)}")

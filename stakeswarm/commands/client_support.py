@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import signal
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -393,16 +396,54 @@ def encode(tokenizer: Any, text: str) -> Any:
 # --- printing the text as it arrives --------------------------------------------------------------
 
 
+class CtrlC:
+    """Ctrl-C while text streams: SIGINT raises KeyboardInterrupt as usual and is remembered.
+    Python drops an exception raised in a finalizer or a callback ("Exception ignored in ..."),
+    so a Ctrl-C landing there would let the text run to its end; the printer asks `check` at
+    every token, which raises it again. The previous handler is put back on exit."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous: Any = None
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
 class Printer:
     """A streamer for transformers' `generate` (a batch of one) that writes the new text to
     `out` as tokens arrive, counts the new tokens, and never writes a stop string or what
     follows it: text that may be the beginning of one (or half a character) is held back until
     the next token shows it is not."""
 
-    def __init__(self, tokenizer: Any, out: IO[str], stops: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        out: IO[str],
+        stops: Sequence[str] = (),
+        ctrl_c: CtrlC | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.out = out
         self.stops = tuple(stops)
+        self.ctrl_c = ctrl_c  # a Ctrl-C it stops at, even one Python dropped
         self.ids: list[int] = []  # the new tokens
         self.written = 0  # characters of the text written so far
         self.stopped = False  # the text reached a stop string
@@ -418,6 +459,8 @@ class Printer:
         return self._cut(self.tokenizer.decode(self.ids, skip_special_tokens=True))
 
     def put(self, value: Any) -> None:
+        if self.ctrl_c is not None:
+            self.ctrl_c.check()
         if self._prompt:
             self._prompt = False
             return
@@ -431,6 +474,8 @@ class Printer:
         self._write(shown)
 
     def end(self) -> None:
+        if self.ctrl_c is not None:
+            self.ctrl_c.check()
         self._write(self.text)
         self.out.write("\n")
         self.out.flush()

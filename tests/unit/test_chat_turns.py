@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from transformers import AutoTokenizer
 
 from stakeswarm.commands.chat import Conversation
-from stakeswarm.commands.client_support import Printer, encode
+from stakeswarm.commands.client_support import CtrlC, Printer, encode
 from stakeswarm.tiny_models import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +76,32 @@ def test_the_printer_shows_all_text_without_a_stop_string(tokenizer) -> None:  #
     assert out.getvalue() == "Every server stakes "  # "tokens" may begin "tokens!": held back
     printer.end()
     assert out.getvalue() == text + "\n" and not printer.stopped
+
+
+class _PressedInAFinalizer:
+    """Ctrl-C arriving while Python runs a finalizer: the KeyboardInterrupt is printed as
+    "Exception ignored" and lost (it happened in CI, inside pycryptodome's SmartPointer)."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop itself
+def test_a_ctrl_c_lost_in_a_finalizer_still_stops_the_text(tokenizer) -> None:  # noqa: ANN001
+    out = io.StringIO()
+    before = signal.getsignal(signal.SIGINT)
+    with CtrlC() as ctrl_c:
+        printer = Printer(tokenizer, out, ctrl_c=ctrl_c)
+        printer.put(torch.tensor([[7]]))
+        printer.put(torch.tensor([9]))
+        finalized = _PressedInAFinalizer()
+        del finalized  # the interrupt is raised in __del__ and dropped there
+        with pytest.raises(KeyboardInterrupt):
+            printer.put(torch.tensor([10]))  # the next token stops the text
+        assert printer.tokens == 1
+        with pytest.raises(KeyboardInterrupt):
+            printer.end()  # and so does the end of a generate that had no token left
+    assert signal.getsignal(signal.SIGINT) is before  # put back
 
 
 def test_a_conversation_sends_only_what_its_session_has_not_seen(tokenizer) -> None:  # noqa: ANN001
