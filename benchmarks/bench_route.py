@@ -8,8 +8,10 @@ in this process pays every step. Each round samples, in rotating order:
 
 - local: the whole model loaded with transformers;
 - near: the swarm with the proxies forwarding at once (loopback);
-- far: the swarm with `--delay-ms` added to each direction of every link (a client-mediated
-  route crosses 2k links per token, a pipelined one k + 1);
+- far: the swarm with `--delay-ms` added to each direction of every link (a pipelined route,
+  each server pushing to the next, crosses k + 1 links per token);
+- near and far again through a client-mediated route (`pipeline=False`: every hop's output
+  comes back to the client, 2k links per token), for comparison (k >= 2);
 - then, near, the same number of tokens generated one per `generate` call inside one
   inference session (a long `generate` should cost no more per token than that).
 
@@ -60,7 +62,8 @@ from stakeswarm.swarm import NodeSpec, running_nodes, split_blocks
 
 SCRIPT = "bench_route.py"
 PROMPT_TOKENS = 8
-SIDES = ("local", "near", "far")
+SIDES = ("local", "near", "far", "near-mediated", "far-mediated")
+SWARM_SIDES = SIDES[1:]
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class Options:
             raise BenchmarkError("--delay-ms must not be negative")
 
 
-QUICK = Options(servers=(1,), tokens=2, prefill=8, rounds=1, delay_ms=5.0)
+QUICK = Options(servers=(2,), tokens=2, prefill=8, rounds=1, delay_ms=5.0)
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,8 @@ class RouteRow:
     servers: int
     per_token_ms: dict[str, Spread]  # side -> ms per extra token
     prefill_ms: dict[str, Spread]  # side -> ms of the prefill sample
-    ratio: dict[str, Spread]  # near / far -> per-token time over local's, per round
-    prefill_ratio: dict[str, Spread]  # near / far -> prefill time over local's, per round
+    ratio: dict[str, Spread]  # swarm side -> per-token time over local's, per round
+    prefill_ratio: dict[str, Spread]  # swarm side -> prefill time over local's, per round
     same_tokens: bool  # every swarm generate produced the local tokens
     per_call_ms: Spread | None = None  # near: ms per token generating one token per call
     # inside an inference session (what a long generate should not cost more than)
@@ -190,42 +193,56 @@ def run_route(
             threads=options.threads,
         ) as nodes:
             wallet = Account.from_key(deployment.account("client-0").private_key)
-            remote = DistributedModelForCausalLM.from_pretrained(
-                path,
-                initial_peers=[m for n in nodes for m in n.maddrs],
-                wallet=wallet,
-                deployment=deployment,
-                home=root / f"client-{servers}",
-            )
+            clients = {
+                pipeline: DistributedModelForCausalLM.from_pretrained(
+                    path,
+                    initial_peers=[m for n in nodes for m in n.maddrs],
+                    wallet=wallet,
+                    deployment=deployment,
+                    home=root / f"client-{servers}-{'pipelined' if pipeline else 'mediated'}",
+                    pipeline=pipeline,
+                )
+                for pipeline in (True, False)
+            }
+            # one server: nothing to pipeline, the two routes are the same
+            sides = SIDES if servers > 1 else SIDES[:3]
             try:
-                generate_ms(remote.generate, prompt, 2)  # route and channels, untimed
+                for remote in clients.values():
+                    generate_ms(remote.generate, prompt, 2)  # route and channels, untimed
                 for r in range(options.rounds):
                     print(f"{servers} server(s): round {r + 1}/{options.rounds}", flush=True)
-                    order = SIDES[r % 3 :] + SIDES[: r % 3]
+                    shift = r % len(sides)
                     outputs = {}
-                    for side in order:
-                        proxy.delay = options.delay_ms / 1e3 if side == "far" else 0.0
-                        generate = local.generate if side == "local" else remote.generate
+                    for side in sides[shift:] + sides[:shift]:
+                        far = side.startswith("far")
+                        proxy.delay = options.delay_ms / 1e3 if far else 0.0
+                        generate = (
+                            local.generate
+                            if side == "local"
+                            else clients[not side.endswith("mediated")].generate
+                        )
                         step, first, outputs[side] = sample(generate, prompt, long, options.tokens)
                         per_token[side].append(step)
                         prefill[side].append(first)
                     proxy.delay = 0.0
-                    same = same and outputs["near"] == outputs["local"] == outputs["far"]
-                    per_call.append(per_call_ms(remote, prompt, options.tokens))
+                    same = same and all(out == outputs["local"] for out in outputs.values())
+                    per_call.append(per_call_ms(clients[True], prompt, options.tokens))
             finally:
                 proxy.delay = 0.0
-                remote.close()
+                for remote in clients.values():
+                    remote.close()
 
     def ratios(values: dict[str, list[float]]) -> dict[str, Spread]:
         return {
             side: Spread.of([s / lo for s, lo in zip(values[side], values["local"], strict=True)])
-            for side in ("near", "far")
+            for side in SWARM_SIDES
+            if values[side]
         }
 
     return RouteRow(
         servers=servers,
-        per_token_ms={side: Spread.of(v) for side, v in per_token.items()},
-        prefill_ms={side: Spread.of(v) for side, v in prefill.items()},
+        per_token_ms={side: Spread.of(v) for side, v in per_token.items() if v},
+        prefill_ms={side: Spread.of(v) for side, v in prefill.items() if v},
         ratio=ratios(per_token),
         prefill_ratio=ratios(prefill),
         same_tokens=same,

@@ -358,23 +358,30 @@ def generate_table(result: ClientBenchResult) -> str:
 
 def route_tables(result: RouteBenchResult) -> str:
     """Per route length: each side's time per extra token, the swarm's ratios to local, what
-    its links alone add far apart (2k, client-mediated) against the target (k + 1 links, a
-    pipelined route, plus 10%), and the prefill."""
+    the links alone add far apart (k + 1 pipelined, 2k client-mediated) against the target
+    (k + 1 links plus 10%), and the prefill."""
     o = result.options
     rows: list[list[object]] = []
     for row in result.rows:
         k = row.servers
         local = row.per_token_ms["local"].median
+
+        def cell(side: str, values: dict[str, Spread], fmt: str = ".1f") -> str:
+            return spread(values[side], fmt) if side in values else "-"
+
         rows.append(
             [
                 f"{k} server{'s' if k > 1 else ''}",
                 spread(row.per_token_ms["local"]),
                 spread(row.per_token_ms["near"]),
                 spread(row.ratio["near"], ".2f"),
+                cell("near-mediated", row.ratio, ".2f"),
                 spread(row.per_token_ms["far"]),
-                f"{local + 2 * k * o.delay_ms:.1f}",
-                f"{(local + (k + 1) * o.delay_ms) * 1.1:.1f}",
+                cell("far-mediated", row.per_token_ms),
+                f"{local + (k + 1) * o.delay_ms:.1f} / {local + 2 * k * o.delay_ms:.1f}",
+                f"{(local + (k + 1) * o.delay_ms) * FAR_SLACK:.1f}",
                 spread(row.prefill_ratio["near"], ".2f"),
+                cell("near-mediated", row.prefill_ratio, ".2f"),
                 "-" if row.per_call_ms is None else spread(row.per_call_ms),
                 "yes" if row.same_tokens else "**no**",
             ]
@@ -385,10 +392,13 @@ def route_tables(result: RouteBenchResult) -> str:
             "local, ms per token",
             "near, ms per token",
             "near / local",
+            "near / local, client-mediated",
             f"far ({o.delay_ms:g} ms per link), ms per token",
-            "far: local + 2k links",
-            "far target: (local + (k + 1) links) x 1.1",
+            "far, client-mediated",
+            "far: local + links, k + 1 / 2k",
+            f"far target: (local + (k + 1) links) x {FAR_SLACK}",
             f"prefill of {o.prefill} tokens, near / local",
+            "prefill, client-mediated",
             "near, one token per generate call in a session, ms per token",
             "same tokens",
         ],
@@ -406,10 +416,14 @@ def route_section(result: RouteBenchResult) -> str:
             f"{result.model} evenly on a local Anvil ({o.threads} torch thread"
             f"{'s' if o.threads > 1 else ''} each), each behind a delaying TCP proxy on loopback "
             "(`benchmarks/delay_proxy.py`: the node announces the proxy's port, so every "
-            "connection to it crosses the proxy; netem needs root), and one paying client runs "
-            "in the benchmark's process. A round samples local Hugging Face generate, the swarm "
-            f"near (the proxies forward at once) and the swarm far ({o.delay_ms:g} ms added to "
-            "each direction of every link), in rotating order. A sample is the cost of one "
+            "connection to it, the client's and the other nodes', crosses the proxy; netem "
+            "needs root), and paying clients run in the benchmark's process. A round samples "
+            "local Hugging Face generate, the swarm near (the proxies forward at once) and the "
+            f"swarm far ({o.delay_ms:g} ms added to each direction of every link), through a "
+            "pipelined route (each server pushes its output to the next, the last answers the "
+            "client: k + 1 links per token) and, from 2 servers on, through a client-mediated "
+            "one (`pipeline=False`: every server answers the client, 2k links), in rotating "
+            "order. A sample is the cost of one "
             f"more token as a user of `generate` sees it, (time of {o.tokens + 1} new tokens - "
             f"time of 1) / {o.tokens}, greedy after an 8-token prompt, and the time of 1 new "
             f"token after a {o.prefill}-token prompt; ratios are per round against that round's "
@@ -418,10 +432,6 @@ def route_section(result: RouteBenchResult) -> str:
             "continuing one inference session: a long `generate` costs no more per token than "
             "that when the two columns agree.",
             route_tables(result),
-            "The route is client-mediated: every token crosses 2k links (client -> server -> "
-            "client, per server), so far apart it pays 2k delays; a pipelined route (each "
-            "server pushing to the next, the last answering the client) would pay k + 1, "
-            "which is what the target column allows.",
         ]
     )
 

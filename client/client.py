@@ -88,6 +88,7 @@ class ClientParts:
             hidden_size=self.hidden_size,
             dtype=config.dtype,
             max_failovers=config.max_failovers,
+            pipeline=config.pipeline,
             open_timeout=config.open_timeout,
             step_timeout=config.step_timeout,
             silence_timeout=config.silence_timeout,

@@ -49,6 +49,8 @@ class ClientConfig:
     backoff_base: float = 5.0  # seconds a server is avoided after its first failure in a row
     backoff_max: float = 300.0  # seconds a server is avoided at most (doubling per failure)
     max_failovers: int = 8  # server failures one step (or one route) may survive
+    pipeline: bool = True  # each server pushes its output straight to the next one (k + 1
+    # network legs per step instead of 2k); False: every hop's output comes back to the client
     registry_ttl: float = 300.0  # seconds an on-chain check of a server's registration is reused
     active_ttl: float = 10.0  # seconds an on-chain check that a server is still active (staked
     # for its span, e.g. not slashed) is reused before a route counts on it again

@@ -30,13 +30,17 @@ from client.errors import SwarmJoinError
 from client.remote import RemoteSpanSession, remote_info
 from ledger.types import Voucher
 from node.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
     InfoResponse,
     ProtocolError,
+    PushRequest,
+    PushTarget,
     ServerInfo,
     ServerState,
     SignedReceipt,
     block_key,
 )
+from node.push import push_input
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +231,41 @@ class Network:
         silence: float,
     ) -> tuple[torch.Tensor, SignedReceipt]:
         return self.run(session.step(hidden, mask, voucher, timeout=timeout, silence=silence))
+
+    def send_step(
+        self,
+        session: RemoteSpanSession,
+        hidden: torch.Tensor | None,
+        mask: torch.Tensor,
+        voucher: Voucher,
+        *,
+        push_to: PushTarget | None,
+        pushed_from: str | None,
+    ) -> None:
+        async def send() -> None:
+            session.send(hidden, mask, voucher, push_to=push_to, pushed_from=pushed_from)
+
+        self.run(send())
+
+    def receive_step(
+        self, session: RemoteSpanSession, *, timeout: float, silence: float
+    ) -> tuple[torch.Tensor, SignedReceipt, bool | None]:
+        return self.run(session.receive(timeout=timeout, silence=silence))
+
+    def push(
+        self, peer_id: str, request: PushRequest, hidden: torch.Tensor, *, timeout: float
+    ) -> None:
+        """Push `hidden` as a pipelined step's input (`node.push`)."""
+        self.run(
+            push_input(
+                self.p2p,
+                peer_id,
+                request,
+                hidden,
+                timeout=timeout,
+                max_bytes=DEFAULT_MAX_FRAME_BYTES,
+            )
+        )
 
     def close_session(self, session: RemoteSpanSession) -> None:
         if not self.runner.loop.is_closed():

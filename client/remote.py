@@ -19,6 +19,7 @@ within the silence timeout (1.5 s by default), not at the step timeout.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, TypeAlias
@@ -43,6 +44,7 @@ from node.protocol import (
     InfoResponse,
     OpenSession,
     ProtocolError,
+    PushTarget,
     SessionOpened,
     SignedReceipt,
     StepRequest,
@@ -156,6 +158,12 @@ class RemoteSpanSession:
         self._max_bytes = max_bytes
         self.next_step = 0
         self.closed = False
+        self.last_answer = time.monotonic()  # when the node last answered (opened, a step)
+
+    def idle_expired(self, margin: float = 1.0) -> bool:
+        """Whether the node has dropped the session by now (or will have within `margin` s):
+        it was idle longer than the node's idle timeout."""
+        return time.monotonic() - self.last_answer > self.opened.idle_timeout - margin
 
     @property
     def session_id(self) -> bytes:
@@ -225,11 +233,36 @@ class RemoteSpanSession:
         [batch, past + tokens] int64; returns the output hidden states and the signed receipt.
         `RemoteUnavailableError` (and the session closed) when the node sends nothing for
         `silence` seconds or does not answer within `timeout`."""
+        self.send(hidden, mask, voucher)
+        output, receipt, _ = await self.receive(timeout=timeout, silence=silence)
+        return output, receipt
+
+    def send(
+        self,
+        hidden: torch.Tensor | None,
+        mask: torch.Tensor,
+        voucher: Voucher,
+        *,
+        push_to: PushTarget | None = None,
+        pushed_from: str | None = None,
+    ) -> None:
+        """Send step `next_step` without waiting for its answer (`receive`). Pipelined: with
+        `pushed_from` (and `hidden` None) its input comes by push; with `push_to` the node
+        pushes its output there."""
         if self.closed:
             raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "the session is closed")
-        request = StepRequest(self.next_step, voucher)
-        for message in encode_frame(Frame(request.to_wire(), [hidden, mask]), Request):
+        request = StepRequest(self.next_step, voucher, push_to, pushed_from)
+        tensors = [mask] if hidden is None else [hidden, mask]
+        for message in encode_frame(Frame(request.to_wire(), tensors), Request):
             self._queue.put_nowait(message)
+
+    async def receive(
+        self, *, timeout: float = 300.0, silence: float = DEFAULT_SILENCE_TIMEOUT
+    ) -> tuple[torch.Tensor, SignedReceipt, bool | None]:
+        """The answer to the step sent: its output, receipt, and whether its push went
+        through (None: none asked)."""
+        if self.closed:
+            raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "the session is closed")
         try:
             frame = await _reply(self._responses, self._max_bytes, silence, timeout)
         except _Silent:
@@ -258,7 +291,8 @@ class RemoteSpanSession:
         if response.step != self.next_step or len(frame.tensors) != 1:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "malformed step reply from the node")
         self.next_step += 1
-        return frame.tensors[0], response.receipt
+        self.last_answer = time.monotonic()
+        return frame.tensors[0], response.receipt, response.pushed
 
     async def close(self) -> None:
         """End the stream; the node frees the session's cache. Idempotent."""

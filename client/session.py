@@ -40,9 +40,10 @@ from client.errors import (
 from client.payments import ClientChannel
 from client.receipts import ExpectedLeaf, ReceiptProblem, check_receipt
 from client.remote import RemoteError, RemoteSpanSession, RemoteUnavailableError
-from ledger.types import ModelId
+from ledger.types import ModelId, Voucher
 from node.errors import BadTensorError
-from node.protocol import ErrorCode, ProtocolError, SignedReceipt
+from node.protocol import ErrorCode, ProtocolError, PushRequest, PushTarget, SignedReceipt
+from node.push import push_timeout
 from node.routing import RouteHop, route_price
 from node.sketch import mask_hash, sketch
 from node.tensors import check_attention_mask, check_hidden_states, dtype_from_name, tensor_hash
@@ -67,7 +68,9 @@ PAYMENT_CODES = frozenset(
     }
 )
 # Fatal refusals that are no one's fault: reopen elsewhere without avoiding the server.
-NO_BLAME_CODES = frozenset({ErrorCode.SESSION_EXPIRED, ErrorCode.SHUTTING_DOWN, ErrorCode.BUSY})
+NO_BLAME_CODES = frozenset(
+    {ErrorCode.SESSION_EXPIRED, ErrorCode.SHUTTING_DOWN, ErrorCode.BUSY, ErrorCode.NO_INPUT}
+)
 # Non-fatal refusals that mean our request is wrong (a client bug, not a server failure).
 REQUEST_CODES = frozenset({ErrorCode.BAD_TENSOR, ErrorCode.OUT_OF_ORDER, ErrorCode.LENGTH_EXCEEDED})
 
@@ -89,6 +92,7 @@ class SessionParts:
     hidden_size: int  # the last dimension of the hidden states
     dtype: str  # the hidden states' dtype on the wire (`ClientConfig.dtype`)
     max_failovers: int  # server failures one step (or one route) may survive
+    pipeline: bool  # servers push their outputs to the next hop (`ClientConfig.pipeline`)
     open_timeout: float  # seconds to open a session on a server
     step_timeout: float  # seconds a server may take for one step
     silence_timeout: float  # seconds a server at work on a step may send nothing
@@ -114,6 +118,16 @@ class Hop:
     @property
     def address(self) -> str:
         return self.route.address
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A step sent to a hop and paid for, its answer not read yet."""
+
+    step: int
+    voucher: Voucher
+    previous_voucher: Voucher | None
+    cost: int
 
 
 @dataclass
@@ -145,6 +159,7 @@ class InferenceSession:
         self.hops: list[Hop] = []
         self.served: dict[str, Served] = {}
         self.failovers = 0  # servers replaced during this session
+        self.pushed = 0  # steps whose input a server got straight from the previous one
         self.closed = False
 
     # --- public ----------------------------------------------------------------------------
@@ -192,17 +207,38 @@ class InferenceSession:
     def _through_route(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """One step through every hop, replacing failed ones. Histories grow only once the
         whole step went through; if it does not, the hops that ran it are closed (their caches
-        are ahead of this session now) and reopened with a replay on the next step."""
+        are ahead of this session now) and reopened with a replay on the next step.
+
+        Pipelined (`SessionParts.pipeline`), the step goes out to every hop at once, each paid
+        for its own tokens: the first hop gets `x`, each later one its input from the previous
+        hop's push. Answers are read in route order, so every receipt is checked as in the
+        client-mediated path, while the next hops compute. A hop whose input was not pushed
+        (the previous hop failed, was replaced, or could not push) gets it from the client."""
         batch, tokens, _ = x.shape
         done: list[tuple[Hop, torch.Tensor]] = []
+        sent: dict[int, Sent] = {}  # id(hop) -> its pipelined step, not read yet
         previous: bytes | None = None
+        fed = True  # the current hop has its input (the first hop: in its step frame)
         failures = 0
         i = 0
+        for hop in self.hops:
+            if not hop.remote.closed and hop.remote.idle_expired():
+                self._close_remote(hop.remote)  # the node dropped it: reopened on the way
         try:
+            if self._parts.pipeline and len(self.hops) > 1:
+                self._send_pipelined(x, mask, sent)
             while i < len(self.hops):
                 hop = self.hops[i]
+                pending = sent.pop(id(hop), None)
                 try:
-                    out, previous = self._send(hop, x, mask, previous)
+                    if pending is None:
+                        out, previous = self._send(hop, x, mask, previous)
+                        pushed: bool | None = False
+                    else:
+                        if not fed:
+                            self._push_input(hop, pending, x)
+                        out, previous, pushed = self._receive(hop, pending, x, mask, previous)
+                        self.pushed += i > 0 and fed
                 except ServerFailure as failure:
                     failures += 1
                     self._discard(hop, failure)
@@ -220,14 +256,75 @@ class InferenceSession:
                     continue  # `previous` still holds: the new hops get the same input
                 done.append((hop, x))
                 x = out
+                fed = bool(pushed)
                 i += 1
         except BaseException:
             for hop, _ in done:
                 self._close_remote(hop.remote)
+            for hop in self.hops:  # pipelined steps never answered: the nodes may hold them
+                left = sent.pop(id(hop), None)
+                if left is not None:
+                    self._paid_for_nothing(hop, left.cost)
+                    self._close_remote(hop.remote)
             raise
-        for hop, sent in done:
-            hop.history = sent if hop.history is None else torch.cat([hop.history, sent], dim=1)
+        for hop, sent_x in done:
+            hop.history = sent_x if hop.history is None else torch.cat([hop.history, sent_x], dim=1)
         return x
+
+    def _send_pipelined(self, x: torch.Tensor, mask: torch.Tensor, sent: dict[int, Sent]) -> None:
+        """Pay the step on every hop up to the first closed one (reopened on the way), then
+        send it: the first hop with `x`, each one pushing to the next. Nothing is sent unless
+        every payment was made (a refused one is given back)."""
+        parts = self._parts
+        hops: list[Hop] = []
+        for hop in self.hops:
+            if hop.remote.closed:
+                break
+            hops.append(hop)
+        paid: list[Sent] = []
+        try:
+            for hop in hops:
+                paid.append(self._pay(hop, x.shape))
+        except BaseException:
+            for hop, pending in reversed(list(zip(hops, paid, strict=False))):  # never sent
+                parts.payments.refused(hop.channel, pending.voucher, pending.previous_voucher)
+            raise
+        for i, (hop, pending) in enumerate(zip(hops, paid, strict=True)):
+            after = hops[i + 1] if i + 1 < len(hops) else None
+            push_to = (
+                None
+                if after is None
+                else PushTarget(after.peer_id, after.remote.session_id, after.remote.next_step)
+            )
+            parts.network.send_step(
+                hop.remote,
+                x if i == 0 else None,
+                mask,
+                pending.voucher,
+                push_to=push_to,
+                pushed_from=hops[i - 1].address if i > 0 else None,
+            )
+            sent[id(hop)] = pending
+
+    def _push_input(self, hop: Hop, pending: Sent, x: torch.Tensor) -> None:
+        """Give a pipelined hop its input ourselves. A hop that will not take it (it got
+        another input, from a hop since replaced) is reopened, no one's fault; it may have
+        been paid for that step."""
+        parts = self._parts
+        try:
+            parts.network.push(
+                hop.peer_id,
+                PushRequest(hop.remote.session_id, pending.step),
+                x,
+                timeout=push_timeout(2 * parts.silence_timeout, x),
+            )
+        except (ProtocolError, ConnectionError, TimeoutError) as exc:
+            self._paid_for_nothing(hop, pending.cost)
+            raise ServerFailure(
+                f"{hop.peer_id} did not take the input of step {pending.step}: {exc}",
+                peer_id=hop.peer_id,
+                ban=False,
+            ) from exc
 
     def close(self) -> None:
         """End every server session (their caches are freed). Idempotent."""
@@ -363,12 +460,18 @@ class InferenceSession:
         """One step on one hop: pay, send, check the receipt, keep it. Returns the output and
         its hash. `ServerFailure` when the server fails; `PaymentRefusedError` when it refuses
         the payment."""
-        parts = self._parts
         if hop.remote.closed:  # dropped after an unfinished step: reopen it, no one's fault
             raise ServerFailure(
                 f"the session on {hop.peer_id} was closed", peer_id=hop.peer_id, ban=False
             )
-        batch, tokens, _ = x.shape
+        pending = self._pay(hop, x.shape)
+        out, output_hash, _ = self._receive(hop, pending, x, mask, previous, send=True)
+        return out, output_hash
+
+    def _pay(self, hop: Hop, shape: torch.Size) -> Sent:
+        """Pay for a step of `shape` [batch, tokens, hidden] on `hop` (not sent yet)."""
+        parts = self._parts
+        batch, tokens, _ = shape
         price = hop.route.price_per_token
         cost = batch * tokens * price
         session_tokens = batch * self.max_length
@@ -377,22 +480,45 @@ class InferenceSession:
         )
         previous_voucher = hop.channel.voucher
         voucher = parts.payments.pay(hop.channel, cost)
-        step = hop.remote.next_step
+        return Sent(hop.remote.next_step, voucher, previous_voucher, cost)
+
+    def _receive(
+        self,
+        hop: Hop,
+        pending: Sent,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        previous: bytes | None,
+        *,
+        send: bool = False,
+    ) -> tuple[torch.Tensor, bytes, bool | None]:
+        """The answer to the step `pending` of `hop` with input `x` (sent first with `send`):
+        its output, the output's hash and whether the hop pushed it on; the receipt checked
+        and kept."""
+        parts = self._parts
+        batch, tokens, _ = x.shape
+        cost, step, voucher = pending.cost, pending.step, pending.voucher
         try:
-            out, receipt = parts.network.step(
-                hop.remote,
-                x,
-                mask,
-                voucher,
-                timeout=parts.step_timeout,
-                silence=parts.silence_timeout,
-            )
+            if send:
+                out, receipt = parts.network.step(
+                    hop.remote,
+                    x,
+                    mask,
+                    voucher,
+                    timeout=parts.step_timeout,
+                    silence=parts.silence_timeout,
+                )
+                pushed: bool | None = None
+            else:
+                out, receipt, pushed = parts.network.receive_step(
+                    hop.remote, timeout=parts.step_timeout, silence=parts.silence_timeout
+                )
         except RemoteError as exc:
             parts.registry.forget(hop.peer_id)  # any refusal: re-read its standing on-chain
             if exc.spent:  # the node kept the voucher: paid, nothing received
                 self._paid_for_nothing(hop, cost)
             else:
-                parts.payments.refused(hop.channel, voucher, previous_voucher)
+                parts.payments.refused(hop.channel, voucher, pending.previous_voucher)
             if exc.code in PAYMENT_CODES:
                 raise PaymentRefusedError(
                     f"server {hop.address} refused our payment on channel "
@@ -483,7 +609,7 @@ class InferenceSession:
         served = self.served.setdefault(hop.address, Served(hop.address, hop.peer_id))
         served.tokens += batch * tokens
         served.cost += cost
-        return out, _output_hash(receipt)
+        return out, _output_hash(receipt), pushed
 
     def _paid_for_nothing(self, hop: Hop, cost: int) -> None:
         """A step's voucher is spent but no output came back: count what was paid."""

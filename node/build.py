@@ -87,7 +87,7 @@ from node.handler import Limits, StakeswarmNode
 from node.host import ServiceHost
 from node.memory import MemoryPlan, SpanCost, plan_span
 from node.precisions import QUANTIZED_DTYPE_NAMES, precision_name
-from node.protocol import RPC_FORWARD, RPC_INFERENCE, InfoResponse
+from node.protocol import RPC_FORWARD, RPC_INFERENCE, RPC_PUSH, InfoResponse
 from node.recovery import (
     LostLedgerError,
     check_new_ledger,
@@ -548,8 +548,14 @@ async def _choose_span(base: NodeBase, announcer: Announcer, me: str) -> tuple[i
 
 async def serve_rpcs(p2p: P2P, handler: StakeswarmNode) -> None:
     """Register `handler`'s RPCs on the libp2p daemon."""
+    handler.p2p = p2p  # pipelined steps push their outputs on it
     await handler.add_p2p_handlers(p2p)
     # the stream-input RPCs again, so that unreadable bytes get a BAD_REQUEST reply
     await add_readable_stream_handlers(
-        p2p, {RPC_INFERENCE: handler.rpc_inference, RPC_FORWARD: handler.rpc_forward}
+        p2p,
+        {
+            RPC_INFERENCE: handler.rpc_inference,
+            RPC_FORWARD: handler.rpc_forward,
+            RPC_PUSH: handler.rpc_push,
+        },
     )

@@ -39,6 +39,7 @@ from hivemind.proto import runtime_pb2
 from ledger.chain import ChainError
 from ledger.contracts import VerifierRegistry
 from ledger.db import Ledger
+from ledger.eip712 import recover_receipt_signer
 from node.api import NodeMetrics
 from node.balance import Accepted, IncomingPayments
 from node.blocks import Span
@@ -54,15 +55,21 @@ from node.protocol import (
     InfoResponse,
     OpenSession,
     ProtocolError,
+    Pushed,
+    PushRequest,
+    PushTarget,
     RevealRequest,
     SessionOpened,
+    SignedReceipt,
     StepRequest,
     StepResponse,
     decode_frame,
     encode_frame,
     read_frame,
 )
+from node.push import push_input, push_timeout
 from node.sessions import (
+    AwaitedInput,
     Session,
     SessionManager,
     SpanViews,
@@ -73,6 +80,7 @@ from node.sessions import (
 )
 from node.states import commits_states, stack_states
 from node.streams import Arrivals, IncomingBudget, Lease, finish, keepalives
+from node.tensors import tensor_hash
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +143,7 @@ class Limits:
     max_forward_tokens: int  # tokens (batch x length) in one stateless forward
     max_incoming_bytes: int  # tensor bytes of the frames received or worked on, all together
     reveal_max_age: float  # seconds a reveal request stays valid
+    push_timeout: float = 3.0  # seconds a push may wait for its step, or for its answer
 
     @classmethod
     def of(cls, config: NodeConfig) -> Limits:
@@ -191,6 +200,9 @@ class StakeswarmNode(ServicerBase):
         self.incoming = IncomingBudget(limits.max_incoming_bytes)
         self.on_leaf = on_leaf
         self.accepting = True  # False while shutting down or moving the span
+        self.p2p: Any = (
+            None  # the daemon the RPCs are served on (`serve_rpcs`): pushes go out on it
+        )
 
     @classmethod
     def _get_handle_name(cls, namespace: str | None, method_name: str) -> str:
@@ -215,6 +227,7 @@ class StakeswarmNode(ServicerBase):
                     f"an inference stream starts with an open frame, got {frame.type!r}",
                 )
             session = await self._open(OpenSession.from_wire(frame.metadata))
+            session.client_peer = context.remote_id.to_base58()
             opened = SessionOpened(session.session_id, self.address, self.idle_timeout)
             for message in _frame(opened.to_wire()):
                 yield message
@@ -340,7 +353,11 @@ class StakeswarmNode(ServicerBase):
                 f"step {request.step} sent, the session expects step {session.next_step}",
             )
         began = time.perf_counter()
-        hidden, mask = unpack_step(frame.tensors)
+        if request.pushed_from is None:
+            hidden, mask = unpack_step(frame.tensors)
+        else:  # pipelined: the hidden states come by push
+            mask = _mask_only(frame.tensors)
+            hidden = await self._await_input(session, request, mask)
         tokens = check_step(session, hidden, mask)
         checked = time.perf_counter()
         accepted = await self.payments.accept(
@@ -378,7 +395,115 @@ class StakeswarmNode(ServicerBase):
         session.touch()
         self.on_leaf()
         self.metrics.served(tokens)
-        return list(_frame(StepResponse(request.step, receipt).to_wire(), [output]))
+        pushed = None
+        if request.push_to is not None:
+            pushed = await self._push(request.push_to, output, receipt)
+        return list(_frame(StepResponse(request.step, receipt, pushed).to_wire(), [output]))
+
+    # --- pipelined steps -------------------------------------------------------------------
+
+    async def _await_input(
+        self, session: Session, request: StepRequest, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The hidden states of a pipelined step, once pushed (`rpc_push`); NO_INPUT (nothing
+        paid, the session as before) when none came within the idle timeout."""
+        assert request.pushed_from is not None
+        awaited = AwaitedInput(
+            request.step, request.pushed_from, mask, asyncio.get_running_loop().create_future()
+        )
+        session.awaited = awaited
+        session.input_wanted.set()
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                hidden = await awaited.arrived
+            session.input_taken = request.step
+            return hidden
+        except TimeoutError:
+            raise ProtocolError(
+                ErrorCode.NO_INPUT,
+                f"the input of step {request.step} did not arrive within "
+                f"{self.idle_timeout:.0f} s: neither {request.pushed_from} nor the client pushed "
+                "it; nothing was charged",
+            ) from None
+        finally:
+            session.awaited = None
+            session.input_wanted.clear()
+
+    async def _push(self, target: PushTarget, output: torch.Tensor, receipt: SignedReceipt) -> bool:
+        """Send `output` to the next hop as its step's input; whether it took it (a failure is
+        the client's to work around: it pushes the output itself)."""
+        if self.p2p is None:
+            return False
+        try:
+            await push_input(
+                self.p2p,
+                target.peer_id,
+                PushRequest(target.session_id, target.step, receipt),
+                output,
+                timeout=push_timeout(self.limits.push_timeout, output),
+                max_bytes=self.max_frame_bytes,
+            )
+        except (ProtocolError, ConnectionError, TimeoutError) as exc:
+            logger.info("pushing step output to %s failed: %s", target.peer_id, exc)
+            return False
+        return True
+
+    async def rpc_push(
+        self, requests: AsyncIterator[Request], context: P2PContext
+    ) -> AsyncIterator[Response]:
+        """A pipelined step's input (`PushRequest`): answered `Pushed` once the session's step
+        took it, else an `ErrorReply` to the pusher only."""
+        lease = self.incoming.lease()
+        try:
+            frame = await self._read(requests, timeout=self.idle_timeout, lease=lease)
+            if frame is None or frame.type != PushRequest.TYPE or len(frame.tensors) != 1:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "expected one push frame with a tensor")
+            push = PushRequest.from_wire(frame.metadata)
+            await self._take_push(push, frame.tensors[0], context.remote_id.to_base58())
+            messages = list(_frame(Pushed().to_wire()))
+        except ProtocolError as exc:
+            self.metrics.error(exc.code)
+            messages = list(error_messages(exc))
+        except Exception:
+            logger.exception("push failed")
+            self.metrics.error(ErrorCode.INTERNAL)
+            messages = list(error_messages(ProtocolError(ErrorCode.INTERNAL, "the node failed")))
+        finally:
+            lease.release()
+        for message in messages:
+            yield message
+
+    async def _take_push(self, push: PushRequest, hidden: torch.Tensor, sender: str) -> None:
+        """Give `hidden` to the session's step `push.step` once it waits for it (a push may
+        overtake its step request by up to `push_timeout`). The session's client may push its
+        input; any other peer must carry the receipt, signed by the step's `pushed_from`, of an
+        output that hashes to `hidden`."""
+        session = self.sessions.open_sessions.get(push.session_id)
+        if session is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "no such session on this node")
+        awaited = await _awaited(session, push.step, self.limits.push_timeout)
+        if sender != session.client_peer:
+            if push.receipt is None:
+                raise ProtocolError(
+                    ErrorCode.UNAUTHORIZED,
+                    "a push from another peer than the client carries the previous hop's receipt",
+                )
+            leaf = push.receipt.leaf
+            signer = recover_receipt_signer(self.receipts.domain, leaf, push.receipt.signature)
+            if signer != awaited.pushed_from:
+                raise ProtocolError(
+                    ErrorCode.UNAUTHORIZED,
+                    f"the pushed receipt is signed by {signer}, the step expects its input from "
+                    f"{awaited.pushed_from}",
+                )
+            if leaf.output_hash != tensor_hash(hidden):
+                raise ProtocolError(
+                    ErrorCode.BAD_TENSOR, "the pushed tensor is not the output its receipt signs"
+                )
+        check_step(session, hidden, awaited.mask)
+        if awaited.arrived.done():
+            raise ProtocolError(ErrorCode.OUT_OF_ORDER, f"step {push.step} already has its input")
+        awaited.arrived.set_result(hidden)
 
     def _compute(
         self,
@@ -600,9 +725,43 @@ def _next_messages(stream: Iterator[Any]) -> list[Any]:
     return list(itertools.islice(stream, _REVEAL_MESSAGES_PER_READ))
 
 
+def _mask_only(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The mask of a pipelined step frame (its hidden states come by push)."""
+    if len(tensors) != 1:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"a pipelined step carries 1 tensor (the attention mask), got {len(tensors)}",
+        )
+    return tensors[0]
+
+
+async def _awaited(session: Session, step: int, timeout: float) -> AwaitedInput:
+    """The session's step `step` once it waits for its input (within `timeout` s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        awaited = session.awaited
+        if awaited is not None and awaited.step == step:
+            return awaited
+        if step < session.next_step or step == session.input_taken:
+            raise ProtocolError(ErrorCode.OUT_OF_ORDER, f"step {step} already has its input")
+        left = deadline - loop.time()
+        if left <= 0:
+            raise ProtocolError(
+                ErrorCode.NO_INPUT, f"step {step} of this session did not ask for its input"
+            )
+        if awaited is None:
+            with suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await session.input_wanted.wait()
+        else:  # an earlier step still waits for its input
+            await asyncio.sleep(min(0.01, left))
+
+
 # Step refusals after which the session is exactly as before the step.
 _RECOVERABLE = frozenset(
     {
+        ErrorCode.NO_INPUT,
         ErrorCode.BAD_REQUEST,
         ErrorCode.BAD_TENSOR,
         ErrorCode.OUT_OF_ORDER,

@@ -42,7 +42,9 @@ from node.sketch import SKETCH_TOP_K
 #    disclose the states hash; full reveals carry every step's sketch and block states.
 # 6: a node may serve quantized weights (int8, nf4): its record says `quant`, its sketches
 #    (version 3) and full reveals say which.
-PROTOCOL_VERSION = 6
+# 7: pipelined steps: a step may name the next hop (`push_to`), to which the node pushes its
+#    output (`rpc_push`), and may take its input from the previous hop's push (`pushed_from`).
+PROTOCOL_VERSION = 7
 
 
 # A leaf's issuedAt is a uint64 on-chain; the wire takes it only up to 2**63 - 1, what a ledger
@@ -79,6 +81,7 @@ RPC_INFERENCE = f"{SERVICE_NAME}.rpc_inference"  # bidirectional stream: one ses
 RPC_FORWARD = f"{SERVICE_NAME}.rpc_forward"  # stream in, stream out: one stateless step
 RPC_INFO = f"{SERVICE_NAME}.rpc_info"  # unary: `InfoResponse`
 RPC_REVEAL = f"{SERVICE_NAME}.rpc_reveal"  # unary in, stream out: `RevealResponse`
+RPC_PUSH = f"{SERVICE_NAME}.rpc_push"  # stream in, stream out: a step's input, `Pushed`
 
 HIDDEN_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 MASK_DTYPE = "int64"
@@ -117,6 +120,9 @@ class ErrorCode(enum.StrEnum):
     # (`--max-incoming-mb`); nothing was charged. Retry shortly or on another node; the node did
     # nothing wrong. Added in protocol 4.
     BUSY = "busy"
+    # A pipelined step's input (pushed by the previous hop, or by the client) did not arrive in
+    # time; nothing was charged and the session is as before. Added in protocol 7.
+    NO_INPUT = "no_input"
 
 
 class ProtocolError(Exception):
@@ -387,43 +393,137 @@ class SessionOpened:
 
 
 @dataclass(frozen=True)
+class PushTarget:
+    """Where a node sends a pipelined step's output: the next hop's peer, its session and the
+    step that output is the input of (the hops' step numbers differ after a failover)."""
+
+    peer_id: str  # base58
+    session_id: bytes
+    step: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"peer": self.peer_id, "session": self.session_id, "step": self.step}
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> PushTarget:
+        d = _require_map(raw, "push_to")
+        peer = _str(d.get("peer"), "push_to peer")
+        if not 1 <= len(peer) <= 128 or not peer.isalnum():
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "push_to: a malformed peer id")
+        return cls(
+            peer_id=peer,
+            session_id=_bytes(d.get("session"), "push_to session id", 32),
+            step=_int(d.get("step"), "push_to step", 0, 2**32 - 1),
+        )
+
+
+@dataclass(frozen=True)
 class StepRequest:
     """One inference step. Tensors: hidden `[batch, tokens, hidden]` in the session dtype and
-    attention mask `[batch, past + tokens]` int64 (0 = padding)."""
+    attention mask `[batch, past + tokens]` int64 (0 = padding).
+
+    Pipelined (protocol 7): with `pushed_from` the frame carries only the mask, and the hidden
+    states arrive by `rpc_push`, from the node `pushed_from` (with its signed receipt of them) or
+    from the session's own client; the voucher is checked once they are there. With `push_to`
+    the node sends its output there (`PushRequest`) before it answers, and says whether it was
+    taken (`StepResponse.pushed`)."""
 
     step: int  # 0, 1, 2, ... within the session
     voucher: Voucher  # cumulative for the channel, covering this step less the credit window
+    push_to: PushTarget | None = None
+    pushed_from: str | None = None  # the previous hop's address
 
     TYPE = "step"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "step": self.step, "voucher": voucher_to_wire(self.voucher)}
+        wire: dict[str, Any] = {
+            "type": self.TYPE,
+            "step": self.step,
+            "voucher": voucher_to_wire(self.voucher),
+        }
+        if self.push_to is not None:
+            wire["push_to"] = self.push_to.to_wire()
+        if self.pushed_from is not None:
+            wire["pushed_from"] = self.pushed_from
+        return wire
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> StepRequest:
+        push_to, pushed_from = d.get("push_to"), d.get("pushed_from")
         return cls(
             step=_int(d.get("step"), "step", 0, 2**32 - 1),
             voucher=voucher_from_wire(d.get("voucher")),
+            push_to=None if push_to is None else PushTarget.from_wire(push_to),
+            pushed_from=None if pushed_from is None else _address(pushed_from, "pushed_from"),
         )
 
 
 @dataclass(frozen=True)
 class StepResponse:
-    """The node's answer to a step. Tensor: output hidden `[batch, tokens, hidden]`."""
+    """The node's answer to a step. Tensor: output hidden `[batch, tokens, hidden]`. `pushed`:
+    whether the step's `push_to` took the output (None: no push asked)."""
 
     step: int
     receipt: SignedReceipt
+    pushed: bool | None = None
 
     TYPE = "step_done"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "step": self.step, "receipt": self.receipt.to_wire()}
+        wire = {"type": self.TYPE, "step": self.step, "receipt": self.receipt.to_wire()}
+        if self.pushed is not None:
+            wire["pushed"] = self.pushed
+        return wire
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> StepResponse:
+        pushed = d.get("pushed")
+        if pushed is not None and not isinstance(pushed, bool):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "step_done: pushed must be a boolean")
         return cls(
-            step=_int(d.get("step"), "step", 0), receipt=SignedReceipt.from_wire(d.get("receipt"))
+            step=_int(d.get("step"), "step", 0),
+            receipt=SignedReceipt.from_wire(d.get("receipt")),
+            pushed=pushed,
         )
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """A pipelined step's input for session `session_id`, step `step` (`rpc_push`). Tensor:
+    hidden `[batch, tokens, hidden]` in the session dtype. From the previous hop it carries that
+    hop's signed receipt, whose output hash must be the tensor's; from the session's client it
+    carries none (the stream's peer id says who sent it)."""
+
+    session_id: bytes
+    step: int
+    receipt: SignedReceipt | None = None
+
+    TYPE = "push"
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"type": self.TYPE, "session": self.session_id, "step": self.step}
+        if self.receipt is not None:
+            wire["receipt"] = self.receipt.to_wire()
+        return wire
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> PushRequest:
+        receipt = d.get("receipt")
+        return cls(
+            session_id=_bytes(d.get("session"), "session id", 32),
+            step=_int(d.get("step"), "step", 0, 2**32 - 1),
+            receipt=None if receipt is None else SignedReceipt.from_wire(receipt),
+        )
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """The answer to a push: the input was taken for the step."""
+
+    TYPE = "pushed"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE}
 
 
 @dataclass(frozen=True)

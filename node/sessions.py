@@ -76,6 +76,17 @@ class SpanViews:
 
 
 @dataclass
+class AwaitedInput:
+    """A pipelined step waiting for its hidden states (`rpc_push`): from the node
+    `pushed_from` or from the session's client."""
+
+    step: int
+    pushed_from: str  # the previous hop's address: it signed the receipt a push carries
+    mask: torch.Tensor  # the step's attention mask, from the client
+    arrived: asyncio.Future[torch.Tensor]
+
+
+@dataclass
 class Session:
     """One open inference session: its span, cache, payment terms and progress."""
 
@@ -88,6 +99,10 @@ class Session:
     next_step: int = 0
     last_active: float = field(default_factory=time.monotonic)
     computing: Future[Any] | None = None  # the step running in the compute thread, if any
+    client_peer: str | None = None  # the peer id of the client's stream (base58)
+    awaited: AwaitedInput | None = None  # a pipelined step waiting for its input
+    input_wanted: asyncio.Event = field(default_factory=asyncio.Event)  # set while `awaited`
+    input_taken: int = -1  # the last pipelined step that got its input
 
     @property
     def channel_id(self) -> int:

@@ -3,6 +3,7 @@ import asyncio
 import msgpack
 import pytest
 import torch
+from eth_utils import to_checksum_address
 from hivemind.proto import runtime_pb2
 
 from ledger.types import Leaf, Voucher, model_id
@@ -13,10 +14,13 @@ from node.protocol import (
     Frame,
     OpenSession,
     ProtocolError,
+    PushRequest,
+    PushTarget,
     ServerInfo,
     ServerState,
     SignedReceipt,
     StepRequest,
+    StepResponse,
     decode_frame,
     encode_frame,
     read_frame,
@@ -97,6 +101,43 @@ def test_messages_roundtrip_through_wire_dicts() -> None:
     )
     back = ServerInfo.from_wire(info.to_wire())
     assert back.price_per_token == 3000 and back.span_end == 5
+
+
+def test_pipelined_steps_and_pushes_roundtrip_and_a_plain_step_stays_as_before() -> None:
+    v = Voucher(channel_id=4, cumulative_amount=10**30, signature=b"\x01" * 65)
+    target = PushTarget("QmWtA8FbXdUdnHcxV1N1TTtsxyTbFzZHm8G63Z4sqGGmEd", b"\x02" * 32, 5)
+    piped = StepRequest(7, v, push_to=target, pushed_from=to_checksum_address("0x" + "ab" * 20))
+    assert StepRequest.from_wire(msgpack.unpackb(msgpack.packb(piped.to_wire()))) == piped
+    assert set(StepRequest(7, v).to_wire()) == {"type", "step", "voucher"}  # protocol-6 wire
+    leaf = Leaf(
+        b"\x03" * 32, model_id("m"), 0, 3, 1, 2, b"\x04" * 32, b"\x05" * 32, b"\x06" * 32, 9
+    )
+    receipt = SignedReceipt(leaf, b"\x07" * 65)
+    for pushed in (None, True, False):
+        done = StepResponse(3, receipt, pushed)
+        assert StepResponse.from_wire(msgpack.unpackb(msgpack.packb(done.to_wire()))) == done
+    for push in (PushRequest(b"\x08" * 32, 2, receipt), PushRequest(b"\x08" * 32, 2)):
+        assert PushRequest.from_wire(msgpack.unpackb(msgpack.packb(push.to_wire()))) == push
+
+
+@pytest.mark.parametrize(
+    ("what", "wire"),
+    [
+        (
+            "push_to: a malformed peer",
+            {"push_to": {"peer": "../etc", "session": b"\x02" * 32, "step": 0}},
+        ),
+        ("push_to", {"push_to": {"peer": "Qm1", "session": b"\x02" * 31, "step": 0}}),
+        ("push_to", {"push_to": {"peer": "Qm1", "session": b"\x02" * 32, "step": -1}}),
+        ("push_to", {"push_to": [1, 2, 3]}),
+        ("pushed_from", {"pushed_from": "not an address"}),
+    ],
+)
+def test_a_malformed_pipelined_step_is_a_bad_request(what: str, wire: dict) -> None:
+    v = Voucher(channel_id=4, cumulative_amount=10, signature=b"\x01" * 65)
+    with pytest.raises(ProtocolError, match=what) as refused:
+        StepRequest.from_wire({**StepRequest(1, v).to_wire(), **wire})
+    assert refused.value.code is ErrorCode.BAD_REQUEST
 
 
 @pytest.mark.parametrize("issued", [None, -1, 2**63, 2**64 - 1, True, 1.5, b"\x00" * 8])
