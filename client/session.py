@@ -272,37 +272,56 @@ class InferenceSession:
         return x
 
     def _send_pipelined(self, x: torch.Tensor, mask: torch.Tensor, sent: dict[int, Sent]) -> None:
-        """Pay the step on every hop up to the first closed one (reopened on the way), then
-        send it: the first hop with `x`, each one pushing to the next. Nothing is sent unless
-        every payment was made (a refused one is given back)."""
+        """Send the step to every hop up to the first closed one (reopened on the way), each
+        paid for its own tokens: the first hop at once, with `x`, then, while it computes, the
+        others, each pushing to the next. Channels are topped up first (what may need the
+        chain); a later hop's voucher that cannot be signed sends none of theirs (those signed
+        are given back), and the first hop's step is then left unread."""
         parts = self._parts
         hops: list[Hop] = []
         for hop in self.hops:
             if hop.remote.closed:
                 break
             hops.append(hop)
+        if not hops:
+            return
+        batch, tokens, _ = x.shape
+        for hop in hops:
+            price = hop.route.price_per_token
+            parts.payments.ensure_room(
+                hop.channel,
+                batch * tokens * price,
+                price_per_token=price,
+                session_tokens=batch * self.max_length,
+            )
+
+        def target(i: int) -> PushTarget | None:
+            if i + 1 >= len(hops):
+                return None
+            after = hops[i + 1].remote
+            return PushTarget(hops[i + 1].peer_id, after.session_id, after.next_step)
+
+        first = self._pay(hops[0], x.shape)
+        parts.network.send_step(
+            hops[0].remote, x, mask, first.voucher, push_to=target(0), pushed_from=None
+        )
+        sent[id(hops[0])] = first
         paid: list[Sent] = []
         try:
-            for hop in hops:
+            for hop in hops[1:]:
                 paid.append(self._pay(hop, x.shape))
         except BaseException:
-            for hop, pending in reversed(list(zip(hops, paid, strict=False))):  # never sent
+            for hop, pending in reversed(list(zip(hops[1:], paid, strict=False))):  # not sent
                 parts.payments.refused(hop.channel, pending.voucher, pending.previous_voucher)
             raise
-        for i, (hop, pending) in enumerate(zip(hops, paid, strict=True)):
-            after = hops[i + 1] if i + 1 < len(hops) else None
-            push_to = (
-                None
-                if after is None
-                else PushTarget(after.peer_id, after.remote.session_id, after.remote.next_step)
-            )
+        for i, (hop, pending) in enumerate(zip(hops[1:], paid, strict=True), start=1):
             parts.network.send_step(
                 hop.remote,
-                x if i == 0 else None,
+                None,
                 mask,
                 pending.voucher,
-                push_to=push_to,
-                pushed_from=hops[i - 1].address if i > 0 else None,
+                push_to=target(i),
+                pushed_from=hops[i - 1].address,
             )
             sent[id(hop)] = pending
 
