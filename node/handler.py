@@ -461,17 +461,23 @@ class StakeswarmNode(ServicerBase):
             push = PushRequest.from_wire(frame.metadata)
             await self._take_push(push, frame.tensors[0], context.remote_id.to_base58())
             messages = list(_frame(Pushed().to_wire()))
-        except ProtocolError as exc:
-            self.metrics.error(exc.code)
-            messages = list(error_messages(exc))
-        except Exception:
-            logger.exception("push failed")
-            self.metrics.error(ErrorCode.INTERNAL)
-            messages = list(error_messages(ProtocolError(ErrorCode.INTERNAL, "the node failed")))
+        except Exception as exc:
+            messages = self._refusal(exc, "push")
         finally:
             lease.release()
         for message in messages:
             yield message
+
+    def _refusal(self, exc: Exception, what: str) -> list[Any]:
+        """The messages refusing a one-frame call (`what`) that failed with `exc`: its
+        `ProtocolError`, or INTERNAL (logged) for anything else."""
+        if isinstance(exc, ProtocolError):
+            error = exc
+        else:
+            logger.error("%s failed", what, exc_info=exc)
+            error = ProtocolError(ErrorCode.INTERNAL, "the node failed")
+        self.metrics.error(error.code)
+        return list(error_messages(error))
 
     async def _take_push(self, push: PushRequest, hidden: torch.Tensor, sender: str) -> None:
         """Give `hidden` to the session's step `push.step` once it waits for it (a push may
@@ -567,13 +573,8 @@ class StakeswarmNode(ServicerBase):
             finally:
                 await finish(work)
             messages = work.result()
-        except ProtocolError as exc:
-            self.metrics.error(exc.code)
-            messages = list(error_messages(exc))
-        except Exception:
-            logger.exception("forward failed")
-            self.metrics.error(ErrorCode.INTERNAL)
-            messages = list(error_messages(ProtocolError(ErrorCode.INTERNAL, "the node failed")))
+        except Exception as exc:
+            messages = self._refusal(exc, "forward")
         for message in messages:
             yield message
 
