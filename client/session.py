@@ -326,23 +326,29 @@ class InferenceSession:
             sent[id(hop)] = pending
 
     def _push_input(self, hop: Hop, pending: Sent, x: torch.Tensor) -> None:
-        """Give a pipelined hop its input ourselves. A hop that will not take it (it got
-        another input, from a hop since replaced) is reopened, no one's fault; it may have
-        been paid for that step."""
+        """Give a pipelined hop its input ourselves. A hop that refuses it (it computed on
+        another input, from a hop since replaced) is reopened, no one's fault; one that cannot
+        be reached or does not answer has failed. Either may have been paid for the step."""
         parts = self._parts
         try:
             parts.network.push(
                 hop.peer_id,
                 PushRequest(hop.remote.session_id, pending.step),
                 x,
-                timeout=push_timeout(2 * parts.silence_timeout, x),
+                timeout=push_timeout(parts.silence_timeout, x),
             )
-        except (ProtocolError, ConnectionError, TimeoutError) as exc:
+        except ProtocolError as exc:
             self._paid_for_nothing(hop, pending.cost)
             raise ServerFailure(
                 f"{hop.peer_id} did not take the input of step {pending.step}: {exc}",
                 peer_id=hop.peer_id,
                 ban=False,
+            ) from exc
+        except (ConnectionError, TimeoutError) as exc:
+            self._paid_for_nothing(hop, pending.cost)
+            raise ServerFailure(
+                f"{hop.peer_id} did not answer the input of step {pending.step}: {exc}",
+                peer_id=hop.peer_id,
             ) from exc
 
     def close(self) -> None:

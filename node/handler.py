@@ -143,7 +143,7 @@ class Limits:
     max_forward_tokens: int  # tokens (batch x length) in one stateless forward
     max_incoming_bytes: int  # tensor bytes of the frames received or worked on, all together
     reveal_max_age: float  # seconds a reveal request stays valid
-    push_timeout: float = 3.0  # seconds a push may wait for its step, or for its answer
+    push_timeout: float = 2.0  # seconds a push may wait for its step, or for its answer
 
     @classmethod
     def of(cls, config: NodeConfig) -> Limits:
