@@ -200,9 +200,8 @@ class StakeswarmNode(ServicerBase):
         self.incoming = IncomingBudget(limits.max_incoming_bytes)
         self.on_leaf = on_leaf
         self.accepting = True  # False while shutting down or moving the span
-        self.p2p: Any = (
-            None  # the daemon the RPCs are served on (`serve_rpcs`): pushes go out on it
-        )
+        # the daemon the RPCs are served on (`serve_rpcs`): pipelined steps push on it
+        self.p2p: Any = None
 
     @classmethod
     def _get_handle_name(cls, namespace: str | None, method_name: str) -> str:
