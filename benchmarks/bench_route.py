@@ -15,6 +15,11 @@ in this process pays every step. Each round samples, in rotating order:
 - then, near, the same number of tokens generated one per `generate` call inside one
   inference session (a long `generate` should cost no more per token than that).
 
+Through the longest route, `--sessions` clients (each its own wallet) then generate at once,
+each in a thread of its own and an inference session of its own, against the same generations
+made one after another by the local model: the swarm's tokens per second against local
+Hugging Face's (throughput; the nodes compute different sessions' steps at the same time).
+
 A sample is what the issue measures: (time of a generate of `--tokens` + 1 new tokens - time
 of a generate of 1 new token) / `--tokens`, greedy, after the same 8-token prompt: the cost of
 one more token, prefill excluded; and the time of a generate of 1 new token after a
@@ -28,6 +33,7 @@ its own (its nodes' accounts start anew).
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -77,10 +83,15 @@ class Options:
     rounds: int = option(5, "rounds per route length")
     delay_ms: float = option(20.0, "one-way delay of each link when far apart, ms")
     threads: int = option(1, "torch threads of the local model and of each node")
+    sessions: int = option(
+        8, "concurrent sessions (clients) of the throughput sample, longest route; 0: none"
+    )
 
     def __post_init__(self) -> None:
         if not self.servers or min(self.servers) < 1:
             raise BenchmarkError("--servers takes route lengths of at least 1")
+        if self.sessions < 0:
+            raise BenchmarkError("--sessions must not be negative")
         for name in ("tokens", "prefill", "rounds"):
             if getattr(self, name) < 1:
                 raise BenchmarkError(f"--{name} must be at least 1")
@@ -88,7 +99,20 @@ class Options:
             raise BenchmarkError("--delay-ms must not be negative")
 
 
-QUICK = Options(servers=(2,), tokens=2, prefill=8, rounds=1, delay_ms=5.0)
+QUICK = Options(servers=(2,), tokens=2, prefill=8, rounds=1, delay_ms=5.0, sessions=2)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """`sessions` generations of `tokens` new tokens each: at once through the swarm against
+    one after another locally (tokens per second, medians over rounds)."""
+
+    sessions: int
+    tokens: int  # new tokens of each generation
+    local_tps: Spread  # local Hugging Face, the generations one after another
+    swarm_tps: Spread  # the swarm, every session at once
+    ratio: Spread  # swarm over local, per round
+    same_tokens: bool  # every session produced its local generation's tokens
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,7 @@ class RouteRow:
     same_tokens: bool  # every swarm generate produced the local tokens
     per_call_ms: Spread | None = None  # near: ms per token generating one token per call
     # inside an inference session (what a long generate should not cost more than)
+    throughput: Throughput | None = None  # concurrent sessions (the longest route only)
 
 
 @dataclass(frozen=True)
@@ -143,6 +168,104 @@ def per_call_ms(model: DistributedModelForCausalLM, prompt: torch.Tensor, tokens
         for _ in range(tokens):
             model.generate(None, max_new_tokens=1, do_sample=False, session=session)
         return (time.perf_counter() - began) * 1e3 / tokens
+
+
+def concurrent_tps(
+    models: Sequence[DistributedModelForCausalLM], prompts: Sequence[torch.Tensor], new: int
+) -> tuple[float, list[list[int]]]:
+    """Tokens per second of every model generating `new` tokens after its prompt at once (one
+    thread each, released together), and each generation's tokens."""
+    outs: list[list[int]] = [[] for _ in models]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(models) + 1)
+
+    def one(i: int) -> None:
+        start.wait()
+        try:
+            outs[i] = timed_generate(models[i].generate, prompts[i], new)[1]
+        except BaseException as exc:  # re-raised in the benchmark's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(models))]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - began
+    if errors:
+        raise BenchmarkError(f"a concurrent session failed: {errors[0]!r}") from errors[0]
+    return len(models) * new / seconds, outs
+
+
+def sequential_tps(
+    generate: Callable[..., Any], prompts: Sequence[torch.Tensor], new: int
+) -> tuple[float, list[list[int]]]:
+    """Tokens per second of `generate` making every prompt's `new` tokens one after another,
+    and each generation's tokens."""
+    began = time.perf_counter()
+    outs = [timed_generate(generate, prompt, new)[1] for prompt in prompts]
+    return len(prompts) * new / (time.perf_counter() - began), outs
+
+
+def run_throughput(
+    options: Options,
+    path: Path,
+    local: Any,
+    nodes: Sequence[Any],
+    deployment: Deployment,
+    root: Path,
+    vocab: int,
+) -> Throughput:
+    """`--sessions` clients generating at once through the running nodes against the local
+    model generating the same one after another, `--rounds` times in alternating order."""
+    new = options.tokens + 1
+    prompts = [prompt_ids(vocab, PROMPT_TOKENS, seed=10 + i) for i in range(options.sessions)]
+    clients = deployment.accounts_with_role("client")
+    if len(clients) < options.sessions:
+        raise BenchmarkError(f"{options.sessions} sessions need as many dev client accounts")
+    models: list[DistributedModelForCausalLM] = []
+    try:
+        for i in range(options.sessions):
+            models.append(
+                DistributedModelForCausalLM.from_pretrained(
+                    path,
+                    initial_peers=[m for n in nodes for m in n.maddrs],
+                    wallet=Account.from_key(clients[i].private_key),
+                    deployment=deployment,
+                    home=root / f"throughput-client-{i}",
+                )
+            )
+        concurrent_tps(models, prompts, 2)  # routes and channels, untimed
+        local_tps: list[float] = []
+        swarm_tps: list[float] = []
+        same = True
+        for r in range(options.rounds):
+            print(
+                f"{options.sessions} sessions at once: round {r + 1}/{options.rounds}", flush=True
+            )
+            order = ("local", "swarm") if r % 2 == 0 else ("swarm", "local")
+            outs = {}
+            for side in order:
+                if side == "local":
+                    tps, outs[side] = sequential_tps(local.generate, prompts, new)
+                    local_tps.append(tps)
+                else:
+                    tps, outs[side] = concurrent_tps(models, prompts, new)
+                    swarm_tps.append(tps)
+            same = same and outs["local"] == outs["swarm"]
+    finally:
+        for model in models:
+            model.close()
+    return Throughput(
+        sessions=options.sessions,
+        tokens=new,
+        local_tps=Spread.of(local_tps),
+        swarm_tps=Spread.of(swarm_tps),
+        ratio=Spread.of([s / lo for s, lo in zip(swarm_tps, local_tps, strict=True)]),
+        same_tokens=same,
+    )
 
 
 def run_route(
@@ -231,6 +354,9 @@ def run_route(
                 proxy.delay = 0.0
                 for remote in clients.values():
                     remote.close()
+            throughput = None
+            if options.sessions and servers == max(options.servers):
+                throughput = run_throughput(options, path, local, nodes, deployment, root, vocab)
 
     def ratios(values: dict[str, list[float]]) -> dict[str, Spread]:
         return {
@@ -247,6 +373,7 @@ def run_route(
         prefill_ratio=ratios(prefill),
         same_tokens=same,
         per_call_ms=Spread.of(per_call),
+        throughput=throughput,
     )
 
 
@@ -263,7 +390,9 @@ def run(options: Options) -> RouteBenchResult:
         rows = []
         for servers in options.servers:  # a fresh chain each: the nodes' accounts start anew
             home = Home.resolve(root / f"devnet-{servers}")
-            with Devnet.start(DevnetConfig(home=home)) as deployment:
+            # a dev client account for each concurrent session (a third of the accounts)
+            accounts = max(10, 3 * options.sessions + 1)
+            with Devnet.start(DevnetConfig(home=home, accounts=accounts)) as deployment:
                 rows.append(run_route(options, servers, path, local, root, deployment))
     return RouteBenchResult(
         options=options,
@@ -275,7 +404,7 @@ def run(options: Options) -> RouteBenchResult:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    bench_main(Options, __doc__.splitlines()[0], argv, run, "route_tables")
+    bench_main(Options, __doc__.splitlines()[0], argv, run, "route_results")
 
 
 if __name__ == "__main__":

@@ -406,6 +406,11 @@ def route_tables(result: RouteBenchResult) -> str:
     )
 
 
+def route_results(result: RouteBenchResult) -> str:
+    """What `bench_route.py` prints: the route table, then the throughput's when measured."""
+    return "\n\n".join([route_tables(result), *throughput_text(result)[1:]])
+
+
 def route_section(result: RouteBenchResult) -> str:
     o = result.options
     return "\n\n".join(
@@ -432,8 +437,45 @@ def route_section(result: RouteBenchResult) -> str:
             "continuing one inference session: a long `generate` costs no more per token than "
             "that when the two columns agree.",
             route_tables(result),
+            *throughput_text(result),
         ]
     )
+
+
+def throughput_text(result: RouteBenchResult) -> list[str]:
+    """The concurrent sessions' paragraph and table (none when the run measured none)."""
+    rows = [(row.servers, row.throughput) for row in result.rows if row.throughput is not None]
+    if not rows:
+        return []
+    k, t = rows[0]
+    return [
+        f"Throughput: through the {k}-server route, {t.sessions} clients (each its own wallet, "
+        "channels and inference session, one thread each in the benchmark's process) generate "
+        f"{t.tokens} tokens each at once, against the same {t.sessions} generations made one "
+        f"after another by local Hugging Face, alternating which goes first, {result.options.rounds} "
+        "rounds. Tokens per second of all generations (their 8-token prefills included on both "
+        "sides).",
+        table(
+            [
+                "route",
+                "sessions",
+                "local, one after another, tokens/s",
+                "swarm, all at once, tokens/s",
+                "swarm / local",
+                "same tokens",
+            ],
+            [
+                [
+                    f"{k} servers",
+                    t.sessions,
+                    spread(t.local_tps),
+                    spread(t.swarm_tps),
+                    spread(t.ratio, ".2f"),
+                    "yes" if t.same_tokens else "**no**",
+                ]
+            ],
+        ),
+    ]
 
 
 def gas_table(result: ClientBenchResult) -> str:
@@ -1286,6 +1328,17 @@ def route_target_rows(result: RouteBenchResult) -> list[list[object]]:
                     f"{k + 1} x {delay:g} ms) x {FAR_SLACK} = {bound:.1f} ms per token",
                     spread(row.per_token_ms["far"], unit=" ms"),
                     status(row.per_token_ms["far"].median, bound),
+                ]
+            )
+        if row.throughput is not None:
+            t = row.throughput
+            rows.append(
+                [
+                    f"throughput: {t.sessions} sessions at once through {k} servers against "
+                    f"{t.sessions} local generations one after another (swarm / local)",
+                    f"{times(t.ratio)} ({t.swarm_tps.median:.1f} against "
+                    f"{t.local_tps.median:.1f} tokens/s)",
+                    "measured (the issue sets no bound)",
                 ]
             )
     return rows
