@@ -39,6 +39,7 @@ from client.payments import Budget, Payments
 from client.registry import ServerRegistry
 from client.router import Router
 from client.session import InferenceSession, SessionParts
+from client.training import TrainingRoute
 from ledger.chain import Chain
 from ledger.contracts import Contracts
 from ledger.db import Ledger, open_deployment_ledger, sqlite_url
@@ -191,6 +192,7 @@ class SwarmClient:
             self.parts = build_client(config, account=account, deployment=deployment, stops=stops)
             self._stops = stops.pop_all()  # built whole: the client stops them from now on
         self._session_parts = self.parts.for_sessions()
+        self._training: TrainingRoute | None = None  # made on first use (`training_route`)
         self.closed = False
         logger.info(
             "client %s for %s (%d blocks) on chain %d",
@@ -232,6 +234,15 @@ class SwarmClient:
         if self.closed:
             raise ClientError("the client is closed")
         return InferenceSession(self._session_parts, max_length=max_length, batch_size=batch_size)
+
+    def training_route(self) -> TrainingRoute:
+        """The client's route for training: paid forwards and backwards over every block
+        (`client.training`); one per client, so that `spent` adds up what it cost."""
+        if self.closed:
+            raise ClientError("the client is closed")
+        if self._training is None:
+            self._training = TrainingRoute(self._session_parts)
+        return self._training
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -21,6 +21,18 @@ head. Generation runs without a local KV cache (`use_cache=False`): the servers 
 With `session=`, `generate` continues that session: its new `inputs` (or none) are appended
 to everything the session has seen and generated, and only what the servers have not
 processed is sent.
+
+Training (`client.training`, `client.tuning`): built with `tuning_mode="ptune",
+pre_seq_len=N`, the model holds `N` trainable prompt embeddings, prepended to every sequence
+(generation included). `forward(input_ids or inputs_embeds, labels=...)` with gradients enabled
+runs the whole sequence through the swarm as paid forwards, and `loss.backward()` as paid
+backwards, reaching the prompts (and `inputs_embeds`); any torch optimizer then trains them.
+
+    model = DistributedModelForCausalLM.from_pretrained(path, ..., tuning_mode="ptune",
+                                                        pre_seq_len=8)
+    loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+    loss.backward(); optimizer.step()
+    model.save_trainable("prompt.safetensors")
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ from typing import Any
 
 import torch
 from eth_account.signers.local import LocalAccount
+from torch import nn
 from transformers import (
     AutoTokenizer,
     GenerationConfig,
@@ -47,6 +60,8 @@ from client.client import SwarmClient
 from client.config import ClientConfig
 from client.errors import BudgetExceededError, ClientConfigError, SessionStateError
 from client.session import InferenceSession
+from client.training import remote_blocks
+from client.tuning import SoftPrompt, check_tuning, load_trainable, save_trainable
 from ledger.deployment import Deployment
 from node.blocks import ClientHead, load_client_head
 from node.device import DeviceError, local_device
@@ -78,11 +93,15 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         head: ClientHead,
         client: SwarmClient,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        pre_seq_len: int = 0,
     ) -> None:
         super().__init__(config)
-        self.head = head  # embeddings, final norm, LM head: the only local weights
+        self.head = head  # embeddings, final norm, LM head: frozen, with what is trained
         self.client = client
         self.tokenizer = tokenizer
+        # trainable prompt embeddings prepended to every sequence (tuning_mode="ptune")
+        self.prompts = SoftPrompt(head.embed_tokens, pre_seq_len) if pre_seq_len else None
         self._session: InferenceSession | None = None  # the session `forward` steps
         # the ids of each session this model stepped; weak, so a session ends as usual
         self._ids: weakref.WeakKeyDictionary[InferenceSession, _SessionIds] = (
@@ -98,13 +117,17 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         wallet: LocalAccount,
         deployment: Deployment | str | Path,
         config: ClientConfig | None = None,
+        tuning_mode: str | None = None,
+        pre_seq_len: int = 0,
         **options: Any,
-    ) -> DistributedModelForCausalLM:
+    ) -> Any:
         """Load the local ends of the model in `model_path` and join the swarm through
         `initial_peers`, paying with `wallet` (an unlocked account, see `ledger.wallet`) on
         `deployment` (a `Deployment` or its JSON file). `options` are `ClientConfig` fields
         (e.g. `budget=`, `max_price=` in Wei, `model_name=`, `home=`, `device=` for the
-        local ends); or pass `config`."""
+        local ends); or pass `config`. `tuning_mode="ptune"` with `pre_seq_len` adds trainable
+        prompts (`client.tuning`)."""
+        pre_seq_len = check_tuning(tuning_mode, pre_seq_len)
         path = Path(model_path)
         if config is None:
             try:
@@ -126,7 +149,7 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         tokenizer = load_tokenizer(path)
         client = SwarmClient(config, account=wallet, deployment=deployment)
         try:
-            model = cls(model_config, head, client, tokenizer)
+            model = cls(model_config, head, client, tokenizer, pre_seq_len=pre_seq_len)
             model.generation_config = _generation_config(path, model_config)
         except BaseException:
             client.close()
@@ -142,24 +165,55 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> torch.nn.Module:
         return self.head.lm_head
 
+    @property
+    def pre_seq_len(self) -> int:
+        """Prompt positions prepended to every sequence (0 without prompt tuning)."""
+        return 0 if self.prompts is None else self.prompts.length
+
     def inference_session(
         self, *, max_length: int, batch_size: int | None = None
     ) -> InferenceSession:
-        """A session to step token by token and to continue across `generate` calls."""
-        return self.client.inference_session(max_length=max_length, batch_size=batch_size)
+        """A session to step token by token and to continue across `generate` calls
+        (`max_length` counts the tokens; the servers also hold the prompt's positions)."""
+        return self.client.inference_session(
+            max_length=max_length + self.pre_seq_len, batch_size=batch_size
+        )
+
+    def save_trainable(self, path: str | Path) -> Path:
+        """Write the trained prompts to a safetensors file (`client.tuning`)."""
+        return save_trainable(self, path)
+
+    def load_trainable(self, path: str | Path) -> None:
+        """Load prompts written by `save_trainable` (same `pre_seq_len`)."""
+        load_trainable(self, path)
 
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Logits [batch, new positions, vocab] of the positions of `input_ids` [batch, length]
         that the active session has not processed yet (all of them outside a session);
-        `attention_mask` [batch, length] covers every position."""
+        `attention_mask` [batch, length] covers every position.
+
+        With gradients enabled and something to train (`labels`, `inputs_embeds`, or prompts
+        in training mode), the whole sequence runs through the swarm as one differentiable
+        call (`client.training`): logits of every position, and the mean next-token loss over
+        the `labels` (-100: ignored) when given."""
+        if torch.is_grad_enabled() and (
+            labels is not None
+            or inputs_embeds is not None
+            or (self.training and self.prompts is not None)
+        ):
+            return self._train_forward(input_ids, inputs_embeds, attention_mask, labels)
         if input_ids is None:
-            raise SessionStateError("forward needs input_ids (inputs_embeds are not supported)")
+            raise SessionStateError(
+                "forward needs input_ids (inputs_embeds go with gradients enabled)"
+            )
         session = self._session
         if session is None:  # a one-off forward
             with self.inference_session(
@@ -168,14 +222,66 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
                 return self._forward_in(once, input_ids, attention_mask)
         return self._forward_in(session, input_ids, attention_mask)
 
+    def remote_hidden(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last block's output [batch, length, hidden_size] at the sequence's positions
+        (the prompts' dropped) and the mask [batch, length], through the swarm as paid
+        forwards, differentiable (`client.training.remote_blocks`)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise SessionStateError("give input_ids or inputs_embeds, not both")
+        if inputs_embeds is None:
+            assert input_ids is not None
+            inputs_embeds = self.head.embed(input_ids.cpu())
+        if inputs_embeds.ndim != 3:
+            raise SessionStateError("inputs_embeds are [batch, length, hidden_size]")
+        batch, length, _ = inputs_embeds.shape
+        mask = (
+            torch.ones(batch, length, dtype=torch.long)
+            if attention_mask is None
+            else attention_mask.cpu().to(torch.long)
+        )
+        if mask.shape != (batch, length):
+            raise SessionStateError(
+                f"attention mask {list(mask.shape)} does not match the inputs [{batch}, {length}]"
+            )
+        hidden = inputs_embeds.cpu().float()
+        if self.prompts is not None:
+            hidden, mask = self.prompts.prepend(hidden, mask)
+        out = remote_blocks(hidden, mask, self.client.training_route())
+        return out[:, self.pre_seq_len :], mask[:, self.pre_seq_len :]
+
+    def _train_forward(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+    ) -> CausalLMOutputWithPast:
+        hidden, _ = self.remote_hidden(input_ids, inputs_embeds, attention_mask)
+        logits = self.head.logits(hidden).float()  # [batch, length, vocab]
+        loss = None
+        if labels is not None:
+            # position i predicts token i + 1
+            loss = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                labels[:, 1:].reshape(-1).to(logits.device),
+                ignore_index=-100,
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
     def _forward_in(
         self,
         session: InferenceSession,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
     ) -> CausalLMOutputWithPast:
-        # input_ids: [batch, length]; the session processed the first `position` of them
-        done = session.position
+        # input_ids: [batch, length]; the session processed the prompts and the first
+        # `done` of them
+        done = max(0, session.position - self.pre_seq_len)
         ids = self._ids_of(session)
         if ids.processed is not None and not torch.equal(input_ids[:, :done], ids.processed):
             raise SessionStateError(
@@ -192,10 +298,16 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
             )
         # the ends compute on the head's device; hidden states travel from the CPU
         hidden = self.head.embed(new_ids.cpu())  # [batch, new, hidden_size]
-        out = session.step(hidden, mask.cpu())
+        mask = mask.cpu()
+        first = 0
+        if self.prompts is not None:  # the session's mask covers the prompts' positions too
+            prompted, mask = self.prompts.prepend(hidden, mask)
+            if done == 0:  # the session's first step: the prompts go first
+                hidden, first = prompted.detach(), self.prompts.length
+        out = session.step(hidden, mask)
         ids.processed = input_ids.clone()
         # logits: [batch, new, vocab], where the ids came from (generate keeps them together)
-        logits = self.head.logits(out).float().to(input_ids.device)
+        logits = self.head.logits(out[:, first:]).float().to(input_ids.device)
         return CausalLMOutputWithPast(logits=logits)
 
     # --- generation ------------------------------------------------------------------------
@@ -237,7 +349,7 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
                 kwargs.get("num_return_sequences") or base.num_return_sequences or 1
             )
             max_new = kwargs.get("max_new_tokens", base.max_new_tokens)
-            max_length = (
+            max_length = (  # (the session adds the prompts' positions)
                 inputs.shape[1] + max_new
                 if max_new is not None
                 else kwargs.get("max_length", base.max_length)

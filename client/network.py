@@ -27,10 +27,12 @@ from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P
 
 from client.errors import SwarmJoinError
-from client.remote import RemoteSpanSession, remote_info
+from client.remote import RemoteSpanSession, remote_backward, remote_forward, remote_info
 from ledger.types import Voucher
 from node.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
+    BackwardRequest,
+    ForwardRequest,
     InfoResponse,
     ProtocolError,
     PushRequest,
@@ -264,6 +266,48 @@ class Network:
                 hidden,
                 timeout=timeout,
                 max_bytes=DEFAULT_MAX_FRAME_BYTES,
+            )
+        )
+
+    def forward(
+        self,
+        peer_id: str,
+        request: ForwardRequest,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        timeout: float,
+        silence: float,
+    ) -> tuple[torch.Tensor, SignedReceipt]:
+        """A paid stateless forward (`client.remote.remote_forward`)."""
+        return self.run(
+            remote_forward(
+                self.p2p, peer_id, request, hidden, mask, timeout=timeout, silence=silence
+            )
+        )
+
+    def backward(
+        self,
+        peer_id: str,
+        request: BackwardRequest,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        grad_output: torch.Tensor,
+        *,
+        timeout: float,
+        silence: float,
+    ) -> tuple[torch.Tensor, SignedReceipt]:
+        """A paid backward of a stateless forward (`client.remote.remote_backward`)."""
+        return self.run(
+            remote_backward(
+                self.p2p,
+                peer_id,
+                request,
+                hidden,
+                mask,
+                grad_output,
+                timeout=timeout,
+                silence=silence,
             )
         )
 

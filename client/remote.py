@@ -34,9 +34,11 @@ from node.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_SILENCE_TIMEOUT,
     KEEPALIVE_INTERVAL,
+    RPC_BACKWARD,
     RPC_FORWARD,
     RPC_INFERENCE,
     RPC_INFO,
+    BackwardRequest,
     ErrorCode,
     ErrorReply,
     ForwardRequest,
@@ -62,6 +64,10 @@ _END = object()
 
 class RemoteUnavailableError(ConnectionError):
     """The node could not be reached or the stream broke (not a refusal by the node)."""
+
+
+class UnreachableError(RemoteUnavailableError):
+    """No stream to the node could be opened: nothing was sent to it."""
 
 
 class RemoteError(ProtocolError):
@@ -331,7 +337,7 @@ async def _call_stream(
                 _peer(peer_id), name, _aiter(list(requests)), Response
             )
         except (P2PDaemonError, ConnectionError) as exc:
-            raise RemoteUnavailableError(f"cannot reach {peer_id}: {exc}") from exc
+            raise UnreachableError(f"cannot reach {peer_id}: {exc}") from exc
         if silence is None:
             return await _read(responses, max_bytes)
         return await _reply(responses, max_bytes, silence, timeout)
@@ -379,6 +385,36 @@ async def remote_forward(
     )
     if frame.type != StepResponse.TYPE or len(frame.tensors) != 1:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "malformed forward reply from the node")
+    return frame.tensors[0], StepResponse.from_wire(frame.metadata).receipt
+
+
+async def remote_backward(
+    p2p: P2P,
+    peer_id: PeerID | str,
+    request: BackwardRequest,
+    hidden: torch.Tensor,
+    mask: torch.Tensor,
+    grad_output: torch.Tensor,
+    *,
+    timeout: float = 300.0,
+    silence: float = DEFAULT_SILENCE_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> tuple[torch.Tensor, SignedReceipt]:
+    """The backward of the stateless forward `request.session_id` served on hidden [batch,
+    tokens, hidden] with mask [batch, tokens], given the gradient with respect to its output;
+    returns the gradient with respect to `hidden` and the node's signed receipt (step
+    `BACKWARD_STEP`)."""
+    frame = await _call_stream(
+        p2p,
+        peer_id,
+        RPC_BACKWARD,
+        Frame(request.to_wire(), [hidden, mask, grad_output]),
+        max_bytes,
+        timeout,
+        silence,
+    )
+    if frame.type != StepResponse.TYPE or len(frame.tensors) != 1:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "malformed backward reply from the node")
     return frame.tensors[0], StepResponse.from_wire(frame.metadata).receipt
 
 

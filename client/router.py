@@ -80,8 +80,11 @@ class Router:
             self._read_at = now
         return self._servers
 
-    def _usable(self, peer_id: str, info: ServerInfo, now: float) -> str | None:
-        """None if the server may carry a route now, else why not."""
+    def _usable(
+        self, peer_id: str, info: ServerInfo, now: float, training: bool = False
+    ) -> str | None:
+        """None if the server may carry a route now (`training`: forwards and backwards),
+        else why not."""
         if info.state != ServerState.ONLINE:
             return f"it is {info.state.name.lower()}"
         if info.version != PROTOCOL_VERSION:
@@ -91,6 +94,8 @@ class Router:
         served = info.quantization or "full"
         if self.weights not in ("any", served):
             return f"it serves {info.precision}, this client uses {self.weights} weights"
+        if training and not info.backward_price_per_token_per_block:
+            return f"it serves no backward (training), in {info.precision}"
         if self.backoff.avoided(peer_id, now):
             return f"it failed {self.backoff.failures(peer_id)} time(s) in a row recently"
         if self.max_price is not None and info.price_per_token_per_block > self.max_price:
@@ -117,13 +122,16 @@ class Router:
         self._pings[peer_id] = _Ping(rtt, self.clock())
         return rtt
 
-    def candidates(self, *, refresh: bool = False) -> tuple[list[Candidate], dict[str, str]]:
-        """The usable servers with their round trips, and why each other one is not used."""
+    def candidates(
+        self, *, refresh: bool = False, training: bool = False
+    ) -> tuple[list[Candidate], dict[str, str]]:
+        """The usable servers (`training`: serving backwards too) with their round trips, and
+        why each other one is not used."""
         now = self.clock()
         usable: list[Candidate] = []
         skipped: dict[str, str] = {}
         for peer_id, info in self.servers(refresh=refresh).items():
-            problem = self._usable(peer_id, info, now)
+            problem = self._usable(peer_id, info, now, training)
             if problem is None:
                 rtt = self._rtt(peer_id, info, now)
                 if rtt is None:
@@ -136,13 +144,16 @@ class Router:
 
     # --- routes ----------------------------------------------------------------------------
 
-    def route(self, start: int, end: int, *, refresh: bool = False) -> list[RouteHop]:
-        """The fastest route over blocks `[start, end)` within the maximum price;
-        `NoRouteError` (saying what is missing) when there is none."""
-        candidates, skipped = self.candidates(refresh=refresh)
+    def route(
+        self, start: int, end: int, *, refresh: bool = False, training: bool = False
+    ) -> list[RouteHop]:
+        """The fastest route over blocks `[start, end)` within the maximum price (`training`:
+        through servers that serve backwards); `NoRouteError` (saying what is missing) when
+        there is none."""
+        candidates, skipped = self.candidates(refresh=refresh, training=training)
         hops = plan_route(candidates, start, end, max_price=self.max_price)
         if hops is None and not refresh:
-            return self.route(start, end, refresh=True)  # the swarm may have changed
+            return self.route(start, end, refresh=True, training=training)
         if hops is None:
             raise NoRouteError(self._explain(start, end, candidates, skipped))
         logger.info(

@@ -261,6 +261,52 @@ class Span(nn.Module):
                 cache.commit(mask[:, past:])
         return hidden.to(arrived_on)  # the same tensor when it never left its device
 
+    def backward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        grad_output: torch.Tensor,
+    ) -> torch.Tensor:
+        """The gradient of a loss with respect to `hidden` [batch, tokens, hidden_size], given
+        its gradient `grad_output` with respect to the span's stateless output on `hidden` (same
+        shape and dtype): the forward is recomputed with autograd, then propagated back. The
+        weights stay frozen (no parameter gets a gradient). Inputs as in `forward` (no cache);
+        `InvalidInputError` for bad shapes, dtypes or values."""
+        check_hidden_states(hidden, hidden_size=self.hidden_size, dtype=self.dtype, finite=True)
+        check_hidden_states(
+            grad_output,
+            hidden_size=self.hidden_size,
+            dtype=self.dtype,
+            batch=hidden.shape[0],
+            finite=True,
+        )
+        if grad_output.shape != hidden.shape:
+            raise InvalidInputError(
+                f"the output gradient is {list(grad_output.shape)}, the hidden states "
+                f"{list(hidden.shape)}"
+            )
+        batch, tokens, _ = hidden.shape
+        mask = self._full_mask(attention_mask, None, batch, 0, tokens)
+        arrived_on = hidden.device
+        with torch.inference_mode(False), torch.enable_grad():
+            # x: [batch, tokens, hidden_size], a leaf of its own graph (a copy: the input may
+            # be an inference-mode tensor, which autograd cannot record)
+            x = hidden.detach().to(self.device).clone().requires_grad_(True)
+            grad_output = grad_output.detach().to(self.device).clone()
+            plan = self._plan(mask, 0, tokens)
+            cos_sin = self.rotary(x, plan.position_ids)
+            out = x
+            for layer, window in zip(self.layers, self.windows, strict=True):
+                out = layer(
+                    out,
+                    attention_mask=plan.masks[window],
+                    position_ids=plan.position_ids,
+                    position_embeddings=cos_sin,
+                    use_cache=False,
+                )
+            (grad,) = torch.autograd.grad(out, x, grad_output)
+        return grad.detach().to(arrived_on)
+
     def _check_cache(self, cache: SessionCache) -> None:
         if cache.layout != self.kv_layout:
             raise InvalidInputError(
@@ -423,7 +469,6 @@ class ClientHead(nn.Module):
         """Where the weights are and the ends compute."""
         return self.embed_tokens.weight.device
 
-    @torch.inference_mode()
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [batch, tokens] -> hidden states [batch, tokens, hidden_size], computed on
         the head's device and returned on `input_ids`' device."""
@@ -433,10 +478,10 @@ class ClientHead(nn.Module):
             hidden = hidden * torch.tensor(self.embed_scale).to(hidden.dtype)
         return hidden.to(input_ids.device)
 
-    @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Last span's output [batch, tokens, hidden_size] -> logits [batch, tokens, vocab],
-        computed on the head's device and returned on `hidden`'s device."""
+        computed on the head's device and returned on `hidden`'s device. The weights are
+        frozen: gradients flow through to `hidden` (training) and to nothing here."""
         logits = self.lm_head(self.norm(hidden.to(self.device)))
         if self.logit_softcap is not None:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap

@@ -87,7 +87,7 @@ from node.handler import Limits, StakeswarmNode
 from node.host import ServiceHost
 from node.memory import MemoryPlan, SpanCost, plan_span
 from node.precisions import QUANTIZED_DTYPE_NAMES, precision_name
-from node.protocol import RPC_FORWARD, RPC_INFERENCE, RPC_PUSH, InfoResponse
+from node.protocol import RPC_BACKWARD, RPC_FORWARD, RPC_INFERENCE, RPC_PUSH, InfoResponse
 from node.recovery import (
     LostLedgerError,
     check_new_ledger,
@@ -100,6 +100,7 @@ from node.sessions import SessionManager, SpanViews
 from node.streams import add_readable_stream_handlers
 from node.tensors import DTYPE_NAMES, dtype_from_name
 from node.throughput import choose_span, get_throughput
+from node.training import BACKWARD_PRICE_FACTOR, ForwardLog
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,7 @@ class NodeBase:
     ledger: Ledger
     units: TokenUnits  # the stake token: what people read amounts in
     price_per_block: Wei  # per token per block
+    backward_price_per_block: Wei  # per token per block of a backward (0: none served)
     credit: Wei  # how far a client may be behind in paying
     redeem_min: Wei  # the smallest redemption worth a transaction
     stake_wanted: Wei | None  # `--stake` (None: what the span requires)
@@ -263,6 +265,7 @@ def connect_node(config: NodeConfig, closing: contextlib.ExitStack) -> NodeBase:
         ledger=ledger,
         units=units,
         price_per_block=base_units(config.price, decimals, "price"),
+        backward_price_per_block=backward_price(config, plan, decimals),
         credit=base_units(config.credit, decimals, "credit"),
         redeem_min=base_units(config.redeem_min, decimals, "redeem_min"),
         stake_wanted=None if config.stake is None else base_units(config.stake, decimals, "stake"),
@@ -274,6 +277,17 @@ def connect_node(config: NodeConfig, closing: contextlib.ExitStack) -> NodeBase:
         length=plan.memory.length,
         challenge_window=float(contracts.slasher.params().challenge_window),
     )
+
+
+def backward_price(config: NodeConfig, plan: ServingPlan, decimals: int) -> Wei:
+    """What a backward costs per token per block on this node: `backward_price`, or twice the
+    price; 0 (none served) for a node computing in 16 bits, whose backwards no verifier has
+    tolerances for yet."""
+    if plan.dtype != "float32" or plan.quantization is not None:
+        return Wei(0)
+    if config.backward_price is not None:
+        return base_units(config.backward_price, decimals, "backward_price")
+    return Wei(BACKWARD_PRICE_FACTOR * base_units(config.price, decimals, "price"))
 
 
 def _open_ledger(
@@ -471,6 +485,8 @@ async def build_node(
         address=base.address,
         spans=views,
         price_per_block=base.price_per_block,
+        backward_price_per_block=base.backward_price_per_block,
+        forwards=ForwardLog(ttl=config.backward_ttl),
         sessions=sessions,
         payments=payments,
         receipts=receipts,
@@ -557,5 +573,6 @@ async def serve_rpcs(p2p: P2P, handler: StakeswarmNode) -> None:
             RPC_INFERENCE: handler.rpc_inference,
             RPC_FORWARD: handler.rpc_forward,
             RPC_PUSH: handler.rpc_push,
+            RPC_BACKWARD: handler.rpc_backward,
         },
     )

@@ -139,6 +139,14 @@ def serve(
         typer.Option(help="Public multiaddrs to announce (repeat).", show_default=False),
     ] = None,
     price: Annotated[str, typer.Option(help="Tokens per token per block.")] = str(NodeConfig.price),
+    backward_price: Annotated[
+        str | None,
+        typer.Option(
+            help="Tokens per token per block of a training backward (default: twice --price; "
+            "float32 nodes only).",
+            show_default=False,
+        ),
+    ] = None,
     stake: Annotated[
         str | None,
         typer.Option(
@@ -182,6 +190,9 @@ def serve(
     max_forward_tokens: Annotated[
         int, typer.Option(help="Most tokens (batch x length) one stateless forward may carry.")
     ] = NodeConfig.max_forward_tokens,
+    backward_ttl: Annotated[
+        float, typer.Option(help="Seconds a training forward waits for its backward.")
+    ] = NodeConfig.backward_ttl,
     max_incoming_mb: Annotated[
         float,
         typer.Option(
@@ -233,6 +244,9 @@ def serve(
             announce_ttl=max(3 * announce_interval, announce_interval + 10),
             rebalance_interval=rebalance_interval,
             price=parse_tokens(price, "--price"),
+            backward_price=(
+                None if backward_price is None else parse_tokens(backward_price, "--backward-price")
+            ),
             stake=None if stake is None else parse_tokens(stake, "--stake"),
             credit=parse_tokens(credit, "--credit"),
             cache_tokens=cache_tokens,
@@ -247,6 +261,7 @@ def serve(
             max_frame_bytes=int(max_frame_mb * 2**20),
             max_incoming_bytes=int(max_incoming_mb * 2**20),
             max_forward_tokens=max_forward_tokens,
+            backward_ttl=backward_ttl,
         )
     except ConfigError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")

@@ -75,6 +75,7 @@ from ledger.merkle import MerkleTree
 from ledger.types import Leaf, ModelId
 from node.errors import SketchFormatError
 from node.protocol import (
+    BACKWARD_STEP,
     ErrorCode,
     Msg,
     ProtocolError,
@@ -83,7 +84,7 @@ from node.protocol import (
     SignedReceipt,
     stream_frame,
 )
-from node.sketch import Sketch, mask_hash, sketch
+from node.sketch import Sketch, backward_sketch, mask_hash, sketch
 from node.states import states_hash
 from node.tensors import tensor_hash
 
@@ -150,6 +151,35 @@ class Receipts:
         )
         signature = sign_receipt(self.domain, leaf, self.account)
         return SignedReceipt(leaf, signature, hashed), encoded
+
+    def make_backward(
+        self,
+        *,
+        session_id: bytes,
+        span: tuple[int, int],
+        tokens: int,
+        grad_output: torch.Tensor,
+        grad_input: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[SignedReceipt, bytes]:
+        """The signed leaf of a backward (`node.training`): step `BACKWARD_STEP` of its
+        forward's session, from the output gradient received to the input gradient sent, with
+        the backward's sketch (version 4) of the latter; and that encoded sketch."""
+        masked = mask_hash(mask, grad_output.shape[1])
+        encoded = backward_sketch(grad_input, mask_hash=masked).encode()
+        leaf = Leaf(
+            session_id=session_id,
+            model_id=self.model_id,
+            span_start=span[0],
+            span_end=span[1],
+            step=BACKWARD_STEP,
+            tokens=tokens,
+            input_hash=tensor_hash(grad_output),
+            output_hash=tensor_hash(grad_input),
+            sketch_hash=keccak(encoded),
+            issued_at=int(self.clock()),
+        )
+        return SignedReceipt(leaf, sign_receipt(self.domain, leaf, self.account), None), encoded
 
 
 class InputStore:
@@ -793,7 +823,8 @@ def build_reveal(
     if with_states:
         sizes += _states_sizes(store, paths)
     quantization = sketches[-1].quantization if sketches else None
-    response = RevealResponse(steps, full, batch_leaves, with_states, quantization)
+    exponent = sketches[-1].exponent if sketches else None  # a backward's (version 4)
+    response = RevealResponse(steps, full, batch_leaves, with_states, quantization, exponent)
     return Reveal(response, store, paths, sizes, sketches)
 
 

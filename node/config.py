@@ -87,6 +87,9 @@ class NodeConfig:
 
     # --- economics ---------------------------------------------------------------------------
     price: Decimal = Decimal("0.000001")  # tokens per token per block
+    # tokens per token per block of a backward (training); None: twice `price` (a backward
+    # recomputes the forward, then propagates). Served by float32 nodes only.
+    backward_price: Decimal | None = None
     stake: Decimal | None = None  # tokens to keep staked; None: the registry's minimum
     credit: Decimal = Decimal("0")  # tokens a channel may owe beyond its vouchers
     channel_min_life: float = 600.0  # seconds a channel must still run to be accepted
@@ -111,6 +114,8 @@ class NodeConfig:
     # shared, so this bounds how long one forward holds every inference step back (1,024: a
     # long prompt's prefill, ~1 s of compute where 8,192 tokens took 9 s on CPU)
     max_forward_tokens: int = 1024
+    # seconds a training forward's record waits for its backward (`node.training`)
+    backward_ttl: float = 600.0
     reveal_max_age: float = 600.0  # seconds a verifier's reveal request stays valid
     throughput_steps: int = 16  # decode steps timed when measuring throughput
     faulty: str | None = None  # a cheat mode of node.faults (tests and demos only); None: honest
@@ -157,6 +162,10 @@ class NodeConfig:
         for name in ("price", "credit", "redeem_min"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")
+        if self.backward_price is not None and self.backward_price < 0:
+            problems.append("backward_price must not be negative")
+        if self.backward_ttl <= 0:
+            problems.append("backward_ttl must be > 0")
         if self.stake is not None and self.stake < 0:
             problems.append("stake must not be negative")
         for name in (

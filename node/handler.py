@@ -47,7 +47,9 @@ from node.commits import InputStore, LeafWriter, Receipts, build_reveal
 from node.compute import submit_forward
 from node.config import NodeConfig
 from node.protocol import (
+    BACKWARD_STEP,
     SERVICE_NAME,
+    BackwardRequest,
     ErrorCode,
     ErrorReply,
     ForwardRequest,
@@ -78,9 +80,11 @@ from node.sessions import (
     check_step,
     unpack_step,
 )
+from node.sketch import mask_hash
 from node.states import commits_states, stack_states
 from node.streams import Arrivals, IncomingBudget, Lease, finish, keepalives
 from node.tensors import tensor_hash
+from node.training import ForwardLog
 
 logger = logging.getLogger(__name__)
 
@@ -179,10 +183,15 @@ class StakeswarmNode(ServicerBase):
         info: Callable[[], InfoResponse],
         limits: Limits,
         on_leaf: Callable[[], None] = lambda: None,
+        backward_price_per_block: int = 0,
+        forwards: ForwardLog | None = None,
     ) -> None:
         self.address = to_checksum_address(address)
         self.spans = spans
         self.price_per_block = price_per_block
+        # Wei per token per block of a backward; 0: this node serves none (node.training)
+        self.backward_price_per_block = backward_price_per_block
+        self.forwards = ForwardLog() if forwards is None else forwards  # awaiting backwards
         self.sessions = sessions
         self.payments = payments
         self.receipts = receipts
@@ -631,7 +640,116 @@ class StakeswarmNode(ServicerBase):
             raise await spent_failure(exc, accepted) from None
         self.on_leaf()
         self.metrics.served(tokens)
+        if self.backward_price_per_block:  # its backward may follow (node.training)
+            self.forwards.record(
+                request.session_id,
+                span=(span.start, span.end),
+                input_hash=receipt.leaf.input_hash,
+                mask_hash=mask_hash(mask, hidden.shape[1]),
+                channel_id=channel.channel_id,
+            )
         return list(_frame(StepResponse(0, receipt).to_wire(), [output]))
+
+    # --- backward (training) ---------------------------------------------------------------
+
+    async def rpc_backward(
+        self, requests: AsyncIterator[Request], context: P2PContext
+    ) -> AsyncIterator[Response]:
+        arrivals = Arrivals(requests)
+        work = asyncio.ensure_future(self._read_and_backward(arrivals))
+        try:
+            try:
+                async for message in keepalives(work, arrivals.started):
+                    yield message
+            finally:
+                await finish(work)
+            messages = work.result()
+        except Exception as exc:
+            messages = self._refusal(exc, "backward")
+        for message in messages:
+            yield message
+
+    async def _read_and_backward(self, requests: AsyncIterator[Request]) -> list[Any]:
+        lease = self.incoming.lease()
+        try:
+            frame = await self._read(requests, timeout=self.idle_timeout, lease=lease)
+            if frame is None or frame.type != BackwardRequest.TYPE:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "expected one backward frame")
+            return await self._backward(BackwardRequest.from_wire(frame.metadata), frame)
+        finally:
+            lease.release()
+
+    async def _backward(self, request: BackwardRequest, frame: Frame) -> list[Any]:
+        """Serve the backward of a forward this node served (`node.training`): every check
+        before the payment, the forward's record taken once the voucher is accepted (put
+        back if it is not), the gradient committed as the session's step `BACKWARD_STEP`."""
+        self._refuse_if_closed()
+        if not self.backward_price_per_block:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "this node serves no backward")
+        span = self.spans.view(request.span_start, request.span_end)
+        if len(frame.tensors) != 3:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                "a backward carries 3 tensors (hidden states, mask, output gradient), got "
+                f"{len(frame.tensors)}",
+            )
+        hidden, mask, grad = frame.tensors
+        check_hidden(hidden, hidden_size=span.hidden_size, dtype=span.dtype)
+        check_mask(mask, hidden.shape[0], hidden.shape[1])
+        check_hidden(grad, hidden_size=span.hidden_size, dtype=span.dtype, batch=hidden.shape[0])
+        if grad.shape != hidden.shape:
+            raise ProtocolError(
+                ErrorCode.BAD_TENSOR,
+                f"the output gradient is {list(grad.shape)}, the forward's hidden states "
+                f"{list(hidden.shape)}",
+            )
+        tokens = hidden.shape[0] * hidden.shape[1]
+        check_forward_tokens(tokens, self.limits.max_forward_tokens)
+        channel = await self.payments.check_channel(request.voucher.channel_id)
+        record = self.forwards.take(
+            request.session_id,
+            span=(span.start, span.end),
+            input_hash=tensor_hash(hidden),
+            mask_hash=mask_hash(mask, hidden.shape[1]),
+            channel_id=channel.channel_id,
+        )
+        try:
+            accepted = await self.payments.accept(
+                channel_id=channel.channel_id,
+                voucher=request.voucher,
+                step_cost=tokens * self.backward_price_per_block * (span.end - span.start),
+                client=channel.client,
+            )
+        except BaseException:
+            self.forwards.restore(request.session_id, record)
+            raise
+
+        def compute() -> tuple[torch.Tensor, Any, bytes]:
+            grad_input = span.backward(hidden, mask, grad)
+            receipt, encoded = self.receipts.make_backward(
+                session_id=request.session_id,
+                span=(span.start, span.end),
+                tokens=tokens,
+                grad_output=grad,
+                grad_input=grad_input,
+                mask=mask,
+            )
+            return grad_input, receipt, encoded
+
+        try:  # the voucher is spent (see `_step`)
+            grad_input, receipt, encoded = await asyncio.wrap_future(
+                submit_forward(self.compute, compute)
+            )
+            # the leaf's input is the output gradient (the forward's inputs are step 0's)
+            stored = self.writer.submit(receipt, grad, mask, encoded, None)
+            await accepted.persisted
+            await stored
+        except Exception as exc:
+            logger.exception("a backward failed after its voucher was accepted")
+            raise await spent_failure(exc, accepted) from None
+        self.on_leaf()
+        self.metrics.served(tokens)
+        return list(_frame(StepResponse(BACKWARD_STEP, receipt).to_wire(), [grad_input]))
 
     # --- info ------------------------------------------------------------------------------
 

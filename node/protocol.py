@@ -44,7 +44,13 @@ from node.sketch import SKETCH_TOP_K
 #    (version 3) and full reveals say which.
 # 7: pipelined steps: a step may name the next hop (`push_to`), to which the node pushes its
 #    output (`rpc_push`), and may take its input from the previous hop's push (`pushed_from`).
-PROTOCOL_VERSION = 7
+# 8: training: a stateless forward may be followed by its backward (`rpc_backward`), priced
+#    per token per block in the record (`bprice`), committed as step 1 of the forward's session
+#    with a version-4 (backward) sketch.
+PROTOCOL_VERSION = 8
+
+# The step of a backward's leaf: the forward it propagates through is step 0 of its session.
+BACKWARD_STEP = 1
 
 
 # A leaf's issuedAt is a uint64 on-chain; the wire takes it only up to 2**63 - 1, what a ledger
@@ -82,6 +88,7 @@ RPC_FORWARD = f"{SERVICE_NAME}.rpc_forward"  # stream in, stream out: one statel
 RPC_INFO = f"{SERVICE_NAME}.rpc_info"  # unary: `InfoResponse`
 RPC_REVEAL = f"{SERVICE_NAME}.rpc_reveal"  # unary in, stream out: `RevealResponse`
 RPC_PUSH = f"{SERVICE_NAME}.rpc_push"  # stream in, stream out: a step's input, `Pushed`
+RPC_BACKWARD = f"{SERVICE_NAME}.rpc_backward"  # stream in, stream out: one forward's backward
 
 HIDDEN_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 MASK_DTYPE = "int64"
@@ -123,6 +130,10 @@ class ErrorCode(enum.StrEnum):
     # A pipelined step's input (pushed by the previous hop, or by the client) did not arrive in
     # time; nothing was charged and the session is as before. Added in protocol 7.
     NO_INPUT = "no_input"
+    # A backward for no forward this node holds: never served, already propagated back, for
+    # other inputs or another span, or older than the node keeps forwards; nothing was charged.
+    # Added in protocol 8.
+    NO_FORWARD = "no_forward"
 
 
 class ProtocolError(Exception):
@@ -167,6 +178,7 @@ class ServerInfo:
     version: int = PROTOCOL_VERSION
     http_port: int = 0  # the node's status API on its host, 0 if none
     quantization: str | None = None  # declared quantized weights: int8 | nf4; None: full
+    backward_price_per_token_per_block: int = 0  # Wei; 0: the node serves no backward
 
     @property
     def precision(self) -> str:
@@ -177,6 +189,11 @@ class ServerInfo:
     def price_per_token(self) -> int:
         """Wei per token through the whole span: price per block times span length."""
         return self.price_per_token_per_block * (self.span_end - self.span_start)
+
+    @property
+    def backward_price_per_token(self) -> int:
+        """Wei per token of a backward through the whole span (0: no backward served)."""
+        return self.backward_price_per_token_per_block * (self.span_end - self.span_start)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -190,6 +207,7 @@ class ServerInfo:
             "credit": self.credit_window,
             "version": self.version,
             "http_port": self.http_port,
+            "bprice": self.backward_price_per_token_per_block,
         } | ({} if self.quantization is None else {"quant": self.quantization})
 
     @classmethod
@@ -233,6 +251,7 @@ class ServerInfo:
             version=_int(d.get("version"), "version", 0),
             http_port=_int(d.get("http_port", 0), "http_port", 0),
             quantization=quantization,
+            backward_price_per_token_per_block=_int(d.get("bprice", 0), "bprice", 0),
         )
 
 
@@ -571,6 +590,36 @@ class ForwardRequest:
 
 
 @dataclass(frozen=True)
+class BackwardRequest:
+    """The backward of a stateless forward this node served (protocol 8): the same session id
+    and span, paid on the same channel. Tensors: the forward's hidden `[batch, tokens, hidden]`
+    and mask `[batch, tokens]` again (the node recomputes the forward; it keeps only their
+    hashes), then the gradient of the loss with respect to the forward's output, of the
+    hidden states' shape and dtype. Answered with a `StepResponse` (step `BACKWARD_STEP`) and
+    the gradient with respect to the hidden states."""
+
+    session_id: bytes
+    span_start: int
+    span_end: int
+    voucher: Voucher
+
+    TYPE = "backward"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "session": self.session_id,
+            "span": [self.span_start, self.span_end],
+            "voucher": voucher_to_wire(self.voucher),
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> BackwardRequest:
+        forward = ForwardRequest.from_wire(d)
+        return cls(forward.session_id, forward.span_start, forward.span_end, forward.voucher)
+
+
+@dataclass(frozen=True)
 class RevealRequest:
     """A verifier asks for the inputs behind a committed leaf (batch `batch_id`, index `leaf_index`).
     `signature` is the verifier's EIP-191 signature of `reveal_message(...)`; only active
@@ -677,13 +726,16 @@ class RevealResponse:
     step's block states `[blocks, batch, tokens, hidden]` in step order (`node.states`: all
     but the last block's outputs hash to the states hash in that step's sketch, the last is
     the output the step's outputHash commits). A node serving quantized weights says which in
-    `quantization` (its sketches, version 3, commit it)."""
+    `quantization` (its sketches, version 3, commit it). When the leaf is a backward (step
+    `BACKWARD_STEP` of a stateless forward's session, protocol 8), `exponent` is its sketch's
+    (version 4): step 1's "hidden states" are the output gradient it received."""
 
     steps: list[RevealedStep] = field(default_factory=list)
     full: bool = False
     batch_leaves: list[bytes] = field(default_factory=list)  # full only
     states: bool = False  # full only: every step's block states follow the sketch
     quantization: str | None = None  # full only: the weights the sketches commit (version 3)
+    exponent: int | None = None  # full only: the last step is a backward (sketch version 4)
 
     TYPE = "revealed"
 
@@ -696,6 +748,8 @@ class RevealResponse:
                 wire["states"] = True
             if self.quantization is not None:
                 wire["quant"] = self.quantization
+            if self.exponent is not None:
+                wire["bexp"] = self.exponent
         return wire
 
     @classmethod
@@ -719,7 +773,16 @@ class RevealResponse:
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST, f"revealed: unknown quantization {quantization!r}"
             )
-        return cls([RevealedStep.from_wire(s) for s in steps], full, leaves, states, quantization)
+        exponent = None
+        if full and d.get("bexp") is not None:
+            exponent = _int(d.get("bexp"), "revealed: backward exponent", -128, 127)
+            if len(steps) != BACKWARD_STEP + 1:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, "revealed: a backward is step 1 of its session"
+                )
+        return cls(
+            [RevealedStep.from_wire(s) for s in steps], full, leaves, states, quantization, exponent
+        )
 
     @property
     def tensor_count(self) -> int:

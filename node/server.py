@@ -534,6 +534,7 @@ class Server:
             span_end=self.parts.span.end,
             throughput=float(self.parts.throughput),
             price_per_token_per_block=self.base.price_per_block,
+            backward_price_per_token_per_block=self.base.backward_price_per_block,
             eth_address=self.base.address,
             dtype=self.base.plan.dtype,
             quantization=self.base.plan.quantization,

@@ -62,10 +62,18 @@ Version 3, what a node serving quantized weights commits (`node.quantize`), appe
 byte, so that every leaf says which precision it was served in:
 
     79+6Pk  1   u8          quantization: 1 int8, 2 nf4 (`QUANTIZATION_CODES`)
+
+Version 4, what a node commits for a backward (`node.training`): the sketch of the gradient
+it sent, scaled by a power of two so that its largest magnitude lies in [2^14, 2^15) (gradients
+are small: unscaled, float16 would flush them), with version 2's fields (32 zero bytes for the
+states) and the exponent, so that every leaf says whether it is a forward or a backward:
+
+    79+6Pk  1   i8          the exponent e: the values are those of gradient x 2^e
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -80,6 +88,9 @@ SKETCH_TOP_K = 8  # components kept per token position
 SKETCH_VERSION = 1
 COMMITTED_SKETCH_VERSION = 2  # version 1 plus the mask's and the block states' hashes
 QUANTIZED_SKETCH_VERSION = 3  # version 2 plus the quantization's code
+BACKWARD_SKETCH_VERSION = 4  # version 2 plus the gradient's exponent: a backward's sketch
+# A backward's gradient is scaled so that its largest magnitude lies in [2^14, 2^15)
+GRADIENT_TOP_EXPONENT = 14
 _QUANTIZATIONS = {code: name for name, code in QUANTIZATION_CODES.items()}
 _NO_STATES = bytes(32)  # a version-2 sketch of a node that commits no block states
 FP16_MAX = 65504.0  # largest finite float16; sketch values saturate here
@@ -111,6 +122,7 @@ class Sketch:
     mask_hash: bytes | None = None  # version 2: `mask_hash` of the step's mask columns
     states_hash: bytes | None = None  # version 2: keccak256 of the step's block states
     quantization: str | None = None  # version 3: the node's quantized weights (node.quantize)
+    exponent: int | None = None  # version 4: a backward's; the values are gradient x 2^exponent
 
     @property
     def k(self) -> int:
@@ -136,6 +148,11 @@ class Sketch:
         if self.quantization is not None:
             version = QUANTIZED_SKETCH_VERSION
             trailer += bytes([QUANTIZATION_CODES[self.quantization]])
+        if self.exponent is not None:
+            if self.mask_hash is None or self.states_hash is not None or self.quantization:
+                raise SketchFormatError("a backward's sketch commits its mask and nothing else")
+            version = BACKWARD_SKETCH_VERSION
+            trailer += struct.pack("<b", self.exponent)
         header = _HEADER.pack(version, self.k, batch, tokens, self.hidden_size)
         indices = self.indices.numpy().astype("<u4").tobytes()
         values = self.values.numpy().astype("<f2").tobytes()
@@ -152,7 +169,12 @@ class Sketch:
         if len(data) < _HEADER.size:
             raise SketchFormatError(f"sketch of {len(data)} bytes is shorter than its header")
         version, k, batch, tokens, hidden_size = _HEADER.unpack_from(data)
-        trailer = {SKETCH_VERSION: 0, COMMITTED_SKETCH_VERSION: 64, QUANTIZED_SKETCH_VERSION: 65}
+        trailer = {
+            SKETCH_VERSION: 0,
+            COMMITTED_SKETCH_VERSION: 64,
+            QUANTIZED_SKETCH_VERSION: 65,
+            BACKWARD_SKETCH_VERSION: 65,
+        }
         if version not in trailer:
             raise SketchFormatError(
                 f"sketch version {version}, expected one of {', '.join(map(str, trailer))}"
@@ -182,6 +204,11 @@ class Sketch:
                     f"a version-{version} sketch needs block states and a quantization code "
                     f"({', '.join(map(str, _QUANTIZATIONS))}), got code {body[6 * count + 64]}"
                 )
+        exponent = None
+        if version == BACKWARD_SKETCH_VERSION:
+            (exponent,) = struct.unpack_from("<b", body, 6 * count + 64)
+            if states_hash is not None:
+                raise SketchFormatError(f"a version-{version} sketch commits no block states")
         indices_t = torch.from_numpy(indices.reshape(batch, tokens, k))
         values_t = torch.from_numpy(values.reshape(batch, tokens, k).copy())
         if count and int(indices_t.max()) >= hidden_size:
@@ -190,7 +217,7 @@ class Sketch:
             raise SketchFormatError("sketch repeats an index within one position")
         if not torch.isfinite(values_t).all():
             raise SketchFormatError("sketch values must be finite")
-        return cls(hidden_size, indices_t, values_t, mask_hash, states_hash, quantization)
+        return cls(hidden_size, indices_t, values_t, mask_hash, states_hash, quantization, exponent)
 
 
 def _top_k_indices(hidden: torch.Tensor, k: int) -> torch.Tensor:
@@ -238,6 +265,31 @@ def sketch(
     indices = _top_k_indices(hidden, k)
     values = hidden.float().gather(-1, indices).clamp(-FP16_MAX, FP16_MAX).half()
     return Sketch(hidden.shape[-1], indices, values, mask_hash, states_hash, quantization)
+
+
+def gradient_exponent(gradient: torch.Tensor) -> int:
+    """The power of two a backward's sketch scales `gradient` by: its largest magnitude then
+    lies in [2^14, 2^15) (0 for an all-zero gradient), within an i8."""
+    largest = float(gradient.detach().abs().max()) if gradient.numel() else 0.0
+    if largest == 0.0:
+        return 0
+    return max(-128, min(127, GRADIENT_TOP_EXPONENT - math.frexp(largest)[1] + 1))
+
+
+def backward_sketch(
+    gradient: torch.Tensor, *, mask_hash: bytes, k: int = SKETCH_TOP_K, exponent: int | None = None
+) -> Sketch:
+    """The version-4 sketch a node commits for a backward that sent `gradient` [batch,
+    tokens, hidden_size] (float32): the sketch of gradient x 2^exponent (`gradient_exponent`
+    unless given; scaling by a power of two is exact)."""
+    if exponent is None:
+        exponent = gradient_exponent(gradient)
+    if not -128 <= exponent <= 127:
+        raise InvalidInputError(f"a gradient exponent fits an i8, got {exponent}")
+    scaled = sketch(
+        torch.ldexp(gradient.detach().float(), torch.tensor(exponent)), k, mask_hash=mask_hash
+    )
+    return Sketch(scaled.hidden_size, scaled.indices, scaled.values, mask_hash, exponent=exponent)
 
 
 def mask_hash(mask: torch.Tensor, tokens: int) -> bytes:

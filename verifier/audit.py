@@ -28,6 +28,12 @@ A node that declares float16 or bfloat16 also reveals every step's block states
 hashes to its outputHash; the sketch of that output, with the hash of the other blocks'
 outputs, hashes to its sketchHash) and `AuditSpans.audit` judges such a step one block at a
 time in its dtype (`verifier.blockwise`) instead of steps 3-4.
+
+A backward's leaf (`node.training`: step 1 of a stateless forward's session, its sketch of
+version 4 with the exponent the reveal states) is checked the same way, its "input" being the
+output gradient the node received; `AuditSpans.audit` recomputes the gradient with respect to
+step 0's input in float32 (`recompute_backward`) and judges it, scaled by the committed
+exponent, against `BACKWARD_TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -46,14 +52,14 @@ from node.blocks import Span
 from node.cache import CacheManager
 from node.errors import BadTensorError, SketchFormatError
 from node.precisions import precision_name
-from node.protocol import RevealResponse
+from node.protocol import BACKWARD_STEP, RevealResponse
 from node.sketch import Sketch, SketchDistance, compare, mask_hash, sketch
 from node.states import commits_states
 from node.states import states_hash as node_states_hash
 from node.tensors import DTYPE_NAMES, DTYPES, check_attention_mask, check_hidden_states, tensor_hash
 from verifier.blockwise import BlockAudit, judge_blocks
 from verifier.errors import InvalidOpeningError
-from verifier.thresholds import Tolerance, tolerance_for
+from verifier.thresholds import BACKWARD_TOLERANCE, Tolerance, tolerance_for
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,8 @@ class CheckedInputs:
     states: tuple[torch.Tensor, ...] = ()  # 16-bit: per step [blocks, batch, tokens, hidden]
     quantization: str | None = None  # the weights every step's sketch commits (node.quantize)
     hiddens: tuple[torch.Tensor, ...] = ()  # each step's input, as revealed
+    # a backward's sketch exponent: step 0 is the forward's input, step 1 the output gradient
+    exponent: int | None = None
 
 
 def prove_leaf(opening: Opening, *, batch: Batch, leaf_index: int) -> ProvenLeaf:
@@ -208,6 +216,9 @@ def check_opening(
         ) from None
     if opening.sketch_indices is None or opening.sketch_values is None:
         raise invalid("the reveal has no committed sketches")
+    exponent = opening.response.exponent
+    if exponent is not None and (target.step != BACKWARD_STEP or hiddens[0].dtype != torch.float32):
+        raise invalid("a backward is step 1 of a float32 forward's session")
     states = _check_states(opening, hiddens, proven, invalid)
     committed = _check_sketches(opening, hiddens, states, hidden_size, invalid)
     return CheckedInputs(
@@ -220,6 +231,7 @@ def check_opening(
         states=tuple(states),
         hiddens=tuple(hiddens),
         quantization=opening.response.quantization,
+        exponent=exponent,
     )
 
 
@@ -272,6 +284,7 @@ def _check_sketches(
     indices, values = opening.sketch_indices, opening.sketch_values
     assert indices is not None and values is not None  # checked by the caller
     quantization = opening.response.quantization  # bound: the sketches commit it (version 3)
+    exponent = opening.response.exponent  # bound: the backward's sketch commits it (version 4)
     if quantization is not None and not states:
         raise invalid(f"{quantization} weights compute in 16 bits: the node has block states")
     positions = sum(h.shape[1] for h in hiddens)
@@ -300,6 +313,7 @@ def _check_sketches(
                 masked,
                 hashed,
                 quantization,
+                exponent if i == len(hiddens) - 1 else None,
             ).encode()
             committed = Sketch.decode(encoded)
         except (SketchFormatError, RuntimeError, TypeError, ValueError) as exc:
@@ -436,6 +450,19 @@ def judge(committed: Sketch, recomputed: torch.Tensor, dtype: str) -> Judgement:
     return Judgement(not failures, dtype, measured, failures)
 
 
+def recompute_backward(span: Span, checked: CheckedInputs) -> torch.Tensor:
+    """A backward leaf's gradient, scaled by its committed exponent: the span's gradient with
+    respect to step 0's input (the forward's) given step 1's (the output gradient), in
+    float32. [batch, tokens, hidden_size]."""
+    assert checked.exponent is not None and len(checked.hiddens) == 2  # check_opening's
+    hidden, grad = checked.hiddens
+    tokens = hidden.shape[1]
+    # the backward's own mask columns are the forward's mask (both steps commit them)
+    mask = checked.mask[:, tokens:]
+    grad_input = span.backward(hidden.float(), mask, grad.float())
+    return torch.ldexp(grad_input, torch.tensor(checked.exponent))
+
+
 class AuditSpans:
     """What a verifier recomputes a span with: its float32 `span`, and for every 16-bit
     precision a node declares (a dtype, maybe with quantized weights), a `BlockAudit` in that
@@ -457,6 +484,12 @@ class AuditSpans:
         """Recompute and judge one checked leaf: a float32 node in one float32 pass
         (`recompute`, `judge`); a 16-bit node block by block from its states
         (`verifier.blockwise`)."""
+        if checked.exponent is not None:
+            recomputed = recompute_backward(self.span, checked)
+            measured, failures = judge_distance(
+                compare(checked.sketch, recomputed), BACKWARD_TOLERANCE
+            )
+            return Judgement(not failures, "float32 backward", measured, failures)
         if not checked.states:
             recomputed = recompute(self.span, checked.hidden, checked.mask, checked.last_tokens)
             return judge(checked.sketch, recomputed, checked.dtype)

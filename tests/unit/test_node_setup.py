@@ -142,7 +142,14 @@ def test_a_step_is_checked_against_its_session_before_it_runs(model: Path) -> No
 
 def test_the_servicer_registers_the_rpc_names_clients_call() -> None:
     from node.handler import StakeswarmNode
-    from node.protocol import RPC_FORWARD, RPC_INFERENCE, RPC_INFO, RPC_PUSH, RPC_REVEAL
+    from node.protocol import (
+        RPC_BACKWARD,
+        RPC_FORWARD,
+        RPC_INFERENCE,
+        RPC_INFO,
+        RPC_PUSH,
+        RPC_REVEAL,
+    )
 
     StakeswarmNode._collect_rpc_handlers()
     handlers = {
@@ -155,6 +162,7 @@ def test_the_servicer_registers_the_rpc_names_clients_call() -> None:
         RPC_INFO: (False, False),
         RPC_REVEAL: (False, True),
         RPC_PUSH: (True, True),
+        RPC_BACKWARD: (True, True),
     }
 
 

@@ -12,7 +12,15 @@ from eth_utils import keccak
 from node.blocks import ClientHead, Span, load_client_head, load_span
 from node.cache import CacheManager
 from node.errors import InvalidInputError, SketchFormatError
-from node.sketch import FP16_MAX, SKETCH_TOP_K, Sketch, compare, mask_hash, sketch
+from node.sketch import (
+    FP16_MAX,
+    SKETCH_TOP_K,
+    Sketch,
+    backward_sketch,
+    compare,
+    mask_hash,
+    sketch,
+)
 from stakeswarm.tiny_models import make_tiny_model
 
 FP16_ROUNDING = 2.0**-11  # relative rounding error bound of float16
@@ -97,7 +105,12 @@ def test_bfloat16_values_are_kept_exactly(tiny: tuple[Span, ClientHead]) -> None
     "data, message",
     [
         (b"\x01\x08", "shorter than its header"),
-        (struct.pack("<BHIII", 4, 1, 1, 1, 4) + bytes(6), "version 4"),
+        (struct.pack("<BHIII", 5, 1, 1, 1, 4) + bytes(6), "version 5"),
+        # a backward's sketch (version 4) commits no block states
+        (
+            struct.pack("<BHIII", 4, 1, 1, 1, 4) + bytes(6 + 32) + b"\x01" * 32 + b"\x03",
+            "no block states",
+        ),
         (struct.pack("<BHIII", 3, 1, 1, 1, 4) + bytes(6 + 64) + b"\x09", "got code 9"),
         (struct.pack("<BHIII", 3, 1, 1, 1, 4) + bytes(6 + 64) + b"\x01", "needs block states"),
         (struct.pack("<BHIII", 2, 1, 1, 1, 4) + bytes(6), "21 bytes, expected 85"),
@@ -183,3 +196,19 @@ def test_honest_recomputation_is_close_and_noise_is_not(tiny: tuple[Span, Client
     # a node that sends other numbers altogether loses the top-k indices too
     unrelated = compare(committed, torch.randn(served.shape, generator=generator))
     assert unrelated.mean_overlap < 0.5
+
+
+def test_a_backward_sketch_scales_small_gradients_into_float16_and_says_it_is_a_backward() -> None:
+    # gradients of a loss are small: unscaled, float16 would flush most of them to zero
+    gradient = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(0)) * 1e-7
+    masked = mask_hash(torch.ones(2, 3, dtype=torch.long), 3)
+    committed = backward_sketch(gradient, mask_hash=masked)
+    assert 2**14 <= float(committed.values.float().abs().max()) < 2**15
+    decoded = Sketch.decode(committed.encode())
+    assert decoded.exponent == committed.exponent and decoded.hash() == committed.hash()
+    # compared at its scale, the gradient itself is within float16's rounding
+    scaled = torch.ldexp(gradient, torch.tensor(committed.exponent))
+    assert compare(decoded, scaled).worst_rel_error < 2**-10
+    # the same numbers committed as a forward's sketch hash differently: the leaf says which
+    forward = sketch(scaled, mask_hash=masked)
+    assert torch.equal(forward.indices, committed.indices) and forward.hash() != committed.hash()
