@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from bench_memory import MemoryBenchResult
     from bench_node import NodeBenchResult
     from bench_route import RouteBenchResult
+    from bench_training import TrainingBenchResult
     from bench_verifier import VerifierBenchResult
     from calibrate import CalibrationResult, Row
     from run_all import Results
@@ -403,6 +404,37 @@ def route_tables(result: RouteBenchResult) -> str:
             "same tokens",
         ],
         rows,
+    )
+
+
+def training_tables(result: TrainingBenchResult) -> str:
+    """A prompt-tuning step through k servers against the same step locally."""
+    o = result.options
+    return table(
+        [
+            "route",
+            "local step, ms",
+            "swarm step, ms",
+            "swarm / local",
+            "local, tokens trained/s",
+            "swarm, tokens trained/s",
+            "same loss",
+        ],
+        [
+            [
+                f"{row.servers} server{'s' if row.servers > 1 else ''}",
+                spread(row.local_ms),
+                spread(row.swarm_ms),
+                spread(row.ratio, ".2f"),
+                spread(row.local_tokens_per_s),
+                spread(row.swarm_tokens_per_s),
+                "yes" if row.same_loss else "**no**",
+            ]
+            for row in result.rows
+        ],
+    ) + (
+        f"\n\nA step: {o.batch} sequences of {o.length} tokens behind {o.pre_seq_len} prompt "
+        f"positions of {result.model} ({result.layers} blocks), forward, loss, backward, Adam."
     )
 
 

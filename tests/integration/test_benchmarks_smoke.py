@@ -136,3 +136,22 @@ def test_a_bad_option_is_refused_with_its_reason() -> None:
     )  # fmt: skip
     assert bench.returncode == 2
     assert "--rounds must be at least 1" in bench.stderr
+
+
+def test_the_training_benchmark_runs_a_step_both_ways_and_prints_its_table(
+    tmp_path: Path,
+) -> None:
+    result = tmp_path / "training.json"
+    done = subprocess.run(
+        [
+            sys.executable, str(REPO_ROOT / "benchmarks" / "bench_training.py"),
+            "--model", "tiny", "--servers", "1", "--batch", "2", "--length", "8",
+            "--rounds", "1", "--json", str(result),
+        ],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=540,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    row = json.loads(result.read_text())["rows"][0]
+    assert row["servers"] == 1 and row["swarm_ms"]["median"] > 0 and row["local_ms"]["median"] > 0
+    assert row["same_loss"]  # the swarm trained exactly as the local model did
+    assert "| 1 server |" in done.stdout and "tokens trained/s" in done.stdout

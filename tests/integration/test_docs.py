@@ -43,6 +43,8 @@ COMMON_SKIP = {
     "make demo": "the whole story, a minute and more: tests/integration/test_demo.py plays it",
     ".venv/bin/python benchmarks/": "a benchmark, minutes on 2 cores: `make bench` runs them, "
     "tests/integration/test_benchmarks_smoke.py runs run_all.py --quick",
+    ".venv/bin/python examples/finetune_prompt.py": "trains SmolLM2 through a swarm it starts, "
+    "minutes: tests/integration/test_finetune_example.py runs it on the tiny model",
 }
 
 
@@ -113,12 +115,6 @@ PLANS: dict[str, Plan] = {
             "/ip4/127.0.0.1/tcp/41197/p2p/QmUkJS2o...": lambda run: run.peer,
             "http://127.0.0.1:46097": _verifier_http,
         },
-    ),
-    "docs/finetune.md": Plan(
-        skip={
-            ".venv/bin/python examples/finetune_prompt.py": "trains SmolLM2 through a swarm it "
-            "starts, minutes: tests/integration/test_finetune_example.py runs it on the tiny model"
-        }
     ),
     "docs/gas.md": Plan(
         skip={
