@@ -606,30 +606,16 @@ class InferenceSession:
             received_at=int(parts.payments.clock.now()),
             previous_output_hash=previous,
         )
-        problem = check_receipt(parts.receipt_domain, receipt, expected)
-        if problem is not None and problem[0] is ReceiptProblem.ISSUED_AT:
-            # our idea of the chain's time may be stale (it is read now and then): read it again
-            parts.payments.clock.refresh()
-            expected = replace(expected, received_at=int(parts.payments.clock.now()))
-            problem = check_receipt(parts.receipt_domain, receipt, expected)
-        parts.receipts.keep(
+        check_and_keep(
+            parts,
             receipt,
-            server=hop.address,
+            expected,
             peer_id=hop.peer_id,
             channel_id=hop.channel.channel_id,
-            sent=sent,
-            received=received,
             cost=cost,
-            problem=problem,
             output=out,
+            what=f"step {step}",
         )
-        if problem is not None:
-            kind, detail = problem
-            raise BadReceiptError(
-                f"{hop.peer_id} ({hop.address}) sent a bad receipt for step {step}: {detail}",
-                peer_id=hop.peer_id,
-                problem=kind.value,
-            )
         parts.router.succeeded(hop.peer_id)
         served = self.served.setdefault(hop.address, Served(hop.address, hop.peer_id))
         served.tokens += batch * tokens
@@ -653,6 +639,46 @@ class InferenceSession:
             self._parts.network.close_session(remote)
         except Exception as exc:  # closing a broken stream must not hide the real problem
             logger.debug("closing a session: %s", exc)
+
+
+def check_and_keep(
+    parts: SessionParts,
+    receipt: SignedReceipt,
+    expected: ExpectedLeaf,
+    *,
+    peer_id: str,
+    channel_id: int,
+    cost: int,
+    output: torch.Tensor,
+    what: str,
+) -> None:
+    """Check a server's `receipt` of one call (`what`, for the error) against what the client
+    `expected`, keep it in the ledger (a bad one with its problem, as evidence), and raise
+    `BadReceiptError` when it is bad. A receipt off only in its issuedAt is checked again
+    after the chain's time is read anew (the client reads it now and then)."""
+    problem = check_receipt(parts.receipt_domain, receipt, expected)
+    if problem is not None and problem[0] is ReceiptProblem.ISSUED_AT:
+        parts.payments.clock.refresh()
+        expected = replace(expected, received_at=int(parts.payments.clock.now()))
+        problem = check_receipt(parts.receipt_domain, receipt, expected)
+    parts.receipts.keep(
+        receipt,
+        server=expected.signer,
+        peer_id=peer_id,
+        channel_id=channel_id,
+        sent=expected.input_hash,
+        received=expected.output_hash,
+        cost=cost,
+        problem=problem,
+        output=output,
+    )
+    if problem is not None:
+        kind, detail = problem
+        raise BadReceiptError(
+            f"{peer_id} ({expected.signer}) sent a bad receipt for {what}: {detail}",
+            peer_id=peer_id,
+            problem=kind.value,
+        )
 
 
 def _output_hash(receipt: SignedReceipt) -> bytes:

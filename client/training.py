@@ -30,22 +30,27 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from client.errors import (
-    BadReceiptError,
     NoRouteError,
     PaymentRefusedError,
     ServerFailure,
     SessionStateError,
 )
 from client.payments import ClientChannel
-from client.receipts import ExpectedLeaf, ReceiptProblem, check_receipt
+from client.receipts import ExpectedLeaf
 from client.remote import RemoteError, RemoteUnavailableError, UnreachableError
-from client.session import NO_BLAME_CODES, PAYMENT_CODES, REQUEST_CODES, SessionParts
+from client.session import (
+    NO_BLAME_CODES,
+    PAYMENT_CODES,
+    REQUEST_CODES,
+    SessionParts,
+    check_and_keep,
+)
 from ledger.types import Voucher
 from node.errors import BadTensorError
 from node.protocol import (
@@ -425,29 +430,16 @@ class TrainingRoute:
             received_at=int(parts.payments.clock.now()),
             previous_output_hash=previous,
         )
-        problem = check_receipt(parts.receipt_domain, receipt, expected)
-        if problem is not None and problem[0] is ReceiptProblem.ISSUED_AT:
-            parts.payments.clock.refresh()
-            expected = replace(expected, received_at=int(parts.payments.clock.now()))
-            problem = check_receipt(parts.receipt_domain, receipt, expected)
-        parts.receipts.keep(
+        check_and_keep(
+            parts,
             receipt,
-            server=planned.address,
+            expected,
             peer_id=planned.peer_id,
             channel_id=channel.channel_id,
-            sent=expected.input_hash,
-            received=expected.output_hash,
             cost=cost,
-            problem=problem,
             output=received,
+            what=f"a training {'backward' if step == BACKWARD_STEP else 'forward'}",
         )
-        if problem is not None:
-            raise BadReceiptError(
-                f"{planned.peer_id} ({planned.address}) sent a bad receipt for a training "
-                f"{'backward' if step == BACKWARD_STEP else 'forward'}: {problem[1]}",
-                peer_id=planned.peer_id,
-                problem=problem[0].value,
-            )
         parts.router.succeeded(planned.peer_id)
 
 

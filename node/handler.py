@@ -21,7 +21,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import suppress
 from dataclasses import dataclass
@@ -572,8 +572,21 @@ class StakeswarmNode(ServicerBase):
     async def rpc_forward(
         self, requests: AsyncIterator[Request], context: P2PContext
     ) -> AsyncIterator[Response]:
+        async for message in self._one_frame_call(requests, ForwardRequest, self._forward):
+            yield message
+
+    async def _one_frame_call(
+        self,
+        requests: AsyncIterator[Request],
+        request_type: type[ForwardRequest] | type[BackwardRequest],
+        serve: Callable[[Any, Frame], Awaitable[list[Any]]],
+    ) -> AsyncIterator[Response]:
+        """A call of one frame of `request_type` answered by one frame (a forward, a
+        backward): read it within the idle timeout, in the node's incoming-bytes budget,
+        `serve` the parsed request while `working` keepalives go out, and answer its frame or
+        the refusal."""
         arrivals = Arrivals(requests)
-        work = asyncio.ensure_future(self._read_and_forward(arrivals))
+        work = asyncio.ensure_future(self._read_and_serve(arrivals, request_type, serve))
         try:
             try:
                 async for message in keepalives(work, arrivals.started):
@@ -582,17 +595,24 @@ class StakeswarmNode(ServicerBase):
                 await finish(work)
             messages = work.result()
         except Exception as exc:
-            messages = self._refusal(exc, "forward")
+            messages = self._refusal(exc, request_type.TYPE)
         for message in messages:
             yield message
 
-    async def _read_and_forward(self, requests: AsyncIterator[Request]) -> list[Any]:
+    async def _read_and_serve(
+        self,
+        requests: AsyncIterator[Request],
+        request_type: type[ForwardRequest] | type[BackwardRequest],
+        serve: Callable[[Any, Frame], Awaitable[list[Any]]],
+    ) -> list[Any]:
         lease = self.incoming.lease()
         try:
             frame = await self._read(requests, timeout=self.idle_timeout, lease=lease)
-            if frame is None or frame.type != ForwardRequest.TYPE:
-                raise ProtocolError(ErrorCode.BAD_REQUEST, "expected one forward frame")
-            return await self._forward(ForwardRequest.from_wire(frame.metadata), frame)
+            if frame is None or frame.type != request_type.TYPE:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, f"expected one {request_type.TYPE} frame"
+                )
+            return await serve(request_type.from_wire(frame.metadata), frame)
         finally:
             lease.release()
 
@@ -655,29 +675,8 @@ class StakeswarmNode(ServicerBase):
     async def rpc_backward(
         self, requests: AsyncIterator[Request], context: P2PContext
     ) -> AsyncIterator[Response]:
-        arrivals = Arrivals(requests)
-        work = asyncio.ensure_future(self._read_and_backward(arrivals))
-        try:
-            try:
-                async for message in keepalives(work, arrivals.started):
-                    yield message
-            finally:
-                await finish(work)
-            messages = work.result()
-        except Exception as exc:
-            messages = self._refusal(exc, "backward")
-        for message in messages:
+        async for message in self._one_frame_call(requests, BackwardRequest, self._backward):
             yield message
-
-    async def _read_and_backward(self, requests: AsyncIterator[Request]) -> list[Any]:
-        lease = self.incoming.lease()
-        try:
-            frame = await self._read(requests, timeout=self.idle_timeout, lease=lease)
-            if frame is None or frame.type != BackwardRequest.TYPE:
-                raise ProtocolError(ErrorCode.BAD_REQUEST, "expected one backward frame")
-            return await self._backward(BackwardRequest.from_wire(frame.metadata), frame)
-        finally:
-            lease.release()
 
     async def _backward(self, request: BackwardRequest, frame: Frame) -> list[Any]:
         """Serve the backward of a forward this node served (`node.training`): every check
