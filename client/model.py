@@ -301,9 +301,11 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         mask = mask.cpu()
         first = 0
         if self.prompts is not None:  # the session's mask covers the prompts' positions too
-            prompted, mask = self.prompts.prepend(hidden, mask)
             if done == 0:  # the session's first step: the prompts go first
-                hidden, first = prompted.detach(), self.prompts.length
+                hidden, mask = self.prompts.prepend(hidden, mask)
+                hidden, first = hidden.detach(), self.prompts.length
+            else:
+                mask = self.prompts.prepend_mask(mask)
         out = session.step(hidden, mask)
         ids.processed = input_ids.clone()
         # logits: [batch, new, vocab], where the ids came from (generate keeps them together)

@@ -65,10 +65,13 @@ class SoftPrompt(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden [batch, tokens, hidden_size], mask [batch, tokens] -> both with the prompt's
         positions first (always attended to)."""
-        batch = hidden.shape[0]
-        prompts = self.embeddings.to(hidden.dtype).unsqueeze(0).expand(batch, -1, -1)
-        ones = torch.ones(batch, self.length, dtype=mask.dtype, device=mask.device)
-        return torch.cat([prompts, hidden], dim=1), torch.cat([ones, mask], dim=1)
+        prompts = self.embeddings.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+        return torch.cat([prompts, hidden], dim=1), self.prepend_mask(mask)
+
+    def prepend_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """mask [batch, tokens] -> [batch, pre_seq_len + tokens], the prompt's positions first."""
+        ones = torch.ones(mask.shape[0], self.length, dtype=mask.dtype, device=mask.device)
+        return torch.cat([ones, mask], dim=1)
 
 
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -645,20 +645,7 @@ class StakeswarmNode(ServicerBase):
                 lambda blocks: span.forward(hidden, mask, states=blocks),
             )
 
-        try:  # the voucher is spent (see `_step`)
-            # queued behind inference steps: a long forward never holds a decode step back
-            # for more than the one task already running (node.compute)
-            output, receipt, encoded, states = await asyncio.wrap_future(
-                submit_forward(self.compute, compute)
-            )
-            # as in `_step`: the leaf is stored before its receipt leaves the node
-            stored = self.writer.submit(receipt, hidden, mask, encoded, states)
-            await accepted.persisted
-            await stored
-        except Exception as exc:
-            logger.exception("a forward failed after its voucher was accepted")
-            raise await spent_failure(exc, accepted) from None
-        self.on_leaf()
+        output, receipt = await self._paid_compute(accepted, compute, hidden, mask, "forward")
         self.metrics.served(tokens)
         if self.backward_price_per_block:  # its backward may follow (node.training)
             self.forwards.record(
@@ -669,6 +656,32 @@ class StakeswarmNode(ServicerBase):
                 channel_id=channel.channel_id,
             )
         return list(_frame(StepResponse(0, receipt).to_wire(), [output]))
+
+    async def _paid_compute(
+        self,
+        accepted: Accepted,
+        compute: Callable[[], tuple[torch.Tensor, Any, bytes, torch.Tensor | None]],
+        leaf_input: torch.Tensor,
+        mask: torch.Tensor,
+        what: str,
+    ) -> tuple[torch.Tensor, Any]:
+        """Run a one-frame call's `compute` (its answer, signed receipt, encoded sketch and
+        block states) once its voucher is `accepted`, queued behind inference steps (a long
+        forward or backward holds a decode step back for at most the one task already
+        running, node.compute); store the leaf with `leaf_input` and `mask` before the receipt
+        leaves the node (as in `_step`). The answer and the receipt; a failure now is spent."""
+        try:
+            answer, receipt, encoded, states = await asyncio.wrap_future(
+                submit_forward(self.compute, compute)
+            )
+            stored = self.writer.submit(receipt, leaf_input, mask, encoded, states)
+            await accepted.persisted
+            await stored
+        except Exception as exc:
+            logger.exception("a %s failed after its voucher was accepted", what)
+            raise await spent_failure(exc, accepted) from None
+        self.on_leaf()
+        return answer, receipt
 
     # --- backward (training) ---------------------------------------------------------------
 
@@ -723,7 +736,7 @@ class StakeswarmNode(ServicerBase):
             self.forwards.restore(request.session_id, record)
             raise
 
-        def compute() -> tuple[torch.Tensor, Any, bytes]:
+        def compute() -> tuple[torch.Tensor, Any, bytes, None]:
             grad_input = span.backward(hidden, mask, grad)
             receipt, encoded = self.receipts.make_backward(
                 session_id=request.session_id,
@@ -733,20 +746,10 @@ class StakeswarmNode(ServicerBase):
                 grad_input=grad_input,
                 mask=mask,
             )
-            return grad_input, receipt, encoded
+            return grad_input, receipt, encoded, None
 
-        try:  # the voucher is spent (see `_step`)
-            grad_input, receipt, encoded = await asyncio.wrap_future(
-                submit_forward(self.compute, compute)
-            )
-            # the leaf's input is the output gradient (the forward's inputs are step 0's)
-            stored = self.writer.submit(receipt, grad, mask, encoded, None)
-            await accepted.persisted
-            await stored
-        except Exception as exc:
-            logger.exception("a backward failed after its voucher was accepted")
-            raise await spent_failure(exc, accepted) from None
-        self.on_leaf()
+        # the leaf's input is the output gradient (the forward's inputs are step 0's)
+        grad_input, receipt = await self._paid_compute(accepted, compute, grad, mask, "backward")
         self.metrics.served(tokens)
         return list(_frame(StepResponse(BACKWARD_STEP, receipt).to_wire(), [grad_input]))
 
