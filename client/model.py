@@ -61,7 +61,14 @@ from client.config import ClientConfig
 from client.errors import BudgetExceededError, ClientConfigError, SessionStateError
 from client.session import InferenceSession
 from client.training import remote_blocks
-from client.tuning import SoftPrompt, check_tuning, load_trainable, save_trainable
+from client.tuning import (
+    DeepPrompt,
+    SoftPrompt,
+    build_prompts,
+    check_tuning,
+    load_trainable,
+    save_trainable,
+)
 from ledger.deployment import Deployment
 from node.blocks import ClientHead, load_client_head
 from node.device import DeviceError, local_device
@@ -94,14 +101,15 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         client: SwarmClient,
         tokenizer: PreTrainedTokenizerBase | None = None,
         *,
-        pre_seq_len: int = 0,
+        prompts: SoftPrompt | None = None,
     ) -> None:
         super().__init__(config)
         self.head = head  # embeddings, final norm, LM head: frozen, with what is trained
         self.client = client
         self.tokenizer = tokenizer
-        # trainable prompt embeddings prepended to every sequence (tuning_mode="ptune")
-        self.prompts = SoftPrompt(head.embed_tokens, pre_seq_len) if pre_seq_len else None
+        # trainable prompt embeddings prepended to every sequence (tuning_mode="ptune"), with
+        # a row per block added before each (a `DeepPrompt`, tuning_mode="deep_ptune")
+        self.prompts = prompts
         self._session: InferenceSession | None = None  # the session `forward` steps
         # the ids of each session this model stepped; weak, so a session ends as usual
         self._ids: weakref.WeakKeyDictionary[InferenceSession, _SessionIds] = (
@@ -149,7 +157,10 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         tokenizer = load_tokenizer(path)
         client = SwarmClient(config, account=wallet, deployment=deployment)
         try:
-            model = cls(model_config, head, client, tokenizer, pre_seq_len=pre_seq_len)
+            prompts = build_prompts(
+                tuning_mode, head.embed_tokens, pre_seq_len, int(model_config.num_hidden_layers)
+            )
+            model = cls(model_config, head, client, tokenizer, prompts=prompts)
             model.generation_config = _generation_config(path, model_config)
         except BaseException:
             client.close()
@@ -175,6 +186,12 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
     ) -> InferenceSession:
         """A session to step token by token and to continue across `generate` calls
         (`max_length` counts the tokens; the servers also hold the prompt's positions)."""
+        if isinstance(self.prompts, DeepPrompt):
+            raise SessionStateError(
+                "a deep_ptune model's prompts are added before every block in training calls; "
+                "inference sessions (generate, cached forward) do not carry them yet. Train "
+                "and classify with it, or generate with a 'ptune' model"
+            )
         return self.client.inference_session(
             max_length=max_length + self.pre_seq_len, batch_size=batch_size
         )
@@ -249,9 +266,12 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
                 f"attention mask {list(mask.shape)} does not match the inputs [{batch}, {length}]"
             )
         hidden = inputs_embeds.cpu().float()
+        deep = None
         if self.prompts is not None:
             hidden, mask = self.prompts.prepend(hidden, mask)
-        out = remote_blocks(hidden, mask, self.client.training_route())
+            if isinstance(self.prompts, DeepPrompt):
+                deep = self.prompts.deep  # [num_blocks, pre_seq_len, hidden_size]
+        out = remote_blocks(hidden, mask, self.client.training_route(), deep)
         return out[:, self.pre_seq_len :], mask[:, self.pre_seq_len :]
 
     def _train_forward(

@@ -278,11 +278,19 @@ class Network:
         *,
         timeout: float,
         silence: float,
+        prompts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, SignedReceipt]:
         """A paid stateless forward (`client.remote.remote_forward`)."""
         return self.run(
             remote_forward(
-                self.p2p, peer_id, request, hidden, mask, timeout=timeout, silence=silence
+                self.p2p,
+                peer_id,
+                request,
+                hidden,
+                mask,
+                timeout=timeout,
+                silence=silence,
+                prompts=prompts,
             )
         )
 
@@ -296,7 +304,8 @@ class Network:
         *,
         timeout: float,
         silence: float,
-    ) -> tuple[torch.Tensor, SignedReceipt]:
+        prompts: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, SignedReceipt, torch.Tensor | None]:
         """A paid backward of a stateless forward (`client.remote.remote_backward`)."""
         return self.run(
             remote_backward(
@@ -308,6 +317,7 @@ class Network:
                 grad_output,
                 timeout=timeout,
                 silence=silence,
+                prompts=prompts,
             )
         )
 

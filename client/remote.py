@@ -371,14 +371,17 @@ async def remote_forward(
     timeout: float = 300.0,
     silence: float = DEFAULT_SILENCE_TIMEOUT,
     max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    prompts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, SignedReceipt]:
     """A stateless forward of hidden [batch, tokens, hidden] (mask [batch, tokens]) through the
-    request's span; returns the output and the node's signed receipt (step 0)."""
+    request's span, with deep `prompts` [span blocks, P, hidden] added before each block if
+    given; returns the output and the node's signed receipt (step 0)."""
+    tensors = [hidden, mask] if prompts is None else [hidden, mask, prompts]
     frame = await _call_stream(
         p2p,
         peer_id,
         RPC_FORWARD,
-        Frame(request.to_wire(), [hidden, mask]),
+        Frame(request.to_wire(), tensors),
         max_bytes,
         timeout,
         silence,
@@ -399,23 +402,28 @@ async def remote_backward(
     timeout: float = 300.0,
     silence: float = DEFAULT_SILENCE_TIMEOUT,
     max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-) -> tuple[torch.Tensor, SignedReceipt]:
+    prompts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, SignedReceipt, torch.Tensor | None]:
     """The backward of the stateless forward `request.session_id` served on hidden [batch,
-    tokens, hidden] with mask [batch, tokens], given the gradient with respect to its output;
-    returns the gradient with respect to `hidden` and the node's signed receipt (step
-    `BACKWARD_STEP`)."""
+    tokens, hidden] with mask [batch, tokens] (and deep `prompts`, if it had them), given the
+    gradient with respect to its output; returns the gradient with respect to `hidden`, the
+    node's signed receipt (step `BACKWARD_STEP`) and the gradient with respect to the prompts
+    (None without)."""
+    tensors = [hidden, mask, grad_output] + ([] if prompts is None else [prompts])
     frame = await _call_stream(
         p2p,
         peer_id,
         RPC_BACKWARD,
-        Frame(request.to_wire(), [hidden, mask, grad_output]),
+        Frame(request.to_wire(), tensors),
         max_bytes,
         timeout,
         silence,
     )
-    if frame.type != StepResponse.TYPE or len(frame.tensors) != 1:
+    answers = 1 if prompts is None else 2
+    if frame.type != StepResponse.TYPE or len(frame.tensors) != answers:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "malformed backward reply from the node")
-    return frame.tensors[0], StepResponse.from_wire(frame.metadata).receipt
+    receipt = StepResponse.from_wire(frame.metadata).receipt
+    return frame.tensors[0], receipt, (frame.tensors[1] if prompts is not None else None)
 
 
 async def remote_info(p2p: P2P, peer_id: PeerID | str, *, timeout: float = 30.0) -> InfoResponse:

@@ -4,6 +4,7 @@ every backward a server computes paid per token, receipted and committed.
     blocks = TrainingRoute(client.for_sessions())
     out = remote_blocks(hidden, mask, blocks)   # hidden [batch, tokens, hidden_size]
     loss_of(out).backward()                     # gradients reach `hidden` (and what made it)
+    out = remote_blocks(hidden, mask, blocks, prompts)  # deep prompts [blocks, P, hidden_size]
 
 `remote_blocks` runs the batch through a route of servers that serve backwards (their record
 has a backward price), each hop as a paid stateless forward (`rpc_forward`, leaf step 0 of a
@@ -12,6 +13,12 @@ its input again with the gradient of the loss with respect to its output (`rpc_b
 paid at the hop's backward price, leaf step `BACKWARD_STEP` of the same session), and chains
 the gradients back to `hidden`. The servers' weights stay frozen: only what the client holds
 (soft prompts, a head) is trained, by any torch optimizer.
+
+Deep prompts (`tuning_mode="deep_ptune"`, protocol 9) travel with the batch: each hop gets
+their rows for its blocks, `[span blocks, P, hidden_size]`, adds row i to the first P
+positions before its block i, commits their hash (sketch version 5), and answers its backward
+with their gradient too (committed with them, version 6), which `remote_blocks` returns to
+the prompts.
 
 Every answer is checked like an inference step (`client.receipts.check_receipt`): the signer,
 the leaf, the hashes of what was sent and received, the sketch (of the output; for a backward,
@@ -63,7 +70,7 @@ from node.protocol import (
 )
 from node.routing import RouteHop
 from node.sketch import backward_sketch, mask_hash, sketch
-from node.tensors import check_attention_mask, check_hidden_states, tensor_hash
+from node.tensors import check_attention_mask, check_hidden_states, check_prompts, tensor_hash
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +88,7 @@ class TrainingHop:
     session_id: bytes  # the forward's session id (the backward names it)
     hidden: torch.Tensor  # [batch, tokens, hidden_size]: the input sent
     output_hash: bytes  # the hash of the output received
+    prompts: torch.Tensor | None = None  # [span blocks, P, hidden_size]: deep prompts sent
 
     @property
     def peer_id(self) -> str:
@@ -113,19 +121,32 @@ class TrainingRoute:
     # --- forward ---------------------------------------------------------------------------
 
     def forward(
-        self, hidden: torch.Tensor, mask: torch.Tensor
+        self, hidden: torch.Tensor, mask: torch.Tensor, prompts: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[TrainingHop]]:
-        """Run `hidden` [batch, tokens, hidden_size] with `mask` [batch, tokens] through every
+        """Run `hidden` [batch, tokens, hidden_size] with `mask` [batch, tokens] (and deep
+        `prompts` [blocks, P, hidden_size], one row per block of the model) through every
         block: the output and each hop, in route order, for the backward."""
         parts = self._parts
         hidden = hidden.detach().to(parts.torch_dtype).contiguous()
+        if prompts is not None:
+            prompts = prompts.detach().to(parts.torch_dtype).contiguous()
         try:
             check_hidden_states(hidden, hidden_size=parts.hidden_size, dtype=parts.torch_dtype)
             check_attention_mask(mask, batch=hidden.shape[0], length=hidden.shape[1])
+            if prompts is not None:
+                check_prompts(
+                    prompts,
+                    blocks=parts.total_blocks,
+                    hidden_size=parts.hidden_size,
+                    dtype=parts.torch_dtype,
+                    tokens=hidden.shape[1],
+                )
         except BadTensorError as exc:
             raise SessionStateError(str(exc)) from None
         with parts.step_lock:
-            return self._forward_range(0, parts.total_blocks, hidden, mask, previous=None)
+            return self._forward_range(
+                0, parts.total_blocks, hidden, mask, previous=None, prompts=prompts
+            )
 
     def _forward_range(
         self,
@@ -135,8 +156,10 @@ class TrainingRoute:
         mask: torch.Tensor,
         *,
         previous: bytes | None,
+        prompts: torch.Tensor | None,
     ) -> tuple[torch.Tensor, list[TrainingHop]]:
-        """`x` through blocks `[start, end)`, routing again around failed servers."""
+        """`x` through blocks `[start, end)` (with `prompts` [end - start, P, hidden_size] for
+        them), routing again around failed servers."""
         parts = self._parts
         tokens = x.shape[0] * x.shape[1]
         hops: list[TrainingHop] = []
@@ -146,8 +169,9 @@ class TrainingRoute:
         i = 0
         while i < len(route):
             planned = route[i]
+            rows = None if prompts is None else prompts[planned.start - start : planned.end - start]
             try:
-                hop, x = self._forward_hop(planned, x, mask, previous)
+                hop, x = self._forward_hop(planned, x, mask, previous, rows)
             except ServerFailure as failure:
                 failures += 1
                 if failure.ban or failure.peer_id in failed:
@@ -181,6 +205,7 @@ class TrainingRoute:
         x: torch.Tensor,
         mask: torch.Tensor,
         previous: bytes | None,
+        prompts: torch.Tensor | None,
     ) -> tuple[TrainingHop, torch.Tensor]:
         parts = self._parts
         tokens = x.shape[0] * x.shape[1]
@@ -199,9 +224,11 @@ class TrainingRoute:
                 mask,
                 timeout=parts.step_timeout,
                 silence=parts.silence_timeout,
+                prompts=prompts,
             )
 
         out, receipt = self._paid_call(planned, channel, cost, call, "forward")
+        prompts_hash = None if prompts is None else tensor_hash(prompts)
         self._check(
             planned,
             channel,
@@ -211,29 +238,39 @@ class TrainingRoute:
             received=out,
             step=0,
             session_id=session_id,
-            sketch_hash=sketch(out, mask_hash=mask_hash(mask, x.shape[1])).hash(),
+            sketch_hash=sketch(
+                out, mask_hash=mask_hash(mask, x.shape[1]), prompts_hash=prompts_hash
+            ).hash(),
             previous=previous,
         )
         self.spent.forward_wei += cost
         self.spent.forward_tokens += tokens
-        return TrainingHop(planned, channel, session_id, x, tensor_hash(out)), out
+        return TrainingHop(planned, channel, session_id, x, tensor_hash(out), prompts), out
 
     # --- backward --------------------------------------------------------------------------
 
     def backward(
         self, hops: list[TrainingHop], mask: torch.Tensor, grad_output: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The gradient with respect to the forward's input, given `grad_output` with respect
-        to its output (same shape): each hop's backward, last hop first."""
+        to its output (same shape), and with respect to its deep prompts [blocks, P,
+        hidden_size] if it had them (else None): each hop's backward, last hop first."""
         parts = self._parts
         grad = grad_output.detach().to(parts.torch_dtype).contiguous()
         if not torch.isfinite(grad).all():
             raise SessionStateError("the gradient of the loss has NaN or infinite values")
+        grad_prompts: torch.Tensor | None = None
+        first = hops[0].prompts if hops else None
+        if first is not None:
+            grad_prompts = first.new_zeros(parts.total_blocks, *first.shape[1:])
         with parts.step_lock:
             previous: bytes | None = None
             for hop in reversed(hops):
-                grad, previous = self._backward_hop(hop, mask, grad, previous)
-        return grad
+                grad, previous, rows = self._backward_hop(hop, mask, grad, previous)
+                if grad_prompts is not None:
+                    for start, end, part in rows:
+                        grad_prompts[start:end] = part
+        return grad, grad_prompts
 
     def _backward_hop(
         self,
@@ -241,11 +278,12 @@ class TrainingRoute:
         mask: torch.Tensor,
         grad: torch.Tensor,
         previous: bytes | None,
-    ) -> tuple[torch.Tensor, bytes]:
+    ) -> tuple[torch.Tensor, bytes, list[tuple[int, int, torch.Tensor]]]:
         """`grad` back through one hop; a failed hop's blocks are run again, forward and
-        backward, on a new route."""
+        backward, on a new route. Also the prompts' gradient of each block range computed."""
         try:
-            return self._backward_call(hop, mask, grad, previous)
+            grad, previous, rows = self._backward_call(hop, mask, grad, previous)
+            return grad, previous, [] if rows is None else [(hop.route.start, hop.route.end, rows)]
         except ServerFailure as failure:
             if failure.ban:
                 self._parts.router.failed(failure.peer_id, str(failure))
@@ -257,12 +295,15 @@ class TrainingRoute:
                 failure,
             )
         _, replaced = self._forward_range(
-            hop.route.start, hop.route.end, hop.hidden, mask, previous=None
+            hop.route.start, hop.route.end, hop.hidden, mask, previous=None, prompts=hop.prompts
         )
+        computed: list[tuple[int, int, torch.Tensor]] = []
         for new in reversed(replaced):
-            grad, previous = self._backward_call(new, mask, grad, previous)
+            grad, previous, rows = self._backward_call(new, mask, grad, previous)
+            if rows is not None:
+                computed.append((new.route.start, new.route.end, rows))
         assert previous is not None  # a route has a hop
-        return grad, previous
+        return grad, previous, computed
 
     def _backward_call(
         self,
@@ -270,15 +311,17 @@ class TrainingRoute:
         mask: torch.Tensor,
         grad: torch.Tensor,
         previous: bytes | None,
-    ) -> tuple[torch.Tensor, bytes]:
+    ) -> tuple[torch.Tensor, bytes, torch.Tensor | None]:
         parts = self._parts
         planned = hop.route
         tokens = grad.shape[0] * grad.shape[1]
         cost = tokens * planned.info.backward_price_per_token
 
+        grad_prompts: list[torch.Tensor] = []  # the prompts' gradient, when prompted
+
         def call(voucher: Voucher) -> tuple[torch.Tensor, SignedReceipt]:
             request = BackwardRequest(hop.session_id, planned.start, planned.end, voucher)
-            return parts.network.backward(
+            out, receipt, for_prompts = parts.network.backward(
                 planned.peer_id,
                 request,
                 hop.hidden,
@@ -286,10 +329,24 @@ class TrainingRoute:
                 grad,
                 timeout=parts.step_timeout,
                 silence=parts.silence_timeout,
+                prompts=hop.prompts,
             )
+            if for_prompts is not None:
+                grad_prompts.append(for_prompts)
+            return out, receipt
 
         self._room(hop.channel, planned, cost, tokens)
         out, receipt = self._paid_call(planned, hop.channel, cost, call, "backward")
+        prompts_hash = prompts_grad_hash = None
+        if hop.prompts is not None:
+            (rows,) = grad_prompts
+            if rows.shape != hop.prompts.shape or rows.dtype != hop.prompts.dtype:
+                raise ServerFailure(
+                    f"{planned.peer_id} returned a prompts' gradient of {list(rows.shape)} "
+                    f"{rows.dtype} for prompts of {list(hop.prompts.shape)}",
+                    peer_id=planned.peer_id,
+                )
+            prompts_hash, prompts_grad_hash = tensor_hash(hop.prompts), tensor_hash(rows)
         self._check(
             planned,
             hop.channel,
@@ -299,12 +356,17 @@ class TrainingRoute:
             received=out,
             step=BACKWARD_STEP,
             session_id=hop.session_id,
-            sketch_hash=backward_sketch(out, mask_hash=mask_hash(mask, grad.shape[1])).hash(),
+            sketch_hash=backward_sketch(
+                out,
+                mask_hash=mask_hash(mask, grad.shape[1]),
+                prompts_hash=prompts_hash,
+                prompts_grad_hash=prompts_grad_hash,
+            ).hash(),
             previous=previous,
         )
         self.spent.backward_wei += cost
         self.spent.backward_tokens += tokens
-        return out, tensor_hash(out)
+        return out, tensor_hash(out), (grad_prompts[0] if grad_prompts else None)
 
     # --- paying, checking ------------------------------------------------------------------
 
@@ -448,20 +510,36 @@ class _ThroughSwarm(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, hidden: torch.Tensor, mask: torch.Tensor, route: TrainingRoute
+        ctx: Any,
+        hidden: torch.Tensor,
+        prompts: torch.Tensor | None,
+        mask: torch.Tensor,
+        route: TrainingRoute,
     ) -> torch.Tensor:
-        out, hops = route.forward(hidden, mask)
+        out, hops = route.forward(hidden, mask, prompts)
         ctx.route, ctx.hops, ctx.mask, ctx.dtype = route, hops, mask, hidden.dtype
+        ctx.prompts_dtype = None if prompts is None else prompts.dtype
         return out.to(hidden.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        grad = ctx.route.backward(ctx.hops, ctx.mask, grad_output)
-        return grad.to(ctx.dtype), None, None
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_output: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, None, None]:
+        grad, grad_prompts = ctx.route.backward(ctx.hops, ctx.mask, grad_output)
+        if grad_prompts is not None:
+            grad_prompts = grad_prompts.to(ctx.prompts_dtype)
+        return grad.to(ctx.dtype), grad_prompts, None, None
 
 
-def remote_blocks(hidden: torch.Tensor, mask: torch.Tensor, route: TrainingRoute) -> torch.Tensor:
+def remote_blocks(
+    hidden: torch.Tensor,
+    mask: torch.Tensor,
+    route: TrainingRoute,
+    prompts: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Every block of the model on `hidden` [batch, tokens, hidden_size] with `mask` [batch,
-    tokens] (0/1), through the swarm, differentiable with respect to `hidden`."""
-    out: torch.Tensor = _ThroughSwarm.apply(hidden, mask.to(torch.long), route)
+    tokens] (0/1), through the swarm, differentiable with respect to `hidden` and to the deep
+    `prompts` [blocks, P, hidden_size] if given (row i added to the first P positions before
+    block i)."""
+    out: torch.Tensor = _ThroughSwarm.apply(hidden, prompts, mask.to(torch.long), route)
     return out

@@ -7,6 +7,13 @@ servers see them as `N` more positions, and the loss of the task flows back to t
 the remote blocks (`client.training`). They start as the embeddings of `N` random tokens of the
 vocabulary (seeded), on the scale of the model's own inputs.
 
+`tuning_mode="deep_ptune"` adds, to those, a trainable row per block and prompt position,
+`[num_blocks, N, hidden_size]` (Petals' deep prompts): each server adds its blocks' rows to the
+first `N` positions before each block (protocol 9), and returns their gradient with the
+backward. They start at zero, so a deep model starts where a `ptune` one does. Generation
+with deep prompts needs the servers to hold them in an inference session, which they do not
+yet: a deep model trains and classifies through the swarm, and `generate` refuses.
+
     model.save_trainable("prompt.safetensors")   # the prompts (and a classification head)
     model.load_trainable("prompt.safetensors")   # names and shapes must match
 """
@@ -21,7 +28,7 @@ from torch import nn
 
 from client.errors import ClientConfigError
 
-TUNING_MODES = ("ptune",)
+TUNING_MODES = ("ptune", "deep_ptune")
 PROMPT_SEED = 0  # which vocabulary rows the prompts start from
 
 
@@ -30,13 +37,8 @@ def check_tuning(tuning_mode: str | None, pre_seq_len: int) -> int:
     `ClientConfigError` for an unknown mode or a length that does not go with it."""
     if tuning_mode is None:
         if pre_seq_len:
-            raise ClientConfigError("pre_seq_len goes with tuning_mode='ptune'")
+            raise ClientConfigError("pre_seq_len goes with tuning_mode='ptune' or 'deep_ptune'")
         return 0
-    if tuning_mode == "deep_ptune":
-        raise ClientConfigError(
-            "tuning_mode='deep_ptune' (prompts before every block) is not served by the nodes "
-            "yet; use 'ptune'"
-        )
     if tuning_mode not in TUNING_MODES:
         raise ClientConfigError(
             f"unknown tuning_mode {tuning_mode!r}: one of {', '.join(TUNING_MODES)}"
@@ -72,6 +74,27 @@ class SoftPrompt(nn.Module):
         """mask [batch, tokens] -> [batch, pre_seq_len + tokens], the prompt's positions first."""
         ones = torch.ones(mask.shape[0], self.length, dtype=mask.dtype, device=mask.device)
         return torch.cat([ones, mask], dim=1)
+
+
+class DeepPrompt(SoftPrompt):
+    """Soft prompts plus a trainable row per block: `deep[i]` [pre_seq_len, hidden_size] is
+    added to the prompts' positions before block i, on the servers."""
+
+    def __init__(self, embeddings: nn.Embedding, pre_seq_len: int, num_blocks: int) -> None:
+        super().__init__(embeddings, pre_seq_len)
+        # deep: [num_blocks, pre_seq_len, hidden_size], zero: the model starts as with ptune
+        self.deep = nn.Parameter(torch.zeros(num_blocks, pre_seq_len, self.embeddings.shape[1]))
+
+
+def build_prompts(
+    tuning_mode: str | None, embeddings: nn.Embedding, pre_seq_len: int, num_blocks: int
+) -> SoftPrompt | None:
+    """The trainable prompts of `tuning_mode` (`check_tuning` first), None without tuning."""
+    if not pre_seq_len:
+        return None
+    if tuning_mode == "deep_ptune":
+        return DeepPrompt(embeddings, pre_seq_len, num_blocks)
+    return SoftPrompt(embeddings, pre_seq_len)
 
 
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:

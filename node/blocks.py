@@ -39,7 +39,7 @@ from node.errors import InvalidInputError, InvalidSpanError, ModelFilesError
 from node.families import MASK_FORMAT, Family, family_of, load_config
 from node.precisions import precision_name
 from node.quantize import check_quantization, quantize_layers, weight_bytes
-from node.tensors import check_attention_mask, check_hidden_states
+from node.tensors import check_attention_mask, check_hidden_states, check_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,13 @@ def _materialize(module: nn.Module, weights: dict[str, torch.Tensor], what: str)
     module.eval()
 
 
+def add_prompt(hidden: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """`hidden` [batch, tokens, hidden_size] with `prompt` [P, hidden_size] added to its first
+    P positions (a new tensor: the input is what the node received and commits to)."""
+    length = prompt.shape[0]
+    return torch.cat([hidden[:, :length] + prompt, hidden[:, length:]], dim=1)
+
+
 @dataclass(frozen=True)
 class _StepPlan:
     """Masks and positions of one forward, shared by all layers of the span."""
@@ -205,11 +212,15 @@ class Span(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: SessionCache | None = None,
         states: list[torch.Tensor] | None = None,
+        prompts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the span over `hidden` [batch, tokens, hidden_size] and return the output
         hidden states of the same shape. With `states`, every block's output (the last one is
         the span's) is appended to it, on `hidden`'s device: what a 16-bit node commits to and
         reveals, so that verifiers recompute one block at a time (`node.states`).
+        With deep `prompts` [blocks, P, hidden_size] (prompt tuning), `prompts[i]` is added to
+        the first P positions before block i (Petals' deep prompts); only in a step that starts
+        at position 0 and covers them.
 
         `attention_mask` [batch, past + tokens] (0/1; None: no padding) covers the cached past
         and the new tokens. With `cache`, `past` is `cache.length`, the mask's past part must
@@ -234,6 +245,9 @@ class Span(nn.Module):
             cache.room_for(tokens)
             past = cache.length
         mask = self._full_mask(attention_mask, cache, batch, past, tokens)
+        if prompts is not None:
+            self._check_prompts(prompts, past, tokens)
+            prompts = prompts.to(self.device)
         arrived_on = hidden.device
         hidden = hidden.to(self.device)
         with torch.inference_mode():
@@ -242,7 +256,9 @@ class Span(nn.Module):
             if cache is not None:
                 cache.begin_step(tokens)
             try:
-                for layer, window in zip(self.layers, self.windows, strict=True):
+                for i, (layer, window) in enumerate(zip(self.layers, self.windows, strict=True)):
+                    if prompts is not None:
+                        hidden = add_prompt(hidden, prompts[i])
                     hidden = layer(
                         hidden,
                         attention_mask=plan.masks[window],
@@ -266,9 +282,11 @@ class Span(nn.Module):
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None,
         grad_output: torch.Tensor,
-    ) -> torch.Tensor:
-        """The gradient of a loss with respect to `hidden` [batch, tokens, hidden_size], given
-        its gradient `grad_output` with respect to the span's stateless output on `hidden` (same
+        prompts: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The gradients of a loss with respect to `hidden` [batch, tokens, hidden_size] and to
+        the deep `prompts` [blocks, P, hidden_size] if given (else None), given its gradient
+        `grad_output` with respect to the span's stateless output on them (the hidden states'
         shape and dtype): the forward is recomputed with autograd, then propagated back. The
         weights stay frozen (no parameter gets a gradient). Inputs as in `forward` (no cache);
         `InvalidInputError` for bad shapes, dtypes or values."""
@@ -287,16 +305,23 @@ class Span(nn.Module):
             )
         batch, tokens, _ = hidden.shape
         mask = self._full_mask(attention_mask, None, batch, 0, tokens)
+        if prompts is not None:
+            self._check_prompts(prompts, 0, tokens)
         arrived_on = hidden.device
         with torch.inference_mode(False), torch.enable_grad():
             # x: [batch, tokens, hidden_size], a leaf of its own graph (a copy: the input may
-            # be an inference-mode tensor, which autograd cannot record)
+            # be an inference-mode tensor, which autograd cannot record); p likewise
             x = hidden.detach().to(self.device).clone().requires_grad_(True)
+            p = None
+            if prompts is not None:
+                p = prompts.detach().to(self.device).clone().requires_grad_(True)
             grad_output = grad_output.detach().to(self.device).clone()
             plan = self._plan(mask, 0, tokens)
             cos_sin = self.rotary(x, plan.position_ids)
             out = x
-            for layer, window in zip(self.layers, self.windows, strict=True):
+            for i, (layer, window) in enumerate(zip(self.layers, self.windows, strict=True)):
+                if p is not None:
+                    out = add_prompt(out, p[i])
                 out = layer(
                     out,
                     attention_mask=plan.masks[window],
@@ -304,8 +329,24 @@ class Span(nn.Module):
                     position_embeddings=cos_sin,
                     use_cache=False,
                 )
-            (grad,) = torch.autograd.grad(out, x, grad_output)
-        return grad.detach().to(arrived_on)
+            if p is None:
+                (grad,) = torch.autograd.grad(out, x, grad_output)
+                return grad.detach().to(arrived_on), None
+            grad, grad_prompts = torch.autograd.grad(out, (x, p), grad_output)
+        return grad.detach().to(arrived_on), grad_prompts.detach().to(arrived_on)
+
+    def _check_prompts(self, prompts: torch.Tensor, past: int, tokens: int) -> None:
+        if past:
+            raise InvalidInputError(
+                f"deep prompts go with a step that starts at position 0, this one at {past}"
+            )
+        check_prompts(
+            prompts,
+            blocks=self.num_blocks,
+            hidden_size=self.hidden_size,
+            dtype=self.dtype,
+            tokens=tokens,
+        )
 
     def _check_cache(self, cache: SessionCache) -> None:
         if cache.layout != self.kv_layout:

@@ -94,7 +94,9 @@ logger = logging.getLogger(__name__)
 _STORED_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
 # What `LeafWriter` stores per step: the signed receipt, hidden states, mask, encoded sketch
 # and, for a 16-bit node, its block states (`node.states`).
-_Step = tuple[SignedReceipt, torch.Tensor, torch.Tensor, bytes, torch.Tensor | None]
+_Step = tuple[
+    SignedReceipt, torch.Tensor, torch.Tensor, bytes, torch.Tensor | None, torch.Tensor | None
+]
 
 
 class Receipts:
@@ -125,17 +127,22 @@ class Receipts:
         mask: torch.Tensor,
         states: torch.Tensor | None = None,
         quantization: str | None = None,
+        prompts: torch.Tensor | None = None,
     ) -> tuple[SignedReceipt, bytes]:
         """The signed leaf of one step (`hidden_in`/`hidden_out` are the exact tensors received
         and sent) and the encoded sketch whose hash the leaf commits, kept for reveals: it also
         commits the step's own columns of `mask` ([batch, past + tokens], as the step was
         computed with), a 16-bit node's block `states` (`node.states.stack_states`) and its
-        weights' `quantization` (`node.quantize`)."""
+        weights' `quantization` (`node.quantize`) and the deep `prompts` it added (version 5)."""
         issued_at = int(self.clock())
         hashed = None if states is None else states_hash(states)
         masked = mask_hash(mask, hidden_in.shape[1])
         encoded = sketch(
-            hidden_out, mask_hash=masked, states_hash=hashed, quantization=quantization
+            hidden_out,
+            mask_hash=masked,
+            states_hash=hashed,
+            quantization=quantization,
+            prompts_hash=None if prompts is None else tensor_hash(prompts),
         ).encode()
         leaf = Leaf(
             session_id=session_id,
@@ -161,12 +168,20 @@ class Receipts:
         grad_output: torch.Tensor,
         grad_input: torch.Tensor,
         mask: torch.Tensor,
+        prompts: torch.Tensor | None = None,
+        grad_prompts: torch.Tensor | None = None,
     ) -> tuple[SignedReceipt, bytes]:
         """The signed leaf of a backward (`node.training`): step `BACKWARD_STEP` of its
         forward's session, from the output gradient received to the input gradient sent, with
-        the backward's sketch (version 4) of the latter; and that encoded sketch."""
+        the backward's sketch (version 4) of the latter, or with deep `prompts` and the
+        `grad_prompts` sent, version 6; and that encoded sketch."""
         masked = mask_hash(mask, grad_output.shape[1])
-        encoded = backward_sketch(grad_input, mask_hash=masked).encode()
+        encoded = backward_sketch(
+            grad_input,
+            mask_hash=masked,
+            prompts_hash=None if prompts is None else tensor_hash(prompts),
+            prompts_grad_hash=None if grad_prompts is None else tensor_hash(grad_prompts),
+        ).encode()
         leaf = Leaf(
             session_id=session_id,
             model_id=self.model_id,
@@ -210,10 +225,12 @@ class InputStore:
         mask: torch.Tensor,
         sketch: bytes = b"",
         states: torch.Tensor | None = None,
+        prompts: torch.Tensor | None = None,
     ) -> str:
         """Store one step's inputs: `hidden` [batch, tokens, hidden] and its attention mask,
         [batch, past + tokens] as received (only its last `tokens` columns are kept) or
-        [batch, tokens]; the encoded sketch and block states when given."""
+        [batch, tokens]; the encoded sketch, block states and `prompts` when given (a training
+        forward's deep prompts, its backward's gradient of them)."""
         rel = self.relative(session_id, start, end, step)
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +242,8 @@ class InputStore:
             tensors["sketch"] = torch.frombuffer(bytearray(sketch), dtype=torch.uint8)
         if states is not None:
             tensors["states"] = states.contiguous()
+        if prompts is not None:
+            tensors["prompts"] = prompts.contiguous()
         save_file(tensors, str(path))
         return rel
 
@@ -266,6 +285,21 @@ class InputStore:
                 return None
             states = f.get_slice("states")
             return list(states.get_shape()), str(states.get_dtype())
+
+    def load_prompts(self, rel: str) -> torch.Tensor | None:
+        """A step's stored deep prompts (or, for a backward, their gradient), None if none."""
+        with safe_open(str(self.root / rel), framework="pt") as f:
+            if "prompts" not in f.keys():  # noqa: SIM118 (not a dict)
+                return None
+            return f.get_tensor("prompts")
+
+    def prompts_shape(self, rel: str) -> tuple[list[int], str] | None:
+        """The shape and dtype of a step's stored prompts, from the header; None if none."""
+        with safe_open(str(self.root / rel), framework="pt") as f:
+            if "prompts" not in f.keys():  # noqa: SIM118 (not a dict)
+                return None
+            prompts = f.get_slice("prompts")
+            return list(prompts.get_shape()), str(prompts.get_dtype())
 
     def load_sketch(self, rel: str) -> bytes | None:
         """The encoded sketch stored with a step's inputs, None if none was stored."""
@@ -331,13 +365,15 @@ class LeafWriter:
         mask: torch.Tensor,
         sketch: bytes = b"",
         states: torch.Tensor | None = None,
+        prompts: torch.Tensor | None = None,
     ) -> asyncio.Future[None]:
-        """Queue one step's leaf, inputs, encoded sketch and block states (16-bit nodes) for the
-        ledger; the future completes once they are stored (or with the error that refused them)."""
+        """Queue one step's leaf, inputs, encoded sketch, block states (16-bit nodes) and deep
+        prompts (training) for the ledger; the future completes once they are stored (or with
+        the error that refused them)."""
         stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # the writer logs a failure; a caller that never awaits the future gets no warning
         stored.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._queue.append(((receipt, hidden, mask, sketch, states), stored))
+        self._queue.append(((receipt, hidden, mask, sketch, states, prompts), stored))
         self.queued += 1
         if self._writing is None:
             self._start()
@@ -383,7 +419,7 @@ class LeafWriter:
         """Store `group` (ledger thread): input files, then every leaf and input row in one
         transaction. Returns each step's error (None: stored)."""
         paths = []
-        for receipt, hidden, mask, encoded, states in group:
+        for receipt, hidden, mask, encoded, states, prompts in group:
             leaf = receipt.leaf
             paths.append(
                 self.store.save(
@@ -395,6 +431,7 @@ class LeafWriter:
                     mask,
                     encoded,
                     states,
+                    prompts,
                 )
             )
         steps = [(r.leaf, r.signature, rel) for (r, *_), rel in zip(group, paths, strict=True)]
@@ -707,6 +744,17 @@ class Reveal:
                 if states is None:
                     raise ProtocolError(ErrorCode.NOT_FOUND, "stored block states are gone")
                 yield states  # [blocks, batch, tokens, hidden]
+        if self.response.prompts:
+            for rel in self.paths:
+                try:
+                    prompts = self.store.load_prompts(rel)
+                except (OSError, SafetensorError) as exc:
+                    raise ProtocolError(
+                        ErrorCode.NOT_FOUND, f"stored prompts unreadable: {exc}"
+                    ) from None
+                if prompts is None:
+                    raise ProtocolError(ErrorCode.NOT_FOUND, "stored prompts are gone")
+                yield prompts  # [blocks, P, hidden]
 
     def messages(self, message_type: type[Msg]) -> Iterator[Msg]:
         """The frame's protobuf messages: the metadata (every step's leaf and proof) first,
@@ -824,8 +872,29 @@ def build_reveal(
         sizes += _states_sizes(store, paths)
     quantization = sketches[-1].quantization if sketches else None
     exponent = sketches[-1].exponent if sketches else None  # a backward's (version 4)
-    response = RevealResponse(steps, full, batch_leaves, with_states, quantization, exponent)
+    with_prompts = bool(sketches) and sketches[-1].prompts_hash is not None
+    if with_prompts:
+        sizes += _prompts_sizes(store, paths)
+    response = RevealResponse(
+        steps, full, batch_leaves, with_states, quantization, exponent, with_prompts
+    )
     return Reveal(response, store, paths, sizes, sketches)
+
+
+def _prompts_sizes(store: InputStore, paths: list[str]) -> list[int]:
+    """The byte size of every step's stored deep prompts (a training forward's, its backward's
+    gradient of them); NOT_FOUND when a step has none or they are unreadable."""
+    sizes = []
+    for step, rel in enumerate(paths):
+        try:
+            found = store.prompts_shape(rel)
+        except (OSError, SafetensorError) as exc:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"stored prompts unreadable: {exc}") from None
+        if found is None or found[1] not in _STORED_ITEMSIZE or len(found[0]) != 3:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"step {step} has no stored prompts")
+        shape, dtype = found
+        sizes.append(math.prod(shape) * _STORED_ITEMSIZE[dtype])
+    return sizes
 
 
 def _states_sizes(store: InputStore, paths: list[str]) -> list[int]:

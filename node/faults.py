@@ -306,8 +306,9 @@ class FaultySpan(Span):
         attention_mask: torch.Tensor | None = None,
         cache: SessionCache | None = None,
         states: list[torch.Tensor] | None = None,
+        prompts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        honest = functools.partial(super().forward, states=states)
+        honest = functools.partial(super().forward, states=states, prompts=prompts)
         return self.cheat.forward(honest, self, hidden, attention_mask, cache)
 
 
@@ -369,6 +370,7 @@ class _SkipsReplays(LeafWriter):
         mask: torch.Tensor,
         sketch: bytes = b"",
         states: torch.Tensor | None = None,
+        prompts: torch.Tensor | None = None,
     ) -> asyncio.Future[None]:
         slot = (receipt.leaf.session_id, receipt.leaf.step)
         if slot in self._replayed:
@@ -376,7 +378,7 @@ class _SkipsReplays(LeafWriter):
             skipped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             skipped.set_result(None)
             return skipped
-        return super().submit(receipt, hidden, mask, sketch, states)
+        return super().submit(receipt, hidden, mask, sketch, states, prompts)
 
 
 class WithholdingNode(StakeswarmNode):

@@ -46,6 +46,7 @@ from node.blocks import Span
 from node.commits import InputStore, LeafWriter, Receipts, build_reveal
 from node.compute import submit_forward
 from node.config import NodeConfig
+from node.errors import BadTensorError
 from node.protocol import (
     BACKWARD_STEP,
     SERVICE_NAME,
@@ -80,13 +81,18 @@ from node.sessions import (
     check_step,
     unpack_step,
 )
-from node.sketch import mask_hash
+from node.sketch import FP16_MAX, mask_hash
 from node.states import commits_states, stack_states
 from node.streams import Arrivals, IncomingBudget, Lease, finish, keepalives
-from node.tensors import tensor_hash
+from node.tensors import check_prompts, tensor_hash
 from node.training import ForwardLog
 
 logger = logging.getLogger(__name__)
+
+# What a one-frame call computes (`_paid_compute`): its answer, the signed receipt, the encoded
+# sketch, a 16-bit span's block states, and the prompts kept to reveal (a training forward's
+# deep prompts, its backward's gradient of them)
+_Computed: TypeAlias = tuple[torch.Tensor, Any, bytes, torch.Tensor | None, torch.Tensor | None]
 
 Request: TypeAlias = runtime_pb2.ExpertRequest
 Response: TypeAlias = runtime_pb2.ExpertResponse
@@ -547,6 +553,8 @@ class StakeswarmNode(ServicerBase):
         hidden: torch.Tensor,
         mask: torch.Tensor,
         forward: Callable[[list[torch.Tensor] | None], torch.Tensor],
+        *,
+        prompts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any, bytes, torch.Tensor | None]:
         """Run `forward` (collecting every block's output when the span's dtype commits block
         states, `node.states`) and sign the step's leaf: the output, the signed receipt, the
@@ -564,6 +572,7 @@ class StakeswarmNode(ServicerBase):
             mask=mask,
             states=states,
             quantization=span.quantization,
+            prompts=prompts,
         )
         return output, receipt, encoded, states
 
@@ -619,9 +628,16 @@ class StakeswarmNode(ServicerBase):
     async def _forward(self, request: ForwardRequest, frame: Frame) -> list[Any]:
         self._refuse_if_closed()
         span = self.spans.view(request.span_start, request.span_end)
-        hidden, mask = unpack_step(frame.tensors)
+        prompts = None
+        if len(frame.tensors) == 3:  # deep prompts (training, protocol 9)
+            *step_tensors, prompts = frame.tensors
+        else:
+            step_tensors = frame.tensors
+        hidden, mask = unpack_step(step_tensors)
         check_hidden(hidden, hidden_size=span.hidden_size, dtype=span.dtype)
         check_mask(mask, hidden.shape[0], hidden.shape[1])
+        if prompts is not None:
+            self._check_prompts(span, prompts, hidden.shape[1])
         tokens = hidden.shape[0] * hidden.shape[1]
         # before any payment: a forward over the cap costs the client nothing
         check_forward_tokens(tokens, self.limits.max_forward_tokens)
@@ -634,18 +650,20 @@ class StakeswarmNode(ServicerBase):
             client=channel.client,
         )
 
-        def compute() -> tuple[torch.Tensor, Any, bytes, torch.Tensor | None]:
-            return self._committed(
+        def compute() -> _Computed:
+            committed = self._committed(
                 span,
                 request.session_id,
                 0,
                 tokens,
                 hidden,
                 mask,
-                lambda blocks: span.forward(hidden, mask, states=blocks),
+                lambda blocks: span.forward(hidden, mask, states=blocks, prompts=prompts),
+                prompts=prompts,
             )
+            return (*committed, prompts)
 
-        output, receipt = await self._paid_compute(accepted, compute, hidden, mask, "forward")
+        output, receipt, _ = await self._paid_compute(accepted, compute, hidden, mask, "forward")
         self.metrics.served(tokens)
         if self.backward_price_per_block:  # its backward may follow (node.training)
             self.forwards.record(
@@ -654,34 +672,56 @@ class StakeswarmNode(ServicerBase):
                 input_hash=receipt.leaf.input_hash,
                 mask_hash=mask_hash(mask, hidden.shape[1]),
                 channel_id=channel.channel_id,
+                prompts_hash=None if prompts is None else tensor_hash(prompts),
             )
         return list(_frame(StepResponse(0, receipt).to_wire(), [output]))
+
+    def _check_prompts(self, span: Span, prompts: torch.Tensor, tokens: int) -> None:
+        """BAD_REQUEST unless this node trains (deep prompts are a training forward's, and
+        audited in float32), BAD_TENSOR unless `prompts` fit the span and the sequence."""
+        if not self.backward_price_per_block:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "this node serves no training: it takes no deep prompts"
+            )
+        try:
+            check_prompts(
+                prompts,
+                blocks=span.end - span.start,
+                hidden_size=span.hidden_size,
+                dtype=span.dtype,
+                tokens=tokens,
+                max_abs=FP16_MAX,
+            )
+        except BadTensorError as exc:
+            raise ProtocolError(ErrorCode.BAD_TENSOR, str(exc)) from None
 
     async def _paid_compute(
         self,
         accepted: Accepted,
-        compute: Callable[[], tuple[torch.Tensor, Any, bytes, torch.Tensor | None]],
+        compute: Callable[[], _Computed],
         leaf_input: torch.Tensor,
         mask: torch.Tensor,
         what: str,
-    ) -> tuple[torch.Tensor, Any]:
-        """Run a one-frame call's `compute` (its answer, signed receipt, encoded sketch and
-        block states) once its voucher is `accepted`, queued behind inference steps (a long
-        forward or backward holds a decode step back for at most the one task already
-        running, node.compute); store the leaf with `leaf_input` and `mask` before the receipt
-        leaves the node (as in `_step`). The answer and the receipt; a failure now is spent."""
+    ) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+        """Run a one-frame call's `compute` (its answer, signed receipt, encoded sketch, block
+        states and prompts to reveal: a forward's deep prompts, a backward's gradient of them)
+        once its voucher is `accepted`, queued behind inference steps (a long forward or
+        backward holds a decode step back for at most the one task already running,
+        node.compute); store the leaf with `leaf_input`, `mask` and those before the receipt
+        leaves the node (as in `_step`). The answer, the receipt and the prompts stored; a
+        failure now is spent."""
         try:
-            answer, receipt, encoded, states = await asyncio.wrap_future(
+            answer, receipt, encoded, states, prompts = await asyncio.wrap_future(
                 submit_forward(self.compute, compute)
             )
-            stored = self.writer.submit(receipt, leaf_input, mask, encoded, states)
+            stored = self.writer.submit(receipt, leaf_input, mask, encoded, states, prompts)
             await accepted.persisted
             await stored
         except Exception as exc:
             logger.exception("a %s failed after its voucher was accepted", what)
             raise await spent_failure(exc, accepted) from None
         self.on_leaf()
-        return answer, receipt
+        return answer, receipt, prompts
 
     # --- backward (training) ---------------------------------------------------------------
 
@@ -699,15 +739,18 @@ class StakeswarmNode(ServicerBase):
         if not self.backward_price_per_block:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "this node serves no backward")
         span = self.spans.view(request.span_start, request.span_end)
-        if len(frame.tensors) != 3:
+        if len(frame.tensors) not in (3, 4):
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST,
-                "a backward carries 3 tensors (hidden states, mask, output gradient), got "
-                f"{len(frame.tensors)}",
+                "a backward carries 3 tensors (hidden states, mask, output gradient) and the "
+                f"forward's deep prompts if it had them, got {len(frame.tensors)}",
             )
-        hidden, mask, grad = frame.tensors
+        hidden, mask, grad, *prompted = frame.tensors
+        prompts = prompted[0] if prompted else None
         check_hidden(hidden, hidden_size=span.hidden_size, dtype=span.dtype)
         check_mask(mask, hidden.shape[0], hidden.shape[1])
+        if prompts is not None:
+            self._check_prompts(span, prompts, hidden.shape[1])
         check_hidden(grad, hidden_size=span.hidden_size, dtype=span.dtype, batch=hidden.shape[0])
         if grad.shape != hidden.shape:
             raise ProtocolError(
@@ -724,6 +767,7 @@ class StakeswarmNode(ServicerBase):
             input_hash=tensor_hash(hidden),
             mask_hash=mask_hash(mask, hidden.shape[1]),
             channel_id=channel.channel_id,
+            prompts_hash=None if prompts is None else tensor_hash(prompts),
         )
         try:
             accepted = await self.payments.accept(
@@ -736,8 +780,8 @@ class StakeswarmNode(ServicerBase):
             self.forwards.restore(request.session_id, record)
             raise
 
-        def compute() -> tuple[torch.Tensor, Any, bytes, None]:
-            grad_input = span.backward(hidden, mask, grad)
+        def compute() -> _Computed:
+            grad_input, for_prompts = span.backward(hidden, mask, grad, prompts)
             receipt, encoded = self.receipts.make_backward(
                 session_id=request.session_id,
                 span=(span.start, span.end),
@@ -745,13 +789,19 @@ class StakeswarmNode(ServicerBase):
                 grad_output=grad,
                 grad_input=grad_input,
                 mask=mask,
+                prompts=prompts,
+                grad_prompts=for_prompts,
             )
-            return grad_input, receipt, encoded, None
+            return grad_input, receipt, encoded, None, for_prompts
 
-        # the leaf's input is the output gradient (the forward's inputs are step 0's)
-        grad_input, receipt = await self._paid_compute(accepted, compute, grad, mask, "backward")
+        # the leaf's input is the output gradient (the forward's inputs are step 0's); what it
+        # keeps to reveal with it, the gradient of the forward's prompts
+        grad_input, receipt, grad_prompts = await self._paid_compute(
+            accepted, compute, grad, mask, "backward"
+        )
         self.metrics.served(tokens)
-        return list(_frame(StepResponse(BACKWARD_STEP, receipt).to_wire(), [grad_input]))
+        answer = [grad_input] if grad_prompts is None else [grad_input, grad_prompts]
+        return list(_frame(StepResponse(BACKWARD_STEP, receipt).to_wire(), answer))
 
     # --- info ------------------------------------------------------------------------------
 

@@ -47,7 +47,9 @@ from node.sketch import SKETCH_TOP_K
 # 8: training: a stateless forward may be followed by its backward (`rpc_backward`), priced
 #    per token per block in the record (`bprice`), committed as step 1 of the forward's session
 #    with a version-4 (backward) sketch.
-PROTOCOL_VERSION = 8
+# 9: deep prompts: a training forward and its backward may carry per-block prompts, committed
+#    by sketch versions 5 and 6; the backward answers their gradient too; reveals carry them.
+PROTOCOL_VERSION = 9
 
 # The step of a backward's leaf: the forward it propagates through is step 0 of its session.
 BACKWARD_STEP = 1
@@ -560,7 +562,9 @@ class Working:
 @dataclass(frozen=True)
 class ForwardRequest:
     """A stateless forward through a span: an `OpenSession` and one `StepRequest` in one frame.
-    Tensors as in `StepRequest` (mask `[batch, tokens]`)."""
+    Tensors as in `StepRequest` (mask `[batch, tokens]`), then, for a training forward with
+    deep prompts (protocol 9), the prompts `[span blocks, P, hidden]` the node adds to the
+    first P positions before each block (only a node that serves backwards takes them)."""
 
     session_id: bytes
     span_start: int
@@ -595,8 +599,9 @@ class BackwardRequest:
     and span, paid on the same channel. Tensors: the forward's hidden `[batch, tokens, hidden]`
     and mask `[batch, tokens]` again (the node recomputes the forward; it keeps only their
     hashes), then the gradient of the loss with respect to the forward's output, of the
-    hidden states' shape and dtype. Answered with a `StepResponse` (step `BACKWARD_STEP`) and
-    the gradient with respect to the hidden states."""
+    hidden states' shape and dtype, and the forward's deep prompts if it had them (protocol
+    9). Answered with a `StepResponse` (step `BACKWARD_STEP`) and the gradient with respect to
+    the hidden states, then, with prompts, the gradient with respect to them."""
 
     session_id: bytes
     span_start: int
@@ -728,7 +733,10 @@ class RevealResponse:
     the output the step's outputHash commits). A node serving quantized weights says which in
     `quantization` (its sketches, version 3, commit it). When the leaf is a backward (step
     `BACKWARD_STEP` of a stateless forward's session, protocol 8), `exponent` is its sketch's
-    (version 4): step 1's "hidden states" are the output gradient it received."""
+    (version 4): step 1's "hidden states" are the output gradient it received. When the
+    session's forward carried deep prompts (protocol 9, sketch versions 5 and 6), `prompts`
+    is set and the frame ends with each step's prompts tensor `[blocks, P, hidden]`: step 0's
+    the prompts, a backward's step 1's their gradient (each hashes to its sketch's field)."""
 
     steps: list[RevealedStep] = field(default_factory=list)
     full: bool = False
@@ -736,6 +744,7 @@ class RevealResponse:
     states: bool = False  # full only: every step's block states follow the sketch
     quantization: str | None = None  # full only: the weights the sketches commit (version 3)
     exponent: int | None = None  # full only: the last step is a backward (sketch version 4)
+    prompts: bool = False  # full only: each step's deep prompts (or gradient) end the frame
 
     TYPE = "revealed"
 
@@ -750,6 +759,8 @@ class RevealResponse:
                 wire["quant"] = self.quantization
             if self.exponent is not None:
                 wire["bexp"] = self.exponent
+            if self.prompts:
+                wire["prompts"] = True
         return wire
 
     @classmethod
@@ -780,16 +791,30 @@ class RevealResponse:
                 raise ProtocolError(
                     ErrorCode.BAD_REQUEST, "revealed: a backward is step 1 of its session"
                 )
+        prompts = full and d.get("prompts", False) is True
+        if prompts and (states or len(steps) > BACKWARD_STEP + 1):
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                "revealed: deep prompts go with a float32 training forward and its backward",
+            )
         return cls(
-            [RevealedStep.from_wire(s) for s in steps], full, leaves, states, quantization, exponent
+            [RevealedStep.from_wire(s) for s in steps],
+            full,
+            leaves,
+            states,
+            quantization,
+            exponent,
+            prompts,
         )
 
     @property
     def tensor_count(self) -> int:
         """How many tensors the frame carries: hidden states per step, the mask, the steps'
-        sketches (two tensors) when full, and block states per step when `states`."""
+        sketches (two tensors) when full, block states per step when `states`, and prompts
+        per step when `prompts`."""
         steps = len(self.steps)
-        return steps + 1 + (2 if self.full else 0) + (steps if self.states else 0)
+        per_step = (steps if self.states else 0) + (steps if self.prompts else 0)
+        return steps + 1 + (2 if self.full else 0) + per_step
 
 
 @dataclass(frozen=True)

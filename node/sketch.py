@@ -69,6 +69,14 @@ are small: unscaled, float16 would flush them), with version 2's fields (32 zero
 states) and the exponent, so that every leaf says whether it is a forward or a backward:
 
     79+6Pk  1   i8          the exponent e: the values are those of gradient x 2^e
+
+Versions 5 and 6, what a float32 node commits for a training call that carried deep prompts
+(`node.blocks.Span` adds them before every block): version 2's fields then the prompts' hash,
+and for a backward version 4's fields then the prompts' hash and their gradient's, so that a
+node cannot reveal other prompts than it computed with, nor another gradient than it sent:
+
+    79+6Pk  32              (5) prompts hash: `tensor_hash` of the prompts [blocks, P, hidden]
+    80+6Pk  32 + 32         (6) prompts hash, then the hash of their gradient (same shape)
 """
 
 from __future__ import annotations
@@ -89,6 +97,8 @@ SKETCH_VERSION = 1
 COMMITTED_SKETCH_VERSION = 2  # version 1 plus the mask's and the block states' hashes
 QUANTIZED_SKETCH_VERSION = 3  # version 2 plus the quantization's code
 BACKWARD_SKETCH_VERSION = 4  # version 2 plus the gradient's exponent: a backward's sketch
+PROMPTED_SKETCH_VERSION = 5  # version 2 plus the hash of the deep prompts a forward added
+PROMPTED_BACKWARD_SKETCH_VERSION = 6  # version 4 plus the prompts' and their gradient's hashes
 # A backward's gradient is scaled so that its largest magnitude lies in [2^14, 2^15)
 GRADIENT_TOP_EXPONENT = 14
 _QUANTIZATIONS = {code: name for name, code in QUANTIZATION_CODES.items()}
@@ -123,6 +133,8 @@ class Sketch:
     states_hash: bytes | None = None  # version 2: keccak256 of the step's block states
     quantization: str | None = None  # version 3: the node's quantized weights (node.quantize)
     exponent: int | None = None  # version 4: a backward's; the values are gradient x 2^exponent
+    prompts_hash: bytes | None = None  # versions 5, 6: `tensor_hash` of the deep prompts
+    prompts_grad_hash: bytes | None = None  # version 6: `tensor_hash` of their gradient
 
     @property
     def k(self) -> int:
@@ -153,6 +165,21 @@ class Sketch:
                 raise SketchFormatError("a backward's sketch commits its mask and nothing else")
             version = BACKWARD_SKETCH_VERSION
             trailer += struct.pack("<b", self.exponent)
+        if self.prompts_hash is not None:
+            if self.mask_hash is None or self.states_hash is not None:
+                raise SketchFormatError("a prompted sketch commits its mask and no block states")
+            if (self.exponent is None) != (self.prompts_grad_hash is None):
+                raise SketchFormatError(
+                    "a prompted backward's sketch commits the prompts' gradient"
+                )
+            if self.exponent is None:
+                version, trailer = PROMPTED_SKETCH_VERSION, trailer + self.prompts_hash
+            else:
+                version = PROMPTED_BACKWARD_SKETCH_VERSION
+                assert self.prompts_grad_hash is not None  # checked above
+                trailer += self.prompts_hash + self.prompts_grad_hash
+        elif self.prompts_grad_hash is not None:
+            raise SketchFormatError("a sketch commits a prompts' gradient only with the prompts")
         header = _HEADER.pack(version, self.k, batch, tokens, self.hidden_size)
         indices = self.indices.numpy().astype("<u4").tobytes()
         values = self.values.numpy().astype("<f2").tobytes()
@@ -174,6 +201,8 @@ class Sketch:
             COMMITTED_SKETCH_VERSION: 64,
             QUANTIZED_SKETCH_VERSION: 65,
             BACKWARD_SKETCH_VERSION: 65,
+            PROMPTED_SKETCH_VERSION: 96,
+            PROMPTED_BACKWARD_SKETCH_VERSION: 129,
         }
         if version not in trailer:
             raise SketchFormatError(
@@ -205,10 +234,16 @@ class Sketch:
                     f"({', '.join(map(str, _QUANTIZATIONS))}), got code {body[6 * count + 64]}"
                 )
         exponent = None
-        if version == BACKWARD_SKETCH_VERSION:
+        if version in (BACKWARD_SKETCH_VERSION, PROMPTED_BACKWARD_SKETCH_VERSION):
             (exponent,) = struct.unpack_from("<b", body, 6 * count + 64)
-            if states_hash is not None:
-                raise SketchFormatError(f"a version-{version} sketch commits no block states")
+        prompts_hash = prompts_grad_hash = None
+        if version == PROMPTED_SKETCH_VERSION:
+            prompts_hash = bytes(body[6 * count + 64 : 6 * count + 96])
+        if version == PROMPTED_BACKWARD_SKETCH_VERSION:
+            prompts_hash = bytes(body[6 * count + 65 : 6 * count + 97])
+            prompts_grad_hash = bytes(body[6 * count + 97 : 6 * count + 129])
+        if version >= BACKWARD_SKETCH_VERSION and states_hash is not None:
+            raise SketchFormatError(f"a version-{version} sketch commits no block states")
         indices_t = torch.from_numpy(indices.reshape(batch, tokens, k))
         values_t = torch.from_numpy(values.reshape(batch, tokens, k).copy())
         if count and int(indices_t.max()) >= hidden_size:
@@ -217,7 +252,17 @@ class Sketch:
             raise SketchFormatError("sketch repeats an index within one position")
         if not torch.isfinite(values_t).all():
             raise SketchFormatError("sketch values must be finite")
-        return cls(hidden_size, indices_t, values_t, mask_hash, states_hash, quantization, exponent)
+        return cls(
+            hidden_size,
+            indices_t,
+            values_t,
+            mask_hash,
+            states_hash,
+            quantization,
+            exponent,
+            prompts_hash,
+            prompts_grad_hash,
+        )
 
 
 def _top_k_indices(hidden: torch.Tensor, k: int) -> torch.Tensor:
@@ -244,15 +289,19 @@ def sketch(
     mask_hash: bytes | None = None,
     states_hash: bytes | None = None,
     quantization: str | None = None,
+    prompts_hash: bytes | None = None,
 ) -> Sketch:
     """The sketch of `hidden` [batch, tokens, hidden_size] (any float dtype); with `mask_hash`
     (and a 16-bit node's `states_hash`, `node.states.states_hash`), the version-2 sketch a
-    node commits; with a `quantization` too, a quantized node's version 3."""
-    for name, value in (("mask", mask_hash), ("states", states_hash)):
+    node commits; with a `quantization` too, a quantized node's version 3; with the
+    `prompts_hash` of the deep prompts a float32 forward added, version 5."""
+    for name, value in (("mask", mask_hash), ("states", states_hash), ("prompts", prompts_hash)):
         if value is not None and len(value) != 32:
             raise InvalidInputError(f"a {name} hash has 32 bytes, got {len(value)}")
     if states_hash is not None and mask_hash is None:
         raise InvalidInputError("a sketch that commits block states commits its mask too")
+    if prompts_hash is not None and (mask_hash is None or states_hash is not None):
+        raise InvalidInputError("a prompted sketch commits its mask and no block states")
     if quantization is not None and (states_hash is None or quantization not in QUANTIZATION_CODES):
         raise InvalidInputError(
             f"a sketch of {quantization!r} weights needs block states and one of "
@@ -264,7 +313,15 @@ def sketch(
     hidden = hidden.detach().cpu()
     indices = _top_k_indices(hidden, k)
     values = hidden.float().gather(-1, indices).clamp(-FP16_MAX, FP16_MAX).half()
-    return Sketch(hidden.shape[-1], indices, values, mask_hash, states_hash, quantization)
+    return Sketch(
+        hidden.shape[-1],
+        indices,
+        values,
+        mask_hash,
+        states_hash,
+        quantization,
+        prompts_hash=prompts_hash,
+    )
 
 
 def gradient_exponent(gradient: torch.Tensor) -> int:
@@ -277,11 +334,20 @@ def gradient_exponent(gradient: torch.Tensor) -> int:
 
 
 def backward_sketch(
-    gradient: torch.Tensor, *, mask_hash: bytes, k: int = SKETCH_TOP_K, exponent: int | None = None
+    gradient: torch.Tensor,
+    *,
+    mask_hash: bytes,
+    k: int = SKETCH_TOP_K,
+    exponent: int | None = None,
+    prompts_hash: bytes | None = None,
+    prompts_grad_hash: bytes | None = None,
 ) -> Sketch:
     """The version-4 sketch a node commits for a backward that sent `gradient` [batch,
     tokens, hidden_size] (float32): the sketch of gradient x 2^exponent (`gradient_exponent`
-    unless given; scaling by a power of two is exact)."""
+    unless given; scaling by a power of two is exact). With the deep prompts' hash and their
+    gradient's (`tensor_hash` of both), version 6."""
+    if (prompts_hash is None) != (prompts_grad_hash is None):
+        raise InvalidInputError("a prompted backward commits the prompts and their gradient")
     if exponent is None:
         exponent = gradient_exponent(gradient)
     if not -128 <= exponent <= 127:
@@ -289,7 +355,15 @@ def backward_sketch(
     scaled = sketch(
         torch.ldexp(gradient.detach().float(), torch.tensor(exponent)), k, mask_hash=mask_hash
     )
-    return Sketch(scaled.hidden_size, scaled.indices, scaled.values, mask_hash, exponent=exponent)
+    return Sketch(
+        scaled.hidden_size,
+        scaled.indices,
+        scaled.values,
+        mask_hash,
+        exponent=exponent,
+        prompts_hash=prompts_hash,
+        prompts_grad_hash=prompts_grad_hash,
+    )
 
 
 def mask_hash(mask: torch.Tensor, tokens: int) -> bytes:

@@ -135,6 +135,49 @@ def check_hidden_states(
         )
 
 
+def check_prompts(
+    prompts: torch.Tensor,
+    *,
+    blocks: int,
+    hidden_size: int,
+    dtype: torch.dtype,
+    tokens: int,
+    max_abs: float | None = None,
+) -> None:
+    """`BadTensorError` unless `prompts` is the deep prompts of a span of `blocks` blocks over
+    a sequence of `tokens` positions: a finite tensor [blocks, P, hidden_size] in `dtype` with
+    1 <= P <= tokens (they are added to the first P positions before each block), with no
+    |value| over `max_abs` where given."""
+    if not isinstance(prompts, torch.Tensor):
+        raise BadTensorError(
+            TensorProblem.NOT_A_TENSOR, f"prompts must be a tensor, got {type(prompts).__name__}"
+        )
+    # prompts: [blocks, P, hidden_size]
+    if prompts.ndim != 3 or prompts.shape[0] != blocks or prompts.shape[2] != hidden_size:
+        raise BadTensorError(
+            TensorProblem.SHAPE,
+            f"deep prompts must be [blocks, P, hidden_size] = [{blocks}, P, {hidden_size}], "
+            f"got {list(prompts.shape)}",
+        )
+    if not 1 <= prompts.shape[1] <= tokens:
+        raise BadTensorError(
+            TensorProblem.SHAPE,
+            f"deep prompts cover P = {prompts.shape[1]} positions, the sequence has {tokens}",
+        )
+    if prompts.dtype != dtype:
+        raise BadTensorError(
+            TensorProblem.DTYPE,
+            f"prompts are {_dtype_name(prompts.dtype)}, expected {_dtype_name(dtype)}",
+        )
+    if not torch.isfinite(prompts).all():
+        raise BadTensorError(TensorProblem.NOT_FINITE, "prompts contain NaN or infinity")
+    if max_abs is not None and (largest := float(prompts.abs().max())) > max_abs:
+        raise BadTensorError(
+            TensorProblem.TOO_LARGE,
+            f"prompts hold a value of magnitude {largest:.6g}, over {max_abs:g}",
+        )
+
+
 def check_attention_mask(
     mask: torch.Tensor, *, batch: int, length: int, any_integer: bool = False
 ) -> None:

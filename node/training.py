@@ -44,6 +44,7 @@ class ForwardRecord:
     mask_hash: bytes  # node.sketch.mask_hash of its mask
     channel_id: int  # the channel that paid for it: the backward is paid on the same
     expires_at: float  # time.monotonic() after which the backward is refused
+    prompts_hash: bytes | None = None  # tensor_hash of the deep prompts it added, if any
 
 
 class ForwardLog:
@@ -74,11 +75,12 @@ class ForwardLog:
         input_hash: bytes,
         mask_hash: bytes,
         channel_id: int,
+        prompts_hash: bytes | None = None,
     ) -> None:
         """Keep a served forward for its backward."""
         self._expire()
         self._records[session_id] = ForwardRecord(
-            span, input_hash, mask_hash, channel_id, self._clock() + self.ttl
+            span, input_hash, mask_hash, channel_id, self._clock() + self.ttl, prompts_hash
         )
         while len(self._records) > self.max_entries:
             self._records.popitem(last=False)
@@ -91,6 +93,7 @@ class ForwardLog:
         input_hash: bytes,
         mask_hash: bytes,
         channel_id: int,
+        prompts_hash: bytes | None = None,
     ) -> ForwardRecord:
         """The forward a backward propagates through, removed (a forward has one backward;
         `restore` puts it back when the backward is not served). `ProtocolError(NO_FORWARD)`
@@ -116,6 +119,13 @@ class ForwardLog:
             raise ProtocolError(
                 ErrorCode.NO_FORWARD,
                 "the backward's hidden states or mask are not the ones its forward received",
+            )
+        if record.prompts_hash != prompts_hash:
+            raise ProtocolError(
+                ErrorCode.NO_FORWARD,
+                "the backward's deep prompts are not the ones its forward added"
+                if record.prompts_hash is not None and prompts_hash is not None
+                else "the backward and its forward disagree on carrying deep prompts",
             )
         if record.channel_id != channel_id:
             raise ProtocolError(

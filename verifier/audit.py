@@ -53,13 +53,25 @@ from node.cache import CacheManager
 from node.errors import BadTensorError, SketchFormatError
 from node.precisions import precision_name
 from node.protocol import BACKWARD_STEP, RevealResponse
-from node.sketch import Sketch, SketchDistance, compare, mask_hash, sketch
+from node.sketch import FP16_MIN_NORMAL, Sketch, SketchDistance, compare, mask_hash, sketch
 from node.states import commits_states
 from node.states import states_hash as node_states_hash
-from node.tensors import DTYPE_NAMES, DTYPES, check_attention_mask, check_hidden_states, tensor_hash
+from node.tensors import (
+    DTYPE_NAMES,
+    DTYPES,
+    check_attention_mask,
+    check_hidden_states,
+    check_prompts,
+    tensor_hash,
+)
 from verifier.blockwise import BlockAudit, judge_blocks
 from verifier.errors import InvalidOpeningError
-from verifier.thresholds import BACKWARD_TOLERANCE, Tolerance, tolerance_for
+from verifier.thresholds import (
+    BACKWARD_TOLERANCE,
+    PROMPTS_GRAD_TOLERANCE,
+    Tolerance,
+    tolerance_for,
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,8 @@ class Opening:
     sketch_indices: torch.Tensor | None  # [batch, positions, k] int64
     sketch_values: torch.Tensor | None  # [batch, positions, k] float16
     states: list[torch.Tensor] | None = None  # per step: [blocks, batch, tokens, hidden]
+    # per step: a training forward's deep prompts [blocks, P, hidden], its backward's gradient
+    prompts: list[torch.Tensor] | None = None
 
     @classmethod
     def from_frame(cls, response: RevealResponse, tensors: Sequence[torch.Tensor]) -> Opening:
@@ -86,8 +100,12 @@ class Opening:
         steps = len(response.steps)
         hidden, mask = list(tensors[:steps]), tensors[steps]
         if response.full:
-            states = list(tensors[steps + 3 :]) if response.states else None
-            return cls(response, hidden, mask, tensors[steps + 1], tensors[steps + 2], states)
+            after = steps + 3  # block states, then prompts, one per step each
+            states = list(tensors[after : after + steps]) if response.states else None
+            prompts = list(tensors[-steps:]) if response.prompts else None
+            return cls(
+                response, hidden, mask, tensors[steps + 1], tensors[steps + 2], states, prompts
+            )
         return cls(response, hidden, mask, None, None)
 
 
@@ -121,6 +139,8 @@ class CheckedInputs:
     hiddens: tuple[torch.Tensor, ...] = ()  # each step's input, as revealed
     # a backward's sketch exponent: step 0 is the forward's input, step 1 the output gradient
     exponent: int | None = None
+    prompts: torch.Tensor | None = None  # a training forward's deep prompts [blocks, P, hidden]
+    prompts_grad: torch.Tensor | None = None  # its backward's gradient of them, as revealed
 
 
 def prove_leaf(opening: Opening, *, batch: Batch, leaf_index: int) -> ProvenLeaf:
@@ -220,7 +240,8 @@ def check_opening(
     if exponent is not None and (target.step != BACKWARD_STEP or hiddens[0].dtype != torch.float32):
         raise invalid("a backward is step 1 of a float32 forward's session")
     states = _check_states(opening, hiddens, proven, invalid)
-    committed = _check_sketches(opening, hiddens, states, hidden_size, invalid)
+    prompts = _check_prompts(opening, hiddens, proven, hidden_size, invalid)
+    committed = _check_sketches(opening, hiddens, states, prompts, hidden_size, invalid)
     return CheckedInputs(
         hidden=torch.cat(hiddens, dim=1),
         mask=mask,
@@ -232,7 +253,42 @@ def check_opening(
         hiddens=tuple(hiddens),
         quantization=opening.response.quantization,
         exponent=exponent,
+        prompts=prompts[0] if prompts else None,
+        prompts_grad=prompts[1] if len(prompts) > 1 else None,
     )
+
+
+def _check_prompts(
+    opening: Opening,
+    hiddens: list[torch.Tensor],
+    proven: ProvenLeaf,
+    hidden_size: int,
+    invalid: Callable[[str], InvalidOpeningError],
+) -> list[torch.Tensor]:
+    """A training session's revealed deep prompts (step 0) and, for a backward, their
+    gradient (step 1): float32 [blocks, P, hidden] with P within the forward's positions,
+    finite; [] when the reveal has none (`_check_sketches` holds the node to its sketches)."""
+    if opening.prompts is None:
+        return []
+    if hiddens[0].dtype != torch.float32 or len(hiddens) > BACKWARD_STEP + 1:
+        raise invalid("deep prompts go with a float32 training forward and its backward")
+    blocks = proven.leaf.span_end - proven.leaf.span_start
+    try:
+        check_prompts(
+            opening.prompts[0],
+            blocks=blocks,
+            hidden_size=hidden_size,
+            dtype=torch.float32,
+            tokens=hiddens[0].shape[1],
+        )
+    except BadTensorError as exc:
+        raise invalid(f"the revealed prompts: {exc}") from None
+    for grad in opening.prompts[1:]:
+        if grad.shape != opening.prompts[0].shape or grad.dtype != torch.float32:
+            raise invalid("the revealed gradient of the prompts is not of the prompts' shape")
+        if not torch.isfinite(grad).all():
+            raise invalid("the revealed gradient of the prompts must be finite")
+    return list(opening.prompts)
 
 
 def _check_states(
@@ -274,6 +330,7 @@ def _check_sketches(
     opening: Opening,
     hiddens: list[torch.Tensor],
     states: list[torch.Tensor],
+    prompts: list[torch.Tensor],
     hidden_size: int,
     invalid: Callable[[str], InvalidOpeningError],
 ) -> Sketch:
@@ -304,6 +361,9 @@ def _check_sketches(
         start, end = end, end + tokens
         masked = mask_hash(opening.mask[:, :end], tokens)
         hashed = node_states_hash(states[i]) if states else None
+        # a prompted forward commits the prompts; its backward, them and their gradient
+        prompts_hash = tensor_hash(prompts[0]) if prompts else None
+        prompts_grad_hash = tensor_hash(prompts[i]) if prompts and i == BACKWARD_STEP else None
         try:
             # re-encode canonically, then parse: the format's own checks (ranges, repeats)
             encoded = Sketch(
@@ -314,12 +374,16 @@ def _check_sketches(
                 hashed,
                 quantization,
                 exponent if i == len(hiddens) - 1 else None,
+                prompts_hash,
+                prompts_grad_hash,
             ).encode()
             committed = Sketch.decode(encoded)
         except (SketchFormatError, RuntimeError, TypeError, ValueError) as exc:
             raise invalid(f"step {leaf.step}: the revealed sketch is malformed: {exc}") from None
         if committed.hash() != leaf.sketch_hash:
             what = "mask or block states" if states else "mask"
+            if prompts:
+                what += " and deep prompts"
             if quantization is not None:
                 what += f" and {quantization} weights"
             raise invalid(
@@ -374,6 +438,7 @@ def recompute(
     last_tokens: int,
     *,
     score_bytes: int = RECOMPUTE_SCORE_BYTES,
+    prompts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The span's float32 output at the last `last_tokens` positions of `hidden`
     [batch, total, hidden_size] with `mask` [batch, total]. A session whose attention fits
@@ -385,9 +450,11 @@ def recompute(
     hidden = hidden.to(torch.float32)
     batch, total, _ = hidden.shape
     chunk = recompute_chunk(span, batch, total, score_bytes)
+    if prompts is not None:  # deep prompts: added to the first chunk's first P positions
+        chunk = max(chunk, prompts.shape[1])
     if chunk >= total:
         # output: [batch, total, hidden_size] -> the last step's [batch, last_tokens, hidden_size]
-        return span.forward(hidden, mask)[:, -last_tokens:]
+        return span.forward(hidden, mask, prompts=prompts)[:, -last_tokens:]
     first_kept = total - last_tokens  # the last step's first position
     kept: list[torch.Tensor] = []
     caches = CacheManager(max_tokens=batch * total)
@@ -395,7 +462,12 @@ def recompute(
         for start in range(0, total, chunk):
             end = min(start + chunk, total)
             # output: [batch, end - start, hidden_size], attending to positions [0, end)
-            output = span.forward(hidden[:, start:end], mask[:, :end], cache)
+            output = span.forward(
+                hidden[:, start:end],
+                mask[:, :end],
+                cache,
+                prompts=prompts if start == 0 else None,
+            )
             if end > first_kept:
                 kept.append(output[:, max(0, first_kept - start) :])
     return torch.cat(kept, dim=1)  # [batch, last_tokens, hidden_size]
@@ -450,17 +522,27 @@ def judge(committed: Sketch, recomputed: torch.Tensor, dtype: str) -> Judgement:
     return Judgement(not failures, dtype, measured, failures)
 
 
-def recompute_backward(span: Span, checked: CheckedInputs) -> torch.Tensor:
+def recompute_backward(
+    span: Span, checked: CheckedInputs
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A backward leaf's gradient, scaled by its committed exponent: the span's gradient with
     respect to step 0's input (the forward's) given step 1's (the output gradient), in
-    float32. [batch, tokens, hidden_size]."""
+    float32, [batch, tokens, hidden_size]; and with deep prompts, the gradient with respect
+    to them [blocks, P, hidden_size] (unscaled), else None."""
     assert checked.exponent is not None and len(checked.hiddens) == 2  # check_opening's
     hidden, grad = checked.hiddens
     tokens = hidden.shape[1]
     # the backward's own mask columns are the forward's mask (both steps commit them)
     mask = checked.mask[:, tokens:]
-    grad_input = span.backward(hidden.float(), mask, grad.float())
-    return torch.ldexp(grad_input, torch.tensor(checked.exponent))
+    grad_input, grad_prompts = span.backward(hidden.float(), mask, grad.float(), checked.prompts)
+    return torch.ldexp(grad_input, torch.tensor(checked.exponent)), grad_prompts
+
+
+def prompts_grad_error(recomputed: torch.Tensor, revealed: torch.Tensor) -> float:
+    """The worst |difference| between two gradients of deep prompts, relative to the largest
+    |value| of the `recomputed` one (`PROMPTS_GRAD_TOLERANCE` bounds it)."""
+    scale = max(float(recomputed.abs().max()), FP16_MIN_NORMAL)
+    return float((recomputed - revealed.float()).abs().max()) / scale
 
 
 class AuditSpans:
@@ -485,13 +567,27 @@ class AuditSpans:
         (`recompute`, `judge`); a 16-bit node block by block from its states
         (`verifier.blockwise`)."""
         if checked.exponent is not None:
-            recomputed = recompute_backward(self.span, checked)
+            recomputed, grad_prompts = recompute_backward(self.span, checked)
             measured, failures = judge_distance(
                 compare(checked.sketch, recomputed), BACKWARD_TOLERANCE
             )
+            if grad_prompts is not None:
+                assert checked.prompts_grad is not None  # check_opening's
+                error = prompts_grad_error(grad_prompts, checked.prompts_grad)
+                measured["prompts_grad_error"] = error
+                if error > PROMPTS_GRAD_TOLERANCE:
+                    failures.append(
+                        f"prompts' gradient error {error:.3g} > {PROMPTS_GRAD_TOLERANCE}"
+                    )
             return Judgement(not failures, "float32 backward", measured, failures)
         if not checked.states:
-            recomputed = recompute(self.span, checked.hidden, checked.mask, checked.last_tokens)
+            recomputed = recompute(
+                self.span,
+                checked.hidden,
+                checked.mask,
+                checked.last_tokens,
+                prompts=checked.prompts,
+            )
             return judge(checked.sketch, recomputed, checked.dtype)
         measures = self.blockwise(checked.dtype, checked.quantization).measure(
             checked.hiddens, checked.states, checked.mask

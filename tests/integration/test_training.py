@@ -1,6 +1,6 @@
 """Training through the swarm: two real node processes serve a tiny Llama (blocks 0:3 and
-3:6) on Anvil; a client tunes soft prompts and a classification head with gradients that flow
-back through the servers' paid, receipted and committed backwards.
+3:6) on Anvil; a client tunes soft prompts, deep prompts and a classification head with
+gradients that flow back through the servers' paid, receipted and committed backwards.
 
 The references are the same model loaded whole with transformers and trained locally. Tests
 share the nodes in file order; everything done on-chain is reverted afterwards.
@@ -21,13 +21,14 @@ from eth_account import Account
 from safetensors.torch import load_file
 
 from client.classification import DistributedModelForSequenceClassification
-from client.errors import ClientConfigError
+from client.errors import ClientConfigError, SessionStateError
 from client.model import DistributedModelForCausalLM
 from client.remote import RemoteError, remote_backward, remote_forward
 from ledger.db import AuditOutcome, audits_of, open_ledger, receipts_of, sqlite_url
 from ledger.deployment import Deployment
 from node.protocol import BACKWARD_STEP, BackwardRequest, ErrorCode, ForwardRequest
-from node.sketch import Sketch, backward_sketch, mask_hash
+from node.sketch import Sketch, backward_sketch, mask_hash, sketch
+from node.tensors import tensor_hash
 from stakeswarm.swarm import running_verifier
 from stakeswarm.tiny_models import load_reference_model, make_tiny_model
 from tests.integration.nodes import (
@@ -143,6 +144,87 @@ def test_gradients_through_two_servers_equal_local_autograd(swarm: Swarm) -> Non
         ledger.close()
 
 
+def with_deep_prompts(reference: Any, deep: torch.Tensor) -> list[Any]:
+    """Hooks that make `reference` add `deep[i]` [P, hidden] to the first P positions before
+    its decoder layer i, as the servers do (Petals' deep prompts); remove them when done."""
+
+    def before(i: int) -> Any:
+        def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if args:
+                hidden, rest = args[0], args[1:]
+            else:
+                hidden, rest = kwargs.pop("hidden_states"), ()
+            length = deep.shape[1]
+            hidden = torch.cat([hidden[:, :length] + deep[i], hidden[:, length:]], dim=1)
+            return (hidden, *rest), kwargs
+
+        return hook
+
+    return [
+        layer.register_forward_pre_hook(before(i), with_kwargs=True)
+        for i, layer in enumerate(reference.model.layers)
+    ]
+
+
+def test_deep_prompts_train_through_two_servers_as_they_do_locally(swarm: Swarm) -> None:
+    model = swarm.model("deep", tuning_mode="deep_ptune", pre_seq_len=PRE_SEQ_LEN)
+    reference = load_reference_model(swarm.model_path)
+    try:
+        assert model.prompts.deep.shape == (6, PRE_SEQ_LEN, 64)  # a row per block, zero
+        with torch.no_grad():  # as after some training: every block's rows matter
+            model.prompts.deep.copy_(
+                torch.randn(6, PRE_SEQ_LEN, 64, generator=torch.Generator().manual_seed(5))
+            )
+        prompts = torch.nn.Parameter(model.prompts.embeddings.detach().clone())
+        deep = torch.nn.Parameter(model.prompts.deep.detach().clone())
+        remote_opt = torch.optim.Adam(model.prompts.parameters(), lr=0.05)
+        local_opt = torch.optim.Adam([prompts, deep], lr=0.05)
+        embeds = model.head.embed(IDS).detach()
+        hooks = with_deep_prompts(reference, deep)
+        model.train()
+        remote_losses, local_losses = [], []
+        try:
+            for step in range(5):
+                remote_opt.zero_grad()
+                loss = model(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss
+                loss.backward()
+                local_opt.zero_grad()
+                local = local_loss(reference, prompts, embeds, LABELS)
+                local.backward()
+                if step == 0:  # the gradients themselves, before any update
+                    torch.testing.assert_close(
+                        model.prompts.deep.grad, deep.grad, rtol=1e-4, atol=1e-6
+                    )
+                    torch.testing.assert_close(
+                        model.prompts.embeddings.grad, prompts.grad, rtol=1e-4, atol=1e-6
+                    )
+                    assert deep.grad is not None
+                    assert bool((deep.grad.abs().sum(dim=(1, 2)) > 0).all())  # every block's
+                remote_opt.step()
+                local_opt.step()
+                remote_losses.append(loss.item())
+                local_losses.append(local.item())
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert remote_losses == pytest.approx(local_losses, rel=1e-4)
+        assert remote_losses[-1] < remote_losses[0]  # it learns
+        # each forward and backward paid at the announced prices: the prompts cost nothing more
+        spent = model.client.training_route().spent
+        tokens = IDS.shape[0] * (IDS.shape[1] + PRE_SEQ_LEN)
+        prices = [int(n.status()["price_per_token_per_block"]) for n in swarm.nodes]
+        assert spent.forward_wei == 5 * tokens * 3 * sum(prices)
+        assert spent.backward_wei == 2 * spent.forward_wei
+        saved = load_file(str(model.save_trainable(swarm.workdir / "deep.safetensors")))
+        assert set(saved) == {"prompts.embeddings", "prompts.deep"}
+        # generation would need the servers to hold the deep prompts in a session: refused
+        model.eval()
+        with pytest.raises(SessionStateError, match="deep_ptune"):
+            model.generate(IDS[:1], max_new_tokens=2)
+    finally:
+        model.close()
+
+
 def test_twenty_steps_of_prompt_tuning_match_the_same_run_locally(swarm: Swarm) -> None:
     model = swarm.model("twenty", tuning_mode="ptune", pre_seq_len=PRE_SEQ_LEN)
     try:
@@ -240,18 +322,32 @@ def direct(swarm: Swarm) -> Iterator[PaidSwarm]:
         yield paid
 
 
-def _forward(direct: PaidSwarm, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[bytes, Any]:
+def _forward(
+    direct: PaidSwarm,
+    hidden: torch.Tensor,
+    mask: torch.Tensor,
+    prompts: torch.Tensor | None = None,
+) -> tuple[bytes, Any, torch.Tensor]:
     hop = direct.hops[1]
     tokens = hidden.shape[0] * hidden.shape[1]
     voucher = direct.payer.pay(hop.channel, tokens * hop.price_per_token)
     session = os.urandom(32)
-    output, receipt = direct.runner.run(
-        remote_forward(
-            direct.p2p, hop.node.peer_id, ForwardRequest(session, 3, 6, voucher), hidden, mask
+    try:
+        output, receipt = direct.runner.run(
+            remote_forward(
+                direct.p2p,
+                hop.node.peer_id,
+                ForwardRequest(session, 3, 6, voucher),
+                hidden,
+                mask,
+                prompts=prompts,
+            )
         )
-    )
+    except RemoteError:
+        direct.payer.paid[hop.channel] -= tokens * hop.price_per_token  # not accepted
+        raise
     assert output.shape == hidden.shape
-    return session, receipt
+    return session, receipt, output
 
 
 def _backward(
@@ -260,7 +356,8 @@ def _backward(
     hidden: torch.Tensor,
     mask: torch.Tensor,
     grad: torch.Tensor,
-) -> tuple[torch.Tensor, Any]:
+    prompts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
     hop = direct.hops[1]
     tokens = hidden.shape[0] * hidden.shape[1]
     voucher = direct.payer.pay(hop.channel, tokens * 2 * hop.price_per_token)
@@ -273,6 +370,7 @@ def _backward(
                 hidden,
                 mask,
                 grad,
+                prompts=prompts,
             )
         )
     except RemoteError:
@@ -280,12 +378,12 @@ def _backward(
         raise
 
 
-def _refused(direct: PaidSwarm, *args: Any) -> RemoteError:
+def _refused(direct: PaidSwarm, *args: Any, call: Any = None) -> RemoteError:
     hop = direct.hops[1]
     owed = hop.node.status()["earnings"]["unredeemed_base_units"]
     leaves = _leaves(hop.node)
     with pytest.raises(RemoteError) as refused:
-        _backward(direct, *args)
+        (call or _backward)(direct, *args)
     assert not refused.value.spent
     status = hop.node.status()
     assert status["earnings"]["unredeemed_base_units"] == owed  # nothing paid
@@ -296,7 +394,7 @@ def _refused(direct: PaidSwarm, *args: Any) -> RemoteError:
 def test_a_backward_is_served_once_for_its_own_forward_and_committed(direct: PaidSwarm) -> None:
     hidden, mask = torch.randn(1, 4, 64), torch.ones(1, 4, dtype=torch.long)
     grad = torch.randn(1, 4, 64)
-    session, forward = _forward(direct, hidden, mask)
+    session, forward, _ = _forward(direct, hidden, mask)
     # never served: an unknown session; another input than the forward's
     assert _refused(direct, os.urandom(32), hidden, mask, grad).code is ErrorCode.NO_FORWARD
     assert _refused(direct, session, hidden + 1, mask, grad).code is ErrorCode.NO_FORWARD
@@ -307,7 +405,7 @@ def test_a_backward_is_served_once_for_its_own_forward_and_committed(direct: Pai
     nan[0, 1, 5] = float("nan")
     assert _refused(direct, session, hidden, mask, nan).code is ErrorCode.BAD_TENSOR
     # the right one is served, and its leaf says it is a backward of that forward
-    grad_in, receipt = _backward(direct, session, hidden, mask, grad)
+    grad_in, receipt, _ = _backward(direct, session, hidden, mask, grad)
     assert grad_in.shape == hidden.shape and grad_in.abs().sum() > 0
     leaf = receipt.leaf
     assert (leaf.session_id, leaf.step, leaf.tokens) == (session, BACKWARD_STEP, 4)
@@ -315,6 +413,40 @@ def test_a_backward_is_served_once_for_its_own_forward_and_committed(direct: Pai
     assert leaf.sketch_hash == expected.hash() and Sketch.decode(expected.encode()).exponent
     # a forward has one backward
     assert _refused(direct, session, hidden, mask, grad).code is ErrorCode.NO_FORWARD
+    wait_committed(direct.hops[1].node, _leaves(direct.hops[1].node))
+
+
+def test_deep_prompts_are_checked_committed_and_bound_to_their_backward(
+    direct: PaidSwarm,
+) -> None:
+    hidden, mask = torch.randn(1, 4, 64), torch.ones(1, 4, dtype=torch.long)
+    prompts, grad = torch.randn(3, 2, 64), torch.randn(1, 4, 64)
+    # prompts that do not fit the span (3 blocks), cover more positions than sent, or are NaN
+    for bad, words in (
+        (torch.randn(2, 2, 64), "[3, P, 64]"),
+        (torch.randn(3, 5, 64), "P = 5"),
+        (prompts.masked_fill(prompts > 1, float("nan")), "NaN"),
+    ):
+        refused = _refused(direct, hidden, mask, bad, call=_forward)
+        assert refused.code is ErrorCode.BAD_TENSOR and words in refused.message
+    session, forward, output = _forward(direct, hidden, mask, prompts)
+    committed = sketch(output, mask_hash=mask_hash(mask, 4), prompts_hash=tensor_hash(prompts))
+    assert forward.leaf.sketch_hash == committed.hash()  # the forward commits its prompts
+    # the backward must carry the forward's prompts, not others, nor none
+    other = _refused(direct, session, hidden, mask, grad, prompts + 1)
+    assert other.code is ErrorCode.NO_FORWARD and "prompts" in other.message
+    none = _refused(direct, session, hidden, mask, grad)
+    assert none.code is ErrorCode.NO_FORWARD and "prompts" in none.message
+    grad_in, receipt, grad_prompts = _backward(direct, session, hidden, mask, grad, prompts)
+    assert grad_prompts is not None and grad_prompts.shape == prompts.shape
+    assert grad_prompts.abs().sum() > 0
+    committed = backward_sketch(
+        grad_in,
+        mask_hash=mask_hash(mask, 4),
+        prompts_hash=tensor_hash(prompts),
+        prompts_grad_hash=tensor_hash(grad_prompts),
+    )
+    assert receipt.leaf.sketch_hash == committed.hash()  # both gradients are committed
     wait_committed(direct.hops[1].node, _leaves(direct.hops[1].node))
 
 
@@ -326,7 +458,7 @@ def _leaves(node: NodeProcess) -> int:
 
 def test_a_backward_after_its_forward_expired_is_refused(direct: PaidSwarm) -> None:
     hidden, mask = torch.randn(1, 2, 64), torch.ones(1, 2, dtype=torch.long)
-    session, _ = _forward(direct, hidden, mask)
+    session, _, _ = _forward(direct, hidden, mask)
     time.sleep(BACKWARD_TTL + 1)
     error = _refused(direct, session, hidden, mask, torch.randn(1, 2, 64))
     assert error.code is ErrorCode.NO_FORWARD and "older than" in error.message
@@ -339,12 +471,13 @@ def test_a_verifier_audits_every_training_leaf_and_honest_backwards_pass(
     swarm: Swarm, tmp_path: Path
 ) -> None:
     peers = [m for n in swarm.nodes for m in n.maddrs]
-    model = swarm.model("audited", tuning_mode="ptune", pre_seq_len=PRE_SEQ_LEN)
-    try:
-        model.train()
-        model(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
-    finally:
-        model.close()
+    for mode in ("ptune", "deep_ptune"):
+        model = swarm.model(f"audited-{mode}", tuning_mode=mode, pre_seq_len=PRE_SEQ_LEN)
+        try:
+            model.train()
+            model(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
+        finally:
+            model.close()
     for node in swarm.nodes:  # every leaf so far (this module's), committed
         wait_committed(node, _leaves(node))
     with running_verifier(swarm.deployment, tmp_path, swarm.model_path, "verifier-0", peers) as v:
@@ -397,7 +530,8 @@ def test_a_server_lost_between_forward_and_backward_is_replaced_and_the_gradient
         before = route.spent.wei
         grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)) * 1e-3
         grad_out = grad_out * MASK.unsqueeze(-1)  # as a loss has it: none from padding
-        grad = route.backward(hops, MASK, grad_out)
+        grad, none = route.backward(hops, MASK, grad_out)
+        assert none is None  # no deep prompts
         assert route.spent.failovers == 1
         # the new server ran the hop's forward again, then its backward; the first server
         # ran the rest: what was paid is exactly that

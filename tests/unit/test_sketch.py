@@ -105,7 +105,7 @@ def test_bfloat16_values_are_kept_exactly(tiny: tuple[Span, ClientHead]) -> None
     "data, message",
     [
         (b"\x01\x08", "shorter than its header"),
-        (struct.pack("<BHIII", 5, 1, 1, 1, 4) + bytes(6), "version 5"),
+        (struct.pack("<BHIII", 7, 1, 1, 1, 4) + bytes(6), "version 7"),
         # a backward's sketch (version 4) commits no block states
         (
             struct.pack("<BHIII", 4, 1, 1, 1, 4) + bytes(6 + 32) + b"\x01" * 32 + b"\x03",
@@ -212,3 +212,33 @@ def test_a_backward_sketch_scales_small_gradients_into_float16_and_says_it_is_a_
     # the same numbers committed as a forward's sketch hash differently: the leaf says which
     forward = sketch(scaled, mask_hash=masked)
     assert torch.equal(forward.indices, committed.indices) and forward.hash() != committed.hash()
+
+
+def test_prompted_sketches_commit_the_prompts_and_their_gradient() -> None:
+    # a training call with deep prompts: version 5 (forward) and 6 (backward) sketches commit
+    # the prompts' hash, the backward's also their gradient's; each round-trips and differs
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(2, 3, 64, generator=generator)
+    masked = mask_hash(torch.ones(2, 3, dtype=torch.long), 3)
+    prompts, other = keccak(b"prompts"), keccak(b"other prompts")
+    plain = sketch(hidden, mask_hash=masked)
+    prompted = sketch(hidden, mask_hash=masked, prompts_hash=prompts)
+    assert Sketch.decode(prompted.encode()).hash() == prompted.hash()
+    assert prompted.encode()[0] == 5 and Sketch.decode(prompted.encode()).prompts_hash == prompts
+    assert prompted.hash() not in {
+        plain.hash(),
+        sketch(hidden, mask_hash=masked, prompts_hash=other).hash(),
+    }
+    gradient = hidden * 1e-6
+    backward = backward_sketch(
+        gradient, mask_hash=masked, prompts_hash=prompts, prompts_grad_hash=other
+    )
+    decoded = Sketch.decode(backward.encode())
+    assert backward.encode()[0] == 6 and decoded.exponent == backward.exponent
+    assert (decoded.prompts_hash, decoded.prompts_grad_hash) == (prompts, other)
+    swapped = backward_sketch(
+        gradient, mask_hash=masked, prompts_hash=other, prompts_grad_hash=prompts
+    )
+    assert swapped.hash() != backward.hash() != backward_sketch(gradient, mask_hash=masked).hash()
+    with pytest.raises(InvalidInputError, match="prompts and their gradient"):
+        backward_sketch(gradient, mask_hash=masked, prompts_hash=prompts)
