@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from eth_account.signers.local import LocalAccount
 
@@ -49,6 +50,9 @@ from ledger.types import ModelId, model_id
 from ledger.units import TokenUnits
 from node.families import load_config
 from node.routing import Backoff
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -227,13 +231,20 @@ class SwarmClient:
         return self.parts.router
 
     def inference_session(
-        self, *, max_length: int, batch_size: int | None = None
+        self,
+        *,
+        max_length: int,
+        batch_size: int | None = None,
+        prompts: torch.Tensor | None = None,
     ) -> InferenceSession:
         """A new session over the whole model for sequences of up to `max_length` positions
-        (servers reserve that much cache; routed and paid on the first step)."""
+        (servers reserve that much cache; routed and paid on the first step), with deep
+        `prompts` [blocks, P, hidden] added before each block to the first P positions."""
         if self.closed:
             raise ClientError("the client is closed")
-        return InferenceSession(self._session_parts, max_length=max_length, batch_size=batch_size)
+        return InferenceSession(
+            self._session_parts, max_length=max_length, batch_size=batch_size, prompts=prompts
+        )
 
     def training_route(self) -> TrainingRoute:
         """The client's route for training: paid forwards and backwards over every block

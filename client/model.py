@@ -186,14 +186,9 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
     ) -> InferenceSession:
         """A session to step token by token and to continue across `generate` calls
         (`max_length` counts the tokens; the servers also hold the prompt's positions)."""
-        if isinstance(self.prompts, DeepPrompt):
-            raise SessionStateError(
-                "a deep_ptune model's prompts are added before every block in training calls; "
-                "inference sessions (generate, cached forward) do not carry them yet. Train "
-                "and classify with it, or generate with a 'ptune' model"
-            )
+        deep = self.prompts.deep if isinstance(self.prompts, DeepPrompt) else None
         return self.client.inference_session(
-            max_length=max_length + self.pre_seq_len, batch_size=batch_size
+            max_length=max_length + self.pre_seq_len, batch_size=batch_size, prompts=deep
         )
 
     def save_trainable(self, path: str | Path) -> Path:

@@ -207,6 +207,7 @@ class Network:
         channel_id: int,
         dtype: str,
         timeout: float,
+        prompts: torch.Tensor | None = None,
     ) -> RemoteSpanSession:
         return self.run(
             RemoteSpanSession.open(
@@ -219,6 +220,7 @@ class Network:
                 channel_id=channel_id,
                 dtype=dtype,
                 timeout=timeout,
+                prompts=prompts,
             )
         )
 

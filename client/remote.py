@@ -194,8 +194,10 @@ class RemoteSpanSession:
         dtype: str = "float32",
         timeout: float = 30.0,
         max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        prompts: torch.Tensor | None = None,
     ) -> RemoteSpanSession:
-        """Open a session on `peer_id`; raises the node's refusal (e.g. CACHE_FULL)."""
+        """Open a session on `peer_id` (with deep `prompts` [span blocks, P, hidden] for its
+        first step, protocol 9); raises the node's refusal (e.g. CACHE_FULL)."""
         request = OpenSession(
             session_id, span[0], span[1], max_length, batch_size, channel_id, dtype
         )
@@ -208,7 +210,8 @@ class RemoteSpanSession:
                     return
                 yield item
 
-        for message in encode_frame(Frame(request.to_wire()), Request):
+        tensors = [] if prompts is None else [prompts]
+        for message in encode_frame(Frame(request.to_wire(), tensors), Request):
             queue.put_nowait(message)
         try:
             responses = await asyncio.wait_for(

@@ -46,7 +46,13 @@ from node.protocol import ErrorCode, ProtocolError, PushRequest, PushTarget, Sig
 from node.push import push_timeout
 from node.routing import RouteHop, route_price
 from node.sketch import mask_hash, sketch
-from node.tensors import check_attention_mask, check_hidden_states, dtype_from_name, tensor_hash
+from node.tensors import (
+    check_attention_mask,
+    check_hidden_states,
+    check_prompts,
+    dtype_from_name,
+    tensor_hash,
+)
 
 if TYPE_CHECKING:
     from client.keeper import ReceiptKeeper
@@ -110,6 +116,7 @@ class Hop:
     channel: ClientChannel
     remote: RemoteSpanSession
     history: torch.Tensor | None = None  # [batch, positions, hidden]: inputs sent, in order
+    prompts_hash: bytes | None = None  # of the deep prompts it was opened with, if any
 
     @property
     def peer_id(self) -> str:
@@ -145,12 +152,33 @@ class InferenceSession:
     not for use from several threads at once."""
 
     def __init__(
-        self, parts: SessionParts, *, max_length: int, batch_size: int | None = None
+        self,
+        parts: SessionParts,
+        *,
+        max_length: int,
+        batch_size: int | None = None,
+        prompts: torch.Tensor | None = None,
     ) -> None:
         if max_length < 1:
             raise SessionStateError(f"max_length must be >= 1, got {max_length}")
         if batch_size is not None and batch_size < 1:
             raise SessionStateError(f"batch_size must be >= 1, got {batch_size}")
+        if prompts is not None:
+            prompts = prompts.detach().to(parts.torch_dtype).contiguous()
+            try:
+                check_prompts(
+                    prompts,
+                    blocks=parts.total_blocks,
+                    hidden_size=parts.hidden_size,
+                    dtype=parts.torch_dtype,
+                    tokens=max_length,
+                )
+            except BadTensorError as exc:
+                raise SessionStateError(str(exc)) from None
+        # deep prompts [blocks, P, hidden]: each hop opens with its blocks' rows, added to the
+        # first step's first P positions (which must cover them), routed through nodes that
+        # take them (those that train)
+        self.prompts = prompts
         self._parts = parts
         self.max_length = max_length
         self.batch_size = batch_size
@@ -191,6 +219,11 @@ class InferenceSession:
                 f"opened with max_length={self.max_length}"
             )
         mask = self._full_mask(attention_mask, batch, tokens)
+        if self.prompts is not None and self.position == 0 and tokens < self.prompts.shape[1]:
+            raise SessionStateError(
+                f"the first step must cover the {self.prompts.shape[1]} deep prompt positions, "
+                f"it has {tokens}"
+            )
         with parts.step_lock:
             if not self.hops:
                 self.hops = self._open_range(
@@ -398,7 +431,7 @@ class InferenceSession:
         replayed = 0 if history is None else history.shape[0] * history.shape[1]
         failures = 0
         while True:
-            route = parts.router.route(start, end)
+            route = parts.router.route(start, end, training=self.prompts is not None)
             what = f"a step of {step_tokens} tokens through blocks [{start}, {end})"
             if replayed:
                 what = f"replaying {replayed} tokens and {what}"
@@ -432,6 +465,7 @@ class InferenceSession:
         parts.payments.ensure_room(
             channel, 0, price_per_token=planned.price_per_token, session_tokens=session_tokens
         )
+        prompts = None if self.prompts is None else self.prompts[planned.start : planned.end]
         try:
             remote = parts.network.open_session(
                 planned.peer_id,
@@ -442,6 +476,7 @@ class InferenceSession:
                 channel_id=channel.channel_id,
                 dtype=parts.dtype,
                 timeout=parts.open_timeout,
+                prompts=prompts,
             )
         except RemoteError as exc:
             parts.registry.forget(planned.peer_id)  # any refusal: re-read its standing
@@ -465,7 +500,9 @@ class InferenceSession:
                 f"{planned.peer_id} answered as {remote.node}, it announced {planned.address}",
                 peer_id=planned.peer_id,
             )
-        return Hop(planned, channel, remote)
+        return Hop(
+            planned, channel, remote, prompts_hash=None if prompts is None else tensor_hash(prompts)
+        )
 
     def _replay(self, hops: Sequence[Hop], history: torch.Tensor) -> None:
         """Send `history` [batch, position, hidden] through `hops` in one step each, so their
@@ -581,6 +618,12 @@ class InferenceSession:
                 "discloses no block states hash",
                 peer_id=hop.peer_id,
             )
+        if hop.prompts_hash is not None and receipt.states_hash is not None:
+            raise ServerFailure(
+                f"{hop.peer_id} disclosed block states for a session with deep prompts, which "
+                "only float32 nodes serve",
+                peer_id=hop.peer_id,
+            )
         sent, received = tensor_hash(x), tensor_hash(out)
         # the sketch of what arrived: the node must have committed this one (client/receipts.py),
         # with the mask sent (its own columns) and, when the node serves in 16 bits, the hash
@@ -591,6 +634,7 @@ class InferenceSession:
             states_hash=receipt.states_hash,
             # the precision the node declared: a leaf committing another is refused
             quantization=quantization,
+            prompts_hash=hop.prompts_hash,  # a session with deep prompts commits them
         ).hash()
         expected = ExpectedLeaf(
             signer=hop.address,

@@ -11,8 +11,8 @@ vocabulary (seeded), on the scale of the model's own inputs.
 `[num_blocks, N, hidden_size]` (Petals' deep prompts): each server adds its blocks' rows to the
 first `N` positions before each block (protocol 9), and returns their gradient with the
 backward. They start at zero, so a deep model starts where a `ptune` one does. Generation
-with deep prompts needs the servers to hold them in an inference session, which they do not
-yet: a deep model trains and classifies through the swarm, and `generate` refuses.
+sends each server its rows when its session opens; they are added in the session's first
+step (which holds the prompts' positions) and live on in its KV cache.
 
     model.save_trainable("prompt.safetensors")   # the prompts (and a classification head)
     model.load_trainable("prompt.safetensors")   # names and shapes must match

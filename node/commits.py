@@ -744,8 +744,8 @@ class Reveal:
                 if states is None:
                     raise ProtocolError(ErrorCode.NOT_FOUND, "stored block states are gone")
                 yield states  # [blocks, batch, tokens, hidden]
-        if self.response.prompts:
-            for rel in self.paths:
+        if self.response.prompts:  # step 0's prompts, then a backward's gradient of them
+            for rel in self.paths[: self.response.prompt_tensors]:
                 try:
                     prompts = self.store.load_prompts(rel)
                 except (OSError, SafetensorError) as exc:
@@ -874,7 +874,7 @@ def build_reveal(
     exponent = sketches[-1].exponent if sketches else None  # a backward's (version 4)
     with_prompts = bool(sketches) and sketches[-1].prompts_hash is not None
     if with_prompts:
-        sizes += _prompts_sizes(store, paths)
+        sizes += _prompts_sizes(store, paths[: 2 if exponent is not None else 1])
     response = RevealResponse(
         steps, full, batch_leaves, with_states, quantization, exponent, with_prompts
     )
@@ -882,8 +882,8 @@ def build_reveal(
 
 
 def _prompts_sizes(store: InputStore, paths: list[str]) -> list[int]:
-    """The byte size of every step's stored deep prompts (a training forward's, its backward's
-    gradient of them); NOT_FOUND when a step has none or they are unreadable."""
+    """The byte size of the stored deep prompts of the steps at `paths` (step 0's prompts, a
+    backward's gradient of them); NOT_FOUND when a step has none or they are unreadable."""
     sizes = []
     for step, rel in enumerate(paths):
         try:

@@ -240,7 +240,14 @@ class StakeswarmNode(ServicerBase):
                     code or ErrorCode.BAD_REQUEST,
                     f"an inference stream starts with an open frame, got {frame.type!r}",
                 )
-            session = await self._open(OpenSession.from_wire(frame.metadata))
+            if len(frame.tensors) > 1:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST,
+                    "an open frame carries at most one tensor (deep prompts), got "
+                    f"{len(frame.tensors)}",
+                )
+            prompts = frame.tensors[0] if frame.tensors else None
+            session = await self._open(OpenSession.from_wire(frame.metadata), prompts)
             session.client_peer = context.remote_id.to_base58()
             opened = SessionOpened(session.session_id, self.address, self.idle_timeout)
             for message in _frame(opened.to_wire()):
@@ -338,12 +345,15 @@ class StakeswarmNode(ServicerBase):
                 "was charged: use another node",
             )
 
-    async def _open(self, request: OpenSession) -> Session:
+    async def _open(self, request: OpenSession, prompts: torch.Tensor | None = None) -> Session:
         self._refuse_if_closed()
         span = self.spans.view(request.span_start, request.span_end)
+        if prompts is not None:  # the first step must cover them: P <= max_length
+            self._check_prompts(span, prompts, request.max_length)
         channel = await self.payments.check_channel(request.channel_id)
         price = self.price_per_block * (span.end - span.start)
         session = await self.sessions.open(request, span, channel.client, price)
+        session.prompts = prompts
         self.metrics.sessions_open.set(len(self.sessions))
         self.metrics.cache_tokens.set(self.sessions.caches.tokens_in_use)
         logger.info(
@@ -373,6 +383,8 @@ class StakeswarmNode(ServicerBase):
             mask = _mask_only(frame.tensors)
             hidden = await self._await_input(session, request, mask)
         tokens = check_step(session, hidden, mask)
+        if session.prompts is not None and request.step == 0:
+            _check_covers_prompts(session.prompts, hidden)
         checked = time.perf_counter()
         accepted = await self.payments.accept(
             channel_id=session.channel_id,
@@ -390,7 +402,8 @@ class StakeswarmNode(ServicerBase):
             computed = time.perf_counter()
             # the leaf (and the step's inputs) is in the ledger before its receipt leaves the
             # node: a receipt obliges the node to commit the leaf
-            stored = self.writer.submit(receipt, hidden, mask, encoded, states)
+            kept = session.prompts if request.step == 0 else None  # revealed with step 0's
+            stored = self.writer.submit(receipt, hidden, mask, encoded, states, kept)
             await accepted.persisted
             await stored
         except Exception as exc:
@@ -534,6 +547,8 @@ class StakeswarmNode(ServicerBase):
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, Any, bytes, torch.Tensor | None]:
         # hidden: [batch, tokens, hidden_size]; mask: [batch, past + tokens]
+        prompts = session.prompts  # deep prompts: added in step 0, committed in every step
+        added = prompts if step == 0 else None
         return self._committed(
             session.span,
             session.session_id,
@@ -541,7 +556,8 @@ class StakeswarmNode(ServicerBase):
             tokens,
             hidden,
             mask,
-            lambda blocks: session.span.forward(hidden, mask, session.cache, blocks),
+            lambda blocks: session.span.forward(hidden, mask, session.cache, blocks, added),
+            prompts=prompts,
         )
 
     def _committed(
@@ -677,8 +693,8 @@ class StakeswarmNode(ServicerBase):
         return list(_frame(StepResponse(0, receipt).to_wire(), [output]))
 
     def _check_prompts(self, span: Span, prompts: torch.Tensor, tokens: int) -> None:
-        """BAD_REQUEST unless this node trains (deep prompts are a training forward's, and
-        audited in float32), BAD_TENSOR unless `prompts` fit the span and the sequence."""
+        """BAD_REQUEST unless this node trains (deep prompts are a tuned model's, audited in
+        float32), BAD_TENSOR unless `prompts` fit the span and a sequence of `tokens`."""
         if not self.backward_price_per_block:
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST, "this node serves no training: it takes no deep prompts"
@@ -942,3 +958,14 @@ _RECOVERABLE = frozenset(
         ErrorCode.PAYMENT_BEHIND,
     }
 )
+
+
+def _check_covers_prompts(prompts: torch.Tensor, hidden: torch.Tensor) -> None:
+    """BAD_TENSOR unless a prompted session's first step `hidden` [batch, tokens, hidden]
+    covers the P positions its deep prompts [blocks, P, hidden] are added to."""
+    if hidden.shape[1] < prompts.shape[1]:
+        raise ProtocolError(
+            ErrorCode.BAD_TENSOR,
+            f"the session's deep prompts cover {prompts.shape[1]} positions, its first step "
+            f"sends {hidden.shape[1]}",
+        )

@@ -343,7 +343,11 @@ class SignedReceipt:
 
 @dataclass(frozen=True)
 class OpenSession:
-    """First frame of an inference stream: reserve a KV cache for a span."""
+    """First frame of an inference stream: reserve a KV cache for a span. The frame may carry
+    one tensor (protocol 9): deep prompts `[span blocks, P, hidden]` (float32, P <= max_length)
+    that the node adds to the first step's first P positions before each block, and whose
+    hash every step's sketch commits (version 5); only a node that serves backwards takes
+    them (a tuned model's, audited in float32)."""
 
     session_id: bytes  # 32 bytes, fresh per session; a node accepts each id once
     span_start: int
@@ -734,9 +738,9 @@ class RevealResponse:
     `quantization` (its sketches, version 3, commit it). When the leaf is a backward (step
     `BACKWARD_STEP` of a stateless forward's session, protocol 8), `exponent` is its sketch's
     (version 4): step 1's "hidden states" are the output gradient it received. When the
-    session's forward carried deep prompts (protocol 9, sketch versions 5 and 6), `prompts`
-    is set and the frame ends with each step's prompts tensor `[blocks, P, hidden]`: step 0's
-    the prompts, a backward's step 1's their gradient (each hashes to its sketch's field)."""
+    session carried deep prompts (protocol 9, sketch versions 5 and 6), `prompts` is set and
+    the frame ends with step 0's prompts `[blocks, P, hidden]` and, for a backward, step 1's
+    gradient of them (each hashes to its sketch's field)."""
 
     steps: list[RevealedStep] = field(default_factory=list)
     full: bool = False
@@ -792,10 +796,9 @@ class RevealResponse:
                     ErrorCode.BAD_REQUEST, "revealed: a backward is step 1 of its session"
                 )
         prompts = full and d.get("prompts", False) is True
-        if prompts and (states or len(steps) > BACKWARD_STEP + 1):
+        if prompts and states:
             raise ProtocolError(
-                ErrorCode.BAD_REQUEST,
-                "revealed: deep prompts go with a float32 training forward and its backward",
+                ErrorCode.BAD_REQUEST, "revealed: deep prompts go with a float32 session"
             )
         return cls(
             [RevealedStep.from_wire(s) for s in steps],
@@ -810,11 +813,23 @@ class RevealResponse:
     @property
     def tensor_count(self) -> int:
         """How many tensors the frame carries: hidden states per step, the mask, the steps'
-        sketches (two tensors) when full, block states per step when `states`, and prompts
-        per step when `prompts`."""
+        sketches (two tensors) when full, block states per step when `states`, and the
+        prompts (and a backward's gradient of them) when `prompts`."""
         steps = len(self.steps)
-        per_step = (steps if self.states else 0) + (steps if self.prompts else 0)
-        return steps + 1 + (2 if self.full else 0) + per_step
+        return (
+            steps
+            + 1
+            + (2 if self.full else 0)
+            + (steps if self.states else 0)
+            + (self.prompt_tensors)
+        )
+
+    @property
+    def prompt_tensors(self) -> int:
+        """Deep-prompt tensors ending the frame: step 0's prompts, a backward's gradient."""
+        if not self.prompts:
+            return 0
+        return 2 if self.exponent is not None else 1
 
 
 @dataclass(frozen=True)

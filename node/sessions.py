@@ -103,6 +103,9 @@ class Session:
     awaited: AwaitedInput | None = None  # a pipelined step waiting for its input
     input_wanted: asyncio.Event = field(default_factory=asyncio.Event)  # set while `awaited`
     input_taken: int = -1  # the last pipelined step that got its input
+    # deep prompts [span blocks, P, hidden] given at open: added before each block to the
+    # first step's first P positions, their hash committed in every step's sketch
+    prompts: torch.Tensor | None = None
 
     @property
     def channel_id(self) -> int:

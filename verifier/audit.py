@@ -85,7 +85,7 @@ class Opening:
     sketch_indices: torch.Tensor | None  # [batch, positions, k] int64
     sketch_values: torch.Tensor | None  # [batch, positions, k] float16
     states: list[torch.Tensor] | None = None  # per step: [blocks, batch, tokens, hidden]
-    # per step: a training forward's deep prompts [blocks, P, hidden], its backward's gradient
+    # deep prompts [blocks, P, hidden] (step 0's) and, for a backward, their gradient
     prompts: list[torch.Tensor] | None = None
 
     @classmethod
@@ -102,7 +102,8 @@ class Opening:
         if response.full:
             after = steps + 3  # block states, then prompts, one per step each
             states = list(tensors[after : after + steps]) if response.states else None
-            prompts = list(tensors[-steps:]) if response.prompts else None
+            count = response.prompt_tensors
+            prompts = list(tensors[len(tensors) - count :]) if count else None
             return cls(
                 response, hidden, mask, tensors[steps + 1], tensors[steps + 2], states, prompts
             )
@@ -265,13 +266,13 @@ def _check_prompts(
     hidden_size: int,
     invalid: Callable[[str], InvalidOpeningError],
 ) -> list[torch.Tensor]:
-    """A training session's revealed deep prompts (step 0) and, for a backward, their
-    gradient (step 1): float32 [blocks, P, hidden] with P within the forward's positions,
-    finite; [] when the reveal has none (`_check_sketches` holds the node to its sketches)."""
+    """A session's revealed deep prompts (step 0's) and, for a backward, their gradient:
+    float32 [blocks, P, hidden] with P within step 0's positions, finite; [] when the reveal
+    has none (`_check_sketches` holds the node to its sketches)."""
     if opening.prompts is None:
         return []
-    if hiddens[0].dtype != torch.float32 or len(hiddens) > BACKWARD_STEP + 1:
-        raise invalid("deep prompts go with a float32 training forward and its backward")
+    if hiddens[0].dtype != torch.float32:
+        raise invalid("deep prompts go with a float32 session")
     blocks = proven.leaf.span_end - proven.leaf.span_start
     try:
         check_prompts(
@@ -363,7 +364,8 @@ def _check_sketches(
         hashed = node_states_hash(states[i]) if states else None
         # a prompted forward commits the prompts; its backward, them and their gradient
         prompts_hash = tensor_hash(prompts[0]) if prompts else None
-        prompts_grad_hash = tensor_hash(prompts[i]) if prompts and i == BACKWARD_STEP else None
+        backward = exponent is not None and i == len(hiddens) - 1
+        prompts_grad_hash = tensor_hash(prompts[1]) if prompts and backward else None
         try:
             # re-encode canonically, then parse: the format's own checks (ranges, repeats)
             encoded = Sketch(

@@ -215,14 +215,39 @@ def test_deep_prompts_train_through_two_servers_as_they_do_locally(swarm: Swarm)
         prices = [int(n.status()["price_per_token_per_block"]) for n in swarm.nodes]
         assert spent.forward_wei == 5 * tokens * 3 * sum(prices)
         assert spent.backward_wei == 2 * spent.forward_wei
-        saved = load_file(str(model.save_trainable(swarm.workdir / "deep.safetensors")))
-        assert set(saved) == {"prompts.embeddings", "prompts.deep"}
-        # generation would need the servers to hold the deep prompts in a session: refused
-        model.eval()
-        with pytest.raises(SessionStateError, match="deep_ptune"):
-            model.generate(IDS[:1], max_new_tokens=2)
+        path = model.save_trainable(swarm.workdir / "deep.safetensors")
+        assert set(load_file(str(path))) == {"prompts.embeddings", "prompts.deep"}
     finally:
         model.close()
+    # the trained deep prompts generate through the swarm (each server opens its session with
+    # its blocks' rows) as they do locally
+    again = swarm.model("deep-again", tuning_mode="deep_ptune", pre_seq_len=PRE_SEQ_LEN)
+    try:
+        again.load_trainable(path)
+        ids = again.generate(IDS[:1], max_new_tokens=4, do_sample=False)
+        hooks = with_deep_prompts(reference, deep.detach())
+        try:
+            with torch.no_grad():
+                expected = IDS[:1]
+                for _ in range(4):  # greedy, locally, with the same prompts
+                    embeds = reference.get_input_embeddings()(expected)
+                    hidden = torch.cat([prompts.detach().unsqueeze(0), embeds], dim=1)
+                    logits = reference(inputs_embeds=hidden).logits[:, -1]
+                    expected = torch.cat([expected, logits.argmax(-1, keepdim=True)], dim=1)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert ids.tolist() == expected.tolist()
+        # a first step that does not cover the prompts' positions is refused before any payment
+        with (
+            again.client.inference_session(
+                max_length=8, prompts=again.prompts.deep.detach()
+            ) as session,
+            pytest.raises(SessionStateError, match="cover the 3 deep prompt positions"),
+        ):
+            session.step(torch.randn(1, 2, 64))
+    finally:
+        again.close()
 
 
 def test_twenty_steps_of_prompt_tuning_match_the_same_run_locally(swarm: Swarm) -> None:
@@ -476,6 +501,11 @@ def test_a_verifier_audits_every_training_leaf_and_honest_backwards_pass(
         try:
             model.train()
             model(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
+            if mode == "deep_ptune":  # and a generation: a session's leaves commit the prompts
+                with torch.no_grad():
+                    model.prompts.deep.normal_(generator=torch.Generator().manual_seed(2))
+                model.eval()
+                model.generate(IDS[:1], max_new_tokens=3, do_sample=False)
         finally:
             model.close()
     for node in swarm.nodes:  # every leaf so far (this module's), committed
