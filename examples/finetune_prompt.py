@@ -136,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps")
     parser.add_argument("--batch", type=int, default=16, help="examples per step")
     parser.add_argument("--pre-seq-len", type=int, default=4, help="soft prompt positions")
+    parser.add_argument(
+        "--tuning-mode",
+        choices=["ptune", "deep_ptune"],
+        default="ptune",
+        help="prompts prepended to the input, or also a row added before every block",
+    )
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate")
     parser.add_argument("--out", default="finetuned.safetensors", help="where the prompts go")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -157,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 deployment=deployment,
                 home=Path(work) / "client",
                 num_labels=2,
-                tuning_mode="ptune",
+                tuning_mode=args.tuning_mode,
                 pre_seq_len=args.pre_seq_len,
             )
             try:
