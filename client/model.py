@@ -82,6 +82,9 @@ class _SessionIds:
     """The token ids the model layer keeps for one inference session."""
 
     processed: torch.Tensor | None = None  # [batch, position]: the ids the servers processed
+    # generate(inputs_embeds=...): the embeddings the first step sends in place of the
+    # placeholder ids standing for them
+    embeds: torch.Tensor | None = None  # [batch, length, hidden_size]
     # what the last `generate` in the session returned, and its attention mask: both
     # [batch, length], prepended to the inputs of the next `generate` in the session
     generated: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -209,7 +212,8 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Logits [batch, new positions, vocab] of the positions of `input_ids` [batch, length]
-        that the active session has not processed yet (all of them outside a session);
+        that the active session has not processed yet (all of them outside a session, where
+        `inputs_embeds` [batch, length, hidden_size] may stand in for them);
         `attention_mask` [batch, length] covers every position.
 
         With gradients enabled and something to train (`labels`, `inputs_embeds`, or prompts
@@ -222,11 +226,20 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
             or (self.training and self.prompts is not None)
         ):
             return self._train_forward(input_ids, inputs_embeds, attention_mask, labels)
+        session = self._session
+        if input_ids is None and inputs_embeds is not None and session is None:
+            # a one-off forward of embeddings: a session whose step sends them
+            placeholders = self._placeholders(None, inputs_embeds, None)
+            with self.inference_session(
+                max_length=placeholders.shape[1], batch_size=placeholders.shape[0]
+            ) as once:
+                self._ids_of(once).embeds = inputs_embeds.detach()
+                return self._forward_in(once, placeholders, attention_mask)
         if input_ids is None:
             raise SessionStateError(
-                "forward needs input_ids (inputs_embeds go with gradients enabled)"
+                "forward needs input_ids (inputs_embeds go with gradients enabled, or outside "
+                "an inference session)"
             )
-        session = self._session
         if session is None:  # a one-off forward
             with self.inference_session(
                 max_length=input_ids.shape[1], batch_size=input_ids.shape[0]
@@ -313,6 +326,10 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
             )
         # the ends compute on the head's device; hidden states travel from the CPU
         hidden = self.head.embed(new_ids.cpu())  # [batch, new, hidden_size]
+        if ids.embeds is not None and done == 0:  # generate(inputs_embeds=...): theirs first
+            given = ids.embeds.to(hidden.device, hidden.dtype)
+            hidden = torch.cat([given, hidden[:, given.shape[1] :]], dim=1)
+            ids.embeds = None
         mask = mask.cpu()
         first = 0
         if self.prompts is not None:  # the session's mask covers the prompts' positions too
@@ -343,6 +360,9 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         `partial` holds the ids generated until then."""
         if inputs is None:
             inputs = kwargs.pop("input_ids", None)
+        embeds = kwargs.pop("inputs_embeds", None)
+        if embeds is not None:
+            inputs = self._placeholders(inputs, embeds, session)
         if inputs is not None and (inputs.ndim != 2 or inputs.dtype not in (torch.long, torch.int)):
             raise SessionStateError("inputs must be token ids [batch, length]")
         base = generation_config or self.generation_config
@@ -372,8 +392,27 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
                 else kwargs.get("max_length", base.max_length)
             )
             with self.inference_session(max_length=max_length, batch_size=batch) as own:
-                return self._generate_in(own, inputs, attention_mask, generation_config, kwargs)
-        return self._generate_in(session, inputs, attention_mask, generation_config, kwargs)
+                return self._generate_in(
+                    own, inputs, attention_mask, generation_config, kwargs, embeds
+                )
+        return self._generate_in(session, inputs, attention_mask, generation_config, kwargs, embeds)
+
+    def _placeholders(
+        self, inputs: torch.Tensor | None, embeds: torch.Tensor, session: InferenceSession | None
+    ) -> torch.Tensor:
+        """Ids standing for `embeds` [batch, length, hidden_size] (generate(inputs_embeds=...)):
+        the first step sends the embeddings in their place, and the placeholders are cut from
+        what `generate` returns, as transformers does for embeddings."""
+        if inputs is not None:
+            raise SessionStateError("give input ids or inputs_embeds, not both")
+        if session is not None and session.position:
+            raise SessionStateError("inputs_embeds start a session; continue one with input ids")
+        hidden_size = int(self.config.hidden_size)
+        if embeds.ndim != 3 or embeds.shape[-1] != hidden_size or min(embeds.shape[:2]) < 1:
+            raise SessionStateError(
+                f"inputs_embeds are [batch, length, {hidden_size}], got {list(embeds.shape)}"
+            )
+        return torch.zeros(embeds.shape[:2], dtype=torch.long)
 
     def _generate_in(
         self,
@@ -382,8 +421,10 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor,
         generation_config: GenerationConfig | None,
         kwargs: dict[str, Any],
+        embeds: torch.Tensor | None = None,
     ) -> Any:
         streamer = kwargs.get("streamer")
+        self._ids_of(session).embeds = None if embeds is None else embeds.detach()
         collector = _Collector(streamer)
         kwargs["streamer"] = collector
         kwargs.setdefault("use_cache", False)  # the servers hold the cache
@@ -404,6 +445,10 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         new = ids.shape[1] - attention_mask.shape[1]
         mask = torch.cat([attention_mask, attention_mask.new_ones(ids.shape[0], new)], dim=1)
         self._ids_of(session).generated = (ids, mask)
+        if embeds is not None:  # the new tokens only, as transformers returns for embeddings
+            if isinstance(result, torch.Tensor):
+                return result[:, embeds.shape[1] :]
+            result.sequences = result.sequences[:, embeds.shape[1] :]
         return result
 
     def _ids_of(self, session: InferenceSession) -> _SessionIds:

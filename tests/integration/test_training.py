@@ -238,6 +238,15 @@ def test_deep_prompts_train_through_two_servers_as_they_do_locally(swarm: Swarm)
             for hook in hooks:
                 hook.remove()
         assert ids.tolist() == expected.tolist()
+        # embeddings in place of ids: generate returns the new tokens, as transformers does,
+        # and a forward gives the logits of every position
+        embeds = again.head.embed(IDS[:1])
+        new = again.generate(inputs_embeds=embeds, max_new_tokens=4, do_sample=False)
+        assert new.tolist() == expected[:, IDS.shape[1] :].tolist()
+        with torch.no_grad():
+            logits = again(inputs_embeds=embeds).logits
+        assert logits.shape == (1, IDS.shape[1], reference.config.vocab_size)
+        assert logits[:, -1].argmax(-1).item() == expected[0, IDS.shape[1]].item()
         # a first step that does not cover the prompts' positions is refused before any payment
         with (
             again.client.inference_session(
