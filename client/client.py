@@ -43,7 +43,7 @@ from client.session import InferenceSession, SessionParts
 from client.training import TrainingRoute
 from ledger.chain import Chain
 from ledger.contracts import Contracts
-from ledger.db import Ledger, open_deployment_ledger, sqlite_url
+from ledger.db import Ledger, chosen_ledger_url, open_deployment_ledger
 from ledger.deployment import Deployment
 from ledger.eip712 import Domain
 from ledger.types import ModelId, model_id
@@ -120,7 +120,7 @@ def build_client(
         raise ClientConfigError("deployment must be a ledger.deployment.Deployment")
     model_config = load_config(config.model_path)
     chain = deployment.connect(rpc_url=config.rpc_url)
-    url = config.ledger_url or sqlite_url(config.ledger_path(account.address))
+    url = chosen_ledger_url(config.ledger_url, config.ledger_path(account.address))
     # tied to this chain: a ledger from an earlier chain under the same id (a restarted
     # devnet) is set aside, never continued
     ledger = open_deployment_ledger(url, chain, deployment)

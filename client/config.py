@@ -59,7 +59,9 @@ class ClientConfig:
     rpc_url: str | None = None  # JSON-RPC URL; None: the deployment's
     home: Path = Path("~/.stakeswarm")  # state directory; the client keeps its ledger in
     # <home>/client/<address>/ledger.sqlite unless `ledger_url` says otherwise
-    ledger_url: str | None = None  # SQLAlchemy URL of the client's ledger
+    # SQLAlchemy URL of the client's ledger (`--db`): sqlite:///FILE or
+    # postgresql://USER@HOST/DBNAME (one database per wallet); None: the SQLite file above
+    ledger_url: str | None = None
 
     # --- money (Wei) -------------------------------------------------------------------------
     max_price: int | None = DEFAULT_MAX_PRICE  # per token through the whole route; None: any price
@@ -108,6 +110,12 @@ class ClientConfig:
                 problems.append(f"{name} must not be negative")
         if not 0 < self.channel_min_life < self.channel_life:
             problems.append("need 0 < channel_min_life < channel_life")
+        if self.ledger_url is not None:
+            from ledger.db.engine import ledger_url_problem  # SQLAlchemy: only when given
+
+            problem = ledger_url_problem(self.ledger_url)
+            if problem is not None:
+                problems.append(f"ledger_url: {problem}")
         if problems:
             raise ClientConfigError("invalid client configuration: " + "; ".join(problems))
 

@@ -65,8 +65,8 @@ from transformers import PretrainedConfig
 
 from ledger.chain import Chain
 from ledger.contracts import Contracts
-from ledger.db import Ledger, open_deployment_ledger, sqlite_url
-from ledger.db.engine import check_sqlite_ledger
+from ledger.db import Ledger, chosen_ledger_url, describe_url, open_deployment_ledger
+from ledger.db.engine import check_sqlite_ledger, sqlite_path
 from ledger.deployment import Deployment
 from ledger.errors import LedgerDamagedError
 from ledger.identity import load_identity
@@ -250,10 +250,14 @@ def connect_node(config: NodeConfig, closing: contextlib.ExitStack) -> NodeBase:
     contracts = Contracts.from_deployment(chain, deployment, sender)
     units = TokenUnits.of(contracts.token)
     decimals = units.decimals
-    _check_history(
-        config, folder, ledger, contracts, account.address, deployment, units, existed=existed
+    _check_history(config, ledger, contracts, account.address, deployment, units, existed=existed)
+    logger.info(
+        "node %s on chain %d, files in %s, ledger %s",
+        account.address,
+        chain.chain_id,
+        folder,
+        describe_url(ledger.engine.url),
     )
-    logger.info("node %s on chain %d, ledger in %s", account.address, chain.chain_id, folder)
     return NodeBase(
         config=config,
         account=account,
@@ -293,18 +297,20 @@ def backward_price(config: NodeConfig, plan: ServingPlan, decimals: int) -> Wei:
 def _open_ledger(
     config: NodeConfig, folder: Path, chain: Chain, deployment: Deployment
 ) -> tuple[Ledger, bool]:
-    """The node's ledger, and whether its file existed before."""
-    path = folder / "ledger.sqlite"
-    if config.new_ledger and path.exists():
+    """The node's ledger (`--db`, else its SQLite file in `folder`), and whether it existed
+    before (a database on a server always did: nothing here creates or removes one)."""
+    url = chosen_ledger_url(config.ledger_url, folder / "ledger.sqlite")
+    path = sqlite_path(url)
+    if config.new_ledger and path is not None and path.exists():
         try:
             check_sqlite_ledger(path)
         except LedgerDamagedError as exc:
             aside = set_aside_damaged(path)
             logger.warning("%s\n--new-ledger: moved it to %s; starting on a new ledger", exc, aside)
-    existed = path.exists()
+    existed = path is None or path.exists()
     # tied to this chain: a ledger from an earlier chain under the same id (a restarted
     # devnet) is set aside, with the inputs it indexed, and a fresh one started
-    ledger = open_deployment_ledger(sqlite_url(path), chain, deployment)
+    ledger = open_deployment_ledger(url, chain, deployment)
     inputs = folder / "inputs"
     if ledger.set_aside is not None and inputs.exists():
         inputs.rename(inputs.with_name(f"inputs.{ledger.set_aside.stem}"))
@@ -313,7 +319,6 @@ def _open_ledger(
 
 def _check_history(
     config: NodeConfig,
-    folder: Path,
     ledger: Ledger,
     contracts: Contracts,
     address: str,
@@ -323,17 +328,18 @@ def _check_history(
     existed: bool,
 ) -> None:
     """Compare the ledger with what the chain shows of this node (`node.recovery`)."""
-    path = folder / "ledger.sqlite"
+    path = sqlite_path(ledger.engine.url)
+    where = describe_url(ledger.engine.url) if path is None else path  # as people read it
     history = read_chain_history(contracts, address, deployment.deploy_block)
     if not ledger_is_new(ledger):
-        warn_if_stale(history, ledger, ledger_path=path, units=units)
+        warn_if_stale(history, ledger, ledger_path=where, units=units)
         return
     try:
         check_new_ledger(
-            history, ledger_path=path, address=address, units=units, allow=config.new_ledger
+            history, ledger_path=where, address=address, units=units, allow=config.new_ledger
         )
     except LostLedgerError:
-        if not existed:  # leave no empty ledger where a backup is to be restored
+        if not existed and path is not None:  # no empty file where a backup is to be restored
             ledger.close()
             for suffix in ("", "-wal", "-shm"):
                 path.with_name(path.name + suffix).unlink(missing_ok=True)

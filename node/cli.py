@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ledger.errors import LedgerError
 from node.cli_options import (
     ChainOptions,
+    DbOpt,
     HttpPortOpt,
     LogLevelOpt,
     ModelNameOpt,
@@ -120,6 +121,7 @@ def serve(
             "damaged ledger is moved aside)."
         ),
     ] = False,
+    db_url: DbOpt = None,
     initial_peers: Annotated[
         list[str] | None,
         typer.Option(
@@ -237,6 +239,7 @@ def serve(
             torch_threads=threads,
             **options.identity(),
             new_ledger=new_ledger,
+            ledger_url=db_url,
             initial_peers=peers,
             host_maddrs=tuple(host_maddrs or DEFAULT_HOST_MADDRS),
             announce_maddrs=tuple(announce_maddrs or ()),

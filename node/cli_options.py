@@ -1,7 +1,7 @@
 """The command-line options several `stakeswarm` commands share, declared once: where to act and
 as whom (`with_chain_options`: --devnet, --account, --home, --rpc, --deployment, --keystore,
---password-env), what every long-running server takes (--model-name, --http-port,
---threads, --log-level), and the checks of local inputs (--initial-peers, --model) that run
+--password-env), the ledger database of a command that keeps or reads one (--db), what every
+long-running server takes (--model-name, --http-port, --threads, --log-level), and the checks of local inputs (--initial-peers, --model) that run
 before any chain, ledger or network work.
 
 They live here, under `node`, because `node serve` (`node.cli`) takes them and imports flow
@@ -63,6 +63,18 @@ PasswordEnvOpt = Annotated[
     typer.Option(
         "--password-env",
         help="Name of an environment variable holding the keystore password (else prompted).",
+        show_default=False,
+    ),
+]
+
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        metavar="URL",
+        help="The ledger database, as an SQLAlchemy URL: sqlite:///FILE or "
+        "postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME (default: the SQLite file in --home).",
         show_default=False,
     ),
 ]

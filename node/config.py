@@ -66,6 +66,9 @@ class NodeConfig:
     # --- state and chain ---------------------------------------------------------------------
     home: Path = Path("~/.stakeswarm")  # state directory; the node keeps its files in
     # <home>/node/<address>/ (ledger, libp2p identity, stored inputs)
+    # SQLAlchemy URL of the node's ledger (`--db`): sqlite:///FILE or postgresql://USER@HOST/DB
+    # (one database per node); None: the SQLite file <home>/node/<address>/ledger.sqlite
+    ledger_url: str | None = None
     devnet: bool = False  # use the devnet deployment in <home> and a dev key
     account: str | None = None  # with devnet: dev account name, role or index (default "node")
     deployment_file: Path | None = None  # without devnet: the deployment JSON
@@ -159,6 +162,12 @@ class NodeConfig:
                     "give --dtype bfloat16, float16 or auto"
                 )
         problems += identity_problems(self, signs="node signs receipts and transactions")
+        if self.ledger_url is not None:
+            from ledger.db.engine import ledger_url_problem  # SQLAlchemy: only when given
+
+            problem = ledger_url_problem(self.ledger_url)
+            if problem is not None:
+                problems.append(f"db: {problem}")
         for name in ("price", "credit", "redeem_min"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")

@@ -144,7 +144,12 @@ def _batch_line(batch: BatchCommitted) -> str:
 
 
 def check_new_ledger(
-    history: ChainHistory, *, ledger_path: Path, address: str, units: TokenUnits, allow: bool
+    history: ChainHistory,
+    *,
+    ledger_path: Path | str,
+    address: str,
+    units: TokenUnits,
+    allow: bool,
 ) -> None:
     """Refuse (`LostLedgerError`) a new ledger for a node whose history the chain shows, unless
     `allow` (`--new-ledger`): then log the loss as a warning."""
@@ -209,7 +214,7 @@ def describe_stale(history: ChainHistory, ledger: Ledger, *, units: TokenUnits) 
 
 
 def warn_if_stale(
-    history: ChainHistory, ledger: Ledger, *, ledger_path: Path, units: TokenUnits
+    history: ChainHistory, ledger: Ledger, *, ledger_path: Path | str, units: TokenUnits
 ) -> None:
     """Log, as a WARNING, what the chain shows that the ledger lost (`describe_stale`)."""
     lines = describe_stale(history, ledger, units=units)

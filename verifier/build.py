@@ -31,7 +31,7 @@ from eth_account.signers.local import LocalAccount
 
 from ledger.chain import Chain
 from ledger.contracts import Batch, Contracts
-from ledger.db import Ledger, open_deployment_ledger, sqlite_url
+from ledger.db import Ledger, chosen_ledger_url, describe_url, open_deployment_ledger
 from ledger.deployment import Deployment
 from ledger.eip712 import Domain
 from ledger.identity import load_identity
@@ -121,17 +121,19 @@ def connect_verifier(config: VerifierConfig, closing: contextlib.ExitStack) -> V
     chain = deployment.connect(rpc_url=config.rpc_url)
     # tied to this chain, as a node's and a client's: a ledger of an earlier chain under the
     # same id (a restarted devnet) is set aside, so its event cursor cannot skip this one's
-    ledger = open_deployment_ledger(sqlite_url(folder / "ledger.sqlite"), chain, deployment)
+    url = chosen_ledger_url(config.ledger_url, folder / "ledger.sqlite")  # --db, else the file
+    ledger = open_deployment_ledger(url, chain, deployment)
     closing.callback(ledger.close)
     sender = chain.sender(account, journal=ledger.tx_journal())
     contracts = Contracts.from_deployment(chain, deployment, sender)
     params = contracts.slasher.params()
     logger.info(
-        "verifier %s on chain %d (quorum %d), ledger in %s",
+        "verifier %s on chain %d (quorum %d), files in %s, ledger %s",
         account.address,
         chain.chain_id,
         params.quorum,
         folder,
+        describe_url(ledger.engine.url),
     )
     return VerifierBase(
         config=config,

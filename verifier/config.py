@@ -55,6 +55,9 @@ class VerifierConfig:
     # --- chain -------------------------------------------------------------------------------
     home: Path = Path("~/.stakeswarm")  # state directory; the verifier keeps its files in
     # <home>/verifier/<address>/ (ledger, sampling key, libp2p identity)
+    # SQLAlchemy URL of the verifier's ledger (`--db`): sqlite:///FILE or
+    # postgresql://USER@HOST/DBNAME; None: the SQLite file <home>/verifier/<address>/ledger.sqlite
+    ledger_url: str | None = None
     devnet: bool = False  # use the devnet deployment in <home> and a dev key
     account: str | None = None  # with devnet: dev account name, role or index ("verifier")
     deployment_file: Path | None = None  # without devnet: the deployment JSON
@@ -104,6 +107,12 @@ class VerifierConfig:
         if device_problem is not None:
             problems.append(device_problem)
         problems += identity_problems(self, signs="verifier signs verdicts and transactions")
+        if self.ledger_url is not None:
+            from ledger.db.engine import ledger_url_problem  # SQLAlchemy: only when given
+
+            problem = ledger_url_problem(self.ledger_url)
+            if problem is not None:
+                problems.append(f"db: {problem}")
         if self.stake is not None and self.stake < 0:
             problems.append("stake must not be negative")
         if self.from_block is not None and self.from_block < 0:

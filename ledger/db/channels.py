@@ -5,6 +5,13 @@ redeems from `redeemable_channels`; the client side finds its open channel to a 
 `open_channel_to` and keeps the last voucher it signed. Signatures are not checked here (that
 needs the contract's EIP-712 domain; see `ledger.eip712.recover_voucher_signer`), only their
 shape. Functions take a `Session` and never commit.
+
+Concurrency: a function that reads a channel and then writes it (`upsert_channel`,
+`record_voucher`, and `ledger.db.client.restore_voucher`) first reads the row with
+`SELECT ... FOR UPDATE` (`lock_row`), so on PostgreSQL a second transaction on the same channel
+waits for this one and then sees its result: a voucher can never replace a higher one that was
+committed meanwhile. SQLite has no row locks (SQLAlchemy leaves the clause out); there the one
+writer at a time is the database's write lock and each component's single ledger thread.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from ledger.db.columns import (
     check_int,
     utcnow,
 )
-from ledger.db.models import SIGNATURE_LENGTH, Channel, ChannelRole, ChannelStatus
+from ledger.db.models import SIGNATURE_LENGTH, Base, Channel, ChannelRole, ChannelStatus
 from ledger.errors import LedgerDbError, VoucherError
 from ledger.types import Voucher
 
@@ -32,16 +39,29 @@ def _key(chain_id: int, contract: str, channel_id: int) -> tuple[int, str, int]:
     )
 
 
-def get_channel(session: Session, chain_id: int, contract: str, channel_id: int) -> Channel | None:
-    """The channel `channel_id` of the PaymentChannels `contract` on `chain_id`, if recorded."""
+def lock_row(session: Session, row: Base) -> None:
+    """Re-read `row` from the database and lock it until the transaction ends (`SELECT ... FOR
+    UPDATE` on PostgreSQL; SQLite ignores the clause): what a read-then-write of money reads is
+    the latest committed state, and nothing else changes it before this transaction ends.
+    Pending changes to it are flushed first, so none is lost."""
+    session.flush()
+    session.refresh(row, with_for_update=True)
+
+
+def get_channel(
+    session: Session, chain_id: int, contract: str, channel_id: int, *, for_update: bool = False
+) -> Channel | None:
+    """The channel `channel_id` of the PaymentChannels `contract` on `chain_id`, if recorded;
+    with `for_update`, its row locked until the transaction ends (see `lock_row`)."""
     chain_id, contract, channel_id = _key(chain_id, contract, channel_id)
-    return session.scalars(
-        select(Channel).where(
-            Channel.chain_id == chain_id,
-            Channel.contract == contract,
-            Channel.channel_id == channel_id,
-        )
-    ).one_or_none()
+    query = select(Channel).where(
+        Channel.chain_id == chain_id,
+        Channel.contract == contract,
+        Channel.channel_id == channel_id,
+    )
+    if for_update:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(query).one_or_none()
 
 
 def upsert_channel(
@@ -72,8 +92,8 @@ def upsert_channel(
         raise LedgerDbError(f"channel {channel_id}: redeemed {redeemed} exceeds deposit {deposit}")
     expiry = check_int(expiry, "expiry")
 
-    channel = get_channel(session, chain_id, contract, channel_id)
-    if channel is None:
+    channel = get_channel(session, chain_id, contract, channel_id, for_update=True)
+    if channel is None:  # a second process inserting it too fails on the unique key
         channel = Channel(
             chain_id=chain_id,
             contract=contract,
@@ -112,6 +132,7 @@ def record_voucher(session: Session, channel: Channel, voucher: Voucher) -> bool
         signature = check_bytes(voucher.signature, "voucher signature", SIGNATURE_LENGTH)
     except LedgerDbError as exc:
         raise VoucherError(str(exc)) from None
+    lock_row(session, channel)  # compare with the latest held voucher, not a stale read
     if channel.status is ChannelStatus.CLOSED:
         raise VoucherError(f"channel {channel.channel_id} is closed")
     held = channel.voucher_amount

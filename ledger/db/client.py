@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ledger.db.channels import lock_row
 from ledger.db.columns import check_address, check_amount, check_bytes, check_int, utcnow
 from ledger.db.models import (
     SIGNATURE_LENGTH,
@@ -151,6 +152,7 @@ def restore_voucher(
     Only when `refused` is still the one held; True if it was restored."""
     if channel.role is not ChannelRole.CLIENT:
         raise LedgerDbError(f"channel {channel.channel_id}: only a client restores its vouchers")
+    lock_row(session, channel)  # the voucher held now, not when `channel` was read
     if (channel.voucher_amount, channel.voucher_signature) != (
         refused.cumulative_amount,
         refused.signature,

@@ -123,6 +123,7 @@ def seal_batch(session: Session, leaves: Sequence[LeafRecord], *, node: str) -> 
     for leaf in leaves:
         if leaf.batch_id is not None or leaf.batch is not None:
             raise LedgerDbError(f"leaf 0x{leaf.leaf_hash.hex()} is already in a batch")
+    _lock_pending(session, leaves)
     token_count = sum(leaf.tokens for leaf in leaves)
     if token_count > MAX_BATCH_TOKENS:
         raise LedgerDbError(f"a batch covers at most {MAX_BATCH_TOKENS} tokens")
@@ -141,6 +142,33 @@ def seal_batch(session: Session, leaves: Sequence[LeafRecord], *, node: str) -> 
         leaf.index_in_batch = index
     session.flush()
     return batch
+
+
+# leaves locked per statement by `_lock_pending` (well below every backend's parameter limit)
+_LOCK_CHUNK = 1000
+
+
+def _lock_pending(session: Session, leaves: Sequence[LeafRecord]) -> None:
+    """Lock the rows of `leaves` until the transaction ends (`SELECT ... FOR UPDATE` on
+    PostgreSQL; SQLite ignores the clause) and check that each is still in no batch: a leaf
+    sealed by another transaction since it was read is refused, never moved to a second
+    batch (which would leave the first batch's root over leaves it no longer holds)."""
+    session.flush()
+    ids = [leaf.id for leaf in leaves]
+    still = 0
+    for start in range(0, len(ids), _LOCK_CHUNK):
+        chunk = ids[start : start + _LOCK_CHUNK]
+        still += len(
+            session.scalars(
+                select(LeafRecord.id)
+                .where(LeafRecord.id.in_(chunk), LeafRecord.batch_id.is_(None))
+                .with_for_update()
+            ).all()
+        )
+    if still != len(ids):
+        raise LedgerDbError(
+            f"{len(ids) - still} of the leaves were sealed into another batch meanwhile"
+        )
 
 
 def batch_tree(batch: Batch) -> MerkleTree:

@@ -6,6 +6,12 @@ it works from a source checkout, an editable install or a wheel), turns SQLite's
 and WAL journal on, and hands back a `Ledger` whose `begin()` yields a `Session` inside a
 transaction: repository functions never commit, the caller's `with ledger.begin():` does.
 
+Two backends: an SQLite file (the default of every component, `sqlite_url(path)`) or a
+PostgreSQL database (`--db postgresql://user@host/dbname`; a URL naming no driver gets psycopg 3,
+`ledger_url`). A PostgreSQL server that cannot be reached, or refuses the login, is a
+`LedgerDbError` naming the database (its password hidden), raised before any migration runs;
+migrations there hold an advisory lock, so two processes opening one database migrate it once.
+
 An SQLite ledger file is checked before anything touches it (`check_sqlite_ledger`): its
 write-ahead log must have a valid header (SQLite silently drops a garbage WAL, and with it every
 transaction since the last checkpoint, so the ledger would look empty) and the database must
@@ -31,7 +37,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ledger.db.txjournal import LedgerTxJournal
@@ -41,6 +47,61 @@ logger = logging.getLogger(__name__)
 
 # A second process (the CLI next to a running node) waits this long for a write lock.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+# The backends a ledger runs on, and the driver a URL that names none gets.
+BACKEND_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
+# postgres://... as libpq and hosting services write it
+BACKEND_ALIASES = {"postgres": "postgresql"}
+# pg_advisory_xact_lock key held while migrating a PostgreSQL ledger (the first 8 bytes of
+# "stakeswarm", halved to fit a signed 64-bit key): a second process opening the same database
+# waits, then finds it at head.
+MIGRATION_LOCK_KEY = int.from_bytes(b"stakeswarm"[:8], "big") >> 1
+
+
+def ledger_url(url: str | URL) -> URL:
+    """`url` parsed, with the driver the ledger uses when it names none (`postgresql://...` and
+    `postgres://...` become `postgresql+psycopg://...`, `sqlite://...` `sqlite+pysqlite://...`).
+    `LedgerDbError` for text that is no database URL, or a backend other than SQLite or
+    PostgreSQL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise LedgerDbError(f"not a database URL: {exc}") from None
+    backend = parsed.get_backend_name()
+    backend = BACKEND_ALIASES.get(backend, backend)
+    if backend not in BACKEND_DRIVERS:
+        raise LedgerDbError(
+            f"the ledger database {describe_url(parsed)} is neither SQLite nor PostgreSQL "
+            "(give sqlite:///FILE or postgresql://USER@HOST/DBNAME)"
+        )
+    if "+" not in parsed.drivername:
+        parsed = parsed.set(drivername=f"{backend}+{BACKEND_DRIVERS[backend]}")
+    return parsed
+
+
+def ledger_url_problem(url: str) -> str | None:
+    """What is wrong with `url` as a ledger database URL (None: nothing), for a component's
+    config to refuse it before anything connects."""
+    try:
+        ledger_url(url)
+    except LedgerDbError as exc:
+        return str(exc)
+    return None
+
+
+def describe_url(url: str | URL) -> str:
+    """`url` as it may be shown and logged: its password hidden (text that is no URL at all
+    is not shown: it may hold one)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
+
+
+def chosen_ledger_url(url: str | None, default: str | os.PathLike[str]) -> str:
+    """The ledger a component opens: `url` (its `--db`) when given, else the SQLite file at
+    `default` (the file it has always used)."""
+    return sqlite_url(default) if url is None else url
 
 
 def sqlite_url(path: str | os.PathLike[str]) -> str:
@@ -183,20 +244,39 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_ledger_engine(url: str | URL, *, echo: bool = False) -> Engine:
-    """An engine for `url`; for SQLite, with foreign keys and WAL on every connection and the
-    file's directory created if missing."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise LedgerDbError(f"not a database URL: {exc}") from None
+    """An engine for `url` (`ledger_url`: SQLite or PostgreSQL); for SQLite, with foreign keys
+    and WAL on every connection and the file's directory created if missing. Connects to
+    nothing yet."""
+    parsed = ledger_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, echo=echo)
+    try:
+        # pre-ping: a pooled connection the server closed (a restart) is replaced, not used
+        engine = create_engine(
+            parsed, echo=echo, pool_pre_ping=parsed.get_backend_name() != "sqlite"
+        )
+    except (NoSuchModuleError, ImportError) as exc:  # a driver named in the URL, not installed
+        raise LedgerDbError(
+            f"cannot open the ledger database {describe_url(parsed)}: no driver for it ({exc})"
+        ) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _set_sqlite_pragmas)
     return engine
+
+
+def check_connection(engine: Engine) -> None:
+    """Connect once to the database behind `engine`: `LedgerDbError` naming it (password
+    hidden) and saying why, when the server cannot be reached or refuses the login."""
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as exc:
+        reason = " ".join(str(exc.orig).split()) or type(exc.orig).__name__
+        raise LedgerDbError(
+            f"cannot connect to the ledger database {describe_url(engine.url)}: {reason}"
+        ) from None
 
 
 class _AtDebug(logging.Filter):
@@ -220,10 +300,18 @@ def _migration_logs_at_debug() -> None:
         logging.getLogger(name).addFilter(_AT_DEBUG)  # once: a logger keeps a filter once
 
 
+def _lock_migrations(connection: Connection) -> None:
+    """On PostgreSQL, wait for any other process migrating the same database (the lock ends
+    with the transaction). SQLite needs none: its write lock serializes the DDL."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the database behind `engine` to `revision` (its logs at DEBUG)."""
     _migration_logs_at_debug()
     with engine.begin() as connection:
+        _lock_migrations(connection)
         command.upgrade(alembic_config(connection), revision)
 
 
@@ -231,6 +319,7 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
     """Migrate the database behind `engine` down to `revision` (`base`: drop everything)."""
     _migration_logs_at_debug()
     with engine.begin() as connection:
+        _lock_migrations(connection)
         command.downgrade(alembic_config(connection), revision)
 
 
@@ -269,18 +358,28 @@ class Ledger:
 
 def open_ledger(url: str | URL, *, migrate: bool = True, echo: bool = False) -> Ledger:
     """Open the ledger at `url` (e.g. `sqlite_url(home / "ledger.sqlite")`, or a PostgreSQL
-    URL) and, unless `migrate` is False, bring its schema to the latest revision. An SQLite
-    file is checked first (`check_sqlite_ledger`): `LedgerDamagedError` if it is damaged."""
+    URL such as `postgresql://user@host/dbname`) and, unless `migrate` is False, bring its
+    schema to the latest revision. An SQLite file is checked first (`check_sqlite_ledger`):
+    `LedgerDamagedError` if it is damaged. A database server that cannot be reached or
+    refuses the login: `LedgerDbError` naming the database, its password hidden."""
     path = sqlite_path(url) if isinstance(url, URL) or _is_url(url) else None
     if path is not None:
         check_sqlite_ledger(path)
     engine = create_ledger_engine(url, echo=echo)
+    if engine.dialect.name != "sqlite":
+        try:
+            check_connection(engine)
+        except LedgerDbError:
+            engine.dispose()
+            raise
     if migrate:
         try:
             upgrade(engine)
         except SQLAlchemyError as exc:
             engine.dispose()
-            raise LedgerDbError(f"cannot migrate the ledger database: {exc}") from exc
+            raise LedgerDbError(
+                f"cannot migrate the ledger database {describe_url(engine.url)}: {exc}"
+            ) from exc
     logger.info("ledger open at %s", engine.url.render_as_string(hide_password=True))
     # expire_on_commit=False: rows stay readable after `with ledger.begin():` ends.
     return Ledger(engine, sessionmaker(engine, expire_on_commit=False))

@@ -191,14 +191,17 @@ def delete_inputs(session: Session, session_id: bytes, span_start: int, span_end
     return [row.path for row in rows]
 
 
-def _usage(session: Session, chain_id: int, contract: str, channel_id: int) -> ChannelUsage | None:
-    return session.scalars(
-        select(ChannelUsage).where(
-            ChannelUsage.chain_id == check_int(chain_id, "chain id", low=1),
-            ChannelUsage.contract == check_address(contract, "channels contract"),
-            ChannelUsage.channel_id == check_int(channel_id, "channel id", low=1),
-        )
-    ).one_or_none()
+def _usage(
+    session: Session, chain_id: int, contract: str, channel_id: int, *, for_update: bool = False
+) -> ChannelUsage | None:
+    query = select(ChannelUsage).where(
+        ChannelUsage.chain_id == check_int(chain_id, "chain id", low=1),
+        ChannelUsage.contract == check_address(contract, "channels contract"),
+        ChannelUsage.channel_id == check_int(channel_id, "channel id", low=1),
+    )
+    if for_update:  # PostgreSQL: locked until the transaction ends (SQLite ignores it)
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(query).one_or_none()
 
 
 def channel_owed(session: Session, chain_id: int, contract: str, channel_id: int) -> int:
@@ -210,8 +213,9 @@ def channel_owed(session: Session, chain_id: int, contract: str, channel_id: int
 def set_owed(session: Session, chain_id: int, contract: str, channel_id: int, owed: int) -> None:
     """Record that the client owes `owed` in total on the channel (never decreases)."""
     owed = check_amount(owed, "owed")
-    usage = _usage(session, chain_id, contract, channel_id)
-    if usage is None:
+    # locked: a concurrent, lower `owed` waits and is then refused instead of overwriting this
+    usage = _usage(session, chain_id, contract, channel_id, for_update=True)
+    if usage is None:  # a second process inserting it too fails on the unique key
         usage = ChannelUsage(
             chain_id=chain_id,
             contract=check_address(contract, "channels contract"),

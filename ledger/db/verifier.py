@@ -57,10 +57,13 @@ def set_cursor(session: Session, chain_id: int, contract: str, last_block: int) 
     """Remember that every block up to `last_block` was sampled; it never moves back."""
     last_block = check_int(last_block, "last block")
     row = session.scalars(
-        select(VerifierCursor).where(
+        select(VerifierCursor)
+        .where(
             VerifierCursor.chain_id == check_int(chain_id, "chain id", low=1),
             VerifierCursor.contract == check_address(contract, "contract"),
         )
+        .with_for_update()  # PostgreSQL: a concurrent move waits, so it never moves back
+        .execution_options(populate_existing=True)
     ).one_or_none()
     if row is None:
         session.add(VerifierCursor(chain_id=chain_id, contract=contract, last_block=last_block))
@@ -120,7 +123,8 @@ def due_audit_tasks(
 
 
 def _task(session: Session, task_id: int) -> AuditTask:
-    task = session.get(AuditTask, task_id)
+    # locked (PostgreSQL) and re-read: `attempts += 1` counts every attempt once
+    task = session.get(AuditTask, task_id, with_for_update=True)
     if task is None:
         raise LedgerDbError(f"no audit task {task_id}")
     return task

@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 
 from ledger.types import ChannelId, Wei, model_id
-from node.cli_options import ChainOptions, with_chain_options
+from node.cli_options import ChainOptions, DbOpt, with_chain_options
 from stakeswarm.commands.chain_deploy import deploy
 from stakeswarm.commands.chain_support import (
     CliInputError,
@@ -213,13 +213,20 @@ def _rebond_amount(conn: Connected, amount: str | None, unbonding: int) -> Wei:
 @with_chain_options
 def node_earnings(
     address: Annotated[str | None, typer.Argument(help="Node address (default: yours).")] = None,
+    db_url: DbOpt = None,
     *,
     options: ChainOptions,
 ) -> None:
-    """What your node earned per channel: deposit, redeemed, owed (--home's ledger), expiry."""
+    """What your node earned per channel: deposit, redeemed, owed (the node's ledger: --db, or
+    its file in --home), expiry."""
     # owed: the node's latest voucher minus what the chain shows redeemed; it needs the node's
-    # ledger in --home, without which only the chain's side is shown
-    from ledger.db import held_vouchers, open_deployment_ledger, sqlite_url  # SQLAlchemy: here
+    # ledger (--db, else the file in --home), without which only the chain's side is shown
+    from ledger.db import (  # SQLAlchemy: here
+        chosen_ledger_url,
+        describe_url,
+        held_vouchers,
+        open_deployment_ledger,
+    )
     from ledger.errors import LedgerDbError
     from node.earnings import node_earnings as report_of
 
@@ -230,17 +237,19 @@ def node_earnings(
         channels = contract.channels_of_server(node, from_block=conn.deployment.deploy_block)
         path = Home.resolve(options.home).root / "node" / node / "ledger.sqlite"
         vouchers: dict[int, int] | None = None
-        why_unknown = f"no node ledger at {path} (give the node's --home)"
-        if path.exists():
+        why_unknown = f"no node ledger at {path} (give the node's --home, or its --db)"
+        if db_url is not None or path.exists():
+            where = path if db_url is None else describe_url(db_url)
             try:
-                ledger = open_deployment_ledger(sqlite_url(path), conn.chain, conn.deployment)
+                url = chosen_ledger_url(db_url, path)
+                ledger = open_deployment_ledger(url, conn.chain, conn.deployment)
                 try:
                     with ledger.begin() as db:
                         vouchers = held_vouchers(db, conn.chain.chain_id, contract.address)
                 finally:
                     ledger.close()
             except LedgerDbError as exc:
-                why_unknown = f"the node ledger at {path} cannot be read: {exc}"
+                why_unknown = f"the node ledger at {where} cannot be read: {exc}"
         report = report_of(channels, vouchers, conn.chain.timestamp())
         _print_earnings(console, conn, node, report, None if vouchers is not None else why_unknown)
 

@@ -8,6 +8,11 @@ client's wallet and channels.
     stakeswarm client wallet create [--keystore FILE]        # a new key, encrypted
     stakeswarm client wallet show [--keystore FILE | --devnet] # address (and balances)
     stakeswarm client channels [--reclaim] (--devnet | --deployment FILE --keystore FILE)
+    stakeswarm client check-receipts [--rate 0.01] (--devnet | ...)
+
+Every command that keeps or reads the client's ledger takes `--db URL` (an SQLAlchemy URL:
+sqlite:///FILE or postgresql://USER@HOST/DBNAME); without it, the wallet's SQLite file
+`<home>/client/<address>/ledger.sqlite`.
 
 Without --devnet, commands read the deployment file given and sign with the keystore given,
 by default `<home>/client/keystore.json`. Amounts (--max-price per token through the whole
@@ -35,6 +40,7 @@ from ledger.wallet import PasswordSource, create_wallet, keystore_address
 from node.cli_options import (
     AccountOpt,
     ChainOptions,
+    DbOpt,
     DeploymentOpt,
     DevnetOpt,
     HomeOpt,
@@ -57,6 +63,7 @@ from stakeswarm.commands.client_support import (
     GenerationOptions,
     KeystoreOpt,
     Printer,
+    check_db_url,
     check_system,
     connect_client,
     default_keystore,
@@ -170,15 +177,19 @@ def generate(
 
 
 @contextmanager
-def _wallet_ledger(options: ChainOptions) -> Iterator[tuple[Connected, Any, Any]]:
-    """The signing connection, the wallet's client ledger (opened for this deployment) and the
-    contracts writing as the wallet through that ledger; the ledger is closed on exit."""
-    from ledger.db import open_deployment_ledger, sqlite_url
+def _wallet_ledger(
+    options: ChainOptions, db_url: str | None
+) -> Iterator[tuple[Connected, Any, Any]]:
+    """The signing connection, the wallet's client ledger (`--db`, else its SQLite file in
+    --home; opened for this deployment) and the contracts writing as the wallet through that
+    ledger; the ledger is closed on exit."""
+    from ledger.db import chosen_ledger_url, open_deployment_ledger
 
+    check_db_url(db_url)
     conn = connect(options, role="client", sign=True)
     assert conn.signer is not None
     path = Home.resolve(options.home).root / "client" / conn.signer.address / "ledger.sqlite"
-    ledger = open_deployment_ledger(sqlite_url(path), conn.chain, conn.deployment)
+    ledger = open_deployment_ledger(chosen_ledger_url(db_url, path), conn.chain, conn.deployment)
     try:
         sender = conn.chain.sender(conn.signer, journal=ledger.tx_journal())
         yield conn, ledger, conn.contracts.with_sender(sender)
@@ -192,6 +203,7 @@ def channels(
     reclaim: Annotated[
         bool, typer.Option(help="Reclaim what is left in every expired channel.")
     ] = False,
+    db_url: DbOpt = None,
     *,
     options: ChainOptions,
 ) -> None:
@@ -201,7 +213,7 @@ def channels(
 
     with reporting() as console:
         options = with_keystore(options)
-        with _wallet_ledger(options) as (conn, ledger, contracts):
+        with _wallet_ledger(options, db_url) as (conn, ledger, contracts):
             assert conn.signer is not None
             payments = Payments(
                 contracts=contracts,
@@ -259,6 +271,7 @@ def check_receipts(
         float,
         typer.Option(help="Share of the receipts to challenge on-chain (0 to 1)."),
     ] = 0.01,
+    db_url: DbOpt = None,
     *,
     options: ChainOptions,
 ) -> None:
@@ -271,7 +284,7 @@ def check_receipts(
         if not 0.0 <= rate <= 1.0:
             raise CliInputError(f"--rate must be between 0 and 1, got {rate}")
         options = with_keystore(options)
-        with _wallet_ledger(options) as (conn, ledger, contracts):
+        with _wallet_ledger(options, db_url) as (conn, ledger, contracts):
             assert conn.signer is not None
             auditor = ReceiptAuditor(
                 ledger,

@@ -29,6 +29,7 @@ from client.config import ClientConfig
 from client.errors import ClientError
 from node.cli_options import (
     ChainOptions,
+    DbOpt,
     LogLevelOpt,
     check_initial_peers,
     check_model_folder,
@@ -96,6 +97,7 @@ class GenerationOptions:
     dtype: str  # hidden states on the wire
     weights: str  # whose weights: full, int8, nf4 or any
     device: str  # where the local ends compute: auto, cpu, cuda, cuda:N
+    db_url: str | None  # the client's ledger database (--db); None: its SQLite file in --home
     log_level: str  # logs on stderr
 
     def check(self) -> tuple[str, ...]:
@@ -113,6 +115,7 @@ class GenerationOptions:
             )
         if any(not stop for stop in self.stop):
             raise typer.BadParameter("must not be empty", param_hint="--stop")
+        check_db_url(self.db_url)
         from node.device import DeviceError, local_device  # torch loads only here
 
         try:
@@ -259,6 +262,7 @@ _GENERATION_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
         ],
         ClientConfig.device,
     ),
+    ("db_url", DbOpt, None),
     ("log_level", LogLevelOpt, "WARNING"),
 )
 
@@ -309,6 +313,7 @@ def open_model(
         if generation.max_price is None
         else conn.tokens(generation.max_price, "--max-price"),
         budget=None if generation.budget is None else conn.tokens(generation.budget, "--budget"),
+        ledger_url=generation.db_url,
     )
     try:
         return DistributedModelForCausalLM.from_pretrained(
@@ -318,6 +323,17 @@ def open_model(
     except (ClientError, NodeError) as exc:
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
+
+
+def check_db_url(url: str | None) -> None:
+    """Refuse a `--db` that is no SQLite or PostgreSQL URL, before any chain or ledger work."""
+    if url is None:
+        return
+    from ledger.db.engine import ledger_url_problem  # SQLAlchemy: only when given
+
+    problem = ledger_url_problem(url)
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint="--db")
 
 
 def connect_client(options: ChainOptions) -> Connected:

@@ -5,11 +5,14 @@ equivocating nodes.
         --initial-peers /ip4/127.0.0.1/tcp/4242/p2p/Qm... [--http-port 8100]
     stakeswarm verifier run --model ./SmolLM2 --rpc URL --deployment FILE --keystore FILE ...
     stakeswarm verifier status (--devnet [--account verifier-1] | --keystore FILE | --url URL)
-    stakeswarm verifier report-equivocation --ledger FILE (--devnet | --deployment FILE
-        --keystore FILE) [--submit]
+        [--db URL]
+    stakeswarm verifier report-equivocation (--ledger FILE | --db URL) (--devnet |
+        --deployment FILE --keystore FILE) [--submit]
 
 `run` registers the key as a verifier if it is not one yet (with --stake tokens, default the
 minimum), prints its address, peer id and status API, and audits until SIGINT/SIGTERM.
+`run` and `status` take the verifier's ledger database with `--db URL` (an SQLAlchemy URL:
+sqlite:///FILE or postgresql://USER@HOST/DBNAME); without it, its SQLite file in --home.
 `status` reads the verifier's ledger (`<home>/verifier/<address>/ledger.sqlite`), or asks a
 running verifier's `/status` with --url: audits and slashes, and the audit queue (pending per
 node, the recent audit rate and the time to drain it; the nodes skipped as no longer worth a
@@ -32,6 +35,7 @@ from ledger.errors import LedgerError
 from node.cli_options import (
     AccountOpt,
     ChainOptions,
+    DbOpt,
     DeploymentOpt,
     DevnetOpt,
     HomeOpt,
@@ -121,6 +125,7 @@ def run(
             "the CPU), cpu, cuda or cuda:N."
         ),
     ] = VerifierConfig.device,
+    db_url: DbOpt = None,
     log_level: LogLevelOpt = "INFO",
     *,
     options: ChainOptions,
@@ -149,6 +154,7 @@ def run(
             torch_threads=threads,
             device=device,
             **options.identity(),
+            ledger_url=db_url,
             stake=None if stake is None else parse_tokens(stake, "--stake"),
             poll_interval=poll_interval,
             from_block=from_block,
@@ -244,6 +250,7 @@ def status(
         str | None,
         typer.Option(help="A running verifier's status API instead of its ledger."),
     ] = None,
+    db_url: DbOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
 ) -> None:
     """Audits done, passed and failed; slashes submitted and bounties earned."""
@@ -266,9 +273,9 @@ def status(
             if conn.address is None:
                 raise CliInputError("give --devnet [--account NAME] or --keystore FILE")
             path = Home.resolve(home).root / "verifier" / conn.address / "ledger.sqlite"
-            if not path.is_file():
+            if db_url is None and not path.is_file():
                 raise CliInputError(f"no verifier ledger at {path}: has this verifier run?")
-            ledger = open_ledger(sqlite_url(path))
+            ledger = open_ledger(sqlite_url(path) if db_url is None else db_url)
             try:
                 with ledger.begin() as db:
                     totals = verifier_totals(db, conn.address)
@@ -292,8 +299,21 @@ def status(
 @with_chain_options
 def report_equivocation(
     ledger_file: Annotated[
-        Path, typer.Option("--ledger", help="A ledger that kept receipts (a client's).")
-    ],
+        Path | None,
+        typer.Option(
+            "--ledger", help="A ledger file that kept receipts (a client's).", show_default=False
+        ),
+    ] = None,
+    db_url: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            metavar="URL",
+            help="A ledger database that kept receipts, instead of --ledger: sqlite:///FILE or "
+            "postgresql://USER@HOST/DBNAME.",
+            show_default=False,
+        ),
+    ] = None,
     submit: Annotated[
         bool, typer.Option(help="Slash every equivocating node found (earns the bounty).")
     ] = False,
@@ -317,10 +337,12 @@ def report_equivocation(
     price = parse_tokens(token_price_eth, "--token-price-eth")
 
     with reporting() as console:
-        if not ledger_file.is_file():
+        if (ledger_file is None) == (db_url is None):
+            raise CliInputError("give the ledger that kept the receipts: --ledger FILE or --db URL")
+        if ledger_file is not None and not ledger_file.is_file():
             raise CliInputError(f"no ledger at {ledger_file}")
         conn = connect(options, role="client", sign=submit)
-        ledger = open_ledger(sqlite_url(ledger_file))
+        ledger = open_ledger(sqlite_url(ledger_file) if ledger_file is not None else str(db_url))
         try:
             with ledger.begin() as db:
                 receipts = receipts_in_ledger(db)

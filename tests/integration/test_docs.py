@@ -94,6 +94,10 @@ PLANS: dict[str, Plan] = {
             "keystore: tests/integration/test_chain_deploy.py registers with a keystore",
             "stakeswarm chain channel open --server 0xNODE": "a public chain's keystore: "
             "tests/integration/test_chain_deploy.py opens a channel with a keystore",
+            "createdb -h db.example": "an example PostgreSQL server: the ledger tests start a "
+            "throwaway one (tests/postgres_server.py)",
+            "stakeswarm node serve --model ./SmolLM2 --num-blocks 10 --deployment": "a node on "
+            "that example server: tests/integration/test_postgresql_ledger.py serves with --db",
         },
         background=("stakeswarm node serve --model ./my-llama --blocks 0:3 --devnet",),
         substitute={

@@ -1,5 +1,6 @@
 """A ledger tied to the chain its state was recorded on (`ledger.db.binding`): the same chain
-keeps it, a chain restarted under the same id gets a fresh one and the old one is set aside."""
+keeps it, a chain restarted under the same id gets a fresh one and the old one is set aside (an
+SQLite file), or is refused by name (PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -42,9 +43,11 @@ class Chain:
         return bytes([self.seed]) * 16 + number.to_bytes(16, "big")
 
 
-def _open(path: Path, chain: Chain):  # noqa: ANN202
+def _open(where: Path | str, chain: Chain):  # noqa: ANN202
+    """Open the ledger at `where` (an SQLite file, or a database URL) for `chain`."""
+    url = sqlite_url(where) if isinstance(where, Path) else where
     return open_chain_ledger(
-        sqlite_url(path), chain_id=CHAIN, anchor_block=DEPLOY_BLOCK, block_hash=chain.block_hash
+        url, chain_id=CHAIN, anchor_block=DEPLOY_BLOCK, block_hash=chain.block_hash
     )
 
 
@@ -63,10 +66,10 @@ def _voucher_amount(ledger) -> int | None:  # noqa: ANN001
         return None if row is None else row.voucher_amount
 
 
-def test_the_same_chain_keeps_its_ledger(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
+def test_the_same_chain_keeps_its_ledger(tmp_path: Path, ledger_db_url: str) -> None:
+    url = ledger_db_url
     chain = Chain(seed=1)
-    ledger = _open(path, chain)
+    ledger = _open(url, chain)
     _channel_with_voucher(ledger, 300)
     binding = get_binding(ledger, CHAIN)
     assert binding is not None and binding.block_number == DEPLOY_BLOCK
@@ -74,7 +77,7 @@ def test_the_same_chain_keeps_its_ledger(tmp_path: Path) -> None:
     ledger.close()
 
     chain.height += 100  # the chain went on
-    again = _open(path, chain)
+    again = _open(url, chain)
     try:
         assert again.set_aside is None
         assert _voucher_amount(again) == 300
@@ -124,13 +127,13 @@ def test_a_chain_shorter_than_the_anchor_is_another_chain(tmp_path: Path) -> Non
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("ledger.stale-")]
 
 
-def test_a_ledger_without_a_binding_is_bound_as_it_is(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
-    plain = open_ledger(sqlite_url(path))  # written before bindings existed
+def test_a_ledger_without_a_binding_is_bound_as_it_is(ledger_db_url: str) -> None:
+    url = ledger_db_url
+    plain = open_ledger(url)  # written before bindings existed
     _channel_with_voucher(plain, 40)
     plain.close()
 
-    bound = _open(path, Chain(seed=3))
+    bound = _open(url, Chain(seed=3))
     try:
         assert bound.set_aside is None and _voucher_amount(bound) == 40
         assert get_binding(bound, CHAIN) is not None
@@ -138,13 +141,22 @@ def test_a_ledger_without_a_binding_is_bound_as_it_is(tmp_path: Path) -> None:
         bound.close()
 
 
-def test_a_stale_database_that_is_not_a_file_is_refused_by_name(tmp_path: Path) -> None:
-    url = f"sqlite+pysqlite:///file:{tmp_path / 'uri.sqlite'}?mode=rwc&uri=true"
-    open_chain_ledger(
-        url, chain_id=CHAIN, anchor_block=DEPLOY_BLOCK, block_hash=Chain(1).block_hash
-    ).close()
+@pytest.mark.parametrize("kind", ["sqlite-uri", "postgresql"])
+def test_a_stale_database_that_is_not_a_file_is_refused_by_name(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    if kind == "postgresql":
+        url = request.getfixturevalue("postgres_server").create_database()
+    else:
+        url = f"sqlite+pysqlite:///file:{tmp_path / 'uri.sqlite'}?mode=rwc&uri=true"
+    ledger = _open(url, Chain(1))
+    _channel_with_voucher(ledger, 300)
+    ledger.close()
 
     with pytest.raises(StaleLedgerError, match="point the ledger at a fresh database"):
-        open_chain_ledger(
-            url, chain_id=CHAIN, anchor_block=DEPLOY_BLOCK, block_hash=Chain(2).block_hash
-        )
+        _open(url, Chain(2))
+    kept = open_ledger(url)  # refused, not emptied: what it holds is the operator's to judge
+    try:
+        assert _voucher_amount(kept) == 300
+    finally:
+        kept.close()

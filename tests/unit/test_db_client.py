@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from eth_utils import to_checksum_address
@@ -25,7 +24,6 @@ from ledger.db import (
     record_voucher,
     restore_voucher,
     served_totals,
-    sqlite_url,
     upsert_channel,
 )
 from ledger.errors import LedgerDbError, VoucherError
@@ -39,8 +37,8 @@ CHAIN = 31337
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    opened = open_ledger(sqlite_url(tmp_path / "ledger.sqlite"))
+def ledger(ledger_db_url: str) -> Iterator[Ledger]:
+    opened = open_ledger(ledger_db_url)
     yield opened
     opened.close()
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ledger.db import (
     ChannelRole,
+    ChannelUsage,
     Ledger,
     SessionReusedError,
     add_leaf,
@@ -32,7 +33,6 @@ from ledger.db import (
     server_earnings,
     session_inputs,
     set_owed,
-    sqlite_url,
     upsert_channel,
 )
 from ledger.db.columns import utcnow
@@ -45,8 +45,8 @@ CLIENT = "0x" + "bb" * 20
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    opened = open_ledger(sqlite_url(tmp_path / "ledger.sqlite"))
+def ledger(ledger_db_url: str) -> Iterator[Ledger]:
+    opened = open_ledger(ledger_db_url)
     yield opened
     opened.close()
 
@@ -104,6 +104,19 @@ def test_owed_accumulates_and_never_drops(ledger: Ledger) -> None:
         assert channel_owed(s, 1, CONTRACT, 3) == 10**30
     with pytest.raises(LedgerDbError, match="cannot drop"), ledger.begin() as s:
         set_owed(s, 1, CONTRACT, 3, 5)
+
+
+def test_owed_read_before_a_higher_amount_was_committed_cannot_lower_it(ledger: Ledger) -> None:
+    with ledger.begin() as s:
+        set_owed(s, 1, CONTRACT, 3, 100)
+    with pytest.raises(LedgerDbError, match="cannot drop from 300 to 200"), ledger.begin() as late:
+        (read,) = late.scalars(select(ChannelUsage)).all()  # kept: the session's copy
+        assert read.owed == 100  # as read here
+        with ledger.begin() as first:
+            set_owed(first, 1, CONTRACT, 3, 300)
+        set_owed(late, 1, CONTRACT, 3, 200)
+    with ledger.begin() as s:
+        assert channel_owed(s, 1, CONTRACT, 3) == 300
 
 
 def test_earnings_and_commitment_counts(ledger: Ledger) -> None:

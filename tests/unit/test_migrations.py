@@ -1,7 +1,9 @@
-"""The Alembic revisions of the ledger: up, down, and equal to the models."""
+"""The Alembic revisions of the ledger: up, down, and equal to the models, on SQLite and on
+PostgreSQL (`empty_db_url` in tests/conftest.py); and how opening a ledger fails."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,12 +18,14 @@ from ledger.db import (
     alembic_config,
     create_ledger_engine,
     downgrade,
+    ledger_url,
     migrations_dir,
     open_ledger,
     sqlite_url,
     upgrade,
 )
 from ledger.errors import LedgerDbError
+from tests.postgres_server import PASSWORD, PASSWORD_USER, PostgresServer
 
 LEDGER_TABLES = {
     "deployments",
@@ -44,8 +48,8 @@ def schema_diff(engine: sa.Engine) -> list:
         return compare_metadata(context, Base.metadata)
 
 
-def test_upgrade_to_head_then_downgrade_to_base(tmp_path: Path) -> None:
-    engine = create_ledger_engine(sqlite_url(tmp_path / "ledger.sqlite"))
+def test_upgrade_to_head_then_downgrade_to_base(empty_db_url: str) -> None:
+    engine = create_ledger_engine(empty_db_url)
     try:
         assert table_names(engine) == set()
         upgrade(engine)
@@ -63,8 +67,8 @@ def test_upgrade_to_head_then_downgrade_to_base(tmp_path: Path) -> None:
         engine.dispose()
 
 
-def test_migrated_schema_equals_the_models(tmp_path: Path) -> None:
-    engine = create_ledger_engine(sqlite_url(tmp_path / "ledger.sqlite"))
+def test_migrated_schema_equals_the_models(empty_db_url: str) -> None:
+    engine = create_ledger_engine(empty_db_url)
     try:
         upgrade(engine)
         assert schema_diff(engine) == []
@@ -100,8 +104,8 @@ def test_open_ledger_migrates_from_any_working_directory(
     again.close()
 
 
-def test_alembic_config_with_a_url_migrates_like_the_command_line(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path / "cli.sqlite")
+def test_alembic_config_with_a_url_migrates_like_the_command_line(empty_db_url: str) -> None:
+    url = empty_db_url
     alembic_upgrade(alembic_config(url=url), "head")
     engine = create_ledger_engine(url)
     try:
@@ -114,12 +118,49 @@ def test_alembic_config_with_a_url_migrates_like_the_command_line(tmp_path: Path
 def test_bad_url_is_a_clear_error() -> None:
     with pytest.raises(LedgerDbError, match="not a database URL"):
         open_ledger("definitely not a url")
+    with pytest.raises(LedgerDbError, match="neither SQLite nor PostgreSQL"):
+        open_ledger("mysql://me:secret@db.example/ledger")
+
+
+def test_a_postgresql_url_without_a_driver_gets_psycopg() -> None:
+    for given in ("postgresql://me@db.example/ledger", "postgres://me@db.example/ledger"):
+        assert ledger_url(given).render_as_string() == "postgresql+psycopg://me@db.example/ledger"
+    assert ledger_url("sqlite:///x.sqlite").drivername == "sqlite+pysqlite"
+    named = "postgresql+psycopg://me@db.example:5433/ledger"
+    assert ledger_url(named).render_as_string() == named
+
+
+def test_an_unreachable_server_is_named_without_its_password() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(LedgerDbError) as raised:
+        open_ledger(f"postgresql://me:s3cret-pw@127.0.0.1:{port}/ledger")
+    message = str(raised.value)
+    assert message.startswith(
+        f"cannot connect to the ledger database postgresql+psycopg://me:***@127.0.0.1:{port}/ledger"
+    )
+    assert "refused" in message and "s3cret-pw" not in message
+
+
+def test_a_wrong_password_is_named_without_the_password(postgres_server: PostgresServer) -> None:
+    database = postgres_server.create_database(owner=PASSWORD_USER).rsplit("/", 1)[1]
+    wrong = postgres_server.url(database, user=PASSWORD_USER, password="not-the-password")
+    with pytest.raises(LedgerDbError, match="password authentication failed") as raised:
+        open_ledger(wrong)
+    assert "cannot connect to the ledger database postgresql+psycopg://" in str(raised.value)
+    assert "not-the-password" not in str(raised.value)
+    right = open_ledger(postgres_server.url(database, user=PASSWORD_USER, password=PASSWORD))
+    try:
+        assert table_names(right.engine) >= LEDGER_TABLES
+    finally:
+        right.close()
 
 
 def test_0006_gives_existing_leaves_and_receipts_issued_at_0_and_takes_it_back(
-    tmp_path: Path,
+    empty_db_url: str,
 ) -> None:
-    engine = create_ledger_engine(sqlite_url(tmp_path / "ledger.sqlite"))
+    engine = create_ledger_engine(empty_db_url)
     now = "2026-11-30 12:00:00.000000"
     try:
         upgrade(engine, "0005")

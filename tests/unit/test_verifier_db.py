@@ -1,11 +1,11 @@
-"""The verifier's records in a real, migrated SQLite ledger: the event cursor, sampled leaves
-waiting for their reveal, verdicts towards a quorum, and the totals its status shows."""
+"""The verifier's records in a real, migrated ledger (SQLite and PostgreSQL): the event cursor,
+sampled leaves waiting for their reveal, verdicts towards a quorum, and the totals its status
+shows."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from eth_account import Account
@@ -25,8 +25,8 @@ PEER = Account.create().address
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    opened = db.open_ledger(db.sqlite_url(tmp_path / "ledger.sqlite"))
+def ledger(ledger_db_url: str) -> Iterator[Ledger]:
+    opened = db.open_ledger(ledger_db_url)
     yield opened
     opened.close()
 
