@@ -279,6 +279,11 @@ class Chain:
         """A transaction as the node returns it (0x-hex hash)."""
         return self.w3.eth.get_transaction(HexBytes(tx_hash))
 
+    def sender_of(self, tx_hash: str) -> str:
+        """Who sent the transaction `tx_hash` (0x-hex): its checksummed `from` address (e.g.
+        the verifier that submitted a slash)."""
+        return to_checksum_address(self.transaction(tx_hash)["from"])
+
     def nonce(self, address: str, block: BlockIdentifier = "latest") -> int:
         """How many transactions `address` has sent as of `block` ("pending" includes queued)."""
         return int(self.w3.eth.get_transaction_count(to_checksum_address(address), block))

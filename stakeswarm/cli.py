@@ -22,6 +22,10 @@ from stakeswarm.commands import demo as demo_command  # noqa: E402
 
 app.command(name="demo")(demo_command.demo)
 
+from stakeswarm.commands import dashboard as dashboard_command  # noqa: E402
+
+app.command(name="dashboard")(dashboard_command.dashboard)
+
 from node import cli as node_commands  # noqa: E402
 
 app.add_typer(node_commands.app, name="node")

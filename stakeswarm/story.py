@@ -9,6 +9,7 @@ What happens, every part real (`stakeswarm demo` runs it on SmolLM2-135M-Instruc
 2. `nodes` node processes split the model's blocks evenly (node-0 the first span, ...); node
    `faulty_node` runs with `--faulty MODE` (it computes wrongly on purpose); each stakes the
    registry's minimum for its span and commits its leaves every `commit_interval` seconds;
+   a live dashboard of the swarm (`dashboard`) starts on 127.0.0.1:`dashboard_port`;
 3. in this process, a client (client-0) loads the model's ends, joins the swarm and generates
    greedily, streaming the text, paying every node per token through payment channels;
 4. a verifier process (verifier-0) registers with stake and audits the committed leaves at
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from eth_account import Account
@@ -57,6 +58,9 @@ from stakeswarm.swarm import (
     start_verifier,
     stop_all,
 )
+
+if TYPE_CHECKING:  # the dashboard loads when the story starts it
+    from dashboard.service import Dashboard
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +105,8 @@ class StoryConfig:
     slash_timeout: float = 180.0  # seconds to wait for the slash after the answer
     threads: int = 1  # torch threads per process (nodes, verifier, this client)
     chain: ChainKind = "anvil"  # which local chain to run
+    dashboard_port: int | None = 8080  # the live dashboard on 127.0.0.1 (another free port if
+    # taken; None: none)
 
     def __post_init__(self) -> None:
         problems = []
@@ -193,6 +199,7 @@ class StoryResult:
     # process group
     seconds: float  # the whole story, from the chain's start to the chain's stop
     workdir: Path
+    dashboard_url: str | None = None  # where the live dashboard was (None: not started)
 
 
 class Narrator(Protocol):
@@ -292,6 +299,7 @@ def _play(
     symbol, decimals = token.symbol(), token.decimals()
     processes: list[ChildProcess] = []
     statuses: dict[str, int] = {}
+    board: Dashboard | None = None
     try:
         with narrator.stage(
             f"starting {len(specs)} nodes: each loads its blocks, stakes and joins the swarm"
@@ -319,6 +327,8 @@ def _play(
             "its blocks will see it"
         )
         peers = [maddr for node in nodes for maddr in node.maddrs]
+        if config.dashboard_port is not None:
+            board = _start_dashboard(narrator, deployment, peers, config.dashboard_port)
 
         generation = _generate(config, narrator, deployment, peers, workdir)
 
@@ -337,6 +347,8 @@ def _play(
         narrator.say(
             f"{VERIFIER} {verifier.address} audits {config.sample_rate:.0%} of committed leaves"
         )
+        if board is not None:
+            board.watch_verifier(verifier.http_url)
 
         slashes = _await_slash(config, narrator, contracts, deployment, cheat, verifier)
     finally:
@@ -346,7 +358,11 @@ def _play(
                 "stopping the verifier and the nodes (each commits and redeems on its way out)"
             ),
         ):
-            statuses = stop_all(processes)
+            try:
+                if board is not None:
+                    board.stop()
+            finally:
+                statuses = stop_all(processes)
     stake_after = {node.name: registry.get_node(node.address).stake for node in nodes}
     slashes = contracts.slasher.leaves_slashed(from_block=deployment.deploy_block)
     bounty = sum(s.bounty_per_verifier for s in slashes)
@@ -380,7 +396,32 @@ def _play(
         pids={process.name: process.pid for process in processes},
         seconds=0.0,
         workdir=workdir,
+        dashboard_url=board.url if board is not None else None,
     )
+
+
+def _start_dashboard(
+    narrator: Narrator, deployment: Deployment, peers: list[str], port: int
+) -> Dashboard | None:
+    """The swarm's live dashboard (another free port if `port` is taken); None when it cannot
+    start (the story goes on without it)."""
+    from dashboard.config import DashboardConfig
+    from dashboard.service import Dashboard, DashboardError
+
+    config = DashboardConfig(
+        initial_peers=tuple(peers), deployment=deployment, port=port, any_port_if_taken=True
+    )
+    try:
+        with narrator.stage("starting the dashboard: the swarm live in a browser"):
+            board = Dashboard.start(config)
+    except DashboardError as exc:
+        narrator.say(f"no dashboard: {exc}")
+        return None
+    narrator.say(
+        f"dashboard: {board.url} (open it to watch the blocks, stakes, audits and the slash; "
+        "it stops with the demo)"
+    )
+    return board
 
 
 @dataclass(frozen=True)

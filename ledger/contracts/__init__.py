@@ -8,11 +8,18 @@ from dataclasses import dataclass
 from ledger.chain import Chain, Sender
 from ledger.contracts.base import ContractWrapper, NoSenderError
 from ledger.contracts.commitments import Batch, BatchCommitted, Commitments
-from ledger.contracts.node_registry import NodeInfo, NodeRegistry
+from ledger.contracts.node_registry import NodeInfo, NodeRegistered, NodeRegistry
 from ledger.contracts.payment_channels import Channel, PaymentChannels
-from ledger.contracts.slasher import LeafSlashed, Slasher, SlasherParams
+from ledger.contracts.slasher import (
+    EquivocationSlashed,
+    LeafSlashed,
+    LeafWithheldSlashed,
+    ReceiptChallengeSlashed,
+    Slasher,
+    SlasherParams,
+)
 from ledger.contracts.token import StakeToken
-from ledger.contracts.verifier_registry import VerifierInfo, VerifierRegistry
+from ledger.contracts.verifier_registry import VerifierInfo, VerifierRegistered, VerifierRegistry
 from ledger.deployment import Deployment
 
 __all__ = [
@@ -21,16 +28,21 @@ __all__ = [
     "Channel",
     "Commitments",
     "ContractWrapper",
+    "EquivocationSlashed",
     "Contracts",
     "LeafSlashed",
+    "LeafWithheldSlashed",
     "NoSenderError",
     "NodeInfo",
+    "NodeRegistered",
     "NodeRegistry",
     "PaymentChannels",
+    "ReceiptChallengeSlashed",
     "Slasher",
     "SlasherParams",
     "StakeToken",
     "VerifierInfo",
+    "VerifierRegistered",
     "VerifierRegistry",
 ]
 

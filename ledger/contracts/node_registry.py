@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from eth_utils import to_checksum_address
 from web3.types import BlockIdentifier
 
-from ledger.chain import TxResult
+from ledger.chain import DecodedEvent, TxResult
 from ledger.contracts.base import OnApproval
 from ledger.contracts.stake import StakeRegistry
 from ledger.types import Address, BlockIndex, ModelId, Wei
@@ -39,6 +39,37 @@ class NodeInfo:
         return Wei(self.price_per_token_per_block * self.span_length)
 
 
+@dataclass(frozen=True)
+class NodeRegistered:
+    """A `NodeRegistered` event: a node joined the registry (its registration now may differ:
+    `NodeRegistry.get_node` reads the current one)."""
+
+    node: Address
+    model_id: ModelId
+    span_start: BlockIndex
+    span_end: BlockIndex
+    price_per_token_per_block: Wei
+    peer_id: bytes  # libp2p peer id bytes
+    stake: Wei  # staked at registration
+    block_number: int
+    tx_hash: str
+
+    @classmethod
+    def from_event(cls, event: DecodedEvent) -> NodeRegistered:
+        args = event.args
+        return cls(
+            node=Address(to_checksum_address(args["node"])),
+            model_id=ModelId(bytes(args["modelId"])),
+            span_start=BlockIndex(int(args["spanStart"])),
+            span_end=BlockIndex(int(args["spanEnd"])),
+            price_per_token_per_block=Wei(int(args["pricePerTokenPerBlock"])),
+            peer_id=bytes(args["peerId"]),
+            stake=Wei(int(args["stake"])),
+            block_number=event.block_number,
+            tx_hash=event.tx_hash,
+        )
+
+
 class NodeRegistry(StakeRegistry):
     """Register, stake, unbond and withdraw as a node; read any node's registration."""
 
@@ -62,6 +93,18 @@ class NodeRegistry(StakeRegistry):
 
     def is_active(self, node: str, *, block: BlockIdentifier = "latest") -> bool:
         return bool(self._call("isActive", to_checksum_address(node), block=block))
+
+    def nodes_registered(
+        self,
+        *,
+        from_block: int = 0,
+        to_block: BlockIdentifier = "latest",
+        model_id: ModelId | None = None,
+    ) -> list[NodeRegistered]:
+        """`NodeRegistered` events in `[from_block, to_block]`, optionally of one model."""
+        filters = {"modelId": model_id} if model_id is not None else {}
+        events = self.events("NodeRegistered", from_block=from_block, to_block=to_block, **filters)
+        return [NodeRegistered.from_event(event) for event in events]
 
     def required_stake(self, span_start: int, span_end: int) -> Wei:
         return Wei(int(self._call("requiredStake", span_start, span_end)))

