@@ -37,3 +37,7 @@ app.add_typer(client_commands.app, name="client")
 from stakeswarm.commands import verifier as verifier_commands  # noqa: E402
 
 app.add_typer(verifier_commands.app, name="verifier")
+
+from stakeswarm.commands import gateway as gateway_commands  # noqa: E402
+
+app.add_typer(gateway_commands.app, name="gateway")

@@ -5,7 +5,8 @@ which also ties it to the chain its state was recorded on (`binding`); use the r
 functions inside `with ledger.begin() as session:` (they never commit). Tables are in `models`,
 column types in `columns`, repository functions by role in `channels`, `commitments` and
 `records`, and the journal a chain sender records its transactions in (`txjournal`, from
-`ledger.tx_journal()`); all are re-exported here.
+`ledger.tx_journal()`); the gateway's API keys (table and functions) in `gateway`. All are
+re-exported here.
 """
 
 from ledger.db.binding import (
@@ -60,6 +61,16 @@ from ledger.db.engine import (
     open_ledger,
     sqlite_url,
     upgrade,
+)
+from ledger.db.gateway import (
+    GatewayKey,
+    charge_gateway_key,
+    create_gateway_key,
+    gateway_key_by_hash,
+    gateway_key_by_name,
+    gateway_keys,
+    revoke_gateway_key,
+    set_gateway_key_budget,
 )
 from ledger.db.models import (
     Audit,
@@ -150,6 +161,7 @@ __all__ = [
     "CommitmentCounts",
     "Deployment",
     "Earnings",
+    "GatewayKey",
     "LeafRecord",
     "LedgerTxJournal",
     "ReceiptStatus",
@@ -176,6 +188,13 @@ __all__ = [
     "batch_with_root",
     "batches_with_status",
     "chain_block_hash",
+    "charge_gateway_key",
+    "create_gateway_key",
+    "gateway_key_by_hash",
+    "gateway_key_by_name",
+    "gateway_keys",
+    "revoke_gateway_key",
+    "set_gateway_key_budget",
     "channel_owed",
     "client_channels",
     "chosen_ledger_url",

