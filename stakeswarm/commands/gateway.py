@@ -132,6 +132,8 @@ def serve(
                 home=Home.resolve(options.home).root,
                 max_price=None if max_price is None else conn.tokens(max_price, "--max-price"),
                 budget=None if budget is None else conn.tokens(budget, "--budget"),
+                # with --db the wallet's ledger (channels, vouchers, receipts) lives beside the keys
+                ledger_url=db,
             )
             config = GatewayConfig(
                 client=client,
@@ -154,8 +156,13 @@ def serve(
                 f"gateway serving {config.served_model} at {gateway.url}/v1 (OpenAI API), "
                 f"paying from {conn.signer.address}"
             )
-            keys = "the --db database" if db is not None else str(config.keys_path)
-            console.print(f"API keys in {keys} (`stakeswarm gateway keys create`)")
+            if db is not None:
+                console.print(
+                    "API keys and the wallet's ledger in the --db database "
+                    "(`stakeswarm gateway keys create --db ...`)"
+                )
+            else:
+                console.print(f"API keys in {config.keys_path} (`stakeswarm gateway keys create`)")
             console.print("Ctrl-C stops it")
             console.print("ready")
             gateway.serve()

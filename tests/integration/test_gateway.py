@@ -35,6 +35,7 @@ from ledger.db import create_gateway_key, gateway_key_by_name, gateway_keys
 from ledger.deployment import Deployment
 from stakeswarm.tiny_models import make_tiny_model
 from tests.integration.nodes import REPO_ROOT, NodeProcess, NodeSpec
+from tests.postgres_server import PostgresServer
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -67,15 +68,22 @@ def gateway(
     nodes: list[NodeProcess],
     model_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: PostgresServer,
 ) -> Iterator[Gateway]:
+    """The gateway under test keeps its keys and its wallet's ledger on PostgreSQL (`--db`);
+    the example and the docs' commands run it on its SQLite default."""
     home = tmp_path_factory.mktemp("gateway-home")
+    db = postgres_server.create_database()
     client = ClientConfig(
         model_path=model_path,
         initial_peers=tuple(m for node in nodes for m in node.maddrs),
         home=home,
         device="cpu",
+        ledger_url=db,
     )
-    config = GatewayConfig(client=client, port=0, max_concurrent=MAX_CONCURRENT, max_tokens=400)
+    config = GatewayConfig(
+        client=client, port=0, max_concurrent=MAX_CONCURRENT, max_tokens=400, keys_url=db
+    )
     wallet = Account.from_key(deployment.account("client-1").private_key)
     with running_gateway(config, account=wallet, deployment=deployment) as started:
         yield started

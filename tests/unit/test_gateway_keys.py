@@ -3,8 +3,6 @@ what a key looks like, which request a budget admits, and what a key is charged.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from gateway.accounts import Accounts
@@ -28,7 +26,6 @@ from ledger.db import (
     gateway_keys,
     open_ledger,
     revoke_gateway_key,
-    sqlite_url,
 )
 from ledger.errors import LedgerDbError
 
@@ -75,8 +72,8 @@ def test_admit_refuses_a_spent_key_then_a_reservation_beyond_what_is_left() -> N
         admit(state(revoked=True), 0)
 
 
-def test_accounts_hold_reservations_and_charge_what_was_spent(tmp_path: Path) -> None:
-    ledger = open_ledger(sqlite_url(tmp_path / "gateway.sqlite"))
+def test_accounts_hold_reservations_and_charge_what_was_spent(ledger_db_url: str) -> None:
+    ledger = open_ledger(ledger_db_url)  # on SQLite and on PostgreSQL
     try:
         key, digest = new_key()
         with ledger.begin() as db:
@@ -108,8 +105,8 @@ def test_accounts_hold_reservations_and_charge_what_was_spent(tmp_path: Path) ->
         ledger.close()
 
 
-def test_key_names_and_hashes_are_unique_and_revoked_keys_stay(tmp_path: Path) -> None:
-    ledger = open_ledger(sqlite_url(tmp_path / "gateway.sqlite"))
+def test_key_names_and_hashes_are_unique_and_revoked_keys_stay(ledger_db_url: str) -> None:
+    ledger = open_ledger(ledger_db_url)  # on SQLite and on PostgreSQL
     try:
         _, digest = new_key()
         with ledger.begin() as db:
