@@ -49,6 +49,7 @@ class UnsignedReceipts(Receipts):
         mask: torch.Tensor,
         states: torch.Tensor | None = None,
         quantization: str | None = None,
+        prompts: torch.Tensor | None = None,
     ) -> tuple[SignedReceipt, bytes]:
         leaf = Leaf(
             session_id,
