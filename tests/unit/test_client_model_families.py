@@ -62,7 +62,10 @@ class LocalClient:
     def __init__(self, spans: list[Span]) -> None:
         self.spans = spans
 
-    def inference_session(self, *, max_length: int, batch_size: int | None = None) -> Any:
+    def inference_session(
+        self, *, max_length: int, batch_size: int | None = None, prompts: Any = None
+    ) -> Any:
+        assert prompts is None  # no deep prompts in these models
         return LocalSession(self.spans, batch_size or 1, max_length)
 
     def close(self) -> None:
