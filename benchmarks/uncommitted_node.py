@@ -49,7 +49,7 @@ class UnsignedReceipts(Receipts):
         mask: torch.Tensor,
         states: torch.Tensor | None = None,
         quantization: str | None = None,
-        prompts: torch.Tensor | None = None,
+        prompts_hash: bytes | None = None,
     ) -> tuple[SignedReceipt, bytes]:
         leaf = Leaf(
             session_id,

@@ -127,13 +127,14 @@ class Receipts:
         mask: torch.Tensor,
         states: torch.Tensor | None = None,
         quantization: str | None = None,
-        prompts: torch.Tensor | None = None,
+        prompts_hash: bytes | None = None,
     ) -> tuple[SignedReceipt, bytes]:
         """The signed leaf of one step (`hidden_in`/`hidden_out` are the exact tensors received
         and sent) and the encoded sketch whose hash the leaf commits, kept for reveals: it also
         commits the step's own columns of `mask` ([batch, past + tokens], as the step was
         computed with), a 16-bit node's block `states` (`node.states.stack_states`) and its
-        weights' `quantization` (`node.quantize`) and the deep `prompts` it added (version 5)."""
+        weights' `quantization` (`node.quantize`) and the `tensor_hash` of the deep prompts of
+        its session or call (version 5)."""
         issued_at = int(self.clock())
         hashed = None if states is None else states_hash(states)
         masked = mask_hash(mask, hidden_in.shape[1])
@@ -142,7 +143,7 @@ class Receipts:
             mask_hash=masked,
             states_hash=hashed,
             quantization=quantization,
-            prompts_hash=None if prompts is None else tensor_hash(prompts),
+            prompts_hash=prompts_hash,
         ).encode()
         leaf = Leaf(
             session_id=session_id,
@@ -168,18 +169,18 @@ class Receipts:
         grad_output: torch.Tensor,
         grad_input: torch.Tensor,
         mask: torch.Tensor,
-        prompts: torch.Tensor | None = None,
+        prompts_hash: bytes | None = None,
         grad_prompts: torch.Tensor | None = None,
     ) -> tuple[SignedReceipt, bytes]:
         """The signed leaf of a backward (`node.training`): step `BACKWARD_STEP` of its
         forward's session, from the output gradient received to the input gradient sent, with
-        the backward's sketch (version 4) of the latter, or with deep `prompts` and the
+        the backward's sketch (version 4) of the latter, or with the deep prompts' hash and the
         `grad_prompts` sent, version 6; and that encoded sketch."""
         masked = mask_hash(mask, grad_output.shape[1])
         encoded = backward_sketch(
             grad_input,
             mask_hash=masked,
-            prompts_hash=None if prompts is None else tensor_hash(prompts),
+            prompts_hash=prompts_hash,
             prompts_grad_hash=None if grad_prompts is None else tensor_hash(grad_prompts),
         ).encode()
         leaf = Leaf(

@@ -354,6 +354,7 @@ class StakeswarmNode(ServicerBase):
         price = self.price_per_block * (span.end - span.start)
         session = await self.sessions.open(request, span, channel.client, price)
         session.prompts = prompts
+        session.prompts_hash = None if prompts is None else tensor_hash(prompts)
         self.metrics.sessions_open.set(len(self.sessions))
         self.metrics.cache_tokens.set(self.sessions.caches.tokens_in_use)
         logger.info(
@@ -547,8 +548,8 @@ class StakeswarmNode(ServicerBase):
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, Any, bytes, torch.Tensor | None]:
         # hidden: [batch, tokens, hidden_size]; mask: [batch, past + tokens]
-        prompts = session.prompts  # deep prompts: added in step 0, committed in every step
-        added = prompts if step == 0 else None
+        # deep prompts: added in step 0, their hash committed in every step
+        added = session.prompts if step == 0 else None
         return self._committed(
             session.span,
             session.session_id,
@@ -557,7 +558,7 @@ class StakeswarmNode(ServicerBase):
             hidden,
             mask,
             lambda blocks: session.span.forward(hidden, mask, session.cache, blocks, added),
-            prompts=prompts,
+            prompts_hash=session.prompts_hash,
         )
 
     def _committed(
@@ -570,7 +571,7 @@ class StakeswarmNode(ServicerBase):
         mask: torch.Tensor,
         forward: Callable[[list[torch.Tensor] | None], torch.Tensor],
         *,
-        prompts: torch.Tensor | None = None,
+        prompts_hash: bytes | None = None,
     ) -> tuple[torch.Tensor, Any, bytes, torch.Tensor | None]:
         """Run `forward` (collecting every block's output when the span's dtype commits block
         states, `node.states`) and sign the step's leaf: the output, the signed receipt, the
@@ -588,7 +589,7 @@ class StakeswarmNode(ServicerBase):
             mask=mask,
             states=states,
             quantization=span.quantization,
-            prompts=prompts,
+            prompts_hash=prompts_hash,
         )
         return output, receipt, encoded, states
 
@@ -652,8 +653,10 @@ class StakeswarmNode(ServicerBase):
         hidden, mask = unpack_step(step_tensors)
         check_hidden(hidden, hidden_size=span.hidden_size, dtype=span.dtype)
         check_mask(mask, hidden.shape[0], hidden.shape[1])
+        prompts_hash = None
         if prompts is not None:
             self._check_prompts(span, prompts, hidden.shape[1])
+            prompts_hash = tensor_hash(prompts)
         tokens = hidden.shape[0] * hidden.shape[1]
         # before any payment: a forward over the cap costs the client nothing
         check_forward_tokens(tokens, self.limits.max_forward_tokens)
@@ -675,7 +678,7 @@ class StakeswarmNode(ServicerBase):
                 hidden,
                 mask,
                 lambda blocks: span.forward(hidden, mask, states=blocks, prompts=prompts),
-                prompts=prompts,
+                prompts_hash=prompts_hash,
             )
             return (*committed, prompts)
 
@@ -688,7 +691,7 @@ class StakeswarmNode(ServicerBase):
                 input_hash=receipt.leaf.input_hash,
                 mask_hash=mask_hash(mask, hidden.shape[1]),
                 channel_id=channel.channel_id,
-                prompts_hash=None if prompts is None else tensor_hash(prompts),
+                prompts_hash=prompts_hash,
             )
         return list(_frame(StepResponse(0, receipt).to_wire(), [output]))
 
@@ -765,8 +768,10 @@ class StakeswarmNode(ServicerBase):
         prompts = prompted[0] if prompted else None
         check_hidden(hidden, hidden_size=span.hidden_size, dtype=span.dtype)
         check_mask(mask, hidden.shape[0], hidden.shape[1])
+        prompts_hash = None
         if prompts is not None:
             self._check_prompts(span, prompts, hidden.shape[1])
+            prompts_hash = tensor_hash(prompts)
         check_hidden(grad, hidden_size=span.hidden_size, dtype=span.dtype, batch=hidden.shape[0])
         if grad.shape != hidden.shape:
             raise ProtocolError(
@@ -783,7 +788,7 @@ class StakeswarmNode(ServicerBase):
             input_hash=tensor_hash(hidden),
             mask_hash=mask_hash(mask, hidden.shape[1]),
             channel_id=channel.channel_id,
-            prompts_hash=None if prompts is None else tensor_hash(prompts),
+            prompts_hash=prompts_hash,
         )
         try:
             accepted = await self.payments.accept(
@@ -805,7 +810,7 @@ class StakeswarmNode(ServicerBase):
                 grad_output=grad,
                 grad_input=grad_input,
                 mask=mask,
-                prompts=prompts,
+                prompts_hash=prompts_hash,
                 grad_prompts=for_prompts,
             )
             return grad_input, receipt, encoded, None, for_prompts

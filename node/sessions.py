@@ -106,6 +106,7 @@ class Session:
     # deep prompts [span blocks, P, hidden] given at open: added before each block to the
     # first step's first P positions, their hash committed in every step's sketch
     prompts: torch.Tensor | None = None
+    prompts_hash: bytes | None = None  # their tensor_hash, computed once at open
 
     @property
     def channel_id(self) -> int:

@@ -355,6 +355,7 @@ def _check_sketches(
         raise invalid(
             f"the revealed sketches are not [batch, {positions}, k] int64 indices and values"
         )
+    prompts_hash = tensor_hash(prompts[0]) if prompts else None  # once: every step commits it
     end = 0
     committed: Sketch | None = None
     for i, (step, hidden) in enumerate(zip(opening.response.steps, hiddens, strict=True)):
@@ -362,8 +363,7 @@ def _check_sketches(
         start, end = end, end + tokens
         masked = mask_hash(opening.mask[:, :end], tokens)
         hashed = node_states_hash(states[i]) if states else None
-        # a prompted forward commits the prompts; its backward, them and their gradient
-        prompts_hash = tensor_hash(prompts[0]) if prompts else None
+        # a prompted session's steps commit the prompts; a backward, them and their gradient
         backward = exponent is not None and i == len(hiddens) - 1
         prompts_grad_hash = tensor_hash(prompts[1]) if prompts and backward else None
         try:
